@@ -1,0 +1,106 @@
+"""The project's settings: one flat dataclass per section of `rankloop.toml`.
+
+`rankloop init` writes every field below, commented with its docstring, at its default; the CLI's
+options override the same fields (`data.config.replace`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rankloop.data.config import ConfigError, from_table, render_toml
+from rankloop.data.models import DEFAULT_MODEL
+
+
+@dataclass
+class ModelsConfig:
+    """Which models the project starts from."""
+
+    policy: str = DEFAULT_MODEL
+    """Base policy: a local checkpoint folder, a Hugging Face hub id, or 'smollm2-135m-instruct' (the embedded default, no network)."""
+    reward_model: str = DEFAULT_MODEL
+    """Backbone of the reward model (any sequence-classification model or causal LM); it need not share the policy's tokenizer."""
+
+    def validate(self) -> None:
+        for name in ("policy", "reward_model"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"[models] {name} is empty: give a model path or hub id")
+
+
+@dataclass
+class GenerateConfig:
+    """Candidate generation: how `rankloop generate` samples responses to label."""
+
+    n: int = 2
+    """Responses sampled per prompt and round."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    max_new_tokens: int = 128
+    """Longest response, in tokens; a response cut there is marked unfinished."""
+    batch_size: int = 16
+    """Prompts sampled together in one batched forward (more is faster until memory runs out)."""
+    seed: int = 0
+    """Base random seed; each batch's seed is derived from it and the batch's contents."""
+    bf16: str = "auto"
+    """Run sampling in bfloat16: 'auto' (where the CPU or GPU supports it fast), 'yes' or 'no'."""
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ConfigError("[generate] n must be at least 1")
+        if self.temperature < 0:
+            raise ConfigError("[generate] temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("[generate] top_p must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ConfigError("[generate] max_new_tokens must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("[generate] batch_size must be at least 1")
+        if self.bf16 not in ("auto", "yes", "no"):
+            raise ConfigError("[generate] bf16 must be 'auto', 'yes' or 'no'")
+
+
+@dataclass
+class LabelingConfig:
+    """How responses are grouped into comparisons for the annotators."""
+
+    k: int = 2
+    """Responses per comparison: 2 = pairwise (A / B / tie / both bad), 3..9 = rank them (ties allowed)."""
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 9:
+            raise ConfigError("[labeling] k must be between 2 and 9")
+
+
+@dataclass
+class ProjectConfig:
+    """All sections of rankloop.toml."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    labeling: LabelingConfig = field(default_factory=LabelingConfig)
+
+    SECTIONS = ("models", "generate", "labeling")
+
+    @classmethod
+    def load(cls, path: Path) -> "ProjectConfig":
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        unknown = set(raw) - set(cls.SECTIONS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]; "
+                              f"known: {', '.join(cls.SECTIONS)}")
+        defaults = cls()
+        parts = {s: from_table(type(getattr(defaults, s)), raw.get(s, {}), s)
+                 for s in cls.SECTIONS}
+        return cls(**parts)
+
+    def to_toml(self) -> str:
+        header = ("# rankloop project settings. Every setting is listed with its default;\n"
+                  "# command-line options override them for one run.")
+        return render_toml({s: getattr(self, s) for s in self.SECTIONS}, header)

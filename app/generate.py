@@ -1,0 +1,117 @@
+"""Candidate generation: sample K responses per prompt from a round's policy, make comparisons.
+
+Resumable: each finished batch is committed at once, and a run only samples the (prompt, sample)
+slots that are still missing, so a run killed midway and started again finishes the job without
+doubling anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from rankloop.data.models import load_causal_lm, load_tokenizer
+from rankloop.data.records import Comparison, Response, Sampling, content_hash
+from rankloop.data.store import Store
+from rankloop.ppo.sampling import cpu_supports_bf16, sample_many
+
+from .config import GenerateConfig
+
+
+@dataclass(frozen=True)
+class GenerateReport:
+    policy: str
+    round: int
+    prompts: int
+    generated: int
+    skipped_existing: int
+    comparisons_created: int
+    unfinished: int
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    if setting == "yes":
+        return True
+    if setting == "no":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_supports_bf16()
+
+
+def make_comparisons(store: Store, round: int, k: int, prompt_ids=None) -> int:
+    """Group each prompt's responses of `round` into comparisons of k (in sample order).
+
+    Responses already in a comparison of this round are left alone; a last group smaller than
+    2 waits for more responses. Returns how many comparisons were created.
+    """
+    taken = {rid for c in store.comparisons(round=round) for rid in c.response_ids}
+    by_prompt: dict[int, list[int]] = {}
+    for r in store.responses(round=round):
+        if r.id not in taken and (prompt_ids is None or r.prompt_id in prompt_ids):
+            by_prompt.setdefault(r.prompt_id, []).append(r.id)
+    new = []
+    for pid, rids in by_prompt.items():
+        for i in range(0, len(rids) - 1, k):
+            group = rids[i:i + k]
+            if len(group) >= 2:
+                new.append(Comparison(pid, tuple(group), round))
+    store.add_comparisons(new)
+    return len(new)
+
+
+def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 0, k: int = 2,
+             limit: int | None = None, model=None, tokenizer=None,
+             progress: bool = True) -> GenerateReport:
+    """Sample `config.n` responses per prompt (the first `limit` prompts) and make comparisons.
+
+    `model` / `tokenizer` may be passed in (tests pass a tiny random model); otherwise `policy`
+    is loaded.
+    """
+    prompts = store.prompts(limit=limit)
+    have = store.generated_counts(round, policy)
+    todo = [(p, i) for p in prompts for i in range(have.get(p.id, 0), config.n)]
+    skipped = sum(min(have.get(p.id, 0), config.n) for p in prompts)
+    unfinished = 0
+    if todo:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(policy)
+        if model is None:
+            model = load_causal_lm(policy)
+        device = next(model.parameters()).device
+        bf16 = use_bf16(config.bf16, device)
+        if bf16 and device.type == "cpu" and next(model.parameters()).dtype == torch.float32:
+            # Sampling reads every weight once per token: bf16 weights halve that traffic and use
+            # the CPU's bf16 matmul units (autocast would re-cast the weights at every step).
+            model = model.to(torch.bfloat16)
+        tokenizer.padding_side = "left"
+        bar = tqdm(total=len(todo), desc=f"generate round {round}", unit="resp",
+                   disable=not progress)
+
+        def seed_for(batch):
+            key = content_hash(config.seed, round, policy, [(todo[i][0].id, todo[i][1]) for i in batch])
+            return int(key[:8], 16)
+
+        def on_batch(batch, samples, seed):
+            nonlocal unfinished
+            sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
+                                max_new_tokens=config.max_new_tokens, seed=seed)
+            store.add_responses(
+                Response(prompt_id=todo[i][0].id, text=s.text, round=round, policy=policy,
+                         source="generated", sample_index=todo[i][1], sampling=sampling,
+                         finished=s.finished)
+                for i, s in zip(batch, samples))
+            unfinished += sum(not s.finished for s in samples)
+            bar.update(len(batch))
+
+        sample_many(model, tokenizer, [p.as_chat() for p, _ in todo],
+                    temperature=config.temperature, top_p=config.top_p,
+                    max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                    seed_for=seed_for, bf16=bf16, on_batch=on_batch)
+        bar.close()
+    created = make_comparisons(store, round, k, prompt_ids={p.id for p in prompts})
+    return GenerateReport(policy=policy, round=round, prompts=len(prompts), generated=len(todo),
+                          skipped_existing=skipped, comparisons_created=created,
+                          unfinished=unfinished)

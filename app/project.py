@@ -1,0 +1,86 @@
+"""A project on disk: `rankloop.toml`, `rankloop.db`, `rounds/N/{reward,policy}/`, `logs/`.
+
+`Project.find()` locates the project as git finds its repository: the given folder, else the
+current directory or its nearest parent holding `rankloop.toml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankloop.data.store import Store
+
+from .config import ModelsConfig, ProjectConfig
+
+CONFIG_FILE = "rankloop.toml"
+DB_FILE = "rankloop.db"
+
+
+class ProjectError(RuntimeError):
+    """A missing or broken project; the message says what to do."""
+
+
+@dataclass
+class Project:
+    root: Path
+    config: ProjectConfig
+    store: Store
+
+    @classmethod
+    def init(cls, root: str | Path, policy: str | None = None,
+             reward_model: str | None = None) -> "Project":
+        """Create a project folder (refuses to overwrite an existing project)."""
+        root = Path(root).resolve()
+        if (root / CONFIG_FILE).exists():
+            raise ProjectError(f"{root} already holds a rankloop project ({CONFIG_FILE})")
+        models = ModelsConfig()
+        if policy:
+            models.policy = policy
+        if reward_model:
+            models.reward_model = reward_model
+        models.validate()
+        config = ProjectConfig(models=models)
+        (root / "rounds").mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(exist_ok=True)
+        (root / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+        return cls(root, config, Store.open(root / DB_FILE))
+
+    @classmethod
+    def find(cls, start: str | Path | None = None) -> "Project":
+        """Open the project at `start`, or the nearest folder upwards holding rankloop.toml."""
+        if start is not None:
+            root = Path(start).resolve()
+            if not (root / CONFIG_FILE).exists():
+                raise ProjectError(f"{root} is not a rankloop project (no {CONFIG_FILE}); "
+                                   f"create one with `rankloop init {start}`")
+            return cls.open(root)
+        here = Path.cwd().resolve()
+        for folder in (here, *here.parents):
+            if (folder / CONFIG_FILE).exists():
+                return cls.open(folder)
+        raise ProjectError(f"no rankloop project here: neither {here} nor a parent holds "
+                           f"{CONFIG_FILE}; run `rankloop init DIR` or pass --project DIR")
+
+    @classmethod
+    def open(cls, root: Path) -> "Project":
+        return cls(root, ProjectConfig.load(root / CONFIG_FILE), Store.open(root / DB_FILE))
+
+    def round_dir(self, number: int, part: str) -> Path:
+        """`rounds/N/reward` or `rounds/N/policy`."""
+        return self.root / "rounds" / str(number) / part
+
+    def policy_for_round(self, number: int) -> str:
+        """The policy that samples round N's candidates: the base for round 0, else the policy
+        trained in round N-1 (recorded in the store by `rankloop ppo`)."""
+        if number == 0:
+            return self.config.models.policy
+        prev = self.store.round(number - 1)
+        if prev is None or not prev.policy:
+            raise ProjectError(f"round {number - 1} has no trained policy yet: run "
+                               f"`rankloop ppo --round {number - 1}` first, or generate for "
+                               f"round 0")
+        return prev.policy
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,373 @@
+"""Import prompts, responses and preference data; export preferences as a `datasets` dataset.
+
+Import reads JSONL, CSV, Parquet or a Hugging Face dataset saved with `save_to_disk`. Every row
+is checked before anything is written, and the write is one transaction: a bad file imports
+nothing, and its error names the file, the line (or row) and the problem. Importing the same rows
+twice adds nothing (prompts, responses and comparisons are keyed by content hash).
+
+Rows are one of:
+- a prompt, optionally with responses a team already has (`response`: a string, or `responses`:
+  a list of strings); two or more responses to a prompt become a comparison to label;
+- a preference in TRL's format (`prompt`, `chosen`, `rejected`, optional `tie` and `margin`),
+  stored as a comparison plus a label from an external source, so a reward model can be trained
+  before the team's own annotators have labeled anything.
+A prompt is a string or a conversation: a list of `{"role", "content"}` turns ending with a user
+turn. In CSV a conversation is written as that list in JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .records import Comparison, Label, Message, Prompt, Response
+from .store import Store, StoreError
+
+
+class ImportFileError(ValueError):
+    """A file that cannot be imported; the message names the file, the line and the problem."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names in the imported file."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    responses: str = "responses"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    tie: str = "tie"
+    margin: str = "margin"
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    rows: int
+    prompts_added: int
+    responses_added: int
+    comparisons_added: int
+    labels_added: int
+
+
+def bundled_prompts() -> Path:
+    """The prompt set shipped with rankloop (`data/prompts/default.jsonl`)."""
+    return Path(str(resources.files("rankloop.data").joinpath("prompts/default.jsonl")))
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or \
+                (path / "dataset_dict.json").exists():
+            return "dataset"
+        raise ImportFileError(f"{path}: a folder, but not a dataset saved with save_to_disk")
+    suffix = path.suffix.lower()
+    formats = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
+               ".parquet": "parquet"}
+    if suffix not in formats:
+        raise ImportFileError(f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, "
+                              f".parquet or a folder written by datasets' save_to_disk")
+    return formats[suffix]
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (where, row) for each row: where is 'line N' (text files) or 'row N'."""
+    fmt = detect_format(path)
+    if fmt == "jsonl":
+        yield from _read_jsonl(path)
+    elif fmt == "csv":
+        yield from _read_csv(path)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise ImportFileError(f"{path}: not a readable Parquet file: {e}") from e
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield f"row {i}", row
+    else:
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if len(ds) != 1:
+                raise ImportFileError(f"{path}: a dataset with splits {list(ds)}; save one "
+                                      f"split (e.g. ds['train'].save_to_disk(...))")
+            ds = next(iter(ds.values()))
+        for i, row in enumerate(ds, start=1):
+            yield f"row {i}", row
+
+
+def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
+    for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ImportFileError(f"{path}: line {n}: invalid UTF-8 (byte {e.start + 1}); "
+                                  f"save the file as UTF-8") from e
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for n, line in _decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ImportFileError(f"{path}: line {n}: not valid JSON ({e.msg} at column "
+                                  f"{e.colno})") from e
+        if not isinstance(row, dict):
+            raise ImportFileError(f"{path}: line {n}: expected a JSON object, got "
+                                  f"{type(row).__name__}")
+        yield f"line {n}", row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
+    text = "".join(line for _, line in _decode_lines(path))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if None in row:
+                raise ImportFileError(f"{path}: line {reader.line_num}: more fields than the "
+                                      f"header has columns")
+            yield f"line {reader.line_num}", row
+    except csv.Error as e:
+        raise ImportFileError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from e
+
+
+def _parse_prompt(value, where: str, column: str) -> Prompt:
+    if isinstance(value, str) and value.lstrip().startswith("[{"):
+        try:  # a conversation written as JSON inside a CSV cell
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"empty prompt in column '{column}'")
+        return Prompt.from_text(value)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"empty conversation in column '{column}'")
+        msgs = []
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"turn {i + 1} of the conversation in '{column}' must be an "
+                                 f"object with 'role' and 'content'")
+            if not isinstance(m["content"], str) or not m["content"].strip():
+                raise ValueError(f"turn {i + 1} of the conversation in '{column}' is empty")
+            msgs.append(Message(m["role"], m["content"]))
+        if msgs[-1].role != "user":
+            raise ValueError(f"the conversation in '{column}' must end with a user turn")
+        return Prompt(messages=tuple(msgs))
+    raise ValueError(f"column '{column}' must be a string or a list of {{role, content}} turns, "
+                     f"got {type(value).__name__}")
+
+
+def _parse_completion(value, column: str) -> str:
+    """A response: a string, or TRL's conversational form [{role: assistant, content}]."""
+    if isinstance(value, (list, tuple)) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"column '{column}' is empty or not text")
+    return value
+
+
+def _parse_bool(value, column: str) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"column '{column}' must be true/false, got {value!r}")
+
+
+def _parse_margin(value, column: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        m = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"column '{column}' must be a number, got {value!r}") from None
+    if not math.isfinite(m):
+        raise ValueError(f"column '{column}' must be a finite number, got {value!r}")
+    return m
+
+
+@dataclass
+class _Row:
+    prompt: Prompt
+    responses: list[str]
+    preference: tuple[str, str, bool, float | None] | None = None
+
+
+def _parse_row(row: dict, cols: Columns) -> _Row:
+    if cols.prompt not in row:
+        raise ValueError(f"missing column '{cols.prompt}' (columns here: "
+                         f"{', '.join(map(str, row)) or 'none'}); name the prompt column with "
+                         f"--prompt-column")
+    prompt = _parse_prompt(row[cols.prompt], "", cols.prompt)
+    has_chosen, has_rejected = cols.chosen in row, cols.rejected in row
+    if has_chosen or has_rejected:
+        if not (has_chosen and has_rejected):
+            missing = cols.rejected if has_chosen else cols.chosen
+            raise ValueError(f"missing column '{missing}' (a preference row needs both "
+                             f"'{cols.chosen}' and '{cols.rejected}')")
+        chosen = _parse_completion(row[cols.chosen], cols.chosen)
+        rejected = _parse_completion(row[cols.rejected], cols.rejected)
+        if chosen == rejected:
+            raise ValueError(f"'{cols.chosen}' and '{cols.rejected}' are the same text")
+        tie = _parse_bool(row.get(cols.tie), cols.tie)
+        margin = _parse_margin(row.get(cols.margin), cols.margin)
+        return _Row(prompt, [chosen, rejected], (chosen, rejected, tie, margin))
+    responses: list[str] = []
+    if row.get(cols.responses) not in (None, ""):
+        value = row[cols.responses]
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"column '{cols.responses}' must be a list of strings") from None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"column '{cols.responses}' must be a list of strings")
+        responses = [_parse_completion(v, cols.responses) for v in value]
+    if row.get(cols.response) not in (None, ""):
+        responses.append(_parse_completion(row[cols.response], cols.response))
+    return _Row(prompt, responses)
+
+
+def import_file(store: Store, path: str | Path, columns: Columns = Columns(),
+                source: str | None = None) -> ImportReport:
+    """Import every row of `path` in one transaction (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImportFileError(f"{path}: no such file")
+    source = source or f"import:{path.name}"
+    parsed: list[tuple[str, _Row]] = []
+    for where, row in read_rows(path):
+        try:
+            parsed.append((where, _parse_row(row, columns)))
+        except ValueError as e:
+            raise ImportFileError(f"{path}: {where}: {e}") from None
+    if not parsed:
+        raise ImportFileError(f"{path}: no rows to import")
+
+    counts = lambda: {t: store.db[t].count for t in  # noqa: E731
+                      ("prompts", "responses", "comparisons", "labels")}
+    before = counts()
+    try:
+        with store.transaction():
+            annotator = None
+            # Responses are numbered per prompt across the whole file, so several rows that
+            # bring responses to one prompt keep them apart.
+            next_index: dict[int, int] = {}
+            for where, r in parsed:
+                pid = store._add_prompt(_with_source(r.prompt, source))
+                rids = []
+                for text in r.responses:
+                    i = next_index.get(pid, 0)
+                    next_index[pid] = i + 1
+                    rids.append(store._add_response(Response(
+                        prompt_id=pid, text=text, round=0, source=source, sample_index=i)))
+                if r.preference is None:
+                    if len(set(rids)) >= 2:
+                        store._add_comparison(Comparison(pid, tuple(dict.fromkeys(rids)), 0))
+                    continue
+                chosen_id, rejected_id = rids
+                cid = store._add_comparison(Comparison(pid, (chosen_id, rejected_id), 0))
+                if annotator is None:
+                    annotator = store.external_annotator(source)
+                _, _, tie, margin = r.preference
+                if store.labels(comparison_id=cid) and any(
+                        lab.annotator_id == annotator.id for lab in store.labels(comparison_id=cid)):
+                    continue  # already imported from this source
+                store._add_label(Label.pairwise(
+                    cid, annotator.id, (chosen_id, rejected_id), "tie" if tie else "A",
+                    margin=margin, source="external"))
+    except StoreError as e:
+        raise ImportFileError(f"{path}: {e}") from e
+    after = counts()
+    return ImportReport(rows=len(parsed), prompts_added=after["prompts"] - before["prompts"],
+                        responses_added=after["responses"] - before["responses"],
+                        comparisons_added=after["comparisons"] - before["comparisons"],
+                        labels_added=after["labels"] - before["labels"])
+
+
+def _with_source(p: Prompt, source: str) -> Prompt:
+    return Prompt(messages=p.messages, source=source, metadata=p.metadata)
+
+
+# -- export -----------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("trl", "jsonl", "parquet")
+
+
+def preference_dataset(store: Store, round: int | None = None, drop_ties: bool = False):
+    """The labels as a `datasets.Dataset` in TRL's preference format, with metadata columns.
+
+    Columns: `prompt`, `chosen`, `rejected` (conversational, i.e. lists of {role, content},
+    when any prompt is a conversation), then `tie`, `both_bad`, `strength`, `margin`,
+    `annotator`, `round`, `source`, `simulated`, `label_id`, `comparison_id`, `pairs_in_label`.
+    `margin` is the label's numeric margin, 0.0 when it has none (TRL's RewardTrainer subtracts
+    it inside the Bradley-Terry loss, and 0.0 leaves that loss plain); a pairwise strength stays
+    in `strength`. A tied pair has an arbitrary chosen/rejected order: trainers that do not model ties should
+    filter `tie == False` (or export with `drop_ties`).
+    """
+    import datasets
+
+    prefs = [p for p in store.preferences(round=round) if not (drop_ties and p.tie)]
+    if not prefs:
+        where = f" up to round {round}" if round is not None else ""
+        raise StoreError(f"no labels to export{where}: label some comparisons first "
+                         f"(`rankloop serve`), or import preference data")
+    conversational = any(p.prompt.is_conversation for p in prefs)
+    msg = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    text = msg if conversational else datasets.Value("string")
+    features = datasets.Features({
+        "prompt": text, "chosen": text, "rejected": text,
+        "tie": datasets.Value("bool"), "both_bad": datasets.Value("bool"),
+        "strength": datasets.Value("string"), "margin": datasets.Value("float64"),
+        "annotator": datasets.Value("string"), "round": datasets.Value("int64"),
+        "source": datasets.Value("string"), "simulated": datasets.Value("bool"),
+        "label_id": datasets.Value("int64"), "comparison_id": datasets.Value("int64"),
+        "pairs_in_label": datasets.Value("int64"),
+    })
+
+    def completion(t: str):
+        return [{"role": "assistant", "content": t}] if conversational else t
+
+    rows = [{
+        "prompt": p.prompt.as_chat() if conversational else p.prompt.text,
+        "chosen": completion(p.chosen), "rejected": completion(p.rejected),
+        "tie": p.tie, "both_bad": p.both_bad, "strength": p.strength,
+        "margin": p.margin if p.margin is not None else 0.0,
+        "annotator": p.annotator, "round": p.round, "source": p.source,
+        "simulated": p.source == "simulated", "label_id": p.label_id,
+        "comparison_id": p.comparison_id, "pairs_in_label": p.pairs_in_label,
+    } for p in prefs]
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def export_preferences(store: Store, out: str | Path, fmt: str = "trl",
+                       round: int | None = None, drop_ties: bool = False) -> int:
+    """Write the preferences to `out` (`trl`: a `save_to_disk` folder); returns the row count."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    ds = preference_dataset(store, round=round, drop_ties=drop_ties)
+    out = Path(out)
+    if fmt == "trl":
+        ds.save_to_disk(str(out))
+    elif fmt == "jsonl":
+        ds.to_json(str(out), lines=True, force_ascii=False)
+    else:
+        ds.to_parquet(str(out))
+    return len(ds)

@@ -1,0 +1,111 @@
+"""Named, transactional schema migrations.
+
+Each migration is a function registered with `@migration("NNNN_name")`; `migrate(db)` applies the
+ones not yet recorded in the `_migrations` table, each inside its own transaction, in order, and
+sets `PRAGMA user_version` to the number applied. A migration never runs twice, and a failure
+rolls back that migration whole (SQLite DDL is transactional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlite_utils
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = []
+
+
+def migration(name: str):
+    """Register `fn` as the next migration under `name` (names must be unique and ordered)."""
+
+    def register(fn):
+        if any(n == name for n, _ in MIGRATIONS):
+            raise ValueError(f"duplicate migration name {name!r}")
+        MIGRATIONS.append((name, fn))
+        return fn
+
+    return register
+
+
+def applied(db: sqlite_utils.Database) -> list[str]:
+    """Names of the migrations already applied to `db`, in order."""
+    if "_migrations" not in db.table_names():
+        return []
+    return [r["name"] for r in db.query("select name from _migrations order by id")]
+
+
+def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
+    """Apply pending migrations (up to and including `upto`); return the names applied now."""
+    done = set(applied(db))
+    ran = []
+    for name, fn in MIGRATIONS:
+        if name not in done:
+            with db.atomic():
+                if "_migrations" not in db.table_names():
+                    db["_migrations"].create(
+                        {"id": int, "name": str, "applied_at": str}, pk="id",
+                        not_null={"name", "applied_at"})
+                fn(db)
+                db["_migrations"].insert(
+                    {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()})
+                db.execute(f"PRAGMA user_version = {len(done) + len(ran) + 1}")
+            ran.append(name)
+        if name == upto:
+            break
+    return ran
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+@migration("0001_initial")
+def m0001_initial(db: sqlite_utils.Database) -> None:
+    """Prompts, responses, comparisons (and their responses), annotators, labels, rounds."""
+    db["prompts"].create({
+        "id": int, "hash": str, "messages": str, "source": str, "metadata": str,
+        "created_at": str,
+    }, pk="id", not_null={"hash", "messages", "created_at"})
+    db["prompts"].create_index(["hash"], unique=True)
+
+    db["responses"].create({
+        "id": int, "prompt_id": int, "hash": str, "text": str, "round": int, "policy": str,
+        "source": str, "sample_index": int, "sampling": str, "finished": int, "created_at": str,
+    }, pk="id", not_null={"prompt_id", "hash", "text", "round", "created_at"},
+        foreign_keys=[("prompt_id", "prompts", "id")])
+    db["responses"].create_index(["hash"], unique=True)
+    db["responses"].create_index(["prompt_id", "round"])
+
+    db["comparisons"].create({
+        "id": int, "prompt_id": int, "hash": str, "round": int, "gold": str, "created_at": str,
+    }, pk="id", not_null={"prompt_id", "hash", "round", "created_at"},
+        foreign_keys=[("prompt_id", "prompts", "id")])
+    db["comparisons"].create_index(["hash"], unique=True)
+
+    db["comparison_responses"].create({
+        "comparison_id": int, "response_id": int, "position": int,
+    }, pk=("comparison_id", "position"), not_null={"response_id"},
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("response_id", "responses", "id")])
+
+    db["annotators"].create({
+        "id": int, "name": str, "role": str, "secret_hash": str, "created_at": str,
+    }, pk="id", not_null={"name", "role", "created_at"})
+    db["annotators"].create_index(["name"], unique=True)
+
+    db["labels"].create({
+        "id": int, "comparison_id": int, "annotator_id": int, "mode": str, "ranking": str,
+        "choice": str, "strength": str, "margin": float, "display_order": str, "rationale": str,
+        "seconds_spent": float, "source": str, "request_id": str, "created_at": str,
+    }, pk="id", not_null={"comparison_id", "annotator_id", "mode", "ranking", "source",
+                          "created_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"),
+                      ("annotator_id", "annotators", "id")])
+    # One judgment per annotator per comparison; a retried submission (same request id) is one.
+    db["labels"].create_index(["comparison_id", "annotator_id"], unique=True)
+    db["labels"].create_index(["request_id"], unique=True)
+
+    db["rounds"].create({
+        "number": int, "policy": str, "reward_model": str, "metrics": str, "started_at": str,
+        "finished_at": str,
+    }, pk="number")

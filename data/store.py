@@ -1,0 +1,451 @@
+"""The SQLite store: every prompt, response, comparison, label and round of a project.
+
+`Store` wraps a sqlite-utils `Database` (WAL journal, foreign keys on, `synchronous=FULL` so a
+committed transaction survives a power cut) and speaks only typed records from
+`rankloop.data.records`. Every multi-row change runs in one transaction: it lands whole or not at
+all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+from .migrations import migrate, schema_version
+from .records import (Annotator, Comparison, Label, Message, Preference, Prompt, Response,
+                      Round, Sampling, normalize_ranking, to_json)
+
+
+class StoreError(ValueError):
+    """A request the store refuses; the message says what was wrong and what to do."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def hash_secret(secret: str, salt: bytes | None = None) -> str:
+    """PBKDF2-SHA256 of an annotator secret, as `pbkdf2$iterations$salt$hash` (hex)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    iterations = 200_000
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return f"pbkdf2${iterations}${salt.hex()}${digest.hex()}"
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    try:
+        _, iterations, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    got = hashlib.pbkdf2_hmac("sha256", secret.encode(), bytes.fromhex(salt), int(iterations))
+    return secrets.compare_digest(got.hex(), digest)
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """What `rankloop status` prints."""
+
+    prompts: int
+    responses_per_round: dict[int, int]
+    comparisons: int
+    comparisons_pending: int
+    comparisons_labeled: int
+    labels: int
+    annotators: int
+    rounds: list[Round]
+
+
+class Store:
+    """A project's database. Open with `Store.open(path)` or `Store.memory()` (tests)."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+        self.db.execute("PRAGMA foreign_keys = ON")
+        migrate(self.db)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+        db = sqlite_utils.Database(conn)
+        # WAL lets the app read while a trainer writes; FULL sync makes each commit durable
+        # (fsync of the WAL at every commit), so an acknowledged label survives a crash.
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA busy_timeout = 30000")
+        return cls(db)
+
+    @classmethod
+    def memory(cls) -> "Store":
+        return cls(sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False)))
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version(self.db)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One transaction (a savepoint when nested): all of it lands, or none of it."""
+        with self.db.atomic():
+            yield self
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def add_prompts(self, prompts: Iterable[Prompt]) -> list[int]:
+        """Insert prompts (those already present, by content hash, are not added again).
+
+        Returns the id of each given prompt, in order, whether new or existing.
+        """
+        ids = []
+        with self.transaction():
+            for p in prompts:
+                ids.append(self._add_prompt(p))
+        return ids
+
+    def _add_prompt(self, p: Prompt) -> int:
+        if not p.messages or p.messages[-1].role != "user":
+            raise StoreError("a prompt must end with a user turn")
+        if any(not m.content.strip() for m in p.messages):
+            raise StoreError("a prompt cannot have an empty turn")
+        h = p.hash
+        row = self.db.execute("select id from prompts where hash = ?", [h]).fetchone()
+        if row:
+            return row[0]
+        return self.db["prompts"].insert({
+            "hash": h, "messages": to_json(p.as_chat()), "source": p.source,
+            "metadata": to_json(p.metadata), "created_at": now(),
+        }).last_pk
+
+    def prompt(self, prompt_id: int) -> Prompt:
+        rows = self._prompts("where id = ?", [prompt_id])
+        if not rows:
+            raise StoreError(f"no prompt with id {prompt_id}")
+        return rows[0]
+
+    def prompts(self, limit: int | None = None) -> list[Prompt]:
+        if limit is None:
+            return self._prompts("order by id", [])
+        return self._prompts("order by id limit ?", [limit])
+
+    def _prompts(self, where: str, params: list) -> list[Prompt]:
+        rows = self.db.execute(
+            f"select id, messages, source, metadata from prompts {where}", params).fetchall()
+        return [Prompt(messages=tuple(Message(**m) for m in json.loads(msgs)), source=src,
+                       metadata=json.loads(meta or "{}"), id=pid)
+                for pid, msgs, src, meta in rows]
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def add_responses(self, responses: Iterable[Response]) -> list[int]:
+        """Insert responses (idempotent by content hash); returns their ids in order."""
+        with self.transaction():
+            return [self._add_response(r) for r in responses]
+
+    def _add_response(self, r: Response) -> int:
+        h = r.hash
+        row = self.db.execute("select id from responses where hash = ?", [h]).fetchone()
+        if row:
+            return row[0]
+        try:
+            return self.db["responses"].insert({
+                "prompt_id": r.prompt_id, "hash": h, "text": r.text, "round": r.round,
+                "policy": r.policy, "source": r.source, "sample_index": r.sample_index,
+                "sampling": to_json(r.sampling) if r.sampling else None,
+                "finished": int(r.finished), "created_at": now(),
+            }).last_pk
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"response refers to prompt {r.prompt_id}, which does not exist") from e
+
+    def responses(self, prompt_id: int | None = None, round: int | None = None,
+                  ids: Sequence[int] | None = None) -> list[Response]:
+        where, params = [], []
+        if prompt_id is not None:
+            where.append("prompt_id = ?"), params.append(prompt_id)
+        if round is not None:
+            where.append("round = ?"), params.append(round)
+        if ids is not None:
+            where.append(f"id in ({','.join('?' * len(ids))})"), params.extend(ids)
+        sql = ("select id, prompt_id, text, round, policy, source, sample_index, sampling, "
+               "finished from responses")
+        if where:
+            sql += " where " + " and ".join(where)
+        rows = self.db.execute(sql + " order by id", params).fetchall()
+        out = [Response(prompt_id=pid, text=text, round=rnd, policy=pol or "", source=src,
+                        sample_index=si, sampling=Sampling(**json.loads(s)) if s else None,
+                        finished=bool(fin), id=rid)
+               for rid, pid, text, rnd, pol, src, si, s, fin in rows]
+        if ids is not None:
+            by_id = {r.id: r for r in out}
+            missing = [i for i in ids if i not in by_id]
+            if missing:
+                raise StoreError(f"no response with id {missing[0]}")
+            out = [by_id[i] for i in ids]
+        return out
+
+    def generated_counts(self, round: int, policy: str) -> dict[int, int]:
+        """prompt id -> number of responses the given policy already generated in `round`."""
+        rows = self.db.execute(
+            "select prompt_id, count(*) from responses where round = ? and policy = ? "
+            "and source = 'generated' group by prompt_id", [round, policy]).fetchall()
+        return dict(rows)
+
+    # -- comparisons -------------------------------------------------------------------------
+
+    def add_comparisons(self, comparisons: Iterable[Comparison]) -> list[int]:
+        """Insert comparisons (idempotent: same prompt and same set of responses)."""
+        with self.transaction():
+            return [self._add_comparison(c) for c in comparisons]
+
+    def add_comparison(self, prompt_id: int, response_ids: Sequence[int], round: int = 0) -> int:
+        return self.add_comparisons([Comparison(prompt_id, tuple(response_ids), round)])[0]
+
+    def _add_comparison(self, c: Comparison) -> int:
+        row = self.db.execute("select id from comparisons where hash = ?", [c.hash]).fetchone()
+        if row:
+            return row[0]
+        owners = {r.prompt_id for r in self.responses(ids=list(c.response_ids))}
+        if owners != {c.prompt_id}:
+            raise StoreError(
+                f"every response of a comparison must answer its prompt {c.prompt_id}; "
+                f"these answer prompt(s) {sorted(owners)}")
+        cid = self.db["comparisons"].insert({
+            "prompt_id": c.prompt_id, "hash": c.hash, "round": c.round,
+            "gold": to_json(c.gold) if c.gold else None, "created_at": now(),
+        }).last_pk
+        self.db["comparison_responses"].insert_all(
+            {"comparison_id": cid, "response_id": rid, "position": i}
+            for i, rid in enumerate(c.response_ids))
+        return cid
+
+    def add_comparison_texts(self, prompt: Prompt | str, responses: Sequence[str], *,
+                             source: str = "external", round: int = 0) -> int:
+        """Add a prompt, responses a team produced elsewhere, and one comparison over them.
+
+        The shortest way in from a notebook: `store.add_comparison_texts("Say hi", ["Hi!",
+        "Hello."])`. Idempotent: the same call twice returns the same comparison id.
+        """
+        if isinstance(prompt, str):
+            prompt = Prompt.from_text(prompt, source=source)
+        if len(responses) < 2:
+            raise StoreError("a comparison needs at least 2 responses")
+        if len(set(responses)) != len(responses):
+            raise StoreError("the responses of one comparison must differ")
+        with self.transaction():
+            pid = self._add_prompt(prompt)
+            rids = [self._add_response(Response(prompt_id=pid, text=t, round=round,
+                                                source=source, sample_index=i))
+                    for i, t in enumerate(responses)]
+            return self._add_comparison(Comparison(pid, tuple(rids), round))
+
+    def comparison(self, comparison_id: int) -> Comparison:
+        got = self._comparisons("where c.id = ?", [comparison_id])
+        if not got:
+            raise StoreError(f"no comparison with id {comparison_id}")
+        return got[0]
+
+    def comparisons(self, round: int | None = None) -> list[Comparison]:
+        if round is None:
+            return self._comparisons("", [])
+        return self._comparisons("where c.round = ?", [round])
+
+    def _comparisons(self, where: str, params: list) -> list[Comparison]:
+        rows = self.db.execute(
+            f"select c.id, c.prompt_id, c.round, c.gold, group_concat(cr.response_id) "
+            f"from comparisons c join (select * from comparison_responses order by position) cr "
+            f"on cr.comparison_id = c.id {where} group by c.id order by c.id", params).fetchall()
+        return [Comparison(prompt_id=pid, response_ids=tuple(int(x) for x in rids.split(",")),
+                           round=rnd, gold=_tiers(json.loads(gold)) if gold else None, id=cid)
+                for cid, pid, rnd, gold, rids in rows]
+
+    # -- annotators --------------------------------------------------------------------------
+
+    def add_annotator(self, name: str, role: str = "annotator",
+                      secret: str | None = None) -> tuple[Annotator, str]:
+        """Create an account; returns it and its secret (only a hash is stored)."""
+        name = name.strip()
+        if not name:
+            raise StoreError("an annotator needs a name")
+        a = Annotator(name=name, role=role)
+        if self.db.execute("select 1 from annotators where name = ?", [name]).fetchone():
+            raise StoreError(f"an annotator named {name!r} already exists; choose another name")
+        secret = secret or secrets.token_urlsafe(12)
+        with self.transaction():
+            aid = self.db["annotators"].insert({
+                "name": a.name, "role": a.role, "secret_hash": hash_secret(secret),
+                "created_at": now()}).last_pk
+        return Annotator(name=a.name, role=a.role, id=aid), secret
+
+    def external_annotator(self, name: str) -> Annotator:
+        """The pseudo-annotator that owns labels imported from `name` (created on first use)."""
+        with self.transaction():
+            row = self.db.execute("select id, role from annotators where name = ?",
+                                  [name]).fetchone()
+            if row:
+                return Annotator(name=name, role=row[1], id=row[0])
+            aid = self.db["annotators"].insert({"name": name, "role": "external",
+                                                "created_at": now()}).last_pk
+        return Annotator(name=name, role="external", id=aid)
+
+    def authenticate(self, name: str, secret: str) -> Annotator | None:
+        row = self.db.execute("select id, role, secret_hash from annotators where name = ?",
+                              [name]).fetchone()
+        if not row or not row[2] or not check_secret(secret, row[2]):
+            return None
+        return Annotator(name=name, role=row[1], id=row[0])
+
+    def annotators(self) -> list[Annotator]:
+        return [Annotator(name=n, role=r, id=i) for i, n, r in
+                self.db.execute("select id, name, role from annotators order by id").fetchall()]
+
+    # -- labels ------------------------------------------------------------------------------
+
+    def add_label(self, label: Label) -> int:
+        """Record one judgment in one transaction; returns its id.
+
+        Idempotent: a label whose `request_id` is already recorded returns the existing id
+        (a double click or a retried request records once). A second, different label by the
+        same annotator on the same comparison is refused.
+        """
+        with self.transaction():
+            return self._add_label(label)
+
+    def add_labels(self, labels: Iterable[Label]) -> list[int]:
+        with self.transaction():
+            return [self._add_label(lab) for lab in labels]
+
+    def _add_label(self, lab: Label) -> int:
+        if lab.request_id is not None:
+            row = self.db.execute("select id from labels where request_id = ?",
+                                  [lab.request_id]).fetchone()
+            if row:
+                return row[0]
+        comp = self.comparison(lab.comparison_id)
+        ranking = normalize_ranking(lab.ranking, comp.response_ids)
+        if lab.display_order and sorted(lab.display_order) != sorted(comp.response_ids):
+            raise StoreError("display_order must list the comparison's responses")
+        if lab.mode == "pairwise" and len(comp.response_ids) != 2:
+            raise StoreError("a pairwise label needs a comparison of exactly 2 responses")
+        if self.db.execute("select 1 from labels where comparison_id = ? and annotator_id = ?",
+                           [lab.comparison_id, lab.annotator_id]).fetchone():
+            raise StoreError(
+                f"annotator {lab.annotator_id} already labeled comparison {lab.comparison_id}; "
+                f"edit that label instead")
+        try:
+            return self.db["labels"].insert({
+                "comparison_id": lab.comparison_id, "annotator_id": lab.annotator_id,
+                "mode": lab.mode, "ranking": to_json(ranking), "choice": lab.choice,
+                "strength": lab.strength, "margin": lab.margin,
+                "display_order": to_json(list(lab.display_order)), "rationale": lab.rationale,
+                "seconds_spent": lab.seconds_spent, "source": lab.source,
+                "request_id": lab.request_id, "created_at": lab.created_at or now(),
+            }).last_pk
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"annotator {lab.annotator_id} does not exist") from e
+
+    def labels(self, round: int | None = None, comparison_id: int | None = None) -> list[Label]:
+        where, params = [], []
+        if round is not None:
+            where.append("c.round <= ?"), params.append(round)
+        if comparison_id is not None:
+            where.append("l.comparison_id = ?"), params.append(comparison_id)
+        sql = ("select l.id, l.comparison_id, l.annotator_id, l.mode, l.ranking, l.choice, "
+               "l.strength, l.margin, l.display_order, l.rationale, l.seconds_spent, l.source, "
+               "l.request_id, l.created_at from labels l "
+               "join comparisons c on c.id = l.comparison_id")
+        if where:
+            sql += " where " + " and ".join(where)
+        return [Label(id=i, comparison_id=cid, annotator_id=aid, mode=mode,
+                      ranking=_tiers(json.loads(rk)), choice=ch, strength=st, margin=mg,
+                      display_order=tuple(json.loads(do or "[]")), rationale=ra,
+                      seconds_spent=ss, source=src, request_id=rq, created_at=ca)
+                for i, cid, aid, mode, rk, ch, st, mg, do, ra, ss, src, rq, ca
+                in self.db.execute(sql + " order by l.id", params).fetchall()]
+
+    def preferences(self, round: int | None = None) -> Iterator[Preference]:
+        """Every label (up to `round`) as pairs: a ranking of K yields its C(K,2) pairs.
+
+        Pairs inside one tier are ties (`tie=True`, in display order). Order is deterministic:
+        by label id, then by position in the ranking.
+        """
+        names = {a.id: a.name for a in self.annotators()}
+        prompts: dict[int, Prompt] = {}
+        for lab in self.labels(round=round):
+            comp = self.comparison(lab.comparison_id)
+            if comp.prompt_id not in prompts:
+                prompts[comp.prompt_id] = self.prompt(comp.prompt_id)
+            texts = {r.id: r.text for r in self.responses(ids=list(comp.response_ids))}
+            order = [r for tier in lab.ranking for r in tier]
+            tier_of = {r: t for t, tier in enumerate(lab.ranking) for r in tier}
+            pairs = list(itertools.combinations(order, 2))
+            for hi, lo in pairs:
+                yield Preference(
+                    label_id=lab.id, comparison_id=comp.id, prompt=prompts[comp.prompt_id],
+                    chosen=texts[hi], rejected=texts[lo], chosen_id=hi, rejected_id=lo,
+                    tie=tier_of[hi] == tier_of[lo], both_bad=lab.both_bad,
+                    strength=lab.strength, margin=lab.margin, annotator=names[lab.annotator_id],
+                    round=comp.round, source=lab.source, pairs_in_label=len(pairs))
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def save_round(self, r: Round) -> None:
+        """Insert or update a round; metrics are merged into those already stored."""
+        with self.transaction():
+            old = self.round(r.number)
+            metrics = {**(old.metrics if old else {}), **r.metrics}
+            self.db["rounds"].upsert({
+                "number": r.number,
+                "policy": r.policy if r.policy is not None else (old.policy if old else None),
+                "reward_model": r.reward_model if r.reward_model is not None
+                else (old.reward_model if old else None),
+                "metrics": to_json(metrics),
+                "started_at": r.started_at or (old.started_at if old else None) or now(),
+                "finished_at": r.finished_at or (old.finished_at if old else None),
+            }, pk="number")
+
+    def round(self, number: int) -> Round | None:
+        got = self._rounds("where number = ?", [number])
+        return got[0] if got else None
+
+    def rounds(self) -> list[Round]:
+        return self._rounds("order by number", [])
+
+    def _rounds(self, where: str, params: list) -> list[Round]:
+        return [Round(number=n, policy=p, reward_model=rm, metrics=json.loads(m or "{}"),
+                      started_at=s, finished_at=f)
+                for n, p, rm, m, s, f in self.db.execute(
+                    f"select number, policy, reward_model, metrics, started_at, finished_at "
+                    f"from rounds {where}", params).fetchall()]
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> StoreStatus:
+        q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        labeled = q("select count(distinct comparison_id) from labels")
+        comparisons = q("select count(*) from comparisons")
+        return StoreStatus(
+            prompts=q("select count(*) from prompts"),
+            responses_per_round=dict(self.db.execute(
+                "select round, count(*) from responses group by round order by round").fetchall()),
+            comparisons=comparisons,
+            comparisons_pending=comparisons - labeled,
+            comparisons_labeled=labeled,
+            labels=q("select count(*) from labels"),
+            annotators=q("select count(*) from annotators where role != 'external'"),
+            rounds=self.rounds(),
+        )
+
+
+def _tiers(obj) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(x) for x in tier) for tier in obj)

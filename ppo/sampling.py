@@ -1,0 +1,122 @@
+"""Batched sampling from a causal LM: chat template, left padding, KV cache, stop at EOS.
+
+Used for annotation candidates (`rankloop generate`) and for PPO rollouts. Batching is where the
+speed is: one forward over B sequences costs little more than over one on a CPU, because the
+decode step is bound by reading the weights, not by arithmetic. Prompts are sorted by length
+before batching so a batch carries little padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finished: bool  # True when the model emitted EOS before max_new_tokens
+
+
+def cpu_supports_bf16() -> bool:
+    """True where bf16 matmuls are fast on the CPU (AVX-512 BF16 or AMX)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device | str, enabled: bool):
+    """bf16 autocast on CPU or CUDA when `enabled`, else a no-op context."""
+    device = torch.device(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def encode_chats(tokenizer, chats: Sequence[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation with the chat template and the assistant turn opened.
+
+    A tokenizer without a chat template gets the plain text of the turns joined by newlines.
+    """
+    out = []
+    for chat in chats:
+        if tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                return_dict=False)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = tokenizer("\n".join(m["content"] for m in chat) + "\n")["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (input_ids, attention_mask), both (B, T)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def sample_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, temperature: float,
+                 top_p: float, max_new_tokens: int, seed: int, bf16: bool = False) -> list[Sample]:
+    """Sample one continuation for each tokenised prompt, in one batched `generate` call."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    torch.manual_seed(seed)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    if temperature == 0:
+        sampling = dict(do_sample=False)
+    with autocast(device, bf16 and next(model.parameters()).dtype == torch.float32):
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            use_cache=True, **sampling)
+    new = out[:, input_ids.shape[1]:].tolist()  # (B, <= max_new_tokens)
+    eos = tokenizer.eos_token_id
+    samples = []
+    for row in new:
+        finished = eos in row
+        tokens = row[: row.index(eos)] if finished else row
+        samples.append(Sample(text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                              token_ids=tuple(tokens), finished=finished))
+    return samples
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to cut padding."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def sample_many(model, tokenizer, chats: Sequence[list[dict]], *, temperature: float,
+                top_p: float, max_new_tokens: int, batch_size: int, seed_for: Callable,
+                bf16: bool = False, on_batch: Callable | None = None) -> None:
+    """Sample one continuation per chat in length-sorted batches.
+
+    `seed_for(indices)` gives the torch seed for a batch of chat indices; `on_batch(indices,
+    samples, seed)` receives each finished batch (so the caller can store it at once and a run
+    killed midway keeps what it finished).
+    """
+    prompt_ids = encode_chats(tokenizer, chats)
+    for batch in plan_batches([len(p) for p in prompt_ids], batch_size):
+        seed = seed_for(batch)
+        samples = sample_batch(model, tokenizer, [prompt_ids[i] for i in batch],
+                               temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, seed=seed, bf16=bf16)
+        if on_batch:
+            on_batch(batch, samples, seed)

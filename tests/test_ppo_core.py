@@ -1,0 +1,426 @@
+"""Tests for rankloop.ppo.core: every test checks numbers, not just shapes."""
+
+import math
+
+import pytest
+import torch
+
+from rankloop.ppo.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_rewards,
+    decoupled_gae,
+    dpo_loss,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_penalty,
+    lm_loss,
+    logprobs_from_logits,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    normalize_scores,
+    policy_loss,
+    rto_token_rewards,
+    value_loss,
+)
+
+D = torch.float64
+
+
+def _mask(lengths, T):
+    """(B, T) bool mask with right padding."""
+    return torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+
+
+def _fill_padding(x, mask, value):
+    return torch.where(mask.bool(), x, torch.full_like(x, value))
+
+
+# --------------------------------------------------------------------------- #
+# masked statistics
+# --------------------------------------------------------------------------- #
+def test_masked_mean_and_var_hand_computed():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 999.0, -5.0, 7.0]], dtype=D)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # masked elements 1, 2, 3, 4: mean 2.5; sum sq dev = 2.25+0.25+0.25+2.25 = 5
+    assert masked_mean(x, mask).item() == pytest.approx(2.5)
+    assert masked_var(x, mask, unbiased=False).item() == pytest.approx(5 / 4)
+    assert masked_var(x, mask, unbiased=True).item() == pytest.approx(5 / 3)
+    # per row: [2, 4]
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([2.0, 4.0], dtype=D))
+    # an empty row gives 0, not nan
+    empty = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]])
+    torch.testing.assert_close(masked_mean(x, empty, dim=1), torch.tensor([2.0, 0.0], dtype=D))
+    with pytest.raises(ValueError):
+        masked_var(x, torch.zeros_like(mask))
+
+
+def test_masked_whiten_mean0_var1_and_padding_invariant():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 9, generator=g, dtype=D) * 3 + 2
+    mask = _mask([9, 5, 2, 7], 9)
+    w = masked_whiten(x, mask)
+    assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-12)
+    assert masked_var(w, mask).item() == pytest.approx(1.0, abs=1e-6)
+    assert (w[~mask] == 0).all()
+    # garbage (even nan) in padding changes nothing
+    w2 = masked_whiten(_fill_padding(x, mask, float("nan")), mask)
+    torch.testing.assert_close(w2, w)
+    # shift_mean=False keeps the mean, still unit variance
+    w3 = masked_whiten(x, mask, shift_mean=False)
+    assert masked_mean(w3, mask).item() == pytest.approx(masked_mean(x, mask).item())
+    assert masked_var(w3, mask).item() == pytest.approx(1.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# logprobs / entropy
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logprobs_and_entropy_match_categorical(dtype):
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 5, 11, generator=g) * 4).to(dtype)
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    dist = torch.distributions.Categorical(logits=logits)
+    torch.testing.assert_close(logprobs_from_logits(logits, labels), dist.log_prob(labels))
+    torch.testing.assert_close(entropy_from_logits(logits), dist.entropy())
+
+
+def test_logprobs_bf16_path_close_to_fp32():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 4, 7, generator=g)
+    labels = torch.randint(0, 7, (2, 4), generator=g)
+    ref = torch.log_softmax(logits.bfloat16().float(), -1).gather(-1, labels[..., None])[..., 0]
+    out = logprobs_from_logits(logits.bfloat16(), labels)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=1e-2)
+
+
+def test_entropy_with_minus_inf_logits():
+    # two allowed tokens with equal logits -> entropy log 2, no nan from 0 * -inf
+    logits = torch.tensor([[[0.0, 0.0, -math.inf, -math.inf]]])
+    assert entropy_from_logits(logits).item() == pytest.approx(math.log(2))
+
+
+# --------------------------------------------------------------------------- #
+# KL estimators
+# --------------------------------------------------------------------------- #
+def test_kl_estimators_hand_computed():
+    lp = torch.tensor([-1.0], dtype=D)
+    ref = torch.tensor([-1.5], dtype=D)
+    # log r = ref - lp = -0.5
+    assert kl_penalty(lp, ref, "k1").item() == pytest.approx(0.5)
+    assert kl_penalty(lp, ref, "k2").item() == pytest.approx(0.125)  # 0.25 / 2
+    assert kl_penalty(lp, ref, "k3").item() == pytest.approx(math.exp(-0.5) - 1 + 0.5)
+    # opposite sign of log r: k1 flips sign, k2 and k3 stay positive
+    assert kl_penalty(ref, lp, "k1").item() == pytest.approx(-0.5)
+    assert kl_penalty(ref, lp, "k2").item() == pytest.approx(0.125)
+    assert kl_penalty(ref, lp, "k3").item() == pytest.approx(math.exp(0.5) - 1 - 0.5)
+
+
+def test_k3_nonnegative_and_unbiased_on_average():
+    g = torch.Generator().manual_seed(3)
+    lp = torch.randn(2000, generator=g, dtype=D) * 5
+    ref = torch.randn(2000, generator=g, dtype=D) * 5
+    assert (kl_penalty(lp, ref, "k3") >= 0).all()
+    assert (kl_penalty(lp, ref, "k2") >= 0).all()
+    # E_{x~p}[k1] = E[k3] = KL(p||q) exactly for a small categorical
+    p = torch.tensor([0.5, 0.3, 0.2], dtype=D)
+    q = torch.tensor([0.2, 0.2, 0.6], dtype=D)
+    kl = (p * (p / q).log()).sum()
+    for est in ("k1", "k3"):
+        assert (p * kl_penalty(p.log(), q.log(), est)).sum().item() == pytest.approx(kl.item())
+
+
+def test_unknown_estimator_raises():
+    with pytest.raises(ValueError, match="k4"):
+        kl_penalty(torch.zeros(2), torch.zeros(2), "k4")
+
+
+# --------------------------------------------------------------------------- #
+# compute_rewards
+# --------------------------------------------------------------------------- #
+def test_compute_rewards_exact_2x4():
+    scores = torch.tensor([1.0, -2.0], dtype=D)
+    lp = torch.tensor([[-1.0, -2.0, -0.5, 7.0], [-1.0, -1.0, -1.0, -1.0]], dtype=D)
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -3.0], [-2.0, -1.0, -1.0, -0.5]], dtype=D)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    # k1 = lp - ref: row0 [0.5, -1, 0, (pad)], row1 [1, 0, 0, -0.5]
+    # non_score = -0.1 * kl; score added at index 2 (row0) and 3 (row1)
+    rewards, non_score, kl = compute_rewards(scores, lp, ref, mask, kl_coef=0.1)
+    torch.testing.assert_close(kl, torch.tensor([[0.5, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, -0.5]], dtype=D))
+    torch.testing.assert_close(
+        non_score, torch.tensor([[-0.05, 0.1, 0.0, 0.0], [-0.1, 0.0, 0.0, 0.05]], dtype=D)
+    )
+    torch.testing.assert_close(
+        rewards, torch.tensor([[-0.05, 0.1, 1.0, 0.0], [-0.1, 0.0, 0.0, -1.95]], dtype=D)
+    )
+    # token rewards are added (and masked); k2 estimator is honoured
+    tok = torch.tensor([[0.1, 0.2, 0.3, 50.0], [0.0, 0.0, 0.0, 1.0]], dtype=D)
+    rewards, _, kl2 = compute_rewards(scores, lp, ref, mask, 0.1, "k2", token_rewards=tok)
+    # k2 = 0.5 * kl^2: row0 [0.125, 0.5, 0, 0], row1 [0.5, 0, 0, 0.125]
+    torch.testing.assert_close(
+        kl2, torch.tensor([[0.125, 0.5, 0.0, 0.0], [0.5, 0.0, 0.0, 0.125]], dtype=D)
+    )
+    torch.testing.assert_close(
+        rewards,
+        torch.tensor(
+            [[-0.0125 + 0.1, -0.05 + 0.2, 0.3 + 1.0, 0.0], [-0.05, 0.0, 0.0, -0.0125 + 1.0 - 2.0]],
+            dtype=D,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# GAE
+# --------------------------------------------------------------------------- #
+def _naive_gae(values, rewards, lengths, gamma, lam):
+    """Per sequence, in Python floats: delta_t directly, then the explicit sum
+    A_t = sum_l (gamma*lam)^l delta_{t+l}; V after the last token is 0."""
+    B, T = values.shape
+    adv = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        n = lengths[b]
+        v = [float(values[b, t]) for t in range(n)] + [0.0]
+        r = [float(rewards[b, t]) for t in range(n)]
+        delta = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+        for t in range(n):
+            adv[b][t] = sum((gamma * lam) ** l * delta[t + l] for l in range(n - t))
+    return torch.tensor(adv, dtype=D)
+
+
+LENGTHS = [7, 3, 5, 1]
+
+
+def _random_rollout(seed, T=7):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(len(LENGTHS), T, generator=g, dtype=D)
+    rewards = torch.randn(len(LENGTHS), T, generator=g, dtype=D)
+    mask = _mask(LENGTHS, T)
+    # padding holds garbage; it must be ignored
+    return _fill_padding(values, mask, 123.0), _fill_padding(rewards, mask, -77.0), mask
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.95), (0.9, 1.0), (1.0, 1.0), (0.9, 0.0)])
+def test_gae_matches_naive(gamma, lam):
+    values, rewards, mask = _random_rollout(4)
+    adv, ret = gae(values, rewards, mask, gamma, lam)
+    expected = _naive_gae(values, rewards, LENGTHS, gamma, lam)
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + torch.where(mask, values, 0.0))
+    assert (adv[~mask] == 0).all() and (ret[~mask] == 0).all()
+
+
+def test_gae_lam1_is_return_to_go_minus_value_and_lam0_is_td():
+    gamma = 0.9
+    values, rewards, mask = _random_rollout(5)
+    adv1, ret1 = gae(values, rewards, mask, gamma, 1.0)
+    adv0, _ = gae(values, rewards, mask, gamma, 0.0)
+    for b, n in enumerate(LENGTHS):
+        for t in range(n):
+            rtg = sum(gamma**k * rewards[b, t + k].item() for k in range(n - t))
+            assert adv1[b, t].item() == pytest.approx(rtg - values[b, t].item())
+            assert ret1[b, t].item() == pytest.approx(rtg)  # Monte-Carlo target
+            v_next = values[b, t + 1].item() if t + 1 < n else 0.0
+            td = rewards[b, t].item() + gamma * v_next - values[b, t].item()
+            assert adv0[b, t].item() == pytest.approx(td)
+
+
+def test_gae_left_padding_equals_right_padding():
+    # padding resets lastgaelam: nothing may leak from a padded slot into the
+    # episode (or out of it), wherever the padding sits
+    values, rewards, mask = _random_rollout(9)
+    adv_r, ret_r = gae(values, rewards, mask, 0.99, 0.95)
+    # roll each row so its padding comes first
+    shifts = [7 - n for n in LENGTHS]
+    roll = lambda x: torch.stack([torch.roll(row, s) for row, s in zip(x, shifts)])  # noqa: E731
+    adv_l, ret_l = gae(roll(values), roll(rewards), roll(mask), 0.99, 0.95)
+    torch.testing.assert_close(adv_l, roll(adv_r))
+    torch.testing.assert_close(ret_l, roll(ret_r))
+
+
+def test_decoupled_gae():
+    values, rewards, mask = _random_rollout(6)
+    adv, ret = decoupled_gae(values, rewards, mask, 1.0, lam_actor=0.95, lam_critic=1.0)
+    torch.testing.assert_close(adv, gae(values, rewards, mask, 1.0, 0.95)[0])
+    torch.testing.assert_close(ret, gae(values, rewards, mask, 1.0, 1.0)[1])
+    # and the two lambdas really differ here
+    assert not torch.allclose(ret, gae(values, rewards, mask, 1.0, 0.95)[1])
+
+
+# --------------------------------------------------------------------------- #
+# policy / value loss
+# --------------------------------------------------------------------------- #
+def _policy_case():
+    # cliprange 0.2; four real tokens, then two padded ones
+    #   t  ratio  A   pg_losses  pg_losses2          max    clipped?
+    #   0  1.5   +1   -1.5       -1*1.2 = -1.2       -1.2   yes
+    #   1  0.5   +1   -0.5       -1*0.8 = -0.8       -0.5   no
+    #   2  0.5   -1   +0.5       +1*0.8 = +0.8       +0.8   yes
+    #   3  1.0   +2   -2.0       -2.0                -2.0   no (equal)
+    # loss = (-1.2 - 0.5 + 0.8 - 2.0) / 4 = -0.725, clipfrac = 2/4 = 0.5
+    # approxkl = 0.5 * (ln1.5^2 + 2 ln0.5^2 + 0) / 4
+    old = torch.tensor([[-2.0, -1.0, -3.0, -0.5, 0.0, 0.0]], dtype=D)
+    logratio = torch.tensor([[math.log(1.5), math.log(0.5), math.log(0.5), 0.0, 0.0, 0.0]], dtype=D)
+    adv = torch.tensor([[1.0, 1.0, -1.0, 2.0, 0.0, 0.0]], dtype=D)
+    mask = _mask([4], 6)
+    return old + logratio, old, adv, mask
+
+
+def test_policy_loss_hand_computed():
+    lp, old, adv, mask = _policy_case()
+    loss, stats = policy_loss(lp, old, adv, mask, cliprange=0.2)
+    assert loss.item() == pytest.approx(-0.725)
+    assert stats["policy/clipfrac"].item() == 0.5
+    approxkl = 0.5 * (math.log(1.5) ** 2 + 2 * math.log(0.5) ** 2) / 4
+    assert stats["policy/approxkl"].item() == pytest.approx(approxkl)
+    assert stats["policy/loss"].item() == pytest.approx(-0.725)
+    assert stats["policy/ratio_mean"].item() == pytest.approx((1.5 + 0.5 + 0.5 + 1.0) / 4)
+    assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())
+
+
+def test_policy_loss_padding_invariant_and_gradient():
+    lp, old, adv, mask = _policy_case()
+    lp = lp.clone().requires_grad_(True)
+    loss, stats = policy_loss(lp, old, adv, mask, 0.2)
+    loss.backward()
+    # clipped tokens (0 and 2) get no gradient; unclipped t: d/dlp(-A r)/4 = -A r / 4
+    torch.testing.assert_close(
+        lp.grad, torch.tensor([[0.0, -0.5 / 4, 0.0, -2.0 / 4, 0.0, 0.0]], dtype=D)
+    )
+    # garbage (inf / nan) in the padding: same loss, same stats, finite gradient
+    lp2 = _fill_padding(lp.detach(), mask, math.inf).requires_grad_(True)
+    adv2 = _fill_padding(adv, mask, math.nan)
+    loss2, stats2 = policy_loss(lp2, old, adv2, mask, 0.2)
+    loss2.backward()
+    assert loss2.item() == loss.item()
+    assert {k: v.item() for k, v in stats2.items()} == {k: v.item() for k, v in stats.items()}
+    torch.testing.assert_close(lp2.grad, lp.grad)
+
+
+def test_value_loss_hand_computed():
+    # cliprange_value 0.2, old_values 0
+    #   t  v     R     vclipped  vf_losses1  vf_losses2  max   clipped?
+    #   0  0.5   1.0   0.2       0.25        0.64        0.64  yes
+    #   1  0.1   1.0   0.1       0.81        0.81        0.81  no
+    #   2 -0.5  -1.0  -0.2       0.25        0.64        0.64  yes
+    #   3  0.5   0.0   0.2       0.25        0.04        0.25  no
+    # loss = 0.5 * (0.64 + 0.81 + 0.64 + 0.25) / 4 = 0.2925, clipfrac = 0.5
+    values = torch.tensor([[0.5, 0.1, -0.5, 0.5, 9.0]], dtype=D)
+    old = torch.zeros(1, 5, dtype=D)
+    returns = torch.tensor([[1.0, 1.0, -1.0, 0.0, -9.0]], dtype=D)
+    mask = _mask([4], 5)
+    loss, stats = value_loss(values, old, returns, mask, 0.2)
+    assert loss.item() == pytest.approx(0.2925)
+    assert stats["val/clipfrac"].item() == 0.5
+    assert stats["val/error"].item() == pytest.approx((0.25 + 0.81 + 0.25 + 0.25) / 4)
+    assert stats["val/vpred"].item() == pytest.approx(0.6 / 4)
+    assert stats["val/returns"].item() == pytest.approx(0.25)
+    # padding is ignored
+    loss2, _ = value_loss(_fill_padding(values, mask, math.nan), old, returns, mask, 0.2)
+    assert loss2.item() == loss.item()
+    # no clipping: 0.5 * mean(vf_losses1)
+    loss3, stats3 = value_loss(values, old, returns, mask, None)
+    assert loss3.item() == pytest.approx(0.5 * (0.25 + 0.81 + 0.25 + 0.25) / 4)
+    assert stats3["val/clipfrac"].item() == 0.0
+
+
+def test_explained_variance():
+    g = torch.Generator().manual_seed(7)
+    returns = torch.randn(3, 6, generator=g, dtype=D)
+    mask = _mask([6, 4, 2], 6)
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    mean_pred = torch.full_like(returns, masked_mean(returns, mask).item())
+    assert explained_variance(mean_pred, returns, mask).item() == pytest.approx(0.0, abs=1e-12)
+    # padding is ignored
+    garbage = _fill_padding(returns, mask, 1e6)
+    assert explained_variance(returns, garbage, mask).item() == pytest.approx(1.0)
+    # constant returns: undefined
+    assert math.isnan(explained_variance(returns, torch.ones_like(returns), mask).item())
+
+
+# --------------------------------------------------------------------------- #
+# reward-side helpers
+# --------------------------------------------------------------------------- #
+def test_normalize_scores():
+    s = torch.tensor([0.0, 2.0, 10.0, -10.0])
+    # (s - 2) / 2 = [-1, 0, 4, -6] -> clip 3
+    torch.testing.assert_close(normalize_scores(s, 2.0, 2.0, 3.0), torch.tensor([-1.0, 0.0, 3.0, -3.0]))
+    torch.testing.assert_close(normalize_scores(s, 2.0, 2.0, None), torch.tensor([-1.0, 0.0, 4.0, -6.0]))
+    with pytest.raises(ValueError):
+        normalize_scores(s, 0.0, 0.0, None)
+
+
+def test_rto_token_rewards():
+    dpo = torch.tensor([[-1.0, -2.0, 5.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = _mask([2], 3)
+    torch.testing.assert_close(
+        rto_token_rewards(dpo, ref, mask, beta=0.1), torch.tensor([[0.05, -0.1, 0.0]])
+    )
+
+
+def test_dpo_loss_hand_computed():
+    beta = 0.1
+    # pair 0: chosen logratio +1, rejected -1 -> z = 0.1*(1 - -1) = 0.2
+    # pair 1: chosen logratio  0, rejected +1 -> z = 0.1*(0 - 1)  = -0.1
+    pc = torch.tensor([-1.0, -2.0], dtype=D)
+    pr = torch.tensor([-3.0, -1.0], dtype=D)
+    rc = torch.tensor([-2.0, -2.0], dtype=D)
+    rr = torch.tensor([-2.0, -2.0], dtype=D)
+    loss, stats = dpo_loss(pc, pr, rc, rr, beta)
+    # -log sigma(z) = log(1 + exp(-z))
+    expected = (math.log1p(math.exp(-0.2)) + math.log1p(math.exp(0.1))) / 2
+    assert loss.item() == pytest.approx(expected)
+    assert stats["dpo/accuracy"].item() == 0.5
+    assert stats["dpo/chosen_reward"].item() == pytest.approx((0.1 + 0.0) / 2)
+    assert stats["dpo/rejected_reward"].item() == pytest.approx((-0.1 + 0.1) / 2)
+    assert stats["dpo/margin"].item() == pytest.approx((0.2 - 0.1) / 2)
+    # cDPO: 0.9 * (-log sigma(z)) + 0.1 * (-log sigma(-z))
+    loss_s, _ = dpo_loss(pc, pr, rc, rr, beta, label_smoothing=0.1)
+    nls = lambda z: math.log1p(math.exp(-z))  # noqa: E731
+    expected_s = sum(0.9 * nls(z) + 0.1 * nls(-z) for z in (0.2, -0.1)) / 2
+    assert loss_s.item() == pytest.approx(expected_s)
+
+
+def test_lm_loss_matches_cross_entropy():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 5, 9, generator=g, dtype=D)
+    labels = torch.randint(0, 9, (2, 5), generator=g)
+    mask = _mask([5, 3], 5)
+    labels_hf = torch.where(mask, labels, torch.full_like(labels, -100))
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 9), labels_hf.reshape(-1))
+    loss, stats = lm_loss(logits, labels_hf, mask)
+    torch.testing.assert_close(loss, expected)
+    assert stats["ptx/tokens"].item() == 8
+
+
+# --------------------------------------------------------------------------- #
+# KL controllers
+# --------------------------------------------------------------------------- #
+def test_adaptive_kl_controller_two_updates_and_resume():
+    ctl = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
+    # kl 8: error = clip(8/6 - 1 = 0.333, +-0.2) = 0.2; mult = 1 + 0.2*256/10000 = 1.00512
+    ctl.update(8.0, n_steps=256)
+    assert ctl.value == pytest.approx(0.2 * 1.00512, rel=1e-12)
+    # kl 5.7: error = 5.7/6 - 1 = -0.05; mult = 1 - 0.05*512/10000 = 0.99744
+    ctl.update(torch.tensor(5.7), n_steps=512)
+    assert ctl.value == pytest.approx(0.2 * 1.00512 * 0.99744, rel=1e-6)  # 0.2005094
+    # exact resume: a fresh controller loaded from the state continues identically
+    other = AdaptiveKLController(init_kl_coef=1.0, target=1.0, horizon=1)
+    other.load_state_dict(ctl.state_dict())
+    assert other.state_dict() == ctl.state_dict()
+    for kl in (1.0, 12.0, 6.3):
+        ctl.update(kl, 64)
+        other.update(kl, 64)
+        assert other.value == ctl.value
+
+
+def test_fixed_kl_controller():
+    ctl = FixedKLController(0.05)
+    ctl.update(100.0, 1000)
+    assert ctl.value == 0.05
+    other = FixedKLController(1.0)
+    other.load_state_dict(ctl.state_dict())
+    assert other.value == 0.05
