@@ -232,6 +232,20 @@ def status(project_dir):
     project.close()
 
 
+def _register_command_modules() -> None:
+    """Import each module of `rankloop.app.commands`; each adds its commands to `cli`."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{mod}")
+
+
+_register_command_modules()
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli.main(args=argv, prog_name="rankloop", standalone_mode=True)
 
