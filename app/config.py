@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rankloop.data.config import ConfigError, from_table, render_toml
 from rankloop.data.models import DEFAULT_MODEL
+from rankloop.reward.config import RewardConfig
 
 
 @dataclass
@@ -82,8 +83,9 @@ class ProjectConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
-    SECTIONS = ("models", "generate", "labeling")
+    SECTIONS = ("models", "generate", "labeling", "reward")
 
     @classmethod
     def load(cls, path: Path) -> "ProjectConfig":

@@ -1,0 +1,113 @@
+"""Settings of the reward trainer: the `[reward]` section of rankloop.toml.
+
+One flat dataclass; `rankloop train-reward`'s options override the same fields. See
+docs/reward.md for what each choice does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rankloop.data.config import ConfigError
+
+LOSSES = ("bt", "rao-kupper", "davidson", "plackett-luce")
+
+
+@dataclass
+class RewardConfig:
+    """Reward model training: `rankloop train-reward`."""
+
+    base: str = ""
+    """Backbone to start from: a sequence-classification model or a causal LM (given a scalar head); empty = [models] reward_model."""
+    lora: bool = True
+    """Train a LoRA adapter (plus the scalar head) instead of every weight; saved merged."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch (0 keeps steps deterministic and a little faster)."""
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated module names that get LoRA adapters (attention and MLP projections)."""
+    loss: str = "bt"
+    """'bt' (Bradley-Terry; a tie counts as half a win each way), 'rao-kupper' or 'davidson' (tie models, parameter learned), 'plackett-luce' (whole rankings)."""
+    center_coef: float = 0.0
+    """Reward-centering penalty coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 = off, 0.01 is typical."""
+    margin_slightly: float = 0.0
+    """Bradley-Terry margin for a 'slightly better' label."""
+    margin_much: float = 1.0
+    """Bradley-Terry margin for a 'much better' label (Llama 2's margin loss)."""
+    both_bad: str = "drop"
+    """What a 'both bad' label becomes: 'drop' (it says nothing about which is better) or 'tie'."""
+    aggregate: str = "each"
+    """Several annotators on one comparison: 'each' keeps every label, 'majority' merges them (split votes are ties)."""
+    epochs: float = 1.0
+    """Passes over the training labels (fractions allowed)."""
+    batch_size: int = 8
+    """Comparisons per optimizer step (a pairwise comparison is 2 sequences, a K-ranking K)."""
+    grad_accum: int = 1
+    """Batches accumulated before each optimizer step."""
+    lr: float = 0.0
+    """Peak learning rate; 0 = 1e-4 with LoRA, 1e-5 for full fine-tuning."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.03
+    """Fraction of steps with a linear warm-up, then linear decay to 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 = off)."""
+    max_length: int = 512
+    """Longest prompt + response, in tokens; longer ones lose the start of the prompt."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out for evaluation (whole prompts, never split); 0 = none."""
+    seed: int = 0
+    """Seed of the held-out split, the batch order and the head's initialisation."""
+    bf16: str = "auto"
+    """bf16 autocast: 'auto' (where the CPU or GPU has fast bf16), 'yes' or 'no'."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N optimizer steps (0 = only at the end)."""
+    eval_every: int = 0
+    """Evaluate on the held-out split every N optimizer steps (0 = only at the end)."""
+    merge_lora: bool = True
+    """Save the LoRA model merged into a plain checkpoint (False: the adapter, see docs)."""
+    log_with: str = ""
+    """Tracker for accelerate: '', 'tensorboard' or 'wandb' (written under logs/)."""
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"[reward] loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.both_bad not in ("drop", "tie"):
+            raise ConfigError("[reward] both_bad must be 'drop' or 'tie'")
+        if self.aggregate not in ("each", "majority"):
+            raise ConfigError("[reward] aggregate must be 'each' or 'majority'")
+        if self.bf16 not in ("auto", "yes", "no"):
+            raise ConfigError("[reward] bf16 must be 'auto', 'yes' or 'no'")
+        if self.log_with not in ("", "tensorboard", "wandb"):
+            raise ConfigError("[reward] log_with must be '', 'tensorboard' or 'wandb'")
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[reward] {name} must be at least 1")
+        for name in ("lr", "weight_decay", "center_coef", "max_grad_norm", "margin_slightly",
+                     "margin_much", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[reward] {name} must be >= 0")
+        if not self.epochs > 0:
+            raise ConfigError("[reward] epochs must be > 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError("[reward] lora_dropout must be in [0, 1)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("[reward] warmup_ratio must be in [0, 1)")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError("[reward] eval_fraction must be in [0, 1)")
+        if self.lora and not self.target_modules:
+            raise ConfigError("[reward] lora_target_modules is empty: name the modules to adapt")
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate actually used (the default depends on LoRA / full)."""
+        return self.lr or (1e-4 if self.lora else 1e-5)

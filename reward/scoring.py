@@ -1,0 +1,107 @@
+"""Scoring (prompt, response) texts with a saved reward model: the contract PPO codes against.
+
+    scorer = RewardScorer.from_pretrained("rounds/0/reward")
+    r = scorer.score(prompts, responses)          # (N,) raw scores, float32, CPU
+    r_norm = (r - scorer.mean) / scorer.std        # normalised with the training statistics
+
+Prompts are `Prompt` records, strings (one user turn) or lists of {role, content} dicts;
+responses are decoded strings. The reward model formats each pair with its own tokenizer's chat
+template (`rankloop.reward.model.format_text`), exactly as in training, so the policy's
+tokenizer does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .model import (PromptLike, format_text, load_reward_tokenizer, load_saved, rewards,
+                    right_pad, tokenize, use_bf16)
+
+STATS_FILE = "reward_stats.json"
+
+
+class RewardScorer:
+    """A saved reward model ready to score batches of decoded (prompt, response) pairs."""
+
+    def __init__(self, model, tokenizer, device: torch.device, batch_size: int = 16,
+                 bf16: bool = False, mean: float = 0.0, std: float = 1.0,
+                 max_length: int = 512):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.mean = mean
+        """Mean reward over the training data (0.0 when the model has no reward_stats.json)."""
+        self.std = std
+        """Std of the reward over the training data (1.0 when absent)."""
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        batch_size: int = 16, bf16: str = "auto") -> "RewardScorer":
+        """Load `path` (a folder written by `rankloop train-reward`, or any sequence-
+        classification checkpoint with one label). device None = CUDA when there is one."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tokenizer = load_reward_tokenizer(str(path))
+        model = load_saved(path)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        mean, std = read_stats(path)
+        max_length = min(tokenizer.model_max_length, 1 << 16)
+        return cls(model, tokenizer, device, batch_size, use_bf16(device, bf16), mean, std,
+                   max_length)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        """Raw reward of each (prompt, response): a float32 CPU tensor (N,), in input order."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not responses:
+            return torch.zeros(0)
+        texts = [format_text(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        ids = tokenize(self.tokenizer, texts, self.max_length)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
+        out = torch.empty(len(ids))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            input_ids, mask = right_pad([ids[i] for i in idx], self.tokenizer.pad_token_id)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                r = rewards(self.model, input_ids.to(self.device), mask.to(self.device))  # (b,)
+            out[idx] = r.float().cpu()
+        return out
+
+    def normalized(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        """(score - mean) / std with the training statistics (N,)."""
+        return (self.score(prompts, responses) - self.mean) / self.std
+
+
+def read_stats(path: str | Path) -> tuple[float, float]:
+    """(mean, std) from reward_stats.json next to the model; (0.0, 1.0) if absent."""
+    f = Path(path) / STATS_FILE
+    if not f.exists():
+        return 0.0, 1.0
+    stats = json.loads(f.read_text())
+    return float(stats["mean"]), float(stats["std"]) or 1.0
+
+
+def score_texts(path: str | Path, prompts: Sequence[PromptLike], responses: Sequence[str],
+                batch_size: int = 16) -> list[float]:
+    """Raw scores of (prompt, response) pairs by the reward model saved in `path`."""
+    return RewardScorer.from_pretrained(path, batch_size=batch_size).score(
+        prompts, responses).tolist()
+
+
+def latest_reward_model(project) -> Path:
+    """The reward model of the last round that has one (`rankloop train-reward` records it;
+    a relative path is relative to the project folder)."""
+    from rankloop.app.project import ProjectError
+
+    for r in reversed(project.store.rounds()):
+        if r.reward_model:
+            return Path(project.root) / r.reward_model
+    raise ProjectError("no round has a reward model yet: run `rankloop train-reward` first")
