@@ -109,3 +109,53 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
         "number": int, "policy": str, "reward_model": str, "metrics": str, "started_at": str,
         "finished_at": str,
     }, pk="number")
+
+
+@migration("0002_labeling_queue")
+def m0002_labeling_queue(db: sqlite_utils.Database) -> None:
+    """The labeling app's queue: leases, skips, flags, undone labels, reward-model scores."""
+    # A lease hands one comparison to one annotator until `expires_at` (unix seconds); it also
+    # fixes the order the responses were shown in and the request id that makes the submission
+    # idempotent, so neither is ever taken from the browser.
+    db["leases"].create({
+        "comparison_id": int, "annotator_id": int, "display_order": str, "request_id": str,
+        "issued_at": float, "expires_at": float,
+    }, pk=("comparison_id", "annotator_id"),
+        not_null={"display_order", "request_id", "issued_at", "expires_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"),
+                      ("annotator_id", "annotators", "id")])
+    db["leases"].create_index(["annotator_id"])
+    db["leases"].create_index(["expires_at"])
+
+    db["skips"].create({
+        "id": int, "comparison_id": int, "annotator_id": int, "reason": str, "created_at": str,
+    }, pk="id", not_null={"comparison_id", "annotator_id", "reason", "created_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"),
+                      ("annotator_id", "annotators", "id")])
+    db["skips"].create_index(["comparison_id", "annotator_id"], unique=True)
+
+    # An unresolved flag takes the comparison out of every annotator's queue until an admin
+    # resolves it.
+    db["flags"].create({
+        "id": int, "comparison_id": int, "annotator_id": int, "kind": str, "note": str,
+        "created_at": str, "resolved_at": str, "resolved_by": int,
+    }, pk="id", not_null={"comparison_id", "annotator_id", "kind", "created_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"),
+                      ("annotator_id", "annotators", "id")])
+    db["flags"].create_index(["comparison_id"])
+
+    # Undo keeps the label it removes: nothing an annotator submitted is ever lost.
+    db["label_revisions"].create({
+        "id": int, "label_id": int, "comparison_id": int, "annotator_id": int, "action": str,
+        "label": str, "created_at": str,
+    }, pk="id", not_null={"label_id", "comparison_id", "annotator_id", "action", "label",
+                          "created_at"})
+
+    # Scores of a reward model, for the active-learning order (least certain first).
+    db["response_scores"].create({
+        "response_id": int, "reward_model": str, "score": float, "created_at": str,
+    }, pk=("response_id", "reward_model"), not_null={"score", "created_at"},
+        foreign_keys=[("response_id", "responses", "id")])
+
+    db["labels"].create_index(["annotator_id", "created_at"])
+    db["comparison_responses"].create_index(["response_id"])

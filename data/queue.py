@@ -1,0 +1,429 @@
+"""The labeling queue: which comparison an annotator sees next, and what they did with it.
+
+Pure functions over a `Store`; the labeling app (`rankloop.app.labeling`) calls them, and so can a
+script. The rules:
+
+- Each comparison needs `n` independent labels (`[labeling] labels_per_comparison`), never two
+  from one annotator. Gold comparisons (a known answer set by an admin) are not part of that
+  count: they are mixed into each annotator's stream at `gold_rate`, once per annotator.
+- `next_task` leases a comparison to one annotator until the lease expires. A comparison that
+  already has `n` labels and leases together is given to nobody else; among the rest, one that
+  nobody holds comes before one that somebody else is labeling, so two annotators working at the
+  same time never get the same task while other tasks remain. An expired lease counts for
+  nothing: an abandoned task goes back to the queue.
+- The lease, not the browser, holds the order the responses were shown in and the request id
+  that makes the submission idempotent.
+- `submit` records one label in one `BEGIN IMMEDIATE` transaction: a retried request (same
+  request id) returns the label already recorded. A late submission (after the lease expired) is
+  kept, never thrown away, so such a comparison may end up with more than `n` labels.
+- `skip` (with a reason) takes a comparison out of one annotator's queue; `flag` takes it out of
+  everyone's until an admin resolves the flag; `undo_last` moves an annotator's last label into
+  `label_revisions` and hands the comparison back to them to label again (that is how a label is
+  edited).
+
+Writes start with `BEGIN IMMEDIATE`: with one connection per thread (WAL), a deferred transaction
+that reads and then writes fails with SQLITE_BUSY when another connection wrote in between; an
+immediate one takes the write lock first and waits (busy_timeout) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+import secrets
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .records import Comparison, Label, Prompt, Response, normalize_ranking, to_json
+from .store import Store, StoreError, now as now_iso
+
+ORDERS: tuple[str, ...] = ("oldest", "random", "uncertainty")
+FLAG_KINDS: tuple[str, ...] = ("unsafe", "broken", "unanswerable")
+SKIP_REASONS: tuple[str, ...] = ("I cannot judge this topic", "too long to judge now",
+                                 "responses are identical", "other")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A comparison leased to one annotator, with everything the page shows."""
+
+    comparison: Comparison
+    prompt: Prompt
+    responses: tuple[Response, ...]  # in display order (what the annotator sees as A, B, ...)
+    request_id: str
+    expires_at: float
+    gold: bool  # never shown to the annotator
+
+    @property
+    def display_order(self) -> tuple[int, ...]:
+        return tuple(r.id for r in self.responses)
+
+    @property
+    def mode(self) -> str:
+        return "pairwise" if len(self.responses) == 2 else "ranking"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the progress line says."""
+
+    labeled_today: int
+    labeled_total: int
+    left: int  # comparisons this annotator could still label (held by others included)
+
+
+@contextlib.contextmanager
+def immediate(store: Store):
+    """A write transaction that takes SQLite's write lock at BEGIN (a savepoint when nested)."""
+    conn = store.db.conn
+    if conn.in_transaction:
+        with store.transaction():
+            yield store
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield store
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# -- choosing the next comparison ---------------------------------------------------------------
+
+def _eligible_sql(order: str) -> str:
+    """Regular comparisons annotator :a may label, with labels + live leases by others."""
+    gap = ""
+    if order == "uncertainty":
+        # Reward-model uncertainty: the smallest score gap between two responses of the
+        # comparison (Bradley-Terry: P(i > j) = sigmoid(r_i - r_j) is closest to 1/2 there).
+        gap = (", (select min(abs(s1.score - s2.score)) from comparison_responses x1 "
+               "join comparison_responses x2 on x2.comparison_id = x1.comparison_id "
+               "and x2.position > x1.position "
+               "join response_scores s1 on s1.response_id = x1.response_id "
+               "and s1.reward_model = :rm "
+               "join response_scores s2 on s2.response_id = x2.response_id "
+               "and s2.reward_model = :rm where x1.comparison_id = c.id) as gap")
+    return f"""
+        select c.id,
+               (select count(*) from labels l where l.comparison_id = c.id) as labeled,
+               (select count(*) from leases s where s.comparison_id = c.id
+                  and s.annotator_id != :a and s.expires_at > :now) as held {gap}
+        from comparisons c
+        where c.gold is null
+          and not exists (select 1 from labels l where l.comparison_id = c.id
+                          and l.annotator_id = :a)
+          and not exists (select 1 from skips k where k.comparison_id = c.id
+                          and k.annotator_id = :a)
+          and not exists (select 1 from flags f where f.comparison_id = c.id
+                          and f.resolved_at is null)
+    """
+
+
+def _latest_scored_model(store: Store) -> str | None:
+    row = store.db.execute(
+        "select reward_model from response_scores order by created_at desc limit 1").fetchone()
+    return row[0] if row else None
+
+
+def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: float,
+                  rng: random.Random) -> int | None:
+    params = {"a": annotator_id, "now": now, "rm": None}
+    if order == "uncertainty":
+        params["rm"] = _latest_scored_model(store)
+        if params["rm"] is None:  # no reward model has scored anything yet
+            order = "oldest"
+    rows = store.db.execute(
+        f"select * from ({_eligible_sql(order)}) where labeled + held < :n",
+        {**params, "n": n}).fetchall()
+    if not rows:
+        return None
+    free = [r for r in rows if r[2] == 0]
+    pool = free or rows  # a task nobody else holds first
+    if order == "random":
+        return rng.choice(pool)[0]
+    if order == "uncertainty":
+        # Scored comparisons by gap, smallest first; unscored ones (new samples) after them.
+        return min(pool, key=lambda r: (r[3] is None, r[3] if r[3] is not None else 0, r[0]))[0]
+    return min(r[0] for r in pool)
+
+
+def _pick_gold(store: Store, annotator_id: int, rng: random.Random) -> int | None:
+    rows = store.db.execute(
+        "select c.id from comparisons c where c.gold is not null "
+        "and not exists (select 1 from labels l where l.comparison_id = c.id "
+        "and l.annotator_id = ?) "
+        "and not exists (select 1 from skips k where k.comparison_id = c.id "
+        "and k.annotator_id = ?) order by c.id", [annotator_id, annotator_id]).fetchall()
+    return rng.choice(rows)[0] if rows else None
+
+
+def _task(store: Store, comparison_id: int, display_order: Sequence[int], request_id: str,
+          expires_at: float) -> Task:
+    comp = store.comparison(comparison_id)
+    return Task(comparison=comp, prompt=store.prompt(comp.prompt_id),
+                responses=tuple(store.responses(ids=list(display_order))),
+                request_id=request_id, expires_at=expires_at, gold=comp.gold is not None)
+
+
+def _lease(store: Store, comparison_id: int, annotator_id: int, now: float,
+           lease_seconds: float, rng: random.Random) -> Task:
+    comp = store.comparison(comparison_id)
+    order = list(comp.response_ids)
+    rng.shuffle(order)  # a fresh random order per annotator: position bias is measurable
+    request_id = secrets.token_hex(16)
+    store.db["leases"].insert({
+        "comparison_id": comparison_id, "annotator_id": annotator_id,
+        "display_order": to_json(order), "request_id": request_id, "issued_at": now,
+        "expires_at": now + lease_seconds}, replace=True)
+    return _task(store, comparison_id, order, request_id, now + lease_seconds)
+
+
+def current_task(store: Store, annotator_id: int, now: float) -> Task | None:
+    """The live lease this annotator holds (a reloaded page shows the same task), if any."""
+    row = store.db.execute(
+        "select comparison_id, display_order, request_id, expires_at from leases "
+        "where annotator_id = ? and expires_at > ? order by issued_at desc limit 1",
+        [annotator_id, now]).fetchone()
+    if not row:
+        return None
+    return _task(store, row[0], json.loads(row[1]), row[2], row[3])
+
+
+def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: float = 600,
+              order: str = "oldest", gold_rate: float = 0.0, now: float,
+              rng: random.Random) -> Task | None:
+    """Lease the next comparison to `annotator_id` (or return the one they already hold).
+
+    Returns None when nothing is available now: see `progress(...).left` for whether tasks
+    remain that others are holding.
+    """
+    if order not in ORDERS:
+        raise StoreError(f"unknown queue order {order!r}; use one of {', '.join(ORDERS)}")
+    with immediate(store):
+        held = current_task(store, annotator_id, now)
+        if held is not None:
+            return held
+        store.db.execute("delete from leases where annotator_id = ?", [annotator_id])
+        cid = None
+        if gold_rate > 0 and rng.random() < gold_rate:
+            cid = _pick_gold(store, annotator_id, rng)
+        if cid is None:
+            cid = _pick_regular(store, annotator_id, n, order, now, rng)
+        if cid is None:
+            return None
+        return _lease(store, cid, annotator_id, now, lease_seconds, rng)
+
+
+def progress(store: Store, annotator_id: int, *, n: int = 1, today: str | None = None) -> Progress:
+    """Labels today (UTC date, or `today` as YYYY-MM-DD), in total, and comparisons left."""
+    today = today or datetime.now(timezone.utc).date().isoformat()
+    total, on_day = store.db.execute(
+        "select count(*), coalesce(sum(substr(created_at, 1, 10) = ?), 0) from labels "
+        "where annotator_id = ? and source = 'human'", [today, annotator_id]).fetchone()
+    left = store.db.execute(
+        f"select count(*) from ({_eligible_sql('oldest')}) where labeled < :n",
+        {"a": annotator_id, "now": 0.0, "n": n}).fetchone()[0]
+    return Progress(labeled_today=on_day, labeled_total=total, left=left)
+
+
+# -- what the annotator does with a task ------------------------------------------------------
+
+def ranking_from_positions(tiers: Sequence[Sequence[int]],
+                           display_order: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Display positions (0 = first shown) in tiers, best first -> response ids in tiers."""
+    try:
+        ranking = [[display_order[p] for p in tier] for tier in tiers]
+    except (IndexError, TypeError):
+        raise StoreError(f"a ranking names positions 1..{len(display_order)} only") from None
+    try:
+        return normalize_ranking(ranking, display_order)
+    except ValueError as e:
+        raise StoreError(str(e).replace("response", "position")) from None
+
+
+def _lease_row(store: Store, annotator_id: int, comparison_id: int):
+    return store.db.execute(
+        "select display_order, request_id, expires_at from leases "
+        "where annotator_id = ? and comparison_id = ?", [annotator_id, comparison_id]).fetchone()
+
+
+def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str, *,
+           choice: str | None = None, positions: Sequence[Sequence[int]] | None = None,
+           strength: str | None = None, margins: dict[str, float] | None = None,
+           rationale: str | None = None, seconds_spent: float | None = None) -> int:
+    """Record the annotator's judgment of their leased comparison; returns the label id.
+
+    Pairwise: `choice` is A / B / tie / both_bad relative to the order shown, with an optional
+    `strength` (slightly / much) that `margins` turns into the label's margin. K-wise:
+    `positions` are display positions in tiers, best first (ties share a tier).
+    Idempotent on `request_id`: a retry returns the label already recorded.
+    """
+    with immediate(store):
+        row = store.db.execute("select id, annotator_id, comparison_id from labels "
+                               "where request_id = ?", [request_id]).fetchone()
+        if row:
+            if (row[1], row[2]) != (annotator_id, comparison_id):
+                raise StoreError("that request id belongs to another label")
+            return row[0]
+        lease = _lease_row(store, annotator_id, comparison_id)
+        if lease is None or lease[1] != request_id:
+            raise StoreError(f"comparison {comparison_id} is not assigned to you (or was "
+                             f"already answered): reload to get your next task")
+        order = tuple(json.loads(lease[0]))
+        rationale = (rationale or "").strip() or None
+        margin = (margins or {}).get(strength) if strength else None
+        common = dict(strength=strength, margin=margin, rationale=rationale,
+                      seconds_spent=seconds_spent, source="human", request_id=request_id)
+        if choice is not None:
+            if len(order) != 2:
+                raise StoreError("A / B / tie / both bad is for a comparison of 2 responses; "
+                                 "rank these responses instead")
+            try:
+                label = Label.pairwise(comparison_id, annotator_id, order, choice, **common)
+            except ValueError as e:
+                raise StoreError(str(e)) from None
+            if choice in ("tie", "both_bad") and strength:
+                raise StoreError("strength applies to 'A better' or 'B better' only")
+        else:
+            if positions is None:
+                raise StoreError("choose A or B (or tie / both bad), or rank the responses")
+            label = Label(comparison_id=comparison_id, annotator_id=annotator_id,
+                          ranking=ranking_from_positions(positions, order), mode="ranking",
+                          display_order=order, **common)
+        label_id = store.add_label(label)
+        store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
+                         [annotator_id, comparison_id])
+        return label_id
+
+
+def skip(store: Store, annotator_id: int, comparison_id: int, reason: str) -> None:
+    """Take the comparison out of this annotator's queue, with their reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise StoreError("say why you skip (pick a reason)")
+    with immediate(store):
+        if _lease_row(store, annotator_id, comparison_id) is None:
+            raise StoreError(f"comparison {comparison_id} is not assigned to you")
+        store.db["skips"].insert({"comparison_id": comparison_id, "annotator_id": annotator_id,
+                                  "reason": reason, "created_at": now_iso()}, replace=True)
+        store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
+                         [annotator_id, comparison_id])
+
+
+def flag(store: Store, annotator_id: int, comparison_id: int, kind: str,
+         note: str | None = None) -> int:
+    """Flag a comparison (unsafe / broken / unanswerable): it leaves every queue until an
+    admin resolves the flag. Returns the flag id."""
+    if kind not in FLAG_KINDS:
+        raise StoreError(f"a flag is one of {', '.join(FLAG_KINDS)}; got {kind!r}")
+    with immediate(store):
+        if _lease_row(store, annotator_id, comparison_id) is None:
+            raise StoreError(f"comparison {comparison_id} is not assigned to you")
+        fid = store.db["flags"].insert({
+            "comparison_id": comparison_id, "annotator_id": annotator_id, "kind": kind,
+            "note": (note or "").strip() or None, "created_at": now_iso()}).last_pk
+        store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
+                         [annotator_id, comparison_id])
+        return fid
+
+
+def resolve_flag(store: Store, flag_id: int, admin_id: int) -> None:
+    """Mark a flag resolved: the comparison returns to the queue (unless flagged again)."""
+    with immediate(store):
+        cur = store.db.execute("update flags set resolved_at = ?, resolved_by = ? "
+                               "where id = ? and resolved_at is null",
+                               [now_iso(), admin_id, flag_id])
+        if cur.rowcount == 0:
+            raise StoreError(f"no open flag with id {flag_id}")
+
+
+def open_flags(store: Store) -> list[dict]:
+    return [dict(r) for r in store.db.query(
+        "select f.id, f.comparison_id, a.name as annotator, f.kind, f.note, f.created_at "
+        "from flags f join annotators a on a.id = f.annotator_id where f.resolved_at is null "
+        "order by f.id")]
+
+
+def undo_last(store: Store, annotator_id: int, *, now: float, lease_seconds: float = 600,
+              rng: random.Random) -> tuple[Label, Task] | None:
+    """Take back the annotator's last label: it moves to `label_revisions` (kept, not lost)
+    and its comparison is leased back to them, in the same order, to label again.
+
+    Returns (the label taken back, the task to redo), or None when there is nothing to undo.
+    """
+    with immediate(store):
+        row = store.db.execute(
+            "select id from labels where annotator_id = ? and source = 'human' "
+            "order by id desc limit 1", [annotator_id]).fetchone()
+        if row is None:
+            return None
+        label = _label(store, row[0])
+        store.db["label_revisions"].insert({
+            "label_id": label.id, "comparison_id": label.comparison_id,
+            "annotator_id": annotator_id, "action": "undo",
+            "label": json.dumps(dict(store.db["labels"].get(label.id)), ensure_ascii=False),
+            "created_at": now_iso()})
+        store.db.execute("delete from labels where id = ?", [label.id])
+        store.db.execute("delete from leases where annotator_id = ?", [annotator_id])
+        request_id = secrets.token_hex(16)
+        store.db["leases"].insert({
+            "comparison_id": label.comparison_id, "annotator_id": annotator_id,
+            "display_order": to_json(list(label.display_order)), "request_id": request_id,
+            "issued_at": now, "expires_at": now + lease_seconds})
+        task = _task(store, label.comparison_id, label.display_order, request_id,
+                     now + lease_seconds)
+        return label, task
+
+
+def _label(store: Store, label_id: int) -> Label:
+    comp_id = store.db.execute("select comparison_id from labels where id = ?",
+                               [label_id]).fetchone()[0]
+    return next(lab for lab in store.labels(comparison_id=comp_id) if lab.id == label_id)
+
+
+# -- gold and reward-model scores -------------------------------------------------------------
+
+def set_gold(store: Store, comparison_id: int, ranking) -> None:
+    """Make a comparison gold with its known answer (tiers of response ids, best first), or
+    pass None to make it a regular comparison again."""
+    comp = store.comparison(comparison_id)
+    value = None
+    if ranking is not None:
+        try:
+            value = to_json(normalize_ranking(ranking, comp.response_ids))
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+    with immediate(store):
+        store.db.execute("update comparisons set gold = ? where id = ?", [value, comparison_id])
+
+
+def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> int:
+    """Store a reward model's score of each response (id -> score), for the 'uncertainty'
+    order; returns how many were written."""
+    stamp = now_iso()
+    with immediate(store):
+        store.db["response_scores"].upsert_all(
+            [{"response_id": rid, "reward_model": reward_model, "score": float(s),
+              "created_at": stamp} for rid, s in scores.items()],
+            pk=("response_id", "reward_model"))
+    return len(scores)
+
+
+def pair_outcomes(ranking: Sequence[Sequence[int]]) -> dict[tuple[int, int], int]:
+    """Each pair (i, j) with i < j (response ids) -> +1 if i ranks above j, -1 below, 0 tied."""
+    tier = {r: t for t, members in enumerate(ranking) for r in members}
+    return {(i, j): (tier[i] < tier[j]) - (tier[i] > tier[j])
+            for i, j in itertools.combinations(sorted(tier), 2)}
+
+
+def gold_agreement(label_ranking, gold_ranking) -> float:
+    """Fraction of response pairs the label orders as the gold answer does (ties included);
+    for 2 responses this is 1 (right) or 0 (wrong)."""
+    mine, gold = pair_outcomes(label_ranking), pair_outcomes(gold_ranking)
+    return statistics.fmean(mine[p] == gold[p] for p in gold)

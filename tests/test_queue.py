@@ -1,0 +1,270 @@
+"""The labeling queue (data/queue.py) and migration 0002, over real stores."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+
+import pytest
+import sqlite_utils
+
+from rankloop.data import queue
+from rankloop.data.migrations import applied, migrate, schema_version
+from rankloop.data.store import Store, StoreError
+
+
+def setup(store: Store, comparisons: int = 3, k: int = 2, annotators=("ann", "bob")):
+    """`comparisons` prompts with k responses each, one comparison per prompt."""
+    cids = [store.add_comparison_texts(f"prompt {i}", [f"p{i} r{j}" for j in range(k)])
+            for i in range(comparisons)]
+    ids = [store.add_annotator(name)[0].id for name in annotators]
+    return cids, ids
+
+
+def lease(store, aid, now=0.0, seed=0, **kw):
+    return queue.next_task(store, aid, now=now, rng=random.Random(seed), **kw)
+
+
+def test_migration_0002_adds_queue_tables():
+    db = sqlite_utils.Database(memory=True)
+    assert migrate(db, upto="0001_initial") == ["0001_initial"]
+    assert "leases" not in db.table_names()
+    assert migrate(db) == ["0002_labeling_queue"]
+    assert applied(db) == ["0001_initial", "0002_labeling_queue"] and schema_version(db) == 2
+    assert db["leases"].columns_dict == {
+        "comparison_id": int, "annotator_id": int, "display_order": str, "request_id": str,
+        "issued_at": float, "expires_at": float}
+    assert db["leases"].pks == ["comparison_id", "annotator_id"]
+    assert {tuple(i.columns) for i in db["skips"].indexes if i.unique} == {
+        ("comparison_id", "annotator_id")}
+    for table in ("flags", "label_revisions", "response_scores"):
+        assert table in db.table_names()
+    assert ["annotator_id", "created_at"] in [i.columns for i in db["labels"].indexes]
+    assert migrate(db) == []  # never twice
+
+
+def test_oldest_first_and_two_annotators_never_share_while_others_remain(fresh_store):
+    (c1, c2, c3), (a, b) = setup(fresh_store)
+    ta, tb = lease(fresh_store, a), lease(fresh_store, b)
+    assert (ta.comparison.id, tb.comparison.id) == (c1, c2)
+    assert sorted(ta.display_order) == sorted(fresh_store.comparison(c1).response_ids)
+    # Asking again (a reloaded page) gives the same lease back, same order and request id.
+    again = lease(fresh_store, a, now=5.0, seed=99)
+    assert (again.comparison.id, again.display_order, again.request_id) == (
+        c1, ta.display_order, ta.request_id)
+
+
+def test_a_task_held_by_another_is_not_given_when_n_is_1(fresh_store):
+    (c1,), (a, b) = setup(fresh_store, comparisons=1)
+    assert lease(fresh_store, a).comparison.id == c1
+    assert lease(fresh_store, b) is None
+    assert queue.progress(fresh_store, b).left == 1  # there is work, someone else holds it
+    # With n = 2 the second annotator gets it too (an independent second label).
+    assert lease(fresh_store, b, n=2).comparison.id == c1
+
+
+def test_an_abandoned_lease_expires_and_the_task_returns(fresh_store):
+    (c1,), (a, b) = setup(fresh_store, comparisons=1)
+    assert lease(fresh_store, a, now=0.0, lease_seconds=60).comparison.id == c1
+    assert lease(fresh_store, b, now=59.0, lease_seconds=60) is None
+    assert lease(fresh_store, b, now=61.0, lease_seconds=60).comparison.id == c1
+
+
+def test_submit_pairwise_records_one_exact_row_and_is_idempotent(fresh_store):
+    (c1, c2, _), (a, _) = setup(fresh_store)
+    t = lease(fresh_store, a)
+    first, second = t.display_order
+    margins = {"slightly": 0.33, "much": 1.0}
+    lid = queue.submit(fresh_store, a, c1, t.request_id, choice="B", strength="much",
+                       margins=margins, rationale="  clearer  ", seconds_spent=4.5)
+    again = queue.submit(fresh_store, a, c1, t.request_id, choice="A", margins=margins)
+    assert again == lid
+    row = fresh_store.db["labels"].get(lid)
+    assert {k: row[k] for k in ("comparison_id", "annotator_id", "mode", "ranking", "choice",
+                                "strength", "margin", "display_order", "rationale",
+                                "seconds_spent", "source", "request_id")} == {
+        "comparison_id": c1, "annotator_id": a, "mode": "pairwise",
+        "ranking": json.dumps([[second], [first]]), "choice": "B", "strength": "much",
+        "margin": 1.0, "display_order": json.dumps([first, second]), "rationale": "clearer",
+        "seconds_spent": 4.5, "source": "human", "request_id": t.request_id}
+    assert fresh_store.db["labels"].count == 1 and fresh_store.db["leases"].count == 0
+    assert lease(fresh_store, a).comparison.id == c2
+
+
+def test_submit_refuses_without_the_lease_and_leaves_the_db_unchanged(fresh_store):
+    (c1, c2, _), (a, b) = setup(fresh_store)
+    t = lease(fresh_store, a)
+    with pytest.raises(StoreError, match="not assigned to you"):
+        queue.submit(fresh_store, b, c1, t.request_id, choice="A")  # someone else's task
+    with pytest.raises(StoreError, match="not assigned to you"):
+        queue.submit(fresh_store, a, c1, "forged", choice="A")
+    with pytest.raises(StoreError, match="strength applies"):
+        queue.submit(fresh_store, a, c1, t.request_id, choice="tie", strength="much")
+    with pytest.raises(StoreError, match="choose A or B"):
+        queue.submit(fresh_store, a, c1, t.request_id)
+    assert fresh_store.db["labels"].count == 0 and fresh_store.db["leases"].count == 1
+
+
+def test_submit_k_wise_ranking_with_a_tie(fresh_store):
+    (c1,), (a, _) = setup(fresh_store, comparisons=1, k=4)
+    t = lease(fresh_store, a)
+    assert t.mode == "ranking"
+    o = t.display_order
+    lid = queue.submit(fresh_store, a, c1, t.request_id, positions=[[2], [0, 3], [1]])
+    assert json.loads(fresh_store.db["labels"].get(lid)["ranking"]) == [[o[2]], [o[0], o[3]],
+                                                                        [o[1]]]
+    t2 = lease(fresh_store, a)
+    assert t2 is None
+    with pytest.raises(StoreError, match="A / B / tie"):
+        fresh_store.add_comparison_texts("x", ["1", "2", "3"])
+        t3 = lease(fresh_store, a)
+        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, choice="A")
+    with pytest.raises(StoreError, match="exactly once"):
+        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, positions=[[0], [1]])
+    with pytest.raises(StoreError, match="positions 1..3"):
+        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, positions=[[0], [1], [7]])
+
+
+def test_skip_is_per_annotator_and_flag_holds_for_everyone(fresh_store):
+    (c1, c2, c3), (a, b) = setup(fresh_store)
+    t = lease(fresh_store, a)
+    with pytest.raises(StoreError, match="say why"):
+        queue.skip(fresh_store, a, c1, "  ")
+    queue.skip(fresh_store, a, c1, "too long to judge now")
+    assert lease(fresh_store, a).comparison.id == c2  # a skipped c1...
+    assert lease(fresh_store, b).comparison.id == c1  # ...b still gets it
+    fid = queue.flag(fresh_store, a, c2, "unsafe", "asks for a weapon")
+    assert [(f["id"], f["comparison_id"], f["annotator"], f["kind"], f["note"])
+            for f in queue.open_flags(fresh_store)] == [(fid, c2, "ann", "unsafe",
+                                                        "asks for a weapon")]
+    with pytest.raises(StoreError, match="a flag is one of"):
+        queue.flag(fresh_store, a, c3, "boring")
+    assert lease(fresh_store, a).comparison.id == c3
+    assert queue.progress(fresh_store, b).left == 2  # c1 (b holds it) and c3; c2 is flagged
+    queue.resolve_flag(fresh_store, fid, a)
+    assert queue.progress(fresh_store, b).left == 3
+    with pytest.raises(StoreError, match="no open flag"):
+        queue.resolve_flag(fresh_store, fid, a)
+
+
+def test_undo_keeps_the_label_and_hands_the_task_back_to_edit(fresh_store):
+    (c1, c2, _), (a, _) = setup(fresh_store)
+    t = lease(fresh_store, a)
+    lid = queue.submit(fresh_store, a, c1, t.request_id, choice="A", seconds_spent=2.0)
+    lease(fresh_store, a)  # moved on to c2
+    label, redo = queue.undo_last(fresh_store, a, now=10.0, rng=random.Random(1))
+    assert (label.id, label.choice, redo.comparison.id) == (lid, "A", c1)
+    assert redo.display_order == t.display_order and redo.request_id != t.request_id
+    assert fresh_store.db["labels"].count == 0
+    (rev,) = list(fresh_store.db["label_revisions"].rows)
+    assert (rev["label_id"], rev["action"], json.loads(rev["label"])["choice"]) == (lid, "undo",
+                                                                                   "A")
+    assert lease(fresh_store, a, now=11.0).comparison.id == c1  # the redo, not c2
+    new = queue.submit(fresh_store, a, c1, redo.request_id, choice="tie")
+    assert fresh_store.db["labels"].get(new)["choice"] == "tie"
+    assert queue.undo_last(fresh_store, 999, now=0.0, rng=random.Random(0)) is None
+
+
+def test_gold_is_mixed_in_and_kept_out_of_the_regular_queue(fresh_store):
+    (c1, c2, c3), (a, b) = setup(fresh_store)
+    r1, r2 = fresh_store.comparison(c3).response_ids
+    queue.set_gold(fresh_store, c3, [[r2], [r1]])
+    assert fresh_store.comparison(c3).gold == ((r2,), (r1,))
+    with pytest.raises(StoreError, match="exactly once"):
+        queue.set_gold(fresh_store, c3, [[r2]])
+    assert queue.progress(fresh_store, a).left == 2
+    t = lease(fresh_store, a, gold_rate=1.0)
+    assert (t.comparison.id, t.gold) == (c3, True)
+    queue.submit(fresh_store, a, c3, t.request_id,
+                 choice="A" if t.display_order[0] == r2 else "B")
+    # Gold answered once: the next draw falls back to the regular queue.
+    assert lease(fresh_store, a, gold_rate=1.0).comparison.id == c1
+    assert lease(fresh_store, b, gold_rate=0.0).comparison.id == c2
+
+
+def test_gold_agreement_and_pair_outcomes():
+    assert queue.pair_outcomes([[3], [1, 2]]) == {(1, 2): 0, (1, 3): -1, (2, 3): -1}
+    assert queue.gold_agreement([[1], [2]], [[1], [2]]) == 1.0
+    assert queue.gold_agreement([[2], [1]], [[1], [2]]) == 0.0
+    # 3 pairs: (1,2) tie vs 1>2 wrong, (1,3) right, (2,3) right.
+    assert queue.gold_agreement([[1, 2], [3]], [[1], [2], [3]]) == pytest.approx(2 / 3)
+
+
+def test_uncertainty_order_serves_the_smallest_score_gap_first(fresh_store):
+    (c1, c2, c3), (a, _) = setup(fresh_store)
+    # Before any reward model scored anything, it falls back to oldest first.
+    assert lease(fresh_store, a, order="uncertainty").comparison.id == c1
+    fresh_store.db.execute("delete from leases")
+    gaps = {c1: 2.0, c2: 0.1}  # c3 unscored
+    for cid, gap in gaps.items():
+        r1, r2 = fresh_store.comparison(cid).response_ids
+        queue.record_scores(fresh_store, "rm-1", {r1: 1.0, r2: 1.0 + gap})
+    got = []
+    for _ in range(3):
+        t = lease(fresh_store, a, order="uncertainty")
+        got.append(t.comparison.id)
+        queue.submit(fresh_store, a, t.comparison.id, t.request_id, choice="tie")
+    assert got == [c2, c1, c3]
+
+
+def test_random_order_and_display_order_follow_the_rng(fresh_store):
+    cids, (a, b) = setup(fresh_store, comparisons=6)
+    seen_orders = set()
+    picks = []
+    for seed in range(8):
+        t = lease(fresh_store, a, order="random", seed=seed)
+        picks.append(t.comparison.id)
+        seen_orders.add(t.display_order == fresh_store.comparison(t.comparison.id).response_ids)
+        fresh_store.db.execute("delete from leases")
+    assert seen_orders == {True, False}  # both orders get shown
+    assert len(set(picks)) > 1
+    with pytest.raises(StoreError, match="unknown queue order"):
+        lease(fresh_store, a, order="newest")
+
+
+def test_progress_counts_today_and_total(fresh_store):
+    (c1, c2, c3), (a, _) = setup(fresh_store)
+    for _ in range(2):
+        t = lease(fresh_store, a)
+        queue.submit(fresh_store, a, t.comparison.id, t.request_id, choice="A")
+    fresh_store.db.execute("update labels set created_at = '2020-01-01T00:00:00' where id = 1")
+    p = queue.progress(fresh_store, a)
+    assert (p.labeled_today, p.labeled_total, p.left) == (1, 2, 1)
+    assert queue.progress(fresh_store, a, today="2020-01-01").labeled_today == 1
+
+
+def test_threads_with_own_connections_label_each_comparison_exactly_n_times(tmp_path):
+    path = tmp_path / "q.db"
+    store = Store.open(path)
+    cids, ids = setup(store, comparisons=20, annotators=[f"a{i}" for i in range(6)])
+    store.close()
+    n, errors, acked = 2, [], []
+
+    def work(aid, seed):
+        s, rng = Store.open(path), random.Random(seed)
+        try:
+            while True:
+                t = queue.next_task(s, aid, n=n, now=0.0, rng=rng)
+                if t is None:
+                    if queue.progress(s, aid, n=n).left == 0:
+                        return
+                    continue
+                acked.append((aid, queue.submit(s, aid, t.comparison.id, t.request_id,
+                                                choice=rng.choice("AB"))))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=work, args=(aid, i)) for i, aid in enumerate(ids)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    store = Store.open(path)
+    rows = store.db.execute("select comparison_id, count(*), count(distinct annotator_id) "
+                            "from labels group by comparison_id").fetchall()
+    assert sorted(rows) == [(c, n, n) for c in cids]
+    assert sorted(lid for _, lid in acked) == [r[0] for r in store.db.execute(
+        "select id from labels order by id")]
+    store.close()
