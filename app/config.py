@@ -70,10 +70,36 @@ class LabelingConfig:
 
     k: int = 2
     """Responses per comparison: 2 = pairwise (A / B / tie / both bad), 3..9 = rank them (ties allowed)."""
+    labels_per_comparison: int = 1
+    """Independent labels each comparison needs, never two from one annotator (more than 1 gives overlap to measure agreement)."""
+    lease_seconds: int = 900
+    """How long a task stays reserved for the annotator it was shown to; after that an abandoned task returns to the queue."""
+    order: str = "oldest"
+    """Queue order: 'oldest' first, 'random', or 'uncertainty' (the comparisons the latest reward model is least sure about first; oldest first until one has scored responses)."""
+    gold_rate: float = 0.0
+    """Share of tasks drawn from the gold comparisons (known answers set by an admin), each shown once per annotator; 0 = none."""
+    margin_slightly: float = 0.33
+    """Margin recorded for 'slightly better' (Llama 2's margin scale: 1/3 for slightly better)."""
+    margin_much: float = 1.0
+    """Margin recorded for 'much better' (Llama 2's margin scale: 1 for significantly better)."""
+    concurrency: int = 16
+    """Handler calls the app runs at once (Gradio's queue concurrency); each thread has its own SQLite connection."""
 
     def validate(self) -> None:
         if not 2 <= self.k <= 9:
             raise ConfigError("[labeling] k must be between 2 and 9")
+        if self.labels_per_comparison < 1:
+            raise ConfigError("[labeling] labels_per_comparison must be at least 1")
+        if self.lease_seconds < 10:
+            raise ConfigError("[labeling] lease_seconds must be at least 10")
+        if self.order not in ("oldest", "random", "uncertainty"):
+            raise ConfigError("[labeling] order must be 'oldest', 'random' or 'uncertainty'")
+        if not 0 <= self.gold_rate <= 1:
+            raise ConfigError("[labeling] gold_rate must be between 0 and 1")
+        if not 0 <= self.margin_slightly <= self.margin_much:
+            raise ConfigError("[labeling] margins must satisfy 0 <= margin_slightly <= margin_much")
+        if self.concurrency < 1:
+            raise ConfigError("[labeling] concurrency must be at least 1")
 
 
 @dataclass
