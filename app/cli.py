@@ -25,7 +25,7 @@ from .project import Project, ProjectError
 
 USER_ERRORS = (ConfigError, ImportFileError, ModelLoadError, ProjectError, StoreError)
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap paths and messages
 
 
 def user_errors(fn):
@@ -64,6 +64,9 @@ def cli():
       rankloop generate --n 2            # 2 candidate responses per prompt
       rankloop status
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # rankloop shows its own progress bars
 
 
 @cli.command()

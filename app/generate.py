@@ -79,13 +79,13 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
         if tokenizer is None:
             tokenizer = load_tokenizer(policy)
         if model is None:
-            model = load_causal_lm(policy)
-        device = next(model.parameters()).device
-        bf16 = use_bf16(config.bf16, device)
-        if bf16 and device.type == "cpu" and next(model.parameters()).dtype == torch.float32:
+            device = torch.device("cpu")
+            bf16 = use_bf16(config.bf16, device)
             # Sampling reads every weight once per token: bf16 weights halve that traffic and use
             # the CPU's bf16 matmul units (autocast would re-cast the weights at every step).
-            model = model.to(torch.bfloat16)
+            model = load_causal_lm(policy, dtype=torch.bfloat16 if bf16 else None)
+        else:  # a caller's model is left as it is; sample_batch autocasts an fp32 one
+            bf16 = use_bf16(config.bf16, next(model.parameters()).device)
         tokenizer.padding_side = "left"
         bar = tqdm(total=len(todo), desc=f"generate round {round}", unit="resp",
                    disable=not progress)

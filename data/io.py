@@ -12,7 +12,8 @@ Rows are one of:
   stored as a comparison plus a label from an external source, so a reward model can be trained
   before the team's own annotators have labeled anything.
 A prompt is a string or a conversation: a list of `{"role", "content"}` turns ending with a user
-turn. In CSV a conversation is written as that list in JSON.
+turn. In CSV a conversation is written as that list in JSON. Columns rankloop does not use (an id, a
+category) are kept as the prompt's metadata.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
         raise ImportFileError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from e
 
 
-def _parse_prompt(value, where: str, column: str) -> Prompt:
+def _parse_prompt(value, column: str) -> Prompt:
     if isinstance(value, str) and value.lstrip().startswith("[{"):
         try:  # a conversation written as JSON inside a CSV cell
             value = json.loads(value)
@@ -210,12 +211,27 @@ class _Row:
     preference: tuple[str, str, bool, float | None] | None = None
 
 
+def _metadata(row: dict, cols: Columns) -> dict:
+    """Columns rankloop does not use (an id, a category...), kept with the prompt."""
+    used = set(vars(cols).values())
+    out = {}
+    for k, v in row.items():
+        if k not in used and v is not None and v != "":
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError):
+                v = str(v)
+            out[str(k)] = v
+    return out
+
+
 def _parse_row(row: dict, cols: Columns) -> _Row:
     if cols.prompt not in row:
         raise ValueError(f"missing column '{cols.prompt}' (columns here: "
                          f"{', '.join(map(str, row)) or 'none'}); name the prompt column with "
                          f"--prompt-column")
-    prompt = _parse_prompt(row[cols.prompt], "", cols.prompt)
+    p = _parse_prompt(row[cols.prompt], cols.prompt)
+    prompt = Prompt(messages=p.messages, metadata=_metadata(row, cols))
     has_chosen, has_rejected = cols.chosen in row, cols.rejected in row
     if has_chosen or has_rejected:
         if not (has_chosen and has_rejected):
@@ -303,6 +319,7 @@ def import_file(store: Store, path: str | Path, columns: Columns = Columns(),
 
 
 def _with_source(p: Prompt, source: str) -> Prompt:
+    """The parsed prompt, labelled with where it came from."""
     return Prompt(messages=p.messages, source=source, metadata=p.metadata)
 
 

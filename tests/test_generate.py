@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from rankloop.app.config import GenerateConfig
+from rankloop.app.generate import generate, make_comparisons
+from rankloop.data.models import ModelLoadError, load_causal_lm, load_tokenizer
+from rankloop.data.records import Message, Prompt
+from rankloop.data.store import Store
+from rankloop.ppo.sampling import encode_chats, left_pad, plan_batches, sample_batch
+
+PROMPTS = [Prompt.from_text("Explain how a bicycle gear works."),
+           Prompt.from_text("Write a short poem about the sea."),
+           Prompt(messages=(Message("user", "hello"), Message("assistant", "yes"),
+                            Message("user", "thanks, and the dog?"))),
+           Prompt.from_text("def add(a, b):")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm_dir):
+    return load_causal_lm(str(tiny_lm_dir)), load_tokenizer(str(tiny_lm_dir))
+
+
+def store_with_prompts():
+    store = Store.memory()
+    store.add_prompts(PROMPTS)
+    return store
+
+
+CFG = GenerateConfig(n=3, max_new_tokens=12, batch_size=4, temperature=1.0, top_p=1.0,
+                     bf16="no")
+
+
+def test_left_pad_and_plan_batches():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert plan_batches([3, 9, 1, 9, 4], batch_size=2) == [[1, 3], [4, 0], [2]]
+
+
+def test_chat_template_is_applied(tiny):
+    _, tok = tiny
+    (ids,) = encode_chats(tok, [PROMPTS[2].as_chat()])
+    assert tok.decode(ids) == ("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nyes"
+                               "<|im_end|>\n<|im_start|>user\nthanks, and the dog?<|im_end|>\n"
+                               "<|im_start|>assistant\n")
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny):
+    """Left padding and position ids are right: a batch gives each row what it gives alone."""
+    model, tok = tiny
+    ids = encode_chats(tok, [p.as_chat() for p in PROMPTS])
+    kw = dict(temperature=0, top_p=1.0, max_new_tokens=10, seed=0)
+    batched = sample_batch(model, tok, ids, **kw)
+    alone = [sample_batch(model, tok, [i], **kw)[0] for i in ids]
+    assert [s.token_ids for s in batched] == [s.token_ids for s in alone]
+
+
+def test_generate_records_n_responses_with_sampling_and_comparisons(tiny):
+    model, tok = tiny
+    store = store_with_prompts()
+    report = generate(store, "tiny", CFG, round=0, k=2, model=model, tokenizer=tok,
+                      progress=False)
+    assert (report.prompts, report.generated, report.skipped_existing) == (4, 12, 0)
+    responses = store.responses()
+    assert len(responses) == 12
+    assert sorted((r.prompt_id, r.sample_index) for r in responses) == [
+        (p, i) for p in (1, 2, 3, 4) for i in range(3)]
+    assert {(r.policy, r.round, r.source) for r in responses} == {("tiny", 0, "generated")}
+    assert {(r.sampling.temperature, r.sampling.top_p, r.sampling.max_new_tokens)
+            for r in responses} == {(1.0, 1.0, 12)}
+    # n=3 and k=2: one pair per prompt, the third response waits for a partner
+    comps = store.comparisons()
+    assert len(comps) == report.comparisons_created == 4
+    by_id = {r.id: r for r in responses}
+    assert all(sorted(by_id[i].sample_index for i in c.response_ids) == [0, 1] for c in comps)
+
+
+def test_generate_is_deterministic_given_the_seed(tiny):
+    model, tok = tiny
+    texts = []
+    for _ in range(2):
+        store = store_with_prompts()
+        generate(store, "tiny", CFG, model=model, tokenizer=tok, progress=False)
+        texts.append([r.text for r in store.responses()])
+    assert texts[0] == texts[1]
+    assert len(set(texts[0])) > 1
+
+
+class DiesAfter:
+    """Wraps a model; raises after `n` generate calls (a run killed midway)."""
+
+    def __init__(self, model, n):
+        self.model, self.n = model, n
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def generate(self, **kw):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.model.generate(**kw)
+
+
+def test_killed_run_resumes_without_doubling(tiny):
+    model, tok = tiny
+    store = store_with_prompts()
+    cfg = GenerateConfig(n=3, max_new_tokens=8, batch_size=5, bf16="no")
+    with pytest.raises(KeyboardInterrupt):
+        generate(store, "tiny", cfg, model=DiesAfter(model, 1), tokenizer=tok, progress=False)
+    kept = {(r.prompt_id, r.sample_index): r.text for r in store.responses()}
+    assert len(kept) == 5  # the first batch was committed before the kill
+    report = generate(store, "tiny", cfg, model=model, tokenizer=tok, progress=False)
+    assert (report.generated, report.skipped_existing) == (7, 5)
+    after = {(r.prompt_id, r.sample_index): r.text for r in store.responses()}
+    assert len(after) == 12 and all(after[key] == text for key, text in kept.items())
+    assert generate(store, "tiny", cfg, model=model, tokenizer=tok, progress=False).generated == 0
+
+
+def test_limit_and_k_wise_comparisons(tiny):
+    model, tok = tiny
+    store = store_with_prompts()
+    cfg = GenerateConfig(n=4, max_new_tokens=6, bf16="no")
+    report = generate(store, "tiny", cfg, k=4, limit=2, model=model, tokenizer=tok,
+                      progress=False)
+    assert (report.prompts, report.generated, report.comparisons_created) == (2, 8, 2)
+    assert [len(c.response_ids) for c in store.comparisons()] == [4, 4]
+    assert make_comparisons(store, 0, 4) == 0  # nothing left to group
+
+
+def test_bf16_sampling_runs_on_cpu(tiny):
+    model, tok = tiny
+    store = store_with_prompts()
+    cfg = GenerateConfig(n=1, max_new_tokens=5, bf16="yes")
+    generate(store, "tiny", cfg, model=model, tokenizer=tok, progress=False)
+    assert len(store.responses()) == 4
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not changed
+
+
+def test_unloadable_model_gives_one_clear_message(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load model '/nope/model'.*local checkpoint"):
+        load_tokenizer("/nope/model")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_causal_lm(str(tmp_path))
