@@ -13,6 +13,7 @@ from pathlib import Path
 from rankloop.data.config import ConfigError, from_table, render_toml
 from rankloop.data.models import DEFAULT_MODEL
 from rankloop.reward.config import RewardConfig
+from rankloop.ppo.config import PPOConfig
 
 
 @dataclass
@@ -110,8 +111,9 @@ class ProjectConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
-    SECTIONS = ("models", "generate", "labeling", "reward")
+    SECTIONS = ("models", "generate", "labeling", "reward", "ppo")
 
     @classmethod
     def load(cls, path: Path) -> "ProjectConfig":

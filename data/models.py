@@ -90,13 +90,35 @@ def load_tokenizer(name_or_path: str, padding_side: str = "left"):
     return tok
 
 
+def adapter_base(name_or_path: str) -> str | None:
+    """The base model of a peft adapter folder (from its adapter_config.json), else None."""
+    import json
+
+    cfg = Path(name_or_path) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{cfg} names no base_model_name_or_path: cannot load the adapter")
+    return base
+
+
 def load_causal_lm(name_or_path: str, dtype=None):
-    """Load a causal LM for sampling or training (eval mode); one clear error if it can't."""
+    """Load a causal LM for sampling or training (eval mode); one clear error if it can't.
+
+    A peft LoRA adapter folder (adapter_config.json, as `rankloop ppo` saves a policy) loads its
+    base model and the adapter, merged into the weights so sampling runs at full speed.
+    """
     from transformers import AutoModelForCausalLM
 
-    path = resolve(name_or_path)
+    base = adapter_base(name_or_path)
+    path = resolve(base or name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if base:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, name_or_path).merge_and_unload()
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(_explain(name_or_path, e)) from e
     return model.eval()

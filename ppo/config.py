@@ -1,0 +1,150 @@
+"""`PPOConfig`: every setting of the PPO loop, one flat dataclass (the `[ppo]` section of
+`rankloop.toml`; `rankloop ppo`'s options override the same fields).
+
+Defaults follow PPO-max (Zheng et al. 2023): score normalisation and clipping, advantage
+whitening, a token-level KL penalty, value clipping, a critic initialised from the reward model,
+global gradient clipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rankloop.data.config import ConfigError
+
+CRITICS = ("reward", "policy")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@dataclass
+class PPOConfig:
+    """PPO: optimise the policy against the reward model (`rankloop ppo`)."""
+
+    steps: int = 100
+    """PPO steps (one step = rollout of batch_size prompts, scoring, then ppo_epochs of updates)."""
+    batch_size: int = 8
+    """Prompts per step on each process (rollout batch)."""
+    mini_batch_size: int = 4
+    """Sequences per gradient step inside a PPO epoch; must divide batch_size."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch, in shuffled mini-batches."""
+    max_new_tokens: int = 32
+    """Longest response sampled during PPO, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (1.0 = the policy's own distribution, as PPO assumes)."""
+    lr: float = 1e-4
+    """Learning rate of the policy's LoRA adapter (AdamW)."""
+    critic_lr: float = 1e-4
+    """Learning rate of the critic (its LoRA adapter and value head)."""
+    cliprange: float = 0.2
+    """PPO clip range of the policy ratio (epsilon)."""
+    cliprange_value: float = 0.2
+    """Clip range of the value update around the rollout's values (0 disables value clipping)."""
+    gamma: float = 1.0
+    """Discount factor of GAE (1.0 = undiscounted, as in RLHF)."""
+    lam_actor: float = 0.95
+    """GAE lambda for the policy's advantages."""
+    lam_critic: float = 0.95
+    """GAE lambda for the critic's value targets (VC-PPO decoupled GAE: 1.0, Monte-Carlo returns)."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance over each rollout batch (PPO-max)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the reward: 'k1' (log ratio), 'k2' (squared/2) or 'k3'."""
+    kl_coef: float = 0.05
+    """KL penalty coefficient (initial value when kl_target is set)."""
+    kl_target: float = 0.0
+    """Adaptive KL: target KL per sequence (0 = fixed coefficient kl_coef)."""
+    kl_horizon: float = 10000.0
+    """Adaptive KL: horizon in samples over which the coefficient adapts."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of a response that hit max_new_tokens without EOS (0 = off)."""
+    normalize_scores: bool = True
+    """Normalise reward-model scores with the mean/std saved with the reward model (PPO-max)."""
+    score_clip: float = 5.0
+    """Clip normalised scores to [-score_clip, score_clip] (0 = no clip)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the summed loss (matters for critic = 'policy', where policy and value share the backbone)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient in the policy loss (0 = off)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clipping of policy and critic (0 = off)."""
+    target_approxkl: float = 0.0
+    """Stop a step's PPO epochs early when the mean approximate KL exceeds this (0 = never)."""
+    value_pretrain_steps: int = 0
+    """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
+    critic: str = "reward"
+    """Critic kind: 'reward' (separate LoRA value model initialised from the reward model, PPO-max) or 'policy' (value head on the policy)."""
+    lora_r: int = 16
+    """LoRA rank of the policy and critic adapters."""
+    lora_alpha: int = 32
+    """LoRA alpha (the adapter's output is scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout (0 keeps rollout and update log-probabilities identical)."""
+    rto: bool = False
+    """RTO: add DPO token rewards beta * (log pi_dpo - log pi_ref) to the reward (needs a DPO model)."""
+    rto_model: str = ""
+    """RTO: path of the DPO model (adapter folder from `rankloop train-dpo`); empty = rounds/R/dpo."""
+    rto_beta: float = 0.05
+    """RTO: scale of the DPO token rewards."""
+    dpo_beta: float = 0.1
+    """`rankloop train-dpo`: beta of the DPO loss."""
+    dpo_epochs: int = 1
+    """`rankloop train-dpo`: passes over the preference pairs."""
+    dpo_lr: float = 5e-5
+    """`rankloop train-dpo`: learning rate of the DPO LoRA adapter."""
+    ptx_coef: float = 0.0
+    """PPO-ptx: coefficient of the language-modelling loss on ptx_dataset (0 = off)."""
+    ptx_dataset: str = ""
+    """PPO-ptx: a text or JSONL file (a 'text' field per line) or a datasets folder with a 'text' column."""
+    ptx_batch_size: int = 4
+    """PPO-ptx: texts per mini-batch for the language-modelling loss."""
+    seed: int = 0
+    """Random seed (prompt order, sampling, mini-batch shuffling)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N steps (0 = only at the end)."""
+    log_every: int = 1
+    """Log metrics (and a few decoded samples) every N steps."""
+    log_samples: int = 2
+    """Decoded samples printed with their score and KL at each log interval."""
+    log_with: str = ""
+    """Trackers through accelerate: '', 'tensorboard', 'wandb', or a comma-separated list."""
+    bf16: str = "auto"
+    """bfloat16 weights and autocast: 'auto' (where the CPU/GPU does bf16 fast), 'yes', 'no'."""
+    merge_on_save: bool = False
+    """Save the policy merged into full weights instead of a LoRA adapter."""
+
+    def validate(self) -> None:
+        def bad(name: str, what: str) -> ConfigError:
+            return ConfigError(f"[ppo] {name} = {getattr(self, name)!r}: {what}")
+
+        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                     "lora_r", "lora_alpha", "log_every", "dpo_epochs", "ptx_batch_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        for name in ("value_pretrain_steps", "checkpoint_every", "log_samples", "kl_coef",
+                     "kl_target", "missing_eos_penalty", "score_clip", "entropy_coef",
+                     "max_grad_norm", "target_approxkl", "vf_coef", "ptx_coef", "cliprange_value",
+                     "lora_dropout"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.batch_size % self.mini_batch_size:
+            raise bad("mini_batch_size", f"must divide batch_size ({self.batch_size})")
+        for name in ("lr", "critic_lr", "cliprange", "temperature", "kl_horizon", "rto_beta",
+                     "dpo_beta", "dpo_lr"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
+        for name in ("gamma", "lam_actor", "lam_critic"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "must be in [0, 1]")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise bad("kl_estimator", f"expected one of {', '.join(KL_ESTIMATORS)}")
+        if self.critic not in CRITICS:
+            raise bad("critic", f"expected one of {', '.join(CRITICS)}")
+        if self.bf16 not in ("auto", "yes", "no"):
+            raise bad("bf16", "expected 'auto', 'yes' or 'no'")
+        if self.ptx_coef > 0 and not self.ptx_dataset:
+            raise bad("ptx_dataset", "is empty but ptx_coef > 0: give a text dataset")
+        trackers = [t.strip() for t in self.log_with.split(",") if t.strip()]
+        for t in trackers:
+            if t not in ("tensorboard", "wandb"):
+                raise bad("log_with", "expected '', 'tensorboard', 'wandb' or both, comma-separated")

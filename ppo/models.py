@@ -1,0 +1,203 @@
+"""The modules PPO trains: the actor (a LoRA policy, optionally with a value head) and the critic.
+
+Memory plan (the reason rankloop fits PPO on a laptop):
+* The policy is a peft LoRA adapter on frozen base weights; the reference policy is the same
+  module with the adapter disabled (`with lm.disable_adapter():`), so no second copy is held.
+* With bf16 on, the frozen base weights are stored in bfloat16 and only the adapters and heads
+  stay fp32 (peft keeps adapter weights fp32): half the memory, and the CPU's bf16 units run the
+  matmuls without re-casting the weights at every forward.
+* The default critic is a separate LoRA value model initialised from the reward model (PPO-max):
+  the reward model's score head applied at every token gives the initial values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rankloop.data.models import ModelLoadError, adapter_base, resolve
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as `generate` numbers them. (B, L) -> (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    # all linear layers of the backbone (never the LM head): more capacity per rank than q/v only
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                      task_type=task_type)
+
+
+def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.dtype):
+    """The policy as a trainable peft model.
+
+    A plain checkpoint gets a fresh LoRA adapter. An adapter folder (a previous round's policy)
+    is loaded onto its base and trained further, so the reference (adapter disabled) stays the
+    original base policy in every round, as InstructGPT keeps the SFT model as reference.
+    """
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_path = adapter_base(path)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(resolve(base_path or path), dtype=dtype)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad path
+        raise ModelLoadError(f"cannot load policy '{path}': {type(e).__name__}: "
+                             f"{str(e).splitlines()[0]}") from e
+    base.config.use_cache = True
+    if base_path:
+        lm = PeftModel.from_pretrained(base, path, is_trainable=True)
+    else:
+        lm = get_peft_model(base, lora_config(r, alpha, dropout))
+    lm.base_model_name = resolve(base_path or path)  # written into the saved adapter_config
+    return lm.eval()  # no dropout anywhere: rollout and update log-probs must agree
+
+
+class Actor(nn.Module):
+    """The LoRA policy, plus a value head on its last hidden state when critic = 'policy'."""
+
+    def __init__(self, lm, value_head: bool):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.get_base_model().config.hidden_size
+        self.value_head = nn.Linear(hidden, 1) if value_head else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)  # start at V = 0, not at noise
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, n_last: int | None = None):
+        """Logits (B, n, V) and values (B, n) or None for the last `n_last` positions."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_for(attention_mask), use_cache=False,
+                      logits_to_keep=n_last or 0, output_hidden_states=self.value_head is not None)
+        values = None
+        if self.value_head is not None:
+            h = out.hidden_states[-1]  # (B, L, H)
+            if n_last:
+                h = h[:, -n_last:]
+            values = self.value_head(h.float()).squeeze(-1)  # (B, n)
+        return out.logits, values
+
+
+class Critic(nn.Module):
+    """A value model: a LoRA backbone and a linear head applied at every position."""
+
+    def __init__(self, backbone, head: nn.Linear, origin: str):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.origin = origin  # 'reward model' or 'policy backbone (fresh head)'
+
+    def forward(self, input_ids, attention_mask, n_last: int) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_for(attention_mask), use_cache=False)
+        h = out.last_hidden_state[:, -n_last:]  # (B, n, H)
+        return self.head(h.float()).squeeze(-1)  # (B, n)
+
+
+def same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+
+
+def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer, r: int,
+                 alpha: int, dropout: float, dtype: torch.dtype) -> Critic:
+    """Critic initialised from the reward model (PPO-max) when it shares the policy's tokenizer;
+    otherwise from the policy's backbone with a fresh, zero head (the reason is in `.origin`)."""
+    from peft import get_peft_model
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    reason = "no reward model (a Python reward function)"
+    if reward_model:
+        rm_tok = AutoTokenizer.from_pretrained(reward_model)
+        if same_tokenizer(rm_tok, policy_tokenizer):
+            rm = AutoModelForSequenceClassification.from_pretrained(reward_model, dtype=dtype)
+            backbone = getattr(rm, rm.base_model_prefix)
+            old_head = getattr(rm, "score", None) or getattr(rm, "classifier", None)
+            if not isinstance(old_head, nn.Linear) or old_head.out_features != 1:
+                raise ModelLoadError(f"reward model {reward_model}: expected a linear score head "
+                                     f"with one output to initialise the critic")
+            head = nn.Linear(old_head.in_features, 1, bias=old_head.bias is not None)
+            head.load_state_dict({k: v.float() for k, v in old_head.state_dict().items()})
+            if head.bias is None:  # the critic needs a bias to learn the value's offset
+                head = _with_bias(head)
+            lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION"))
+            return Critic(lora.eval(), head, "reward model")
+        reason = "the reward model's tokenizer differs from the policy's"
+    base = adapter_base(policy_path) or policy_path
+    backbone = AutoModel.from_pretrained(resolve(base), dtype=dtype)
+    head = nn.Linear(backbone.config.hidden_size, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION"))
+    return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})")
+
+
+def _with_bias(head: nn.Linear) -> nn.Linear:
+    new = nn.Linear(head.in_features, 1)
+    with torch.no_grad():
+        new.weight.copy_(head.weight)
+        new.bias.zero_()
+    return new
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the trained tensors (adapters, heads): a checkpoint of kilobytes, not the model."""
+    return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint does not match the model: unknown tensors {missing[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def save_policy(actor: Actor, tokenizer, out: Path, *, merge: bool) -> Path:
+    """Write the policy to `out`: a LoRA adapter (default) or merged full weights.
+
+    The adapter folder holds `adapter_config.json` (base path recorded), the adapter weights and
+    the tokenizer, so `AutoModelForCausalLM.from_pretrained(out)` (peft integration),
+    `PeftModel.from_pretrained` and `rankloop generate` all load it.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = actor.lm
+    base_path = lm.base_model_name
+    lm.peft_config["default"].base_model_name_or_path = base_path
+    if not merge:
+        lm.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return out
+    # Merge in fp32 on a fresh copy of the base: merging into bf16 weights would round the
+    # adapter's small update away.
+    tmp = out / "_adapter"
+    lm.save_pretrained(tmp)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    return out
+
+
+def save_critic(critic: Critic | None, actor: Actor, out: Path) -> None:
+    """The critic's trained tensors next to the policy (`critic.pt`), to resume or inspect."""
+    state = {"actor_value_head": actor.value_head.state_dict() if actor.value_head else None,
+             "critic": trainable_state(critic) if critic is not None else None,
+             "origin": critic.origin if critic is not None else "value head on the policy"}
+    torch.save(state, Path(out) / "critic.pt")
+    (Path(out) / "critic.json").write_text(json.dumps({"origin": state["origin"]}) + "\n")

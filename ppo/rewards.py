@@ -1,0 +1,147 @@
+"""Reward sources for PPO: what turns (prompt, response) texts into one score each.
+
+A reward source is any callable `(prompts, responses) -> Tensor (N,)`: prompts are `Prompt`
+records, responses the decoded response texts (no special tokens). Sources here:
+
+* `ScorerReward` - a trained reward model (`rankloop.reward.scoring.RewardScorer`): raw scores
+  normalised with the mean/std saved with the model and clipped (PPO-max, Zheng et al. 2023).
+  It scores decoded text, so policy and reward model need not share a tokenizer.
+* `load_callable("module:function")` - any Python function, for custom and rule-based rewards.
+* `WeightedSum` - a weighted sum of several sources.
+
+`parse_reward_spec` builds a source from the command line's `--reward-fn` strings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from rankloop.data.config import ConfigError
+from rankloop.ppo.core import normalize_scores
+
+RewardFn = Callable[[Sequence, Sequence[str]], torch.Tensor]
+
+
+def as_scores(value, n: int, name: str) -> torch.Tensor:
+    """A reward function's output as a float tensor (N,); a clear error for anything else."""
+    scores = torch.as_tensor(value, dtype=torch.float32).detach().cpu().reshape(-1)
+    if scores.numel() != n:
+        raise ValueError(f"reward {name} returned {scores.numel()} scores for {n} responses")
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"reward {name} returned a non-finite score: {scores.tolist()}")
+    return scores
+
+
+class ScorerReward:
+    """A reward model's scores, normalised and clipped (PPO-max).
+
+        s' = clamp((s - mean) / std, -clip, clip)
+
+    `mean` / `std` are the reward model's statistics on its training responses
+    (`reward_stats.json`), so 0 means "as good as an average training response".
+    """
+
+    def __init__(self, scorer, normalize: bool = True, clip: float | None = 5.0):
+        self.scorer = scorer
+        self.normalize = normalize
+        self.clip = clip if clip else None
+        self.name = f"reward-model:{getattr(scorer, 'path', 'scorer')}"
+
+    def __call__(self, prompts, responses) -> torch.Tensor:
+        raw = as_scores(self.scorer.score(list(prompts), list(responses)), len(responses),
+                        self.name)  # (N,)
+        if not self.normalize:
+            return raw if self.clip is None else raw.clamp(-self.clip, self.clip)
+        std = float(getattr(self.scorer, "std", 1.0) or 1.0)
+        return normalize_scores(raw, float(getattr(self.scorer, "mean", 0.0)), std, self.clip)
+
+
+class CallableReward:
+    """Wraps a Python reward function and checks its output (shape, finiteness)."""
+
+    def __init__(self, fn: RewardFn, name: str):
+        self.fn, self.name = fn, name
+
+    def __call__(self, prompts, responses) -> torch.Tensor:
+        return as_scores(self.fn(list(prompts), list(responses)), len(responses), self.name)
+
+
+class WeightedSum:
+    """sum_i w_i * source_i(prompts, responses)."""
+
+    def __init__(self, parts: Sequence[tuple[float, RewardFn]]):
+        if not parts:
+            raise ValueError("WeightedSum needs at least one reward source")
+        self.parts = list(parts)
+        self.name = " + ".join(f"{w:g}*{getattr(s, 'name', 'fn')}" for w, s in self.parts)
+
+    def __call__(self, prompts, responses) -> torch.Tensor:
+        total = torch.zeros(len(responses))  # (N,)
+        for weight, source in self.parts:
+            total = total + weight * as_scores(source(prompts, responses), len(responses),
+                                               getattr(source, "name", "fn"))
+        return total
+
+
+def missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor,
+                        penalty: float) -> torch.Tensor:
+    """Subtract `penalty` from the score of each response cut at max_new_tokens (no EOS).
+
+    The N+ implementation details of RLHF (Huang et al. 2024): without it, a policy can learn
+    to ramble past the length limit, where the reward model never sees an ending.
+    """
+    return scores - penalty * (~finished.bool()).to(scores.dtype)  # (N,)
+
+
+def load_callable(spec: str) -> RewardFn:
+    """`module:function` (or `path/to/file.py:function`) -> the function, with a clear error."""
+    if ":" not in spec:
+        raise ConfigError(f"--reward-fn {spec!r}: expected module:function "
+                          f"(e.g. my_rewards:length_bonus)")
+    module_name, func_name = spec.rsplit(":", 1)
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if mod_spec is None or not path.exists():
+                raise ImportError(f"no file {path}")
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:  # `python -m` semantics: the current folder is importable
+                sys.path.insert(0, "")
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"--reward-fn {spec!r}: cannot import {module_name!r}: {e}") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ConfigError(f"--reward-fn {spec!r}: {module_name} has no function {func_name!r}")
+    return CallableReward(fn, spec)
+
+
+def parse_reward_spec(specs: Sequence[str]) -> RewardFn:
+    """Build a reward source from strings `[WEIGHT*]module:function`; several are summed.
+
+    Example: `["my_rewards:helpful", "0.1*my_rewards:short"]` -> helpful + 0.1 * short.
+    """
+    parts = []
+    for spec in specs:
+        weight = 1.0
+        head, sep, rest = spec.partition("*")
+        if sep:
+            try:
+                weight = float(head)
+            except ValueError:
+                raise ConfigError(f"--reward-fn {spec!r}: the weight before '*' must be a "
+                                  f"number") from None
+            spec = rest
+        parts.append((weight, load_callable(spec)))
+    if len(parts) == 1 and parts[0][0] == 1.0:
+        return parts[0][1]
+    return WeightedSum(parts)
