@@ -129,7 +129,8 @@ def annotator_stats(store: Store) -> list[AnnotatorStats]:
         # Position bias: labels with a single best response, and whether it was shown first.
         strict = [lab for lab in mine if lab.display_order and len(lab.ranking[0]) == 1
                   and lab.choice != "both_bad"]
-        kappas = [cohen_kappa(items[a.id], items[b])[1] for b in items if b != a.id]
+        kappas = [cohen_kappa(items.get(a.id, {}), items[b])[1] for b in list(items)
+                  if b != a.id]
         kappas = [k for k in kappas if k is not None]
         out.append(AnnotatorStats(
             name=a.name, role=a.role, labels=len(mine),

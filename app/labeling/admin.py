@@ -1,0 +1,189 @@
+"""The admin view's handlers (admins only): statistics, plots, flags, gold, guidelines,
+accounts, upload and export. Plain functions like the annotator's, each checking the role of the
+logged-in account first: hiding the admin tab in the page is a convenience, this is the check.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rankloop.data import agreement, queue
+from rankloop.data.io import EXPORT_FORMATS, Columns, ImportFileError, export_preferences, import_file
+from rankloop.data.records import ANNOTATOR_ROLES
+from rankloop.data.store import Store, StoreError
+
+from .handlers import AccessDenied, Ctx, annotator, guidelines_markdown
+
+STATS_COLUMNS = ["annotator", "role", "labels", "labels/hour", "median s/label", "gold labels",
+                 "gold accuracy", "first-pick rate", "first-pick expected", "skips", "flags",
+                 "mean kappa"]
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """What the admin view shows; tables are pandas DataFrames (Gradio's Dataframe and plots
+    take them as they are)."""
+
+    annotators: pd.DataFrame  # STATS_COLUMNS
+    kappa: pd.DataFrame  # pair, a, b, items, kappa
+    alpha: float | None
+    per_day: pd.DataFrame  # day, annotator, labels
+    rounds: pd.DataFrame  # round, metric, value
+    flags: pd.DataFrame  # id, comparison_id, annotator, kind, note, created_at
+    summary: str
+
+
+def is_admin(ctx: Ctx, username: str | None) -> bool:
+    with ctx.stores() as store:
+        try:
+            return annotator(store, username).role == "admin"
+        except AccessDenied:
+            return False
+
+
+def _admin(store: Store, username: str | None):
+    a = annotator(store, username)
+    if a.role != "admin":
+        raise AccessDenied("only an admin can do this")
+    return a
+
+
+def _r(x, digits=3):
+    return None if x is None else round(x, digits)
+
+
+def dashboard(ctx: Ctx, username: str | None) -> Dashboard:
+    with ctx.stores() as store:
+        _admin(store, username)
+        stats = agreement.annotator_stats(store)
+        kappas = agreement.pairwise_kappa(store)
+        alpha = agreement.krippendorff_alpha(store)
+        per_day = agreement.labels_per_day(store)
+        rounds = [(r.number, k, float(v)) for r in store.rounds()
+                  for k, v in sorted(r.metrics.items())
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        flags = queue.open_flags(store)
+        status = store.status()
+    table = pd.DataFrame([[s.name, s.role, s.labels, _r(s.labels_per_hour, 1),
+                           _r(s.median_seconds, 1), s.gold_labels, _r(s.gold_accuracy),
+                           _r(s.first_pick_rate), _r(s.first_pick_expected), s.skips, s.flags,
+                           _r(s.mean_kappa)] for s in stats], columns=STATS_COLUMNS)
+    kappa = pd.DataFrame([[f"{a} / {b}", a, b, n, _r(k)] for a, b, n, k in kappas],
+                         columns=["pair", "a", "b", "items", "kappa"])
+    summary = (f"**{status.labels}** labels on **{status.comparisons_labeled}** of "
+               f"**{status.comparisons}** comparisons · **{len(flags)}** open flags · "
+               f"Krippendorff's alpha (ordinal, all annotators): "
+               f"**{'n/a' if alpha is None else f'{alpha:.3f}'}**")
+    return Dashboard(
+        annotators=table, kappa=kappa, alpha=alpha,
+        per_day=pd.DataFrame(per_day, columns=["day", "annotator", "labels"]),
+        rounds=pd.DataFrame(rounds, columns=["round", "metric", "value"]),
+        flags=pd.DataFrame(flags, columns=["id", "comparison_id", "annotator", "kind", "note",
+                                           "created_at"]),
+        summary=summary)
+
+
+def resolve_flag(ctx: Ctx, username: str | None, flag_id: int | float | None) -> str:
+    with ctx.stores() as store:
+        a = _admin(store, username)
+        if flag_id is None:
+            return "Give the id of the flag to resolve."
+        try:
+            queue.resolve_flag(store, int(flag_id), a.id)
+        except StoreError as e:
+            return f"Not resolved: {e}"
+    return f"Flag {int(flag_id)} resolved: its comparison is back in the queue."
+
+
+def set_gold(ctx: Ctx, username: str | None, comparison_id: int | float | None,
+             ranking: str) -> str:
+    """`ranking` in response ids, best first: '12 > 13', ties with '=' ('12 = 13'); an empty
+    ranking makes the comparison regular again."""
+    with ctx.stores() as store:
+        _admin(store, username)
+        if comparison_id is None:
+            return "Give the id of the comparison."
+        cid = int(comparison_id)
+        try:
+            tiers = None
+            if (ranking or "").strip():
+                tiers = [[int(x) for x in part.replace("=", " ").split()]
+                         for part in ranking.split(">")]
+            queue.set_gold(store, cid, tiers)
+            ids = store.comparison(cid).response_ids
+        except ValueError as e:  # StoreError is a ValueError; so is a non-number
+            return f"Not set: {e} (the comparison's responses are listed by id in the export)"
+    return (f"Comparison {cid} is gold: {ranking.strip()}." if tiers else
+            f"Comparison {cid} is a regular comparison again (responses {list(ids)}).")
+
+
+def save_guidelines(ctx: Ctx, username: str | None, text: str) -> str:
+    with ctx.stores() as store:
+        _admin(store, username)
+    if ctx.guidelines_path is None:
+        return "This app was started without a guidelines file; nothing saved."
+    if not (text or "").strip():
+        return "The guidelines cannot be empty."
+    # Write a temporary file and rename it over the old one: a crash leaves old or new, whole.
+    path = ctx.guidelines_path
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".guidelines-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return f"Guidelines saved to {path.name}."
+
+
+def current_guidelines(ctx: Ctx, username: str | None) -> str:
+    with ctx.stores() as store:
+        _admin(store, username)
+    return guidelines_markdown(ctx)
+
+
+def add_account(ctx: Ctx, username: str | None, name: str, role: str) -> str:
+    """Create an account; the message shows its secret once."""
+    if role not in ANNOTATOR_ROLES or role == "external":
+        return "Role must be 'annotator' or 'admin'."
+    with ctx.stores() as store:
+        _admin(store, username)
+        try:
+            a, secret = store.add_annotator(name, role=role)
+        except (StoreError, ValueError) as e:
+            return f"Not created: {e}"
+    return f"Created {a.role} **{a.name}**; secret (shown once): `{secret}`"
+
+
+def upload(ctx: Ctx, username: str | None, path: str | None) -> str:
+    """Import a prompt file with `rankloop import`'s validation (whole file or nothing)."""
+    if not path:
+        return "Choose a file to upload."
+    with ctx.stores() as store:
+        _admin(store, username)
+        try:
+            report = import_file(store, Path(path), Columns(),
+                                 source=f"upload:{Path(path).name}")
+        except (ImportFileError, StoreError) as e:
+            return f"Nothing imported: {e}"
+    return (f"Imported {report.rows} rows: {report.prompts_added} new prompts, "
+            f"{report.responses_added} responses, {report.comparisons_added} comparisons, "
+            f"{report.labels_added} labels.")
+
+
+def export(ctx: Ctx, username: str | None, fmt: str, out_dir: Path) -> tuple[Path | None, str]:
+    """Export the preferences as `rankloop export` does, to a file in `out_dir` (a `trl`
+    dataset folder is zipped so the browser can download it)."""
+    if fmt not in EXPORT_FORMATS:
+        return None, f"Format must be one of {', '.join(EXPORT_FORMATS)}."
+    with ctx.stores() as store:
+        _admin(store, username)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / ("preferences" if fmt == "trl" else f"preferences.{fmt}")
+        rows = export_preferences(store, target, fmt)
+    if fmt == "trl":
+        target = Path(shutil.make_archive(str(target), "zip", root_dir=target))
+    return target, f"Exported {rows} preference pairs ({fmt})."

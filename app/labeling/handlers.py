@@ -1,0 +1,316 @@
+"""The annotator view's handlers: plain functions of (context, logged-in name, inputs).
+
+Each returns a `Page` (what the annotator sees next); the Gradio layer (`ui.py`) only maps a
+`Page` onto components, so these run and are tested without a browser or a server. The annotator
+is always the name Gradio's login put on the request (`gr.Request.username`), never a value from
+the page. The session state (`Page.state`) holds the leased comparison and when it was shown;
+the lease in the database, not the state, decides which order the responses were shown in and
+which request id makes the submission idempotent.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rankloop.app.config import LabelingConfig
+from rankloop.data import queue
+from rankloop.data.records import Annotator
+from rankloop.data.store import Store, StoreError
+
+from .render import LETTERS, conversation_html, markdown_html, response_html
+from .stores import Stores
+
+DEFAULT_GUIDELINES = """\
+# Labeling guidelines
+
+Read the prompt (the whole conversation), then every response. Judge which response a careful,
+honest expert would rather have received:
+
+1. **Helpful**: does it do what the user asked, completely and correctly?
+2. **Honest**: no made-up facts; it says so when it does not know.
+3. **Harmless**: no dangerous, hateful or private content. A refusal is right only when the
+   request is harmful.
+
+Length is not quality: a short correct answer beats a long padded one.
+
+- **Tie**: the responses are equally good (or equally flawed in the same way).
+- **Both bad**: neither is acceptable; still pick the less bad one if you can, else tie.
+- **Slightly / much better**: how sure and how large the difference is.
+- **Skip** when you cannot judge (topic, language); **flag** a prompt that is unsafe, broken or
+  unanswerable.
+"""
+
+SHORTCUTS = """\
+**Keys** (outside text boxes): **1** / **a** A better · **2** / **b** B better · **t** tie ·
+**x** both bad · **s** slightly · **m** much better · **Enter** submit · **k** skip · **f** flag ·
+**u** undo last label · **g** guidelines. Ranking K responses: press **1**-**9** in order, best
+first; **t** ties the next one with the previous; **c** clears the ranking.
+"""
+
+
+class AccessDenied(PermissionError):
+    """The request has no logged-in annotator, or one without the right role."""
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What every handler needs: built once by `build_app`, shared read-only by all sessions."""
+
+    stores: Stores
+    config: LabelingConfig
+    guidelines_path: Path | None = None
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.SystemRandom)
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """Inputs to show again (after an undo, or after a refused submission)."""
+
+    choice: str | None = None
+    strength: str = ""
+    ranking: str = ""
+    rationale: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    """Everything the annotator view shows after an action."""
+
+    mode: str  # "pairwise", "ranking", or "idle" (no task: done, or all held by others)
+    prompt_html: str
+    responses_html: tuple[str, ...]
+    progress: str
+    message: str
+    state: dict | None  # {"comparison_id", "request_id", "shown_at", "k"}
+    prefill: Prefill = Prefill()
+
+
+def annotator(store: Store, username: str | None) -> Annotator:
+    """The logged-in account; every handler starts here."""
+    if not username:
+        raise AccessDenied("log in to label")
+    row = store.db.execute("select id, role from annotators where name = ?",
+                           [username]).fetchone()
+    if row is None or row[1] == "external":
+        raise AccessDenied(f"no annotator account named {username!r}")
+    return Annotator(name=username, role=row[1], id=row[0])
+
+
+def _progress_line(store: Store, ctx: Ctx, aid: int) -> str:
+    p = queue.progress(store, aid, n=ctx.config.labels_per_comparison)
+    return (f"Labeled today: **{p.labeled_today}** · in total: **{p.labeled_total}** · "
+            f"left in the queue: **{p.left}**")
+
+
+def _page(ctx: Ctx, store: Store, a: Annotator, task: queue.Task | None, message: str = "",
+          prefill: Prefill = Prefill(), prev: dict | None = None) -> Page:
+    progress = _progress_line(store, ctx, a.id)
+    if task is None:
+        left = queue.progress(store, a.id, n=ctx.config.labels_per_comparison).left
+        idle = ("Nothing left to label: thank you!" if left == 0 else
+                f"The {left} comparison(s) left are being labeled by others right now; "
+                f"try again in a minute.")
+        return Page("idle", "", (), progress, (message + " " + idle).strip(), None, prefill)
+    # The clock for seconds_spent starts when a task is first shown, not at a re-render.
+    same = prev is not None and prev.get("request_id") == task.request_id
+    state = {"comparison_id": task.comparison.id, "request_id": task.request_id,
+             "shown_at": prev["shown_at"] if same else ctx.clock(), "k": len(task.responses)}
+    return Page(task.mode, conversation_html(task.prompt.messages),
+                tuple(response_html(i, r.text) for i, r in enumerate(task.responses)),
+                progress, message, state, prefill)
+
+
+def _next(ctx: Ctx, store: Store, a: Annotator) -> queue.Task | None:
+    c = ctx.config
+    return queue.next_task(store, a.id, n=c.labels_per_comparison, lease_seconds=c.lease_seconds,
+                           order=c.order, gold_rate=c.gold_rate, now=ctx.clock(), rng=ctx.rng)
+
+
+def load(ctx: Ctx, username: str | None) -> Page:
+    """Open the page: the task this annotator holds, or their next one."""
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        return _page(ctx, store, a, _next(ctx, store, a))
+
+
+def _same_task(ctx: Ctx, store: Store, a: Annotator, message: str, prefill: Prefill,
+               prev: dict | None = None) -> Page:
+    """Show the held task again with an error message and the inputs as they were."""
+    return _page(ctx, store, a, _next(ctx, store, a), message, prefill, prev)
+
+
+# -- the ranking box: "C > A = B" ----------------------------------------------------------------
+
+def parse_ranking(text: str, k: int) -> list[list[int]]:
+    """'C > A = B' -> [[2], [0, 1]]: letters are display positions, '>' separates tiers (best
+    first) and '=' joins ties. Every one of the k responses must appear exactly once."""
+    letters = LETTERS[:k]
+    cleaned = (text or "").upper().replace(",", " ")
+    if not cleaned.strip():
+        raise StoreError(f"rank the responses: type e.g. '{' > '.join(letters)}' or press their "
+                         f"number keys, best first")
+    tiers = []
+    for part in cleaned.split(">"):
+        names = [n for n in re.split(r"[=\s]+", part) if n]
+        bad = [n for n in names if n not in letters]
+        if bad:
+            raise StoreError(f"unknown response {bad[0]!r} in the ranking; use {', '.join(letters)}")
+        if not names:
+            raise StoreError("the ranking has an empty place between two '>'")
+        tiers.append([letters.index(n) for n in names])
+    flat = [p for tier in tiers for p in tier]
+    if sorted(flat) != list(range(k)):
+        missing = [letters[p] for p in range(k) if p not in flat]
+        twice = sorted({letters[p] for p in flat if flat.count(p) > 1})
+        raise StoreError("rank every response exactly once: "
+                         + (f"missing {', '.join(missing)}" if missing else
+                            f"{', '.join(twice)} appear(s) twice"))
+    return tiers
+
+
+def rank_append(text: str, position: int) -> str:
+    """The ranking after the annotator picks the response at `position` as the next one
+    (ignored if already placed). A trailing '=' (from `tie_next`) ties it with the previous."""
+    text = (text or "").strip()
+    letter = LETTERS[position]
+    if letter in re.findall(r"[A-Z]", text.upper()):
+        return text
+    if not text:
+        return letter
+    if text.endswith("="):
+        return f"{text} {letter}"
+    return f"{text} > {letter}"
+
+
+def tie_next(text: str) -> str:
+    """Make the next picked response share the last one's place."""
+    text = (text or "").strip()
+    return text if not text or text.endswith("=") else f"{text} ="
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | None,
+           strength: str | None, ranking: str | None, rationale: str | None) -> Page:
+    """Record the judgment of the task in `state`, then show the next task.
+
+    A double click sends the same request id twice: the second returns the label the first
+    recorded, and the page moves on once.
+    """
+    prefill = Prefill(choice or None, strength or "", ranking or "", rationale or "")
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        if not state:
+            return _same_task(ctx, store, a, "Nothing to submit: here is your next task.",
+                              prefill)
+        try:
+            if state["k"] == 2:
+                kw = {"choice": choice or None}
+                if not choice:
+                    raise StoreError("choose A better, B better, tie or both bad first")
+            else:
+                kw = {"positions": parse_ranking(ranking, state["k"])}
+            label_id = queue.submit(
+                store, a.id, state["comparison_id"], state["request_id"],
+                strength=strength or None, rationale=rationale,
+                margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much},
+                seconds_spent=round(max(0.0, ctx.clock() - state["shown_at"]), 3), **kw)
+        except StoreError as e:
+            return _same_task(ctx, store, a, f"Not saved: {e}", prefill, state)
+        return _page(ctx, store, a, _next(ctx, store, a), f"Saved label #{label_id}.")
+
+
+def skip(ctx: Ctx, username: str | None, state: dict | None, reason: str | None) -> Page:
+    """Skip the current task with a reason; it will not come back to this annotator."""
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        if not state:
+            return _same_task(ctx, store, a, "", Prefill())
+        try:
+            queue.skip(store, a.id, state["comparison_id"], reason or "")
+        except StoreError as e:
+            return _same_task(ctx, store, a, f"Not skipped: {e}", Prefill(), state)
+        return _page(ctx, store, a, _next(ctx, store, a), "Skipped.")
+
+
+def flag(ctx: Ctx, username: str | None, state: dict | None, kind: str | None,
+         note: str | None) -> Page:
+    """Flag the current task for an admin; it leaves the queue until they resolve it."""
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        if not state:
+            return _same_task(ctx, store, a, "", Prefill())
+        try:
+            queue.flag(store, a.id, state["comparison_id"], kind or "", note)
+        except StoreError as e:
+            return _same_task(ctx, store, a, f"Not flagged: {e}", Prefill(), state)
+        return _page(ctx, store, a, _next(ctx, store, a), f"Flagged as {kind}.")
+
+
+def undo(ctx: Ctx, username: str | None, state: dict | None) -> Page:
+    """Take back one's own last label and show that comparison again, filled in, to edit."""
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        got = queue.undo_last(store, a.id, now=ctx.clock(), lease_seconds=ctx.config.lease_seconds,
+                              rng=ctx.rng)
+        if got is None:
+            return _same_task(ctx, store, a, "Nothing to undo.", Prefill())
+        label, task = got
+        order = list(label.display_order)
+        ranking = " > ".join(" = ".join(LETTERS[order.index(r)] for r in tier)
+                             for tier in label.ranking)
+        prefill = Prefill(label.choice, label.strength or "",
+                          "" if label.mode == "pairwise" else ranking, label.rationale or "")
+        return _page(ctx, store, a, task, f"Label #{label.id} taken back: change it and submit "
+                                          f"again.", prefill)
+
+
+def guidelines_markdown(ctx: Ctx) -> str:
+    p = ctx.guidelines_path
+    return p.read_text(encoding="utf-8") if p is not None and p.exists() else DEFAULT_GUIDELINES
+
+
+def guidelines_html(ctx: Ctx) -> str:
+    """The project's guidelines (Markdown written by an admin, rendered with HTML escaped)."""
+    return markdown_html(guidelines_markdown(ctx))
+
+
+# -- the HTTP API for scripted annotators (gradio_client) -------------------------------------
+
+def api_next(ctx: Ctx, username: str | None) -> dict:
+    """The annotator's current or next task as plain data, for gradio_client."""
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        task = _next(ctx, store, a)
+        left = queue.progress(store, a.id, n=ctx.config.labels_per_comparison).left
+        if task is None:
+            return {"comparison_id": None, "left": left}
+        return {"comparison_id": task.comparison.id, "request_id": task.request_id,
+                "mode": task.mode, "prompt": task.prompt.as_chat(),
+                "responses": [r.text for r in task.responses], "left": left}
+
+
+def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: str,
+              choice: str = "", ranking: str = "", strength: str = "", rationale: str = "",
+              seconds_spent: float | None = None) -> dict:
+    """Record a label on the annotator's leased comparison; returns {"label_id": id}.
+
+    Pairwise: `choice` (A / B / tie / both_bad, A = first response returned by `api_next`);
+    K-wise: `ranking` as in the page ('C > A = B'). Retrying with the same request id returns the
+    same label id.
+    """
+    with ctx.stores() as store:
+        a = annotator(store, username)
+        k = len(store.comparison(comparison_id).response_ids)
+        kw = {"choice": choice} if choice else {"positions": parse_ranking(ranking, k)}
+        label_id = queue.submit(
+            store, a.id, comparison_id, request_id, strength=strength or None,
+            rationale=rationale, seconds_spent=seconds_spent,
+            margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much}, **kw)
+        return {"label_id": label_id}

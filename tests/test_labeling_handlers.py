@@ -1,0 +1,278 @@
+"""The labeling app's handlers as plain functions over an in-memory store (no browser)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from rankloop.app.config import LabelingConfig
+from rankloop.app.labeling import admin, handlers, render
+from rankloop.app.labeling.handlers import AccessDenied, Ctx
+from rankloop.app.labeling.stores import Stores
+from rankloop.data.records import Message, Prompt
+from rankloop.data.store import StoreError
+
+HOSTILE = ('<script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> '
+           '[click](javascript:alert(1)) ![pixel](https://tracker.example/p.png)\n\n'
+           '```python\nif a < b:\n    print("<b>")\n```\n')
+
+
+class Clock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def app(fresh_store, tmp_path):
+    """3 pairwise comparisons (the first holding hostile markup), a 3-way one, two annotators
+    and an admin."""
+    s = fresh_store
+    cids = [s.add_comparison_texts(f"question {i}", [f"answer {i}a", f"answer {i}b"])
+            for i in range(3)]
+    s.add_responses([])  # no-op, keeps the store warm
+    hostile = s.add_comparison_texts("Show HTML " + HOSTILE, ["plain", HOSTILE])
+    kway = s.add_comparison_texts("rank three", ["one", "two", "three"])
+    for name, role in (("ann", "annotator"), ("bob", "annotator"), ("root", "admin")):
+        s.add_annotator(name, role=role, secret="pw")
+    clock = Clock()
+    ctx = Ctx(stores=Stores.shared(s), config=LabelingConfig(), clock=clock,
+              rng=random.Random(0), guidelines_path=tmp_path / "guidelines.md")
+    return ctx, s, clock, {"pairs": cids, "hostile": hostile, "kway": kway}
+
+
+def test_untrusted_markdown_is_escaped_and_code_still_renders():
+    out = render.markdown_html(HOSTILE)
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in out
+    assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in out
+    assert "<script" not in out and "<img" not in out and "onerror=\"" not in out
+    assert "javascript:" not in out.replace("[click](javascript:alert(1))", "")
+    assert 'href="javascript' not in out
+    # The javascript: link stays text; the image is off (a plain link, nothing is fetched).
+    assert out.count("<a ") == 1 and '<a href="https://tracker.example/p.png"' in out
+    assert '<pre><code class="language-python">if a &lt; b:\n    print(&quot;&lt;b&gt;&quot;)' in out
+    link = render.markdown_html("[docs](https://example.org)")
+    assert ('<a href="https://example.org" target="_blank" rel="noopener noreferrer nofollow">'
+            'docs</a>') in link
+
+
+def test_a_conversation_renders_every_turn_with_its_role():
+    p = Prompt(messages=(Message("system", "Be brief."), Message("user", "Hi <b>there</b>"),
+                         Message("assistant", "Hello."), Message("user", "Bye?")))
+    out = render.conversation_html(p.messages)
+    assert [out.count(f'class="rl-turn rl-{r}"') for r in ("system", "user", "assistant")] == [
+        1, 2, 1]
+    assert out.index("Be brief.") < out.index("Hi &lt;b&gt;there&lt;/b&gt;") < out.index("Bye?")
+    assert "<b>there" not in out
+
+
+def test_every_handler_needs_a_logged_in_account(app):
+    ctx, s, _, _ = app
+    for name in (None, "", "mallory"):
+        with pytest.raises(AccessDenied):
+            handlers.load(ctx, name)
+        with pytest.raises(AccessDenied):
+            handlers.submit(ctx, name, None, "A", "", "", "")
+        with pytest.raises(AccessDenied):
+            handlers.api_next(ctx, name)
+    with pytest.raises(AccessDenied, match="only an admin"):
+        admin.dashboard(ctx, "ann")
+    assert s.db["labels"].count == 0 and s.db["leases"].count == 0
+
+
+def test_load_shows_a_pairwise_task_and_the_progress(app):
+    ctx, s, _, c = app
+    page = handlers.load(ctx, "ann")
+    assert page.mode == "pairwise" and page.state["comparison_id"] == c["pairs"][0]
+    assert page.state["k"] == 2 and len(page.responses_html) == 2
+    assert "question 0" in page.prompt_html and "Response A" in page.responses_html[0]
+    shown = {t for t in ("answer 0a", "answer 0b") if t in page.responses_html[0]}
+    assert len(shown) == 1
+    assert page.progress == ("Labeled today: **0** · in total: **0** · left in the queue: **5**")
+    # A reload shows the same task (same lease), not a new one.
+    assert handlers.load(ctx, "ann").state["request_id"] == page.state["request_id"]
+
+
+def test_submit_records_exactly_what_was_chosen_then_moves_on(app):
+    ctx, s, clock, c = app
+    page = handlers.load(ctx, "ann")
+    refused = handlers.submit(ctx, "ann", page.state, None, "much", "", "because")
+    assert refused.message == "Not saved: choose A better, B better, tie or both bad first"
+    assert refused.state == page.state and refused.prefill.rationale == "because"
+    assert s.db["labels"].count == 0
+    clock.t += 7.25
+    nxt = handlers.submit(ctx, "ann", page.state, "B", "much", "", " B is right ")
+    assert nxt.message == "Saved label #1." and nxt.state["comparison_id"] == c["pairs"][1]
+    order = json.loads(s.db["leases"].get((c["pairs"][1], 1))["display_order"])
+    assert len(order) == 2
+    row = s.db["labels"].get(1)
+    shown = json.loads(row["display_order"])
+    assert {k: row[k] for k in ("annotator_id", "comparison_id", "choice", "strength", "margin",
+                                "rationale", "seconds_spent", "mode", "source")} == {
+        "annotator_id": 1, "comparison_id": c["pairs"][0], "choice": "B", "strength": "much",
+        "margin": 1.0, "rationale": "B is right", "seconds_spent": 7.25, "mode": "pairwise",
+        "source": "human"}
+    assert json.loads(row["ranking"]) == [[shown[1]], [shown[0]]]
+    # A double click re-sends the old state: recorded once.
+    again = handlers.submit(ctx, "ann", page.state, "B", "much", "", "")
+    assert again.message == "Saved label #1." and s.db["labels"].count == 1
+    assert nxt.progress.startswith("Labeled today: **1** · in total: **1**")
+
+
+def test_an_annotator_cannot_submit_on_another_annotators_task(app):
+    ctx, s, _, _ = app
+    ann = handlers.load(ctx, "ann")
+    stolen = handlers.submit(ctx, "bob", ann.state, "A", "", "", "")
+    assert stolen.message.startswith("Not saved: comparison 1 is not assigned to you")
+    assert s.db["labels"].count == 0
+    assert stolen.state["comparison_id"] != ann.state["comparison_id"]  # bob's own task
+
+
+def test_k_wise_ranking_from_the_ranking_box(app):
+    ctx, s, _, c = app
+    for cid in c["pairs"] + [c["hostile"]]:
+        s.db.execute("insert into skips (comparison_id, annotator_id, reason, created_at) "
+                     "values (?, 1, 'other', 'x')", [cid])
+    page = handlers.load(ctx, "ann")
+    assert page.mode == "ranking" and len(page.responses_html) == 3
+    text = handlers.rank_append("", 2)
+    text = handlers.rank_append(handlers.tie_next(handlers.rank_append(text, 0)), 1)
+    assert text == "C > A = B"
+    assert handlers.rank_append(text, 0) == text  # already placed
+    bad = handlers.submit(ctx, "ann", page.state, None, "", "C > A", "")
+    assert bad.message == "Not saved: rank every response exactly once: missing B"
+    handlers.submit(ctx, "ann", page.state, None, "", text, "")
+    order = json.loads(s.db["labels"].get(1)["display_order"])
+    assert json.loads(s.db["labels"].get(1)["ranking"]) == [[order[2]], [order[0], order[1]]]
+
+
+@pytest.mark.parametrize("text,k,expected", [
+    ("B > A", 2, [[1], [0]]), ("a=b", 2, [[0, 1]]), ("c > a, b > d", 4, [[2], [0, 1], [3]]),
+])
+def test_parse_ranking(text, k, expected):
+    assert handlers.parse_ranking(text, k) == expected
+
+
+@pytest.mark.parametrize("text,k,error", [
+    ("", 2, "rank the responses"), ("A > Z", 2, "unknown response 'Z'"),
+    ("A > > B", 2, "empty place"), ("A > A = B", 2, "A appear(s) twice"),
+])
+def test_parse_ranking_errors(text, k, error):
+    with pytest.raises(StoreError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        handlers.parse_ranking(text, k)
+
+
+def test_skip_flag_and_undo(app):
+    ctx, s, _, c = app
+    p1 = handlers.load(ctx, "ann")
+    assert handlers.skip(ctx, "ann", p1.state, "").message == "Not skipped: say why you skip " \
+                                                             "(pick a reason)"
+    p2 = handlers.skip(ctx, "ann", p1.state, "too long to judge now")
+    assert p2.message == "Skipped." and p2.state["comparison_id"] == c["pairs"][1]
+    p3 = handlers.flag(ctx, "ann", p2.state, "broken", "cut off")
+    assert p3.message == "Flagged as broken." and p3.state["comparison_id"] == c["pairs"][2]
+    assert [(r["annotator_id"], r["comparison_id"], r["reason"]) for r in s.db["skips"].rows] == [
+        (1, c["pairs"][0], "too long to judge now")]
+    assert [(r["comparison_id"], r["kind"], r["note"]) for r in s.db["flags"].rows] == [
+        (c["pairs"][1], "broken", "cut off")]
+    p4 = handlers.submit(ctx, "ann", p3.state, "A", "slightly", "", "ok")
+    assert s.db["labels"].get(1)["margin"] == 0.33
+    assert handlers.undo(ctx, "bob", None).message == "Nothing to undo."
+    p5 = handlers.undo(ctx, "ann", p4.state)
+    assert p5.message == "Label #1 taken back: change it and submit again."
+    assert p5.state["comparison_id"] == c["pairs"][2]
+    assert (p5.prefill.choice, p5.prefill.strength, p5.prefill.rationale) == ("A", "slightly",
+                                                                              "ok")
+    assert s.db["labels"].count == 0 and s.db["label_revisions"].count == 1
+    handlers.submit(ctx, "ann", p5.state, "tie", "", "", "")
+    assert [r["choice"] for r in s.db["labels"].rows] == ["tie"]
+
+
+def test_idle_pages_say_why(app):
+    ctx, s, _, _ = app
+    s.db.execute("delete from comparison_responses where comparison_id > 1")
+    s.db.execute("delete from comparisons where id > 1")  # no labels or leases reference them
+    handlers.load(ctx, "ann")
+    held = handlers.load(ctx, "bob")
+    assert held.mode == "idle" and held.state is None
+    assert held.message == ("The 1 comparison(s) left are being labeled by others right now; "
+                            "try again in a minute.")
+    p = handlers.load(ctx, "ann")
+    done = handlers.submit(ctx, "ann", p.state, "A", "", "", "")
+    assert done.message == "Saved label #1. Nothing left to label: thank you!"
+
+
+def test_api_next_and_label(app):
+    ctx, s, _, c = app
+    t = handlers.api_next(ctx, "ann")
+    assert (t["comparison_id"], t["mode"], t["left"]) == (c["pairs"][0], "pairwise", 5)
+    assert t["prompt"] == [{"role": "user", "content": "question 0"}]
+    got = handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"], choice="A")
+    assert got == handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"],
+                                     choice="A") == {"label_id": 1}
+    row = s.db["labels"].get(1)
+    assert json.loads(row["ranking"])[0] == [s.responses(prompt_id=1)[
+        [r.text for r in s.responses(prompt_id=1)].index(t["responses"][0])].id]
+
+
+def test_guidelines_are_kept_in_the_project_and_edited_by_an_admin(app):
+    ctx, _, _, _ = app
+    assert "Labeling guidelines" in handlers.guidelines_html(ctx)
+    with pytest.raises(AccessDenied):
+        admin.save_guidelines(ctx, "ann", "# Mine")
+    assert admin.save_guidelines(ctx, "root", "# Ours\n<script>x</script>") == \
+        "Guidelines saved to guidelines.md."
+    assert ctx.guidelines_path.read_text() == "# Ours\n<script>x</script>"
+    assert handlers.guidelines_html(ctx) == "<h1>Ours</h1>\n<p>&lt;script&gt;x&lt;/script&gt;</p>\n"
+
+
+def test_admin_dashboard_flags_gold_accounts(app):
+    ctx, s, _, c = app
+    for name in ("ann", "bob"):
+        p = handlers.load(ctx, name)
+        handlers.submit(ctx, name, p.state, "A", "", "", "")
+    p = handlers.load(ctx, "ann")
+    handlers.flag(ctx, "ann", p.state, "unsafe", "")
+    d = admin.dashboard(ctx, "root")
+    assert list(d.annotators["annotator"]) == ["ann", "bob", "root"]
+    assert list(d.annotators["labels"]) == [1, 1, 0] and list(d.annotators["flags"]) == [1, 0, 0]
+    assert list(d.flags["kind"]) == ["unsafe"] and d.alpha is None
+    assert list(d.per_day["labels"]) == [1, 1]
+    fid = int(d.flags["id"][0])
+    assert admin.resolve_flag(ctx, "root", fid) == (f"Flag {fid} resolved: its comparison is "
+                                                    f"back in the queue.")
+    assert admin.resolve_flag(ctx, "root", fid) == f"Not resolved: no open flag with id {fid}"
+    r1, r2 = s.comparison(c["pairs"][2]).response_ids
+    msg = admin.set_gold(ctx, "root", c["pairs"][2], f"{r2} > {r1}")
+    assert msg == f"Comparison {c['pairs'][2]} is gold: {r2} > {r1}."
+    assert s.comparison(c["pairs"][2]).gold == ((r2,), (r1,))
+    assert admin.set_gold(ctx, "root", c["pairs"][2], "1 > 2").startswith("Not set:")
+    msg = admin.add_account(ctx, "root", "carol", "annotator")
+    secret = msg.split("`")[1]
+    assert s.authenticate("carol", secret).role == "annotator"
+    assert admin.add_account(ctx, "root", "carol", "admin").startswith("Not created:")
+
+
+def test_admin_upload_and_export(app, tmp_path):
+    ctx, s, _, _ = app
+    good = tmp_path / "new.jsonl"
+    good.write_text('{"prompt": "brand new"}\n{"prompt": "another", "responses": ["x", "y"]}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"question": "no prompt"}\n')
+    before = s.db["prompts"].count
+    assert admin.upload(ctx, "root", str(bad)).startswith(f"Nothing imported: {bad}: line 2")
+    assert s.db["prompts"].count == before
+    assert admin.upload(ctx, "root", str(good)) == (
+        "Imported 2 rows: 2 new prompts, 2 responses, 1 comparisons, 0 labels.")
+    p = handlers.load(ctx, "ann")
+    handlers.submit(ctx, "ann", p.state, "tie", "", "", "")
+    path, msg = admin.export(ctx, "root", "jsonl", tmp_path / "out")
+    assert msg == "Exported 1 preference pairs (jsonl)."
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["tie"], r["annotator"]) for r in rows] == [(True, "ann")]
+    with pytest.raises(AccessDenied):
+        admin.export(ctx, "bob", "jsonl", tmp_path / "out")
