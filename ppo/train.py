@@ -360,8 +360,7 @@ def train_ppo(
                 "objective/perplexity": torch.exp(-core.masked_mean(logprobs, mask)),
                 "objective/response_length": lengths.mean(),
                 "objective/finished": finished.float().mean(),
-                "val/var_explained": torch.nan_to_num(
-                    core.explained_variance(values, returns, mask), nan=0.0),
+                "val/var_explained": var_explained(values, returns, mask),
                 "val/mean": core.masked_mean(values, mask),
                 "policy/advantages_mean": core.masked_mean(advantages, mask),
                 "policy/epochs": torch.tensor(float(epochs_run)),
@@ -402,6 +401,14 @@ def train_ppo(
         accelerator.end_training()
     return PPOResult(out_dir, history, summarize(history, config),
                      raw_critic.origin if raw_critic is not None else "value head on the policy")
+
+
+def var_explained(values, returns, mask) -> torch.Tensor:
+    """Explained variance of the critic; 0 where the returns do not vary (all scores equal),
+    where the ratio is undefined or dominated by rounding."""
+    if core.masked_var(returns, mask, unbiased=False) < 1e-8:
+        return torch.zeros(())
+    return core.explained_variance(values, returns, mask)
 
 
 def _ptx_loss(actor, tokenizer, texts, config, step, epoch, mb_start, device):

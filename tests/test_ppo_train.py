@@ -1,0 +1,242 @@
+"""The PPO loop on tiny random-weight models: a toy task with a known optimum, exact resume,
+value pretraining, RTO wiring, the critic initialised from a reward model, and saving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rankloop.data.records import Prompt
+from rankloop.ppo.config import PPOConfig
+from rankloop.ppo.train import train_ppo
+from tiny import build_causal_lm, build_tokenizer
+
+PROMPTS = [Prompt.from_text(t) for t in
+           ("hello", "write a poem", "explain gears", "good or bad", "yes no maybe", "the fox")]
+
+
+@pytest.fixture(scope="module")
+def peaked_lm(tmp_path_factory) -> tuple[Path, str]:
+    """A tiny policy whose next-token distribution is peaked (scaled embeddings), and a target
+    token it emits a few percent of the time: the toy task's reward counts that token, so the
+    optimum (every token = target) is known and the start is far from it."""
+    folder = tmp_path_factory.mktemp("peaked-lm")
+    tok = build_tokenizer()
+    model = build_causal_lm(tok, seed=1)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(8)  # sharper softmax: p(target) ~ 5%, not 0.3%
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}],
+                                  add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits[0, -1], -1)  # (V,)
+    target = tok.decode([int(probs.topk(2).indices[1])])  # 2nd most likely: not the optimum yet
+    assert 0.01 < float(probs.topk(2).values[1]) < 0.2
+    return folder, target
+
+
+def count_reward(target: str):
+    def reward(prompts, responses):
+        return torch.tensor([float(r.count(target)) for r in responses])
+    return reward
+
+
+def cfg(**kw) -> PPOConfig:
+    base = dict(steps=3, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=8,
+                lr=5e-3, critic_lr=5e-3, kl_coef=0.01, log_samples=0, bf16="no", seed=0)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def run(config, lm, target, out, **kw):
+    return train_ppo(config, policy=str(lm), prompts=PROMPTS, reward_fn=count_reward(target),
+                     out_dir=out, progress=False, log=None, **kw)
+
+
+def test_toy_task_reward_rises_and_kl_stays_bounded(peaked_lm, tmp_path):
+    lm, target = peaked_lm
+    res = run(cfg(steps=10, lr=1e-2, ppo_epochs=4), lm, target, tmp_path / "policy")
+    scores = [r["objective/scores"] for r in res.history]
+    kls = [r["objective/kl"] for r in res.history]
+    assert len(res.history) == 10
+    # start: ~0.5 target tokens per 8-token response; after 10 steps several per response
+    assert sum(scores[:2]) / 2 < 1.5
+    assert sum(scores[-3:]) / 3 > sum(scores[:2]) / 2 + 1.5
+    assert kls[0] == pytest.approx(0.0, abs=1e-4)  # the fresh adapter is the reference
+    assert max(kls) < 20.0  # 8 tokens: bounded, no blow-up
+    for r in res.history:
+        assert 0.0 <= r["policy/clipfrac"] <= 1.0 and r["policy/approxkl"] >= 0.0
+        assert r["objective/response_length"] <= 8
+    assert res.summary["ppo/score_last"] > res.summary["ppo/score_first"]
+    # every fixed metric name is there
+    for name in ("objective/entropy", "objective/perplexity", "val/clipfrac",
+                 "val/var_explained", "time/rollout", "time/score", "time/reference",
+                 "time/update"):
+        assert name in res.history[-1]
+
+
+def test_resume_continues_exactly(peaked_lm, tmp_path):
+    lm, target = peaked_lm
+    full = run(cfg(steps=3, checkpoint_every=1), lm, target, tmp_path / "a")
+    run(cfg(steps=2, checkpoint_every=1), lm, target, tmp_path / "b")
+    resumed = run(cfg(steps=3, checkpoint_every=1), lm, target, tmp_path / "b", resume=True)
+    assert [r["step"] for r in resumed.history] == [1, 2, 3]
+    a, b = full.history[2], resumed.history[2]
+    for k in a:
+        if not k.startswith("time/"):
+            assert a[k] == b[k], k
+    sa = torch.load(tmp_path / "a/checkpoints/step-3/state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b/checkpoints/step-3/state.pt", weights_only=False)
+    for part in ("actor", "critic"):
+        assert sa[part].keys() == sb[part].keys()
+        for n in sa[part]:
+            assert torch.equal(sa[part][n], sb[part][n]), n
+    assert sa["kl_ctl"] == sb["kl_ctl"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(peaked_lm, tmp_path):
+    lm, target = peaked_lm
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run(cfg(steps=1), lm, target, tmp_path / "none", resume=True)
+
+
+def test_value_pretraining_moves_explained_variance_up_and_keeps_policy(peaked_lm, tmp_path):
+    lm, _ = peaked_lm
+
+    def by_prompt(prompts, responses):  # learnable from the state: the prompt fixes the return
+        return torch.tensor([len(p.text) / 4.0 for p in prompts])
+
+    # no value clipping: the clip caps how far values move per step, slowing pretraining
+    res = train_ppo(cfg(steps=1, value_pretrain_steps=8, critic_lr=1e-2, lam_critic=1.0,
+                        ppo_epochs=8, cliprange_value=0.0, max_grad_norm=0.0),
+                    policy=str(lm), prompts=PROMPTS, reward_fn=by_prompt,
+                    out_dir=tmp_path / "v", progress=False, log=None)
+    ev = [r["val/var_explained"] for r in res.history]
+    assert ev[0] == pytest.approx(0.0, abs=1e-6)  # fresh zero head: V = 0 everywhere
+    assert sum(ev[6:8]) / 2 > 0.3
+    assert res.history[7]["val/error"] < 0.5 * res.history[0]["val/error"]
+    # the policy did not move while the critic pretrained: KL to the reference stays 0
+    for r in res.history[:8]:
+        assert r["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+        assert "policy/clipfrac" not in r
+
+
+def _dpo_adapter(lm: Path, out: Path, perturb: bool) -> Path:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rankloop.ppo.models import lora_config
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(lm), lora_config(4, 8, 0.0))
+    if perturb:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+def test_rto_token_rewards_are_wired_in(peaked_lm, tmp_path):
+    lm, target = peaked_lm
+    # a DPO model identical to the reference gives zero token rewards ...
+    same = _dpo_adapter(lm, tmp_path / "dpo-same", perturb=False)
+    res = run(cfg(steps=1, rto=True, rto_beta=1.0), lm, target, tmp_path / "p1",
+              dpo_model=str(same))
+    assert res.history[0]["objective/rto_reward"] == pytest.approx(0.0, abs=1e-6)
+    # ... a different one does, and they change the reward the policy sees
+    other = _dpo_adapter(lm, tmp_path / "dpo-other", perturb=True)
+    res2 = run(cfg(steps=1, rto=True, rto_beta=1.0), lm, target, tmp_path / "p2",
+               dpo_model=str(other))
+    assert abs(res2.history[0]["objective/rto_reward"]) > 1e-2
+    with pytest.raises(ValueError, match="DPO model"):
+        run(cfg(steps=1, rto=True), lm, target, tmp_path / "p3")
+
+
+def _reward_model(lm: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
+
+    causal = AutoModelForCausalLM.from_pretrained(lm)
+    config = causal.config
+    config.num_labels = 1
+    torch.manual_seed(7)
+    rm = LlamaForSequenceClassification(config)
+    rm.model.load_state_dict(causal.model.state_dict())
+    rm.save_pretrained(out)
+    AutoTokenizer.from_pretrained(lm).save_pretrained(out)
+    (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}))
+    return out
+
+
+def test_critic_initialised_from_reward_model_matches_its_scores(peaked_lm, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rankloop.ppo.models import build_critic
+
+    lm, _ = peaked_lm
+    rm_dir = _reward_model(lm, tmp_path / "rm")
+    tok = AutoTokenizer.from_pretrained(lm)
+    critic = build_critic(reward_model=str(rm_dir), policy_path=str(lm), policy_tokenizer=tok,
+                          r=4, alpha=8, dropout=0.0, dtype=torch.float32)
+    assert critic.origin == "reward model"
+    ids = torch.tensor([tok("hello there, good dog")["input_ids"]])  # (1, L)
+    with torch.no_grad():
+        values = critic(ids, torch.ones_like(ids), n_last=ids.shape[1])  # (1, L)
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    with torch.no_grad():
+        score = rm(input_ids=ids).logits[0, 0]
+    # PPO-max: the critic starts as the reward model's head applied at every token
+    assert float(values[0, -1]) == pytest.approx(float(score), abs=1e-5)
+    # a reward model with another tokenizer cannot initialise the critic: fresh head instead
+    other = build_tokenizer(vocab_size=300)
+    fallback = build_critic(reward_model=str(rm_dir), policy_path=str(lm),
+                            policy_tokenizer=other, r=4, alpha=8, dropout=0.0,
+                            dtype=torch.float32)
+    assert "tokenizer differs" in fallback.origin
+
+
+def test_ppo_with_reward_model_scorer(peaked_lm, tmp_path):
+    from rankloop.ppo.rewards import ScorerReward
+    from rankloop.reward.scoring import RewardScorer
+
+    lm, _ = peaked_lm
+    rm_dir = _reward_model(lm, tmp_path / "rm")
+    scorer = RewardScorer.from_pretrained(rm_dir, device="cpu", bf16="no")
+    reward = ScorerReward(scorer, normalize=True, clip=5.0)
+    res = train_ppo(cfg(steps=1), policy=str(lm), prompts=PROMPTS, reward_fn=reward,
+                    out_dir=tmp_path / "p", reward_model=str(rm_dir), progress=False, log=None)
+    assert res.critic_origin == "reward model"
+    assert abs(res.history[0]["objective/scores"]) <= 5.0
+
+
+def test_saved_policy_loads_with_from_pretrained_and_load_causal_lm(peaked_lm, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rankloop.data.models import load_causal_lm
+
+    lm, target = peaked_lm
+    out = tmp_path / "policy"
+    run(cfg(steps=2, lr=2e-2), lm, target, out)
+    assert (out / "adapter_config.json").exists() and (out / "critic.pt").exists()
+    ids = torch.tensor([[5, 17, 42, 99]])
+    merged = load_causal_lm(str(out))  # base + adapter, merged for sampling
+    via_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), out).eval()
+    via_hf = AutoModelForCausalLM.from_pretrained(out).eval()  # transformers' peft integration
+    base = AutoModelForCausalLM.from_pretrained(lm).eval()
+    with torch.no_grad():
+        a, b, c, d = (m(ids).logits for m in (merged, via_peft, via_hf, base))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(c, b, atol=1e-4, rtol=1e-4)
+    assert (a - d).abs().max() > 1e-3  # the policy really changed
+    # merge_on_save writes plain full weights
+    out2 = tmp_path / "merged"
+    run(cfg(steps=1, lr=2e-2, merge_on_save=True), lm, target, out2)
+    assert not (out2 / "adapter_config.json").exists()
+    assert AutoModelForCausalLM.from_pretrained(out2) is not None
