@@ -93,7 +93,7 @@ def serve(host, port, concurrency, project_dir):
     Example:
       rankloop annotator add alice && rankloop serve --port 7860
     """
-    from rankloop.app.labeling import authenticator, build_app, launch_kwargs
+    from rankloop.app.labeling import build_app, launch
 
     project = open_project(project_dir)
     config = replace(project.config.labeling, concurrency=concurrency)
@@ -110,9 +110,6 @@ def serve(host, port, concurrency, project_dir):
     console.print(f"Labeling app for {project.root} on http://{host}:{port} "
                   f"({len(accounts)} accounts). Ctrl+C stops it.")
     try:
-        demo.launch(server_name=host, server_port=port, auth=authenticator(demo.rankloop_ctx.stores),
-                    auth_message="Log in with the name and secret from `rankloop annotator add`.",
-                    show_error=True, quiet=True, max_threads=max(40, config.concurrency * 2),
-                    footer_links=[], **launch_kwargs())
+        launch(demo, host=host, port=port)
     finally:
         demo.rankloop_ctx.stores.close()

@@ -6,6 +6,6 @@ it behind a login (`authenticator`). See docs/labeling.md.
 
 from .handlers import Ctx, Page
 from .stores import Stores
-from .ui import authenticator, build_app, launch_kwargs
+from .ui import authenticator, build_app, launch, launch_kwargs
 
-__all__ = ["Ctx", "Page", "Stores", "authenticator", "build_app", "launch_kwargs"]
+__all__ = ["Ctx", "Page", "Stores", "authenticator", "build_app", "launch", "launch_kwargs"]

@@ -46,9 +46,9 @@ Length is not quality: a short correct answer beats a long padded one.
 """
 
 SHORTCUTS = """\
-**Keys** (outside text boxes): **1** / **a** A better · **2** / **b** B better · **t** tie ·
-**x** both bad · **s** slightly · **m** much better · **Enter** submit · **k** skip · **f** flag ·
-**u** undo last label · **g** guidelines. Ranking K responses: press **1**-**9** in order, best
+**Keys** (outside text boxes): **1** / **a** A better · **2** / **b** B better ·
+**t** tie · **x** both bad · **s** slightly · **m** much better · **Enter** submit · **k** skip ·
+**f** flag · **u** undo last label · **g** guidelines. Ranking K responses: press **1**-**9** in order, best
 first; **t** ties the next one with the previous; **c** clears the ranking.
 """
 
@@ -145,7 +145,7 @@ def _same_task(ctx: Ctx, store: Store, a: Annotator, message: str, prefill: Pref
     return _page(ctx, store, a, _next(ctx, store, a), message, prefill, prev)
 
 
-# -- the ranking box: "C > A = B" ----------------------------------------------------------------
+# -- the ranking box: "C > A = B" (built in the browser, checked here) ----------------------
 
 def parse_ranking(text: str, k: int) -> list[list[int]]:
     """'C > A = B' -> [[2], [0, 1]]: letters are display positions, '>' separates tiers (best
@@ -160,7 +160,8 @@ def parse_ranking(text: str, k: int) -> list[list[int]]:
         names = [n for n in re.split(r"[=\s]+", part) if n]
         bad = [n for n in names if n not in letters]
         if bad:
-            raise StoreError(f"unknown response {bad[0]!r} in the ranking; use {', '.join(letters)}")
+            raise StoreError(f"unknown response {bad[0]!r} in the ranking; "
+                             f"use {', '.join(letters)}")
         if not names:
             raise StoreError("the ranking has an empty place between two '>'")
         tiers.append([letters.index(n) for n in names])
@@ -172,26 +173,6 @@ def parse_ranking(text: str, k: int) -> list[list[int]]:
                          + (f"missing {', '.join(missing)}" if missing else
                             f"{', '.join(twice)} appear(s) twice"))
     return tiers
-
-
-def rank_append(text: str, position: int) -> str:
-    """The ranking after the annotator picks the response at `position` as the next one
-    (ignored if already placed). A trailing '=' (from `tie_next`) ties it with the previous."""
-    text = (text or "").strip()
-    letter = LETTERS[position]
-    if letter in re.findall(r"[A-Z]", text.upper()):
-        return text
-    if not text:
-        return letter
-    if text.endswith("="):
-        return f"{text} {letter}"
-    return f"{text} > {letter}"
-
-
-def tie_next(text: str) -> str:
-    """Make the next picked response share the last one's place."""
-    text = (text or "").strip()
-    return text if not text or text.endswith("=") else f"{text} ="
 
 
 # -- actions ----------------------------------------------------------------------------------

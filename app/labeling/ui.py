@@ -38,7 +38,8 @@ HEAD = """
 (() => {
   const shown = (sel) => { const el = document.querySelector(sel);
                            return el && el.offsetParent !== null ? el : null; };
-  const click = (sel) => { const el = shown(sel); if (el) { el.click(); return true; } return false; };
+  const click = (sel) => { const el = shown(sel);
+                           if (el) { el.click(); return true; } return false; };
   const radio = (id, value) => click(`#${id} input[type=radio][value="${value}"]`)
                                || click(`#${id} label[data-testid="${value}-radio-label"]`);
   document.addEventListener('keydown', (e) => {
@@ -62,7 +63,7 @@ HEAD = """
     else if (k === 'k') done = click('#rl-skip');
     else if (k === 'f') done = click('#rl-flag');
     else if (k === 'u') done = click('#rl-undo');
-    else if (k === 'g') done = click('#rl-guidelines > button') || click('#rl-guidelines .label-wrap');
+    else if (k === 'g') done = click('#rl-guidelines .label-wrap');
     if (done) e.preventDefault();
   });
 })();
@@ -70,9 +71,36 @@ HEAD = """
 """
 
 
+# The ranking box, edited in the browser: place a response next (ignored if already placed;
+# after a trailing '=' it ties with the previous one), tie the next with the previous, clear.
+RANK_NEXT_JS = """(text) => {
+  const letter = 'LETTER'; text = (text || '').trim();
+  if ((text.toUpperCase().match(/[A-Z]/g) || []).includes(letter)) return text;
+  if (!text) return letter;
+  return text.endsWith('=') ? `${text} ${letter}` : `${text} > ${letter}`;
+}"""
+TIE_NEXT_JS = """(text) => {
+  text = (text || '').trim();
+  return !text || text.endsWith('=') ? text : `${text} =`;
+}"""
+
+
 def launch_kwargs() -> dict:
     """The page assets Gradio 6 takes at `launch()` (no longer at `gr.Blocks()`)."""
     return {"head": HEAD, "css": CSS}
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860,
+           block: bool = True) -> str:
+    """Serve a `build_app` page behind the login; returns its URL (with `block=False` the
+    server runs in a background thread: tests and benchmarks; stop it with `demo.close()`)."""
+    ctx = demo.rankloop_ctx
+    _, url, _ = demo.launch(
+        server_name=host, server_port=port, auth=authenticator(ctx.stores),
+        auth_message="Log in with the name and secret from `rankloop annotator add`.",
+        show_error=True, quiet=True, max_threads=max(40, 2 * ctx.config.concurrency),
+        footer_links=[], prevent_thread_lock=not block, **launch_kwargs())
+    return url
 
 
 def authenticator(stores: Stores):
@@ -158,9 +186,9 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
                 gr.Markdown(SHORTCUTS)
 
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
-                summary = gr.Markdown("")
+                summary = gr.Markdown("", elem_id="rl-summary")
                 refresh = gr.Button("Refresh", elem_id="rl-refresh")
-                stats = gr.Dataframe(label="Annotators", interactive=False)
+                stats = gr.Dataframe(label="Annotators", interactive=False, elem_id="rl-stats")
                 with gr.Row():
                     per_day = gr.BarPlot(x="day", y="labels", color="annotator",
                                          title="Labels per day")
@@ -255,14 +283,13 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
         for btn in (undo_btn, idle_undo):
             btn.click(on_undo, [state], page_outputs, api_visibility="private")
 
-        # Building the ranking string needs no server state: these run in the browser queue
-        # like any event but touch no store.
+        # The ranking box is built in the browser, at the speed of the keys: a server round
+        # trip per key would let fast key presses overwrite each other. The server parses and
+        # checks the result (`handlers.parse_ranking`) when it is submitted.
         for i, btn in enumerate(rank_btns):
-            btn.click(lambda text, i=i: handlers.rank_append(text, i), [ranking], [ranking],
-                      api_visibility="private", queue=False)
-        tie_btn.click(handlers.tie_next, [ranking], [ranking], api_visibility="private",
-                      queue=False)
-        clear_btn.click(lambda: "", None, [ranking], api_visibility="private", queue=False)
+            btn.click(None, [ranking], [ranking], js=RANK_NEXT_JS.replace("LETTER", chr(65 + i)))
+        tie_btn.click(None, [ranking], [ranking], js=TIE_NEXT_JS)
+        clear_btn.click(None, None, [ranking], js="() => ''")
 
         # -- admin ----------------------------------------------------------------------------
         admin_outputs = [summary, stats, per_day, kappa_plot, rounds_plot, kappa_table,
