@@ -1,0 +1,85 @@
+"""32 simulated annotators label through the app's HTTP API (gradio_client) until the queue is
+empty: every comparison gets exactly N labels, nobody labels one twice, no acknowledged label
+is missing, and a retried request records once."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+from gradio_client import Client
+
+from rankloop.app.config import LabelingConfig
+from rankloop.app.labeling import build_app, launch
+from rankloop.data.store import Store
+
+ANNOTATORS, COMPARISONS, N = 32, 48, 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path):
+    path = tmp_path / "rankloop.db"
+    store = Store.open(path)
+    cids = [store.add_comparison_texts(f"prompt {i}", [f"{i} left", f"{i} right"] +
+                                       ([f"{i} third"] if i % 4 == 0 else []))
+            for i in range(COMPARISONS)]
+    for i in range(ANNOTATORS):
+        store.add_annotator(f"a{i}", secret=f"s{i}")
+    store.close()
+    demo = build_app(path, LabelingConfig(labels_per_comparison=N, concurrency=16))
+    url = launch(demo, port=free_port(), block=False)
+    acked: list[tuple[str, int, int]] = []  # (annotator, comparison, label id) acknowledged
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def annotate(i: int) -> None:
+        rng = random.Random(i)
+        try:
+            client = Client(url, auth=(f"a{i}", f"s{i}"), verbose=False)
+            while True:
+                task = client.predict(api_name="/next_task")
+                if task["comparison_id"] is None:
+                    if task["left"] == 0:
+                        return
+                    time.sleep(0.05)  # the rest is leased to others: they will finish it
+                    continue
+                kw = ({"choice": rng.choice(["A", "B", "tie", "both_bad"])}
+                      if task["mode"] == "pairwise" else {"ranking": "C > A = B"})
+                args = dict(comparison_id=task["comparison_id"],
+                            request_id=task["request_id"], api_name="/label", **kw)
+                got = client.predict(**args)
+                if rng.random() < 0.25:  # a retried request (lost acknowledgment)
+                    assert client.predict(**args) == got
+                with lock:
+                    acked.append((f"a{i}", task["comparison_id"], got["label_id"]))
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=annotate, args=(i,)) for i in range(ANNOTATORS)]
+    try:
+        [t.start() for t in threads]
+        [t.join(timeout=240) for t in threads]
+    finally:
+        demo.close()
+        demo.rankloop_ctx.stores.close()
+    assert errors == []
+    assert not any(t.is_alive() for t in threads)
+
+    store = Store.open(path)
+    rows = store.db.execute(
+        "select l.id, a.name, l.comparison_id from labels l "
+        "join annotators a on a.id = l.annotator_id order by l.id").fetchall()
+    per_comparison = store.db.execute(
+        "select comparison_id, count(*), count(distinct annotator_id) from labels "
+        "group by comparison_id order by comparison_id").fetchall()
+    store.close()
+    assert per_comparison == [(c, N, N) for c in cids]
+    assert sorted((lid, name, cid) for name, cid, lid in acked) == [tuple(r) for r in rows]
+    assert len(acked) == COMPARISONS * N
