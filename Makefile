@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,23 @@ demo: $(STAMP)
 	$(BIN)/rankloop import --bundled --project demo
 	$(BIN)/rankloop generate --n 2 --project demo
 	$(BIN)/rankloop status --project demo
-	@echo "Candidates are ready in demo/. The labeling app arrives with the labeling-app issue;"
-	@echo "until then, inspect them with: $(BIN)/rankloop status --project demo"
+	@if $(BIN)/rankloop annotator list --project demo | awk '$$2 == "admin"' | grep -q .; then \
+	  echo "Log in with an existing admin account (secrets are shown only when created;" \
+	       "add one with: $(BIN)/rankloop annotator add NAME --role admin --project demo)"; \
+	else \
+	  echo "Demo admin account (name, then its secret):"; echo "demo-admin"; \
+	  $(BIN)/rankloop annotator add demo-admin --role admin --project demo | tail -n 1; \
+	fi
+	$(BIN)/rankloop serve --project demo
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium: installed here when missing and we are root.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "note: chromium is missing (as root: apt-get install chromium); browser tests will skip"; fi
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
