@@ -50,6 +50,10 @@ class PPOResult:
     history: list[dict[str, float]] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)
     critic_origin: str = ""
+    actor: object = None
+    """The trained actor module (LoRA policy, value head), unwrapped from accelerate."""
+    critic: object = None
+    """The trained critic module, or None with a value head on the policy."""
 
 
 def use_bf16(setting: str, device: torch.device) -> bool:
@@ -400,7 +404,8 @@ def train_ppo(
     if trackers:
         accelerator.end_training()
     return PPOResult(out_dir, history, summarize(history, config),
-                     raw_critic.origin if raw_critic is not None else "value head on the policy")
+                     raw_critic.origin if raw_critic is not None else "value head on the policy",
+                     raw_actor, raw_critic)
 
 
 def var_explained(values, returns, mask) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""PPO step time and peak memory: rankloop's PPO loop vs the classic TRL PPOTrainer, side by side.
+
+Setting (issue 5): SmolLM2-135M-Instruct policy, 8 prompts per batch, 32 new tokens, 4 PPO
+epochs, mini-batch 4, the same bundled prompts, and the same reward model for both: a
+SmolLM2-135M sequence classifier (the policy's backbone with a seeded random score head), built
+once under bench/results/. Each system runs in its own process (peak RSS = that process's
+ru_maxrss, model loading included), one after the other, in this one invocation:
+
+  anchor   : trl==0.11.4 PPOTrainer (`step(queries, responses, rewards)`), transformers 4.46.3,
+             full fine-tuning fp32, value head on the policy, a second full reference copy. It
+             lives in bench/.venv-trl011, which this script creates (`--setup`; torch 2.13.0
+             first, then trl, transformers and `rich`, which trl 0.11.4 needs but does not
+             declare). It is never a rankloop dependency.
+  rankloop : `rankloop.ppo.train.train_ppo` with its defaults: LoRA policy (reference = adapter
+             disabled), separate LoRA critic initialised from the reward model, bf16 weights and
+             autocast where the CPU has bf16 units.
+
+Trap: transformers 4.46 does not read the `rope_parameters` of a checkpoint written by
+transformers 5 and silently falls back to rope_theta = 10000 (SmolLM2 uses 100000). The anchor
+sets it back, and before timing anything both stacks compute logits on the same input and the
+run stops if they disagree.
+
+Usage:  flock /tmp/rankloop-cpu.lock python bench/ppo.py [--steps 3] [--setup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+VENV = HERE / ".venv-trl011"
+VENV_PY = VENV / "bin" / "python"
+BATCH, NEW_TOKENS, EPOCHS, MINI = 8, 32, 4, 4
+CHECK_TEXT = "The quick brown fox jumps over the lazy dog. Explain PPO in one sentence."
+
+
+def setup_venv() -> None:
+    """The anchor's own environment: torch first (pinned, CPU wheel), then trl 0.11.4."""
+    if VENV_PY.exists() and subprocess.run([VENV_PY, "-c", "import trl, rich"],
+                                           capture_output=True).returncode == 0:
+        return
+    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    pip = [VENV_PY, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["trl==0.11.4", "transformers==4.46.3", "rich"], check=True)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+
+
+def prompts_texts(n: int) -> list[str]:
+    rows = [json.loads(line) for line in (HERE.parent / "data/prompts/default.jsonl")
+            .read_text().splitlines() if line.strip()]
+    return [r["prompt"] for r in rows][:n]
+
+
+# ---------------------------------------------------------------- rankloop side (main venv)
+def build_reward_model(policy_dir: str, out: Path) -> Path:
+    """SmolLM2-135M with a seeded random one-output score head: both systems score with it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
+
+    if (out / "reward_stats.json").exists():
+        return out
+    causal = AutoModelForCausalLM.from_pretrained(policy_dir)
+    config = causal.config
+    config.num_labels = 1
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(config)
+    rm.model.load_state_dict(causal.model.state_dict())
+    rm.save_pretrained(out)
+    AutoTokenizer.from_pretrained(policy_dir).save_pretrained(out)
+    (out / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    return out
+
+
+def worker_rankloop(args) -> dict:
+    import torch
+
+    from rankloop.data.models import default_model_path
+    from rankloop.data.records import Prompt
+    from rankloop.ppo.config import PPOConfig
+    from rankloop.ppo.rewards import ScorerReward
+    from rankloop.ppo.train import train_ppo
+    from rankloop.reward.scoring import RewardScorer
+
+    torch.set_num_threads(args.threads)
+    policy = str(default_model_path())
+    rm = str(RESULTS / "rm-smollm2")
+    scorer = RewardScorer.from_pretrained(rm, device="cpu")
+    cfg = PPOConfig(steps=args.steps + 1, batch_size=BATCH, mini_batch_size=MINI,
+                    ppo_epochs=EPOCHS, max_new_tokens=NEW_TOKENS, log_samples=0,
+                    critic=args.critic)
+    prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
+    t0 = time.perf_counter()
+    res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(scorer),
+                    out_dir=RESULTS / "ppo-rankloop", reward_model=rm, progress=False,
+                    log=None)
+    steps = res.history[1:]  # the first step warms up (allocator, kernels)
+    mean = lambda k: sum(h[k] for h in steps) / len(steps)  # noqa: E731
+    return {"system": f"rankloop (critic={args.critic})", "step_s": mean("time/step"),
+            "generation_s": mean("time/rollout"), "scoring_s": mean("time/score"),
+            "reference_s": mean("time/reference"), "update_s": mean("time/update"),
+            "peak_rss_gb": peak_rss_gb(), "wall_s": time.perf_counter() - t0,
+            "response_length": mean("objective/response_length"),
+            "bf16": cfg.bf16, "critic_origin": res.critic_origin}
+
+
+def logits_rankloop(args) -> dict:
+    import torch
+
+    from rankloop.data.models import default_model_path, load_causal_lm, load_tokenizer
+
+    path = default_model_path()
+    tok = load_tokenizer(str(path))
+    ids = tok(CHECK_TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = load_causal_lm(str(path))(ids).logits[0]
+    return {"ids": ids[0].tolist(), "logits": logits[-5:].tolist()}
+
+
+# ---------------------------------------------------------------- anchor side (trl venv)
+def load_anchor_config(path: str, cls_name: str):
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    raw = json.loads((Path(path) / "config.json").read_text())
+    theta = (raw.get("rope_parameters") or {}).get("rope_theta") or raw.get("rope_theta")
+    if theta:
+        config.rope_theta = float(theta)  # 4.46 ignores rope_parameters: set it back
+    if cls_name == "seq":
+        config.num_labels = 1
+    return config
+
+
+def logits_anchor(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = args.policy
+    model = AutoModelForCausalLM.from_pretrained(path, config=load_anchor_config(path, "lm"))
+    ids = torch.tensor([args.ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    return {"logits": logits[-5:].tolist()}
+
+
+def worker_trl(args) -> dict:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    path, rm_path = args.policy, str(RESULTS / "rm-smollm2")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    lm_cfg = load_anchor_config(path, "lm")
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(path, config=lm_cfg)
+    ref = AutoModelForCausalLMWithValueHead.from_pretrained(path, config=lm_cfg)
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        rm_path, config=load_anchor_config(rm_path, "seq")).eval()
+    config = PPOConfig(batch_size=BATCH, mini_batch_size=MINI, ppo_epochs=EPOCHS,
+                       gradient_accumulation_steps=1, learning_rate=1.41e-5, seed=0)
+    trainer = PPOTrainer(config, model, ref, tok)
+    texts = prompts_texts(BATCH * (args.steps + 1))
+    queries = [torch.tensor(tok.apply_chat_template([{"role": "user", "content": t}],
+                                                    add_generation_prompt=True))
+               for t in texts]
+    gen = dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=NEW_TOKENS,
+               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    rows = []
+    t_start = time.perf_counter()
+    for step in range(args.steps + 1):
+        q = queries[step * BATCH:(step + 1) * BATCH]
+        t0 = time.perf_counter()
+        responses = trainer.generate(q, return_prompt=False, batch_size=BATCH, **gen)
+        t_gen = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with torch.no_grad():  # score decoded text with the reward model, as rankloop does
+            batch = [tok.apply_chat_template(
+                [{"role": "user", "content": t},
+                 {"role": "assistant", "content": tok.decode(r, skip_special_tokens=True)}],
+                tokenize=False) for t, r in zip(texts[step * BATCH:], responses)]
+            tok.padding_side = "right"
+            enc = tok(batch, return_tensors="pt", padding=True)
+            tok.padding_side = "left"
+            scores = rm(**enc).logits[:, 0]
+        t_score = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stats = trainer.step(q, responses, [s for s in scores])
+        t_step = time.perf_counter() - t0
+        rows.append({"generation_s": t_gen, "scoring_s": t_score,
+                     "reference_s": float(stats["time/ppo/forward_pass"]),
+                     "update_s": float(stats["time/ppo/optimize_step"]),
+                     "ppo_step_s": t_step, "step_s": t_gen + t_score + t_step,
+                     "response_length": sum(len(r) for r in responses) / len(responses)})
+    rows = rows[1:]
+    mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    return {"system": "TRL 0.11.4 PPOTrainer (anchor)", "step_s": mean("step_s"),
+            "generation_s": mean("generation_s"), "scoring_s": mean("scoring_s"),
+            "reference_s": mean("reference_s"), "update_s": mean("update_s"),
+            "other_s": mean("ppo_step_s") - mean("reference_s") - mean("update_s"),
+            "peak_rss_gb": peak_rss_gb(), "wall_s": time.perf_counter() - t_start,
+            "response_length": mean("response_length")}
+
+
+# ---------------------------------------------------------------- driver
+def call(python, worker: str, args, extra=()) -> dict:
+    out = RESULTS / f"ppo-{worker}.json"
+    cmd = [str(python), __file__, "--worker", worker, "--steps", str(args.steps),
+           "--threads", str(args.threads), "--critic", args.critic, "--out", str(out), *extra]
+    env = dict(os.environ, PYTHONPATH="", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1")
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--critic", default="reward", choices=["reward", "policy"])
+    ap.add_argument("--setup", action="store_true", help="only create the anchor's venv")
+    ap.add_argument("--skip-anchor", action="store_true")
+    ap.add_argument("--worker", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--policy", default=None)
+    ap.add_argument("--ids", default=None)
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        if args.ids:
+            args.ids = json.loads(args.ids)
+        fn = {"rankloop": worker_rankloop, "trl": worker_trl, "logits-rankloop": logits_rankloop,
+              "logits-trl": logits_anchor}[args.worker]
+        Path(args.out).write_text(json.dumps(fn(args)))
+        return
+    setup_venv()
+    if args.setup:
+        return
+    from rankloop.data.models import default_model_path
+
+    policy = str(default_model_path())
+    build_reward_model(policy, RESULTS / "rm-smollm2")
+    # 0. the two stacks must compute the same function before any timing means anything
+    ours = call(sys.executable, "logits-rankloop", args)
+    theirs = call(VENV_PY, "logits-trl", args, ["--policy", policy, "--ids",
+                                                 json.dumps(ours["ids"])])
+    diff = max(abs(a - b) for ra, rb in zip(ours["logits"], theirs["logits"])
+               for a, b in zip(ra, rb))
+    print(f"logits check: max |rankloop - anchor| = {diff:.2e}")
+    if diff > 1e-3:
+        sys.exit(f"the two stacks disagree on the logits ({diff:.3g}): fix the anchor's config")
+    results = []
+    if not args.skip_anchor:
+        results.append(call(VENV_PY, "trl", args, ["--policy", policy]))
+    results.append(call(sys.executable, "rankloop", args))
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d"), "steps_timed": args.steps,
+              "threads": args.threads, "logits_max_abs_diff": diff, "results": results}
+    if len(results) == 2:
+        a, r = results
+        report["speedup"] = a["step_s"] / r["step_s"]
+        report["memory_ratio"] = r["peak_rss_gb"] / a["peak_rss_gb"]
+    (RESULTS / "ppo.json").write_text(json.dumps(report, indent=1) + "\n")
+    cols = ("step_s", "generation_s", "scoring_s", "reference_s", "update_s", "peak_rss_gb",
+            "response_length")
+    print(f"{'system':40s} " + " ".join(f"{c:>14s}" for c in cols))
+    for row in results:
+        print(f"{row['system']:40s} " + " ".join(f"{row.get(c, float('nan')):14.2f}"
+                                                 for c in cols))
+    if "speedup" in report:
+        print(f"speed-up per step: {report['speedup']:.2f}x; "
+              f"peak memory: {report['memory_ratio']:.2f}x the anchor's")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Run by tests/test_ppo_ddp.py under `accelerate launch --cpu --num_processes 2`."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from rankloop.data.records import Prompt
+from rankloop.ppo.config import PPOConfig
+from rankloop.ppo.train import train_ppo
+
+
+def main(policy: str, out: str) -> None:
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    prompts = [Prompt.from_text(t) for t in ("hello", "write a poem", "explain gears", "yes")]
+    cfg = PPOConfig(steps=2, batch_size=2, mini_batch_size=1, ppo_epochs=1, max_new_tokens=4,
+                    log_samples=0, bf16="no", lr=1e-2)
+
+    def reward(ps, rs):
+        return torch.tensor([float(len(r)) / 10 for r in rs])
+
+    res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=reward, out_dir=Path(out),
+                    progress=False, log=None, accelerator=acc)
+    state = {n: p.detach().double().sum().item()
+             for module in (res.actor, res.critic)
+             for n, p in module.named_parameters() if p.requires_grad}
+    Path(out, f"rank-{acc.process_index}.json").write_text(
+        json.dumps({"world": acc.num_processes, "params": state,
+                    "history": res.history}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
