@@ -211,7 +211,8 @@ def test_api_next_and_label(app):
     assert t["prompt"] == [{"role": "user", "content": "question 0"}]
     got = handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"], choice="A")
     assert got == handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"],
-                                     choice="A") == {"label_id": 1}
+                                     choice="A")
+    assert got["label_id"] == 1 and got["next"]["comparison_id"] == c["pairs"][1]
     row = s.db["labels"].get(1)
     assert json.loads(row["ranking"])[0] == [s.responses(prompt_id=1)[
         [r.text for r in s.responses(prompt_id=1)].index(t["responses"][0])].id]

@@ -280,7 +280,8 @@ def api_next(ctx: Ctx, username: str | None) -> dict:
 def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: str,
               choice: str = "", ranking: str = "", strength: str = "", rationale: str = "",
               seconds_spent: float | None = None) -> dict:
-    """Record a label on the annotator's leased comparison; returns {"label_id": id}.
+    """Record a label on the annotator's leased comparison; returns {"label_id": id, "next":
+    the next task as `api_next` gives it} (submit-and-fetch-next in one request, as the page).
 
     Pairwise: `choice` (A / B / tie / both_bad, A = first response returned by `api_next`);
     K-wise: `ranking` as in the page ('C > A = B'). Retrying with the same request id returns the
@@ -294,4 +295,4 @@ def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: st
             store, a.id, comparison_id, request_id, strength=strength or None,
             rationale=rationale, seconds_spent=seconds_spent,
             margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much}, **kw)
-        return {"label_id": label_id}
+    return {"label_id": label_id, "next": api_next(ctx, username)}

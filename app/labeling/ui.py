@@ -335,7 +335,8 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
                   strength: str = "", rationale: str = "", seconds_spent: float = 0.0,
                   request: gr.Request = None) -> dict:
             """Record a label on your leased comparison: choice A/B/tie/both_bad (pairwise) or
-            ranking 'C > A = B'; retry with the same request_id safely. Returns label_id."""
+            ranking 'C > A = B'; retry with the same request_id safely. Returns label_id and
+            next (your next task, as next_task returns it)."""
             def run():
                 try:
                     return handlers.api_label(ctx, request.username, int(comparison_id),
