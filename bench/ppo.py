@@ -100,7 +100,7 @@ def worker_rankloop(args) -> dict:
     scorer = RewardScorer.from_pretrained(rm, device="cpu")
     cfg = PPOConfig(steps=args.steps + 1, batch_size=BATCH, mini_batch_size=MINI,
                     ppo_epochs=EPOCHS, max_new_tokens=NEW_TOKENS, log_samples=0,
-                    critic=args.critic)
+                    critic=args.critic, critic_lora_layers=args.critic_lora_layers)
     prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
     t0 = time.perf_counter()
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(scorer),
@@ -108,7 +108,9 @@ def worker_rankloop(args) -> dict:
                     log=None)
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
     mean = lambda k: sum(h[k] for h in steps) / len(steps)  # noqa: E731
-    return {"system": f"rankloop (critic={args.critic})", "step_s": mean("time/step"),
+    name = f"rankloop (critic={args.critic}"
+    name += f", critic LoRA top {args.critic_lora_layers})" if args.critic_lora_layers else ")"
+    return {"system": name, "step_s": mean("time/step"),
             "generation_s": mean("time/rollout"), "scoring_s": mean("time/score"),
             "reference_s": mean("time/reference"), "update_s": mean("time/update"),
             "peak_rss_gb": peak_rss_gb(), "wall_s": time.perf_counter() - t0,
@@ -143,6 +145,21 @@ def load_anchor_config(path: str, cls_name: str):
     return config
 
 
+def load_anchor_tokenizer(path: str):
+    """transformers 4.46 cannot read a tokenizer_config written by transformers 5 (class
+    'TokenizersBackend'): build the fast tokenizer from tokenizer.json and the saved settings."""
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = json.loads((Path(path) / "tokenizer_config.json").read_text())
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(Path(path) / "tokenizer.json"),
+        **{k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if k in cfg})
+    template = Path(path) / "chat_template.jinja"
+    tok.chat_template = template.read_text() if template.exists() else cfg.get("chat_template")
+    tok.padding_side = "left"
+    return tok
+
+
 def logits_anchor(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -157,14 +174,13 @@ def logits_anchor(args) -> dict:
 
 def worker_trl(args) -> dict:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     path, rm_path = args.policy, str(RESULTS / "rm-smollm2")
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
+    tok = load_anchor_tokenizer(path)
     lm_cfg = load_anchor_config(path, "lm")
     model = AutoModelForCausalLMWithValueHead.from_pretrained(path, config=lm_cfg)
     ref = AutoModelForCausalLMWithValueHead.from_pretrained(path, config=lm_cfg)
@@ -219,7 +235,8 @@ def worker_trl(args) -> dict:
 def call(python, worker: str, args, extra=()) -> dict:
     out = RESULTS / f"ppo-{worker}.json"
     cmd = [str(python), __file__, "--worker", worker, "--steps", str(args.steps),
-           "--threads", str(args.threads), "--critic", args.critic, "--out", str(out), *extra]
+           "--threads", str(args.threads), "--critic", args.critic,
+           "--critic-lora-layers", str(args.critic_lora_layers), "--out", str(out), *extra]
     env = dict(os.environ, PYTHONPATH="", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1")
     subprocess.run(cmd, check=True, env=env)
@@ -231,6 +248,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--critic", default="reward", choices=["reward", "policy"])
+    ap.add_argument("--critic-lora-layers", type=int, default=0,
+                    help="[ppo] critic_lora_layers (0 = rankloop's default, all layers)")
     ap.add_argument("--setup", action="store_true", help="only create the anchor's venv")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--worker", default=None)

@@ -26,12 +26,23 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAUSAL_LM"):
+def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAUSAL_LM",
+                top_layers: int = 0, backbone: nn.Module | None = None):
+    """LoRA on all linear layers of the backbone (never the LM head): more capacity per rank
+    than q/v only. `top_layers` > 0 puts adapters only on the last `top_layers` of `n_layers`
+    blocks: the backward pass then stops there instead of running through the whole model."""
     from peft import LoraConfig
 
-    # all linear layers of the backbone (never the LM head): more capacity per rank than q/v only
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
-                      task_type=task_type)
+    n_layers = backbone.config.num_hidden_layers if backbone is not None else 0
+    if not 0 < top_layers < n_layers:
+        return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                          target_modules="all-linear", task_type=task_type)
+    # peft takes a layer range only with explicit module names: the backbone's linear layers
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in backbone.named_modules()
+                    if isinstance(m, nn.Linear)})
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                      task_type=task_type, layers_pattern="layers",
+                      layers_to_transform=list(range(n_layers - top_layers, n_layers)))
 
 
 def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.dtype):
@@ -106,9 +117,10 @@ def same_tokenizer(a, b) -> bool:
 
 
 def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer, r: int,
-                 alpha: int, dropout: float, dtype: torch.dtype) -> Critic:
+                 alpha: int, dropout: float, dtype: torch.dtype, top_layers: int = 0) -> Critic:
     """Critic initialised from the reward model (PPO-max) when it shares the policy's tokenizer;
-    otherwise from the policy's backbone with a fresh, zero head (the reason is in `.origin`)."""
+    otherwise from the policy's backbone with a fresh, zero head (the reason is in `.origin`).
+    `top_layers` > 0: LoRA only on the critic's last `top_layers` blocks."""
     from peft import get_peft_model
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -126,7 +138,8 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
             head.load_state_dict({k: v.float() for k, v in old_head.state_dict().items()})
             if head.bias is None:  # the critic needs a bias to learn the value's offset
                 head = _with_bias(head)
-            lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION"))
+            lora = get_peft_model(backbone, lora_config(
+                r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
             return Critic(lora.eval(), head, "reward model")
         reason = "the reward model's tokenizer differs from the policy's"
     base = adapter_base(policy_path) or policy_path
@@ -134,7 +147,8 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
     head = nn.Linear(backbone.config.hidden_size, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION"))
+    lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION",
+                                                top_layers, backbone))
     return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})")
 
 

@@ -164,7 +164,7 @@ def train_ppo(
         critic = build_critic(reward_model=reward_model, policy_path=policy,
                               policy_tokenizer=tokenizer, r=config.lora_r,
                               alpha=config.lora_alpha, dropout=config.lora_dropout,
-                              dtype=dtype).to(device)
+                              dtype=dtype, top_layers=config.critic_lora_layers).to(device)
         say(f"critic: separate LoRA value model initialised from the {critic.origin}")
     else:
         say("critic: value head on the policy")

@@ -240,3 +240,20 @@ def test_saved_policy_loads_with_from_pretrained_and_load_causal_lm(peaked_lm, t
     run(cfg(steps=1, lr=2e-2, merge_on_save=True), lm, target, out2)
     assert not (out2 / "adapter_config.json").exists()
     assert AutoModelForCausalLM.from_pretrained(out2) is not None
+
+
+def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    from rankloop.ppo.models import build_critic
+
+    lm, target = peaked_lm
+    critic = build_critic(reward_model=None, policy_path=str(lm),
+                          policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
+                          dropout=0.0, dtype=torch.float32, top_layers=1)
+    trained = [n for n, p in critic.named_parameters() if p.requires_grad]
+    lora = [n for n in trained if "lora_" in n]
+    assert lora and all(".layers.1." in n for n in lora)  # the tiny model has layers 0 and 1
+    assert {"head.weight", "head.bias"} <= set(trained)
+    res = run(cfg(steps=1, critic_lora_layers=1), lm, target, tmp_path / "p")
+    assert res.history[0]["val/loss"] > 0
