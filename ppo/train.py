@@ -18,6 +18,7 @@ References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zhen
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import random
 import time
@@ -142,6 +143,10 @@ def train_ppo(
         raise ValueError("rto is on but no DPO model was given: run `rankloop train-dpo` first")
     out_dir = Path(out_dir)
     trackers = [t.strip() for t in config.log_with.split(",") if t.strip()]
+    for t in trackers:  # optional packages: say what to install instead of a traceback
+        if importlib.util.find_spec(t) is None and not (
+                t == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+            raise ValueError(f"log_with = {t!r} needs the {t} package: pip install {t}")
     if accelerator is None:
         accelerator = Accelerator(log_with=trackers or None, project_dir=str(out_dir / "logs"))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes

@@ -257,3 +257,33 @@ def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
     assert {"head.weight", "head.bias"} <= set(trained)
     res = run(cfg(steps=1, critic_lora_layers=1), lm, target, tmp_path / "p")
     assert res.history[0]["val/loss"] > 0
+
+
+def test_switches_ptx_entropy_early_stop_adaptive_kl(peaked_lm, tmp_path):
+    lm, target = peaked_lm
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog.\nWrite a short poem.\n")
+    res = run(cfg(steps=2, ppo_epochs=4, ptx_coef=0.5, ptx_dataset=str(corpus),
+                  ptx_batch_size=2, entropy_coef=0.01, target_approxkl=1e-12, kl_target=0.01,
+                  kl_horizon=100.0, kl_coef=0.1), lm, target, tmp_path / "p")
+    first, second = res.history
+    # PPO-ptx: the LM loss of a random 400-token model on real text is about ln(400) = 6
+    assert 3.0 < first["ptx/loss"] < 9.0 and first["ptx/tokens"] > 0
+    assert first["policy/entropy"] > 0
+    # early stop: the first epoch moves the policy past the (tiny) approx-KL target
+    assert first["policy/epochs"] == 1.0
+    # adaptive KL: the coefficient moved after step 1 by the clipped proportional rule
+    kl1 = first["objective/kl"]
+    err = min(max(kl1 / 0.01 - 1, -0.2), 0.2)
+    assert second["objective/kl_coef"] == pytest.approx(0.1 * (1 + err * 8 / 100.0), rel=1e-5)
+
+
+def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypatch):
+    import importlib.util
+
+    lm, target = peaked_lm
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match="pip install wandb"):
+        run(cfg(steps=1, log_with="wandb"), lm, target, tmp_path / "p")
