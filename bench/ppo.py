@@ -202,6 +202,7 @@ def worker_trl(args) -> dict:
         t0 = time.perf_counter()
         responses = trainer.generate(q, return_prompt=False, batch_size=BATCH, **gen)
         t_gen = time.perf_counter() - t0
+        print(f"anchor step {step}: generated in {t_gen:.1f} s", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         with torch.no_grad():  # score decoded text with the reward model, as rankloop does
             batch = [tok.apply_chat_template(
@@ -209,13 +210,15 @@ def worker_trl(args) -> dict:
                  {"role": "assistant", "content": tok.decode(r, skip_special_tokens=True)}],
                 tokenize=False) for t, r in zip(texts[step * BATCH:], responses)]
             tok.padding_side = "right"
-            enc = tok(batch, return_tensors="pt", padding=True)
+            enc = tok(batch, return_tensors="pt", padding=True, return_token_type_ids=False)
             tok.padding_side = "left"
             scores = rm(**enc).logits[:, 0]
         t_score = time.perf_counter() - t0
         t0 = time.perf_counter()
         stats = trainer.step(q, responses, [s for s in scores])
         t_step = time.perf_counter() - t0
+        print(f"anchor step {step}: generation {t_gen:.1f} s, scoring {t_score:.1f} s, "
+              f"ppo step {t_step:.1f} s", file=sys.stderr, flush=True)
         rows.append({"generation_s": t_gen, "scoring_s": t_score,
                      "reference_s": float(stats["time/ppo/forward_pass"]),
                      "update_s": float(stats["time/ppo/optimize_step"]),
