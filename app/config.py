@@ -43,7 +43,7 @@ class GenerateConfig:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     max_new_tokens: int = 128
     """Longest response, in tokens; a response cut there is marked unfinished."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Prompts sampled together in one batched forward (more is faster until memory runs out)."""
     seed: int = 0
     """Base random seed; each batch's seed is derived from it and the batch's contents."""
