@@ -84,7 +84,7 @@ class LabelingConfig:
     margin_much: float = 1.0
     """Margin recorded for 'much better' (Llama 2's margin scale: 1 for significantly better)."""
     concurrency: int = 16
-    """Handler calls the app runs at once (Gradio's queue concurrency); each thread has its own SQLite connection."""
+    """Page events the app handles at once (Gradio's queue concurrency limit); database writes still take turns."""
 
     def validate(self) -> None:
         if not 2 <= self.k <= 9:

@@ -159,3 +159,36 @@ def m0002_labeling_queue(db: sqlite_utils.Database) -> None:
 
     db["labels"].create_index(["annotator_id", "created_at"])
     db["comparison_responses"].create_index(["response_id"])
+
+
+@migration("0003_queue_counts")
+def m0003_queue_counts(db: sqlite_utils.Database) -> None:
+    """Per-comparison label counts kept by triggers, and reward-model score gaps, so choosing
+    the next task reads a few index entries instead of counting every comparison's labels."""
+    db.execute("""create table comparison_queue (
+        comparison_id integer primary key,
+        labels integer not null default 0)""")
+    db.execute("create index idx_comparison_queue_open on comparison_queue (labels, comparison_id)")
+    db.execute("""insert into comparison_queue (comparison_id, labels)
+        select c.id, (select count(*) from labels l where l.comparison_id = c.id)
+        from comparisons c""")
+    # Every writer of labels and comparisons (the app, imports, scripts) keeps the counts.
+    db.execute("""create trigger comparison_queue_add after insert on comparisons begin
+        insert into comparison_queue (comparison_id, labels) values (new.id, 0); end""")
+    db.execute("""create trigger comparison_queue_remove after delete on comparisons begin
+        delete from comparison_queue where comparison_id = old.id; end""")
+    db.execute("""create trigger comparison_queue_label after insert on labels begin
+        update comparison_queue set labels = labels + 1
+        where comparison_id = new.comparison_id; end""")
+    db.execute("""create trigger comparison_queue_unlabel after delete on labels begin
+        update comparison_queue set labels = labels - 1
+        where comparison_id = old.comparison_id; end""")
+    db.execute("create index idx_comparisons_gold on comparisons (id) where gold is not null")
+    db["skips"].create_index(["annotator_id"])
+    # The smallest score gap between two responses of a comparison, per reward model
+    # (written by `queue.record_scores`), read in gap order by the 'uncertainty' queue order.
+    db["comparison_gaps"].create({
+        "comparison_id": int, "reward_model": str, "gap": float,
+    }, pk=("comparison_id", "reward_model"), not_null={"gap"},
+        foreign_keys=[("comparison_id", "comparisons", "id")])
+    db["comparison_gaps"].create_index(["reward_model", "gap"])

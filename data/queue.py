@@ -96,33 +96,20 @@ def immediate(store: Store):
 
 # -- choosing the next comparison ---------------------------------------------------------------
 
-def _eligible_sql(order: str) -> str:
-    """Regular comparisons annotator :a may label, with labels + live leases by others."""
-    gap = ""
-    if order == "uncertainty":
-        # Reward-model uncertainty: the smallest score gap between two responses of the
-        # comparison (Bradley-Terry: P(i > j) = sigmoid(r_i - r_j) is closest to 1/2 there).
-        gap = (", (select min(abs(s1.score - s2.score)) from comparison_responses x1 "
-               "join comparison_responses x2 on x2.comparison_id = x1.comparison_id "
-               "and x2.position > x1.position "
-               "join response_scores s1 on s1.response_id = x1.response_id "
-               "and s1.reward_model = :rm "
-               "join response_scores s2 on s2.response_id = x2.response_id "
-               "and s2.reward_model = :rm where x1.comparison_id = c.id) as gap")
-    return f"""
-        select c.id,
-               (select count(*) from labels l where l.comparison_id = c.id) as labeled,
-               (select count(*) from leases s where s.comparison_id = c.id
-                  and s.annotator_id != :a and s.expires_at > :now) as held {gap}
-        from comparisons c
-        where c.gold is null
-          and not exists (select 1 from labels l where l.comparison_id = c.id
-                          and l.annotator_id = :a)
-          and not exists (select 1 from skips k where k.comparison_id = c.id
-                          and k.annotator_id = :a)
-          and not exists (select 1 from flags f where f.comparison_id = c.id
-                          and f.resolved_at is null)
-    """
+# A regular comparison annotator :a may label: not gold, not flagged, not already labeled or
+# skipped by them. `q` is its row in `comparison_queue` (label count kept by triggers).
+_MINE = """
+    not exists (select 1 from comparisons c where c.id = q.comparison_id and c.gold is not null)
+    and not exists (select 1 from labels l where l.comparison_id = q.comparison_id
+                    and l.annotator_id = :a)
+    and not exists (select 1 from skips k where k.comparison_id = q.comparison_id
+                    and k.annotator_id = :a)
+    and not exists (select 1 from flags f where f.comparison_id = q.comparison_id
+                    and f.resolved_at is null)
+"""
+# Live leases of the comparison held by other annotators.
+_HELD = """(select count(*) from leases s where s.comparison_id = q.comparison_id
+            and s.annotator_id != :a and s.expires_at > :now)"""
 
 
 def _latest_scored_model(store: Store) -> str | None:
@@ -131,26 +118,47 @@ def _latest_scored_model(store: Store) -> str | None:
     return row[0] if row else None
 
 
+def _first(store: Store, where: str, order_by: str, params: dict,
+           join: str = "") -> int | None:
+    row = store.db.execute(
+        f"select q.comparison_id from comparison_queue q {join} where q.labels < :n and {_MINE} "
+        f"and {where} order by {order_by} limit 1", params).fetchone()
+    return row[0] if row else None
+
+
 def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: float,
                   rng: random.Random) -> int | None:
-    params = {"a": annotator_id, "now": now, "rm": None}
-    if order == "uncertainty":
-        params["rm"] = _latest_scored_model(store)
-        if params["rm"] is None:  # no reward model has scored anything yet
-            order = "oldest"
-    rows = store.db.execute(
-        f"select * from ({_eligible_sql(order)}) where labeled + held < :n",
-        {**params, "n": n}).fetchall()
-    if not rows:
-        return None
-    free = [r for r in rows if r[2] == 0]
-    pool = free or rows  # a task nobody else holds first
+    """The first eligible comparison in `order`: one nobody else holds if there is one, else
+    one whose labels plus other annotators' live leases are still fewer than n."""
+    params = {"a": annotator_id, "now": now, "n": n}
+    ways = [("q.comparison_id >= :start", "q.comparison_id", "")]  # oldest
     if order == "random":
-        return rng.choice(pool)[0]
+        # A random starting point in id order, wrapping around: O(1) per pick however long the
+        # queue, and every comparison can come first.
+        lo, hi = store.db.execute(
+            "select min(comparison_id), max(comparison_id) from comparison_queue "
+            "where labels < ?", [n]).fetchone()
+        start = rng.randint(lo, hi) if lo is not None else 0
+        ways = [("q.comparison_id >= :start", "q.comparison_id", ""),
+                ("q.comparison_id < :start", "q.comparison_id", "")]
+        params["start"] = start
+    else:
+        params["start"] = 0
     if order == "uncertainty":
-        # Scored comparisons by gap, smallest first; unscored ones (new samples) after them.
-        return min(pool, key=lambda r: (r[3] is None, r[3] if r[3] is not None else 0, r[0]))[0]
-    return min(r[0] for r in pool)
+        rm = _latest_scored_model(store)
+        if rm is not None:
+            params["rm"] = rm
+            # Scored comparisons by gap, smallest first; then the unscored (newer samples).
+            ways = [("1", "g.gap, q.comparison_id", "join comparison_gaps g on "
+                     "g.comparison_id = q.comparison_id and g.reward_model = :rm"),
+                    ("not exists (select 1 from comparison_gaps g where g.comparison_id = "
+                     "q.comparison_id and g.reward_model = :rm)", "q.comparison_id", "")]
+    for held in (f"{_HELD} = 0", f"q.labels + {_HELD} < :n"):  # a task nobody holds first
+        for where, order_by, join in ways:
+            cid = _first(store, f"{where} and {held}", order_by, params, join)
+            if cid is not None:
+                return cid
+    return None
 
 
 def _pick_gold(store: Store, annotator_id: int, rng: random.Random) -> int | None:
@@ -226,9 +234,17 @@ def progress(store: Store, annotator_id: int, *, n: int = 1, today: str | None =
     total, on_day = store.db.execute(
         "select count(*), coalesce(sum(substr(created_at, 1, 10) = ?), 0) from labels "
         "where annotator_id = ? and source = 'human'", [today, annotator_id]).fetchone()
+    # Open comparisons, less the few this annotator cannot take (theirs, skipped, flagged,
+    # gold): two index reads instead of a check per comparison.
     left = store.db.execute(
-        f"select count(*) from ({_eligible_sql('oldest')}) where labeled < :n",
-        {"a": annotator_id, "now": 0.0, "n": n}).fetchone()[0]
+        """select (select count(*) from comparison_queue where labels < :n)
+                - (select count(*) from comparison_queue q where q.labels < :n
+                   and q.comparison_id in (
+                       select comparison_id from labels where annotator_id = :a
+                       union select comparison_id from skips where annotator_id = :a
+                       union select comparison_id from flags where resolved_at is null
+                       union select id from comparisons where gold is not null))""",
+        {"a": annotator_id, "n": n}).fetchone()[0]
     return Progress(labeled_today=on_day, labeled_total=total, left=left)
 
 
@@ -404,14 +420,32 @@ def set_gold(store: Store, comparison_id: int, ranking) -> None:
 
 
 def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> int:
-    """Store a reward model's score of each response (id -> score), for the 'uncertainty'
-    order; returns how many were written."""
+    """Store a reward model's score of each response (id -> score), and the score gap of every
+    comparison holding them, for the 'uncertainty' order; returns how many scores were written.
+
+    A comparison's gap is the smallest |r_i - r_j| over its scored pairs: under Bradley-Terry,
+    P(i better than j) = sigmoid(r_i - r_j) is closest to 1/2 there, where a label teaches the
+    reward model the most (uncertainty sampling; Settles, "Active Learning Literature Survey").
+    """
     stamp = now_iso()
     with immediate(store):
         store.db["response_scores"].upsert_all(
             [{"response_id": rid, "reward_model": reward_model, "score": float(s),
               "created_at": stamp} for rid, s in scores.items()],
             pk=("response_id", "reward_model"))
+        store.db.execute(
+            """insert or replace into comparison_gaps (comparison_id, reward_model, gap)
+            select x1.comparison_id, :rm, min(abs(s1.score - s2.score))
+            from comparison_responses x1
+            join comparison_responses x2 on x2.comparison_id = x1.comparison_id
+                 and x2.position > x1.position
+            join response_scores s1 on s1.response_id = x1.response_id and s1.reward_model = :rm
+            join response_scores s2 on s2.response_id = x2.response_id and s2.reward_model = :rm
+            where x1.comparison_id in (
+                select comparison_id from comparison_responses
+                where response_id in (select value from json_each(:ids)))
+            group by x1.comparison_id""",
+            {"rm": reward_model, "ids": json.dumps([int(r) for r in scores])})
     return len(scores)
 
 

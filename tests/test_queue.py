@@ -30,7 +30,7 @@ def test_migration_0002_adds_queue_tables():
     db = sqlite_utils.Database(memory=True)
     assert migrate(db, upto="0001_initial") == ["0001_initial"]
     assert "leases" not in db.table_names()
-    assert migrate(db) == ["0002_labeling_queue"]
+    assert migrate(db, upto="0002_labeling_queue") == ["0002_labeling_queue"]
     assert applied(db) == ["0001_initial", "0002_labeling_queue"] and schema_version(db) == 2
     assert db["leases"].columns_dict == {
         "comparison_id": int, "annotator_id": int, "display_order": str, "request_id": str,
@@ -41,7 +41,32 @@ def test_migration_0002_adds_queue_tables():
     for table in ("flags", "label_revisions", "response_scores"):
         assert table in db.table_names()
     assert ["annotator_id", "created_at"] in [i.columns for i in db["labels"].indexes]
-    assert migrate(db) == []  # never twice
+    assert migrate(db, upto="0002_labeling_queue") == []  # never twice
+
+
+def test_migration_0003_backfills_label_counts_and_triggers_keep_them(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    migrate(db, upto="0002_labeling_queue")
+    old = Store.__new__(Store)  # a store at schema 2, as an older rankloop left it
+    old.db = db
+    cids = [old.add_comparison_texts(f"p{i}", ["x", "y"]) for i in range(3)]
+    aid = old.add_annotator("ann")[0].id
+    from rankloop.data.records import Label
+    old.add_label(Label.pairwise(cids[1], aid, old.comparison(cids[1]).response_ids, "A"))
+    assert migrate(db) == ["0003_queue_counts"] and schema_version(db) == 3
+    counts = lambda: db.execute(  # noqa: E731
+        "select comparison_id, labels from comparison_queue order by 1").fetchall()
+    assert counts() == [(cids[0], 0), (cids[1], 1), (cids[2], 0)]
+    store = Store(db)
+    c3 = store.add_comparison_texts("p3", ["x", "y"])
+    lid = store.add_label(Label.pairwise(c3, aid, store.comparison(c3).response_ids, "B"))
+    assert counts()[-1] == (c3, 1)
+    db.execute("delete from labels where id = ?", [lid])
+    assert counts()[-1] == (c3, 0)
+    db.execute("delete from comparison_responses where comparison_id = ?", [c3])
+    db.execute("delete from comparisons where id = ?", [c3])
+    assert counts() == [(cids[0], 0), (cids[1], 1), (cids[2], 0)]
+    assert "comparison_gaps" in db.table_names()
 
 
 def test_oldest_first_and_two_annotators_never_share_while_others_remain(fresh_store):

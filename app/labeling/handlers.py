@@ -197,14 +197,18 @@ def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | Non
                     raise StoreError("choose A better, B better, tie or both bad first")
             else:
                 kw = {"positions": parse_ranking(ranking, state["k"])}
-            label_id = queue.submit(
-                store, a.id, state["comparison_id"], state["request_id"],
-                strength=strength or None, rationale=rationale,
-                margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much},
-                seconds_spent=round(max(0.0, ctx.clock() - state["shown_at"]), 3), **kw)
+            # The label and the next lease commit together: one transaction, one fsync.
+            with queue.immediate(store):
+                label_id = queue.submit(
+                    store, a.id, state["comparison_id"], state["request_id"],
+                    strength=strength or None, rationale=rationale,
+                    margins={"slightly": ctx.config.margin_slightly,
+                             "much": ctx.config.margin_much},
+                    seconds_spent=round(max(0.0, ctx.clock() - state["shown_at"]), 3), **kw)
+                task = _next(ctx, store, a)
         except StoreError as e:
             return _same_task(ctx, store, a, f"Not saved: {e}", prefill, state)
-        return _page(ctx, store, a, _next(ctx, store, a), f"Saved label #{label_id}.")
+        return _page(ctx, store, a, task, f"Saved label #{label_id}.")
 
 
 def skip(ctx: Ctx, username: str | None, state: dict | None, reason: str | None) -> Page:
@@ -264,17 +268,20 @@ def guidelines_html(ctx: Ctx) -> str:
 
 # -- the HTTP API for scripted annotators (gradio_client) -------------------------------------
 
+def _task_data(ctx: Ctx, store: Store, a: Annotator) -> dict:
+    task = _next(ctx, store, a)
+    left = queue.progress(store, a.id, n=ctx.config.labels_per_comparison).left
+    if task is None:
+        return {"comparison_id": None, "left": left}
+    return {"comparison_id": task.comparison.id, "request_id": task.request_id,
+            "mode": task.mode, "prompt": task.prompt.as_chat(),
+            "responses": [r.text for r in task.responses], "left": left}
+
+
 def api_next(ctx: Ctx, username: str | None) -> dict:
     """The annotator's current or next task as plain data, for gradio_client."""
     with ctx.stores() as store:
-        a = annotator(store, username)
-        task = _next(ctx, store, a)
-        left = queue.progress(store, a.id, n=ctx.config.labels_per_comparison).left
-        if task is None:
-            return {"comparison_id": None, "left": left}
-        return {"comparison_id": task.comparison.id, "request_id": task.request_id,
-                "mode": task.mode, "prompt": task.prompt.as_chat(),
-                "responses": [r.text for r in task.responses], "left": left}
+        return _task_data(ctx, store, annotator(store, username))
 
 
 def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: str,
@@ -291,8 +298,10 @@ def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: st
         a = annotator(store, username)
         k = len(store.comparison(comparison_id).response_ids)
         kw = {"choice": choice} if choice else {"positions": parse_ranking(ranking, k)}
-        label_id = queue.submit(
-            store, a.id, comparison_id, request_id, strength=strength or None,
-            rationale=rationale, seconds_spent=seconds_spent,
-            margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much}, **kw)
-    return {"label_id": label_id, "next": api_next(ctx, username)}
+        with queue.immediate(store):  # the label and the next lease: one commit
+            label_id = queue.submit(
+                store, a.id, comparison_id, request_id, strength=strength or None,
+                rationale=rationale, seconds_spent=seconds_spent,
+                margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much},
+                **kw)
+            return {"label_id": label_id, "next": _task_data(ctx, store, a)}

@@ -6,8 +6,11 @@ through `Stores`, in one of two modes:
 
 - `Stores.per_thread(path)`: each worker thread opens its own connection to the same file (WAL
   lets readers run while one writer commits; writers queue on SQLite's lock with busy_timeout).
-- `Stores.shared(store)`: one connection behind a lock, one handler at a time. The only mode for
-  an in-memory store (tests), and the one to compare against in `bench/labeling.py`.
+- `Stores.shared(store)`: one connection behind a lock, one handler at a time. What `rankloop
+  serve` uses: on the benchmark (bench/labeling.py) its p95/p99 under many concurrent
+  annotators beat a connection per thread, whose writers queue in SQLite's busy handler (which
+  sleeps and retries, up to 100 ms a time) instead of on a lock that wakes the next one at once.
+  Also the only mode for an in-memory store (tests).
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from rankloop.data.store import Store
 class Stores:
     """Hands a handler the `Store` it may use on the current thread."""
 
-    def __init__(self, *, path: Path | None = None, store: Store | None = None):
+    def __init__(self, *, path: Path | None = None, store: Store | None = None,
+                 owned: bool = False):
         if (path is None) == (store is None):
             raise ValueError("give a database path (per-thread) or one store (shared)")
         self.path = Path(path) if path is not None else None
         self._shared = store
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._opened: list[Store] = []
+        self._opened: list[Store] = [store] if store is not None and owned else []
 
     @classmethod
     def per_thread(cls, path: str | Path) -> "Stores":
@@ -40,8 +44,9 @@ class Stores:
         return stores
 
     @classmethod
-    def shared(cls, store: Store) -> "Stores":
-        return cls(store=store)
+    def shared(cls, store: Store, owned: bool = False) -> "Stores":
+        """One store for every thread; `owned`: `close()` closes it too."""
+        return cls(store=store, owned=owned)
 
     @property
     def mode(self) -> str:
@@ -62,7 +67,7 @@ class Stores:
         yield store
 
     def close(self) -> None:
-        """Close every per-thread connection opened so far (the shared store is the caller's)."""
+        """Close every connection this object opened (a shared store only when owned)."""
         with self._lock:
             for s in self._opened:
                 s.close()

@@ -115,17 +115,20 @@ def authenticator(stores: Stores):
 
 
 def _as_stores(source: Stores | Store | str | Path) -> Stores:
+    """A database file gets one connection behind a lock: measured faster at the tail than a
+    connection per thread, whose writers wait in SQLite's sleeping busy handler (bench/labeling.py,
+    docs/benchmarks.md)."""
     if isinstance(source, Stores):
         return source
     if isinstance(source, Store):
         return Stores.shared(source)
-    return Stores.per_thread(source)
+    return Stores.shared(Store.open(source), owned=True)
 
 
 def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None = None, *,
               guidelines_path: Path | None = None, ctx: Ctx | None = None) -> gr.Blocks:
-    """The labeling app over a database file (one connection per worker thread), a `Stores`,
-    or one `Store` (shared behind a lock: in-memory stores in tests)."""
+    """The labeling app over a database file, one `Store` (both: one connection shared behind a
+    lock), or a `Stores` (e.g. `Stores.per_thread(path)`: a connection per worker thread)."""
     ctx = ctx or Ctx(stores=_as_stores(source), config=config or LabelingConfig(),
                      guidelines_path=guidelines_path)
     export_dir = Path(tempfile.mkdtemp(prefix="rankloop-export-"))
@@ -346,8 +349,10 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
                     raise gr.Error(str(e)) from None
             return guarded(run)
 
-        gr.api(next_task, api_name="next_task")
-        gr.api(label, api_name="label")
+        # Short database calls: served straight from the HTTP worker threads (POST
+        # /gradio_api/run/<name>, one round trip) rather than through the event queue.
+        gr.api(next_task, api_name="next_task", queue=False)
+        gr.api(label, api_name="label", queue=False)
 
     demo.queue(default_concurrency_limit=ctx.config.concurrency)
     demo.rankloop_ctx = ctx  # for the server to close per-thread connections at shutdown
