@@ -246,9 +246,15 @@ def test_admin_dashboard_flags_gold_accounts(app):
                                                     f"back in the queue.")
     assert admin.resolve_flag(ctx, "root", fid) == f"Not resolved: no open flag with id {fid}"
     r1, r2 = s.comparison(c["pairs"][2]).response_ids
+    shown = admin.comparison_html(ctx, "root", c["hostile"])
+    assert "Comparison 4, round 0, 0 label(s), gold: not gold" in shown
+    assert "<script" not in shown and "&lt;script&gt;" in shown
+    assert f"Response id {s.comparison(c['hostile']).response_ids[1]}</div>" in shown
+    assert admin.comparison_html(ctx, "root", 99) == "<p>no comparison with id 99</p>"
     msg = admin.set_gold(ctx, "root", c["pairs"][2], f"{r2} > {r1}")
     assert msg == f"Comparison {c['pairs'][2]} is gold: {r2} > {r1}."
     assert s.comparison(c["pairs"][2]).gold == ((r2,), (r1,))
+    assert f"gold: {r2} &gt; {r1}" in admin.comparison_html(ctx, "root", c["pairs"][2])
     assert admin.set_gold(ctx, "root", c["pairs"][2], "1 > 2").startswith("Not set:")
     msg = admin.add_account(ctx, "root", "carol", "annotator")
     secret = msg.split("`")[1]

@@ -5,6 +5,7 @@ logged-in account first: hiding the admin tab in the page is a convenience, this
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from rankloop.data.records import ANNOTATOR_ROLES
 from rankloop.data.store import Store, StoreError
 
 from .handlers import AccessDenied, Ctx, annotator, guidelines_markdown
+from .render import conversation_html, markdown_html
 
 STATS_COLUMNS = ["annotator", "role", "labels", "labels/hour", "median s/label", "gold labels",
                  "gold accuracy", "first-pick rate", "first-pick expected", "skips", "flags",
@@ -100,6 +102,29 @@ def resolve_flag(ctx: Ctx, username: str | None, flag_id: int | float | None) ->
         except StoreError as e:
             return f"Not resolved: {e}"
     return f"Flag {int(flag_id)} resolved: its comparison is back in the queue."
+
+
+def comparison_html(ctx: Ctx, username: str | None, comparison_id: int | float | None) -> str:
+    """A comparison as the admin needs it to set gold: its prompt and each response under its
+    id (rendered safely, like the annotator's page)."""
+    with ctx.stores() as store:
+        _admin(store, username)
+        if comparison_id is None:
+            return "<p>Give a comparison id.</p>"
+        try:
+            comp = store.comparison(int(comparison_id))
+        except StoreError as e:
+            return f"<p>{html.escape(str(e))}</p>"
+        prompt = store.prompt(comp.prompt_id)
+        responses = store.responses(ids=list(comp.response_ids))
+        n_labels = len(store.labels(comparison_id=comp.id))
+    gold = (" > ".join(" = ".join(str(r) for r in tier) for tier in comp.gold)
+            if comp.gold else "not gold")
+    parts = [f"<p>Comparison {comp.id}, round {comp.round}, {n_labels} label(s), gold: "
+             f"{html.escape(gold)}</p>", conversation_html(prompt.messages)]
+    parts += [f'<div class="rl-response"><div class="rl-letter">Response id {r.id}</div>'
+              f"{markdown_html(r.text)}</div>" for r in responses]
+    return "".join(parts)
 
 
 def set_gold(ctx: Ctx, username: str | None, comparison_id: int | float | None,

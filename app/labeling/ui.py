@@ -206,10 +206,12 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
                     resolve_btn = gr.Button("Resolve flag (back to the queue)")
                 with gr.Row():
                     gold_cid = gr.Number(label="Comparison id", precision=0)
+                    show_btn = gr.Button("Show comparison")
                     gold_rank = gr.Textbox(label="Gold answer in response ids, best first "
                                                  "('12 > 13'; empty = not gold)")
                     gold_btn = gr.Button("Set gold")
                 admin_msg = gr.Markdown("")
+                shown_comparison = gr.HTML("", elem_id="rl-admin-comparison")
                 with gr.Accordion("Guidelines", open=False):
                     guide_edit = gr.Textbox(label="Guidelines (Markdown)", lines=12)
                     guide_save = gr.Button("Save guidelines")
@@ -314,6 +316,8 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
         resolve_btn.click(admin_action(admin.resolve_flag), [flag_id], [admin_msg],
                           api_visibility="private")
         gold_btn.click(admin_action(admin.set_gold), [gold_cid, gold_rank], [admin_msg],
+                       api_visibility="private")
+        show_btn.click(admin_action(admin.comparison_html), [gold_cid], [shown_comparison],
                        api_visibility="private")
         guide_save.click(admin_action(admin.save_guidelines), [guide_edit], [admin_msg],
                          api_visibility="private")
