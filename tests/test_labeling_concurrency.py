@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import httpx
 from gradio_client import Client
 
 from rankloop.app.config import LabelingConfig
@@ -66,6 +67,15 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
                 task = got["next"]
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
+
+    # Without a login every route that reads or writes labels is refused.
+    for route, body in (("run/next_task", {"data": []}),
+                        ("run/label", {"data": [cids[0], "x", "A", "", "", "", 0.0]}),
+                        ("queue/join", {"data": [], "fn_index": 0, "session_hash": "s"})):
+        r = httpx.post(f"{url}gradio_api/{route}", json=body, timeout=30)
+        assert r.status_code == 401, (route, r.status_code)
+    assert httpx.post(f"{url}login", data={"username": "a0", "password": "wrong"},
+                      timeout=30).status_code == 400
 
     threads = [threading.Thread(target=annotate, args=(i,)) for i in range(ANNOTATORS)]
     try:
