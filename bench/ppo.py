@@ -92,18 +92,16 @@ def worker_rankloop(args) -> dict:
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.rewards import ScorerReward
     from rankloop.ppo.train import train_ppo
-    from rankloop.reward.scoring import RewardScorer
 
     torch.set_num_threads(args.threads)
     policy = str(default_model_path())
     rm = str(RESULTS / "rm-smollm2")
-    scorer = RewardScorer.from_pretrained(rm, device="cpu")
     cfg = PPOConfig(steps=args.steps + 1, batch_size=BATCH, mini_batch_size=MINI,
                     ppo_epochs=EPOCHS, max_new_tokens=NEW_TOKENS, log_samples=0,
                     critic=args.critic, critic_lora_layers=args.critic_lora_layers)
     prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
     t0 = time.perf_counter()
-    res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(scorer),
+    res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(path=rm),
                     out_dir=RESULTS / "ppo-rankloop", reward_model=rm, progress=False,
                     log=None)
     steps = res.history[1:]  # the first step warms up (allocator, kernels)

@@ -140,7 +140,12 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
                 head = _with_bias(head)
             lora = get_peft_model(backbone, lora_config(
                 r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
-            return Critic(lora.eval(), head, "reward model")
+            critic = Critic(lora.eval(), head, "reward model")
+            # the reward model itself, sharing the critic's frozen weights (its LoRA layers are
+            # injected into them): scoring runs it with the adapter disabled, no second copy
+            critic.__dict__["reward_model"] = rm.eval()  # not a submodule: not trained/saved
+            critic.reward_model_path = reward_model
+            return critic
         reason = "the reward model's tokenizer differs from the policy's"
     base = adapter_base(policy_path) or policy_path
     backbone = AutoModel.from_pretrained(resolve(base), dtype=dtype)

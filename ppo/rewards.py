@@ -45,21 +45,69 @@ class ScorerReward:
 
     `mean` / `std` are the reward model's statistics on its training responses
     (`reward_stats.json`), so 0 means "as good as an average training response".
+
+    Give a loaded `scorer` (a `RewardScorer`), or a `path` to load lazily: then, when the PPO
+    critic is initialised from the same reward model, `share_critic` scores with the critic's
+    frozen weights (its LoRA adapter disabled) instead of loading a second copy.
     """
 
-    def __init__(self, scorer, normalize: bool = True, clip: float | None = 5.0):
+    def __init__(self, scorer=None, normalize: bool = True, clip: float | None = 5.0, *,
+                 path: str | None = None, bf16: str = "auto"):
+        if scorer is None and path is None:
+            raise ValueError("ScorerReward needs a scorer or a path")
         self.scorer = scorer
+        self.path = path
+        self.bf16 = bf16
         self.normalize = normalize
         self.clip = clip if clip else None
-        self.name = f"reward-model:{getattr(scorer, 'path', 'scorer')}"
+        self.name = f"reward-model:{path or getattr(scorer, 'path', 'scorer')}"
+        self.shared = False
+
+    def share_critic(self, critic) -> bool:
+        """Score with the critic's backbone (adapter disabled) and the reward model's own head,
+        when the critic was initialised from this reward model. True if shared."""
+        from rankloop.reward.model import load_reward_tokenizer
+        from rankloop.reward.scoring import RewardScorer, read_stats
+
+        rm = getattr(critic, "reward_model", None)
+        if self.scorer is not None or rm is None or self.path is None:
+            return False
+        if Path(critic.reward_model_path).resolve() != Path(self.path).resolve():
+            return False
+        tokenizer = load_reward_tokenizer(self.path)
+        mean, std = read_stats(self.path)
+        device = next(rm.parameters()).device
+        self.scorer = RewardScorer(_AdapterDisabled(rm, critic.backbone), tokenizer, device,
+                                   bf16=next(rm.parameters()).dtype == torch.bfloat16,
+                                   mean=mean, std=std,
+                                   max_length=min(tokenizer.model_max_length, 1 << 16))
+        self.shared = True
+        return True
 
     def __call__(self, prompts, responses) -> torch.Tensor:
+        if self.scorer is None:
+            from rankloop.reward.scoring import RewardScorer
+
+            self.scorer = RewardScorer.from_pretrained(self.path, bf16=self.bf16)
         raw = as_scores(self.scorer.score(list(prompts), list(responses)), len(responses),
                         self.name)  # (N,)
         if not self.normalize:
             return raw if self.clip is None else raw.clamp(-self.clip, self.clip)
         std = float(getattr(self.scorer, "std", 1.0) or 1.0)
         return normalize_scores(raw, float(getattr(self.scorer, "mean", 0.0)), std, self.clip)
+
+
+class _AdapterDisabled(torch.nn.Module):
+    """Runs `model` with the LoRA adapters of `peft_model` (injected into it) switched off."""
+
+    def __init__(self, model, peft_model):
+        super().__init__()
+        self.model = model
+        self._peft = [peft_model]  # a list: not registered as a submodule twice
+
+    def forward(self, **kwargs):
+        with self._peft[0].disable_adapter():
+            return self.model(**kwargs)
 
 
 class CallableReward:

@@ -171,6 +171,8 @@ def train_ppo(
                               alpha=config.lora_alpha, dropout=config.lora_dropout,
                               dtype=dtype, top_layers=config.critic_lora_layers).to(device)
         say(f"critic: separate LoRA value model initialised from the {critic.origin}")
+        if hasattr(reward_fn, "share_critic") and reward_fn.share_critic(critic):
+            say("reward model: scoring with the critic's frozen weights (no second copy)")
     else:
         say("critic: value head on the policy")
     actor_params = [p for p in actor.parameters() if p.requires_grad]

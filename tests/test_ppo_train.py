@@ -201,15 +201,33 @@ def test_critic_initialised_from_reward_model_matches_its_scores(peaked_lm, tmp_
     assert "tokenizer differs" in fallback.origin
 
 
-def test_ppo_with_reward_model_scorer(peaked_lm, tmp_path):
+def test_ppo_with_reward_model_scorer_sharing_the_critics_weights(peaked_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    from rankloop.ppo.models import build_critic
     from rankloop.ppo.rewards import ScorerReward
     from rankloop.reward.scoring import RewardScorer
 
     lm, _ = peaked_lm
     rm_dir = _reward_model(lm, tmp_path / "rm")
-    scorer = RewardScorer.from_pretrained(rm_dir, device="cpu", bf16="no")
-    reward = ScorerReward(scorer, normalize=True, clip=5.0)
-    res = train_ppo(cfg(steps=1), policy=str(lm), prompts=PROMPTS, reward_fn=reward,
+    own = ScorerReward(RewardScorer.from_pretrained(rm_dir, device="cpu", bf16="no"),
+                       normalize=True, clip=5.0)
+    shared = ScorerReward(path=str(rm_dir), normalize=True, clip=5.0, bf16="no")
+    critic = build_critic(reward_model=str(rm_dir), policy_path=str(lm),
+                          policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
+                          dropout=0.0, dtype=torch.float32)
+    with torch.no_grad():  # a trained critic adapter must not change the reward
+        for n, p in critic.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 1.0)
+    assert shared.share_critic(critic) and shared.shared
+    prompts, responses = PROMPTS[:3], ["good dog", "the quick fox", "no"]
+    torch.testing.assert_close(shared(prompts, responses), own(prompts, responses))
+    # normalised with reward_stats.json: (s - 0.5) / 2
+    raw = own.scorer.score(prompts, responses)
+    torch.testing.assert_close(own(prompts, responses), ((raw - 0.5) / 2).clamp(-5, 5))
+    res = train_ppo(cfg(steps=1), policy=str(lm), prompts=PROMPTS,
+                    reward_fn=ScorerReward(path=str(rm_dir), bf16="no"),
                     out_dir=tmp_path / "p", reward_model=str(rm_dir), progress=False, log=None)
     assert res.critic_origin == "reward model"
     assert abs(res.history[0]["objective/scores"]) <= 5.0

@@ -26,11 +26,12 @@ def _reward_for_round(project, round_: int, reward_fns, reward_model, cfg):
             from rankloop.reward.scoring import latest_reward_model
 
             reward_model = str(latest_reward_model(project))
-    from rankloop.reward.scoring import RewardScorer
-
-    scorer = RewardScorer.from_pretrained(reward_model, bf16=cfg.bf16)
-    scorer.path = reward_model
-    return ScorerReward(scorer, cfg.normalize_scores, cfg.score_clip), reward_model
+    if not Path(reward_model).is_dir():
+        raise ConfigError(f"reward model {reward_model} is not a folder: train one with "
+                          f"`rankloop train-reward --round {round_}` or pass --reward-model DIR")
+    # loaded lazily: with the default critic, scoring shares the critic's frozen weights
+    return ScorerReward(None, cfg.normalize_scores, cfg.score_clip, path=reward_model,
+                        bf16=cfg.bf16), reward_model
 
 
 @cli.command("ppo")
