@@ -107,7 +107,7 @@ def worker_rankloop(args) -> dict:
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
     mean = lambda k: sum(h[k] for h in steps) / len(steps)  # noqa: E731
     name = f"rankloop (critic={args.critic}"
-    name += f", critic LoRA top {args.critic_lora_layers})" if args.critic_lora_layers else ")"
+    name += f", critic LoRA on {args.critic_lora_layers or 'all'} blocks)"
     return {"system": name, "step_s": mean("time/step"),
             "generation_s": mean("time/rollout"), "scoring_s": mean("time/score"),
             "reference_s": mean("time/reference"), "update_s": mean("time/update"),
@@ -249,8 +249,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--critic", default="reward", choices=["reward", "policy"])
-    ap.add_argument("--critic-lora-layers", type=int, default=0,
-                    help="[ppo] critic_lora_layers (0 = rankloop's default, all layers)")
+    ap.add_argument("--critic-lora-layers", type=int, default=4,
+                    help="[ppo] critic_lora_layers (rankloop's default: 4; 0 = all blocks)")
     ap.add_argument("--setup", action="store_true", help="only create the anchor's venv")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--worker", default=None)

@@ -74,8 +74,8 @@ class PPOConfig:
     """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
     critic: str = "reward"
     """Critic kind: 'reward' (separate LoRA value model initialised from the reward model, PPO-max) or 'policy' (value head on the policy)."""
-    critic_lora_layers: int = 0
-    """LoRA only on the critic's last N blocks (0 = all): its backward then stops there, a cheaper update."""
+    critic_lora_layers: int = 4
+    """LoRA only on the critic's last N blocks (0 = all blocks): its backward stops there, so the critic's update costs about a forward pass."""
     lora_r: int = 16
     """LoRA rank of the policy and critic adapters."""
     lora_alpha: int = 32
