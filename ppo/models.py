@@ -97,19 +97,58 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """A value model: a LoRA backbone and a linear head applied at every position."""
+    """A value model: a LoRA backbone and a linear head applied at every position.
 
-    def __init__(self, backbone, head: nn.Linear, origin: str):
+    With LoRA on the top blocks only (`critic_lora_layers`), the blocks below are frozen and
+    adapter-free, so their output for a rollout batch never changes during the PPO epochs:
+    `forward(..., keep_lower=True)` returns it once, and `forward(..., lower=...)` runs only
+    the top blocks on it. The update then costs a few blocks instead of the whole model.
+    """
+
+    def __init__(self, backbone, head: nn.Linear, origin: str, top_layers: int = 0):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.origin = origin  # 'reward model' or 'policy backbone (fresh head)'
+        layers = getattr(backbone.get_base_model(), "layers", None)
+        n = len(layers) if isinstance(layers, nn.ModuleList) else 0
+        # index of the first block with an adapter; 0 = no frozen prefix to skip
+        self.split = n - top_layers if 0 < top_layers < n else 0
 
-    def forward(self, input_ids, attention_mask, n_last: int) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_for(attention_mask), use_cache=False)
+    def forward(self, input_ids, attention_mask, n_last: int, lower: torch.Tensor | None = None,
+                keep_lower: bool = False):
+        """Values (B, n_last); with `keep_lower`, also the input of the first adapted block."""
+        layers = self.backbone.get_base_model().layers if self.split else None
+        kept, handles, saved = [], [], []
+        if layers is not None and keep_lower:
+            handles.append(layers[self.split].register_forward_pre_hook(
+                lambda mod, args: kept.append(args[0].detach())))
+        if layers is not None and lower is not None:
+            saved = [layers[i] for i in range(self.split)]
+            for i in range(self.split):  # the frozen blocks' output is given: skip them
+                layers[i] = _Skip()
+            handles.append(layers[self.split].register_forward_pre_hook(
+                lambda mod, args: (lower.to(args[0].dtype), *args[1:])))
+        try:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids_for(attention_mask), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+            for i, layer in enumerate(saved):
+                layers[i] = layer
         h = out.last_hidden_state[:, -n_last:]  # (B, n, H)
-        return self.head(h.float()).squeeze(-1)  # (B, n)
+        values = self.head(h.float()).squeeze(-1)  # (B, n)
+        if keep_lower:
+            return values, (kept[0] if kept else None)
+        return values
+
+
+class _Skip(nn.Module):
+    """A decoder block that passes its input through (its output is supplied from a cache)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
 
 
 def same_tokenizer(a, b) -> bool:
@@ -140,7 +179,7 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
                 head = _with_bias(head)
             lora = get_peft_model(backbone, lora_config(
                 r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
-            critic = Critic(lora.eval(), head, "reward model")
+            critic = Critic(lora.eval(), head, "reward model", top_layers)
             # the reward model itself, sharing the critic's frozen weights (its LoRA layers are
             # injected into them): scoring runs it with the adapter disabled, no second copy
             critic.__dict__["reward_model"] = rm.eval()  # not a submodule: not trained/saved
@@ -154,7 +193,8 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
     nn.init.zeros_(head.bias)
     lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION",
                                                 top_layers, backbone))
-    return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})")
+    return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})",
+                  top_layers)
 
 
 def _with_bias(head: nn.Linear) -> nn.Linear:

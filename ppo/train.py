@@ -257,8 +257,10 @@ def train_ppo(
             logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
             entropy = core.entropy_from_logits(logits)  # (B, T)
             del logits
-            if critic is not None:
-                values = raw_critic(input_ids, attention_mask, n_last=T + 1)
+            critic_lower = None
+            if critic is not None:  # the frozen lower blocks' output is kept for the update
+                values, critic_lower = raw_critic(input_ids, attention_mask, n_last=T + 1,
+                                                  keep_lower=True)
             values = values[:, :-1].float()  # (B, T) V(s_t) before emitting token t
             with raw_actor.lm.disable_adapter():
                 ref_logits, _ = raw_actor(input_ids, attention_mask, n_last=T + 1)
@@ -325,7 +327,9 @@ def train_ppo(
                             loss = loss + config.ptx_coef * ptx_loss
                             mb_stats.update(ptx_stats)
                     if critic is not None:
-                        new_values = critic(input_ids[mb], attention_mask[mb], n_last=T + 1)
+                        new_values = critic(
+                            input_ids[mb], attention_mask[mb], n_last=T + 1,
+                            lower=critic_lower[mb] if critic_lower is not None else None)
                     new_values = new_values[:, :-1].float()  # (b, T)
                     vf_loss, vf_stats = core.value_loss(
                         new_values, values[mb], returns[mb], mb_mask,

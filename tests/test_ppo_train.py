@@ -305,3 +305,32 @@ def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypat
                         lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ValueError, match="pip install wandb"):
         run(cfg(steps=1, log_with="wandb"), lm, target, tmp_path / "p")
+
+
+def test_critic_with_cached_lower_blocks_matches_the_full_forward(peaked_lm):
+    from transformers import AutoTokenizer
+
+    from rankloop.ppo.models import build_critic
+
+    lm, _ = peaked_lm
+    critic = build_critic(reward_model=None, policy_path=str(lm),
+                          policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
+                          dropout=0.0, dtype=torch.float32, top_layers=1)
+    assert critic.split == 1
+    with torch.no_grad():
+        for n, p in critic.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    ids = torch.randint(5, 300, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    with torch.no_grad():
+        full, lower = critic(ids, mask, n_last=5, keep_lower=True)
+    assert lower.shape == (3, 9, 32)
+    fast = critic(ids, mask, n_last=5, lower=lower)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    fast.sum().backward()  # gradients reach the top block's adapter and the head only
+    grads = {n for n, p in critic.named_parameters() if p.grad is not None}
+    assert "head.weight" in grads and any(".layers.1." in n for n in grads)
+    # the skipped blocks are back in place afterwards
+    torch.testing.assert_close(critic(ids, mask, n_last=5).detach(), full)
