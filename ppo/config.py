@@ -74,6 +74,8 @@ class PPOConfig:
     """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
     critic: str = "reward"
     """Critic kind: 'reward' (separate LoRA value model initialised from the reward model, PPO-max) or 'policy' (value head on the policy)."""
+    lora_layers: int = 0
+    """LoRA only on the policy's last N blocks (0 = all blocks): the frozen blocks below run once per rollout, and the update only runs the top N (much faster, less capacity)."""
     critic_lora_layers: int = 4
     """LoRA only on the critic's last N blocks (0 = all blocks): its backward stops there, so the critic's update costs about a forward pass."""
     lora_r: int = 16
@@ -123,7 +125,7 @@ class PPOConfig:
                      "lora_r", "lora_alpha", "log_every", "dpo_epochs", "ptx_batch_size"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("value_pretrain_steps", "checkpoint_every", "critic_lora_layers", "log_samples", "kl_coef",
+        for name in ("value_pretrain_steps", "checkpoint_every", "critic_lora_layers", "lora_layers", "log_samples", "kl_coef",
                      "kl_target", "missing_eos_penalty", "score_clip", "entropy_coef",
                      "max_grad_norm", "target_approxkl", "vf_coef", "ptx_coef", "cliprange_value",
                      "lora_dropout"):

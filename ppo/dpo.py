@@ -61,7 +61,8 @@ def train_dpo(config: PPOConfig, *, policy: str, preferences: Sequence, out_dir:
     bf16 = use_bf16(config.bf16, device)
     torch.manual_seed(config.seed)
     lm = load_policy(base, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0,
-                     dtype=torch.bfloat16 if bf16 else torch.float32)
+                     dtype=torch.bfloat16 if bf16 else torch.float32,
+                     top_layers=config.lora_layers)
     actor = Actor(lm, value_head=False).to(device)
     opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad],
                             lr=config.dpo_lr)

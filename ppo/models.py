@@ -26,6 +26,11 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def decoder_backbone(model: nn.Module) -> nn.Module:
+    """The transformer body of a causal LM (no LM head): where LoRA goes."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model
+
+
 def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAUSAL_LM",
                 top_layers: int = 0, backbone: nn.Module | None = None):
     """LoRA on all linear layers of the backbone (never the LM head): more capacity per rank
@@ -45,7 +50,8 @@ def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAU
                       layers_to_transform=list(range(n_layers - top_layers, n_layers)))
 
 
-def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.dtype):
+def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.dtype,
+                top_layers: int = 0):
     """The policy as a trainable peft model.
 
     A plain checkpoint gets a fresh LoRA adapter. An adapter folder (a previous round's policy)
@@ -65,9 +71,68 @@ def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.d
     if base_path:
         lm = PeftModel.from_pretrained(base, path, is_trainable=True)
     else:
-        lm = get_peft_model(base, lora_config(r, alpha, dropout))
+        lm = get_peft_model(base, lora_config(r, alpha, dropout, "CAUSAL_LM", top_layers,
+                                              decoder_backbone(base)))
     lm.base_model_name = resolve(base_path or path)  # written into the saved adapter_config
     return lm.eval()  # no dropout anywhere: rollout and update log-probs must agree
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The list of decoder blocks of a (peft-wrapped) HF model, or None if it has none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for cand in (base, getattr(base, "model", None),
+                 base.get_decoder() if hasattr(base, "get_decoder") else None):
+        layers = getattr(cand, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    return None
+
+
+def first_adapted_block(layers: nn.ModuleList | None, adapter: str = "default") -> int:
+    """Index of the first block holding `adapter`'s LoRA weights: the blocks below it are
+    frozen and adapter-free, so their output can be computed once and reused. 0 = none."""
+    if layers is None:
+        return 0
+    for i, layer in enumerate(layers):
+        if any(f"lora_A.{adapter}." in n for n, _ in layer.named_parameters()):
+            return i
+    return 0
+
+
+class SkipLowerBlocks:
+    """Context manager for a forward pass that starts at block `split` from cached hidden
+    states `lower` (B, L, H): blocks below `split` become pass-throughs and the input of block
+    `split` is replaced. With `keep=True` instead, records the input of block `split` (the
+    output of the frozen blocks) into `.kept`."""
+
+    def __init__(self, layers, split: int, lower=None, keep: bool = False):
+        self.layers, self.split, self.lower, self.keep = layers, split, lower, keep
+        self.kept = None
+        self.handles, self.saved = [], []
+
+    def __enter__(self):
+        if not self.split:
+            return self
+        target = self.layers[self.split]
+        if self.keep:
+            def record(mod, args):
+                self.kept = args[0].detach()
+            self.handles.append(target.register_forward_pre_hook(record))
+        if self.lower is not None:
+            self.saved = [self.layers[i] for i in range(self.split)]
+            for i in range(self.split):
+                self.layers[i] = _Skip()
+            lower = self.lower
+            self.handles.append(target.register_forward_pre_hook(
+                lambda mod, args: (lower.to(args[0].dtype), *args[1:])))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        for i, layer in enumerate(self.saved):
+            self.layers[i] = layer
+        return False
 
 
 class Actor(nn.Module):
@@ -82,17 +147,28 @@ class Actor(nn.Module):
             nn.init.zeros_(self.value_head.weight)  # start at V = 0, not at noise
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, n_last: int | None = None):
-        """Logits (B, n, V) and values (B, n) or None for the last `n_last` positions."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_for(attention_mask), use_cache=False,
-                      logits_to_keep=n_last or 0, output_hidden_states=self.value_head is not None)
+    def forward(self, input_ids, attention_mask, n_last: int | None = None,
+                lower: torch.Tensor | None = None, keep_lower: bool = False):
+        """Logits (B, n, V) and values (B, n) or None for the last `n_last` positions.
+
+        `keep_lower`: also return the output of the frozen, adapter-free lower blocks (when
+        LoRA sits on the top blocks only); `lower`: start from that output (see `Critic`).
+        """
+        layers = decoder_layers(self.lm)
+        split = first_adapted_block(layers)
+        with SkipLowerBlocks(layers, split, lower, keep_lower) as skip:
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_for(attention_mask), use_cache=False,
+                          logits_to_keep=n_last or 0,
+                          output_hidden_states=self.value_head is not None)
         values = None
         if self.value_head is not None:
             h = out.hidden_states[-1]  # (B, L, H)
             if n_last:
                 h = h[:, -n_last:]
             values = self.value_head(h.float()).squeeze(-1)  # (B, n)
+        if keep_lower:
+            return out.logits, values, skip.kept
         return out.logits, values
 
 
@@ -105,42 +181,23 @@ class Critic(nn.Module):
     the top blocks on it. The update then costs a few blocks instead of the whole model.
     """
 
-    def __init__(self, backbone, head: nn.Linear, origin: str, top_layers: int = 0):
+    def __init__(self, backbone, head: nn.Linear, origin: str):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.origin = origin  # 'reward model' or 'policy backbone (fresh head)'
-        layers = getattr(backbone.get_base_model(), "layers", None)
-        n = len(layers) if isinstance(layers, nn.ModuleList) else 0
-        # index of the first block with an adapter; 0 = no frozen prefix to skip
-        self.split = n - top_layers if 0 < top_layers < n else 0
 
     def forward(self, input_ids, attention_mask, n_last: int, lower: torch.Tensor | None = None,
                 keep_lower: bool = False):
         """Values (B, n_last); with `keep_lower`, also the input of the first adapted block."""
-        layers = self.backbone.get_base_model().layers if self.split else None
-        kept, handles, saved = [], [], []
-        if layers is not None and keep_lower:
-            handles.append(layers[self.split].register_forward_pre_hook(
-                lambda mod, args: kept.append(args[0].detach())))
-        if layers is not None and lower is not None:
-            saved = [layers[i] for i in range(self.split)]
-            for i in range(self.split):  # the frozen blocks' output is given: skip them
-                layers[i] = _Skip()
-            handles.append(layers[self.split].register_forward_pre_hook(
-                lambda mod, args: (lower.to(args[0].dtype), *args[1:])))
-        try:
+        layers = decoder_layers(self.backbone)
+        with SkipLowerBlocks(layers, first_adapted_block(layers), lower, keep_lower) as skip:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                 position_ids=position_ids_for(attention_mask), use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-            for i, layer in enumerate(saved):
-                layers[i] = layer
         h = out.last_hidden_state[:, -n_last:]  # (B, n, H)
         values = self.head(h.float()).squeeze(-1)  # (B, n)
         if keep_lower:
-            return values, (kept[0] if kept else None)
+            return values, skip.kept
         return values
 
 
@@ -179,7 +236,7 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
                 head = _with_bias(head)
             lora = get_peft_model(backbone, lora_config(
                 r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
-            critic = Critic(lora.eval(), head, "reward model", top_layers)
+            critic = Critic(lora.eval(), head, "reward model")
             # the reward model itself, sharing the critic's frozen weights (its LoRA layers are
             # injected into them): scoring runs it with the adapter disabled, no second copy
             critic.__dict__["reward_model"] = rm.eval()  # not a submodule: not trained/saved
@@ -193,8 +250,7 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
     nn.init.zeros_(head.bias)
     lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION",
                                                 top_layers, backbone))
-    return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})",
-                  top_layers)
+    return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})")
 
 
 def _with_bias(head: nn.Linear) -> nn.Linear:

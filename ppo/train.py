@@ -159,7 +159,7 @@ def train_ppo(
     # ---- models ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(policy, padding_side="left")
     lm = load_policy(policy, r=config.lora_r, alpha=config.lora_alpha,
-                     dropout=config.lora_dropout, dtype=dtype)
+                     dropout=config.lora_dropout, dtype=dtype, top_layers=config.lora_layers)
     if dpo_model:  # RTO: the DPO adapter rides on the same base weights as a second adapter
         lm.load_adapter(dpo_model, adapter_name="dpo", is_trainable=False)
         lm.set_adapter("default")
@@ -253,7 +253,10 @@ def train_ppo(
         # ---- 3. reference log-probs, values, KL ----------------------------------------------
         t0 = time.perf_counter()
         with torch.no_grad(), autocast(device, bf16):
-            logits, values = raw_actor(input_ids, attention_mask, n_last=T + 1)
+            # LoRA on the top blocks only: the frozen lower blocks run once here, their output
+            # serves the reference pass and every update below
+            logits, values, policy_lower = raw_actor(input_ids, attention_mask, n_last=T + 1,
+                                                     keep_lower=True)
             logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
             entropy = core.entropy_from_logits(logits)  # (B, T)
             del logits
@@ -263,7 +266,8 @@ def train_ppo(
                                                   keep_lower=True)
             values = values[:, :-1].float()  # (B, T) V(s_t) before emitting token t
             with raw_actor.lm.disable_adapter():
-                ref_logits, _ = raw_actor(input_ids, attention_mask, n_last=T + 1)
+                ref_logits, _ = raw_actor(input_ids, attention_mask, n_last=T + 1,
+                                          lower=policy_lower)
             ref_logprobs, _ = _sequence_logprobs(ref_logits[:, :-1], response,
                                                  config.temperature)
             del ref_logits
@@ -306,8 +310,9 @@ def train_ppo(
                     loss = torch.zeros((), device=device)
                     mb_stats = {}
                     if not pretraining_critic or config.critic == "policy":
-                        new_logits, new_values = actor(input_ids[mb], attention_mask[mb],
-                                                       n_last=T + 1)
+                        new_logits, new_values = actor(
+                            input_ids[mb], attention_mask[mb], n_last=T + 1,
+                            lower=policy_lower[mb] if policy_lower is not None else None)
                         new_logprobs, new_logits = _sequence_logprobs(
                             new_logits[:, :-1], response[mb], config.temperature)
                     if not pretraining_critic:

@@ -316,7 +316,9 @@ def test_critic_with_cached_lower_blocks_matches_the_full_forward(peaked_lm):
     critic = build_critic(reward_model=None, policy_path=str(lm),
                           policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
                           dropout=0.0, dtype=torch.float32, top_layers=1)
-    assert critic.split == 1
+    from rankloop.ppo.models import decoder_layers, first_adapted_block
+
+    assert first_adapted_block(decoder_layers(critic.backbone)) == 1
     with torch.no_grad():
         for n, p in critic.named_parameters():
             if p.requires_grad:
@@ -334,3 +336,30 @@ def test_critic_with_cached_lower_blocks_matches_the_full_forward(peaked_lm):
     assert "head.weight" in grads and any(".layers.1." in n for n in grads)
     # the skipped blocks are back in place afterwards
     torch.testing.assert_close(critic(ids, mask, n_last=5).detach(), full)
+
+
+def test_policy_lora_on_top_blocks_reuses_the_lower_blocks_exactly(peaked_lm, tmp_path):
+    from rankloop.ppo.models import Actor, decoder_layers, first_adapted_block, load_policy
+
+    lm, target = peaked_lm
+    policy = load_policy(str(lm), r=4, alpha=8, dropout=0.0, dtype=torch.float32, top_layers=1)
+    assert first_adapted_block(decoder_layers(policy)) == 1
+    assert not any("lm_head" in n for n, p in policy.named_parameters() if p.requires_grad)
+    actor = Actor(policy, value_head=False)
+    with torch.no_grad():
+        for n, p in actor.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    ids = torch.randint(5, 300, (2, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        full, _, lower = actor(ids, mask, n_last=4, keep_lower=True)
+        with policy.disable_adapter():
+            ref_full, _ = actor(ids, mask, n_last=4)
+            ref_fast, _ = actor(ids, mask, n_last=4, lower=lower)
+    fast, _ = actor(ids, mask, n_last=4, lower=lower)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_fast, ref_full, atol=1e-5, rtol=1e-5)
+    assert (full - ref_full).abs().max() > 1e-3
+    res = run(cfg(steps=4, lora_layers=1, lr=1e-2, ppo_epochs=4), lm, target, tmp_path / "p")
+    assert res.history[-1]["objective/kl"] > 0.0  # the policy moved
