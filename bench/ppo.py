@@ -98,7 +98,8 @@ def worker_rankloop(args) -> dict:
     rm = str(RESULTS / "rm-smollm2")
     cfg = PPOConfig(steps=args.steps + 1, batch_size=BATCH, mini_batch_size=MINI,
                     ppo_epochs=EPOCHS, max_new_tokens=NEW_TOKENS, log_samples=0,
-                    critic=args.critic, critic_lora_layers=args.critic_lora_layers)
+                    critic=args.critic, critic_lora_layers=args.critic_lora_layers,
+                    lora_layers=int(args.lora_layers))
     prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
     t0 = time.perf_counter()
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(path=rm),
@@ -107,7 +108,8 @@ def worker_rankloop(args) -> dict:
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
     mean = lambda k: sum(h[k] for h in steps) / len(steps)  # noqa: E731
     name = f"rankloop (critic={args.critic}"
-    name += f", critic LoRA on {args.critic_lora_layers or 'all'} blocks)"
+    name += f", critic LoRA on {args.critic_lora_layers or 'all'} blocks"
+    name += f", policy LoRA on {args.lora_layers if int(args.lora_layers) else 'all'} blocks)"
     return {"system": name, "step_s": mean("time/step"),
             "generation_s": mean("time/rollout"), "scoring_s": mean("time/score"),
             "reference_s": mean("time/reference"), "update_s": mean("time/update"),
@@ -233,8 +235,8 @@ def worker_trl(args) -> dict:
 
 
 # ---------------------------------------------------------------- driver
-def call(python, worker: str, args, extra=()) -> dict:
-    out = RESULTS / f"ppo-{worker}.json"
+def call(python, worker: str, args, extra=(), tag: str = "") -> dict:
+    out = RESULTS / f"ppo-{worker}{tag}.json"
     cmd = [str(python), __file__, "--worker", worker, "--steps", str(args.steps),
            "--threads", str(args.threads), "--critic", args.critic,
            "--critic-lora-layers", str(args.critic_lora_layers), "--out", str(out), *extra]
@@ -251,6 +253,8 @@ def main() -> None:
     ap.add_argument("--critic", default="reward", choices=["reward", "policy"])
     ap.add_argument("--critic-lora-layers", type=int, default=4,
                     help="[ppo] critic_lora_layers (rankloop's default: 4; 0 = all blocks)")
+    ap.add_argument("--lora-layers", default="0,8",
+                    help="[ppo] lora_layers values to run (0 = rankloop's default, all blocks)")
     ap.add_argument("--setup", action="store_true", help="only create the anchor's venv")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--worker", default=None)
@@ -285,14 +289,17 @@ def main() -> None:
     results = []
     if not args.skip_anchor:
         results.append(call(VENV_PY, "trl", args, ["--policy", policy]))
-    results.append(call(sys.executable, "rankloop", args))
+    for layers in str(args.lora_layers).split(","):
+        results.append(call(sys.executable, "rankloop", args, ["--lora-layers", layers],
+                            tag=f"-lora{layers}"))
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "steps_timed": args.steps,
               "threads": args.threads, "logits_max_abs_diff": diff, "results": results}
-    if len(results) == 2:
-        a, r = results
-        report["speedup"] = a["step_s"] / r["step_s"]
-        report["memory_ratio"] = r["peak_rss_gb"] / a["peak_rss_gb"]
+    if not args.skip_anchor:
+        a = results[0]
+        for r in results[1:]:
+            r["speedup_vs_anchor"] = a["step_s"] / r["step_s"]
+            r["memory_vs_anchor"] = r["peak_rss_gb"] / a["peak_rss_gb"]
     (RESULTS / "ppo.json").write_text(json.dumps(report, indent=1) + "\n")
     cols = ("step_s", "generation_s", "scoring_s", "reference_s", "update_s", "peak_rss_gb",
             "response_length")
@@ -300,9 +307,10 @@ def main() -> None:
     for row in results:
         print(f"{row['system']:40s} " + " ".join(f"{row.get(c, float('nan')):14.2f}"
                                                  for c in cols))
-    if "speedup" in report:
-        print(f"speed-up per step: {report['speedup']:.2f}x; "
-              f"peak memory: {report['memory_ratio']:.2f}x the anchor's")
+    for r in results[1:]:
+        if "speedup_vs_anchor" in r:
+            print(f"{r['system']}: {r['speedup_vs_anchor']:.2f}x faster per step, peak memory "
+                  f"{r['memory_vs_anchor']:.2f}x the anchor's")
 
 
 if __name__ == "__main__":
