@@ -7,9 +7,9 @@ through `Stores`, in one of two modes:
 - `Stores.per_thread(path)`: each worker thread opens its own connection to the same file (WAL
   lets readers run while one writer commits; writers queue on SQLite's lock with busy_timeout).
 - `Stores.shared(store)`: one connection behind a lock, one handler at a time. What `rankloop
-  serve` uses: on the benchmark (bench/labeling.py) its p95/p99 under many concurrent
-  annotators beat a connection per thread, whose writers queue in SQLite's busy handler (which
-  sleeps and retries, up to 100 ms a time) instead of on a lock that wakes the next one at once.
+  serve` uses: on the benchmark (bench/labeling.py) it matches a connection per thread on p95
+  and avoids its tails of seconds: per-thread writers queue in SQLite's busy handler, which
+  sleeps and retries (up to 100 ms a time), instead of on a lock that wakes the next at once.
   Also the only mode for an in-memory store (tests).
 """
 

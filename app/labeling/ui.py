@@ -115,9 +115,9 @@ def authenticator(stores: Stores):
 
 
 def _as_stores(source: Stores | Store | str | Path) -> Stores:
-    """A database file gets one connection behind a lock: measured faster at the tail than a
-    connection per thread, whose writers wait in SQLite's sleeping busy handler (bench/labeling.py,
-    docs/benchmarks.md)."""
+    """A database file gets one connection behind a lock: on bench/labeling.py it matches a
+    connection per thread on p95 without the seconds-long tails of writers waiting in SQLite's
+    sleeping busy handler (docs/benchmarks.md)."""
     if isinstance(source, Stores):
         return source
     if isinstance(source, Store):
