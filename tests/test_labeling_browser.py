@@ -94,7 +94,7 @@ def login(browser, url: str, name: str):
     return page
 
 
-def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(server, browser):
+def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(browser, server):
     from playwright.sync_api import expect
 
     url, path, ids = server
@@ -183,7 +183,7 @@ def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(server, brows
     store.close()
 
 
-def test_markup_in_a_response_shows_as_text_and_runs_nothing(server, browser):
+def test_markup_in_a_response_shows_as_text_and_runs_nothing(browser, server):
     from playwright.sync_api import expect
 
     url, path, ids = server
@@ -213,7 +213,7 @@ def test_markup_in_a_response_shows_as_text_and_runs_nothing(server, browser):
     store.close()
 
 
-def test_admin_sees_the_dashboard(server, browser):
+def test_admin_sees_the_dashboard(browser, server):
     from playwright.sync_api import expect
 
     url, _, _ = server
