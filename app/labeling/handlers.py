@@ -47,9 +47,10 @@ Length is not quality: a short correct answer beats a long padded one.
 
 SHORTCUTS = """\
 **Keys** (outside text boxes): **1** / **a** A better · **2** / **b** B better ·
-**t** tie · **x** both bad · **s** slightly · **m** much better · **Enter** submit · **k** skip ·
-**f** flag · **u** undo last label · **g** guidelines. Ranking K responses: press **1**-**9** in order, best
-first; **t** ties the next one with the previous; **c** clears the ranking.
+**t** tie · **x** both bad · **s** slightly · **m** much better · **Enter** submit ·
+**k** skip · **f** flag · **u** undo last label · **g** guidelines. Ranking K responses:
+press **1**-**9** in order, best first; **t** ties the next one with the previous;
+**c** clears the ranking.
 """
 
 
