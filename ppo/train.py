@@ -134,7 +134,7 @@ def train_ppo(
     folder, used to initialise the critic (PPO-max) when config.critic == 'reward'.
     `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards.
     """
-    from accelerate import Accelerator
+    from rankloop.data.runtime import new_accelerator
 
     config.validate()
     if not prompts:
@@ -148,7 +148,7 @@ def train_ppo(
                 t == "tensorboard" and importlib.util.find_spec("tensorboardX")):
             raise ValueError(f"log_with = {t!r} needs the {t} package: pip install {t}")
     if accelerator is None:
-        accelerator = Accelerator(log_with=trackers or None, project_dir=str(out_dir / "logs"))
+        accelerator = new_accelerator(log_with=trackers or None, project_dir=str(out_dir / "logs"))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     say = (log if (log and main) else (lambda _msg: None))

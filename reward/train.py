@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import losses, metrics
 from .config import RewardConfig
 from .model import (add_lora, format_text, head_name, load_backbone, load_reward_tokenizer,
-                    rewards, right_pad, tokenize, use_bf16)
+                    tokenize, use_bf16)
 from .pairs import Example, RewardDataError, build_examples, check_trainable, split_by_prompt
 from .scoring import STATS_FILE
 
@@ -42,14 +42,26 @@ STATE_FILE = "trainer_state.json"
 
 @dataclass
 class Encoded:
-    """An example with its responses tokenized (token ids of prompt + each response)."""
+    """An example with its responses tokenized: token ids of (formatted prompt + response k)."""
 
     example: Example
     ids: list[list[int]]
 
     @property
     def tokens(self) -> int:
-        return sum(len(s) for s in self.ids)
+        """Tokens of the packed row: the shared prefix once, then each response's own tokens."""
+        n = shared_prefix_len(self.ids)
+        return n + sum(len(s) - n for s in self.ids)
+
+
+def shared_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix of the sequences, leaving each at least 1 token."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return max(n, 0)
 
 
 @dataclass
@@ -63,20 +75,34 @@ class TrainResult:
     eval_examples: int
     seconds: float
     train_tokens: int = 0
+    loop_seconds: float = 0.0  # the optimisation loop alone (no loading, evaluation, saving)
     history: list[dict] = field(default_factory=list)
 
 
 class RewardModule(torch.nn.Module):
     """The reward model and the tie model's learnable log-parameter, as one module so that
-    accelerate (DDP) synchronises both."""
+    accelerate (DDP) synchronises both.
+
+    `forward` takes packed rows (see `collate`): each row holds one comparison's shared prefix
+    (the formatted prompt) once, followed by each of its K responses; a block mask lets every
+    response attend to the prefix and to itself only, and its positions continue from the
+    prefix, so each response's reward is exactly what it gets alone, for about 30% fewer tokens
+    than running chosen and rejected as two separate rows.
+    """
 
     def __init__(self, model, log_tie: float):
         super().__init__()
         self.model = model
         self.log_tie = torch.nn.Parameter(torch.tensor(float(log_tie)))
 
-    def forward(self, input_ids, attention_mask):
-        return rewards(self.model, input_ids, attention_mask)  # (N,)
+    def forward(self, input_ids, position_ids, mask, ends):
+        seq_model = self.model.get_base_model() if hasattr(self.model, "get_base_model") \
+            else self.model
+        backbone = getattr(seq_model, seq_model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state  # (E, T, H)
+        last = hidden.reshape(-1, hidden.shape[-1])[ends]  # (S, H): last token of each response
+        return getattr(seq_model, head_name(seq_model))(last)[:, 0].float()  # (S,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,47 +132,86 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
 
 @dataclass
 class Batch:
-    """One batch: all responses flattened, and the pairs as indices into them."""
+    """One batch of packed rows (one per comparison) and the pairs as indices into the
+    flattened responses."""
 
-    input_ids: torch.Tensor  # (S, T)
-    attention_mask: torch.Tensor  # (S, T)
-    better: torch.Tensor  # (P,) long
+    input_ids: torch.Tensor  # (E, T)
+    position_ids: torch.Tensor  # (E, T)
+    mask: torch.Tensor  # (E, 1, T, T) bool: query t may attend to key u
+    ends: torch.Tensor  # (S,) long: flat index (row * T + t) of each response's last token
+    better: torch.Tensor  # (P,) long: index into the S responses
     worse: torch.Tensor  # (P,) long
     tie: torch.Tensor  # (P,) bool
     margin: torch.Tensor  # (P,)
     weight: torch.Tensor  # (P,)
-    slots: torch.Tensor  # (E, Kmax) long: sequence index of each response of each example, -1 pad
+    slots: torch.Tensor  # (E, Kmax) long: response index of each response of each example, -1 pad
     tiers: torch.Tensor  # (E, Kmax) long: Plackett-Luce tiers, -1 pad
-    annotators: list[str]  # (P,) annotator of each pair
+    tokens: int  # real (non-padding) tokens
 
     def to(self, device):
-        for name in ("input_ids", "attention_mask", "better", "worse", "tie", "margin", "weight",
-                     "slots", "tiers"):
+        for name in ("input_ids", "position_ids", "mask", "ends", "better", "worse", "tie",
+                     "margin", "weight", "slots", "tiers"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
 
+def pack(groups: list[list[list[int]]], pad_id: int):
+    """Pack each group of sequences into one row: shared prefix once, then each sequence's rest.
+
+    Returns (input_ids (E, T), position_ids (E, T), mask (E, 1, T, T), ends (S,), tokens). In a
+    row, a token of segment k attends causally to the prefix and to segment k; positions of
+    every segment continue from the prefix, as if the sequence were alone. Padding attends to
+    itself only (a query row with no key gives NaN in SDPA).
+    """
+    rows, segs = [], []
+    for seqs in groups:
+        n = shared_prefix_len(seqs)
+        row, pos, seg = list(seqs[0][:n]), list(range(n)), [0] * n
+        for k, s in enumerate(seqs, 1):
+            row += s[n:]
+            pos += range(n, len(s))
+            seg += [k] * (len(s) - n)
+        rows.append((row, pos, seg))
+    t = max(len(r) for r, _, _ in rows)
+    e = len(rows)
+    input_ids = torch.full((e, t), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((e, t), dtype=torch.long)
+    seg_ids = torch.full((e, t), -1, dtype=torch.long)  # -1 = padding
+    ends = []
+    for i, (row, pos, seg) in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        position_ids[i, :len(row)] = torch.tensor(pos)
+        seg_ids[i, :len(row)] = torch.tensor(seg)
+        for k in range(1, max(seg) + 1):
+            ends.append(i * t + max(j for j, g in enumerate(seg) if g == k))
+    q, kk = seg_ids[:, :, None], seg_ids[:, None, :]  # (E, T, 1), (E, 1, T)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
+    mask = causal & (q >= 0) & ((kk == 0) | (kk == q))  # (E, T, T)
+    mask |= torch.eye(t, dtype=torch.bool)  # padding rows see themselves
+    return input_ids, position_ids, mask[:, None], torch.tensor(ends), int((seg_ids >= 0).sum())
+
+
 def collate(items: list[Encoded], pad_id: int) -> Batch:
-    seqs, better, worse, tie, margin, weight, annotators = [], [], [], [], [], [], []
+    better, worse, tie, margin, weight = [], [], [], [], []
     kmax = max(len(it.ids) for it in items)
     slots = torch.full((len(items), kmax), -1, dtype=torch.long)
     tiers = torch.full((len(items), kmax), -1, dtype=torch.long)
+    base = 0
     for e, it in enumerate(items):
-        base = len(seqs)
-        seqs += it.ids
-        slots[e, :len(it.ids)] = torch.arange(base, base + len(it.ids))
-        tiers[e, :len(it.ids)] = torch.tensor(it.example.tiers)
+        k = len(it.ids)
+        slots[e, :k] = torch.arange(base, base + k)
+        tiers[e, :k] = torch.tensor(it.example.tiers)
         for p in it.example.pairs:
             better.append(base + p.better)
             worse.append(base + p.worse)
             tie.append(p.tie)
             margin.append(p.margin)
             weight.append(p.weight)
-            annotators.append(it.example.annotator)
-    input_ids, mask = right_pad(seqs, pad_id)
-    return Batch(input_ids, mask, torch.tensor(better), torch.tensor(worse), torch.tensor(tie),
-                 torch.tensor(margin, dtype=torch.float32),
-                 torch.tensor(weight, dtype=torch.float32), slots, tiers, annotators)
+        base += k
+    input_ids, position_ids, mask, ends, tokens = pack([it.ids for it in items], pad_id)
+    return Batch(input_ids, position_ids, mask, ends, torch.tensor(better), torch.tensor(worse),
+                 torch.tensor(tie), torch.tensor(margin, dtype=torch.float32),
+                 torch.tensor(weight, dtype=torch.float32), slots, tiers, tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,16 +263,16 @@ def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, de
                   bf16: bool) -> list[torch.Tensor]:
     """Rewards of every response of every item: a list of (K,) tensors, in item order."""
     module.eval()
-    flat = [(i, k, s) for i, it in enumerate(items) for k, s in enumerate(it.ids)]
-    flat.sort(key=lambda x: len(x[2]))
-    out = [torch.empty(len(it.ids)) for it in items]
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start:start + batch_size]
-        ids, mask = right_pad([s for _, _, s in chunk], pad_id)
+    order = sorted(range(len(items)), key=lambda i: items[i].tokens)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(items)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            r = module(ids.to(device), mask.to(device)).float().cpu()  # (b,)
-        for (i, k, _), v in zip(chunk, r):
-            out[i][k] = v
+            r = module(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
+        r = r.float().cpu()  # (S,)
+        for i, chunk in zip(idx, r.split([len(items[i].ids) for i in idx])):
+            out[i] = chunk
     module.train()
     return out
 
@@ -297,7 +362,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     `resume=True` continues from the newest one. `max_steps` stops early (for tests and
     benchmarks); the learning-rate schedule still spans the whole run.
     """
-    from accelerate import Accelerator
+    from rankloop.data.runtime import new_accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -316,7 +381,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
             "the training split has only ties: label more comparisons, or lower eval_fraction")
 
     if accelerator is None:
-        accelerator = Accelerator(
+        accelerator = new_accelerator(
             mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum,
             log_with=cfg.log_with or None, project_dir=str(log_dir) if log_dir else None)
     device = accelerator.device
@@ -325,6 +390,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
 
     # 2. model ---------------------------------------------------------------------------------
     tokenizer = load_reward_tokenizer(base, cfg.max_length)
+    # fp32 weights and bf16 autocast. (bf16 weights measured no faster on this CPU for full
+    # fine-tuning, and LoRA on bf16 weights took peft through a path 20x slower.)
     model = load_backbone(base, tokenizer)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -360,12 +427,16 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     schedule = schedule[:steps_total * world * cfg.grad_accum]  # equal work for every process
 
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters (0.3 s instead of 0.45 s per step for 135M)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    # stepped once per optimizer step by this loop (not prepared: accelerate would step it once
+    # per process)
     scheduler = get_scheduler("linear", optimizer,
                               num_warmup_steps=int(cfg.warmup_ratio * steps_total),
                               num_training_steps=steps_total)
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    accelerator.register_for_checkpointing()
+    module, optimizer = accelerator.prepare(module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     step, history = 0, []
     if resume:
@@ -387,22 +458,25 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     pad = tokenizer.pad_token_id
     run_loss = run_acc = None
     train_tokens = 0
+    t_loop = time.perf_counter()
     while step < stop:
         for micro in range(cfg.grad_accum):
             k = (step * cfg.grad_accum + micro) * world + accelerator.process_index
             batch = collate([train_items[i] for i in schedule[k]], pad).to(device)
-            train_tokens += int(batch.attention_mask.sum())
+            train_tokens += batch.tokens
             with accelerator.accumulate(module):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    r = module(batch.input_ids, batch.attention_mask)  # (S,)
+                    r = module(batch.input_ids, batch.position_ids, batch.mask,
+                               batch.ends)  # (S,)
                 loss, stats = batch_loss(cfg, r.float(), batch,
                                          accelerator.unwrap_model(module).log_tie)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
         step += 1
         logged = {k: float(v) for k, v in stats.items()}
         logged["reward/lr"] = scheduler.get_last_lr()[0]
@@ -423,6 +497,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < stop:
             save_checkpoint(accelerator, ckpt_dir, step, history)
     bar.close()
+    loop_seconds = time.perf_counter() - t_loop
     train_seconds = time.perf_counter() - t0
 
     # 4. evaluation and reward statistics ------------------------------------------------------
@@ -459,7 +534,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     accelerator.wait_for_everyone()
     return TrainResult(path=out_dir, metrics=result_metrics, steps=step,
                        train_examples=len(train_items), eval_examples=len(eval_items),
-                       seconds=train_seconds, train_tokens=train_tokens, history=history)
+                       seconds=train_seconds, train_tokens=train_tokens,
+                       loop_seconds=loop_seconds, history=history)
 
 
 def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) -> None:
