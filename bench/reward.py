@@ -1,0 +1,197 @@
+"""Reward-trainer throughput: rankloop vs TRL's RewardTrainer, side by side in one run.
+
+Setting (issue 4): SmolLM2-135M backbone, 256 simulated preference pairs (prompt ~30 tokens,
+responses ~40-60 tokens), batch 8 pairs, one epoch, bf16 autocast; the same data for every
+system. Systems, each in its own subprocess so peak RSS is its own:
+  trl-full   : trl.RewardTrainer, its defaults (gradient checkpointing on, lr 1e-4, bf16)
+  trl-lora   : the same with peft LoraConfig(r=16) on the attention and MLP projections
+  rankloop-full / rankloop-lora : rankloop.reward.train.train_reward (LoRA r=16, same modules)
+
+Reported per system: pairs/s over the training loop (model loading, tokenisation and saving
+excluded for both), peak RSS of the process, held-out accuracy on 128 further pairs from the
+same simulated task (scored by the same function for every system), and model-FLOPs
+utilisation against the bf16 matmul peak (820 GFLOP/s here): model FLOPs = 6 N per real
+(non-padding) token for full fine-tuning, 4 N for LoRA (frozen weights need no weight
+gradient), N = non-embedding parameters; recomputation and padding are not counted.
+
+Usage:  flock /tmp/rankloop-cpu.lock python bench/reward.py [--pairs 256] [--systems ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rankloop.data.models import DEFAULT_MODEL, default_model_path
+from rankloop.reward.simulate import SimulatedTask, simulate_pairs
+
+SYSTEMS = ("trl-full", "trl-lora", "rankloop-full", "rankloop-lora")
+PEAK_GFLOPS = 820.0
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# ~30-token prompts and ~40-60-token responses with SmolLM2's tokenizer (about 1.2 tokens/word)
+TASK = SimulatedTask(prompt_words=(22, 26), response_words=(32, 48))
+
+
+def data(n_train: int, n_eval: int, seed: int):
+    """(train, held-out) lists of (prompt, chosen, rejected) from the simulated keyword task."""
+    rows = simulate_pairs(n_train + n_eval, TASK, seed)
+    pairs = [(p, a, b) if a_wins else (p, b, a) for p, a, b, a_wins, _ in rows]
+    held = [(p, a, b) for p, a, b, _, d in rows[n_train:]]  # held-out: truth = higher true reward
+    held = [(p, a, b) if TASK.true_reward(a) > TASK.true_reward(b) else (p, b, a)
+            for p, a, b in held]
+    return pairs[:n_train], held
+
+
+@torch.no_grad()
+def heldout_accuracy(model, tokenizer, held) -> float:
+    """Fraction of held-out pairs whose truly better response gets the higher reward."""
+    from rankloop.reward.model import format_text, rewards, right_pad, tokenize
+
+    model.eval()
+    tokenizer.padding_side = "right"
+    texts = [format_text(tokenizer, p, r) for p, a, b in held for r in (a, b)]
+    ids = tokenize(tokenizer, texts, 512)
+    out = []
+    for i in range(0, len(ids), 32):
+        x, m = right_pad(ids[i:i + 32], tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out.append(rewards(model, x, m))
+    r = torch.cat(out).view(-1, 2)  # (n, 2): better, worse
+    return float((r[:, 0] > r[:, 1]).float().mean())
+
+
+def non_embedding_params(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters()
+               if "embed" not in n and "lora_" not in n)
+
+
+def run_trl(system: str, train, held, batch: int) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    path = str(default_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}],
+                             "chosen": [{"role": "assistant", "content": c}],
+                             "rejected": [{"role": "assistant", "content": r}]}
+                            for p, c, r in train])
+    out = tempfile.mkdtemp()
+    args = RewardConfig(output_dir=out, per_device_train_batch_size=batch, num_train_epochs=1,
+                        bf16=True, use_cpu=True, report_to="none", save_strategy="no",
+                        logging_steps=1000, dataloader_num_workers=0, seed=0)
+    peft_config = (LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS,
+                              task_type="SEQ_CLS") if system == "trl-lora" else None)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                            peft_config=peft_config)
+    t = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t
+    tokens = int(trainer._total_train_tokens)
+    return {"seconds": seconds, "tokens": tokens,
+            "heldout_accuracy": heldout_accuracy(trainer.model, tok, held),
+            "n_params": non_embedding_params(trainer.model),
+            "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "lr": args.learning_rate}
+
+
+def run_rankloop(system: str, train, held, batch: int) -> dict:
+    from rankloop.data.records import Label
+    from rankloop.data.store import Store
+    from rankloop.reward.config import RewardConfig
+    from rankloop.reward.scoring import RewardScorer
+    from rankloop.reward.train import train_reward
+
+    store = Store.memory()
+    ann = store.external_annotator("bench")
+    labels = []
+    for p, c, r in train:
+        cid = store.add_comparison_texts(p, [c, r])
+        labels.append(Label.pairwise(cid, ann.id, store.comparison(cid).response_ids, "A"))
+    store.add_labels(labels)
+    lora = system == "rankloop-lora"
+    cfg = RewardConfig(lora=lora, lora_r=16, lora_alpha=32, batch_size=batch, epochs=1,
+                       eval_fraction=0.0, lr=1e-4)
+    out = Path(tempfile.mkdtemp()) / "reward"
+    result = train_reward(store, cfg, out, base=DEFAULT_MODEL, progress=False)
+    scorer = RewardScorer.from_pretrained(out)
+    return {"seconds": result.loop_seconds, "tokens": result.train_tokens,
+            "heldout_accuracy": heldout_accuracy(scorer.model, scorer.tokenizer, held),
+            "n_params": non_embedding_params(scorer.model),
+            "gradient_checkpointing": cfg.gradient_checkpointing, "lr": cfg.learning_rate}
+
+
+def child(system: str, n_pairs: int, batch: int) -> None:
+    torch.manual_seed(0)
+    train, held = data(n_pairs, 128, seed=0)
+    fn = run_trl if system.startswith("trl") else run_rankloop
+    res = fn(system, train, held, batch)
+    lora = system.endswith("lora")
+    flops = (4 if lora else 6) * res["n_params"] * res["tokens"]
+    res.update(system=system, pairs=n_pairs, pairs_per_s=n_pairs / res["seconds"],
+               peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+               mfu=flops / res["seconds"] / (PEAK_GFLOPS * 1e9))
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help="Write the results as JSON here.")
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.pairs, args.batch_size)
+
+    train, _ = data(args.pairs, 128, seed=0)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    lens = lambda xs: [len(tok(x)["input_ids"]) for x in xs]  # noqa: E731
+    p_len, r_len = lens([p for p, _, _ in train]), lens([x for _, c, r in train for x in (c, r)])
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"data: {args.pairs} pairs; prompt tokens mean {sum(p_len) / len(p_len):.1f}, "
+          f"response tokens {min(r_len)}-{max(r_len)} (mean {sum(r_len) / len(r_len):.1f}); "
+          f"batch {args.batch_size} pairs, 1 epoch")
+    results = []
+    for system in args.systems.split(","):
+        cmd = [sys.executable, __file__, "--child", system, "--pairs", str(args.pairs),
+               "--batch-size", str(args.batch_size)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{system} failed:\n{proc.stderr[-3000:]}")
+            continue
+        res = json.loads(line[-1][7:])
+        results.append(res)
+        print(f"{system:14s} {res['pairs_per_s']:6.2f} pairs/s  {res['seconds']:6.1f} s  "
+              f"RSS {res['peak_rss_gb']:.2f} GB  held-out acc {res['heldout_accuracy']:.3f}  "
+              f"MFU {100 * res['mfu']:.1f}%  ({res['tokens']} tokens)", flush=True)
+    by = {r["system"]: r for r in results}
+    for kind in ("full", "lora"):
+        a, b = by.get(f"trl-{kind}"), by.get(f"rankloop-{kind}")
+        if a and b:
+            print(f"{kind}: rankloop / TRL = {b['pairs_per_s'] / a['pairs_per_s']:.2f}x pairs/s, "
+                  f"RSS {b['peak_rss_gb']:.2f} vs {a['peak_rss_gb']:.2f} GB, accuracy "
+                  f"{b['heldout_accuracy']:.3f} vs {a['heldout_accuracy']:.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
