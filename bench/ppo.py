@@ -4,7 +4,9 @@ Setting (issue 5): SmolLM2-135M-Instruct policy, 8 prompts per batch, 32 new tok
 epochs, mini-batch 4, the same bundled prompts, and the same reward model for both: a
 SmolLM2-135M sequence classifier (the policy's backbone with a seeded random score head), built
 once under bench/results/. Each system runs in its own process (peak RSS = that process's
-ru_maxrss, model loading included), one after the other, in this one invocation:
+ru_maxrss, model loading included), one after the other, in this one invocation. Times are
+medians over the timed steps (the first step of each process is a warm-up and not counted): the
+machine is shared, and a median ignores a step slowed by someone else's job.
 
   anchor   : trl==0.11.4 PPOTrainer (`step(queries, responses, rewards)`), transformers 4.46.3,
              full fine-tuning fp32, value head on the policy, a second full reference copy. It
@@ -30,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -103,10 +106,11 @@ def worker_rankloop(args) -> dict:
     prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
     t0 = time.perf_counter()
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(path=rm),
-                    out_dir=RESULTS / "ppo-rankloop", reward_model=rm, progress=False,
+                    out_dir=RESULTS / f"ppo-rankloop-lora{args.lora_layers}", reward_model=rm,
+                    progress=False,
                     log=None)
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
-    mean = lambda k: sum(h[k] for h in steps) / len(steps)  # noqa: E731
+    mean = lambda k: statistics.median(h[k] for h in steps)  # noqa: E731
     name = f"rankloop (critic={args.critic}"
     name += f", critic LoRA on {args.critic_lora_layers or 'all'} blocks"
     name += f", policy LoRA on {args.lora_layers if int(args.lora_layers) else 'all'} blocks)"
@@ -115,7 +119,8 @@ def worker_rankloop(args) -> dict:
             "reference_s": mean("time/reference"), "update_s": mean("time/update"),
             "peak_rss_gb": peak_rss_gb(), "wall_s": time.perf_counter() - t0,
             "response_length": mean("objective/response_length"),
-            "bf16": cfg.bf16, "critic_origin": res.critic_origin}
+            "bf16": cfg.bf16, "critic_origin": res.critic_origin,
+            "per_step_s": [h["time/step"] for h in res.history]}
 
 
 def logits_rankloop(args) -> dict:
@@ -224,14 +229,15 @@ def worker_trl(args) -> dict:
                      "update_s": float(stats["time/ppo/optimize_step"]),
                      "ppo_step_s": t_step, "step_s": t_gen + t_score + t_step,
                      "response_length": sum(len(r) for r in responses) / len(responses)})
+    per_step = [r["step_s"] for r in rows]
     rows = rows[1:]
-    mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    mean = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     return {"system": "TRL 0.11.4 PPOTrainer (anchor)", "step_s": mean("step_s"),
             "generation_s": mean("generation_s"), "scoring_s": mean("scoring_s"),
             "reference_s": mean("reference_s"), "update_s": mean("update_s"),
             "other_s": mean("ppo_step_s") - mean("reference_s") - mean("update_s"),
             "peak_rss_gb": peak_rss_gb(), "wall_s": time.perf_counter() - t_start,
-            "response_length": mean("response_length")}
+            "response_length": mean("response_length"), "per_step_s": per_step}
 
 
 # ---------------------------------------------------------------- driver
