@@ -257,7 +257,7 @@ def davidson_log_probs(
     """
     log_nu = torch.as_tensor(log_nu, dtype=r_a.dtype, device=r_a.device)
     half = 0.5 * (r_a - r_b)                                # (N,)
-    logits = torch.stack([half, -half, log_nu.expand_as(half) + half], dim=-1)   # (N, 3)
+    logits = torch.stack([half, -half, log_nu.expand_as(half)], dim=-1)   # (N, 3)
     logp = torch.log_softmax(logits, dim=-1)                # (N, 3)
     return logp[:, 0], logp[:, 1], logp[:, 2]
 
