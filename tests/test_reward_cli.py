@@ -83,3 +83,35 @@ def test_score_rejects_bad_rows_and_missing_models(project, tmp_path):
 def test_bad_option_names_the_setting(project):
     out = run("train-reward", "--project", project.root, "--batch-size", "0")
     assert out.exit_code == 1 and "[reward] batch_size must be at least 1" in out.output
+
+
+def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project):
+    """After training, the comparisons the reward model is least sure about are labeled first."""
+    import random
+
+    from rankloop.app.commands.reward import score_open_comparisons
+    from rankloop.data.queue import next_task
+    from rankloop.data.records import Label
+
+    store = project.store
+    sure = store.add_comparison_texts("Q1", ["great", "awful"])      # gap 5.0
+    unsure = store.add_comparison_texts("Q2", ["fine", "okay"])      # gap 0.1
+    middle = store.add_comparison_texts("Q3", ["good", "meh"])       # gap 1.0
+    fake = {"great": 3.0, "awful": -2.0, "fine": 0.6, "okay": 0.5, "good": 1.0, "meh": 0.0}
+
+    class FakeScorer:
+        def score(self, prompts, responses):
+            import torch
+            return torch.tensor([fake[r] for r in responses])
+
+    reward_dir = project.round_dir(0, "reward")
+    assert score_open_comparisons(project, reward_dir, scorer=FakeScorer(), progress=False) == 6
+    ann, _ = store.add_annotator("ann")
+    order = []
+    for _ in range(3):
+        task = next_task(store, ann.id, order="uncertainty", now=0.0, rng=random.Random(0))
+        order.append(task.comparison.id)
+        store.add_label(Label.pairwise(task.comparison.id, ann.id,
+                                       task.comparison.response_ids, "A"))
+        store.db.execute("delete from leases")
+    assert order[0] == unsure and order[1] == middle and order[2] == sure

@@ -34,7 +34,35 @@ def train_round(project, round_: int, cfg, *, base: str | None = None, resume: b
              for k, v in result.metrics.items()}
     project.store.save_round(Round(round_, reward_model=str(out.relative_to(project.root)),
                                    metrics=clean))
+    score_open_comparisons(project, out, progress=progress)
     return result
+
+
+def score_open_comparisons(project, reward_dir: Path, scorer=None, progress: bool = True) -> int:
+    """Score the responses of every comparison that still needs labels with the new reward
+    model, so the labeling queue's 'uncertainty' order puts the comparisons it is least sure
+    about first (active learning). Returns how many responses were scored."""
+    from rankloop.data.queue import record_scores
+    from rankloop.reward.scoring import RewardScorer
+
+    store = project.store
+    n = project.config.labeling.labels_per_comparison
+    open_ids = [cid for (cid,) in store.db.execute(
+        "select comparison_id from comparison_queue where labels < ?", [n]).fetchall()]
+    comps = [store.comparison(cid) for cid in open_ids]
+    rids = sorted({rid for c in comps for rid in c.response_ids})
+    if not rids:
+        return 0
+    responses = store.responses(ids=rids)
+    prompts = {pid: store.prompt(pid) for pid in {r.prompt_id for r in responses}}
+    scorer = scorer or RewardScorer.from_pretrained(str(reward_dir))
+    scores = scorer.score([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
+    record_scores(store, str(reward_dir.relative_to(project.root)),
+                  dict(zip(rids, scores.tolist())))
+    if progress:
+        console.print(f"Scored {len(rids)} responses of {len(comps)} open comparisons for the "
+                      f"labeling queue's uncertainty order")
+    return len(rids)
 
 
 @cli.command("train-reward")
