@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from rankloop.data.models import load_causal_lm, load_tokenizer
 from rankloop.data.records import Comparison, Response, Sampling, content_hash
 from rankloop.data.store import Store
-from rankloop.ppo.sampling import cpu_supports_bf16, sample_many
+from rankloop.data.runtime import use_bf16
+from rankloop.ppo.sampling import sample_many
 
 from .config import GenerateConfig
 
@@ -29,16 +30,6 @@ class GenerateReport:
     skipped_existing: int
     comparisons_created: int
     unfinished: int
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    if setting == "yes":
-        return True
-    if setting == "no":
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_supports_bf16()
 
 
 def make_comparisons(store: Store, round: int, k: int, prompt_ids=None) -> int:

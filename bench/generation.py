@@ -27,7 +27,8 @@ import torch
 
 from rankloop.data.io import bundled_prompts
 from rankloop.data.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from rankloop.ppo.sampling import cpu_supports_bf16, encode_chats, sample_batch, sample_many
+from rankloop.data.runtime import cpu_supports_bf16
+from rankloop.ppo.sampling import encode_chats, sample_batch, sample_many
 
 
 def load_prompts(n: int) -> list[list[dict]]:

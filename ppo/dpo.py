@@ -22,7 +22,7 @@ from . import core
 from .config import PPOConfig
 from .models import Actor, load_policy, save_policy
 from .sampling import autocast, encode_chats
-from .train import use_bf16
+from rankloop.data.runtime import use_bf16
 
 
 def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rankloop.data.runtime import cpu_supports_bf16  # noqa: F401 - re-exported
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -22,15 +24,6 @@ class Sample:
     text: str
     token_ids: tuple[int, ...]
     finished: bool  # True when the model emitted EOS before max_new_tokens
-
-
-def cpu_supports_bf16() -> bool:
-    """True where bf16 matmuls are fast on the CPU (AVX-512 BF16 or AMX)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast(device: torch.device | str, enabled: bool):

@@ -38,7 +38,9 @@ from .config import PPOConfig
 from .models import (Actor, build_critic, load_policy, load_trainable_state, save_critic,
                      save_policy, trainable_state)
 from .rewards import missing_eos_penalty
-from .sampling import autocast, cpu_supports_bf16, encode_chats, left_pad
+from rankloop.data.runtime import use_bf16
+
+from .sampling import autocast, encode_chats, left_pad
 
 CHECKPOINTS = "checkpoints"
 
@@ -55,14 +57,6 @@ class PPOResult:
     """The trained actor module (LoRA policy, value head), unwrapped from accelerate."""
     critic: object = None
     """The trained critic module, or None with a value head on the policy."""
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    if setting != "auto":
-        return setting == "yes"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_supports_bf16()
 
 
 def step_seed(seed: int, step: int, rank: int, what: str) -> int:

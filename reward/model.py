@@ -157,12 +157,7 @@ def load_saved(path: str | Path, dtype=None):
 
 
 def use_bf16(device: torch.device, setting: str) -> bool:
-    """Whether to run bf16 autocast: 'yes', 'no', or 'auto' (CUDA with bf16, or a CPU with
-    AVX-512 BF16 / AMX, where bf16 matmuls are ~4x faster than fp32)."""
-    if setting in ("yes", "no"):
-        return setting == "yes"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    from rankloop.ppo.sampling import cpu_supports_bf16
+    """Whether to run bf16 autocast: see `rankloop.data.runtime.use_bf16`."""
+    from rankloop.data.runtime import use_bf16 as _use_bf16
 
-    return device.type == "cpu" and cpu_supports_bf16()
+    return _use_bf16(setting, device)
