@@ -71,18 +71,15 @@ def prompts_texts(n: int) -> list[str]:
 def build_reward_model(policy_dir: str, out: Path) -> Path:
     """SmolLM2-135M with a seeded random one-output score head: both systems score with it."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
+
+    from rankloop.reward.model import load_backbone, load_reward_tokenizer
 
     if (out / "reward_stats.json").exists():
         return out
-    causal = AutoModelForCausalLM.from_pretrained(policy_dir)
-    config = causal.config
-    config.num_labels = 1
+    tok = load_reward_tokenizer(policy_dir)
     torch.manual_seed(0)
-    rm = LlamaForSequenceClassification(config)
-    rm.model.load_state_dict(causal.model.state_dict())
-    rm.save_pretrained(out)
-    AutoTokenizer.from_pretrained(policy_dir).save_pretrained(out)
+    load_backbone(policy_dir, tok).save_pretrained(out)
+    tok.save_pretrained(out)
     (out / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
     return out
 

@@ -160,16 +160,13 @@ def test_rto_token_rewards_are_wired_in(peaked_lm, tmp_path):
 
 
 def _reward_model(lm: Path, out: Path) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
+    """The tiny LM's backbone with a seeded random score head, saved as a reward model."""
+    from rankloop.reward.model import load_backbone, load_reward_tokenizer
 
-    causal = AutoModelForCausalLM.from_pretrained(lm)
-    config = causal.config
-    config.num_labels = 1
+    tok = load_reward_tokenizer(str(lm))
     torch.manual_seed(7)
-    rm = LlamaForSequenceClassification(config)
-    rm.model.load_state_dict(causal.model.state_dict())
-    rm.save_pretrained(out)
-    AutoTokenizer.from_pretrained(lm).save_pretrained(out)
+    load_backbone(str(lm), tok).save_pretrained(out)
+    tok.save_pretrained(out)
     (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}))
     return out
 
