@@ -15,6 +15,7 @@ utilisation against the bf16 matmul peak (820 GFLOP/s here): model FLOPs = 6 N p
 gradient), N = non-embedding parameters; recomputation and padding are not counted.
 
 Usage:  flock /tmp/rankloop-cpu.lock python bench/reward.py [--pairs 256] [--systems ...]
+                                                       [--set gradient_checkpointing=true ...]
 """
 
 from __future__ import annotations
@@ -100,14 +101,20 @@ def run_trl(system: str, train, held, batch: int) -> dict:
     trainer.train()
     seconds = time.perf_counter() - t
     tokens = int(trainer._total_train_tokens)
-    return {"seconds": seconds, "tokens": tokens,
+    return {"seconds": seconds, "tokens": tokens, "peak_rss_gb": peak_rss_gb(),
             "heldout_accuracy": heldout_accuracy(trainer.model, tok, held),
             "n_params": non_embedding_params(trainer.model),
             "gradient_checkpointing": bool(args.gradient_checkpointing),
             "lr": args.learning_rate}
 
 
-def run_rankloop(system: str, train, held, batch: int) -> dict:
+def peak_rss_gb() -> float:
+    """Peak RSS of this process so far: measured right after training, before the held-out
+    evaluation loads or runs anything (the same point for every system)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def run_rankloop(system: str, train, held, batch: int, overrides: dict) -> dict:
     from rankloop.data.records import Label
     from rankloop.data.store import Store
     from rankloop.reward.config import RewardConfig
@@ -123,27 +130,37 @@ def run_rankloop(system: str, train, held, batch: int) -> dict:
     store.add_labels(labels)
     lora = system == "rankloop-lora"
     cfg = RewardConfig(lora=lora, lora_r=16, lora_alpha=32, batch_size=batch, epochs=1,
-                       eval_fraction=0.0, lr=1e-4)
+                       eval_fraction=0.0, lr=1e-4, **overrides)
     out = Path(tempfile.mkdtemp()) / "reward"
     result = train_reward(store, cfg, out, base=DEFAULT_MODEL, progress=False)
+    rss = peak_rss_gb()  # training, final scoring and saving included
     scorer = RewardScorer.from_pretrained(out)
-    return {"seconds": result.loop_seconds, "tokens": result.train_tokens,
+    return {"seconds": result.loop_seconds, "tokens": result.train_tokens, "peak_rss_gb": rss,
             "heldout_accuracy": heldout_accuracy(scorer.model, scorer.tokenizer, held),
             "n_params": non_embedding_params(scorer.model),
             "gradient_checkpointing": cfg.gradient_checkpointing, "lr": cfg.learning_rate}
 
 
-def child(system: str, n_pairs: int, batch: int) -> None:
+def child(system: str, n_pairs: int, batch: int, overrides: dict) -> None:
     torch.manual_seed(0)
     train, held = data(n_pairs, 128, seed=0)
-    fn = run_trl if system.startswith("trl") else run_rankloop
-    res = fn(system, train, held, batch)
+    if system.startswith("trl"):
+        res = run_trl(system, train, held, batch)
+    else:
+        res = run_rankloop(system, train, held, batch, overrides)
     lora = system.endswith("lora")
     flops = (4 if lora else 6) * res["n_params"] * res["tokens"]
     res.update(system=system, pairs=n_pairs, pairs_per_s=n_pairs / res["seconds"],
-               peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-               mfu=flops / res["seconds"] / (PEAK_GFLOPS * 1e9))
+               process_peak_rss_gb=peak_rss_gb(), mfu=flops / res["seconds"] / (PEAK_GFLOPS * 1e9))
     print("RESULT " + json.dumps(res), flush=True)
+
+
+def parse_value(text: str):
+    """'3' -> 3, 'true' -> True, 'off' -> 'off' (JSON when it parses, else the string)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main() -> None:
@@ -151,11 +168,15 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="Override a [reward] setting for the rankloop systems "
+                    "(e.g. --set gradient_checkpointing=true); repeatable.")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
+    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     if args.child:
-        return child(args.child, args.pairs, args.batch_size)
+        return child(args.child, args.pairs, args.batch_size, overrides)
 
     train, _ = data(args.pairs, 128, seed=0)
     from transformers import AutoTokenizer
@@ -169,9 +190,11 @@ def main() -> None:
           f"response tokens {min(r_len)}-{max(r_len)} (mean {sum(r_len) / len(r_len):.1f}); "
           f"batch {args.batch_size} pairs, 1 epoch")
     results = []
+    if overrides:
+        print(f"rankloop settings: {overrides}")
     for system in args.systems.split(","):
         cmd = [sys.executable, __file__, "--child", system, "--pairs", str(args.pairs),
-               "--batch-size", str(args.batch_size)]
+               "--batch-size", str(args.batch_size), *(f"--set={kv}" for kv in args.set)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:

@@ -17,12 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rankloop.data.models import adapter_base, load_tokenizer
+from rankloop.data.runtime import use_bf16
+from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype
 
 from . import core
 from .config import PPOConfig
 from .models import Actor, load_policy, save_policy
 from .sampling import autocast, encode_chats
-from rankloop.data.runtime import use_bf16
 
 
 def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],
@@ -64,8 +65,10 @@ def train_dpo(config: PPOConfig, *, policy: str, preferences: Sequence, out_dir:
                      dtype=torch.bfloat16 if bf16 else torch.float32,
                      top_layers=config.lora_layers)
     actor = Actor(lm, value_head=False).to(device)
+    if bf16:
+        keep_adapter_inputs_in_autocast_dtype(actor)
     opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad],
-                            lr=config.dpo_lr)
+                            lr=config.dpo_lr, foreach=True)
     prompt_ids = encode_chats(tokenizer, [p.prompt.as_chat() for p in pairs])
     eos = [tokenizer.eos_token_id]
     chosen = [tokenizer(p.chosen, add_special_tokens=False)["input_ids"] + eos for p in pairs]

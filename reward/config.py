@@ -64,7 +64,7 @@ class RewardConfig:
     bf16: str = "auto"
     """bf16 autocast: 'auto' (where the CPU or GPU has fast bf16), 'yes' or 'no'."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    """Recompute each block's activations in the backward pass: far less memory, about a third more compute (see docs/benchmarks.md)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     eval_every: int = 0

@@ -87,7 +87,8 @@ def score_open_comparisons(project, reward_dir: Path, scorer=None, progress: boo
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint "
               "every N steps.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute activations in the backward pass: less memory, slower.")
 @click.option("--log-with", type=click.Choice(["", "tensorboard", "wandb"]), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
