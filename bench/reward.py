@@ -6,6 +6,7 @@ system. Systems, each in its own subprocess so peak RSS is its own:
   trl-full   : trl.RewardTrainer, its defaults (gradient checkpointing on, lr 1e-4, bf16)
   trl-lora   : the same with peft LoraConfig(r=16) on the attention and MLP projections
   rankloop-full / rankloop-lora : rankloop.reward.train.train_reward (LoRA r=16, same modules)
+  rankloop-*-gc : the same with gradient checkpointing on (as TRL's default)
 
 Reported per system: pairs/s over the training loop (model loading, tokenisation and saving
 excluded for both), peak RSS of the process, held-out accuracy on 128 further pairs from the
@@ -36,7 +37,8 @@ import torch
 from rankloop.data.models import DEFAULT_MODEL, default_model_path
 from rankloop.reward.simulate import SimulatedTask, simulate_pairs
 
-SYSTEMS = ("trl-full", "trl-lora", "rankloop-full", "rankloop-lora")
+SYSTEMS = ("trl-full", "trl-lora", "rankloop-full", "rankloop-lora", "rankloop-full-gc",
+           "rankloop-lora-gc")
 PEAK_GFLOPS = 820.0
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # ~30-token prompts and ~40-60-token responses with SmolLM2's tokenizer (about 1.2 tokens/word)
@@ -128,7 +130,9 @@ def run_rankloop(system: str, train, held, batch: int, overrides: dict) -> dict:
         cid = store.add_comparison_texts(p, [c, r])
         labels.append(Label.pairwise(cid, ann.id, store.comparison(cid).response_ids, "A"))
     store.add_labels(labels)
-    lora = system == "rankloop-lora"
+    lora = "lora" in system
+    if system.endswith("-gc"):
+        overrides = {**overrides, "gradient_checkpointing": True}
     cfg = RewardConfig(lora=lora, lora_r=16, lora_alpha=32, batch_size=batch, epochs=1,
                        eval_fraction=0.0, lr=1e-4, **overrides)
     out = Path(tempfile.mkdtemp()) / "reward"
@@ -148,7 +152,7 @@ def child(system: str, n_pairs: int, batch: int, overrides: dict) -> None:
         res = run_trl(system, train, held, batch)
     else:
         res = run_rankloop(system, train, held, batch, overrides)
-    lora = system.endswith("lora")
+    lora = "lora" in system
     flops = (4 if lora else 6) * res["n_params"] * res["tokens"]
     res.update(system=system, pairs=n_pairs, pairs_per_s=n_pairs / res["seconds"],
                process_peak_rss_gb=peak_rss_gb(), mfu=flops / res["seconds"] / (PEAK_GFLOPS * 1e9))
@@ -206,8 +210,8 @@ def main() -> None:
               f"RSS {res['peak_rss_gb']:.2f} GB  held-out acc {res['heldout_accuracy']:.3f}  "
               f"MFU {100 * res['mfu']:.1f}%  ({res['tokens']} tokens)", flush=True)
     by = {r["system"]: r for r in results}
-    for kind in ("full", "lora"):
-        a, b = by.get(f"trl-{kind}"), by.get(f"rankloop-{kind}")
+    for kind in ("full", "lora", "full-gc", "lora-gc"):
+        a, b = by.get(f"trl-{kind.removesuffix('-gc')}"), by.get(f"rankloop-{kind}")
         if a and b:
             print(f"{kind}: rankloop / TRL = {b['pairs_per_s'] / a['pairs_per_s']:.2f}x pairs/s, "
                   f"RSS {b['peak_rss_gb']:.2f} vs {a['peak_rss_gb']:.2f} GB, accuracy "
