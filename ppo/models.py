@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankloop.data.training import use_training_attention
 from rankloop.data.models import ModelLoadError, adapter_base, resolve
+from rankloop.data.training import use_training_attention
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -32,14 +32,14 @@ from tqdm.auto import tqdm
 
 from rankloop.data.models import load_tokenizer
 from rankloop.data.records import Prompt, content_hash
+from rankloop.data.runtime import use_bf16
+from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype
 
 from . import core
 from .config import PPOConfig
 from .models import (Actor, build_critic, load_policy, load_trainable_state, merged_adapter,
                      save_critic, save_policy, trainable_state)
 from .rewards import missing_eos_penalty
-from rankloop.data.runtime import use_bf16
-from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype
 from .sampling import autocast, encode_chats, left_pad
 
 CHECKPOINTS = "checkpoints"

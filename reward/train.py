@@ -397,7 +397,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     # adapters and head in fp32 for the optimizer.
     lora_bf16 = cfg.lora and bf16
     model = load_backbone(base, tokenizer, dtype=torch.bfloat16 if lora_bf16 else None)
-    use_training_attention(model)  # fp32 attention inside bf16 autocast on the CPU: 3x faster
+    use_training_attention(model)  # fp32 attention for short rows on the CPU (data/training.py)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False})

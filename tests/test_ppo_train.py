@@ -360,3 +360,26 @@ def test_policy_lora_on_top_blocks_reuses_the_lower_blocks_exactly(peaked_lm, tm
     assert (full - ref_full).abs().max() > 1e-3
     res = run(cfg(steps=4, lora_layers=1, lr=1e-2, ppo_epochs=4), lm, target, tmp_path / "p")
     assert res.history[-1]["objective/kl"] > 0.0  # the policy moved
+
+
+def test_bf16_run_keeps_the_reference_weights_bit_for_bit(peaked_lm, tmp_path):
+    """In bf16 every rollout samples with the adapter merged into the base weights; the
+    reference (adapter disabled) must come out exactly as loaded, and the run must learn as
+    in fp32 (the fp32 attention and peft-input paths of rankloop.data.training run here)."""
+    from transformers import AutoModelForCausalLM
+
+    lm, target = peaked_lm
+    res = run(cfg(steps=3, bf16="yes"), lm, target, tmp_path / "bf16")
+    loaded = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.bfloat16).state_dict()
+    base = res.actor.lm.get_base_model()
+    adapted = 0
+    for name, p in base.named_parameters():
+        key = name.replace(".base_layer", "")
+        if "lora_" in name:
+            continue
+        adapted += ".base_layer" in name
+        assert torch.equal(p, loaded[key]), name
+    assert adapted > 0  # the adapted projections were among those compared
+    # the adapter did move (so a merge/unmerge round trip would have rounded them)
+    assert any(p.abs().max() > 0 for n, p in base.named_parameters() if "lora_B" in n)
+    assert all(torch.isfinite(torch.tensor(h["objective/scores"])) for h in res.history)

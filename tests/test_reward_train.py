@@ -83,7 +83,9 @@ def test_saved_checkpoint_loads_with_from_pretrained_and_pipeline(keyword_run):
 
 def test_lora_head_trained_merged_and_adapter_save(tmp_path, tiny_lm_dir, fresh_store):
     simulate_labels(fresh_store, 48, seed=1)
-    cfg = RewardConfig(lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=8, eval_fraction=0.25)
+    # bf16: the frozen base trains in bf16, the adapters and head in fp32, the merge in fp32
+    cfg = RewardConfig(lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=8, eval_fraction=0.25,
+                       bf16="yes")
     merged = train_reward(fresh_store, cfg, tmp_path / "merged", base=str(tiny_lm_dir),
                           progress=False)
     files = {p.name for p in merged.path.iterdir()}

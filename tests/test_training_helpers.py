@@ -164,3 +164,41 @@ def test_rankloop_sdpa_long_rows_keep_the_bf16_path():
         ours, _ = training.rankloop_sdpa(_Module(), *xs, mask)
         theirs, _ = sdpa_attention_forward(_Module(), *xs, mask)
     assert torch.equal(ours, theirs)
+
+
+def test_adapter_inputs_stay_bf16_under_autocast():
+    """peft copies each adapter's input to the adapter's fp32 (then autocast copies it back to
+    bf16 for the matmul); with the switch the copy is gone and the output is the same."""
+    from peft import LoraConfig, get_peft_model
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountUpcasts(TorchDispatchMode):  # bf16 -> fp32 copies of activations (3-D)
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            x = args[0] if args else None
+            if (func is torch.ops.aten._to_copy.default and isinstance(x, torch.Tensor)
+                    and x.dtype == torch.bfloat16 and x.dim() == 3
+                    and kwargs.get("dtype") == torch.float32):
+                self.n += 1
+            return func(*args, **kwargs)
+
+    tok, model = _tiny()
+    lm = get_peft_model(model.to(torch.bfloat16),
+                        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                   init_lora_weights=False))
+    ids = torch.randint(3, len(tok), (2, 7))
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), CountUpcasts() as c:
+            out = lm(input_ids=ids).logits.float()
+        return out, c.n
+
+    before, n_before = run()
+    training.keep_adapter_inputs_in_autocast_dtype(lm)
+    after, n_after = run()
+    assert n_before - n_after == 4  # q_proj and v_proj in each of the 2 blocks
+    torch.testing.assert_close(after, before)
