@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                          TopPLogitsWarper)
 
 from rankloop.data.runtime import cpu_supports_bf16  # noqa: F401 - re-exported
 
@@ -32,6 +34,45 @@ def autocast(device: torch.device | str, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class InverseCDFSampler(LogitsProcessor):
+    """Draws each row's next token and returns scores that are 0 there and -inf elsewhere.
+
+    Placed last in `generate`'s logits processors with `do_sample=False`, greedy selection then
+    picks the drawn token. The draw inverts the cumulative distribution with one uniform number
+    per row: token = min{i : cdf_i > u}, u ~ U[0, cdf_V). That is the same distribution as
+    `torch.multinomial(softmax(scores), 1)`, which on the CPU draws a random number per vocabulary
+    entry and costs ~10 ms per step for 8 rows of SmolLM2's 49k tokens; this costs ~0.3 ms.
+    Tokens of probability 0 (masked to -inf by top-p) are never drawn.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        cdf = scores.float().softmax(-1).cumsum(-1)  # (B, V)
+        total = cdf[:, -1:].contiguous()  # (B, 1) ~1, up to rounding
+        u = torch.rand(total.shape, device=cdf.device, dtype=cdf.dtype) * total  # (B, 1)
+        token = torch.searchsorted(cdf, u, right=True)  # (B, 1) first index with cdf > u
+        # u * total may round up to total: fall back to the last token of non-zero probability
+        last = torch.searchsorted(cdf, total)  # (B, 1) first index with cdf >= total
+        token = torch.minimum(token, last)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, token, 0.0)
+
+
+def sampling_kwargs(temperature: float, top_p: float = 1.0) -> dict:
+    """`generate` keyword arguments for ancestral sampling (greedy when temperature is 0).
+
+    Temperature and top-p are HF's own warpers; the draw itself is `InverseCDFSampler`.
+    """
+    if temperature == 0:
+        return dict(do_sample=False)
+    procs = []
+    if temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p))
+    procs.append(InverseCDFSampler())
+    return dict(do_sample=False, logits_processor=LogitsProcessorList(procs))
 
 
 def encode_chats(tokenizer, chats: Sequence[list[dict]]) -> list[list[int]]:
@@ -71,9 +112,7 @@ def sample_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, tempe
     input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     torch.manual_seed(seed)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    if temperature == 0:
-        sampling = dict(do_sample=False)
+    sampling = sampling_kwargs(temperature, top_p)
     with autocast(device, bf16 and next(model.parameters()).dtype == torch.float32):
         out = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
