@@ -1,4 +1,5 @@
-"""Speed helpers the trainers share: attention on the CPU, LoRA inputs under autocast.
+"""Speed and memory helpers the trainers share: attention on the CPU, LoRA inputs under
+autocast, freed memory handed back to the OS between steps.
 
 Attention on the CPU: SDPA in fp32 inside bf16 autocast
 --------------------------------------------------------
@@ -16,6 +17,11 @@ cache) the call goes to transformers' own SDPA path unchanged.
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -92,3 +98,32 @@ def use_training_attention(model) -> None:
         return
     register()
     base.set_attn_implementation(NAME)
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory that glibc's malloc holds but no tensor uses back to the OS.
+
+    PyTorch's CPU tensors come from malloc. A training step allocates and frees activations
+    whose shapes change from batch to batch, and glibc keeps freed pages in its heaps rather
+    than returning them, so the resident memory of a training process climbs step after step
+    far above what is live: in the reward trainer (SmolLM2-135M, LoRA, gradient checkpointing,
+    256 pairs) from 0.8 to 1.9 GB over 32 steps; with `malloc_trim(0)` after each step it ended
+    at 1.2 GB, and the peak (inside a step) fell from 1.9 to 1.8 GB. The trainers call this
+    once per optimizer step; it costs tens of milliseconds (20-65 ms after freeing 2.4 GB in
+    pieces, here). Returns False where there is no glibc (macOS, Windows, musl).
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype, use_training_attention
+from rankloop.data.training import (keep_adapter_inputs_in_autocast_dtype, release_freed_memory,
+                                    use_training_attention)
 
 from . import losses, metrics
 from .config import RewardConfig
@@ -275,6 +276,7 @@ def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, de
         r = r.float().cpu()  # (S,)
         for i, chunk in zip(idx, r.split([len(items[i].ids) for i in idx])):
             out[i] = chunk
+        release_freed_memory()
     module.train()
     return out
 
@@ -488,6 +490,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+        release_freed_memory()
         step += 1
         logged = {k: float(v) for k, v in stats.items()}
         logged["reward/lr"] = scheduler.get_last_lr()[0]
@@ -536,6 +539,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
 
     # 5. save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
+    release_freed_memory()  # the merge below needs room for an fp32 copy of the model
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(module).model, tokenizer, out_dir, cfg,
                    {"mean": result_metrics["reward/mean"], "std": result_metrics["reward/std"],

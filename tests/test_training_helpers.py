@@ -4,6 +4,8 @@ each must give the same numbers as the plain path it replaces."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -202,3 +204,32 @@ def test_adapter_inputs_stay_bf16_under_autocast():
     after, n_after = run()
     assert n_before - n_after == 4  # q_proj and v_proj in each of the 2 blocks
     torch.testing.assert_close(after, before)
+
+
+TRIM_CHECK = """
+import os, torch
+from rankloop.data import training
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+# 2000 x 64 KiB tensors come from malloc's heap (below its mmap threshold); a small tensor
+# after each keeps the freed ones from merging into the heap's top, which free() would trim
+big, pins = [], []
+for _ in range(2000):
+    big.append(torch.ones(16 * 1024))
+    pins.append(torch.ones(4))
+del big
+before = rss()
+released = training.release_freed_memory()
+print(released, before - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_freed_memory_hands_freed_heap_pages_back():
+    # in a fresh interpreter: what a long test session did to the heap does not matter
+    out = subprocess.run([sys.executable, "-c", TRIM_CHECK], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "True"
+    assert int(out[1]) > 64 * 2**20, out  # most of the 125 MiB freed goes back to the OS
