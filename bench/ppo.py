@@ -4,9 +4,12 @@ Setting (issue 5): SmolLM2-135M-Instruct policy, 8 prompts per batch, 32 new tok
 epochs, mini-batch 4, the same bundled prompts, and the same reward model for both: a
 SmolLM2-135M sequence classifier (the policy's backbone with a seeded random score head), built
 once under bench/results/. Each system runs in its own process (peak RSS = that process's
-ru_maxrss, model loading included), one after the other, in this one invocation. Times are
-medians over the timed steps (the first step of each process is a warm-up and not counted): the
-machine is shared, and a median ignores a step slowed by someone else's job.
+ru_maxrss, model loading included), all started together and run in lockstep: the driver lets
+one process run one PPO step at a time, in turn (anchor step 1, rankloop step 1, anchor step 2,
+...), so the machine's drift (it is shared: its speed moves by up to 1.5x within an hour) hits
+both systems alike. Times are medians over the timed steps (the first step of each process,
+which also loads the models, is a warm-up and not counted); the speed-up is also given per
+round (anchor step r / rankloop step r) with its range.
 
   anchor   : trl==0.11.4 PPOTrainer (`step(queries, responses, rewards)`), transformers 4.46.3,
              full fine-tuning fp32, value head on the policy, a second full reference copy. It
@@ -57,6 +60,23 @@ def setup_venv() -> None:
     subprocess.run(pip + ["trl==0.11.4", "transformers==4.46.3", "rich"], check=True)
 
 
+class Turns:
+    """Worker side of the lockstep: wait for the driver's "go" before each step, say "done"
+    after it. The protocol owns the worker's stdout; anything else printed goes to stderr."""
+
+    def __init__(self):
+        self.out = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+
+    def wait(self) -> None:
+        if sys.stdin.readline().strip() != "go":
+            sys.exit("the benchmark driver went away")
+
+    def done(self) -> None:
+        self.out.write("done\n")
+        self.out.flush()
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
 
@@ -101,11 +121,13 @@ def worker_rankloop(args) -> dict:
                     critic=args.critic, critic_lora_layers=args.critic_lora_layers,
                     lora_layers=int(args.lora_layers))
     prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
+    turns = Turns()
+    turns.wait()
     t0 = time.perf_counter()
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(path=rm),
                     out_dir=RESULTS / f"ppo-rankloop-lora{args.lora_layers}", reward_model=rm,
-                    progress=False,
-                    log=None)
+                    progress=False, log=None,
+                    on_step=lambda row: (turns.done(), turns.wait()))
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
     mean = lambda k: statistics.median(h[k] for h in steps)  # noqa: E731
     name = f"rankloop (critic={args.critic}"
@@ -181,6 +203,8 @@ def worker_trl(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    turns = Turns()
+    turns.wait()
     path, rm_path = args.policy, str(RESULTS / "rm-smollm2")
     tok = load_anchor_tokenizer(path)
     lm_cfg = load_anchor_config(path, "lm")
@@ -226,6 +250,8 @@ def worker_trl(args) -> dict:
                      "update_s": float(stats["time/ppo/optimize_step"]),
                      "ppo_step_s": t_step, "step_s": t_gen + t_score + t_step,
                      "response_length": sum(len(r) for r in responses) / len(responses)})
+        turns.done()
+        turns.wait()
     per_step = [r["step_s"] for r in rows]
     rows = rows[1:]
     mean = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
@@ -238,15 +264,44 @@ def worker_trl(args) -> dict:
 
 
 # ---------------------------------------------------------------- driver
-def call(python, worker: str, args, extra=(), tag: str = "") -> dict:
+ENV = dict(os.environ, PYTHONPATH="", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+
+
+def worker_cmd(python, worker: str, args, extra=(), tag: str = "") -> tuple[list, Path]:
     out = RESULTS / f"ppo-{worker}{tag}.json"
     cmd = [str(python), __file__, "--worker", worker, "--steps", str(args.steps),
            "--threads", str(args.threads), "--critic", args.critic,
            "--critic-lora-layers", str(args.critic_lora_layers), "--out", str(out), *extra]
-    env = dict(os.environ, PYTHONPATH="", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1")
-    subprocess.run(cmd, check=True, env=env)
+    return cmd, out
+
+
+def call(python, worker: str, args, extra=()) -> dict:
+    cmd, out = worker_cmd(python, worker, args, extra)
+    subprocess.run(cmd, check=True, env=ENV)
     return json.loads(out.read_text())
+
+
+def run_lockstep(jobs: list[tuple[list, Path]], steps: int) -> list[dict]:
+    """Start every worker, then give each one step at a time, in turn (see `Turns`)."""
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=ENV) for cmd, _ in jobs]
+    try:
+        for _ in range(steps + 1):  # the warm-up step, then the timed ones
+            for p in procs:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+                if p.stdout.readline().strip() != "done":
+                    raise SystemExit(f"a worker failed: {p.args}")
+        for p in procs:  # let each finish (save, report) alone
+            p.stdin.write("go\n")
+            p.stdin.close()
+            if p.wait() != 0:
+                raise SystemExit(f"a worker failed: {p.args}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [json.loads(out.read_text()) for _, out in jobs]
 
 
 def main() -> None:
@@ -289,12 +344,11 @@ def main() -> None:
     print(f"logits check: max |rankloop - anchor| = {diff:.2e}")
     if diff > 1e-3:
         sys.exit(f"the two stacks disagree on the logits ({diff:.3g}): fix the anchor's config")
-    results = []
-    if not args.skip_anchor:
-        results.append(call(VENV_PY, "trl", args, ["--policy", policy]))
+    jobs = [] if args.skip_anchor else [worker_cmd(VENV_PY, "trl", args, ["--policy", policy])]
     for layers in str(args.lora_layers).split(","):
-        results.append(call(sys.executable, "rankloop", args, ["--lora-layers", layers],
-                            tag=f"-lora{layers}"))
+        jobs.append(worker_cmd(sys.executable, "rankloop", args, ["--lora-layers", layers],
+                               tag=f"-lora{layers}"))
+    results = run_lockstep(jobs, args.steps)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "steps_timed": args.steps,
               "threads": args.threads, "logits_max_abs_diff": diff, "results": results}
@@ -302,6 +356,8 @@ def main() -> None:
         a = results[0]
         for r in results[1:]:
             r["speedup_vs_anchor"] = a["step_s"] / r["step_s"]
+            rounds = [x / y for x, y in zip(a["per_step_s"][1:], r["per_step_s"][1:])]
+            r["speedup_per_round"] = rounds
             r["memory_vs_anchor"] = r["peak_rss_gb"] / a["peak_rss_gb"]
     (RESULTS / "ppo.json").write_text(json.dumps(report, indent=1) + "\n")
     cols = ("step_s", "generation_s", "scoring_s", "reference_s", "update_s", "peak_rss_gb",
@@ -312,7 +368,9 @@ def main() -> None:
                                                  for c in cols))
     for r in results[1:]:
         if "speedup_vs_anchor" in r:
-            print(f"{r['system']}: {r['speedup_vs_anchor']:.2f}x faster per step, peak memory "
+            rounds = r["speedup_per_round"]
+            print(f"{r['system']}: {r['speedup_vs_anchor']:.2f}x faster per step (per round: "
+                  f"{min(rounds):.2f}x to {max(rounds):.2f}x), peak memory "
                   f"{r['memory_vs_anchor']:.2f}x the anchor's")
 
 

@@ -33,14 +33,14 @@ from tqdm.auto import tqdm
 from rankloop.data.models import load_tokenizer
 from rankloop.data.records import Prompt, content_hash
 from rankloop.data.runtime import use_bf16
-from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype
+from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
 
 from . import core
 from .config import PPOConfig
 from .models import (Actor, build_critic, load_policy, load_trainable_state, merged_adapter,
                      save_critic, save_policy, trainable_state)
 from .rewards import missing_eos_penalty
-from .sampling import autocast, encode_chats, left_pad
+from .sampling import autocast, encode_chats, left_pad, sampling_kwargs
 
 CHECKPOINTS = "checkpoints"
 
@@ -122,13 +122,16 @@ def train_ppo(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     accelerator=None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> PPOResult:
     """Run PPO and save the policy to `out_dir` (checkpoints under `out_dir/checkpoints/`).
 
     `policy`: start checkpoint (plain or LoRA adapter folder). `reward_fn(prompts, responses)`
     gives one score per response (see `ppo/rewards.py`). `reward_model`: the reward model's
     folder, used to initialise the critic (PPO-max) when config.critic == 'reward'.
-    `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards.
+    `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards. `on_step(row)` is
+    called with each step's metrics (the row `history` gets) once the step and its checkpoint
+    are done, on every process.
     """
     from rankloop.data.runtime import new_accelerator
 
@@ -223,9 +226,9 @@ def train_ppo(
         torch.manual_seed(step_seed(config.seed, step, rank, "sample"))
         with torch.no_grad(), autocast(device, bf16), merged_adapter(raw_actor.lm):
             generated = raw_actor.lm.generate(
-                input_ids=query, attention_mask=query_mask, do_sample=True,
-                temperature=config.temperature, top_k=0, top_p=1.0,
-                max_new_tokens=config.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                input_ids=query, attention_mask=query_mask,
+                **sampling_kwargs(config.temperature), max_new_tokens=config.max_new_tokens,
+                pad_token_id=pad_id, eos_token_id=eos_id,
                 use_cache=True)
         response = generated[:, query.shape[1]:]  # (B, T)
         B, T = response.shape
@@ -306,13 +309,17 @@ def train_ppo(
                     perm = torch.randperm(B, generator=shuffle)
                 mb = perm[mb_start:mb_start + config.mini_batch_size].to(device)
                 mb_mask = mask[mb]  # (b, T)
+                # drop the left-padding columns no row of this mini-batch needs (prompts are
+                # left-padded to the longest of the whole batch): less work, same result
+                lo = int(attention_mask[mb].any(0).int().argmax())
+                mb_ids, mb_attn = input_ids[mb, lo:], attention_mask[mb, lo:]  # (b, L - lo)
                 with autocast(device, bf16):
                     loss = torch.zeros((), device=device)
                     mb_stats = {}
                     if not pretraining_critic or config.critic == "policy":
                         new_logits, new_values = actor(
-                            input_ids[mb], attention_mask[mb], n_last=T + 1,
-                            lower=policy_lower[mb] if policy_lower is not None else None)
+                            mb_ids, mb_attn, n_last=T + 1,
+                            lower=policy_lower[mb, lo:] if policy_lower is not None else None)
                         new_logprobs, new_logits = _sequence_logprobs(
                             new_logits[:, :-1], response[mb], config.temperature)
                     if not pretraining_critic:
@@ -333,8 +340,8 @@ def train_ppo(
                             mb_stats.update(ptx_stats)
                     if critic is not None:
                         new_values = critic(
-                            input_ids[mb], attention_mask[mb], n_last=T + 1,
-                            lower=critic_lower[mb] if critic_lower is not None else None)
+                            mb_ids, mb_attn, n_last=T + 1,
+                            lower=critic_lower[mb, lo:] if critic_lower is not None else None)
                     new_values = new_values[:, :-1].float()  # (b, T)
                     vf_loss, vf_stats = core.value_loss(
                         new_values, values[mb], returns[mb], mb_mask,
@@ -406,6 +413,9 @@ def train_ppo(
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, actor_opt,
                             critic_opt, kl_ctl, accelerator)
+        release_freed_memory()  # see data/training.py: keeps the resident memory from creeping
+        if on_step is not None:
+            on_step(row)
     bar.close()
 
     # ---- save ----------------------------------------------------------------------------------

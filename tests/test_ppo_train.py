@@ -383,3 +383,25 @@ def test_bf16_run_keeps_the_reference_weights_bit_for_bit(peaked_lm, tmp_path):
     # the adapter did move (so a merge/unmerge round trip would have rounded them)
     assert any(p.abs().max() > 0 for n, p in base.named_parameters() if "lora_B" in n)
     assert all(torch.isfinite(torch.tensor(h["objective/scores"])) for h in res.history)
+
+
+@pytest.mark.parametrize("lora_layers", [0, 1])
+def test_update_on_trimmed_mini_batches_sees_the_rollouts_log_probs_and_values(
+        peaked_lm, tmp_path, lora_layers):
+    """Prompts of very different lengths share a batch; each mini-batch drops the left padding
+    it does not need. With a negligible learning rate the update must see exactly the rollout's
+    log-probs (approximate KL ~ 0, ratio 1) and values (none outside a 1e-4 clip range)."""
+    lm, target = peaked_lm
+    long = " ".join(["explain the gears of a bicycle and why they matter"] * 4)
+    prompts = [Prompt.from_text(t) for t in ("hi", long, "ok", "yes", "no", long, "a", "b")]
+    rows = []
+    res = train_ppo(cfg(steps=2, lr=1e-9, critic_lr=1e-9, lora_layers=lora_layers,
+                        cliprange_value=1e-4, kl_coef=0.0),
+                    policy=str(lm), prompts=prompts, reward_fn=count_reward(target),
+                    out_dir=tmp_path / "p", progress=False, log=None, on_step=rows.append)
+    assert rows == res.history  # on_step saw every step's metrics
+    for r in res.history:
+        assert r["policy/approxkl"] < 1e-9
+        assert r["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+        assert r["policy/clipfrac"] == 0.0
+        assert r["val/clipfrac"] == 0.0
