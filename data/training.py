@@ -1,5 +1,5 @@
 """Speed and memory helpers the trainers share: attention on the CPU, LoRA inputs under
-autocast, freed memory handed back to the OS between steps.
+autocast, compiled transformer blocks, freed memory handed back to the OS between steps.
 
 Attention on the CPU: SDPA in fp32 inside bf16 autocast
 --------------------------------------------------------
@@ -127,3 +127,22 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def compile_blocks(model) -> int:
+    """`torch.compile` every transformer block of a transformers model (or a peft model around
+    one), with dynamic shapes so that batches of new lengths do not recompile; returns how many.
+
+    Blocks rather than the whole model: the blocks share one compiled graph, and the model's
+    Python around them (masks, packing, the loss) stays eager. Inductor fuses the element-wise
+    work between the matrix products (norms, rotary embeddings, SiLU, residual adds, the LoRA
+    branch), which is a third of an eager step on the CPU. Compiling costs ~50 s on 2 CPU cores
+    for SmolLM2-135M's forward and backward the first time (~15 s with inductor's on-disk cache
+    warm), paid in the first step.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)

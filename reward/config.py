@@ -65,6 +65,9 @@ class RewardConfig:
     """bf16 autocast: 'auto' (where the CPU or GPU has fast bf16), 'yes' or 'no'."""
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: far less memory, about a third more compute (see docs/benchmarks.md)."""
+    compile: bool = False
+    """torch.compile each transformer block (dynamic shapes): faster steps after a one-off compile
+    (CPU: needs a C++ compiler; see docs/reward.md for when it pays off)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     eval_every: int = 0

@@ -22,6 +22,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.data.training import (keep_adapter_inputs_in_autocast_dtype, release_freed_memory,
-                                    use_training_attention)
+from rankloop.data.training import (compile_blocks, keep_adapter_inputs_in_autocast_dtype,
+                                    release_freed_memory, use_training_attention)
 
 from . import losses, metrics
 from .config import RewardConfig
@@ -359,12 +360,15 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, history: list[dict])
 def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                  round: int | None = None, resume: bool = False, progress: bool = True,
                  log_dir: str | Path | None = None, accelerator=None,
-                 max_steps: int | None = None) -> TrainResult:
+                 max_steps: int | None = None,
+                 on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """Fit a reward model on the labels of comparisons up to `round` and save it to `out_dir`.
 
     Checkpoints go to `out_dir` + "-checkpoints" (every `cfg.checkpoint_every` steps);
     `resume=True` continues from the newest one. `max_steps` stops early (for tests and
-    benchmarks); the learning-rate schedule still spans the whole run.
+    benchmarks); the learning-rate schedule still spans the whole run. `on_step(row)` is called
+    with each optimizer step's statistics (the row `history` gets) once the step, its
+    evaluation and its checkpoint are done.
     """
     from rankloop.data.runtime import new_accelerator
     from accelerate.utils import set_seed
@@ -414,6 +418,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                     p.data = p.data.float()
             keep_adapter_inputs_in_autocast_dtype(model)
     model.config.use_cache = False
+    if cfg.compile:
+        compile_blocks(model)
     module = RewardModule(model, initial_log_tie(cfg))
     module.log_tie.requires_grad_(cfg.loss in ("rao-kupper", "davidson"))
 
@@ -510,6 +516,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                 accelerator.log(ev, step=step)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < stop:
             save_checkpoint(accelerator, ckpt_dir, step, history)
+        if on_step is not None:
+            on_step(history[-1])
     bar.close()
     loop_seconds = time.perf_counter() - t_loop
     train_seconds = time.perf_counter() - t0

@@ -89,13 +89,15 @@ def score_open_comparisons(project, reward_dir: Path, scorer=None, progress: boo
               "every N steps.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Recompute activations in the backward pass: less memory, slower.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile each transformer block: faster steps after a one-off compile.")
 @click.option("--log-with", type=click.Choice(["", "tensorboard", "wandb"]), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
 @user_errors
 def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad, aggregate,
                      eval_fraction, max_length, lora_r, seed, checkpoint_every,
-                     gradient_checkpointing, log_with, resume, project_dir):
+                     gradient_checkpointing, compile_, log_with, resume, project_dir):
     """Fit the reward model on every label up to the round; save it to rounds/R/reward/.
 
     Options override the [reward] section of rankloop.toml for this run. The model is saved
@@ -116,7 +118,8 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
                   lr=lr, loss=loss, both_bad=both_bad, aggregate=aggregate,
                   eval_fraction=eval_fraction, max_length=max_length, lora_r=lora_r, seed=seed,
                   checkpoint_every=checkpoint_every,
-                  gradient_checkpointing=gradient_checkpointing, log_with=log_with)
+                  gradient_checkpointing=gradient_checkpointing, compile=compile_,
+                  log_with=log_with)
     if round_ is None:
         round_ = next_reward_round(project.store)
     try:
