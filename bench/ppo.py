@@ -4,10 +4,9 @@ Setting (issue 5): SmolLM2-135M-Instruct policy, 8 prompts per batch, 32 new tok
 epochs, mini-batch 4, the same bundled prompts, and the same reward model for both: a
 SmolLM2-135M sequence classifier (the policy's backbone with a seeded random score head), built
 once under bench/results/. Each system runs in its own process (peak RSS = that process's
-ru_maxrss, model loading included), all started together and run in lockstep: the driver lets
-one process run one PPO step at a time, in turn (anchor step 1, rankloop step 1, anchor step 2,
-...), so the machine's drift (it is shared: its speed moves by up to 1.5x within an hour) hits
-both systems alike. Times are medians over the timed steps (the first step of each process,
+ru_maxrss, model loading included), all started together and run in lockstep (bench/lockstep.py):
+the driver lets one process run one PPO step at a time, in turn (anchor step 1, rankloop step 1,
+anchor step 2, ...), so the machine's drift hits both systems alike. Times are medians over the timed steps (the first step of each process,
 which also loads the models, is a warm-up and not counted); the speed-up is also given per
 round (anchor step r / rankloop step r) with its range.
 
@@ -41,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from lockstep import Turns, run_lockstep
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 VENV = HERE / ".venv-trl011"
@@ -58,23 +59,6 @@ def setup_venv() -> None:
     pip = [VENV_PY, "-m", "pip", "install", "-q"]
     subprocess.run(pip + ["torch==2.13.0"], check=True)
     subprocess.run(pip + ["trl==0.11.4", "transformers==4.46.3", "rich"], check=True)
-
-
-class Turns:
-    """Worker side of the lockstep: wait for the driver's "go" before each step, say "done"
-    after it. The protocol owns the worker's stdout; anything else printed goes to stderr."""
-
-    def __init__(self):
-        self.out = os.fdopen(os.dup(1), "w")
-        os.dup2(2, 1)
-
-    def wait(self) -> None:
-        if sys.stdin.readline().strip() != "go":
-            sys.exit("the benchmark driver went away")
-
-    def done(self) -> None:
-        self.out.write("done\n")
-        self.out.flush()
 
 
 def peak_rss_gb() -> float:
@@ -127,7 +111,7 @@ def worker_rankloop(args) -> dict:
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(path=rm),
                     out_dir=RESULTS / f"ppo-rankloop-lora{args.lora_layers}", reward_model=rm,
                     progress=False, log=None,
-                    on_step=lambda row: (turns.done(), turns.wait()))
+                    on_step=turns.step)
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
     mean = lambda k: statistics.median(h[k] for h in steps)  # noqa: E731
     name = f"rankloop (critic={args.critic}"
@@ -250,8 +234,7 @@ def worker_trl(args) -> dict:
                      "update_s": float(stats["time/ppo/optimize_step"]),
                      "ppo_step_s": t_step, "step_s": t_gen + t_score + t_step,
                      "response_length": sum(len(r) for r in responses) / len(responses)})
-        turns.done()
-        turns.wait()
+        turns.step()
     per_step = [r["step_s"] for r in rows]
     rows = rows[1:]
     mean = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
@@ -279,29 +262,6 @@ def call(python, worker: str, args, extra=()) -> dict:
     cmd, out = worker_cmd(python, worker, args, extra)
     subprocess.run(cmd, check=True, env=ENV)
     return json.loads(out.read_text())
-
-
-def run_lockstep(jobs: list[tuple[list, Path]], steps: int) -> list[dict]:
-    """Start every worker, then give each one step at a time, in turn (see `Turns`)."""
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=ENV) for cmd, _ in jobs]
-    try:
-        for _ in range(steps + 1):  # the warm-up step, then the timed ones
-            for p in procs:
-                p.stdin.write("go\n")
-                p.stdin.flush()
-                if p.stdout.readline().strip() != "done":
-                    raise SystemExit(f"a worker failed: {p.args}")
-        for p in procs:  # let each finish (save, report) alone
-            p.stdin.write("go\n")
-            p.stdin.close()
-            if p.wait() != 0:
-                raise SystemExit(f"a worker failed: {p.args}")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return [json.loads(out.read_text()) for _, out in jobs]
 
 
 def main() -> None:
@@ -348,7 +308,8 @@ def main() -> None:
     for layers in str(args.lora_layers).split(","):
         jobs.append(worker_cmd(sys.executable, "rankloop", args, ["--lora-layers", layers],
                                tag=f"-lora{layers}"))
-    results = run_lockstep(jobs, args.steps)
+    run_lockstep([cmd for cmd, _ in jobs], ENV)
+    results = [json.loads(out.read_text()) for _, out in jobs]
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "steps_timed": args.steps,
               "threads": args.threads, "logits_max_abs_diff": diff, "results": results}

@@ -8,8 +8,12 @@ system. Systems, each in its own subprocess so peak RSS is its own:
   rankloop-full / rankloop-lora : rankloop.reward.train.train_reward (LoRA r=16, same modules)
   rankloop-*-gc : the same with gradient checkpointing on (as TRL's default)
 
-Reported per system: pairs/s over the training loop (model loading, tokenisation and saving
-excluded for both), peak RSS of the process, held-out accuracy on 128 further pairs from the
+The full fine-tuning systems run together in lockstep (bench/lockstep.py: all processes started
+at once, the driver lets one of them run one optimizer step at a time, in turn), then the LoRA
+systems the same way, so the machine's drift hits the systems of one group alike.
+
+Reported per system: pairs/s over the timed steps (every step but the first, whose turn also
+loads the model and tokenises the data; the same for both), peak RSS of the process, held-out accuracy on 128 further pairs from the
 same simulated task (scored by the same function for every system), and model-FLOPs
 utilisation against the bf16 matmul peak (820 GFLOP/s here): model FLOPs = 6 N per real
 (non-padding) token for full fine-tuning, 4 N for LoRA (frozen weights need no weight
@@ -26,13 +30,12 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from lockstep import Turns, run_lockstep
 
 from rankloop.data.models import DEFAULT_MODEL, default_model_path
 from rankloop.reward.simulate import SimulatedTask, simulate_pairs
@@ -78,10 +81,10 @@ def non_embedding_params(model) -> int:
                if "embed" not in n and "lora_" not in n)
 
 
-def run_trl(system: str, train, held, batch: int) -> dict:
+def run_trl(system: str, train, held, batch: int, turns: Turns) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
     path = str(default_model_path())
@@ -97,13 +100,15 @@ def run_trl(system: str, train, held, batch: int) -> dict:
                         logging_steps=1000, dataloader_num_workers=0, seed=0)
     peft_config = (LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS,
                               task_type="SEQ_CLS") if system == "trl-lora" else None)
+    class Pace(TrainerCallback):
+        def on_step_end(self, *_args, **_kwargs):
+            turns.step()
+
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                            peft_config=peft_config)
-    t = time.perf_counter()
+                            peft_config=peft_config, callbacks=[Pace()])
     trainer.train()
-    seconds = time.perf_counter() - t
     tokens = int(trainer._total_train_tokens)
-    return {"seconds": seconds, "tokens": tokens, "peak_rss_gb": peak_rss_gb(),
+    return {"tokens": tokens, "peak_rss_gb": peak_rss_gb(),
             "heldout_accuracy": heldout_accuracy(trainer.model, tok, held),
             "n_params": non_embedding_params(trainer.model),
             "gradient_checkpointing": bool(args.gradient_checkpointing),
@@ -116,7 +121,7 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def run_rankloop(system: str, train, held, batch: int, overrides: dict) -> dict:
+def run_rankloop(system: str, train, held, batch: int, overrides: dict, turns: Turns) -> dict:
     from rankloop.data.records import Label
     from rankloop.data.store import Store
     from rankloop.reward.config import RewardConfig
@@ -136,27 +141,34 @@ def run_rankloop(system: str, train, held, batch: int, overrides: dict) -> dict:
     cfg = RewardConfig(lora=lora, lora_r=16, lora_alpha=32, batch_size=batch, epochs=1,
                        eval_fraction=0.0, lr=1e-4, **overrides)
     out = Path(tempfile.mkdtemp()) / "reward"
-    result = train_reward(store, cfg, out, base=DEFAULT_MODEL, progress=False)
+    result = train_reward(store, cfg, out, base=DEFAULT_MODEL, progress=False,
+                          on_step=turns.step)
     rss = peak_rss_gb()  # training, final scoring and saving included
     scorer = RewardScorer.from_pretrained(out)
-    return {"seconds": result.loop_seconds, "tokens": result.train_tokens, "peak_rss_gb": rss,
+    return {"tokens": result.train_tokens, "peak_rss_gb": rss,
             "heldout_accuracy": heldout_accuracy(scorer.model, scorer.tokenizer, held),
             "n_params": non_embedding_params(scorer.model),
             "gradient_checkpointing": cfg.gradient_checkpointing, "lr": cfg.learning_rate}
 
 
-def child(system: str, n_pairs: int, batch: int, overrides: dict) -> None:
+def child(system: str, n_pairs: int, batch: int, overrides: dict, out: str) -> None:
+    turns = Turns()
+    turns.wait()  # the first turn: data, model loading and the first step
     torch.manual_seed(0)
     train, held = data(n_pairs, 128, seed=0)
     if system.startswith("trl"):
-        res = run_trl(system, train, held, batch)
+        res = run_trl(system, train, held, batch, turns)
     else:
-        res = run_rankloop(system, train, held, batch, overrides)
+        res = run_rankloop(system, train, held, batch, overrides, turns)
+    timed = turns.seconds[1:]  # the steps after the first
+    steps = len(turns.seconds)
+    res["seconds"] = sum(timed) / len(timed) * steps  # the loop's time at the timed steps' pace
     lora = "lora" in system
     flops = (4 if lora else 6) * res["n_params"] * res["tokens"]
-    res.update(system=system, pairs=n_pairs, pairs_per_s=n_pairs / res["seconds"],
-               process_peak_rss_gb=peak_rss_gb(), mfu=flops / res["seconds"] / (PEAK_GFLOPS * 1e9))
-    print("RESULT " + json.dumps(res), flush=True)
+    res.update(system=system, pairs=n_pairs, steps=steps, step_seconds=turns.seconds,
+               pairs_per_s=n_pairs / res["seconds"], process_peak_rss_gb=peak_rss_gb(),
+               mfu=flops / res["seconds"] / (PEAK_GFLOPS * 1e9))
+    Path(out).write_text(json.dumps(res))
 
 
 def parse_value(text: str):
@@ -176,11 +188,12 @@ def main() -> None:
                     help="Override a [reward] setting for the rankloop systems "
                     "(e.g. --set gradient_checkpointing=true); repeatable.")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
     overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     if args.child:
-        return child(args.child, args.pairs, args.batch_size, overrides)
+        return child(args.child, args.pairs, args.batch_size, overrides, args.child_out)
 
     train, _ = data(args.pairs, 128, seed=0)
     from transformers import AutoTokenizer
@@ -193,22 +206,27 @@ def main() -> None:
     print(f"data: {args.pairs} pairs; prompt tokens mean {sum(p_len) / len(p_len):.1f}, "
           f"response tokens {min(r_len)}-{max(r_len)} (mean {sum(r_len) / len(r_len):.1f}); "
           f"batch {args.batch_size} pairs, 1 epoch")
-    results = []
     if overrides:
         print(f"rankloop settings: {overrides}")
-    for system in args.systems.split(","):
-        cmd = [sys.executable, __file__, "--child", system, "--pairs", str(args.pairs),
-               "--batch-size", str(args.batch_size), *(f"--set={kv}" for kv in args.set)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{system} failed:\n{proc.stderr[-3000:]}")
-            continue
-        res = json.loads(line[-1][7:])
-        results.append(res)
-        print(f"{system:14s} {res['pairs_per_s']:6.2f} pairs/s  {res['seconds']:6.1f} s  "
-              f"RSS {res['peak_rss_gb']:.2f} GB  held-out acc {res['heldout_accuracy']:.3f}  "
-              f"MFU {100 * res['mfu']:.1f}%  ({res['tokens']} tokens)", flush=True)
+    systems = args.systems.split(",")
+    groups = [[x for x in systems if "lora" not in x], [x for x in systems if "lora" in x]]
+    tmp = Path(tempfile.mkdtemp())
+    results = []
+    for group in filter(None, groups):  # one lockstep group at a time: full, then LoRA
+        print(f"lockstep: {', '.join(group)}", flush=True)
+        cmds = [[sys.executable, __file__, "--child", system, "--child-out", str(tmp / system),
+                 "--pairs", str(args.pairs), "--batch-size", str(args.batch_size),
+                 *(f"--set={kv}" for kv in args.set)] for system in group]
+        run_lockstep(cmds, dict(os.environ))
+        for system in group:
+            res = json.loads((tmp / system).read_text())
+            results.append(res)
+            print(f"{system:16s} {res['pairs_per_s']:6.2f} pairs/s  {res['seconds']:6.1f} s  "
+                  f"(first step {res['step_seconds'][0]:.1f} s, all steps "
+                  f"{sum(res['step_seconds']):.1f} s)  "
+                  f"RSS {res['peak_rss_gb']:.2f} GB  held-out acc "
+                  f"{res['heldout_accuracy']:.3f}  MFU {100 * res['mfu']:.1f}%  "
+                  f"({res['tokens']} tokens)", flush=True)
     by = {r["system"]: r for r in results}
     for kind in ("full", "lora", "full-gc", "lora-gc"):
         a, b = by.get(f"trl-{kind.removesuffix('-gc')}"), by.get(f"rankloop-{kind}")
