@@ -4,11 +4,12 @@ Setting (issue 5): SmolLM2-135M-Instruct policy, 8 prompts per batch, 32 new tok
 epochs, mini-batch 4, the same bundled prompts, and the same reward model for both: a
 SmolLM2-135M sequence classifier (the policy's backbone with a seeded random score head), built
 once under bench/results/. Each system runs in its own process (peak RSS = that process's
-ru_maxrss, model loading included), all started together and run in lockstep (bench/lockstep.py):
-the driver lets one process run one PPO step at a time, in turn (anchor step 1, rankloop step 1,
-anchor step 2, ...), so the machine's drift hits both systems alike. Times are medians over the timed steps (the first step of each process,
-which also loads the models, is a warm-up and not counted); the speed-up is also given per
-round (anchor step r / rankloop step r) with its range.
+ru_maxrss, model loading included), all started together and run in lockstep
+(bench/lockstep.py): the driver lets one process run one PPO step at a time, in turn (anchor
+step 1, rankloop step 1, anchor step 2, ...), so the machine's drift hits both systems alike.
+Times are medians over the timed steps (the first step of each process, which also loads the
+models, is a warm-up and not counted); the speed-up is also given per round (anchor step r /
+rankloop step r) with its range.
 
   anchor   : trl==0.11.4 PPOTrainer (`step(queries, responses, rewards)`), transformers 4.46.3,
              full fine-tuning fp32, value head on the policy, a second full reference copy. It

@@ -13,8 +13,8 @@ at once, the driver lets one of them run one optimizer step at a time, in turn),
 systems the same way, so the machine's drift hits the systems of one group alike.
 
 Reported per system: pairs/s over the timed steps (every step but the first, whose turn also
-loads the model and tokenises the data; the same for both), peak RSS of the process, held-out accuracy on 128 further pairs from the
-same simulated task (scored by the same function for every system), and model-FLOPs
+loads the model and tokenises the data; the same for both), peak RSS of the process, held-out
+accuracy on 128 further pairs from the same simulated task (scored by the same function for every system), and model-FLOPs
 utilisation against the bf16 matmul peak (820 GFLOP/s here): model FLOPs = 6 N per real
 (non-padding) token for full fine-tuning, 4 N for LoRA (frozen weights need no weight
 gradient), N = non-embedding parameters; recomputation and padding are not counted.

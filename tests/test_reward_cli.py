@@ -115,3 +115,19 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
                                        task.comparison.response_ids, "A"))
         store.db.execute("delete from leases")
     assert order[0] == unsure and order[1] == middle and order[2] == sure
+
+
+def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
+    import rankloop.app.commands.reward as cmd
+
+    seen = []
+
+    def stop(project, round_, cfg, **kwargs):
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cmd, "train_round", stop)
+    run("train-reward", "--project", project.root, "--compile", "--gradient-checkpointing")
+    run("train-reward", "--project", project.root)
+    assert (seen[0].compile, seen[0].gradient_checkpointing) == (True, True)
+    assert (seen[1].compile, seen[1].gradient_checkpointing) == (False, False)  # the defaults
