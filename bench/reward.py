@@ -5,7 +5,9 @@ responses ~40-60 tokens), batch 8 pairs, one epoch, bf16 autocast; the same data
 system. Systems, each in its own subprocess so peak RSS is its own:
   trl-full   : trl.RewardTrainer, its defaults (gradient checkpointing on, lr 1e-4, bf16)
   trl-lora   : the same with peft LoraConfig(r=16) on the attention and MLP projections
-  rankloop-full / rankloop-lora : rankloop.reward.train.train_reward (LoRA r=16, same modules)
+  rankloop-full / rankloop-lora : rankloop.reward.train.train_reward (LoRA r=16, same modules),
+                  its defaults otherwise: `compile = "auto"` compiles this 32-step run where
+                  torch.compile works (`--set compile=no` for the eager figures)
   rankloop-*-gc : the same with gradient checkpointing on (as TRL's default)
 
 The full fine-tuning systems run together in lockstep (bench/lockstep.py: all processes started

@@ -1,5 +1,5 @@
 """Speed and memory helpers the trainers share: attention on the CPU, LoRA inputs under
-autocast, compiled transformer blocks, freed memory handed back to the OS between steps.
+autocast, compiled transformer blocks, freed memory handed back to the OS.
 
 Attention on the CPU: SDPA in fp32 inside bf16 autocast
 --------------------------------------------------------
@@ -116,17 +116,44 @@ def release_freed_memory() -> bool:
     PyTorch's CPU tensors come from malloc. A training step allocates and frees activations
     whose shapes change from batch to batch, and glibc keeps freed pages in its heaps rather
     than returning them, so the resident memory of a training process climbs step after step
-    far above what is live: in the reward trainer (SmolLM2-135M, LoRA, gradient checkpointing,
-    256 pairs) from 0.8 to 1.9 GB over 32 steps; with `malloc_trim(0)` after each step it ended
-    at 1.2 GB, and the peak (inside a step) fell from 1.9 to 1.8 GB. The trainers call this
-    once per optimizer step; it costs tens of milliseconds (20-65 ms after freeing 2.4 GB in
-    pieces, here). Returns False where there is no glibc (macOS, Windows, musl).
+    far above what is live (reward trainer, SmolLM2-135M, LoRA, 256 pairs, batch shapes of
+    every length: from 1.7 to 2.8 GB over 32 steps). `malloc_trim(0)` hands those pages back,
+    but calling it after every step cost ~20% of the step time on the CPU (the next step
+    page-faults all of its activation memory in again), so the reward trainer calls it only
+    between phases (after training, before the save) and instead keeps its batch shapes
+    repeating (`RewardConfig.pad_to_multiple_of`), which lets malloc reuse what it holds. The
+    PPO loop still calls it after each step. Returns False where there is no glibc (macOS,
+    Windows, musl).
     """
     trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
     return True
+
+
+COMPILE_MIN_STEPS = 32
+"""`compile = "auto"` compiles from this many optimizer steps: the compile (~15-35 s for
+SmolLM2-135M on a 2-core CPU) against ~0.5-1 s saved per step (docs/benchmarks.md)."""
+
+
+@functools.cache
+def compile_works(device_type: str) -> bool:
+    """Whether `torch.compile` builds and runs a kernel on this kind of device here (on the CPU,
+    inductor needs a C++ compiler); checked once per process with a one-line function."""
+    try:
+        fn = torch.compile(lambda x: torch.sin(x) * 2 + 1, dynamic=False)
+        x = torch.linspace(0, 1, 8, device=device_type)
+        return bool(torch.allclose(fn(x), torch.sin(x) * 2 + 1))
+    except Exception:  # noqa: BLE001 (no compiler, no headers, an unsupported platform...)
+        return False
+
+
+def use_compile(setting: str, steps: int, device_type: str) -> bool:
+    """The `compile` setting ('auto', 'yes', 'no') for a run of `steps` optimizer steps."""
+    if setting != "auto":
+        return setting == "yes"
+    return steps >= COMPILE_MIN_STEPS and compile_works(device_type)
 
 
 def compile_blocks(model) -> int:

@@ -65,9 +65,13 @@ class RewardConfig:
     """bf16 autocast: 'auto' (where the CPU or GPU has fast bf16), 'yes' or 'no'."""
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: far less memory, about a third more compute (see docs/benchmarks.md)."""
-    compile: bool = False
-    """torch.compile each transformer block (dynamic shapes): faster steps after a one-off compile
-    (CPU: needs a C++ compiler; see docs/reward.md for when it pays off)."""
+    compile: str = "auto"
+    """torch.compile each transformer block (dynamic shapes): faster steps and less memory after a
+    one-off compile. 'auto': when the run has at least 32 optimizer steps and torch.compile works
+    here (on the CPU it needs a C++ compiler); 'yes' or 'no' (see docs/reward.md)."""
+    pad_to_multiple_of: int = 16
+    """Pad each batch's packed rows to a multiple of this many tokens: batch shapes repeat, so the
+    C allocator reuses freed activation memory instead of growing (see docs/reward.md)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     eval_every: int = 0
@@ -78,6 +82,10 @@ class RewardConfig:
     """Tracker for accelerate: '', 'tensorboard' or 'wandb' (written under logs/)."""
 
     def validate(self) -> None:
+        if isinstance(self.compile, bool):  # the Python API's compile=True / False
+            self.compile = "yes" if self.compile else "no"
+        if self.compile not in ("auto", "yes", "no"):
+            raise ConfigError("[reward] compile must be 'auto', 'yes' or 'no'")
         if self.loss not in LOSSES:
             raise ConfigError(f"[reward] loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.both_bad not in ("drop", "tie"):
@@ -88,7 +96,8 @@ class RewardConfig:
             raise ConfigError("[reward] bf16 must be 'auto', 'yes' or 'no'")
         if self.log_with not in ("", "tensorboard", "wandb"):
             raise ConfigError("[reward] log_with must be '', 'tensorboard' or 'wandb'")
-        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length"):
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length",
+                     "pad_to_multiple_of"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[reward] {name} must be at least 1")
         for name in ("lr", "weight_decay", "center_coef", "max_grad_norm", "margin_slightly",

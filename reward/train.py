@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rankloop.data.training import (compile_blocks, keep_adapter_inputs_in_autocast_dtype,
-                                    release_freed_memory, use_training_attention)
+                                    release_freed_memory, use_compile, use_training_attention)
 
 from . import losses, metrics
 from .config import RewardConfig
@@ -81,6 +81,7 @@ class TrainResult:
     train_tokens: int = 0
     loop_seconds: float = 0.0  # the optimisation loop alone (no loading, evaluation, saving)
     history: list[dict] = field(default_factory=list)
+    compiled: bool = False  # the transformer blocks ran through torch.compile
 
 
 class RewardModule(torch.nn.Module):
@@ -159,13 +160,14 @@ class Batch:
         return self
 
 
-def pack(groups: list[list[list[int]]], pad_id: int):
+def pack(groups: list[list[list[int]]], pad_id: int, multiple: int = 1):
     """Pack each group of sequences into one row: shared prefix once, then each sequence's rest.
 
     Returns (input_ids (E, T), position_ids (E, T), mask (E, 1, T, T), ends (S,), tokens). In a
     row, a token of segment k attends causally to the prefix and to segment k; positions of
     every segment continue from the prefix, as if the sequence were alone. Padding attends to
-    itself only (a query row with no key gives NaN in SDPA).
+    itself only (a query row with no key gives NaN in SDPA). T is the longest row rounded up to
+    a multiple of `multiple` (see `RewardConfig.pad_to_multiple_of`).
     """
     rows, segs = [], []
     for seqs in groups:
@@ -176,7 +178,7 @@ def pack(groups: list[list[list[int]]], pad_id: int):
             pos += range(n, len(s))
             seg += [k] * (len(s) - n)
         rows.append((row, pos, seg))
-    t = max(len(r) for r, _, _ in rows)
+    t = -(-max(len(r) for r, _, _ in rows) // multiple) * multiple
     e = len(rows)
     input_ids = torch.full((e, t), pad_id, dtype=torch.long)
     position_ids = torch.zeros((e, t), dtype=torch.long)
@@ -195,7 +197,7 @@ def pack(groups: list[list[list[int]]], pad_id: int):
     return input_ids, position_ids, mask[:, None], torch.tensor(ends), int((seg_ids >= 0).sum())
 
 
-def collate(items: list[Encoded], pad_id: int) -> Batch:
+def collate(items: list[Encoded], pad_id: int, multiple: int = 1) -> Batch:
     better, worse, tie, margin, weight = [], [], [], [], []
     kmax = max(len(it.ids) for it in items)
     slots = torch.full((len(items), kmax), -1, dtype=torch.long)
@@ -212,7 +214,7 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
             margin.append(p.margin)
             weight.append(p.weight)
         base += k
-    input_ids, position_ids, mask, ends, tokens = pack([it.ids for it in items], pad_id)
+    input_ids, position_ids, mask, ends, tokens = pack([it.ids for it in items], pad_id, multiple)
     return Batch(input_ids, position_ids, mask, ends, torch.tensor(better), torch.tensor(worse),
                  torch.tensor(tie), torch.tensor(margin, dtype=torch.float32),
                  torch.tensor(weight, dtype=torch.float32), slots, tiers, tokens)
@@ -264,21 +266,21 @@ def initial_log_tie(cfg: RewardConfig) -> float:
 
 @torch.no_grad()
 def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, device,
-                  bf16: bool) -> list[torch.Tensor]:
+                  bf16: bool, multiple: int = 1) -> list[torch.Tensor]:
     """Rewards of every response of every item: a list of (K,) tensors, in item order."""
     module.eval()
     order = sorted(range(len(items)), key=lambda i: items[i].tokens)
     out: list[torch.Tensor] = [torch.empty(0)] * len(items)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id)
+        ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id, multiple)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             r = module(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
         r = r.float().cpu()  # (S,)
         for i, chunk in zip(idx, r.split([len(items[i].ids) for i in idx])):
             out[i] = chunk
-        release_freed_memory()
     module.train()
+    release_freed_memory()
     return out
 
 
@@ -418,8 +420,6 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                     p.data = p.data.float()
             keep_adapter_inputs_in_autocast_dtype(model)
     model.config.use_cache = False
-    if cfg.compile:
-        compile_blocks(model)
     module = RewardModule(model, initial_log_tie(cfg))
     module.log_tie.requires_grad_(cfg.loss in ("rao-kupper", "davidson"))
 
@@ -444,6 +444,9 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     world = accelerator.num_processes
     steps_total = max(1, len(schedule) // (world * cfg.grad_accum))
     schedule = schedule[:steps_total * world * cfg.grad_accum]  # equal work for every process
+    compiled = use_compile(cfg.compile, steps_total, device.type)
+    if compiled:  # marks the blocks; the compile itself happens in the first step
+        compile_blocks(model)
 
     params = [p for p in module.parameters() if p.requires_grad]
     # fused: one kernel over all parameters (0.3 s instead of 0.45 s per step for 135M)
@@ -481,7 +484,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     while step < stop:
         for micro in range(cfg.grad_accum):
             k = (step * cfg.grad_accum + micro) * world + accelerator.process_index
-            batch = collate([train_items[i] for i in schedule[k]], pad).to(device)
+            batch = collate([train_items[i] for i in schedule[k]], pad,
+                            cfg.pad_to_multiple_of).to(device)
             train_tokens += batch.tokens
             with accelerator.accumulate(module):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -496,7 +500,6 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-        release_freed_memory()
         step += 1
         logged = {k: float(v) for k, v in stats.items()}
         logged["reward/lr"] = scheduler.get_last_lr()[0]
@@ -509,7 +512,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
         if cfg.log_with:
             accelerator.log(logged, step=step)
         if cfg.eval_every and step % cfg.eval_every == 0 and eval_items and step < stop:
-            scores = score_encoded(module, eval_items, 2 * cfg.batch_size, pad, device, bf16)
+            scores = score_encoded(module, eval_items, 2 * cfg.batch_size, pad, device, bf16,
+                                   cfg.pad_to_multiple_of)
             ev = evaluate(eval_items, scores, 0.0, prefix="eval/")
             history[-1].update(ev)
             if cfg.log_with:
@@ -523,7 +527,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     train_seconds = time.perf_counter() - t0
 
     # 4. evaluation and reward statistics ------------------------------------------------------
-    train_scores = score_encoded(module, train_items, 2 * cfg.batch_size, pad, device, bf16)
+    train_scores = score_encoded(module, train_items, 2 * cfg.batch_size, pad, device, bf16,
+                                   cfg.pad_to_multiple_of)
     flat = torch.cat(train_scores)
     threshold = fit_tie_threshold(*pair_rewards(train_items, train_scores)[:3])
     result_metrics = {
@@ -539,7 +544,8 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
         name = "reward/epsilon" if cfg.loss == "rao-kupper" else "reward/nu"
         result_metrics[name] = float(accelerator.unwrap_model(module).log_tie.detach().exp())
     if eval_items:
-        scores = score_encoded(module, eval_items, 2 * cfg.batch_size, pad, device, bf16)
+        scores = score_encoded(module, eval_items, 2 * cfg.batch_size, pad, device, bf16,
+                                   cfg.pad_to_multiple_of)
         result_metrics.update(evaluate(eval_items, scores, threshold))
     if cfg.log_with:
         accelerator.log(result_metrics, step=step)
@@ -558,7 +564,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     return TrainResult(path=out_dir, metrics=result_metrics, steps=step,
                        train_examples=len(train_items), eval_examples=len(eval_items),
                        seconds=train_seconds, train_tokens=train_tokens,
-                       loop_seconds=loop_seconds, history=history)
+                       loop_seconds=loop_seconds, history=history, compiled=compiled)
 
 
 def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) -> None:

@@ -83,6 +83,11 @@ def test_score_rejects_bad_rows_and_missing_models(project, tmp_path):
 def test_bad_option_names_the_setting(project):
     out = run("train-reward", "--project", project.root, "--batch-size", "0")
     assert out.exit_code == 1 and "[reward] batch_size must be at least 1" in out.output
+    from rankloop.data.config import ConfigError
+    from rankloop.reward.config import RewardConfig
+
+    with pytest.raises(ConfigError, match=r"\[reward\] pad_to_multiple_of must be at least 1"):
+        RewardConfig(pad_to_multiple_of=0).validate()
 
 
 def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project):
@@ -129,5 +134,7 @@ def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
     monkeypatch.setattr(cmd, "train_round", stop)
     run("train-reward", "--project", project.root, "--compile", "--gradient-checkpointing")
     run("train-reward", "--project", project.root)
-    assert (seen[0].compile, seen[0].gradient_checkpointing) == (True, True)
-    assert (seen[1].compile, seen[1].gradient_checkpointing) == (False, False)  # the defaults
+    run("train-reward", "--project", project.root, "--no-compile")
+    assert (seen[0].compile, seen[0].gradient_checkpointing) == ("yes", True)
+    assert (seen[1].compile, seen[1].gradient_checkpointing) == ("auto", False)  # the defaults
+    assert seen[2].compile == "no"

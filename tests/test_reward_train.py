@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -15,9 +16,10 @@ from rankloop.reward.model import format_text
 from rankloop.reward.pairs import RewardDataError
 from rankloop.reward.scoring import RewardScorer, score_texts
 from rankloop.reward.simulate import SimulatedTask, simulate_labels, simulate_pairs
-from rankloop.reward.train import length_grouped_batches, train_reward
+from rankloop.reward.train import RewardModule, length_grouped_batches, pack, train_reward
 
-FAST = dict(batch_size=16, warmup_ratio=0.0, eval_fraction=0.25, bf16="no")  # tiny: fp32 is faster
+# tiny models: fp32 is faster, and compiling costs more than it saves
+FAST = dict(batch_size=16, warmup_ratio=0.0, eval_fraction=0.25, bf16="no", compile="no")
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +212,7 @@ def test_compiled_blocks_train_the_same_model(tmp_path, tiny_lm_dir, fresh_store
                          progress=False)
     compiled = train_reward(fresh_store, RewardConfig(**{**cfg.__dict__, "compile": True}),
                             tmp_path / "compiled", base=str(tiny_lm_dir), progress=False)
+    assert (eager.compiled, compiled.compiled) == (False, True)  # 4 steps: 'auto' stays eager
     losses = [[h["reward/loss"] for h in r.history] for r in (eager, compiled)]
     assert len(losses[0]) == 4
     assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
@@ -217,6 +220,18 @@ def test_compiled_blocks_train_the_same_model(tmp_path, tiny_lm_dir, fresh_store
     torch.testing.assert_close(RewardScorer.from_pretrained(compiled.path, bf16="no").score(*texts),
                                RewardScorer.from_pretrained(eager.path, bf16="no").score(*texts),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_auto_compiles_long_runs_where_torch_compile_works(monkeypatch):
+    from rankloop.data import training
+
+    assert training.compile_works("cpu") == (shutil.which("g++") is not None
+                                             or shutil.which("c++") is not None)
+    monkeypatch.setattr(training, "compile_works", lambda device_type: True)
+    assert [training.use_compile("auto", n, "cpu") for n in (31, 32)] == [False, True]
+    assert (training.use_compile("yes", 1, "cpu"), training.use_compile("no", 99, "cpu")) == (True, False)
+    monkeypatch.setattr(training, "compile_works", lambda device_type: False)
+    assert training.use_compile("auto", 1000, "cpu") is False
 
 
 def test_compile_blocks_compiles_each_transformer_block(tiny_lm_dir):
@@ -228,3 +243,26 @@ def test_compile_blocks_compiles_each_transformer_block(tiny_lm_dir):
     layers = model.base_model.model.model.layers
     assert compile_blocks(model) == len(layers) == 2
     assert all(layer._compiled_call_impl is not None for layer in layers)
+
+
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_packed_rows_give_each_response_its_reward_alone(multiple, tiny_lm_dir):
+    """A pairwise and a 3-way comparison packed into rows (prefix once, block mask, positions
+    from the prefix), padded to a multiple of 16 or not: every response gets the reward the
+    model gives it as a sequence of its own."""
+    from rankloop.reward.model import load_backbone, load_reward_tokenizer
+
+    tok = load_reward_tokenizer(str(tiny_lm_dir), 64)
+    model = load_backbone(str(tiny_lm_dir), tok).eval()
+    groups = [[[5, 6, 7, 8, 9], [5, 6, 7, 10]],  # prefix 5 6 7, then 8 9 / 10
+              [[5, 11, 12, 13], [5, 11, 14, 15, 16, 17], [5, 11, 18]]]  # prefix 5 11
+    ids, pos, mask, ends, tokens = pack(groups, tok.pad_token_id, multiple)
+    width = 9 if multiple == 1 else 16  # the second row: 2 + 2 + 4 + 1 tokens
+    assert ids.shape == (2, width) and tokens == 6 + 9
+    assert pos[1, :9].tolist() == [0, 1, 2, 3, 2, 3, 4, 5, 2]
+    assert ends.tolist() == [4, 5, width + 3, width + 7, width + 8]
+    with torch.no_grad():
+        packed = RewardModule(model, 0.0)(ids, pos, mask, ends)
+        alone = torch.stack([model(input_ids=torch.tensor([s])).logits[0, 0]
+                             for g in groups for s in g])
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)

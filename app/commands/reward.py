@@ -90,7 +90,8 @@ def score_open_comparisons(project, reward_dir: Path, scorer=None, progress: boo
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Recompute activations in the backward pass: less memory, slower.")
 @click.option("--compile/--no-compile", "compile_", default=None,
-              help="torch.compile each transformer block: faster steps after a one-off compile.")
+              help="torch.compile each transformer block: faster steps after a one-off compile "
+              "(default: auto, on from 32 steps where it works).")
 @click.option("--log-with", type=click.Choice(["", "tensorboard", "wandb"]), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
@@ -118,7 +119,7 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
                   lr=lr, loss=loss, both_bad=both_bad, aggregate=aggregate,
                   eval_fraction=eval_fraction, max_length=max_length, lora_r=lora_r, seed=seed,
                   checkpoint_every=checkpoint_every,
-                  gradient_checkpointing=gradient_checkpointing, compile=compile_,
+                  gradient_checkpointing=gradient_checkpointing, compile=None if compile_ is None else ("yes" if compile_ else "no"),
                   log_with=log_with)
     if round_ is None:
         round_ = next_reward_round(project.store)
@@ -131,7 +132,8 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
             else "no held-out split")
     console.print(f"Round {round_}: reward model saved to {result.path}\n"
                   f"  {result.train_examples} training comparisons, {result.eval_examples} "
-                  f"held out; {result.steps} steps in {result.seconds:.0f} s; {held}")
+                  f"held out; {result.steps} steps in {result.seconds:.0f} s"
+                  f"{' (compiled)' if result.compiled else ''}; {held}")
     project.close()
 
 
