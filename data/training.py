@@ -133,8 +133,8 @@ def release_freed_memory() -> bool:
 
 
 COMPILE_MIN_STEPS = 32
-"""`compile = "auto"` compiles from this many optimizer steps: the compile (~15-35 s for
-SmolLM2-135M on a 2-core CPU) against ~0.5-1 s saved per step (docs/benchmarks.md)."""
+"""`compile = "auto"` compiles from this many optimizer steps: the compile (~15-30 s for
+SmolLM2-135M on a 2-core CPU) against ~0.5 s saved per step (docs/benchmarks.md)."""
 
 
 @functools.cache

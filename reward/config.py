@@ -65,10 +65,11 @@ class RewardConfig:
     """bf16 autocast: 'auto' (where the CPU or GPU has fast bf16), 'yes' or 'no'."""
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: far less memory, about a third more compute (see docs/benchmarks.md)."""
-    compile: str = "auto"
+    compile: str | bool = "auto"
     """torch.compile each transformer block (dynamic shapes): faster steps and less memory after a
     one-off compile. 'auto': when the run has at least 32 optimizer steps and torch.compile works
-    here (on the CPU it needs a C++ compiler); 'yes' or 'no' (see docs/reward.md)."""
+    here (on the CPU it needs a C++ compiler); 'yes' or 'no' (true / false also; see
+    docs/reward.md)."""
     pad_to_multiple_of: int = 16
     """Pad each batch's packed rows to a multiple of this many tokens: batch shapes repeat, so the
     C allocator reuses freed activation memory instead of growing (see docs/reward.md)."""
@@ -82,7 +83,7 @@ class RewardConfig:
     """Tracker for accelerate: '', 'tensorboard' or 'wandb' (written under logs/)."""
 
     def validate(self) -> None:
-        if isinstance(self.compile, bool):  # the Python API's compile=True / False
+        if isinstance(self.compile, bool):  # compile = true / false
             self.compile = "yes" if self.compile else "no"
         if self.compile not in ("auto", "yes", "no"):
             raise ConfigError("[reward] compile must be 'auto', 'yes' or 'no'")

@@ -86,8 +86,14 @@ def test_bad_option_names_the_setting(project):
     from rankloop.data.config import ConfigError
     from rankloop.reward.config import RewardConfig
 
+    from rankloop.data.config import from_table
+
     with pytest.raises(ConfigError, match=r"\[reward\] pad_to_multiple_of must be at least 1"):
         RewardConfig(pad_to_multiple_of=0).validate()
+    with pytest.raises(ConfigError, match=r"\[reward\] compile must be 'auto', 'yes' or 'no'"):
+        from_table(RewardConfig, {"compile": "sometimes"}, "reward")
+    assert [from_table(RewardConfig, {"compile": v}, "reward").compile
+            for v in (True, False, "no")] == ["yes", "no", "no"]
 
 
 def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project):

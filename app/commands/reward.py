@@ -119,7 +119,7 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
                   lr=lr, loss=loss, both_bad=both_bad, aggregate=aggregate,
                   eval_fraction=eval_fraction, max_length=max_length, lora_r=lora_r, seed=seed,
                   checkpoint_every=checkpoint_every,
-                  gradient_checkpointing=gradient_checkpointing, compile=None if compile_ is None else ("yes" if compile_ else "no"),
+                  gradient_checkpointing=gradient_checkpointing, compile=compile_,
                   log_with=log_with)
     if round_ is None:
         round_ = next_reward_round(project.store)
