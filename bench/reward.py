@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,11 +111,13 @@ def run_trl(system: str, train, held, batch: int, turns: Turns) -> dict:
                             peft_config=peft_config, callbacks=[Pace()])
     trainer.train()
     tokens = int(trainer._total_train_tokens)
-    return {"tokens": tokens, "peak_rss_gb": peak_rss_gb(),
-            "heldout_accuracy": heldout_accuracy(trainer.model, tok, held),
-            "n_params": non_embedding_params(trainer.model),
-            "gradient_checkpointing": bool(args.gradient_checkpointing),
-            "lr": args.learning_rate}
+    res = {"tokens": tokens, "peak_rss_gb": peak_rss_gb(),
+           "heldout_accuracy": heldout_accuracy(trainer.model, tok, held),
+           "n_params": non_embedding_params(trainer.model),
+           "gradient_checkpointing": bool(args.gradient_checkpointing),
+           "lr": args.learning_rate}
+    shutil.rmtree(out, ignore_errors=True)
+    return res
 
 
 def peak_rss_gb() -> float:
@@ -147,10 +150,13 @@ def run_rankloop(system: str, train, held, batch: int, overrides: dict, turns: T
                           on_step=turns.step)
     rss = peak_rss_gb()  # training, final scoring and saving included
     scorer = RewardScorer.from_pretrained(out)
-    return {"tokens": result.train_tokens, "peak_rss_gb": rss,
-            "heldout_accuracy": heldout_accuracy(scorer.model, scorer.tokenizer, held),
-            "n_params": non_embedding_params(scorer.model),
-            "gradient_checkpointing": cfg.gradient_checkpointing, "lr": cfg.learning_rate}
+    res = {"tokens": result.train_tokens, "peak_rss_gb": rss,
+           "heldout_accuracy": heldout_accuracy(scorer.model, scorer.tokenizer, held),
+           "n_params": non_embedding_params(scorer.model),
+           "gradient_checkpointing": cfg.gradient_checkpointing, "lr": cfg.learning_rate,
+           "compiled": result.compiled}
+    shutil.rmtree(out.parent, ignore_errors=True)  # the saved model: 0.5 GB per system and run
+    return res
 
 
 def child(system: str, n_pairs: int, batch: int, overrides: dict, out: str) -> None:
@@ -236,6 +242,7 @@ def main() -> None:
             print(f"{kind}: rankloop / TRL = {b['pairs_per_s'] / a['pairs_per_s']:.2f}x pairs/s, "
                   f"RSS {b['peak_rss_gb']:.2f} vs {a['peak_rss_gb']:.2f} GB, accuracy "
                   f"{b['heldout_accuracy']:.3f} vs {a['heldout_accuracy']:.3f}")
+    shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
