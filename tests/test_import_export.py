@@ -178,7 +178,8 @@ def test_import_export_round_trip(tmp_path_factory, prompt, chosen, rejected):
     assert store.prompt(1).text == prompt
     out = export_preferences(store, d / "out.jsonl", "jsonl")
     assert out == 1
-    back = [json.loads(line) for line in (d / "out.jsonl").read_text("utf-8").splitlines()]
+    # bytes.splitlines: str.splitlines would also split at U+0085 / U+2028 inside a string
+    back = [json.loads(line) for line in (d / "out.jsonl").read_bytes().splitlines()]
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in back] == [
         (prompt, chosen, rejected)]
     # CSV carries the same text through quoting

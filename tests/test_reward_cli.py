@@ -67,6 +67,12 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
 
 def test_score_rejects_bad_rows_and_missing_models(project, tmp_path):
     bad = tmp_path / "bad.jsonl"
+    from rankloop.app.commands.reward import read_score_rows
+
+    # a row whose text holds U+0085 / U+2028 is one row (they are not JSONL line breaks)
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"prompt": "p\u0085q", "response": "r\u2028s"}\n', encoding="utf-8")
+    assert read_score_rows(odd) == [{"prompt": "p\x85q", "response": "r\u2028s"}]
     bad.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n')
     out = run("score", bad, "--output", tmp_path / "o.jsonl", "--project", project.root)
     assert out.exit_code == 1 and "bad.jsonl:2: each row needs `prompt` and `response`" in out.output

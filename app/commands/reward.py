@@ -186,7 +186,8 @@ def score_cmd(file, output, round_, model_path, batch_size, project_dir):
 def read_score_rows(path: Path) -> list[dict]:
     """The rows of a JSONL file, each checked for a `prompt` and a string `response`."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: str.splitlines would also cut at U+0085 / U+2028 inside a JSON string
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
