@@ -119,8 +119,8 @@ def release_freed_memory() -> bool:
     far above what is live (reward trainer, SmolLM2-135M, LoRA, 256 pairs, batch shapes of
     every length: from 1.7 to 2.8 GB over 32 steps). `malloc_trim(0)` hands those pages back,
     but calling it after every step cost ~20% of the step time on the CPU (the next step
-    page-faults all of its activation memory in again), so the reward trainer calls it only
-    between phases (after training, before the save) and instead keeps its batch shapes
+    page-faults all of its activation memory in again), so the reward trainer calls it once,
+    before the save and instead keeps its batch shapes
     repeating (`RewardConfig.pad_to_multiple_of`), which lets malloc reuse what it holds. The
     PPO loop still calls it after each step. Returns False where there is no glibc (macOS,
     Windows, musl).

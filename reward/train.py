@@ -280,7 +280,6 @@ def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, de
         for i, chunk in zip(idx, r.split([len(items[i].ids) for i in idx])):
             out[i] = chunk
     module.train()
-    release_freed_memory()
     return out
 
 
@@ -553,7 +552,9 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
 
     # 5. save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
-    release_freed_memory()  # the merge below needs room for an fp32 copy of the model
+    # the one malloc_trim of the run (see data/training.py): training and scoring are done,
+    # and the merge below needs room for an fp32 copy of the model
+    release_freed_memory()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(module).model, tokenizer, out_dir, cfg,
                    {"mean": result_metrics["reward/mean"], "std": result_metrics["reward/std"],
