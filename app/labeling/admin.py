@@ -209,7 +209,10 @@ def export(ctx: Ctx, username: str | None, fmt: str, out_dir: Path) -> tuple[Pat
         _admin(store, username)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / ("preferences" if fmt == "trl" else f"preferences.{fmt}")
-        rows = export_preferences(store, target, fmt)
+        try:
+            rows = export_preferences(store, target, fmt)
+        except StoreError as e:
+            return None, f"Nothing exported: {e}"
     if fmt == "trl":
         target = Path(shutil.make_archive(str(target), "zip", root_dir=target))
     return target, f"Exported {rows} preference pairs ({fmt})."

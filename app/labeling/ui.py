@@ -202,33 +202,37 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
                 kappa_table = gr.Dataframe(label="Agreement (Cohen's kappa)", interactive=False)
                 flags_table = gr.Dataframe(label="Open flags", interactive=False)
                 with gr.Row():
-                    flag_id = gr.Number(label="Flag id", precision=0)
-                    resolve_btn = gr.Button("Resolve flag (back to the queue)")
+                    flag_id = gr.Number(label="Flag id", precision=0, elem_id="rl-flag-id")
+                    resolve_btn = gr.Button("Resolve flag (back to the queue)", elem_id="rl-resolve")
                 with gr.Row():
-                    gold_cid = gr.Number(label="Comparison id", precision=0)
-                    show_btn = gr.Button("Show comparison")
+                    gold_cid = gr.Number(label="Comparison id", precision=0, elem_id="rl-gold-cid")
+                    show_btn = gr.Button("Show comparison", elem_id="rl-show")
                     gold_rank = gr.Textbox(label="Gold answer in response ids, best first "
-                                                 "('12 > 13'; empty = not gold)")
-                    gold_btn = gr.Button("Set gold")
-                admin_msg = gr.Markdown("")
+                                                 "('12 > 13'; empty = not gold)",
+                                           elem_id="rl-gold-rank")
+                    gold_btn = gr.Button("Set gold", elem_id="rl-set-gold")
+                admin_msg = gr.Markdown("", elem_id="rl-admin-msg")
                 shown_comparison = gr.HTML("", elem_id="rl-admin-comparison")
                 with gr.Accordion("Guidelines", open=False):
-                    guide_edit = gr.Textbox(label="Guidelines (Markdown)", lines=12)
-                    guide_save = gr.Button("Save guidelines")
+                    guide_edit = gr.Textbox(label="Guidelines (Markdown)", lines=12,
+                                            elem_id="rl-guide-edit")
+                    guide_save = gr.Button("Save guidelines", elem_id="rl-guide-save")
                 with gr.Accordion("Accounts", open=False):
                     with gr.Row():
-                        new_name = gr.Textbox(label="Name")
+                        new_name = gr.Textbox(label="Name", elem_id="rl-new-name")
                         new_role = gr.Dropdown(["annotator", "admin"], value="annotator",
-                                               label="Role")
-                        new_btn = gr.Button("Create account")
+                                               label="Role", elem_id="rl-new-role")
+                        new_btn = gr.Button("Create account", elem_id="rl-new-account")
                 with gr.Accordion("Upload prompts / export preferences", open=False):
                     upload_file = gr.File(label="Prompts (JSONL, CSV or Parquet; as rankloop "
-                                                "import)", type="filepath")
-                    upload_btn = gr.Button("Import")
+                                                "import)", type="filepath",
+                                          elem_id="rl-upload-file")
+                    upload_btn = gr.Button("Import", elem_id="rl-upload")
                     with gr.Row():
-                        fmt = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format")
-                        export_btn = gr.Button("Export")
-                    export_file = gr.File(label="Export", interactive=False)
+                        fmt = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format",
+                                          elem_id="rl-export-format")
+                        export_btn = gr.Button("Export", elem_id="rl-export")
+                    export_file = gr.File(label="Export", interactive=False, elem_id="rl-export-file")
 
         # -- wiring ---------------------------------------------------------------------------
         page_outputs = [message, progress, task_area, prompt, *resp_cols, *resp_html,
@@ -309,7 +313,9 @@ def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None
         admin_tab.select(on_refresh, None, admin_outputs, api_visibility="private")
 
         def admin_action(fn):
-            def run(*args, request: gr.Request):
+            # Gradio injects gr.Request only into a positional parameter annotated with it
+            # (a keyword-only one is left out and the call fails): so it comes first here.
+            def run(request: gr.Request, *args):
                 return guarded(lambda: fn(ctx, request.username, *args))
             return run
 
