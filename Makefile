@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean chromium
 
+# bench/<name>.py, each run on demand (results: docs/benchmarks.md); `make bench-reward` runs one.
+BENCHES := generation reward ppo labeling attention
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -44,8 +47,13 @@ chromium:
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
+# Heavy runs are serialised on a shared machine (flock), one benchmark after another.
 bench: $(STAMP)
-	$(BIN)/python bench/generation.py
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; \
+	  flock /tmp/rankloop-cpu.lock $(BIN)/python bench/$$b.py || exit 1; done
+
+bench-%: $(STAMP)
+	flock /tmp/rankloop-cpu.lock $(BIN)/python bench/$*.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

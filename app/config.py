@@ -10,10 +10,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankloop.data.config import ConfigError, from_table, render_toml
-from rankloop.data.models import DEFAULT_MODEL
-from rankloop.reward.config import RewardConfig
+from rankloop.lm.loading import DEFAULT_MODEL
 from rankloop.ppo.config import PPOConfig
+from rankloop.reward.config import RewardConfig
+from rankloop.settings import ConfigError, from_table, render_toml
 
 
 @dataclass

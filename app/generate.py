@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.data.models import load_causal_lm, load_tokenizer
 from rankloop.data.records import Comparison, Response, Sampling, content_hash
 from rankloop.data.store import Store
-from rankloop.data.runtime import use_bf16
-from rankloop.ppo.sampling import sample_many
+from rankloop.lm.device import use_bf16
+from rankloop.lm.loading import load_causal_lm, load_tokenizer
+from rankloop.lm.sampling import sample_many
 
 from .config import GenerateConfig
 

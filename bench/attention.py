@@ -1,5 +1,5 @@
 """Attention forward + backward on the CPU: SDPA in bf16 (what bf16 autocast gives) vs in fp32
-(`rankloop.data.training.rankloop_sdpa`), with the gradient error of each against fp64.
+(`rankloop.lm.kernels.rankloop_sdpa`), with the gradient error of each against fp64.
 
 Shapes of the reward trainer's packed batches with SmolLM2-135M: 8 rows of T tokens, 9 query
 heads sharing 3 key/value heads, head size 64, a block mask (two responses after a shared

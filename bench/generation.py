@@ -26,9 +26,9 @@ import time
 import torch
 
 from rankloop.data.io import bundled_prompts
-from rankloop.data.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from rankloop.data.runtime import cpu_supports_bf16
-from rankloop.ppo.sampling import encode_chats, sample_batch, sample_many
+from rankloop.lm.device import cpu_supports_bf16
+from rankloop.lm.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from rankloop.lm.sampling import encode_chats, sample_batch, sample_many
 
 
 def load_prompts(n: int) -> list[list[dict]]:

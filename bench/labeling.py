@@ -63,9 +63,9 @@ def make_db(path: Path, comparisons: int, annotators: int) -> None:
 
 def serve(db: str, port: int, mode: str, concurrency: int) -> None:
     """The server process: the app over `db` with the given store mode, until killed."""
-    from rankloop.app.labeling import Stores, build_app, launch
+    from rankloop.app.labeling import StorePool, build_app, launch
 
-    stores = Stores.per_thread(db) if mode == "per_thread" else Stores.shared(Store.open(db))
+    stores = StorePool.per_thread(db) if mode == "per_thread" else StorePool.shared(Store.open(db))
     demo = build_app(stores, LabelingConfig(concurrency=concurrency))
     launch(demo, port=port, block=True)
 
@@ -167,9 +167,9 @@ def bench_http(db: Path, mode: str, levels, seconds, warmup, concurrency,
 
 def bench_direct(db: Path, mode: str, levels, seconds, warmup) -> dict:
     """The handler without HTTP: threads in this process call `api_label` directly."""
-    from rankloop.app.labeling import Stores, handlers
+    from rankloop.app.labeling import StorePool, handlers
 
-    stores = Stores.per_thread(db) if mode == "per_thread" else Stores.shared(Store.open(db))
+    stores = StorePool.per_thread(db) if mode == "per_thread" else StorePool.shared(Store.open(db))
     ctx = handlers.Ctx(stores=stores, config=LabelingConfig())
 
     class Direct:

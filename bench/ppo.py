@@ -92,10 +92,10 @@ def build_reward_model(policy_dir: str, out: Path) -> Path:
 def worker_rankloop(args) -> dict:
     import torch
 
-    from rankloop.data.models import default_model_path
     from rankloop.data.records import Prompt
+    from rankloop.lm.loading import default_model_path
     from rankloop.ppo.config import PPOConfig
-    from rankloop.ppo.rewards import ScorerReward
+    from rankloop.ppo.reward_fns import ScorerReward
     from rankloop.ppo.train import train_ppo
 
     torch.set_num_threads(args.threads)
@@ -130,7 +130,7 @@ def worker_rankloop(args) -> dict:
 def logits_rankloop(args) -> dict:
     import torch
 
-    from rankloop.data.models import default_model_path, load_causal_lm, load_tokenizer
+    from rankloop.lm.loading import default_model_path, load_causal_lm, load_tokenizer
 
     path = default_model_path()
     tok = load_tokenizer(str(path))
@@ -292,7 +292,7 @@ def main() -> None:
     setup_venv()
     if args.setup:
         return
-    from rankloop.data.models import default_model_path
+    from rankloop.lm.loading import default_model_path
 
     policy = str(default_model_path())
     build_reward_model(policy, RESULTS / "rm-smollm2")

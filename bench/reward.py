@@ -38,10 +38,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from rankloop.lm.loading import DEFAULT_MODEL, default_model_path
+
 from lockstep import Turns, run_lockstep
 
-from rankloop.data.models import DEFAULT_MODEL, default_model_path
-from rankloop.reward.simulate import SimulatedTask, simulate_pairs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from simulate import SimulatedTask, simulate_pairs  # noqa: E402 - the tests' keyword task
 
 SYSTEMS = ("trl-full", "trl-lora", "rankloop-full", "rankloop-lora", "rankloop-full-gc",
            "rankloop-lora-gc")

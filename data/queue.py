@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .records import Comparison, Label, Prompt, Response, normalize_ranking, to_json
-from .store import Store, StoreError, now as now_iso
+from .store import Store, StoreError
+from .store import now as now_iso
 
 ORDERS: tuple[str, ...] = ("oldest", "random", "uncertainty")
 FLAG_KINDS: tuple[str, ...] = ("unsafe", "broken", "unanswerable")
@@ -417,6 +418,13 @@ def set_gold(store: Store, comparison_id: int, ranking) -> None:
             raise StoreError(str(e)) from None
     with immediate(store):
         store.db.execute("update comparisons set gold = ? where id = ?", [value, comparison_id])
+
+
+def open_comparisons(store: Store, labels_per_comparison: int) -> list[Comparison]:
+    """The comparisons that still need labels (fewer than `labels_per_comparison`)."""
+    return [store.comparison(cid) for (cid,) in store.db.execute(
+        "select comparison_id from comparison_queue where labels < ? order by comparison_id",
+        [labels_per_comparison]).fetchall()]
 
 
 def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> int:

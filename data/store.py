@@ -22,8 +22,19 @@ from pathlib import Path
 import sqlite_utils
 
 from .migrations import migrate, schema_version
-from .records import (Annotator, Comparison, Label, Message, Preference, Prompt, Response,
-                      Round, Sampling, normalize_ranking, to_json)
+from .records import (
+    Annotator,
+    Comparison,
+    Label,
+    Message,
+    Preference,
+    Prompt,
+    Response,
+    Round,
+    Sampling,
+    normalize_ranking,
+    to_json,
+)
 
 
 class StoreError(ValueError):
@@ -308,6 +319,12 @@ class Store:
     def annotators(self) -> list[Annotator]:
         return [Annotator(name=n, role=r, id=i) for i, n, r in
                 self.db.execute("select id, name, role from annotators order by id").fetchall()]
+
+    def annotator(self, name: str) -> Annotator | None:
+        """The account named `name`, or None."""
+        row = self.db.execute("select id, role from annotators where name = ?",
+                              [name]).fetchone()
+        return None if row is None else Annotator(name=name, role=row[1], id=row[0])
 
     # -- labels ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rankloop.data.config import ConfigError
+from rankloop.settings import ConfigError
 
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.data.models import adapter_base, load_tokenizer
-from rankloop.data.runtime import use_bf16
-from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype
+from rankloop.lm.device import use_bf16
+from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype
+from rankloop.lm.loading import adapter_base, load_tokenizer
+from rankloop.lm.sampling import autocast, encode_chats
 
 from . import core
+from .actor_critic import Actor, load_policy, save_policy
 from .config import PPOConfig
-from .models import Actor, load_policy, save_policy
-from .sampling import autocast, encode_chats
 
 
 def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],

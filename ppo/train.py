@@ -10,7 +10,7 @@ Each step:
                  entropy bonus, PPO-ptx, global grad-norm clipping, approx-KL early stop
   6. log         fixed metric names, decoded samples, trackers, checkpoint
 
-The math is in `ppo/core.py` (pure, tested functions); the modules in `ppo/models.py`.
+The math is in `ppo/core.py` (pure, tested functions); the modules in `ppo/actor_critic.py`.
 References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zheng et al. 2023
 (PPO-max); Yuan et al. 2025 (VC-PPO); Zhong et al. 2024 (RTO); Huang et al. 2024 (N+ details).
 """
@@ -30,17 +30,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.data.models import load_tokenizer
 from rankloop.data.records import Prompt, content_hash
-from rankloop.data.runtime import use_bf16
-from rankloop.data.training import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
+from rankloop.lm.device import use_bf16
+from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
+from rankloop.lm.loading import load_tokenizer
+from rankloop.lm.sampling import autocast, encode_chats, left_pad, sampling_kwargs
 
 from . import core
+from .actor_critic import (
+    Actor,
+    build_critic,
+    load_policy,
+    load_trainable_state,
+    merged_adapter,
+    save_critic,
+    save_policy,
+    trainable_state,
+)
 from .config import PPOConfig
-from .models import (Actor, build_critic, load_policy, load_trainable_state, merged_adapter,
-                     save_critic, save_policy, trainable_state)
-from .rewards import missing_eos_penalty
-from .sampling import autocast, encode_chats, left_pad, sampling_kwargs
+from .reward_fns import missing_eos_penalty
 
 CHECKPOINTS = "checkpoints"
 
@@ -127,13 +135,13 @@ def train_ppo(
     """Run PPO and save the policy to `out_dir` (checkpoints under `out_dir/checkpoints/`).
 
     `policy`: start checkpoint (plain or LoRA adapter folder). `reward_fn(prompts, responses)`
-    gives one score per response (see `ppo/rewards.py`). `reward_model`: the reward model's
+    gives one score per response (see `ppo/reward_fns.py`). `reward_model`: the reward model's
     folder, used to initialise the critic (PPO-max) when config.critic == 'reward'.
     `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards. `on_step(row)` is
     called with each step's metrics (the row `history` gets) once the step and its checkpoint
     are done, on every process.
     """
-    from rankloop.data.runtime import new_accelerator
+    from rankloop.lm.device import new_accelerator
 
     config.validate()
     if not prompts:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rankloop.data.config import ConfigError
+from rankloop.settings import ConfigError
 
 LOSSES = ("bt", "rao-kupper", "davidson", "plackett-luce")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from rankloop.data.models import ModelLoadError, resolve
 from rankloop.data.records import Prompt
+from rankloop.lm.loading import ModelLoadError, quiet_loading, resolve
 
 PromptLike = Prompt | str | Sequence[dict]
 
@@ -98,8 +98,9 @@ def load_backbone(name_or_path: str, tokenizer, dtype=None):
 
     path = resolve(name_or_path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=dtype)
+        with quiet_loading():  # the score head is new by design
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, dtype=dtype)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(
             f"cannot load '{name_or_path}' as a reward model: {type(e).__name__}: "
@@ -132,7 +133,8 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
             f"{type(model).__name__}; set [reward] lora_target_modules to its projection names")
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
                      target_modules=targets, modules_to_save=[head_name(model)])
-    return get_peft_model(model, cfg)
+    with quiet_loading():
+        return get_peft_model(model, cfg)
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -155,9 +157,3 @@ def load_saved(path: str | Path, dtype=None):
         raise ModelLoadError(f"cannot load the reward model in {path}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0]}") from e
 
-
-def use_bf16(device: torch.device, setting: str) -> bool:
-    """Whether to run bf16 autocast: see `rankloop.data.runtime.use_bf16`."""
-    from rankloop.data.runtime import use_bf16 as _use_bf16
-
-    return _use_bf16(setting, device)

@@ -18,8 +18,17 @@ from pathlib import Path
 
 import torch
 
-from .model import (PromptLike, format_text, load_reward_tokenizer, load_saved, rewards,
-                    right_pad, tokenize, use_bf16)
+from rankloop.lm.device import use_bf16
+
+from .model import (
+    PromptLike,
+    format_text,
+    load_reward_tokenizer,
+    load_saved,
+    rewards,
+    right_pad,
+    tokenize,
+)
 
 STATS_FILE = "reward_stats.json"
 
@@ -53,7 +62,7 @@ class RewardScorer:
             model.config.pad_token_id = tokenizer.pad_token_id
         mean, std = read_stats(path)
         max_length = min(tokenizer.model_max_length, 1 << 16)
-        return cls(model, tokenizer, device, batch_size, use_bf16(device, bf16), mean, std,
+        return cls(model, tokenizer, device, batch_size, use_bf16(bf16, device), mean, std,
                    max_length)
 
     @torch.no_grad()
@@ -87,21 +96,3 @@ def read_stats(path: str | Path) -> tuple[float, float]:
         return 0.0, 1.0
     stats = json.loads(f.read_text())
     return float(stats["mean"]), float(stats["std"]) or 1.0
-
-
-def score_texts(path: str | Path, prompts: Sequence[PromptLike], responses: Sequence[str],
-                batch_size: int = 16) -> list[float]:
-    """Raw scores of (prompt, response) pairs by the reward model saved in `path`."""
-    return RewardScorer.from_pretrained(path, batch_size=batch_size).score(
-        prompts, responses).tolist()
-
-
-def latest_reward_model(project) -> Path:
-    """The reward model of the last round that has one (`rankloop train-reward` records it;
-    a relative path is relative to the project folder)."""
-    from rankloop.app.project import ProjectError
-
-    for r in reversed(project.store.rounds()):
-        if r.reward_model:
-            return Path(project.root) / r.reward_model
-    raise ProjectError("no round has a reward model yet: run `rankloop train-reward` first")

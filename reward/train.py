@@ -30,13 +30,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.data.training import (compile_blocks, keep_adapter_inputs_in_autocast_dtype,
-                                    release_freed_memory, use_compile, use_training_attention)
+from rankloop.lm.device import use_bf16
+from rankloop.lm.kernels import (
+    compile_blocks,
+    keep_adapter_inputs_in_autocast_dtype,
+    release_freed_memory,
+    use_compile,
+    use_training_attention,
+)
 
 from . import losses, metrics
 from .config import RewardConfig
-from .model import (add_lora, format_text, head_name, load_backbone, load_reward_tokenizer,
-                    tokenize, use_bf16)
+from .model import add_lora, format_text, head_name, load_backbone, load_reward_tokenizer, tokenize
 from .pairs import Example, RewardDataError, build_examples, check_trainable, split_by_prompt
 from .scoring import STATS_FILE
 
@@ -255,9 +260,8 @@ def batch_loss(cfg: RewardConfig, r: torch.Tensor, b: Batch,
     return loss, stats
 
 
-def initial_log_tie(cfg: RewardConfig) -> float:
-    """Start of the tie model's parameter: eps = 0.5 (Rao-Kupper), nu = 0.5 (Davidson)."""
-    return math.log(0.5)
+INITIAL_LOG_TIE = math.log(0.5)
+"""Start of the tie model's parameter: eps = 0.5 (Rao-Kupper), nu = 0.5 (Davidson)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,9 +375,10 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     with each optimizer step's statistics (the row `history` gets) once the step, its
     evaluation and its checkpoint are done.
     """
-    from rankloop.data.runtime import new_accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
+
+    from rankloop.lm.device import new_accelerator
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -394,7 +399,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
             mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum,
             log_with=cfg.log_with or None, project_dir=str(log_dir) if log_dir else None)
     device = accelerator.device
-    bf16 = use_bf16(device, cfg.bf16)
+    bf16 = use_bf16(cfg.bf16, device)
     set_seed(cfg.seed)
 
     # 2. model ---------------------------------------------------------------------------------
@@ -404,7 +409,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     # adapters and head in fp32 for the optimizer.
     lora_bf16 = cfg.lora and bf16
     model = load_backbone(base, tokenizer, dtype=torch.bfloat16 if lora_bf16 else None)
-    use_training_attention(model)  # fp32 attention for short rows on the CPU (data/training.py)
+    use_training_attention(model)  # fp32 attention for short rows on the CPU (lm/kernels.py)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False})
@@ -419,7 +424,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
                     p.data = p.data.float()
             keep_adapter_inputs_in_autocast_dtype(model)
     model.config.use_cache = False
-    module = RewardModule(model, initial_log_tie(cfg))
+    module = RewardModule(model, INITIAL_LOG_TIE)
     module.log_tie.requires_grad_(cfg.loss in ("rao-kupper", "davidson"))
 
     def encode(examples):

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from rankloop.app.cli import cli
 from rankloop.app.config import ProjectConfig
 from rankloop.app.project import Project
-from rankloop.data.config import ConfigError
 from rankloop.data.records import Label
+from rankloop.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,8 +124,8 @@ def test_every_command_has_help_with_an_example_and_is_in_the_docs():
 
 
 def test_config_validation_messages():
-    from rankloop.data.config import from_table
     from rankloop.app.config import GenerateConfig
+    from rankloop.settings import from_table
 
     with pytest.raises(ConfigError, match=r"\[generate\] n = 'two': expected <class 'int'>"):
         from_table(GenerateConfig, {"n": "two"}, "generate")

@@ -5,24 +5,24 @@ import torch
 
 from rankloop.app.config import GenerateConfig
 from rankloop.app.generate import generate
-from rankloop.data import models
 from rankloop.data.records import Prompt
 from rankloop.data.store import Store
+from rankloop.lm import loading
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def default_path():
-    return models.default_model_path()
+    return loading.default_model_path()
 
 
 def test_cached_checkpoint_reloads_the_gguf_weights_exactly(default_path):
     from transformers import AutoModelForCausalLM
 
-    gguf = AutoModelForCausalLM.from_pretrained(models.gguf_location(),
-                                                gguf_file=models.GGUF_FILE)
-    cached = models.load_causal_lm(models.DEFAULT_MODEL)
+    gguf = AutoModelForCausalLM.from_pretrained(loading.gguf_location(),
+                                                gguf_file=loading.GGUF_FILE)
+    cached = loading.load_causal_lm(loading.DEFAULT_MODEL)
     assert cached.config.rope_parameters["rope_theta"] == 100000.0
     x = torch.tensor([[1, 504, 3458, 314, 253, 2]])
     with torch.inference_mode():
@@ -34,7 +34,7 @@ def test_default_model_answers_a_known_question(default_path):
     store.add_prompts([Prompt.from_text("What is the capital of France? Answer in one word."),
                        Prompt.from_text("Write one sentence about cats.")])
     cfg = GenerateConfig(n=2, temperature=0, max_new_tokens=24, batch_size=4)
-    report = generate(store, models.DEFAULT_MODEL, cfg, progress=False)
+    report = generate(store, loading.DEFAULT_MODEL, cfg, progress=False)
     assert report.generated == 4
     first = store.responses(prompt_id=1)
     assert all("Paris" in r.text for r in first), [r.text for r in first]

@@ -3,11 +3,17 @@ import torch
 
 from rankloop.app.config import GenerateConfig
 from rankloop.app.generate import generate, make_comparisons
-from rankloop.data.models import ModelLoadError, load_causal_lm, load_tokenizer
 from rankloop.data.records import Message, Prompt
 from rankloop.data.store import Store
-from rankloop.ppo.sampling import (InverseCDFSampler, encode_chats, left_pad, plan_batches,
-                                   sample_batch, sampling_kwargs)
+from rankloop.lm.loading import ModelLoadError, load_causal_lm, load_tokenizer
+from rankloop.lm.sampling import (
+    InverseCDFSampler,
+    encode_chats,
+    left_pad,
+    plan_batches,
+    sample_batch,
+    sampling_kwargs,
+)
 
 PROMPTS = [Prompt.from_text("Explain how a bicycle gear works."),
            Prompt.from_text("Write a short poem about the sea."),

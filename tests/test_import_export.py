@@ -6,8 +6,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rankloop.data.io import (Columns, ImportFileError, bundled_prompts, export_preferences,
-                              import_file, preference_dataset)
+from rankloop.data.io import (
+    Columns,
+    ImportFileError,
+    bundled_prompts,
+    export_preferences,
+    import_file,
+    preference_dataset,
+)
 from rankloop.data.records import Label, Message, Prompt
 from rankloop.data.store import Store, StoreError
 

@@ -10,7 +10,7 @@ import pytest
 from rankloop.app.config import LabelingConfig
 from rankloop.app.labeling import admin, handlers, render
 from rankloop.app.labeling.handlers import AccessDenied, Ctx
-from rankloop.app.labeling.stores import Stores
+from rankloop.app.labeling.store_pool import StorePool
 from rankloop.data.records import Message, Prompt
 from rankloop.data.store import StoreError
 
@@ -40,7 +40,7 @@ def app(fresh_store, tmp_path):
     for name, role in (("ann", "annotator"), ("bob", "annotator"), ("root", "admin")):
         s.add_annotator(name, role=role, secret="pw")
     clock = Clock()
-    ctx = Ctx(stores=Stores.shared(s), config=LabelingConfig(), clock=clock,
+    ctx = Ctx(stores=StorePool.shared(s), config=LabelingConfig(), clock=clock,
               rng=random.Random(0), guidelines_path=tmp_path / "guidelines.md")
     return ctx, s, clock, {"pairs": cids, "hostile": hostile, "kway": kway}
 

@@ -8,10 +8,16 @@ import textwrap
 import pytest
 import torch
 
-from rankloop.data.config import ConfigError
 from rankloop.data.records import Prompt
-from rankloop.ppo.rewards import (CallableReward, ScorerReward, WeightedSum, load_callable,
-                                  missing_eos_penalty, parse_reward_spec)
+from rankloop.ppo.reward_fns import (
+    CallableReward,
+    ScorerReward,
+    WeightedSum,
+    load_callable,
+    missing_eos_penalty,
+    parse_reward_spec,
+)
+from rankloop.settings import ConfigError
 
 PROMPTS = [Prompt.from_text("a"), Prompt.from_text("b"), Prompt.from_text("c")]
 

@@ -12,6 +12,7 @@ import torch
 from rankloop.data.records import Prompt
 from rankloop.ppo.config import PPOConfig
 from rankloop.ppo.train import train_ppo
+
 from tiny import build_causal_lm, build_tokenizer
 
 PROMPTS = [Prompt.from_text(t) for t in
@@ -130,7 +131,7 @@ def _dpo_adapter(lm: Path, out: Path, perturb: bool) -> Path:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rankloop.ppo.models import lora_config
+    from rankloop.ppo.actor_critic import lora_config
 
     torch.manual_seed(3)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(lm), lora_config(4, 8, 0.0))
@@ -174,7 +175,7 @@ def _reward_model(lm: Path, out: Path) -> Path:
 def test_critic_initialised_from_reward_model_matches_its_scores(peaked_lm, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rankloop.ppo.models import build_critic
+    from rankloop.ppo.actor_critic import build_critic
 
     lm, _ = peaked_lm
     rm_dir = _reward_model(lm, tmp_path / "rm")
@@ -201,8 +202,8 @@ def test_critic_initialised_from_reward_model_matches_its_scores(peaked_lm, tmp_
 def test_ppo_with_reward_model_scorer_sharing_the_critics_weights(peaked_lm, tmp_path):
     from transformers import AutoTokenizer
 
-    from rankloop.ppo.models import build_critic
-    from rankloop.ppo.rewards import ScorerReward
+    from rankloop.ppo.actor_critic import build_critic
+    from rankloop.ppo.reward_fns import ScorerReward
     from rankloop.reward.scoring import RewardScorer
 
     lm, _ = peaked_lm
@@ -234,7 +235,7 @@ def test_saved_policy_loads_with_from_pretrained_and_load_causal_lm(peaked_lm, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rankloop.data.models import load_causal_lm
+    from rankloop.lm.loading import load_causal_lm
 
     lm, target = peaked_lm
     out = tmp_path / "policy"
@@ -260,7 +261,7 @@ def test_saved_policy_loads_with_from_pretrained_and_load_causal_lm(peaked_lm, t
 def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
     from transformers import AutoTokenizer
 
-    from rankloop.ppo.models import build_critic
+    from rankloop.ppo.actor_critic import build_critic
 
     lm, target = peaked_lm
     critic = build_critic(reward_model=None, policy_path=str(lm),
@@ -307,13 +308,13 @@ def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypat
 def test_critic_with_cached_lower_blocks_matches_the_full_forward(peaked_lm):
     from transformers import AutoTokenizer
 
-    from rankloop.ppo.models import build_critic
+    from rankloop.ppo.actor_critic import build_critic
 
     lm, _ = peaked_lm
     critic = build_critic(reward_model=None, policy_path=str(lm),
                           policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
                           dropout=0.0, dtype=torch.float32, top_layers=1)
-    from rankloop.ppo.models import decoder_layers, first_adapted_block
+    from rankloop.ppo.actor_critic import decoder_layers, first_adapted_block
 
     assert first_adapted_block(decoder_layers(critic.backbone)) == 1
     with torch.no_grad():
@@ -336,7 +337,7 @@ def test_critic_with_cached_lower_blocks_matches_the_full_forward(peaked_lm):
 
 
 def test_policy_lora_on_top_blocks_reuses_the_lower_blocks_exactly(peaked_lm, tmp_path):
-    from rankloop.ppo.models import Actor, decoder_layers, first_adapted_block, load_policy
+    from rankloop.ppo.actor_critic import Actor, decoder_layers, first_adapted_block, load_policy
 
     lm, target = peaked_lm
     policy = load_policy(str(lm), r=4, alpha=8, dropout=0.0, dtype=torch.float32, top_layers=1)
@@ -365,7 +366,7 @@ def test_policy_lora_on_top_blocks_reuses_the_lower_blocks_exactly(peaked_lm, tm
 def test_bf16_run_keeps_the_reference_weights_bit_for_bit(peaked_lm, tmp_path):
     """In bf16 every rollout samples with the adapter merged into the base weights; the
     reference (adapter disabled) must come out exactly as loaded, and the run must learn as
-    in fp32 (the fp32 attention and peft-input paths of rankloop.data.training run here)."""
+    in fp32 (the fp32 attention and peft-input paths of rankloop.lm.kernels run here)."""
     from transformers import AutoModelForCausalLM
 
     lm, target = peaked_lm

@@ -9,8 +9,10 @@ from click.testing import CliRunner
 
 from rankloop.app.cli import cli
 from rankloop.app.project import Project
-from rankloop.reward.scoring import RewardScorer, latest_reward_model
-from rankloop.reward.simulate import simulate_labels
+from rankloop.app.rounds import reward_model_of
+from rankloop.reward.scoring import RewardScorer
+
+from simulate import simulate_labels
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
     out = run("train-reward", "--project", root, "--epochs", "0.5", "--eval-fraction", "0")
     assert out.exit_code == 0, out.output
     assert project.store.round(1).reward_model == "rounds/1/reward"
-    assert latest_reward_model(Project.find(root)) == root / "rounds/1/reward"
+    assert reward_model_of(Project.find(root)) == root / "rounds/1/reward"
 
     rows = [{"prompt": "say something good", "response": "good fox", "id": 1},
             {"prompt": [{"role": "user", "content": "hi"}], "response": "lazy dog", "id": 2}]
@@ -89,10 +91,8 @@ def test_score_rejects_bad_rows_and_missing_models(project, tmp_path):
 def test_bad_option_names_the_setting(project):
     out = run("train-reward", "--project", project.root, "--batch-size", "0")
     assert out.exit_code == 1 and "[reward] batch_size must be at least 1" in out.output
-    from rankloop.data.config import ConfigError
     from rankloop.reward.config import RewardConfig
-
-    from rankloop.data.config import from_table
+    from rankloop.settings import ConfigError, from_table
 
     with pytest.raises(ConfigError, match=r"\[reward\] pad_to_multiple_of must be at least 1"):
         RewardConfig(pad_to_multiple_of=0).validate()
@@ -106,7 +106,7 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
     """After training, the comparisons the reward model is least sure about are labeled first."""
     import random
 
-    from rankloop.app.commands.reward import score_open_comparisons
+    from rankloop.app.rounds import score_open_comparisons
     from rankloop.data.queue import next_task
     from rankloop.data.records import Label
 
@@ -122,7 +122,7 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
             return torch.tensor([fake[r] for r in responses])
 
     reward_dir = project.round_dir(0, "reward")
-    assert score_open_comparisons(project, reward_dir, scorer=FakeScorer(), progress=False) == 6
+    assert score_open_comparisons(project, reward_dir, scorer=FakeScorer()) == 6
     ann, _ = store.add_annotator("ann")
     order = []
     for _ in range(3):
@@ -135,7 +135,7 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
 
 
 def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
-    import rankloop.app.commands.reward as cmd
+    import rankloop.app.rounds as rounds
 
     seen = []
 
@@ -143,7 +143,7 @@ def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
         seen.append(cfg)
         raise SystemExit(0)
 
-    monkeypatch.setattr(cmd, "train_round", stop)
+    monkeypatch.setattr(rounds, "train_reward_stage", stop)
     run("train-reward", "--project", project.root, "--compile", "--gradient-checkpointing")
     run("train-reward", "--project", project.root)
     run("train-reward", "--project", project.root, "--no-compile")

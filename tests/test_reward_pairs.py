@@ -7,8 +7,13 @@ import math
 import pytest
 
 from rankloop.data.records import Label
-from rankloop.reward.pairs import (Pair, RewardDataError, build_examples, check_trainable,
-                                   split_by_prompt)
+from rankloop.reward.pairs import (
+    Pair,
+    RewardDataError,
+    build_examples,
+    check_trainable,
+    split_by_prompt,
+)
 
 
 def _annotators(store, *names):

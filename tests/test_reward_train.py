@@ -14,9 +14,10 @@ from rankloop.reward.config import RewardConfig
 from rankloop.reward.metrics import best_achievable_accuracy
 from rankloop.reward.model import format_text
 from rankloop.reward.pairs import RewardDataError
-from rankloop.reward.scoring import RewardScorer, score_texts
-from rankloop.reward.simulate import SimulatedTask, simulate_labels, simulate_pairs
+from rankloop.reward.scoring import RewardScorer
 from rankloop.reward.train import RewardModule, length_grouped_batches, pack, train_reward
+
+from simulate import SimulatedTask, simulate_labels, simulate_pairs
 
 # tiny models: fp32 is faster, and compiling costs more than it saves
 FAST = dict(batch_size=16, warmup_ratio=0.0, eval_fraction=0.25, bf16="no", compile="no")
@@ -74,9 +75,9 @@ def test_saved_checkpoint_loads_with_from_pretrained_and_pipeline(keyword_run):
     pipe = pipeline("text-classification", model=str(path), device="cpu")
     piped = torch.tensor([out["score"] for out in pipe(texts)])
     torch.testing.assert_close(scores, piped, atol=1e-4, rtol=1e-4)
-    # the plain function, and prompts given as chat messages, score the same
-    again = score_texts(path, [[{"role": "user", "content": p}] for p in prompts], responses)
-    torch.testing.assert_close(torch.tensor(again), scores, atol=1e-2, rtol=1e-2)
+    # prompts given as chat messages score the same
+    again = scorer.score([[{"role": "user", "content": p}] for p in prompts], responses)
+    torch.testing.assert_close(again, scores, atol=1e-2, rtol=1e-2)
     # the model learned the task: keyword responses score above their partners
     with_kw = scorer.score(["q"] * 3, ["good fox", "sea good wind", "good"])
     without = scorer.score(["q"] * 3, ["the fox", "sea lazy wind", "maybe"])
@@ -223,19 +224,19 @@ def test_compiled_blocks_train_the_same_model(tmp_path, tiny_lm_dir, fresh_store
 
 
 def test_auto_compiles_long_runs_where_torch_compile_works(monkeypatch):
-    from rankloop.data import training
+    from rankloop.lm import kernels
 
-    assert training.compile_works("cpu") == (shutil.which("g++") is not None
+    assert kernels.compile_works("cpu") == (shutil.which("g++") is not None
                                              or shutil.which("c++") is not None)
-    monkeypatch.setattr(training, "compile_works", lambda device_type: True)
-    assert [training.use_compile("auto", n, "cpu") for n in (31, 32)] == [False, True]
-    assert training.use_compile("yes", 1, "cpu") and not training.use_compile("no", 99, "cpu")
-    monkeypatch.setattr(training, "compile_works", lambda device_type: False)
-    assert training.use_compile("auto", 1000, "cpu") is False
+    monkeypatch.setattr(kernels, "compile_works", lambda device_type: True)
+    assert [kernels.use_compile("auto", n, "cpu") for n in (31, 32)] == [False, True]
+    assert kernels.use_compile("yes", 1, "cpu") and not kernels.use_compile("no", 99, "cpu")
+    monkeypatch.setattr(kernels, "compile_works", lambda device_type: False)
+    assert kernels.use_compile("auto", 1000, "cpu") is False
 
 
 def test_compile_blocks_compiles_each_transformer_block(tiny_lm_dir):
-    from rankloop.data.training import compile_blocks
+    from rankloop.lm.kernels import compile_blocks
     from rankloop.reward.model import add_lora, load_backbone, load_reward_tokenizer
 
     model = load_backbone(str(tiny_lm_dir), load_reward_tokenizer(str(tiny_lm_dir)))

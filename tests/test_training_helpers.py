@@ -1,4 +1,4 @@
-"""data/training.py (attention, activation checkpointing) and the PPO model speed helpers:
+"""lm/kernels.py (attention, activation checkpointing) and the PPO model speed helpers:
 each must give the same numbers as the plain path it replaces."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rankloop.data import training
+from rankloop.lm import kernels
+
 from tiny import build_causal_lm, build_tokenizer
 
 
@@ -44,7 +45,7 @@ def test_rankloop_sdpa_matches_fp64_attention_and_beats_bf16_gradients():
 
     xs = [x.to(torch.bfloat16).requires_grad_() for x in (q, k, v)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, weights = training.rankloop_sdpa(_Module(), *xs, mask)
+        out, weights = kernels.rankloop_sdpa(_Module(), *xs, mask)
     assert weights is None and out.dtype == torch.bfloat16 and out.shape == ref.shape
     grads = torch.autograd.grad(out, xs, g.to(torch.bfloat16))
     assert (out.double() - ref).abs().max() < 0.03  # bf16 inputs and output
@@ -70,7 +71,7 @@ def test_rankloop_sdpa_without_grad_or_in_fp32_is_transformers_sdpa():
     for dtype in (torch.float32, torch.bfloat16):
         xs = [x.to(dtype) for x in (q, k, v)]
         with torch.no_grad():
-            ours, _ = training.rankloop_sdpa(_Module(), *xs, mask)
+            ours, _ = kernels.rankloop_sdpa(_Module(), *xs, mask)
             theirs, _ = sdpa_attention_forward(_Module(), *xs, mask)
         assert torch.equal(ours, theirs)
 
@@ -79,7 +80,7 @@ def test_rankloop_sdpa_causal_without_a_mask():
     q, k, v, mask = _inputs()
     xs = [x.float().requires_grad_() for x in (q, k, v)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = training.rankloop_sdpa(_Module(), *xs, None)
+        out, _ = kernels.rankloop_sdpa(_Module(), *xs, None)
     causal = torch.ones(12, 12, dtype=torch.bool).tril()[None, None]
     assert (out.double() - _reference(q, k, v, causal)).abs().max() < 0.03
 
@@ -104,8 +105,8 @@ def test_use_training_attention_same_model_outputs_and_not_saved(tmp_path):
     mask = torch.ones_like(ids)
     mask[0, :4] = 0  # left padding: a real mask goes to SDPA
     loss_ref, grads_ref = _loss_and_grads(model, ids, mask, autocast=False)
-    training.use_training_attention(model)
-    assert model.config._attn_implementation == training.NAME
+    kernels.use_training_attention(model)
+    assert model.config._attn_implementation == kernels.NAME
     loss_fp32, grads_fp32 = _loss_and_grads(model, ids, mask, autocast=False)
     assert loss_fp32 == pytest.approx(loss_ref, rel=1e-6)  # fp32: transformers' own path
     loss_bf16, grads_bf16 = _loss_and_grads(model, ids, mask, autocast=True)
@@ -113,11 +114,11 @@ def test_use_training_attention_same_model_outputs_and_not_saved(tmp_path):
     for n, g in grads_ref.items():
         assert (grads_bf16[n] - g).abs().max() <= 0.05 * g.abs().max() + 1e-6, n
     model.save_pretrained(tmp_path)
-    assert training.NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+    assert kernels.NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
 
 
 def test_contiguous_lm_head_input_same_logits():
-    from rankloop.ppo.models import contiguous_lm_head_input
+    from rankloop.ppo.actor_critic import contiguous_lm_head_input
 
     tok, model = _tiny()
     for p in model.parameters():
@@ -135,8 +136,9 @@ def test_contiguous_lm_head_input_same_logits():
 
 
 def test_merged_adapter_samples_merged_and_restores_weights_exactly():
-    from rankloop.ppo.models import merged_adapter
     from peft import LoraConfig, get_peft_model
+
+    from rankloop.ppo.actor_critic import merged_adapter
 
     tok, model = _tiny()
     model = model.to(torch.bfloat16)
@@ -160,10 +162,10 @@ def test_merged_adapter_samples_merged_and_restores_weights_exactly():
 def test_rankloop_sdpa_long_rows_keep_the_bf16_path():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    q, k, v, mask = _inputs(t=training.FP32_MAX_KEYS + 1)
+    q, k, v, mask = _inputs(t=kernels.FP32_MAX_KEYS + 1)
     xs = [x.to(torch.bfloat16).requires_grad_() for x in (q, k, v)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, _ = training.rankloop_sdpa(_Module(), *xs, mask)
+        ours, _ = kernels.rankloop_sdpa(_Module(), *xs, mask)
         theirs, _ = sdpa_attention_forward(_Module(), *xs, mask)
     assert torch.equal(ours, theirs)
 
@@ -200,7 +202,7 @@ def test_adapter_inputs_stay_bf16_under_autocast():
         return out, c.n
 
     before, n_before = run()
-    training.keep_adapter_inputs_in_autocast_dtype(lm)
+    kernels.keep_adapter_inputs_in_autocast_dtype(lm)
     after, n_after = run()
     assert n_before - n_after == 4  # q_proj and v_proj in each of the 2 blocks
     torch.testing.assert_close(after, before)
@@ -208,7 +210,7 @@ def test_adapter_inputs_stay_bf16_under_autocast():
 
 TRIM_CHECK = """
 import os, torch
-from rankloop.data import training
+from rankloop.lm import kernels
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -221,7 +223,7 @@ for _ in range(2000):
     pins.append(torch.ones(4))
 del big
 before = rss()
-released = training.release_freed_memory()
+released = kernels.release_freed_memory()
 print(released, before - rss())
 """
 

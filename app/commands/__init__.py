@@ -1,5 +1,2 @@
-"""Command modules of the `rankloop` CLI, one per stage.
-
-Each module here defines its commands with `@cli.command()` on the group from `rankloop.app.cli`;
-`cli.py` imports every module of this package, so adding a stage's commands touches no other file.
-"""
+"""The commands of the `rankloop` CLI, one module per stage; `rankloop.app.cli` registers each
+explicitly (a new command is added to its `COMMANDS`)."""

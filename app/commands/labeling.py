@@ -7,14 +7,15 @@ import socket
 
 import click
 
-from rankloop.app.cli import cli, console, open_project, project_option, user_errors
-from rankloop.data.config import replace
 from rankloop.data.records import ANNOTATOR_ROLES
+from rankloop.settings import replace
+
+from .common import console, open_project, project_option, user_errors
 
 GUIDELINES_FILE = "guidelines.md"
 
 
-@cli.group()
+@click.group()
 def annotator():
     """Manage annotator accounts (the labeling app's logins).
 
@@ -76,7 +77,7 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 exposes the app to the network: use HTTPS "
                    "in front of it).")

@@ -6,35 +6,27 @@ from pathlib import Path
 
 import click
 
-from rankloop.app.cli import cli, console, open_project, project_option, user_errors
-from rankloop.data.config import ConfigError, replace
+from rankloop.app import rounds
 from rankloop.data.records import Round
+from rankloop.settings import ConfigError, replace
+
+from .common import console, open_project, project_option, user_errors
 
 
 def _reward_for_round(project, round_: int, reward_fns, reward_model, cfg):
     """(reward source, reward model folder or None): --reward-fn wins, else the reward model
-    given, else this round's (or the latest) trained reward model."""
-    from rankloop.ppo.rewards import ScorerReward, parse_reward_spec
+    of `rounds.ppo_reward_model`."""
+    from rankloop.ppo.reward_fns import ScorerReward, parse_reward_spec
 
     if reward_fns:
         return parse_reward_spec(reward_fns), reward_model
-    if reward_model is None:
-        rec = project.store.round(round_)
-        if rec is not None and rec.reward_model:
-            reward_model = str(project.root / rec.reward_model)
-        else:
-            from rankloop.reward.scoring import latest_reward_model
-
-            reward_model = str(latest_reward_model(project))
-    if not Path(reward_model).is_dir():
-        raise ConfigError(f"reward model {reward_model} is not a folder: train one with "
-                          f"`rankloop train-reward --round {round_}` or pass --reward-model DIR")
+    reward_model = rounds.ppo_reward_model(project, round_, reward_model)
     # loaded lazily: with the default critic, scoring shares the critic's frozen weights
     return ScorerReward(None, cfg.normalize_scores, cfg.score_clip, path=reward_model,
                         bf16=cfg.bf16), reward_model
 
 
-@cli.command("ppo")
+@click.command("ppo")
 @click.option("--round", "round_", type=int, default=0, show_default=True,
               help="Round R: starts from policy R-1 (or the base), writes rounds/R/policy.")
 @click.option("--steps", type=int, default=None, help="PPO steps ([ppo] steps).")
@@ -118,7 +110,7 @@ def ppo_cmd(round_, steps, batch_size, mini_batch_size, ppo_epochs, max_new_toke
     project.close()
 
 
-@cli.command("train-dpo")
+@click.command("train-dpo")
 @click.option("--round", "round_", type=int, default=0, show_default=True,
               help="Train on the labels of rounds <= R; save rounds/R/dpo/.")
 @click.option("--epochs", "dpo_epochs", type=int, default=None)

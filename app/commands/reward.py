@@ -8,64 +8,14 @@ from pathlib import Path
 
 import click
 
-from rankloop.app.cli import cli, console, open_project, project_option, user_errors
-from rankloop.data.config import replace
-from rankloop.data.records import Round
+from rankloop.app import rounds
 from rankloop.reward.config import LOSSES
+from rankloop.settings import replace
+
+from .common import console, open_project, project_option, user_errors
 
 
-def next_reward_round(store) -> int:
-    """One after the last round that has a reward model, or 0."""
-    done = [r.number for r in store.rounds() if r.reward_model]
-    return max(done) + 1 if done else 0
-
-
-def train_round(project, round_: int, cfg, *, base: str | None = None, resume: bool = False,
-                progress: bool = True, max_steps: int | None = None):
-    """Train round `round_`'s reward model on the labels of rounds <= it and record it."""
-    from rankloop.reward.train import train_reward
-
-    out = project.round_dir(round_, "reward")
-    base = base or cfg.base or project.config.models.reward_model
-    result = train_reward(project.store, cfg, out, base=base, round=round_, resume=resume,
-                          progress=progress, log_dir=project.root / "logs",
-                          max_steps=max_steps)
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-             for k, v in result.metrics.items()}
-    project.store.save_round(Round(round_, reward_model=str(out.relative_to(project.root)),
-                                   metrics=clean))
-    score_open_comparisons(project, out, progress=progress)
-    return result
-
-
-def score_open_comparisons(project, reward_dir: Path, scorer=None, progress: bool = True) -> int:
-    """Score the responses of every comparison that still needs labels with the new reward
-    model, so the labeling queue's 'uncertainty' order puts the comparisons it is least sure
-    about first (active learning). Returns how many responses were scored."""
-    from rankloop.data.queue import record_scores
-    from rankloop.reward.scoring import RewardScorer
-
-    store = project.store
-    n = project.config.labeling.labels_per_comparison
-    open_ids = [cid for (cid,) in store.db.execute(
-        "select comparison_id from comparison_queue where labels < ?", [n]).fetchall()]
-    comps = [store.comparison(cid) for cid in open_ids]
-    rids = sorted({rid for c in comps for rid in c.response_ids})
-    if not rids:
-        return 0
-    responses = store.responses(ids=rids)
-    prompts = {pid: store.prompt(pid) for pid in {r.prompt_id for r in responses}}
-    scorer = scorer or RewardScorer.from_pretrained(str(reward_dir))
-    scores = scorer.score([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
-    record_scores(store, str(reward_dir.relative_to(project.root)),
-                  dict(zip(rids, scores.tolist())))
-    if progress:
-        console.print(f"Scored {len(rids)} responses of {len(comps)} open comparisons for the "
-                      f"labeling queue's uncertainty order")
-    return len(rids)
-
-
-@cli.command("train-reward")
+@click.command("train-reward")
 @click.option("--round", "round_", type=int, default=None,
               help="Round to train for (uses labels of rounds <= it; default: the next round "
                    "without a reward model).")
@@ -122,9 +72,10 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
                   gradient_checkpointing=gradient_checkpointing, compile=compile_,
                   log_with=log_with)
     if round_ is None:
-        round_ = next_reward_round(project.store)
+        round_ = rounds.next_reward_round(project)
     try:
-        result = train_round(project, round_, cfg, base=base, resume=resume)
+        result = rounds.train_reward_stage(project, round_, cfg, base=base, resume=resume,
+                                           log=console.print)
     except RewardDataError as e:
         raise click.ClickException(str(e)) from None
     acc = result.metrics.get("reward/accuracy")
@@ -137,7 +88,7 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
     project.close()
 
 
-@cli.command("score")
+@click.command("score")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSONL file to write: the input rows with a `score` field.")
@@ -159,19 +110,12 @@ def score_cmd(file, output, round_, model_path, batch_size, project_dir):
     Example:
       rankloop score samples.jsonl --output scored.jsonl --round 1
     """
-    from rankloop.reward.scoring import RewardScorer, latest_reward_model
+    from rankloop.reward.scoring import RewardScorer
 
     rows = read_score_rows(file)
     if model_path is None:
         project = open_project(project_dir)
-        if round_ is None:
-            model_path = latest_reward_model(project)
-        else:
-            r = project.store.round(round_)
-            if r is None or not r.reward_model:
-                raise click.ClickException(f"round {round_} has no reward model: run "
-                                           f"`rankloop train-reward --round {round_}` first")
-            model_path = project.root / r.reward_model
+        model_path = rounds.reward_model_of(project, round_)
         project.close()
     scorer = RewardScorer.from_pretrained(model_path, batch_size=batch_size)
     scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])

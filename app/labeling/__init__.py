@@ -5,7 +5,7 @@ it behind a login (`authenticator`). See docs/labeling.md.
 """
 
 from .handlers import Ctx, Page
-from .stores import Stores
+from .store_pool import StorePool
 from .ui import authenticator, build_app, launch, launch_kwargs
 
-__all__ = ["Ctx", "Page", "Stores", "authenticator", "build_app", "launch", "launch_kwargs"]
+__all__ = ["Ctx", "Page", "StorePool", "authenticator", "build_app", "launch", "launch_kwargs"]

@@ -15,8 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from rankloop.data import agreement, queue
-from rankloop.data.io import (EXPORT_FORMATS, Columns, ImportFileError, export_preferences,
-                              import_file)
+from rankloop.data.io import (
+    EXPORT_FORMATS,
+    Columns,
+    ImportFileError,
+    export_preferences,
+    import_file,
+)
 from rankloop.data.records import ANNOTATOR_ROLES
 from rankloop.data.store import Store, StoreError
 

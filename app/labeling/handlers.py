@@ -23,7 +23,7 @@ from rankloop.data.records import Annotator
 from rankloop.data.store import Store, StoreError
 
 from .render import LETTERS, conversation_html, markdown_html, response_html
-from .stores import Stores
+from .store_pool import StorePool
 
 DEFAULT_GUIDELINES = """\
 # Labeling guidelines
@@ -62,7 +62,7 @@ class AccessDenied(PermissionError):
 class Ctx:
     """What every handler needs: built once by `build_app`, shared read-only by all sessions."""
 
-    stores: Stores
+    stores: StorePool
     config: LabelingConfig
     guidelines_path: Path | None = None
     clock: Callable[[], float] = time.time
@@ -96,11 +96,10 @@ def annotator(store: Store, username: str | None) -> Annotator:
     """The logged-in account; every handler starts here."""
     if not username:
         raise AccessDenied("log in to label")
-    row = store.db.execute("select id, role from annotators where name = ?",
-                           [username]).fetchone()
-    if row is None or row[1] == "external":
+    a = store.annotator(username)
+    if a is None or a.role == "external":
         raise AccessDenied(f"no annotator account named {username!r}")
-    return Annotator(name=username, role=row[1], id=row[0])
+    return a
 
 
 def _progress_line(store: Store, ctx: Ctx, aid: int) -> str:

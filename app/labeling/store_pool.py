@@ -2,11 +2,11 @@
 
 A `Store` wraps one sqlite3 connection, and one connection must not run transactions from
 several threads at once. Gradio runs handlers in a thread pool, so the app reaches the database
-through `Stores`, in one of two modes:
+through `StorePool`, in one of two modes:
 
-- `Stores.per_thread(path)`: each worker thread opens its own connection to the same file (WAL
+- `StorePool.per_thread(path)`: each worker thread opens its own connection to the same file (WAL
   lets readers run while one writer commits; writers queue on SQLite's lock with busy_timeout).
-- `Stores.shared(store)`: one connection behind a lock, one handler at a time. What `rankloop
+- `StorePool.shared(store)`: one connection behind a lock, one handler at a time. What `rankloop
   serve` uses: on the benchmark (bench/labeling.py) it matches a connection per thread on p95
   and avoids its tails of seconds: per-thread writers queue in SQLite's busy handler, which
   sleeps and retries (up to 100 ms a time), instead of on a lock that wakes the next at once.
@@ -23,7 +23,7 @@ from pathlib import Path
 from rankloop.data.store import Store
 
 
-class Stores:
+class StorePool:
     """Hands a handler the `Store` it may use on the current thread."""
 
     def __init__(self, *, path: Path | None = None, store: Store | None = None,
@@ -37,14 +37,14 @@ class Stores:
         self._opened: list[Store] = [store] if store is not None and owned else []
 
     @classmethod
-    def per_thread(cls, path: str | Path) -> "Stores":
+    def per_thread(cls, path: str | Path) -> "StorePool":
         stores = cls(path=Path(path))
         with stores() as s:  # apply migrations once, up front, on this thread
             pass
         return stores
 
     @classmethod
-    def shared(cls, store: Store, owned: bool = False) -> "Stores":
+    def shared(cls, store: Store, owned: bool = False) -> "StorePool":
         """One store for every thread; `owned`: `close()` closes it too."""
         return cls(store=store, owned=owned)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankloop.data.models import ModelLoadError, adapter_base, resolve
-from rankloop.data.training import use_training_attention
+from rankloop.lm.kernels import use_training_attention
+from rankloop.lm.loading import ModelLoadError, adapter_base, quiet_loading, resolve
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -72,11 +72,12 @@ def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.d
     base.config.use_cache = True
     use_training_attention(base)
     contiguous_lm_head_input(base)
-    if base_path:
-        lm = PeftModel.from_pretrained(base, path, is_trainable=True)
-    else:
-        lm = get_peft_model(base, lora_config(r, alpha, dropout, "CAUSAL_LM", top_layers,
-                                              decoder_backbone(base)))
+    with quiet_loading():
+        if base_path:
+            lm = PeftModel.from_pretrained(base, path, is_trainable=True)
+        else:
+            lm = get_peft_model(base, lora_config(r, alpha, dropout, "CAUSAL_LM", top_layers,
+                                                  decoder_backbone(base)))
     lm.base_model_name = resolve(base_path or path)  # written into the saved adapter_config
     return lm.eval()  # no dropout anywhere: rollout and update log-probs must agree
 
@@ -239,8 +240,9 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
             head.load_state_dict({k: v.float() for k, v in old_head.state_dict().items()})
             if head.bias is None:  # the critic needs a bias to learn the value's offset
                 head = _with_bias(head)
-            lora = get_peft_model(backbone, lora_config(
-                r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
+            with quiet_loading():
+                lora = get_peft_model(backbone, lora_config(
+                    r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
             critic = Critic(lora.eval(), head, "reward model")
             # the reward model itself, sharing the critic's frozen weights (its LoRA layers are
             # injected into them): scoring runs it with the adapter disabled, no second copy
@@ -249,13 +251,15 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
             return critic
         reason = "the reward model's tokenizer differs from the policy's"
     base = adapter_base(policy_path) or policy_path
-    backbone = AutoModel.from_pretrained(resolve(base), dtype=dtype)
+    with quiet_loading():  # the causal LM's lm_head is left out on purpose
+        backbone = AutoModel.from_pretrained(resolve(base), dtype=dtype)
     use_training_attention(backbone)
     head = nn.Linear(backbone.config.hidden_size, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION",
-                                                top_layers, backbone))
+    with quiet_loading():
+        lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION",
+                                                    top_layers, backbone))
     return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})")
 
 

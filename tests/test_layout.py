@@ -1,0 +1,69 @@
+"""The package graph of README's "What is where": imports point one way, read with `ast`.
+
+    app ──► reward ──► lm ──► data
+     │        ▲        ▲
+     └──────► ppo ─────┘        settings: a leaf every package may import
+
+ppo may use the reward package's public scorer (`rankloop.reward.scoring` and the text format
+of `rankloop.reward.model` it scores); nothing imports upward.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("app", "reward", "ppo", "lm", "data", "settings")
+ALLOWED = {
+    "app": {"reward", "ppo", "lm", "data", "settings"},
+    "reward": {"lm", "data", "settings"},
+    "ppo": {"reward.scoring", "reward.model", "lm", "data", "settings"},
+    "lm": {"data", "settings"},
+    "data": set(),
+    "settings": set(),
+}
+
+
+def rankloop_imports(path: Path) -> set[str]:
+    """The `rankloop.*` modules a file imports (anywhere in it, lazy imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        out |= {n.removeprefix("rankloop.") for n in names if n.startswith("rankloop.")}
+    return out
+
+
+def violations(package: str, allowed: set[str]) -> list[str]:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for target in sorted(rankloop_imports(path)):
+            top = target.split(".")[0]
+            if top == package or top not in PACKAGES:
+                continue
+            if not any(target == a or target.startswith(a + ".") for a in allowed):
+                bad.append(f"{path.relative_to(ROOT)} imports rankloop.{target}")
+    return bad
+
+
+def test_every_package_imports_only_downward():
+    found = {p: violations(p, ALLOWED[p]) for p in PACKAGES}
+    assert {p: v for p, v in found.items() if v} == {}
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    """The test above would pass vacuously if the reader missed imports: plant one of each
+    kind (top-level, lazy inside a function, `from rankloop.x import y`) and see them caught."""
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "bad.py").write_text(
+        "import rankloop.app.cli\n"
+        "def f():\n    from rankloop.ppo import core\n"
+        "from rankloop.data import store\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert violations("lm", ALLOWED["lm"]) == ["lm/bad.py imports rankloop.app.cli",
+                                               "lm/bad.py imports rankloop.ppo.core"]
