@@ -2,7 +2,7 @@
 
 Both run in this one process on the same prompts and sampling settings, side by side:
   anchor   : `model.generate` one prompt at a time, fp32 (what a first script would do)
-  rankloop : `ppo.sampling.sample_many` (length-sorted batches, KV cache, bf16 weights where the
+  rankloop : `lm.sampling.sample_many` (length-sorted batches, KV cache, bf16 weights where the
              CPU has bf16 units), at one or more batch sizes
 Throughput counts only real new tokens (up to and including EOS), so the work a batch wastes on
 rows that already finished counts against it.

@@ -421,7 +421,7 @@ def train_ppo(
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, actor_opt,
                             critic_opt, kl_ctl, accelerator)
-        release_freed_memory()  # see data/training.py: keeps the resident memory from creeping
+        release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
         if on_step is not None:
             on_step(row)
     bar.close()

@@ -557,7 +557,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
 
     # 5. save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
-    # the one malloc_trim of the run (see data/training.py): training and scoring are done,
+    # the one malloc_trim of the run (see lm/kernels.py): training and scoring are done,
     # and the merge below needs room for an fp32 copy of the model
     release_freed_memory()
     if accelerator.is_main_process:
