@@ -192,3 +192,18 @@ def m0003_queue_counts(db: sqlite_utils.Database) -> None:
     }, pk=("comparison_id", "reward_model"), not_null={"gap"},
         foreign_keys=[("comparison_id", "comparisons", "id")])
     db["comparison_gaps"].create_index(["reward_model", "gap"])
+
+
+# -- 0010+: the rounds (`rankloop round`); 0004-0009 are the labeling app's -------------------
+
+@migration("0010_rounds_state")
+def m0010_rounds_state(db: sqlite_utils.Database) -> None:
+    """The project's current round (the round whose samples are being labeled) and the finished
+    stages of `rankloop round`, so a killed round continues from its unfinished stage."""
+    db["project_state"].create({"key": str, "value": str}, pk="key", not_null={"value"})
+    # A project that predates this: its current round is the newest round with comparisons.
+    current = db.execute("select coalesce(max(round), 0) from comparisons").fetchone()[0]
+    db["project_state"].insert({"key": "current_round", "value": str(current)})
+    db["round_stages"].create({
+        "round": int, "stage": str, "seconds": float, "metrics": str, "finished_at": str,
+    }, pk=("round", "stage"), not_null={"seconds", "finished_at"})

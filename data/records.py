@@ -32,8 +32,9 @@ STRENGTHS: tuple[str, ...] = ("slightly", "much")
 LabelSource = Literal["human", "external", "simulated"]
 LABEL_SOURCES: tuple[str, ...] = ("human", "external", "simulated")
 
-AnnotatorRole = Literal["annotator", "admin", "external"]
-ANNOTATOR_ROLES: tuple[str, ...] = ("annotator", "admin", "external")
+#: "simulated": an account of `rankloop simulate` (no secret: it cannot log in).
+AnnotatorRole = Literal["annotator", "admin", "external", "simulated"]
+ANNOTATOR_ROLES: tuple[str, ...] = ("annotator", "admin", "external", "simulated")
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,43 @@ class Round:
 @dataclass(frozen=True)
 class Preference:
     """A labeled pair ready for training or export: what `Store.preferences()` yields.
+
+@dataclass(frozen=True)
+class RoundStage:
+    """A finished stage of `rankloop round` for round `round` (reward, ppo, generate, compare,
+    advance): how long it took and what it reported. A stage without a record has not finished."""
+
+    round: int
+    stage: str
+    seconds: float
+    metrics: dict = field(default_factory=dict, compare=False)
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """One labeled pair of responses from two different rounds to the same prompt: the input of
+    win-rates and the leaderboard (`Store.cross_round_outcomes`).
+
+    Round r's responses were sampled by the policy trained in round r - 1 (round 0: the base
+    policy), so a round number names a policy. `round_a` is the newer of the two rounds;
+    `outcome` is from a's side: 1 when a's response was ranked above b's, 0.5 tied (a "both bad"
+    label is a tie), 0 below.
+    """
+
+    comparison_id: int
+    label_id: int
+    prompt_id: int
+    round_a: int
+    round_b: int
+    response_a: int
+    response_b: int
+    policy_a: str
+    policy_b: str
+    outcome: float
+    source: str  # the label's: "human", "simulated" or "external"
+    annotator_id: int
+
 
     One human ranking of K responses yields its C(K,2) pairs (tied pairs with `tie=True`), all
     with the same `label_id` so the reward trainer can keep them in one batch element.

@@ -26,11 +26,13 @@ from .records import (
     Annotator,
     Comparison,
     Label,
+    Match,
     Message,
     Preference,
     Prompt,
     Response,
     Round,
+    RoundStage,
     Sampling,
     normalize_ranking,
     to_json,
@@ -74,6 +76,7 @@ class StoreStatus:
     labels: int
     annotators: int
     rounds: list[Round]
+    current_round: int = 0
 
 
 class Store:
@@ -445,6 +448,77 @@ class Store:
                     f"select number, policy, reward_model, metrics, started_at, finished_at "
                     f"from rounds {where}", params).fetchall()]
 
+    def current_round(self) -> int:
+        """The round whose samples are being labeled (0 in a new project)."""
+        row = self.db.execute(
+            "select value from project_state where key = 'current_round'").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_current_round(self, number: int) -> None:
+        if number < 0:
+            raise StoreError(f"a round number is >= 0, got {number}")
+        with self.transaction():
+            self.db["project_state"].upsert({"key": "current_round", "value": str(number)},
+                                            pk="key")
+
+    def finish_stage(self, stage: RoundStage) -> None:
+        """Record that a stage of round `stage.round` finished (a second record replaces it)."""
+        with self.transaction():
+            self.db["round_stages"].upsert({
+                "round": stage.round, "stage": stage.stage, "seconds": stage.seconds,
+                "metrics": to_json(stage.metrics), "finished_at": stage.finished_at or now(),
+            }, pk=("round", "stage"))
+
+    def forget_stage(self, round: int, stage: str) -> None:
+        """Drop a stage's record, so that `rankloop round` runs it again."""
+        with self.transaction():
+            self.db.execute("delete from round_stages where round = ? and stage = ?",
+                            [round, stage])
+
+    def stages(self, round: int | None = None) -> list[RoundStage]:
+        """Finished stages (of one round, or all), in the order they finished."""
+        where, params = ("where round = ?", [round]) if round is not None else ("", [])
+        return [RoundStage(round=r, stage=st, seconds=sec, metrics=json.loads(m or "{}"),
+                           finished_at=f)
+                for r, st, sec, m, f in self.db.execute(
+                    f"select round, stage, seconds, metrics, finished_at from round_stages "
+                    f"{where} order by finished_at, round", params).fetchall()]
+
+    def cross_round_outcomes(self, source: str | None = None) -> list[Match]:
+        """Every labeled pair of responses from two different rounds to the same prompt, one
+        `Match` per (label, pair), newer round as side a; `source` keeps one label source.
+
+        A K-wise comparison holding responses of several rounds gives one match per pair of
+        responses from different rounds. Ordered by label id, then by response ids.
+        """
+        sql = ("select l.id, l.comparison_id, l.annotator_id, l.ranking, l.source, c.prompt_id "
+               "from labels l join comparisons c on c.id = l.comparison_id "
+               "where (select count(distinct r.round) from comparison_responses x "
+               "       join responses r on r.id = x.response_id "
+               "       where x.comparison_id = c.id) > 1")
+        params = []
+        if source is not None:
+            sql += " and l.source = ?"
+            params.append(source)
+        out = []
+        for lid, cid, aid, ranking, src, pid in self.db.execute(sql + " order by l.id",
+                                                                params).fetchall():
+            tiers = _tiers(json.loads(ranking))
+            tier = {r: t for t, members in enumerate(tiers) for r in members}
+            resp = {r.id: r for r in self.responses(ids=sorted(tier))}
+            for i, j in itertools.combinations(sorted(tier), 2):
+                a, b = resp[i], resp[j]
+                if a.round == b.round:
+                    continue
+                if a.round < b.round:
+                    a, b = b, a
+                outcome = 0.5 if tier[a.id] == tier[b.id] else float(tier[a.id] < tier[b.id])
+                out.append(Match(comparison_id=cid, label_id=lid, prompt_id=pid,
+                                 round_a=a.round, round_b=b.round, response_a=a.id,
+                                 response_b=b.id, policy_a=a.policy, policy_b=b.policy,
+                                 outcome=outcome, source=src, annotator_id=aid))
+        return out
+
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> StoreStatus:
@@ -459,8 +533,10 @@ class Store:
             comparisons_pending=comparisons - labeled,
             comparisons_labeled=labeled,
             labels=q("select count(*) from labels"),
-            annotators=q("select count(*) from annotators where role != 'external'"),
+            annotators=q("select count(*) from annotators "
+                         "where role in ('annotator', 'admin')"),
             rounds=self.rounds(),
+            current_round=self.current_round(),
         )
 
 
