@@ -35,6 +35,8 @@ LABEL_SOURCES: tuple[str, ...] = ("human", "external", "simulated")
 #: "simulated": an account of `rankloop simulate` (no secret: it cannot log in).
 AnnotatorRole = Literal["annotator", "admin", "external", "simulated"]
 ANNOTATOR_ROLES: tuple[str, ...] = ("annotator", "admin", "external", "simulated")
+#: The roles of accounts that people log in with (and that `annotator add` creates).
+PERSON_ROLES: tuple[str, ...] = ("annotator", "admin")
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,6 @@ class Round:
 
 
 @dataclass(frozen=True)
-class Preference:
-    """A labeled pair ready for training or export: what `Store.preferences()` yields.
-
-@dataclass(frozen=True)
 class RoundStage:
     """A finished stage of `rankloop round` for round `round` (reward, ppo, generate, compare,
     advance): how long it took and what it reported. A stage without a record has not finished."""
@@ -278,6 +276,10 @@ class Match:
     source: str  # the label's: "human", "simulated" or "external"
     annotator_id: int
 
+
+@dataclass(frozen=True)
+class Preference:
+    """A labeled pair ready for training or export: what `Store.preferences()` yields.
 
     One human ranking of K responses yields its C(K,2) pairs (tied pairs with `tie=True`), all
     with the same `label_id` so the reward trainer can keep them in one batch element.

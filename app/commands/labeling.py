@@ -7,7 +7,7 @@ import socket
 
 import click
 
-from rankloop.data.records import ANNOTATOR_ROLES
+from rankloop.data.records import PERSON_ROLES
 from rankloop.settings import replace
 
 from .common import console, open_project, project_option, user_errors
@@ -29,7 +29,7 @@ def annotator():
 
 @annotator.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice([r for r in ANNOTATOR_ROLES if r != "external"]),
+@click.option("--role", type=click.Choice(PERSON_ROLES),
               default="annotator", show_default=True,
               help="admin: also sees the admin view (statistics, flags, gold, upload, export).")
 @project_option

@@ -22,7 +22,7 @@ from rankloop.data.io import (
     export_preferences,
     import_file,
 )
-from rankloop.data.records import ANNOTATOR_ROLES
+from rankloop.data.records import PERSON_ROLES
 from rankloop.data.store import Store, StoreError
 
 from .handlers import AccessDenied, Ctx, annotator, guidelines_markdown
@@ -178,7 +178,7 @@ def current_guidelines(ctx: Ctx, username: str | None) -> str:
 
 def add_account(ctx: Ctx, username: str | None, name: str, role: str) -> str:
     """Create an account; the message shows its secret once."""
-    if role not in ANNOTATOR_ROLES or role == "external":
+    if role not in PERSON_ROLES:
         return "Role must be 'annotator' or 'admin'."
     with ctx.stores() as store:
         _admin(store, username)
