@@ -63,11 +63,10 @@ def make_db(path: Path, comparisons: int, annotators: int) -> None:
 
 def serve(db: str, port: int, mode: str, concurrency: int) -> None:
     """The server process: the app over `db` with the given store mode, until killed."""
-    from rankloop.app.labeling import StorePool, build_app, launch
+    from rankloop.app.labeling import StorePool, build_app
 
     stores = StorePool.per_thread(db) if mode == "per_thread" else StorePool.shared(Store.open(db))
-    demo = build_app(stores, LabelingConfig(concurrency=concurrency))
-    launch(demo, port=port, block=True)
+    build_app(stores, LabelingConfig(concurrency=concurrency)).launch(port=port, block=True)
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:

@@ -123,6 +123,10 @@ class Response:
         return content_hash(self.prompt_id, self.text, self.round, self.policy, self.source, slot)
 
 
+#: The most responses the labeling page shows side by side: one per number key (1-9).
+MAX_RESPONSES = 9
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A prompt and the 2..K responses an annotator ranks together."""

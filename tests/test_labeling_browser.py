@@ -17,7 +17,7 @@ import socket
 import pytest
 
 from rankloop.app.config import LabelingConfig
-from rankloop.app.labeling import build_app, launch
+from rankloop.app.labeling import build_app
 from rankloop.data.records import Label
 from rankloop.data.store import Store
 
@@ -48,13 +48,12 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serving(path, folder):
     """The app over the database at `path`, served on a free port; yields its URL."""
-    demo = build_app(path, LabelingConfig(), guidelines_path=folder / "guidelines.md")
-    url = launch(demo, port=free_port(), block=False)
+    app = build_app(path, LabelingConfig(), guidelines_path=folder / "guidelines.md")
+    url = app.launch(port=free_port(), block=False)
     try:
         yield url
     finally:
-        demo.close()
-        demo.rankloop_ctx.stores.close()
+        app.close()
 
 
 @pytest.fixture(scope="module")

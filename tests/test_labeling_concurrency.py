@@ -13,7 +13,7 @@ import httpx
 from gradio_client import Client
 
 from rankloop.app.config import LabelingConfig
-from rankloop.app.labeling import build_app, launch
+from rankloop.app.labeling import build_app
 from rankloop.data.store import Store
 
 ANNOTATORS, COMPARISONS, N = 32, 48, 2
@@ -34,8 +34,8 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
     for i in range(ANNOTATORS):
         store.add_annotator(f"a{i}", secret=f"s{i}")
     store.close()
-    demo = build_app(path, LabelingConfig(labels_per_comparison=N, concurrency=16))
-    url = launch(demo, port=free_port(), block=False)
+    app = build_app(path, LabelingConfig(labels_per_comparison=N, concurrency=16))
+    url = app.launch(port=free_port(), block=False)
     acked: list[tuple[str, int, int]] = []  # (annotator, comparison, label id) acknowledged
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -86,8 +86,7 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
         deadline = time.monotonic() + 240
         [t.join(timeout=max(0.0, deadline - time.monotonic())) for t in threads]
     finally:
-        demo.close()
-        demo.rankloop_ctx.stores.close()
+        app.close()
     assert [repr(e) for e in errors] == []
     assert not any(t.is_alive() for t in threads)
 

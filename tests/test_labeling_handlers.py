@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +282,24 @@ def test_admin_upload_and_export(app, tmp_path):
     assert [(r["tie"], r["annotator"]) for r in rows] == [(True, "ann")]
     with pytest.raises(AccessDenied):
         admin.export(ctx, "bob", "jsonl", tmp_path / "out")
+
+
+def test_build_app_returns_the_page_and_its_context_and_close_removes_the_exports(
+        fresh_store, tmp_path, monkeypatch):
+    import tempfile
+
+    from rankloop.app.labeling import LabelingApp, build_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the app makes its folders
+    fresh_store.add_comparison_texts("q", ["a", "b"])
+    fresh_store.add_annotator("root", role="admin", secret="pw")
+    app = build_app(fresh_store, LabelingConfig(labels_per_comparison=2))
+    assert isinstance(app, LabelingApp) and app.ctx.config.labels_per_comparison == 2
+    t = handlers.api_next(app.ctx, "root")
+    handlers.api_label(app.ctx, "root", t["comparison_id"], t["request_id"], choice="A")
+    out = Path(tempfile.mkdtemp(dir=app.export_dir.name))
+    path, msg = admin.export(app.ctx, "root", "jsonl", out)
+    assert msg == "Exported 1 preference pairs (jsonl)." and path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [Path(app.export_dir.name).name]
+    app.close()
+    assert list(tmp_path.iterdir()) == []

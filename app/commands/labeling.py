@@ -94,7 +94,7 @@ def serve(host, port, concurrency, project_dir):
     Example:
       rankloop annotator add alice && rankloop serve --port 7860
     """
-    from rankloop.app.labeling import build_app, launch
+    from rankloop.app.labeling import build_app
 
     project = open_project(project_dir)
     config = replace(project.config.labeling, concurrency=concurrency)
@@ -107,10 +107,10 @@ def serve(host, port, concurrency, project_dir):
     if not port_free(host, port):
         raise click.ClickException(f"port {port} on {host} is in use: stop what runs there or "
                                    f"pass --port")
-    demo = build_app(db_path, config, guidelines_path=project.root / GUIDELINES_FILE)
+    app = build_app(db_path, config, guidelines_path=project.root / GUIDELINES_FILE)
     console.print(f"Labeling app for {project.root} on http://{host}:{port} "
                   f"({len(accounts)} accounts). Ctrl+C stops it.")
     try:
-        launch(demo, host=host, port=port)
+        app.launch(host=host, port=port)
     finally:
-        demo.rankloop_ctx.stores.close()
+        app.close()
