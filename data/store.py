@@ -476,13 +476,13 @@ class Store:
                             [round, stage])
 
     def stages(self, round: int | None = None) -> list[RoundStage]:
-        """Finished stages (of one round, or all), in the order they finished."""
+        """Finished stages (of one round, or all): by round, then in the order they finished."""
         where, params = ("where round = ?", [round]) if round is not None else ("", [])
         return [RoundStage(round=r, stage=st, seconds=sec, metrics=json.loads(m or "{}"),
                            finished_at=f)
                 for r, st, sec, m, f in self.db.execute(
                     f"select round, stage, seconds, metrics, finished_at from round_stages "
-                    f"{where} order by finished_at, round", params).fetchall()]
+                    f"{where} order by round, finished_at, rowid", params).fetchall()]
 
     def cross_round_outcomes(self, source: str | None = None) -> list[Match]:
         """Every labeled pair of responses from two different rounds to the same prompt, one

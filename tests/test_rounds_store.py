@@ -28,17 +28,18 @@ def test_current_round_and_stage_records(fresh_store):
     s = fresh_store
     s.set_current_round(3)
     assert s.current_round() == 3 and s.status().current_round == 3
-    s.finish_stage(RoundStage(3, "reward", 12.5, {"reward/accuracy": 0.75}))
-    s.finish_stage(RoundStage(3, "ppo", 40.0, {"ppo/kl_last": 1.5}))
-    s.finish_stage(RoundStage(2, "advance", 0.1))
+    at = "2026-01-01T00:00:0{}.000+00:00".format
+    s.finish_stage(RoundStage(3, "reward", 12.5, {"reward/accuracy": 0.75}, at(1)))
+    s.finish_stage(RoundStage(3, "ppo", 40.0, {"ppo/kl_last": 1.5}, at(2)))
+    s.finish_stage(RoundStage(2, "advance", 0.1, finished_at=at(3)))
     got = [(st.round, st.stage, st.seconds, st.metrics) for st in s.stages(3)]
     assert got == [(3, "reward", 12.5, {"reward/accuracy": 0.75}),
                    (3, "ppo", 40.0, {"ppo/kl_last": 1.5})]
-    s.finish_stage(RoundStage(3, "reward", 20.0, {"reward/accuracy": 0.8}))  # replaces
+    s.finish_stage(RoundStage(3, "reward", 20.0, {"reward/accuracy": 0.8}, at(4)))  # replaces
     assert [(st.stage, st.seconds) for st in s.stages(3)] == [("ppo", 40.0), ("reward", 20.0)]
     s.forget_stage(3, "ppo")
     assert [st.stage for st in s.stages(3)] == ["reward"]
-    assert len(s.stages()) == 2
+    assert [(st.round, st.stage) for st in s.stages()] == [(2, "advance"), (3, "reward")]
 
 
 def _responses(store, pid, texts_by_round):
