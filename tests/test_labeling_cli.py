@@ -44,3 +44,25 @@ def test_serve_refuses_without_accounts_and_on_a_busy_port(tmp_path):
         got = run("serve", "--port", port, "--project", tmp_path / "p")
     assert got.exit_code == 1
     assert f"port {port} on 127.0.0.1 is in use: stop what runs there or pass --port" in got.output
+
+
+def test_serve_restarts_on_its_port_at_once_after_a_stop(tmp_path):
+    """A stopped server leaves its clients' connections in TIME_WAIT on its port for about a
+    minute; the port check must not read that as "in use" (issue #13.4)."""
+    import httpx
+
+    from rankloop.app.commands.labeling import port_free
+    from rankloop.app.labeling import build_app
+
+    path = tmp_path / "rankloop.db"
+    Store.open(path).close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for _ in range(2):
+        assert port_free("127.0.0.1", port)
+        app = build_app(path)
+        url = app.launch(port=port, block=False)
+        with httpx.Client() as client:  # a kept-alive connection that the server closes
+            assert client.get(f"{url}gradio_api/login_check").status_code == 401
+            app.close()

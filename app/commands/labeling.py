@@ -67,7 +67,11 @@ def annotator_list(project_dir):
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether the server could listen on `port` now. SO_REUSEADDR, as the server itself binds:
+    without it, the TIME_WAIT connections a stopped or crashed server leaves for about a minute
+    would read as "in use" and keep a supervisor from restarting it at once."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
