@@ -1,6 +1,39 @@
-"""Process-wide runtime helpers shared by the trainers."""
+"""Where and in which dtype to run: the one device rule, bf16, the accelerator factory."""
 
 from __future__ import annotations
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(setting: str = "auto"):
+    """The device for sampling and scoring (`[runtime] device`): 'auto' takes CUDA when torch
+    sees a GPU, else Apple's MPS where torch has it, else the CPU; 'cpu', 'cuda', 'cuda:1' or
+    'mps' force one (an unavailable one is an error naming the setting). The trainers run on
+    `accelerate`'s device, which follows the same order."""
+    import torch
+
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise ValueError(f"[runtime] device = {setting!r}: expected one of "
+                         f"{', '.join(DEVICES)} (or 'cuda:N')") from None
+    if device.type not in DEVICES:
+        raise ValueError(f"[runtime] device = {setting!r}: expected one of {', '.join(DEVICES)}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("[runtime] device = 'cuda' but torch sees no CUDA GPU here: set "
+                         "device = 'auto' or 'cpu'")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise ValueError("[runtime] device = 'mps' but torch has no MPS here: set "
+                         "device = 'auto' or 'cpu'")
+    return device
 
 
 def cpu_supports_bf16() -> bool:
@@ -14,7 +47,8 @@ def cpu_supports_bf16() -> bool:
 
 def use_bf16(setting: str, device) -> bool:
     """Whether to run in bf16: 'yes', 'no', or 'auto' (CUDA with bf16 support, or a CPU with
-    AVX-512 BF16 / AMX, where bf16 matmuls are ~4x faster than fp32 here)."""
+    AVX-512 BF16 / AMX, where bf16 matmuls are ~4x faster than fp32 here; MPS stays fp32 under
+    'auto': its bf16 support depends on the macOS version)."""
     import torch
 
     if setting != "auto":
