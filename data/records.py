@@ -258,27 +258,28 @@ class RoundStage:
 
 @dataclass(frozen=True)
 class Match:
-    """One labeled pair of responses from two different rounds to the same prompt: the input of
+    """One verdict between the responses of two rounds' policies to one prompt: the input of
     win-rates and the leaderboard (`Store.cross_round_outcomes`).
 
-    Round r's responses were sampled by the policy trained in round r - 1 (round 0: the base
-    policy), so a round number names a policy. `round_a` is the newer of the two rounds;
-    `outcome` is from a's side: 1 when a's response was ranked above b's, 0.5 tied (a "both bad"
-    label is a tie), 0 below.
+    Round R's responses were sampled by round R's policy (the base for round 0, else the policy
+    PPO trained in round R-1), so a round number names a policy. Side a is the newer round;
+    `outcome` is from a's side: 1.0 when response_a was ranked above response_b, 0.5 tied (a
+    "both bad" label is a tie), 0.0 below.
     """
 
+    prompt_id: int
     comparison_id: int
     label_id: int
-    prompt_id: int
-    round_a: int
-    round_b: int
+    model_a: int  # the newer round: its policy wrote response_a
+    model_b: int  # the older round: its policy wrote response_b
     response_a: int
     response_b: int
-    policy_a: str
-    policy_b: str
     outcome: float
-    source: str  # the label's: "human", "simulated" or "external"
-    annotator_id: int
+    source: str  # the label's source: 'human', 'simulated' or 'external'
+
+    def score(self, model: int) -> float:
+        """The outcome for `model` (one of the two sides): 1 win, 0.5 tie, 0 loss."""
+        return self.outcome if model == self.model_a else 1.0 - self.outcome
 
 
 @dataclass(frozen=True)

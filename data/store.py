@@ -484,39 +484,38 @@ class Store:
                     f"select round, stage, seconds, metrics, finished_at from round_stages "
                     f"{where} order by round, finished_at, rowid", params).fetchall()]
 
-    def cross_round_outcomes(self, source: str | None = None) -> list[Match]:
-        """Every labeled pair of responses from two different rounds to the same prompt, one
-        `Match` per (label, pair), newer round as side a; `source` keeps one label source.
-
-        A K-wise comparison holding responses of several rounds gives one match per pair of
-        responses from different rounds. Ordered by label id, then by response ids.
-        """
-        sql = ("select l.id, l.comparison_id, l.annotator_id, l.ranking, l.source, c.prompt_id "
-               "from labels l join comparisons c on c.id = l.comparison_id "
-               "where (select count(distinct r.round) from comparison_responses x "
-               "       join responses r on r.id = x.response_id "
-               "       where x.comparison_id = c.id) > 1")
-        params = []
-        if source is not None:
-            sql += " and l.source = ?"
-            params.append(source)
+    def cross_round_outcomes(self, sources: Sequence[str] | None = None) -> list[Match]:
+        """Every verdict between two rounds' policies: for each label (of `sources` only, when
+        given) on a comparison holding generated responses of two or more rounds, one `Match`
+        per pair of its responses from different rounds, newer round as side a. Imported
+        responses (source other than 'generated') belong to no round's policy: no match.
+        Ordered by label id, then by response ids."""
+        rounds: dict[int, int] = {}  # generated response -> its round, in mixed comparisons
+        cross = """select x.comparison_id from comparison_responses x
+            join responses r on r.id = x.response_id where r.source = 'generated'
+            group by x.comparison_id having count(distinct r.round) > 1"""
+        for rid, rnd in self.db.execute(
+                f"select r.id, r.round from comparison_responses x join responses r "
+                f"on r.id = x.response_id where r.source = 'generated' "
+                f"and x.comparison_id in ({cross})").fetchall():
+            rounds[rid] = rnd
         out = []
-        for lid, cid, aid, ranking, src, pid in self.db.execute(sql + " order by l.id",
-                                                                params).fetchall():
-            tiers = _tiers(json.loads(ranking))
-            tier = {r: t for t, members in enumerate(tiers) for r in members}
-            resp = {r.id: r for r in self.responses(ids=sorted(tier))}
+        for lid, cid, pid, ranking, src in self.db.execute(
+                f"select l.id, l.comparison_id, c.prompt_id, l.ranking, l.source from labels l "
+                f"join comparisons c on c.id = l.comparison_id "
+                f"where l.comparison_id in ({cross}) order by l.id").fetchall():
+            if sources is not None and src not in sources:
+                continue
+            tier = {r: t for t, members in enumerate(json.loads(ranking)) for r in members}
             for i, j in itertools.combinations(sorted(tier), 2):
-                a, b = resp[i], resp[j]
-                if a.round == b.round:
+                if i not in rounds or j not in rounds or rounds[i] == rounds[j]:
                     continue
-                if a.round < b.round:
-                    a, b = b, a
-                outcome = 0.5 if tier[a.id] == tier[b.id] else float(tier[a.id] < tier[b.id])
-                out.append(Match(comparison_id=cid, label_id=lid, prompt_id=pid,
-                                 round_a=a.round, round_b=b.round, response_a=a.id,
-                                 response_b=b.id, policy_a=a.policy, policy_b=b.policy,
-                                 outcome=outcome, source=src, annotator_id=aid))
+                if rounds[i] < rounds[j]:  # the newer round is side a
+                    i, j = j, i
+                outcome = 0.5 if tier[i] == tier[j] else float(tier[i] < tier[j])
+                out.append(Match(prompt_id=pid, comparison_id=cid, label_id=lid,
+                                 model_a=rounds[i], model_b=rounds[j], response_a=i,
+                                 response_b=j, outcome=outcome, source=src))
         return out
 
     # -- status ------------------------------------------------------------------------------

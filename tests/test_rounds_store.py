@@ -43,7 +43,7 @@ def test_current_round_and_stage_records(fresh_store):
 
 
 def _responses(store, pid, texts_by_round):
-    """{round: response id} for one response per round."""
+    """{round: response id} for one generated response per round."""
     return {rnd: store.add_responses([Response(pid, text, round=rnd, policy=f"policy-{rnd}",
                                                sample_index=0)])[0]
             for rnd, text in texts_by_round.items()}
@@ -55,6 +55,7 @@ def test_cross_round_outcomes_one_match_per_label_and_pair(fresh_store):
     r = _responses(s, p1, {0: "old", 1: "mid", 2: "new"})
     other = s.add_responses([Response(p1, "new too", round=2, policy="policy-2",
                                       sample_index=1)])[0]
+    imported = s.add_responses([Response(p1, "from a file", round=1, source="import:x")])[0]
     r2 = _responses(s, p2, {0: "a", 2: "b"})
     ann, _ = s.add_annotator("ann")
     sim = s.external_annotator("sim")
@@ -63,6 +64,7 @@ def test_cross_round_outcomes_one_match_per_label_and_pair(fresh_store):
     c_three = s.add_comparison(p1, [r[0], r[1], r[2]], round=2)
     c_tie = s.add_comparison(p2, [r2[2], r2[0]], round=2)
     c_bad = s.add_comparison(p1, [r[1], r[2]], round=2)
+    c_import = s.add_comparison(p1, [imported, r[2]], round=2)  # imported: no round's policy
     s.add_labels([
         Label.pairwise(c_win, ann.id, (r[0], r[2]), "B"),
         Label.pairwise(c_same, ann.id, (r[2], other), "A"),
@@ -70,22 +72,19 @@ def test_cross_round_outcomes_one_match_per_label_and_pair(fresh_store):
         Label(c_three, ann.id, ranking=((r[1],), (r[0], r[2]))),
         Label.pairwise(c_tie, sim.id, (r2[2], r2[0]), "tie", source="simulated"),
         Label.pairwise(c_bad, ann.id, (r[1], r[2]), "both_bad"),
+        Label.pairwise(c_import, ann.id, (imported, r[2]), "A"),
     ])
-    labels = {lab.comparison_id: lab.id for lab in s.labels()}
+    lab = {label.comparison_id: label.id for label in s.labels()}
     got = s.cross_round_outcomes()
     assert got == [
-        Match(c_win, labels[c_win], p1, 2, 0, r[2], r[0], "policy-2", "policy-0", 1.0,
-              "human", ann.id),
-        Match(c_three, labels[c_three], p1, 1, 0, r[1], r[0], "policy-1", "policy-0", 1.0,
-              "human", ann.id),
-        Match(c_three, labels[c_three], p1, 2, 0, r[2], r[0], "policy-2", "policy-0", 0.5,
-              "human", ann.id),
-        Match(c_three, labels[c_three], p1, 2, 1, r[2], r[1], "policy-2", "policy-1", 0.0,
-              "human", ann.id),
-        Match(c_tie, labels[c_tie], p2, 2, 0, r2[2], r2[0], "policy-2", "policy-0", 0.5,
-              "simulated", sim.id),
-        Match(c_bad, labels[c_bad], p1, 2, 1, r[2], r[1], "policy-2", "policy-1", 0.5,
-              "human", ann.id),
+        Match(p1, c_win, lab[c_win], 2, 0, r[2], r[0], 1.0, "human"),
+        Match(p1, c_three, lab[c_three], 1, 0, r[1], r[0], 1.0, "human"),
+        Match(p1, c_three, lab[c_three], 2, 0, r[2], r[0], 0.5, "human"),
+        Match(p1, c_three, lab[c_three], 2, 1, r[2], r[1], 0.0, "human"),
+        Match(p2, c_tie, lab[c_tie], 2, 0, r2[2], r2[0], 0.5, "simulated"),
+        Match(p1, c_bad, lab[c_bad], 2, 1, r[2], r[1], 0.5, "human"),
     ]
-    assert [m.comparison_id for m in s.cross_round_outcomes(source="simulated")] == [c_tie]
-    assert s.cross_round_outcomes(source="external") == []
+    assert got[3].score(2) == 0.0 and got[3].score(1) == 1.0
+    assert [m.comparison_id for m in s.cross_round_outcomes(["simulated"])] == [c_tie]
+    assert len(s.cross_round_outcomes(["human", "simulated"])) == 6
+    assert s.cross_round_outcomes(["external"]) == []
