@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio reads its folder once, when first imported: one folder for the whole session (tests
+# tell their runs apart by project name); W&B never goes online from a test.
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="rankloop-trackio-"))
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
 
 from rankloop.data.store import Store  # noqa: E402
 
