@@ -207,3 +207,14 @@ def m0010_rounds_state(db: sqlite_utils.Database) -> None:
     db["round_stages"].create({
         "round": int, "stage": str, "seconds": float, "metrics": str, "finished_at": str,
     }, pk=("round", "stage"), not_null={"seconds", "finished_at"})
+
+
+# -- 0020+: measuring the rounds (win-rates, leaderboard, the Rounds view) --------------------
+
+@migration("0020_round_curves")
+def m0020_round_curves(db: sqlite_utils.Database) -> None:
+    """Per-step training curves of each round (PPO's history: mean score, KL, response length,
+    ...), one row per (round, stage, metric, step), for the Rounds view and `rankloop report`."""
+    db["round_curves"].create({
+        "round": int, "stage": str, "metric": str, "step": int, "value": float,
+    }, pk=("round", "stage", "metric", "step"), not_null={"value"})
