@@ -18,10 +18,12 @@ category) are kept as the prompt's metadata.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -81,7 +83,7 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (where, row) for each row: where is 'line N' (text files) or 'row N'."""
     fmt = detect_format(path)
     if fmt == "jsonl":
-        yield from _read_jsonl(path)
+        yield from read_jsonl(path)
     elif fmt == "csv":
         yield from _read_csv(path)
     elif fmt == "parquet":
@@ -107,7 +109,10 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
-    for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+    """The file's lines as text: UTF-8, a byte order mark at its start skipped (Excel and
+    Notepad write one), split at \n (and \r\n) only, never inside a JSON string at U+2028."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    for n, raw in enumerate(data.splitlines(keepends=True), start=1):
         try:
             yield n, raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -115,18 +120,54 @@ def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
                                   f"save the file as UTF-8") from e
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object hook: a key given twice in one object is refused, never silently
+    resolved to its last value (which of two prompts did the file mean?)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each JSON object of a JSONL file; blank lines are skipped. A line that
+    is not one JSON object, repeats a key or nests deeper than Python can parse is refused with
+    the file, the line and the problem."""
     for n, line in _decode_lines(path):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
-            raise ImportFileError(f"{path}: line {n}: not valid JSON ({e.msg} at column "
-                                  f"{e.colno})") from e
+            # e.msg may end in "at" ("Unterminated string starting at"): say the column once.
+            raise ImportFileError(f"{path}: line {n}: not valid JSON "
+                                  f"({e.msg.removesuffix(' at')} at column {e.colno})") from e
+        except _DuplicateKey as e:
+            raise ImportFileError(f"{path}: line {n}: the key {e.args[0]!r} appears twice in "
+                                  f"one object; keep one") from None
+        except RecursionError:
+            raise ImportFileError(f"{path}: line {n}: JSON nested too deeply to read; a row "
+                                  f"holds a prompt, responses and flat metadata") from None
         if not isinstance(row, dict):
             raise ImportFileError(f"{path}: line {n}: expected a JSON object, got "
                                   f"{type(row).__name__}")
+        # A \uD800-\uDFFF escape that is not half of a pair decodes to a lone surrogate, which
+        # no UTF-8 text (nor SQLite) can hold; the fast test skips the full one on most lines.
+        if _SURROGATE_ESCAPE.search(line):
+            try:
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ImportFileError(f"{path}: line {n}: a \\u escape names half of a "
+                                      f"surrogate pair (not a character); fix the text") from None
         yield f"line {n}", row
 
 
@@ -134,6 +175,11 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
     text = "".join(line for _, line in _decode_lines(path))
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
+        header = reader.fieldnames or []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise ImportFileError(f"{path}: line 1: the column {twice[0]!r} appears twice in the "
+                                  f"header; rename or remove one")
         for row in reader:
             if None in row:
                 raise ImportFileError(f"{path}: line {reader.line_num}: more fields than the "

@@ -122,6 +122,16 @@ BAD_JSONL = [
      "line 1: column 'tie' must be true/false"),
     ('["a list"]\n', "line 1: expected a JSON object"),
     ("", "no rows to import"),
+    ('{"prompt": "ok"}\n{"prompt": "cut', "line 2: not valid JSON (Unterminated string "
+                                          "starting at column 12)"),
+    ('{"prompt": "ok"}\n{"prompt": "cut\n', "line 2: not valid JSON (Invalid control "
+                                            "character at column 16)"),
+    ('{"prompt": "one", "prompt": "two"}\n', "line 1: the key 'prompt' appears twice in one "
+                                             "object; keep one"),
+    ('{"prompt": "fine \\ud83d\\ude42 \\ud800"}\n', "line 1: a \\u escape names half of a "
+                                                    "surrogate pair"),
+    ('{"prompt": "q", "meta": ' + "[" * 100_000 + "]" * 100_000 + '}\n',
+     "line 1: JSON nested too deeply to read"),
 ]
 
 
@@ -146,6 +156,25 @@ def test_invalid_utf8_names_the_line(tmp_path, fresh_store):
     assert fresh_store.prompts() == []
 
 
+def test_a_utf8_byte_order_mark_is_skipped_in_jsonl_and_csv(tmp_path, fresh_store):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "p.jsonl").write_bytes(bom + b'{"prompt": "from Notepad"}\n')
+    (tmp_path / "p.csv").write_bytes(bom + b'prompt,note\r\nfrom Excel,x\r\n')
+    assert import_file(fresh_store, tmp_path / "p.jsonl").prompts_added == 1
+    assert import_file(fresh_store, tmp_path / "p.csv").prompts_added == 1
+    assert [(p.text, p.metadata) for p in fresh_store.prompts()] == [
+        ("from Notepad", {}), ("from Excel", {"note": "x"})]
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, fresh_store):
+    f = tmp_path / "twice.csv"
+    f.write_text("prompt,response,prompt\nq,a,other q\n", encoding="utf-8")
+    with pytest.raises(ImportFileError, match=r"twice.csv: line 1: the column 'prompt' appears "
+                                              r"twice in the header"):
+        import_file(fresh_store, f)
+    assert fresh_store.prompts() == []
+
+
 def test_csv_with_extra_fields_and_unknown_type(tmp_path, fresh_store):
     f = tmp_path / "x.csv"
     f.write_text('prompt\n"ok"\n"a","b"\n', encoding="utf-8")
@@ -158,6 +187,41 @@ def test_csv_with_extra_fields_and_unknown_type(tmp_path, fresh_store):
     with pytest.raises(ImportFileError, match="no such file"):
         import_file(fresh_store, tmp_path / "missing.jsonl")
     assert fresh_store.prompts() == []
+
+
+# Hostile files: whatever the bytes, an import ends in a report or one ImportFileError, and a
+# refused file leaves the store as it was.
+COLUMNS = st.sampled_from(["prompt", "response", "responses", "chosen", "rejected", "tie",
+                           "margin", "role", "content", "meta"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    | st.sampled_from(["\ud800", "half \udfff", "\U0001f642"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(COLUMNS | st.text(max_size=3),
+                                                                 inner, max_size=5),
+    max_leaves=16)
+lines = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(COLUMNS, json_values, min_size=1).map(  # raw surrogates: invalid UTF-8
+        lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    st.binary(max_size=40))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.lists(lines, max_size=5), suffix=st.sampled_from([".jsonl", ".csv"]))
+def test_any_file_is_imported_whole_or_refused_with_one_message(tmp_path_factory, body, suffix):
+    store = Store.memory()
+    store.add_comparison_texts("already there", ["x", "y"])
+    before = table_counts(store)
+    f = tmp_path_factory.mktemp("hostile") / f"in{suffix}"
+    f.write_bytes(b"\n".join(body))
+    try:
+        import_file(store, f)
+    except ImportFileError as e:
+        assert str(e).startswith(f"{f}: ")
+        assert table_counts(store) == before
+    else:
+        assert import_file(store, f).prompts_added == 0  # idempotent
 
 
 # -- round trips ------------------------------------------------------------------------------
