@@ -194,6 +194,34 @@ def m0003_queue_counts(db: sqlite_utils.Database) -> None:
     db["comparison_gaps"].create_index(["reward_model", "gap"])
 
 
+# -- 0004-0009: the labeling app and the store ---------------------------------------------------
+
+@migration("0004_label_ids_never_reused")
+def m0004_label_ids_never_reused(db: sqlite_utils.Database) -> None:
+    """`labels.id` becomes AUTOINCREMENT. A plain INTEGER PRIMARY KEY hands out max(id) + 1, so
+    the id of an undone last label went to the next label while `label_revisions` still held it
+    for the old one. SQLite cannot change a key in place: the table is rebuilt with its indexes
+    and triggers, and the id counter starts above every id a label or a revision ever had."""
+    objects = db.execute("select type, sql from sqlite_master where tbl_name = 'labels' "
+                         "and sql is not null").fetchall()
+    (table_sql,) = [sql for kind, sql in objects if kind == "table"]
+    key = '"id" INTEGER PRIMARY KEY,'
+    if key not in table_sql:
+        raise RuntimeError(f"unexpected labels schema: {table_sql}")
+    db.execute(table_sql.replace('TABLE "labels"', 'TABLE "labels_new"', 1)
+               .replace(key, '"id" INTEGER PRIMARY KEY AUTOINCREMENT,', 1))
+    db.execute("insert into labels_new select * from labels")
+    db.execute("drop table labels")  # its indexes and triggers go with it
+    db.execute("alter table labels_new rename to labels")
+    for kind, sql in objects:
+        if kind != "table":
+            db.execute(sql)
+    db.execute("delete from sqlite_sequence where name = 'labels'")
+    db.execute("""insert into sqlite_sequence (name, seq) values ('labels', max(
+        (select coalesce(max(id), 0) from labels),
+        (select coalesce(max(label_id), 0) from label_revisions)))""")
+
+
 # -- 0010+: the rounds (`rankloop round`); 0004-0009 are the labeling app's -------------------
 
 @migration("0010_rounds_state")

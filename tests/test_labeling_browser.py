@@ -155,8 +155,8 @@ def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(browser, serv
     expect(page.get_by_label("Tie")).to_be_checked()
     page.get_by_label("Both bad").check()
     page.click("#rl-submit")
-    # SQLite gives the new row the freed id 3 (no AUTOINCREMENT); the revision keeps the old one.
-    expect(message).to_contain_text("Saved label #3.")
+    # A new id: 3 stays the undone label's (kept in label_revisions), never another label's.
+    expect(message).to_contain_text("Saved label #4.")
     expect(page.locator("#rl-prompt")).to_contain_text("Rank these three")
 
     # 5. The 3-way comparison, ranked with the keys: C, tie, A, then B.
@@ -166,7 +166,7 @@ def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(browser, serv
         page.keyboard.press(key)
     expect(page.locator("#rl-ranking textarea, #rl-ranking input")).to_have_value("C = A > B")
     page.keyboard.press("Enter")
-    expect(message).to_contain_text("Saved label #4. Nothing left to label: thank you!")
+    expect(message).to_contain_text("Saved label #5. Nothing left to label: thank you!")
     expect(page.locator("#rl-progress")).to_contain_text("in total: 4 · left in the queue: 0")
 
     store = Store.open(path)
@@ -185,10 +185,10 @@ def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(browser, serv
         {"id": 2, "comparison_id": p[1], "mode": "pairwise", "choice": "B",
          "strength": "slightly", "margin": 0.33, "rationale": None,
          "ranking": [[o[1][1]], [o[1][0]]], "source": "human"},
-        {"id": 3, "comparison_id": p[3], "mode": "pairwise", "choice": "both_bad",
+        {"id": 4, "comparison_id": p[3], "mode": "pairwise", "choice": "both_bad",
          "strength": None, "margin": None, "rationale": None, "ranking": [o[2]],
          "source": "human"},
-        {"id": 4, "comparison_id": ids["kway"], "mode": "ranking", "choice": None,
+        {"id": 5, "comparison_id": ids["kway"], "mode": "ranking", "choice": None,
          "strength": None, "margin": None, "rationale": None,
          "ranking": [[o[3][2], o[3][0]], [o[3][1]]], "source": "human"},
     ]
@@ -199,7 +199,7 @@ def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(browser, serv
     (rev,) = list(store.db["label_revisions"].rows)
     assert (rev["label_id"], rev["comparison_id"], json.loads(rev["label"])["choice"]) == (
         3, p[3], "tie")
-    assert json.loads(rev["label"])["request_id"] != store.db["labels"].get(3)["request_id"]
+    assert json.loads(rev["label"])["request_id"] != store.db["labels"].get(4)["request_id"]
     store.close()
 
 
@@ -467,8 +467,8 @@ def test_every_other_control_and_shortcut_of_the_label_tab(browser, controls_ser
     assert [r["id"] for r in rows("select id from labels order by id")] == [1, 2, 3]
     assert [r["label_id"] for r in rows("select label_id from label_revisions")] == [4]
     page.click("#rl-submit")
-    expect(message).to_contain_text("Nothing left to label")
-    assert len(rows("select id from labels")) == 4
+    expect(message).to_contain_text("Saved label #5. Nothing left to label")
+    assert [r["id"] for r in rows("select id from labels order by id")] == [1, 2, 3, 5]
 
     # Log out: back to the login form; the page's data is gone with the session.
     page.get_by_text("Log out", exact=True).click()

@@ -31,6 +31,60 @@ def test_migration_0001_initial_creates_the_schema():
     assert schema_version(db) == 1
 
 
+def test_migration_0004_label_ids_are_never_given_twice(tmp_path):
+    """An older store: labels 1-3, then label 3 undone (its row kept in label_revisions). After
+    the migration the next label is 4, never 3 again; indexes and queue triggers still work."""
+    import random
+
+    import sqlite_utils
+
+    from rankloop.data import queue
+
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    migrate(db, upto="0003_queue_counts")
+    db.execute("insert into annotators (id, name, role, created_at) values (1, 'ann', "
+               "'annotator', 'x')")
+    db.execute("insert into prompts (id, hash, messages, created_at) values (1, 'h', "
+               "'[{\"role\": \"user\", \"content\": \"q\"}]', 'x')")
+    for c in range(1, 5):
+        db.execute("insert into responses (id, prompt_id, hash, text, round, created_at) "
+                   "values (?, 1, ?, ?, 0, 'x'), (?, 1, ?, ?, 0, 'x')",
+                   [2 * c - 1, f"r{c}a", f"a{c}", 2 * c, f"r{c}b", f"b{c}"])
+        db.execute("insert into comparisons (id, prompt_id, hash, round, created_at) "
+                   "values (?, 1, ?, 0, 'x')", [c, f"c{c}"])
+        db.execute("insert into comparison_responses values (?, ?, 0), (?, ?, 1)",
+                   [c, 2 * c - 1, c, 2 * c])
+    for i in (1, 2, 3):
+        db.execute("insert into labels (id, comparison_id, annotator_id, mode, ranking, "
+                   "display_order, source, request_id, created_at) values "
+                   "(?, ?, 1, 'pairwise', ?, ?, 'human', ?, 'x')",
+                   [i, i, json.dumps([[2 * i - 1], [2 * i]]), json.dumps([2 * i - 1, 2 * i]),
+                    f"rq{i}"])
+    db.execute("insert into label_revisions (label_id, comparison_id, annotator_id, action, "
+               "label, created_at) values (3, 3, 1, 'undo', '{}', 'x')")
+    db.execute("delete from labels where id = 3")
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store.open(tmp_path / "old.db")  # applies 0004 and the rest
+    assert "0004_label_ids_never_reused" in applied(store.db)
+    assert rows(store, "select id, comparison_id from labels order by id") == [(1, 1), (2, 2)]
+    rng = random.Random(0)
+    t = queue.next_task(store, 1, now=0, rng=rng)
+    assert t.comparison.id == 3
+    assert queue.submit(store, 1, 3, t.request_id, choice="B") == 4  # not 3 again
+    queue.undo_last(store, 1, now=0, rng=rng)
+    t = queue.next_task(store, 1, now=0, rng=rng)
+    assert queue.submit(store, 1, 3, t.request_id, choice="tie") == 5  # not 4 again
+    assert rows(store, "select label_id from label_revisions order by id") == [(3,), (4,)]
+    assert rows(store, "select comparison_id, labels from comparison_queue order by 1") == [
+        (1, 1), (2, 1), (3, 1), (4, 0)]
+    with pytest.raises(sqlite3.IntegrityError):  # still one label per annotator and comparison
+        store.db.execute("insert into labels (comparison_id, annotator_id, mode, ranking, "
+                         "source, created_at) values (1, 1, 'pairwise', '[]', 'human', 'x')")
+    store.close()
+
+
 def test_migrate_is_idempotent_and_records_names(fresh_store):
     assert applied(fresh_store.db) == [name for name, _ in MIGRATIONS]
     assert migrate(fresh_store.db) == []
