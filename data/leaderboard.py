@@ -11,8 +11,8 @@ bad" answer is a tie). Everything here is a pure function of those matches.
 - `win_rate`: the mean outcome of one round against another (ties count half), with a 95%
   percentile bootstrap interval that resamples *prompts* with all their matches (the matches of
   one prompt share its responses, so they are not independent draws), and n.
-- `leaderboard`: a Bradley–Terry model, P(i beats j) = σ(θ_i − θ_j) (Bradley & Terry 1952), fitted
-  on every match with ties as half a win each way, the way Chatbot Arena does (Chiang et al.
+- `leaderboard`: a Bradley–Terry model, P(i beats j) = σ(θ_i − θ_j) (Bradley & Terry 1952),
+  fitted on every match with ties as half a win each way, the way Chatbot Arena does (Chiang et al.
   2024; FastChat's `rating_systems.compute_bt`), and scaled to Elo points: 400/ln 10 points per
   natural unit, so a 400-point gap is 10:1 odds; the base policy is anchored at 1000. Intervals
   resample prompts as above (Arena resamples single votes; here several matches share a prompt).
@@ -57,12 +57,13 @@ def models_of(ms: Iterable[Match]) -> list[int]:
 # ---- bootstrap over prompts --------------------------------------------------------------------
 
 def prompt_resamples(n_prompts: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_prompts) counts: how often each prompt is drawn in each bootstrap resample
-    (n_prompts draws with replacement, as Arena draws its votes: a multinomial)."""
+    """(n_boot, n_prompts) counts: how often each prompt is drawn in each bootstrap resample of
+    n_prompts draws with replacement (multinomial counts, as Arena reweights its votes)."""
     if n_boot < 1:
         raise ValueError(f"the bootstrap needs at least 1 resample, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot)
+    draws = np.random.default_rng(seed).integers(0, n_prompts, size=(n_boot, n_prompts))
+    flat = draws + n_prompts * np.arange(n_boot)[:, None]  # row b counts in [b·P, (b+1)·P)
+    return np.bincount(flat.ravel(), minlength=n_boot * n_prompts).reshape(n_boot, n_prompts)
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -153,37 +154,40 @@ def bradley_terry(pairs: np.ndarray, scores: np.ndarray, counts: np.ndarray, n_m
     C = 1/reg. With reg = 0 the maximum exists only when, for every split of the models in two,
     each side won or tied at least once against the other (Ford 1957); otherwise the strengths of
     the unbeaten side grow without bound until max_iter. Models without matches get θ = 0.
-    """
-    i, j = pairs[:, 0], pairs[:, 1]  # (K,)
-    theta = np.zeros(n_models)
 
-    def objective(t):
-        d = t[i] - t[j]
-        return float(np.sum(scores * log_expit(d) + (counts - scores) * log_expit(-d))
-                     - reg / 2 * t @ t)
+    `scores` and `counts` may be (B, K): B fits at once (the bootstrap), θ then (B, M).
+    """
+    single = np.ndim(scores) == 1
+    s, n = np.atleast_2d(scores).astype(float), np.atleast_2d(counts).astype(float)  # (B, K)
+    D = np.zeros((len(pairs), n_models))  # (K, M): +1 for model i, -1 for model j of row k
+    D[np.arange(len(pairs)), pairs[:, 0]] = 1
+    D[np.arange(len(pairs)), pairs[:, 1]] = -1
+    theta = np.zeros((s.shape[0], n_models))  # (B, M)
+
+    def objective(t):  # (B,)
+        d = t @ D.T  # (B, K) θ_i − θ_j
+        return (s * log_expit(d) + (n - s) * log_expit(-d)).sum(1) - reg / 2 * (t * t).sum(1)
 
     value = objective(theta)
     for _ in range(max_iter):
-        p = expit(theta[i] - theta[j])  # (K,) P(i beats j)
-        g = scores - counts * p  # (K,) d objective / d(θ_i − θ_j)
-        grad = np.bincount(i, g, n_models) - np.bincount(j, g, n_models) - reg * theta
-        h = counts * p * (1 - p)  # (K,)
-        # minus the Hessian: the graph Laplacian weighted by h, plus reg on the diagonal
-        neg_hess = reg * np.eye(n_models)
-        np.add.at(neg_hess, (i, i), h)
-        np.add.at(neg_hess, (j, j), h)
-        np.add.at(neg_hess, (i, j), -h)
-        np.add.at(neg_hess, (j, i), -h)
-        # least squares: with reg = 0 the Laplacian is singular along θ + const
-        step = np.linalg.lstsq(neg_hess, grad, rcond=None)[0]
-        t = 1.0
-        while objective(theta + t * step) < value - 1e-12 and t > 1e-6:
-            t /= 2  # backtrack: Newton steps can overshoot far from the optimum
-        theta = theta + t * step
+        p = expit(theta @ D.T)  # (B, K) P(i beats j)
+        grad = (s - n * p) @ D - reg * theta  # (B, M)
+        # minus the Hessian: the graph Laplacian weighted by n p (1 - p), plus reg · I
+        neg_hess = np.einsum("km,bk,kn->bmn", D, n * p * (1 - p), D) + reg * np.eye(n_models)
+        # pseudo-inverse: with reg = 0 the Laplacian is singular along θ + const
+        step = (np.linalg.pinv(neg_hess) @ grad[..., None])[..., 0]  # (B, M)
+        t = np.ones(len(theta))
+        for _ in range(20):  # backtrack where a Newton step overshoots (far from the optimum)
+            worse = objective(theta + t[:, None] * step) < value - 1e-12
+            if not worse.any():
+                break
+            t[worse] /= 2
+        theta = theta + t[:, None] * step
         value = objective(theta)
-        if np.max(np.abs(t * step)) < tol:
+        if np.max(np.abs(t[:, None] * step)) < tol:
             break
-    return theta - theta.mean()
+    theta = theta - theta.mean(1, keepdims=True)
+    return theta[0] if single else theta
 
 
 def connected_to(pairs: np.ndarray, n_models: int, start: int) -> set[int]:
@@ -248,18 +252,19 @@ def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = 
         S[row[m.prompt_id], c] += m.outcome
         N[row[m.prompt_id], c] += 1
 
-    def elo(s, n) -> np.ndarray:
-        """Ratings of the models linked to the anchor by matches (NaN for the rest)."""
-        played = n > 0
-        linked = sorted(connected_to(pairs[played], len(models), index[anchor]))
-        theta = bradley_terry(pairs[played], s[played], n[played], len(models), reg=reg)
+    def elo(theta, n) -> np.ndarray:
+        """Ratings of the models linked to the anchor by played matches (NaN for the rest)."""
+        linked = sorted(connected_to(pairs[n > 0], len(models), index[anchor]))
         out = np.full(len(models), np.nan)
         out[linked] = ELO_PER_UNIT * (theta[linked] - theta[index[anchor]]) + ANCHOR_ELO
         return out
 
-    point = elo(S.sum(0), N.sum(0))  # (M,)
+    total_s, total_n = S.sum(0), N.sum(0)  # (K,)
+    point = elo(bradley_terry(pairs, total_s, total_n, len(models), reg=reg), total_n)  # (M,)
     counts = prompt_resamples(len(prompts), n_boot, seed)  # (B, P)
-    boot = np.array([elo(c @ S, c @ N) for c in counts]).reshape(n_boot, len(models))  # (B, M)
+    boot_s, boot_n = counts @ S, counts @ N  # (B, K)
+    thetas = bradley_terry(pairs, boot_s, boot_n, len(models), reg=reg)  # (B, M)
+    boot = np.array([elo(t, bn) for t, bn in zip(thetas, boot_n)])  # (B, M)
     ratings = []
     for r in models:
         k = index[r]

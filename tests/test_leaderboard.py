@@ -122,6 +122,28 @@ def test_bradley_terry_matches_sklearn_logistic_regression(reg):
     assert ours == pytest.approx(theirs - theirs.mean(), abs=1e-5)
 
 
+def test_bradley_terry_fits_a_batch_like_one_at_a_time():
+    """The bootstrap fits every resample at once: (B, K) scores give the B single fits."""
+    rng = np.random.default_rng(6)
+    pairs = np.array([[1, 0], [2, 1], [2, 0], [3, 2]])
+    counts = rng.integers(0, 12, size=(5, 4)).astype(float)  # some rows unplayed (0)
+    scores = np.floor(counts * rng.random((5, 4)) * 2) / 2
+    batch = lb.bradley_terry(pairs, scores, counts, 4, reg=0.1)
+    assert batch.shape == (5, 4)
+    for b in range(5):
+        one = lb.bradley_terry(pairs, scores[b], counts[b], 4, reg=0.1)
+        assert batch[b] == pytest.approx(one, abs=1e-8)
+
+
+def test_prompt_resamples_draw_each_prompt_once_on_average():
+    counts = lb.prompt_resamples(50, 4000, seed=1)
+    assert counts.shape == (4000, 50) and (counts.sum(1) == 50).all()
+    assert counts.mean() == 1.0 and abs(counts.var() - 49 / 50) < 0.02  # binomial(50, 1/50)
+    assert (lb.prompt_resamples(50, 4000, seed=1) == counts).all()  # the seed fixes them
+    with pytest.raises(ValueError):
+        lb.prompt_resamples(5, 0, seed=0)
+
+
 def test_bradley_terry_stays_finite_when_a_model_lost_everything():
     ms = random_matches(4, separated=True)
     ours = fit(ms, 4, lb.DEFAULT_REG)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from rankloop.app.config import LabelingConfig
 from rankloop.data import queue
-from rankloop.data.records import Annotator
+from rankloop.data.records import PERSON_ROLES, Annotator
 from rankloop.data.store import Store, StoreError
 
 from .render import LETTERS, conversation_html, markdown_html, response_html
+from .sessions import Sessions
 from .store_pool import StorePool
 
 DEFAULT_GUIDELINES = """\
@@ -67,6 +68,7 @@ class Ctx:
     guidelines_path: Path | None = None
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.SystemRandom)
+    sessions: Sessions = field(default_factory=Sessions)  # the server's logins, once it serves
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,15 @@ class Page:
 
 
 def annotator(store: Store, username: str | None) -> Annotator:
-    """The logged-in account; every handler starts here."""
+    """The logged-in account; every handler starts here (so disabling an account takes
+    effect at its next request, whichever process disabled it)."""
     if not username:
         raise AccessDenied("log in to label")
     a = store.annotator(username)
-    if a is None or a.role == "external":
+    if a is None or a.role not in PERSON_ROLES:
         raise AccessDenied(f"no annotator account named {username!r}")
+    if a.disabled:
+        raise AccessDenied(f"the account {username!r} is disabled; ask an admin")
     return a
 
 
