@@ -85,6 +85,8 @@ class LabelingConfig:
     """Margin recorded for 'much better' (Llama 2's margin scale: 1 for significantly better)."""
     concurrency: int = 16
     """Page events the app handles at once (Gradio's queue concurrency limit); database writes still take turns."""
+    current_round_first: bool = True
+    """Serve the current round's comparisons before leftovers of earlier rounds (then each in `order`)."""
 
     def validate(self) -> None:
         if not 2 <= self.k <= 9:
@@ -104,6 +106,28 @@ class LabelingConfig:
 
 
 @dataclass
+class RoundsConfig:
+    """`rankloop round`: which prompts measure the rounds, and when a round stops."""
+
+    eval_fraction: float = 0.2
+    """Share of prompts held out from PPO (chosen by prompt hash, stable as prompts are added); their new samples also get cross-round comparisons, the human win-rate's matches."""
+    eval_comparisons: int = 1
+    """Cross-round comparisons per evaluation prompt and opponent: a new response against one of round R and one of round 0."""
+    weak_reward: str = "warn"
+    """When the reward model's held-out accuracy does not beat its baseline: 'warn' and go on, or 'stop' before PPO (label more, then `rankloop round --redo reward`)."""
+    simulated_labels: bool = True
+    """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
+
+    def validate(self) -> None:
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError("[rounds] eval_fraction must be in [0, 1)")
+        if self.eval_comparisons < 0:
+            raise ConfigError("[rounds] eval_comparisons must be >= 0")
+        if self.weak_reward not in ("warn", "stop"):
+            raise ConfigError("[rounds] weak_reward must be 'warn' or 'stop'")
+
+
+@dataclass
 class ProjectConfig:
     """All sections of rankloop.toml."""
 
@@ -112,8 +136,9 @@ class ProjectConfig:
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
-    SECTIONS = ("models", "generate", "labeling", "reward", "ppo")
+    SECTIONS = ("models", "generate", "labeling", "reward", "ppo", "rounds")
 
     @classmethod
     def load(cls, path: Path) -> "ProjectConfig":

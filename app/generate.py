@@ -7,6 +7,8 @@ doubling anything.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,13 +55,53 @@ def make_comparisons(store: Store, round: int, k: int, prompt_ids=None) -> int:
     return len(new)
 
 
+def make_cross_round_comparisons(store: Store, round: int, opponents: Sequence[int],
+                                 prompt_ids: Sequence[int], per_prompt: int,
+                                 seed: int = 0) -> int:
+    """Comparisons of `round`'s generated responses against earlier rounds' (win-rates).
+
+    For each prompt and each distinct opponent round, `per_prompt` pairwise comparisons of one
+    of its round-`round` responses against one of the opponent round's responses to the same
+    prompt. Successive comparisons of a prompt take successive new responses (so with 2 or more
+    samples the new responses facing round R and round 0 differ) and successive opponent
+    responses; each pair's order is shuffled (seeded: the same call gives the same rows, and a
+    comparison made before is not made again). They belong to `round` and are labeled blind,
+    like every comparison. Returns how many were created.
+    """
+    by_round: dict[int, dict[int, list[int]]] = {}
+    for rnd in {round, *opponents}:
+        per: dict[int, list[int]] = {}
+        for r in store.responses(round=rnd):
+            if r.source == "generated" and r.prompt_id in set(prompt_ids):
+                per.setdefault(r.prompt_id, []).append(r.id)
+        by_round[rnd] = per
+    existing = {c.hash for c in store.comparisons(round=round)}
+    new = []
+    for pid in sorted(set(prompt_ids)):
+        mine = by_round[round].get(pid, [])
+        slot = 0
+        for opp in dict.fromkeys(o for o in opponents if o != round):  # distinct, in order
+            theirs = by_round[opp].get(pid, [])
+            for i in range(per_prompt if mine and theirs else 0):
+                pair = [mine[slot % len(mine)], theirs[i % len(theirs)]]
+                slot += 1
+                random.Random(content_hash(seed, pid, sorted(pair))).shuffle(pair)
+                c = Comparison(pid, tuple(pair), round)
+                if c.hash not in existing:
+                    existing.add(c.hash)
+                    new.append(c)
+    store.add_comparisons(new)
+    return len(new)
+
+
 def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 0, k: int = 2,
-             limit: int | None = None, model=None, tokenizer=None,
-             progress: bool = True) -> GenerateReport:
+             limit: int | None = None, model=None, tokenizer=None, progress: bool = True,
+             on_batch: Callable[[int], None] | None = None) -> GenerateReport:
     """Sample `config.n` responses per prompt (the first `limit` prompts) and make comparisons.
 
     `model` / `tokenizer` may be passed in (tests pass a tiny random model); otherwise `policy`
-    is loaded.
+    is loaded. `on_batch(n)` is called after each batch is committed, with the responses
+    written so far in this run.
     """
     prompts = store.prompts(limit=limit)
     have = store.generated_counts(round, policy)
@@ -85,8 +127,10 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
             key = content_hash(config.seed, round, policy, [(todo[i][0].id, todo[i][1]) for i in batch])
             return int(key[:8], 16)
 
-        def on_batch(batch, samples, seed):
-            nonlocal unfinished
+        done = 0
+
+        def save_batch(batch, samples, seed):
+            nonlocal unfinished, done
             sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                                 max_new_tokens=config.max_new_tokens, seed=seed)
             store.add_responses(
@@ -95,12 +139,15 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
                          finished=s.finished)
                 for i, s in zip(batch, samples))
             unfinished += sum(not s.finished for s in samples)
+            done += len(batch)
             bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(done)
 
         sample_many(model, tokenizer, [p.as_chat() for p, _ in todo],
                     temperature=config.temperature, top_p=config.top_p,
                     max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                    seed_for=seed_for, bf16=bf16, on_batch=on_batch)
+                    seed_for=seed_for, bf16=bf16, on_batch=save_batch)
         bar.close()
     created = make_comparisons(store, round, k, prompt_ids={p.id for p in prompts})
     return GenerateReport(policy=policy, round=round, prompts=len(prompts), generated=len(todo),

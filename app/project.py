@@ -66,6 +66,11 @@ class Project:
     def open(cls, root: Path) -> "Project":
         return cls(root, ProjectConfig.load(root / CONFIG_FILE), Store.open(root / DB_FILE))
 
+    def save_config(self) -> None:
+        """Write the project's settings back to rankloop.toml (every field, commented)."""
+        self.config.rounds.validate()
+        (self.root / CONFIG_FILE).write_text(self.config.to_toml(), encoding="utf-8")
+
     def round_dir(self, number: int, part: str) -> Path:
         """`rounds/N/reward` or `rounds/N/policy`."""
         return self.root / "rounds" / str(number) / part

@@ -8,11 +8,14 @@ trainers themselves know nothing of projects or rounds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankloop.data import queue
-from rankloop.data.records import Round
+from rankloop.data.records import Prompt, Round
+from rankloop.data.store import now as now_iso
+from rankloop.lm.loading import ModelLoadError, adapter_base, resolve
 from rankloop.settings import ConfigError
 
 from .project import Project, ProjectError
@@ -92,3 +95,476 @@ def score_open_comparisons(project: Project, reward_dir: Path, scorer=None) -> i
     queue.record_scores(store, str(reward_dir.relative_to(project.root)),
                         dict(zip(rids, scores.tolist())))
     return len(rids)
+
+
+# ---------------------------------------------------------------------------------------------
+# the current round, and the one rule for every command's --round
+# ---------------------------------------------------------------------------------------------
+
+STAGES = ("reward", "ppo", "generate", "compare", "advance")
+"""The stages of `rankloop round` for the current round R, in order: train R's reward model on
+the labels of rounds <= R; PPO from policy R-1 (or the base) against it, saved as R's policy;
+sample round R+1's candidates from it; build R+1's comparisons across rounds; make R+1 current."""
+
+
+def resolve_round(project: Project, given: int | None = None) -> int:
+    """The round a command works on: the one given, else the current round (the round whose
+    samples are being labeled). `train-reward` trains on its labels, `ppo` optimises its policy,
+    `generate` samples its candidates, `simulate` labels them: every `--round` defaults here."""
+    return project.store.current_round() if given is None else given
+
+
+def is_eval_prompt(prompt: Prompt, fraction: float) -> bool:
+    """Whether a prompt is held out from PPO to measure the rounds ([rounds] eval_fraction).
+
+    Decided by the prompt's content hash, so it never changes as prompts are added; about
+    `fraction` of the prompts are held out."""
+    return int(prompt.hash[:8], 16) < fraction * 16 ** 8
+
+
+def split_prompts(prompts: Sequence[Prompt], fraction: float) -> tuple[list[Prompt],
+                                                                       list[Prompt]]:
+    """(PPO's training prompts, the evaluation prompts), each in the given order."""
+    held = [is_eval_prompt(p, fraction) for p in prompts]
+    return ([p for p, h in zip(prompts, held) if not h], [p for p, h in zip(prompts, held) if h])
+
+
+def ppo_prompts(project: Project, limit: int | None = None) -> list[Prompt]:
+    """The prompts PPO trains on: the project's (the first `limit`), less the evaluation ones."""
+    prompts = project.store.prompts(limit=limit)
+    if not prompts:
+        raise ConfigError("the project has no prompts: run `rankloop import FILE` first")
+    train, held = split_prompts(prompts, project.config.rounds.eval_fraction)
+    if not train:
+        raise ConfigError(f"all {len(held)} prompts are held out for evaluation: lower "
+                          f"[rounds] eval_fraction or import more prompts")
+    return train
+
+
+def next_step(project: Project) -> str:
+    """What to run next in the current round, as `rankloop status` says it."""
+    store = project.store
+    r = store.current_round()
+    if not store.prompts(limit=1):
+        return "rankloop import FILE (or --bundled): add prompts"
+    if not store.comparisons(round=r):
+        return (f"rankloop generate: sample round {r}'s candidates" if r == 0 else
+                f"rankloop generate --round {r}: sample round {r}'s candidates")
+    done = {s.stage for s in store.stages(r)}
+    if done:
+        todo = next(s for s in STAGES if s not in done)
+        return f"rankloop round: round {r} stopped before its '{todo}' stage; this continues it"
+    n = project.config.labeling.labels_per_comparison
+    open_now = sum(1 for c in queue.open_comparisons(store, n) if c.round == r)
+    if open_now:
+        return (f"label round {r}: {open_now} comparisons still need labels (rankloop serve, "
+                f"or rankloop simulate for a dry run); then rankloop round")
+    return f"rankloop round: train on round {r}'s labels, then sample round {r + 1}"
+
+
+# ---------------------------------------------------------------------------------------------
+# candidates: sampling a round, cross-round comparisons, scoring them for the queue
+# ---------------------------------------------------------------------------------------------
+
+def generate_candidates(project: Project, round_: int, cfg, *, limit: int | None = None,
+                        progress: bool = True, on_batch: Callable[[int], None] | None = None):
+    """Sample round `round_`'s candidates from its policy (the base for round 0, else the
+    policy of round R-1) and group them into comparisons. Resumable: see `app/generate.py`."""
+    from .generate import generate
+
+    return generate(project.store, project.policy_for_round(round_), cfg, round=round_,
+                    k=project.config.labeling.k, limit=limit, progress=progress,
+                    on_batch=on_batch)
+
+
+def cross_round_comparisons(project: Project, round_: int, *, limit: int | None = None) -> int:
+    """Give each evaluation prompt of round `round_` (> 0) comparisons of a new response
+    against a round R-1 response and against a round-0 response, [rounds] eval_comparisons of
+    each. Returns how many were created (none twice)."""
+    from .generate import make_cross_round_comparisons
+
+    if round_ == 0:
+        return 0
+    rc = project.config.rounds
+    _, held = split_prompts(project.store.prompts(limit=limit), rc.eval_fraction)
+    return make_cross_round_comparisons(project.store, round_, (round_ - 1, 0),
+                                        [p.id for p in held], rc.eval_comparisons,
+                                        seed=project.config.generate.seed)
+
+
+def score_new_comparisons(project: Project, scorer=None) -> int:
+    """Score the open comparisons with the latest reward model, when there is one, so that the
+    queue's 'uncertainty' order covers new comparisons at once. Returns responses scored."""
+    try:
+        reward_dir = reward_model_of(project)
+    except ProjectError:
+        return 0
+    if not reward_dir.is_dir():
+        return 0
+    return score_open_comparisons(project, reward_dir, scorer)
+
+
+def sample_candidates(project: Project, round_: int, cfg, *, limit: int | None = None,
+                      progress: bool = True):
+    """`rankloop generate`: sample the round's candidates, add the cross-round comparisons of
+    its evaluation prompts, score the new comparisons, and make the round current if it is
+    newer than the current one. Returns (GenerateReport, cross-round comparisons created)."""
+    report = generate_candidates(project, round_, cfg, limit=limit, progress=progress)
+    cross = cross_round_comparisons(project, round_, limit=limit)
+    score_new_comparisons(project)
+    if round_ > project.store.current_round():
+        project.store.set_current_round(round_)
+    return report, cross
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO's reward, and whether the reward model is worth optimising
+# ---------------------------------------------------------------------------------------------
+
+def ppo_reward(project: Project, round_: int, cfg, reward_fns: Sequence[str] = (),
+               reward_model: str | None = None):
+    """(reward source, reward model folder or None) for PPO of round R: --reward-fn wins,
+    else the reward model of `ppo_reward_model`."""
+    from rankloop.ppo.reward_fns import ScorerReward, parse_reward_spec
+
+    if reward_fns:
+        return parse_reward_spec(reward_fns), reward_model
+    reward_model = ppo_reward_model(project, round_, reward_model)
+    # loaded lazily: with the default critic, scoring shares the critic's frozen weights
+    return ScorerReward(None, cfg.normalize_scores, cfg.score_clip, path=reward_model,
+                        bf16=cfg.bf16), reward_model
+
+
+def reward_verdict(metrics: dict) -> str | None:
+    """None when the reward model's held-out accuracy beats its baseline, else why not.
+
+    The baseline is the frozen-feature probe on the same split (`reward/probe_accuracy`) where
+    the trainer reports one, else chance (0.5). A reward model that does not beat it teaches
+    PPO nothing real, and optimising it only moves the policy away from its reference."""
+    acc = metrics.get("reward/accuracy")
+    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+        return ("the reward model has no held-out accuracy (no held-out split): nothing shows "
+                "that it learned the labels; set [reward] eval_fraction > 0")
+    base = metrics.get("reward/probe_accuracy")
+    name = "a linear probe on frozen features"
+    if base is None or (isinstance(base, float) and math.isnan(base)):
+        base, name = 0.5, "chance"
+    if acc > base:
+        return None
+    pairs = metrics.get("reward/eval_pairs")
+    on = f" on {int(pairs)} held-out pairs" if pairs else ""
+    return (f"the reward model's held-out accuracy {acc:.3f} does not beat its baseline "
+            f"({name}: {base:.3f}){on}")
+
+
+def check_loadable(name: str) -> None:
+    """Raise ModelLoadError (one line) when the model `name` (a checkpoint, a LoRA adapter
+    folder, a hub id or the embedded default) cannot be loaded; reads configs only."""
+    from transformers import AutoConfig
+
+    base = adapter_base(name)
+    path = base or name
+    try:
+        AutoConfig.from_pretrained(resolve(path))
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad path
+        raise ModelLoadError(f"cannot load policy '{name}': {type(e).__name__}: "
+                             f"{str(e).splitlines()[0]}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# `rankloop round`: the stages of one round, each recorded when it finishes
+# ---------------------------------------------------------------------------------------------
+
+class RoundStopped(ProjectError):
+    """The round stopped on purpose (a weak reward model with [rounds] weak_reward = 'stop')."""
+
+
+@dataclass
+class RoundSettings:
+    """What one `rankloop round` runs with: each stage's config (the project's, with the
+    command line's overrides) and, optionally, a Python reward for PPO instead of the model."""
+
+    reward: object  # RewardConfig
+    ppo: object  # PPOConfig
+    generate: object  # GenerateConfig
+    reward_fns: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, project: Project, reward_fns: Sequence[str] = ()) -> "RoundSettings":
+        c = project.config
+        return cls(c.reward, c.ppo, c.generate, tuple(reward_fns))
+
+
+@dataclass
+class StagePlan:
+    """One line of the plan: a stage, whether it already finished, what it does, and how long
+    it should take (from the previous round's timing, scaled by the work; None: no timing)."""
+
+    stage: str
+    done: bool
+    what: str
+    estimate: float | None = None
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    stages: list[StagePlan]
+    labels: dict[str, int]  # labels of rounds <= R by source (those reward training reads)
+
+    @property
+    def estimate(self) -> float | None:
+        todo = [s.estimate for s in self.stages if not s.done]
+        return None if any(e is None for e in todo) else sum(todo)
+
+
+@dataclass
+class RoundSummary:
+    """What a finished round reports (also in the store: the stages' records of round R)."""
+
+    round: int
+    labels: dict[str, int]
+    seconds: dict[str, float]  # per stage, as recorded
+    metrics: dict[str, float]  # the stages' metrics, merged
+    warnings: list[str] = field(default_factory=list)
+
+
+def label_counts(project: Project, round_: int) -> dict[str, int]:
+    """Labels of comparisons of rounds <= R by source, as reward training counts them
+    (simulated ones only when [rounds] simulated_labels is on)."""
+    counts: dict[str, int] = {}
+    for lab in project.store.labels(round=round_):
+        if lab.source == "simulated" and not project.config.rounds.simulated_labels:
+            continue
+        counts[lab.source] = counts.get(lab.source, 0) + 1
+    return counts
+
+
+def _work(project: Project, round_: int, stage: str, s: RoundSettings,
+          labels: dict[str, int]) -> tuple[float, str]:
+    """(amount of work, what the stage does) for the plan and the time estimate."""
+    store = project.store
+    if stage == "reward":
+        if s.reward_fns:
+            return 0.0, "skipped: PPO optimises --reward-fn " + " + ".join(s.reward_fns)
+        n = sum(labels.values())
+        return float(n), (f"train rounds/{round_}/reward on {n} labels of rounds <= {round_} "
+                          f"({', '.join(f'{v} {k}' for k, v in sorted(labels.items())) or 'none'})"
+                          f", {s.reward.epochs:g} epochs, base "
+                          f"{s.reward.base or project.config.models.reward_model}")
+    if stage == "ppo":
+        policy = "the base policy" if round_ == 0 else f"round {round_ - 1}'s policy"
+        reward = " + ".join(s.reward_fns) if s.reward_fns else f"rounds/{round_}/reward"
+        prompts = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[0])
+        return float(s.ppo.steps), (f"{s.ppo.steps} PPO steps of {s.ppo.batch_size} prompts "
+                                    f"(of {prompts} training prompts) from {policy} against "
+                                    f"{reward} -> rounds/{round_}/policy")
+    if stage == "generate":
+        n = len(store.prompts()) * s.generate.n
+        return float(n), (f"sample {s.generate.n} responses to each of {len(store.prompts())} "
+                          f"prompts from round {round_}'s new policy (round {round_ + 1}'s "
+                          f"candidates, <= {s.generate.max_new_tokens} tokens), grouped by "
+                          f"{project.config.labeling.k}")
+    if stage == "compare":
+        held = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[1])
+        vs = f"round {round_} and round 0" if round_ else "round 0"
+        return float(held), (f"cross-round comparisons for {held} evaluation prompts (a new "
+                             f"response vs {vs}, {project.config.rounds.eval_comparisons} "
+                             f"each); score the new comparisons with the latest reward model")
+    return 0.0, f"make round {round_ + 1} the current round"
+
+
+def plan_round(project: Project, s: RoundSettings, redo: str | None = None) -> RoundPlan:
+    """The plan of the current round's remaining stages, after the checks that can fail
+    before anything is written: labels to train on, a loadable starting policy, prompts.
+    Raises a user error (store unchanged) when the round cannot run. `redo`: plan as if that
+    stage and the later ones had not run."""
+    r = project.store.current_round()
+    again = STAGES[STAGES.index(redo):] if redo else ()
+    done = {st.stage: st for st in project.store.stages(r) if st.stage not in again}
+    labels = label_counts(project, r)
+    if "reward" not in done and not s.reward_fns:
+        check_labels(project, r, s.reward)
+    if "ppo" not in done:
+        check_loadable(project.policy_for_round(r))
+        ppo_prompts(project)
+        if "reward" in done and not s.reward_fns:
+            ppo_reward_model(project, r)
+    previous = {st.stage: st for st in project.store.stages(r - 1)} if r > 0 else {}
+    prev_labels = sum(label_counts(project, r - 1).values()) if r > 0 else 0
+    stages = []
+    for stage in STAGES:
+        work, what = _work(project, r, stage, s, labels)
+        before = previous.get(stage)
+        estimate = None
+        if before is not None:
+            prev_work = {"reward": prev_labels,
+                         "ppo": before.metrics.get("ppo/steps", 0.0)}.get(stage, work)
+            estimate = before.seconds * (work / prev_work if prev_work else 1.0)
+        elif stage in ("advance",) or (stage == "reward" and s.reward_fns):
+            estimate = 0.0
+        stages.append(StagePlan(stage, stage in done, what, estimate))
+    return RoundPlan(r, stages, labels)
+
+
+def check_labels(project: Project, round_: int, cfg) -> None:
+    """Raise RewardDataError (one line) when the labels of rounds <= R cannot train a reward
+    model; writes nothing."""
+    from rankloop.reward.pairs import build_examples, check_trainable
+
+    cfg.validate()
+    data = build_examples(project.store, round_, both_bad=cfg.both_bad, aggregate=cfg.aggregate,
+                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much)
+    check_trainable(data, round_)
+
+
+def run_round(project: Project, s: RoundSettings, *, log: Callable[[str], None] = print,
+              progress: bool = True,
+              on_event: Callable[[str, dict], None] | None = None) -> RoundSummary:
+    """Run the current round R's unfinished stages (`STAGES`), recording each as it finishes,
+    and return the summary. Killed at any point and run again, it continues with the first
+    unfinished stage: every stage is idempotent (see docs/rounds.md).
+
+    `on_event(stage, info)` is called as the work goes: each reward-model and PPO step, each
+    batch of samples, and each stage's end (a test stops the round there to check the resume).
+    """
+    import time
+
+    from rankloop.data.records import RoundStage
+
+    plan = plan_round(project, s)
+    r = plan.round
+    store = project.store
+    event = on_event or (lambda stage, info: None)
+    warnings: list[str] = []
+    for step in plan.stages:
+        if step.done:
+            continue
+        if step.stage == "ppo" and not s.reward_fns:
+            why = reward_verdict(next(st.metrics for st in store.stages(r)
+                                      if st.stage == "reward"))
+            if why and project.config.rounds.weak_reward == "stop":
+                raise RoundStopped(f"{why}. Round {r} stops before PPO ([rounds] weak_reward = "
+                                   f"'stop'): label more comparisons, then run `rankloop round "
+                                   f"--redo reward`")
+            if why:
+                warnings.append(f"{why}; PPO runs anyway ([rounds] weak_reward = 'warn')")
+                log(f"Warning: {warnings[-1]}")
+        t0 = time.perf_counter()
+        if step.stage == "reward":
+            metrics = _reward_stage(project, r, s, log=log, progress=progress, event=event)
+        elif step.stage == "ppo":
+            metrics = _ppo_stage(project, r, s, log=log, progress=progress, event=event)
+        elif step.stage == "generate":
+            report = generate_candidates(
+                project, r + 1, s.generate, progress=progress,
+                on_batch=lambda n: event("generate", {"responses": n}))
+            metrics = {"generate/responses": float(report.generated),
+                       "generate/unfinished": float(report.unfinished),
+                       "generate/comparisons": float(report.comparisons_created)}
+        elif step.stage == "compare":
+            cross = cross_round_comparisons(project, r + 1)
+            event("compare", {"cross_round": cross})
+            metrics = {"compare/cross_round": float(cross),
+                       "compare/scored": float(score_new_comparisons(project))}
+        else:
+            metrics = {}
+        seconds = time.perf_counter() - t0
+        with store.transaction():  # the stage's record, and for 'advance' its effect, at once
+            if step.stage == "advance":
+                store.save_round(Round(r, finished_at=now_iso()))
+                store.set_current_round(r + 1)
+            store.finish_stage(RoundStage(r, step.stage, seconds, metrics))
+        event(step.stage, {"done": True, **metrics})
+    return summarize_round(project, r, warnings)
+
+
+def summarize_round(project: Project, round_: int, warnings=()) -> RoundSummary:
+    """The summary of round R from its stage records."""
+    stages = project.store.stages(round_)
+    metrics: dict = {}
+    for st in stages:
+        metrics.update(st.metrics)
+    return RoundSummary(round_, label_counts(project, round_),
+                        {st.stage: st.seconds for st in stages}, metrics, list(warnings))
+
+
+def redo(project: Project, stage: str) -> list[str]:
+    """Forget `stage` and the later stages of the current round, so `rankloop round` runs
+    them again. Returns the stages forgotten."""
+    if stage not in STAGES[:-1]:
+        raise ConfigError(f"--redo {stage!r}: choose one of {', '.join(STAGES[:-1])}")
+    r = project.store.current_round()
+    later = STAGES[STAGES.index(stage):]
+    done = {st.stage for st in project.store.stages(r)}
+    with project.store.transaction():
+        for name in later:
+            project.store.forget_stage(r, name)
+    return [name for name in later if name in done]
+
+
+def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, event) -> dict:
+    if s.reward_fns:
+        return {"reward/skipped": 1.0}
+    ckpts = project.round_dir(r, "reward").with_name("reward-checkpoints")
+    result = train_reward_stage(project, r, s.reward, resume=ckpts.is_dir(), progress=progress,
+                                log=log)
+    labels = label_counts(project, r)
+    out = {f"labels/{k}": float(v) for k, v in labels.items()}
+    for key in ("reward/accuracy", "reward/probe_accuracy", "reward/eval_pairs",
+                "reward/train_accuracy", "reward/ece"):
+        v = result.metrics.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            out[key] = float(v)
+    out["reward/steps"] = float(result.steps)
+    return out
+
+
+def _ppo_stage(project: Project, r: int, s: RoundSettings, *, log, progress, event) -> dict:
+    """PPO into a temporary folder, renamed into rounds/R/policy when finished, so a killed
+    run never leaves a policy that looks finished; a rerun resumes from the temporary
+    folder's newest checkpoint ([ppo] checkpoint_every) or starts over."""
+    import shutil
+
+    from rankloop.ppo.train import latest_checkpoint, train_ppo
+
+    policy = project.policy_for_round(r)
+    reward_fn, rm_path = ppo_reward(project, r, s.ppo, s.reward_fns)
+    out = project.round_dir(r, "policy")
+    tmp = out.with_name("policy.partial")
+    resume = latest_checkpoint(tmp) is not None
+    log(f"PPO round {r}: policy {policy}, reward {getattr(reward_fn, 'name', rm_path)}"
+        f"{', resuming' if resume else ''}")
+    try:
+        result = train_ppo(s.ppo, policy=policy, prompts=ppo_prompts(project),
+                           reward_fn=reward_fn, out_dir=tmp, reward_model=rm_path,
+                           resume=resume, progress=progress, log=log,
+                           on_step=lambda row: event("ppo", row))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if out.exists():  # a policy from an earlier, unrecorded run of this stage
+        shutil.rmtree(out)
+    tmp.replace(out)
+    project.store.save_round(Round(r, policy=str(out), metrics=result.summary))
+    return dict(result.summary)
+
+
+def oracle_means(project: Project, oracle) -> dict[int, tuple[float, float | None, int]]:
+    """round -> (the oracle's mean score of its generated responses, the mean over the
+    evaluation prompts only or None, how many responses): did the rounds improve by the
+    oracle's own measure?"""
+    held = {p.id for p in split_prompts(project.store.prompts(),
+                                        project.config.rounds.eval_fraction)[1]}
+    prompts = {p.id: p for p in project.store.prompts()}
+    out = {}
+    for r in sorted(project.store.status().responses_per_round):
+        resp = [x for x in project.store.responses(round=r) if x.source == "generated"]
+        if not resp:
+            continue
+        scores = [float(v) for v in oracle([prompts[x.prompt_id] for x in resp],
+                                           [x.text for x in resp])]
+        ev = [v for x, v in zip(resp, scores) if x.prompt_id in held]
+        out[r] = (sum(scores) / len(scores), sum(ev) / len(ev) if ev else None, len(resp))
+    return out

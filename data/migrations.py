@@ -222,6 +222,12 @@ def m0004_label_ids_never_reused(db: sqlite_utils.Database) -> None:
         (select coalesce(max(label_id), 0) from label_revisions)))""")
 
 
+@migration("0005_account_status")
+def m0005_account_status(db: sqlite_utils.Database) -> None:
+    """Accounts can be disabled (and enabled again): `disabled_at` is set while one is."""
+    db["annotators"].add_column("disabled_at", str)
+
+
 # -- 0010+: the rounds (`rankloop round`); 0004-0009 are the labeling app's -------------------
 
 @migration("0010_rounds_state")

@@ -128,10 +128,28 @@ def _first(store: Store, where: str, order_by: str, params: dict,
 
 
 def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: float,
-                  rng: random.Random) -> int | None:
+                  rng: random.Random, first_round: int | None = None,
+                  only_round: int | None = None) -> int | None:
     """The first eligible comparison in `order`: one nobody else holds if there is one, else
-    one whose labels plus other annotators' live leases are still fewer than n."""
+    one whose labels plus other annotators' live leases are still fewer than n. With
+    `first_round`, that round's comparisons come before all others; with `only_round`, no
+    other round's comparison is picked."""
     params = {"a": annotator_id, "now": now, "n": n}
+    if only_round is None and first_round is None:
+        return _pick_regular_where(store, "1", params, order, rng)
+    params["round"] = only_round if only_round is not None else first_round
+    of_round = ("exists (select 1 from comparisons r where r.id = q.comparison_id "
+                "and r.round = :round)")
+    for tier in [of_round] if only_round is not None else [of_round, f"not {of_round}"]:
+        cid = _pick_regular_where(store, tier, params, order, rng)
+        if cid is not None:
+            return cid
+    return None
+
+
+def _pick_regular_where(store: Store, restrict: str, params: dict, order: str,
+                        rng: random.Random) -> int | None:
+    n = params["n"]
     ways = [("q.comparison_id >= :start", "q.comparison_id", "")]  # oldest
     if order == "random":
         # A random starting point in id order, wrapping around: O(1) per pick however long the
@@ -156,7 +174,7 @@ def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: floa
                      "q.comparison_id and g.reward_model = :rm)", "q.comparison_id", "")]
     for held in (f"{_HELD} = 0", f"q.labels + {_HELD} < :n"):  # a task nobody holds first
         for where, order_by, join in ways:
-            cid = _first(store, f"{where} and {held}", order_by, params, join)
+            cid = _first(store, f"{where} and {held} and {restrict}", order_by, params, join)
             if cid is not None:
                 return cid
     return None
@@ -206,9 +224,12 @@ def current_task(store: Store, annotator_id: int, now: float) -> Task | None:
 
 def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: float = 600,
               order: str = "oldest", gold_rate: float = 0.0, now: float,
-              rng: random.Random) -> Task | None:
+              rng: random.Random, first_round: int | None = None,
+              only_round: int | None = None) -> Task | None:
     """Lease the next comparison to `annotator_id` (or return the one they already hold).
 
+    `first_round`: that round's comparisons (the current round's) before leftovers of other
+    rounds; `only_round`: that round's only (gold tasks are mixed in either way).
     Returns None when nothing is available now: see `progress(...).left` for whether tasks
     remain that others are holding.
     """
@@ -223,7 +244,8 @@ def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: flo
         if gold_rate > 0 and rng.random() < gold_rate:
             cid = _pick_gold(store, annotator_id, rng)
         if cid is None:
-            cid = _pick_regular(store, annotator_id, n, order, now, rng)
+            cid = _pick_regular(store, annotator_id, n, order, now, rng, first_round,
+                                only_round)
         if cid is None:
             return None
         return _lease(store, cid, annotator_id, now, lease_seconds, rng)
@@ -273,13 +295,15 @@ def _lease_row(store: Store, annotator_id: int, comparison_id: int):
 def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str, *,
            choice: str | None = None, positions: Sequence[Sequence[int]] | None = None,
            strength: str | None = None, margins: dict[str, float] | None = None,
-           rationale: str | None = None, seconds_spent: float | None = None) -> int:
+           rationale: str | None = None, seconds_spent: float | None = None,
+           source: str = "human") -> int:
     """Record the annotator's judgment of their leased comparison; returns the label id.
 
     Pairwise: `choice` is A / B / tie / both_bad relative to the order shown, with an optional
     `strength` (slightly / much) that `margins` turns into the label's margin. K-wise:
     `positions` are display positions in tiers, best first (ties share a tier).
-    Idempotent on `request_id`: a retry returns the label already recorded.
+    Idempotent on `request_id`: a retry returns the label already recorded. `source` is
+    'simulated' for `rankloop simulate`'s annotators.
     """
     with immediate(store):
         row = store.db.execute("select id, annotator_id, comparison_id from labels "
@@ -296,7 +320,7 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
         rationale = (rationale or "").strip() or None
         margin = (margins or {}).get(strength) if strength else None
         common = dict(strength=strength, margin=margin, rationale=rationale,
-                      seconds_spent=seconds_spent, source="human", request_id=request_id)
+                      seconds_spent=seconds_spent, source=source, request_id=request_id)
         if choice is not None:
             if len(order) != 2:
                 raise StoreError("A / B / tie / both bad is for a comparison of 2 responses; "

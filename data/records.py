@@ -226,6 +226,7 @@ class Annotator:
     name: str
     role: str = "annotator"
     id: int | None = None
+    disabled: bool = False  # a disabled account cannot log in, label or administer
 
     def __post_init__(self) -> None:
         if self.role not in ANNOTATOR_ROLES:

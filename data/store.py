@@ -9,6 +9,7 @@ all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -23,6 +24,7 @@ import sqlite_utils
 
 from .migrations import migrate, schema_version
 from .records import (
+    PERSON_ROLES,
     Annotator,
     Comparison,
     Label,
@@ -43,6 +45,9 @@ class StoreError(ValueError):
     """A request the store refuses; the message says what was wrong and what to do."""
 
 
+MAX_NAME = 100  # characters in an account's name
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -55,12 +60,42 @@ def hash_secret(secret: str, salt: bytes | None = None) -> str:
     return f"pbkdf2${iterations}${salt.hex()}${digest.hex()}"
 
 
+def new_secret(secret: str | None = None) -> tuple[str, str]:
+    """A fresh random secret (or the given one) and its hash, for a new or reset account."""
+    secret = secret or secrets.token_urlsafe(12)
+    return secret, hash_secret(secret)
+
+
+@functools.cache
+def unknown_user_hash() -> str:
+    """A hash no secret matches, checked for a name without an account: the same work as a
+    known name's, so the time a login takes does not tell whether the name exists."""
+    return hash_secret(secrets.token_urlsafe(16))
+
+
+def check_text(value, what: str, max_chars: int) -> str:
+    """`value` as text SQLite can store, or one StoreError naming `what`: a string, at most
+    `max_chars` characters, without lone surrogates (JSON may carry them, UTF-8 cannot)."""
+    if not isinstance(value, str):
+        raise StoreError(f"{what} must be text, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise StoreError(f"{what} is {len(value):,} characters long; the limit is "
+                         f"{max_chars:,}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"{what} holds half of a surrogate pair (not a character)") from None
+    return value
+
+
 def check_secret(secret: str, stored: str) -> bool:
     try:
         _, iterations, salt, digest = stored.split("$")
     except ValueError:
         return False
-    got = hashlib.pbkdf2_hmac("sha256", secret.encode(), bytes.fromhex(salt), int(iterations))
+    # surrogatepass: a secret typed or posted with a lone surrogate is wrong, not an error
+    got = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8", "surrogatepass"),
+                              bytes.fromhex(salt), int(iterations))
     return secrets.compare_digest(got.hex(), digest)
 
 
@@ -285,19 +320,25 @@ class Store:
 
     # -- annotators --------------------------------------------------------------------------
 
-    def add_annotator(self, name: str, role: str = "annotator",
-                      secret: str | None = None) -> tuple[Annotator, str]:
-        """Create an account; returns it and its secret (only a hash is stored)."""
+    def add_annotator(self, name: str, role: str = "annotator", secret: str | None = None, *,
+                      secret_hash: str | None = None) -> tuple[Annotator, str | None]:
+        """Create an account; returns it and its secret (only a hash is stored). Pass
+        `secret_hash` (from `new_secret()`) to hash outside a lock held around the store."""
         name = name.strip()
         if not name:
             raise StoreError("an annotator needs a name")
-        a = Annotator(name=name, role=role)
+        check_text(name, "an annotator's name", MAX_NAME)
+        try:
+            a = Annotator(name=name, role=role)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
         if self.db.execute("select 1 from annotators where name = ?", [name]).fetchone():
             raise StoreError(f"an annotator named {name!r} already exists; choose another name")
-        secret = secret or secrets.token_urlsafe(12)
+        if secret_hash is None:
+            secret, secret_hash = new_secret(secret)
         with self.transaction():
             aid = self.db["annotators"].insert({
-                "name": a.name, "role": a.role, "secret_hash": hash_secret(secret),
+                "name": a.name, "role": a.role, "secret_hash": secret_hash,
                 "created_at": now()}).last_pk
         return Annotator(name=a.name, role=a.role, id=aid), secret
 
@@ -312,22 +353,80 @@ class Store:
                                                 "created_at": now()}).last_pk
         return Annotator(name=name, role="external", id=aid)
 
-    def authenticate(self, name: str, secret: str) -> Annotator | None:
-        row = self.db.execute("select id, role, secret_hash from annotators where name = ?",
-                              [name]).fetchone()
-        if not row or not row[2] or not check_secret(secret, row[2]):
+    def credentials(self, name: str) -> tuple[Annotator, str] | None:
+        """A person's account that may log in (enabled, with a secret) and its secret's hash;
+        None otherwise. A quick read: check the secret against it without holding the store."""
+        row = self.db.execute("select id, role, secret_hash from annotators where name = ? "
+                              "and disabled_at is null", [name]).fetchone()
+        if row is None or not row[2] or row[1] not in PERSON_ROLES:
             return None
-        return Annotator(name=name, role=row[1], id=row[0])
+        return Annotator(name=name, role=row[1], id=row[0]), row[2]
+
+    def authenticate(self, name: str, secret: str) -> Annotator | None:
+        """The account if `secret` is its secret (and it may log in), else None; an unknown
+        name costs one hash too, so timing does not tell which names exist."""
+        got = self.credentials(name)
+        ok = check_secret(secret, got[1] if got else unknown_user_hash())
+        return got[0] if got and ok else None
 
     def annotators(self) -> list[Annotator]:
-        return [Annotator(name=n, role=r, id=i) for i, n, r in
-                self.db.execute("select id, name, role from annotators order by id").fetchall()]
+        return [Annotator(name=n, role=r, id=i, disabled=d is not None) for i, n, r, d in
+                self.db.execute("select id, name, role, disabled_at from annotators "
+                                "order by id").fetchall()]
 
     def annotator(self, name: str) -> Annotator | None:
         """The account named `name`, or None."""
-        row = self.db.execute("select id, role from annotators where name = ?",
+        row = self.db.execute("select id, role, disabled_at from annotators where name = ?",
                               [name]).fetchone()
-        return None if row is None else Annotator(name=name, role=row[1], id=row[0])
+        return None if row is None else Annotator(name=name, role=row[1], id=row[0],
+                                                  disabled=row[2] is not None)
+
+    def _person(self, name: str) -> Annotator:
+        a = self.annotator(name)
+        if a is None or a.role not in PERSON_ROLES:
+            raise StoreError(f"no account named {name!r} (see `rankloop annotator list`)")
+        return a
+
+    def _keep_an_admin(self, a: Annotator) -> None:
+        """Refuse to disable or demote the last enabled admin: nobody could administer."""
+        if a.role == "admin" and not a.disabled and not self.db.execute(
+                "select 1 from annotators where role = 'admin' and disabled_at is null "
+                "and id != ?", [a.id]).fetchone():
+            raise StoreError(f"{a.name!r} is the only enabled admin: make another account admin "
+                             f"first")
+
+    def set_disabled(self, name: str, disabled: bool) -> Annotator:
+        """Disable an account (it can no longer log in, label or administer; its labels stay)
+        or enable it again."""
+        with self.transaction():
+            a = self._person(name)
+            if disabled:
+                self._keep_an_admin(a)
+            self.db.execute("update annotators set disabled_at = ? where id = ?",
+                            [now() if disabled else None, a.id])
+        return Annotator(name=a.name, role=a.role, id=a.id, disabled=disabled)
+
+    def set_role(self, name: str, role: str) -> Annotator:
+        """Make an account an annotator or an admin."""
+        if role not in PERSON_ROLES:
+            raise StoreError(f"a role is one of {', '.join(PERSON_ROLES)}; got {role!r}")
+        with self.transaction():
+            a = self._person(name)
+            if role != "admin":
+                self._keep_an_admin(a)
+            self.db.execute("update annotators set role = ? where id = ?", [role, a.id])
+        return Annotator(name=a.name, role=role, id=a.id, disabled=a.disabled)
+
+    def set_secret(self, name: str, secret: str | None = None, *,
+                   secret_hash: str | None = None) -> str | None:
+        """Give an account a new secret (the old one stops working); returns it."""
+        if secret_hash is None:
+            secret, secret_hash = new_secret(secret)
+        with self.transaction():
+            a = self._person(name)
+            self.db.execute("update annotators set secret_hash = ? where id = ?",
+                            [secret_hash, a.id])
+        return secret
 
     # -- labels ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 
+import httpx
 import pytest
 
 from rankloop.app.config import LabelingConfig
@@ -313,6 +314,7 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     editor = page.locator("#rl-guide-edit textarea")
     expect(editor).to_have_value(re.compile("^# Labeling guidelines"))  # the current ones
     type_into(editor, "# House rules\n\nBe kind.")
+    expect(editor).to_have_value("# House rules\n\nBe kind.")
     page.click("#rl-guide-save")
     expect(msg).to_contain_text("Guidelines saved")
     assert (folder / "guidelines.md").read_text() == "# House rules\n\nBe kind."
@@ -325,6 +327,34 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     s = db()
     assert sorted((a.name, a.role) for a in s.annotators()) == [
         ("eve", "annotator"), ("newbie", "annotator"), ("root", "admin")]
+    s.close()
+    accounts = page.locator("#rl-accounts")
+    expect(accounts).to_contain_text("newbie")
+
+    # Disable, enable, reset the secret of and promote an account, by name.
+    def account(button: str, expected: str):
+        type_into(page.locator("#rl-account-name input, #rl-account-name textarea"), "eve")
+        page.click(button)
+        expect(msg).to_contain_text(expected)
+
+    account("#rl-disable", "Disabled eve (logged out everywhere; its labels stay).")
+    expect(accounts).to_contain_text("disabled")
+    assert httpx.post(f"{url}login", data={"username": "eve", "password": "eve-secret"},
+                      timeout=30).status_code == 400
+    account("#rl-enable", "Enabled eve: it can log in again.")
+    assert httpx.post(f"{url}login", data={"username": "eve", "password": "eve-secret"},
+                      timeout=30).status_code == 200
+    account("#rl-reset-secret", "New secret for eve (shown once; its sessions ended):")
+    secret = msg.locator("code").inner_text()
+    s = db()
+    assert s.authenticate("eve", "eve-secret") is None and s.authenticate("eve", secret)
+    s.close()
+    page.locator("#rl-account-role input").click()
+    page.get_by_role("option", name="admin").click()
+    account("#rl-set-role", "eve is now an admin (logged out everywhere).")
+    s = db()
+    assert [(a.name, a.role, a.disabled) for a in s.annotators()] == [
+        ("eve", "admin", False), ("root", "admin", False), ("newbie", "annotator", False)]
     s.close()
 
     # Upload prompts.

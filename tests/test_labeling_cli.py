@@ -29,7 +29,40 @@ def test_annotator_add_prints_the_secret_once_and_stores_a_hash(tmp_path):
     assert again.exit_code == 1
     assert "an annotator named 'alice' already exists; choose another name" in again.output
     listed = run("annotator", "list", "--project", tmp_path / "p")
-    assert listed.output == "alice\tadmin\n"
+    assert listed.output == "alice\tadmin\tactive\n"
+
+
+def test_annotator_disable_enable_reset_secret_and_set_role(tmp_path):
+    p = tmp_path / "p"
+    Project.init(p).close()
+    boss = run("annotator", "add", "boss", "--role", "admin", "--project", p)
+    old = run("annotator", "add", "ann", "--project", p).output.strip().splitlines()[-1]
+    assert run("annotator", "disable", "ann", "--project", p).exit_code == 0
+    assert run("annotator", "list", "--project", p).output == (
+        "boss\tadmin\tactive\nann\tannotator\tdisabled\n")
+    store = Store.open(p / "rankloop.db")
+    assert store.authenticate("ann", old) is None
+    store.close()
+    assert run("annotator", "enable", "ann", "--project", p).exit_code == 0
+    got = run("annotator", "reset-secret", "ann", "--project", p)
+    new = got.output.strip().splitlines()[-1]
+    assert got.exit_code == 0 and new != old
+    assert run("annotator", "set-role", "ann", "admin", "--project", p).output == (
+        "ann is now an admin.\n")
+    refused = run("annotator", "set-role", "boss", "annotator", "--project", p)
+    assert refused.exit_code == 0  # ann is an admin now: boss need not stay one
+    refused = run("annotator", "disable", "ann", "--project", p)
+    assert refused.exit_code == 1 and ("'ann' is the only enabled admin: make another account "
+                                       "admin first") in refused.output
+    missing = run("annotator", "reset-secret", "ghost", "--project", p)
+    assert missing.exit_code == 1 and "no account named 'ghost'" in missing.output
+    store = Store.open(p / "rankloop.db")
+    assert store.authenticate("ann", old) is None
+    assert store.authenticate("ann", new).role == "admin"
+    assert [(a.name, a.role, a.disabled) for a in store.annotators()] == [
+        ("boss", "annotator", False), ("ann", "admin", False)]
+    assert boss.exit_code == 0
+    store.close()
 
 
 def test_serve_refuses_without_accounts_and_on_a_busy_port(tmp_path):

@@ -303,3 +303,42 @@ def test_build_app_returns_the_page_and_its_context_and_close_removes_the_export
     assert [p.name for p in tmp_path.iterdir()] == [Path(app.export_dir.name).name]
     app.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_admin_disables_enables_resets_and_changes_roles_ending_sessions(app):
+    ctx, s, _, _ = app
+    tokens = {"t1": "ann", "t2": "bob", "t3": "ann"}
+    ctx.sessions.attach(tokens)
+    with pytest.raises(AccessDenied, match="only an admin"):
+        admin.disable_account(ctx, "ann", "bob")
+    assert admin.disable_account(ctx, "root", " ann ") == (
+        "Disabled **ann** (logged out everywhere; its labels stay).")
+    assert tokens == {"t2": "bob"}
+    with pytest.raises(AccessDenied, match="the account 'ann' is disabled; ask an admin"):
+        handlers.load(ctx, "ann")
+    with pytest.raises(AccessDenied, match="disabled"):
+        handlers.api_next(ctx, "ann")
+    assert admin.accounts(ctx, "root").values.tolist() == [
+        ["ann", "annotator", "disabled"], ["bob", "annotator", "active"],
+        ["root", "admin", "active"]]
+    assert admin.enable_account(ctx, "root", "ann") == "Enabled **ann**: it can log in again."
+    assert handlers.load(ctx, "ann").mode == "pairwise"
+
+    msg = admin.reset_secret(ctx, "root", "bob")
+    secret = msg.split("`")[1]
+    assert msg == f"New secret for **bob** (shown once; its sessions ended): `{secret}`"
+    assert tokens == {} and s.authenticate("bob", "pw") is None
+    assert s.authenticate("bob", secret).name == "bob"
+
+    assert admin.set_role(ctx, "root", "bob", "admin") == (
+        "**bob** is now an admin (logged out everywhere).")
+    assert admin.dashboard(ctx, "bob").summary.startswith("**0** labels")
+    assert admin.set_role(ctx, "root", "root", "annotator") == (
+        "**root** is now an annotator (logged out everywhere).")
+    with pytest.raises(AccessDenied, match="only an admin"):
+        admin.dashboard(ctx, "root")
+    assert admin.disable_account(ctx, "bob", "bob") == (
+        "Not changed: 'bob' is the only enabled admin: make another account admin first")
+    assert admin.set_role(ctx, "bob", "ghost", "admin") == (
+        "Not changed: no account named 'ghost' (see `rankloop annotator list`)")
+    assert admin.enable_account(ctx, "bob", "") == "Give the name of the account."

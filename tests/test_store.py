@@ -4,8 +4,8 @@ import sqlite3
 import pytest
 
 from rankloop.data.migrations import MIGRATIONS, applied, migrate, schema_version
-from rankloop.data.records import Label, Message, Prompt, Response, Round, Sampling
-from rankloop.data.store import Store, StoreError, check_secret
+from rankloop.data.records import Annotator, Label, Message, Prompt, Response, Round, Sampling
+from rankloop.data.store import Store, StoreError, check_secret, unknown_user_hash
 
 
 def rows(store, sql):
@@ -182,6 +182,54 @@ def test_annotator_secret_is_hashed(fresh_store):
     assert fresh_store.authenticate("ada", "wrong") is None
     with pytest.raises(StoreError, match="already exists"):
         fresh_store.add_annotator("ada")
+
+
+def test_accounts_disable_enable_reset_and_role(fresh_store, monkeypatch):
+    s = fresh_store
+    root, root_secret = s.add_annotator("root", role="admin", secret="r00t")
+    ann, ann_secret = s.add_annotator("ann")
+    s.external_annotator("import:x.jsonl")
+    # An unknown name or an account nobody logs in as costs one hash, like a wrong secret.
+    unknown_user_hash()  # made once per process (the app makes it before it serves)
+    hashed = []
+    real = __import__("hashlib").pbkdf2_hmac
+    monkeypatch.setattr("hashlib.pbkdf2_hmac", lambda *a: hashed.append(a[3]) or real(*a))
+    for name in ("nobody", "import:x.jsonl", "ann"):
+        assert s.authenticate(name, "wrong") is None
+    assert hashed == [200_000] * 3
+    monkeypatch.undo()
+
+    assert s.set_disabled("ann", True) == Annotator("ann", "annotator", ann.id, disabled=True)
+    assert s.authenticate("ann", ann_secret) is None and s.credentials("ann") is None
+    assert s.annotator("ann").disabled
+    assert rows(s, "select name, disabled_at is not null from annotators") == [
+        ("root", 0), ("ann", 1), ("import:x.jsonl", 0)]
+    s.set_disabled("ann", False)
+    assert s.authenticate("ann", ann_secret) == ann
+
+    new = s.set_secret("ann")
+    assert new != ann_secret and s.authenticate("ann", ann_secret) is None
+    assert s.authenticate("ann", new) == ann
+
+    # The last enabled admin can be neither disabled nor demoted; with a second admin it can.
+    for change in (lambda: s.set_disabled("root", True), lambda: s.set_role("root", "annotator")):
+        with pytest.raises(StoreError, match="'root' is the only enabled admin: make another "
+                                             "account admin first"):
+            change()
+    assert s.set_role("ann", "admin").role == "admin"
+    assert s.set_role("root", "annotator").role == "annotator"
+    assert s.authenticate("root", root_secret).role == "annotator"
+    for bad, message in ((lambda: s.set_role("ann", "external"), "a role is one of annotator, "
+                                                                  "admin; got 'external'"),
+                         (lambda: s.set_disabled("import:x.jsonl", True), "no account named"),
+                         (lambda: s.set_secret("ghost"), "no account named 'ghost'"),
+                         (lambda: s.add_annotator("x" * 101), "the limit is 100"),
+                         (lambda: s.add_annotator("bad\ud800"), "half of a surrogate pair")):
+        with pytest.raises(StoreError, match=message):
+            bad()
+    assert [(a.name, a.role, a.disabled) for a in s.annotators()] == [
+        ("root", "annotator", False), ("ann", "admin", False),
+        ("import:x.jsonl", "external", False)]
 
 
 def test_pairwise_label_row_and_idempotent_retry(fresh_store):

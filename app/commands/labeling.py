@@ -24,6 +24,7 @@ def annotator():
       rankloop annotator add alice
       rankloop annotator add bob --role admin
       rankloop annotator list
+      rankloop annotator disable alice
     """
 
 
@@ -53,7 +54,7 @@ def annotator_add(name, role, project_dir):
 @project_option
 @user_errors
 def annotator_list(project_dir):
-    """List the accounts (names and roles; secrets are never shown again).
+    """List the accounts: name, role, active or disabled (secrets are never shown again).
 
     \b
     Example:
@@ -61,9 +62,81 @@ def annotator_list(project_dir):
     """
     project = open_project(project_dir)
     for a in project.store.annotators():
-        if a.role != "external":
-            click.echo(f"{a.name}\t{a.role}")
+        if a.role in PERSON_ROLES:
+            click.echo(f"{a.name}\t{a.role}\t{'disabled' if a.disabled else 'active'}")
     project.close()
+
+
+@annotator.command("disable")
+@click.argument("name")
+@project_option
+@user_errors
+def annotator_disable(name, project_dir):
+    """Disable an account: it can no longer log in, label or administer (its labels stay).
+    A running app refuses it from its next request on.
+
+    \b
+    Example:
+      rankloop annotator disable alice
+    """
+    project = open_project(project_dir)
+    project.store.set_disabled(name, True)
+    project.close()
+    console.print(f"Disabled {name}; `rankloop annotator enable {name}` undoes it.")
+
+
+@annotator.command("enable")
+@click.argument("name")
+@project_option
+@user_errors
+def annotator_enable(name, project_dir):
+    """Enable a disabled account again (with its old secret).
+
+    \b
+    Example:
+      rankloop annotator enable alice
+    """
+    project = open_project(project_dir)
+    project.store.set_disabled(name, False)
+    project.close()
+    console.print(f"Enabled {name}.")
+
+
+@annotator.command("reset-secret")
+@click.argument("name")
+@project_option
+@user_errors
+def annotator_reset_secret(name, project_dir):
+    """Give an account a new secret and print it once (the old one stops working).
+
+    \b
+    Example:
+      rankloop annotator reset-secret alice
+    """
+    project = open_project(project_dir)
+    secret = project.store.set_secret(name)
+    project.close()
+    console.print(f"New secret for [bold]{name}[/bold] (shown only now, give it to them "
+                  f"privately):")
+    click.echo(secret)
+
+
+@annotator.command("set-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(PERSON_ROLES))
+@project_option
+@user_errors
+def annotator_set_role(name, role, project_dir):
+    """Make an account an annotator or an admin (the last enabled admin stays one).
+
+    \b
+    Example:
+      rankloop annotator set-role alice admin
+    """
+    project = open_project(project_dir)
+    project.store.set_role(name, role)
+    project.close()
+    console.print(f"{name} is now an {role}.")
 
 
 def port_free(host: str, port: int) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from rankloop.app import rounds
 from rankloop.app.project import Project
 from rankloop.data.io import (
     EXPORT_FORMATS,
@@ -90,8 +91,9 @@ def import_(file: Path | None, bundled: bool, prompt_column, response_column, re
 @click.command()
 @click.option("--n", "n", type=int, default=None, help="Responses per prompt "
               "([generate] n, default 2).")
-@click.option("--round", "round_", type=int, default=0, show_default=True,
-              help="Round to generate for; round R samples from the policy trained in R-1.")
+@click.option("--round", "round_", type=int, default=None,
+              help="Round to generate for (default: the current round); round R samples from "
+              "the policy trained in R-1.")
 @click.option("--limit", type=int, default=None, help="Only the first N prompts.")
 @click.option("--batch-size", type=int, default=None, help="Prompts per batched forward.")
 @click.option("--max-new-tokens", type=int, default=None)
@@ -104,24 +106,25 @@ def generate(n, round_, limit, batch_size, max_new_tokens, temperature, top_p, s
              project_dir):
     """Sample candidate responses from the round's policy and create comparisons to label.
 
-    Killed midway and run again, it samples only what is missing.
+    Killed midway and run again, it samples only what is missing. From round 1 on, the
+    evaluation prompts also get cross-round comparisons (a new response against one of the
+    previous round and one of round 0); with a reward model, the new comparisons are scored
+    for the queue's uncertainty order. A round newer than the current one becomes current.
 
     \b
     Example:
       rankloop generate --n 4 --limit 20
     """
-    from rankloop.app.generate import generate as run_generate
-
     project = open_project(project_dir)
     cfg = replace(project.config.generate, n=n, batch_size=batch_size,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    policy = project.policy_for_round(round_)
-    report = run_generate(project.store, policy, cfg, round=round_,
-                          k=project.config.labeling.k, limit=limit)
+    report, cross = rounds.sample_candidates(project, rounds.resolve_round(project, round_), cfg,
+                                             limit=limit)
     console.print(f"Round {report.round}, policy {report.policy}: {report.generated} new "
                   f"responses for {report.prompts} prompts ({report.skipped_existing} already "
                   f"there, {report.unfinished} cut at max_new_tokens); "
-                  f"{report.comparisons_created} new comparisons")
+                  f"{report.comparisons_created} new comparisons"
+                  + (f", {cross} across rounds" if cross else ""))
     project.close()
 
 
@@ -154,7 +157,8 @@ def export(out, fmt, round_, drop_ties, project_dir):
 @project_option
 @user_errors
 def status(project_dir):
-    """Show prompts, responses per round, comparisons, annotators, rounds and their metrics.
+    """Show the current round, prompts, responses per round, comparisons, annotators, rounds
+    and their metrics, and the next step to run.
 
     \b
     Example:
@@ -165,6 +169,7 @@ def status(project_dir):
     table = Table(title=f"rankloop project {project.root}")
     table.add_column("what")
     table.add_column("count", justify="right")
+    table.add_row("current round", str(s.current_round))
     table.add_row("prompts", str(s.prompts))
     for rnd, count in s.responses_per_round.items():
         table.add_row(f"responses, round {rnd}", str(count))
@@ -175,12 +180,13 @@ def status(project_dir):
     table.add_row("annotators", str(s.annotators))
     console.print(table)
     if s.rounds:
-        rounds = Table(title="rounds")
+        table = Table(title="rounds")
         for col in ("round", "policy", "reward model", "metrics"):
-            rounds.add_column(col)
+            table.add_column(col)
         for r in s.rounds:
             metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in sorted(r.metrics.items()))
-            rounds.add_row(str(r.number), r.policy or "-", r.reward_model or "-", metrics or "-")
-        console.print(rounds)
+            table.add_row(str(r.number), r.policy or "-", r.reward_model or "-", metrics or "-")
+        console.print(table)
+    console.print(f"Next: {rounds.next_step(project)}")
     project.close()

@@ -23,7 +23,7 @@ from rankloop.data.io import (
     import_file,
 )
 from rankloop.data.records import PERSON_ROLES
-from rankloop.data.store import Store, StoreError
+from rankloop.data.store import Store, StoreError, new_secret
 
 from .handlers import AccessDenied, Ctx, annotator, guidelines_markdown
 from .render import conversation_html, markdown_html
@@ -180,13 +180,66 @@ def add_account(ctx: Ctx, username: str | None, name: str, role: str) -> str:
     """Create an account; the message shows its secret once."""
     if role not in PERSON_ROLES:
         return "Role must be 'annotator' or 'admin'."
+    secret, hashed = new_secret()  # hashing takes ~0.1 s of CPU: not while holding the store
     with ctx.stores() as store:
         _admin(store, username)
         try:
-            a, secret = store.add_annotator(name, role=role)
-        except (StoreError, ValueError) as e:
+            a, _ = store.add_annotator(name or "", role=role, secret_hash=hashed)
+        except StoreError as e:
             return f"Not created: {e}"
     return f"Created {a.role} **{a.name}**; secret (shown once): `{secret}`"
+
+
+ACCOUNT_COLUMNS = ["name", "role", "status"]
+
+
+def accounts(ctx: Ctx, username: str | None) -> pd.DataFrame:
+    """The people's accounts: name, role, active or disabled (secrets are never shown)."""
+    with ctx.stores() as store:
+        _admin(store, username)
+        rows = [[a.name, a.role, "disabled" if a.disabled else "active"]
+                for a in store.annotators() if a.role in PERSON_ROLES]
+    return pd.DataFrame(rows, columns=ACCOUNT_COLUMNS)
+
+
+def _account_change(ctx: Ctx, username: str | None, name: str, change, done: str) -> str:
+    """Apply `change(store, name)` as an admin; its sessions end when it loses access."""
+    name = (name or "").strip()
+    if not name:
+        return "Give the name of the account."
+    with ctx.stores() as store:
+        _admin(store, username)
+        try:
+            result = change(store, name)
+        except StoreError as e:
+            return f"Not changed: {e}"
+    ctx.sessions.end(name)  # logged out everywhere: it logs in again with what it may do now
+    return done.format(name=name, result=result)
+
+
+def disable_account(ctx: Ctx, username: str | None, name: str) -> str:
+    """Disable an account: it cannot log in, label or administer; its labels stay."""
+    return _account_change(ctx, username, name, lambda s, n: s.set_disabled(n, True),
+                           "Disabled **{name}** (logged out everywhere; its labels stay).")
+
+
+def enable_account(ctx: Ctx, username: str | None, name: str) -> str:
+    return _account_change(ctx, username, name, lambda s, n: s.set_disabled(n, False),
+                           "Enabled **{name}**: it can log in again.")
+
+
+def set_role(ctx: Ctx, username: str | None, name: str, role: str) -> str:
+    return _account_change(ctx, username, name, lambda s, n: s.set_role(n, role),
+                           f"**{{name}}** is now an {role} (logged out everywhere).")
+
+
+def reset_secret(ctx: Ctx, username: str | None, name: str) -> str:
+    """A new secret for an account (the old one stops working); the message shows it once."""
+    secret, hashed = new_secret()
+    return _account_change(ctx, username, name,
+                           lambda s, n: s.set_secret(n, secret_hash=hashed),
+                           "New secret for **{name}** (shown once; its sessions ended): "
+                           f"`{secret}`")
 
 
 def upload(ctx: Ctx, username: str | None, path: str | None) -> str:

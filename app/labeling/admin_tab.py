@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from rankloop.data.io import EXPORT_FORMATS
+from rankloop.data.records import PERSON_ROLES
 
 from . import admin
 from .events import guarded
@@ -69,11 +70,20 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
         guide_edit = gr.Textbox(label="Guidelines (Markdown)", lines=12, elem_id="rl-guide-edit")
         guide_save = gr.Button("Save guidelines", elem_id="rl-guide-save")
     with gr.Accordion("Accounts", open=False):
+        accounts = gr.Dataframe(label="Accounts", interactive=False, elem_id="rl-accounts")
         with gr.Row():
             new_name = gr.Textbox(label="Name", elem_id="rl-new-name")
-            new_role = gr.Dropdown(["annotator", "admin"], value="annotator", label="Role",
+            new_role = gr.Dropdown(list(PERSON_ROLES), value="annotator", label="Role",
                                    elem_id="rl-new-role")
             new_btn = gr.Button("Create account", elem_id="rl-new-account")
+        with gr.Row():
+            acct_name = gr.Textbox(label="Account", elem_id="rl-account-name")
+            disable_btn = gr.Button("Disable", elem_id="rl-disable")
+            enable_btn = gr.Button("Enable", elem_id="rl-enable")
+            reset_btn = gr.Button("Reset secret", elem_id="rl-reset-secret")
+            acct_role = gr.Dropdown(list(PERSON_ROLES), value="annotator", label="Role",
+                                    elem_id="rl-account-role")
+            role_btn = gr.Button("Set role", elem_id="rl-set-role")
     with gr.Accordion("Upload prompts / export preferences", open=False):
         upload_file = gr.File(label="Prompts (JSONL, CSV or Parquet; as rankloop import)",
                               type="filepath", elem_id="rl-upload-file")
@@ -85,12 +95,13 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
         export_file = gr.File(label="Export", interactive=False, elem_id="rl-export-file")
 
     outputs = [summary, stats, per_day, kappa_plot, rounds_plot, kappa_table, flags_table,
-               guide_edit]
+               guide_edit, accounts]
 
     def on_refresh(request: gr.Request):
         d = guarded(lambda: admin.dashboard(ctx, request.username))
         return [d.summary, d.annotators, d.per_day, d.kappa, d.rounds, d.kappa, d.flags,
-                admin.current_guidelines(ctx, request.username)]
+                admin.current_guidelines(ctx, request.username),
+                admin.accounts(ctx, request.username)]
 
     refresh.click(on_refresh, None, outputs, **private)
     tab.select(on_refresh, None, outputs, **private)
@@ -100,7 +111,19 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
     show_btn.click(_action(ctx, admin.comparison_html), [gold_cid], [shown_comparison],
                    **private)
     guide_save.click(_action(ctx, admin.save_guidelines), [guide_edit], [admin_msg], **private)
-    new_btn.click(_action(ctx, admin.add_account), [new_name, new_role], [admin_msg], **private)
+    # An account change shows its message, then the accounts table as it is now.
+    def account_action(fn):
+        def run(request: gr.Request, *args):
+            msg = guarded(lambda: fn(ctx, request.username, *args))
+            return msg, admin.accounts(ctx, request.username)
+        return run
+
+    for btn, fn, inputs in ((new_btn, admin.add_account, [new_name, new_role]),
+                            (disable_btn, admin.disable_account, [acct_name]),
+                            (enable_btn, admin.enable_account, [acct_name]),
+                            (reset_btn, admin.reset_secret, [acct_name]),
+                            (role_btn, admin.set_role, [acct_name, acct_role])):
+        btn.click(account_action(fn), inputs, [admin_msg, accounts], **private)
     upload_btn.click(_action(ctx, admin.upload), [upload_file], [admin_msg], **private)
 
     def on_export(f, request: gr.Request):

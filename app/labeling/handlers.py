@@ -134,7 +134,8 @@ def _page(ctx: Ctx, store: Store, a: Annotator, task: queue.Task | None, message
 def _next(ctx: Ctx, store: Store, a: Annotator) -> queue.Task | None:
     c = ctx.config
     return queue.next_task(store, a.id, n=c.labels_per_comparison, lease_seconds=c.lease_seconds,
-                           order=c.order, gold_rate=c.gold_rate, now=ctx.clock(), rng=ctx.rng)
+                           order=c.order, gold_rate=c.gold_rate, now=ctx.clock(), rng=ctx.rng,
+                           first_round=store.current_round() if c.current_round_first else None)
 
 
 def load(ctx: Ctx, username: str | None) -> Page:
