@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .records import Comparison, Label, Message, Prompt, Response
-from .store import Store, StoreError
+from .records import MAX_RESPONSES, Comparison, Label, Message, Prompt, Response
+from .store import Store, StoreError, too_many_responses
 
 
 class ImportFileError(ValueError):
@@ -304,6 +304,9 @@ def _parse_row(row: dict, cols: Columns) -> _Row:
         responses = [_parse_completion(v, cols.responses) for v in value]
     if row.get(cols.response) not in (None, ""):
         responses.append(_parse_completion(row[cols.response], cols.response))
+    if len(set(responses)) > MAX_RESPONSES:  # refused here, before anything is written
+        raise ValueError(f"{too_many_responses(len(set(responses)))} (each row with 2 or more "
+                         f"responses is one comparison: give the prompt several rows)")
     return _Row(prompt, responses)
 
 

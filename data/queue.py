@@ -38,7 +38,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .records import Comparison, Label, Prompt, Response, normalize_ranking, to_json
+from .records import (
+    MAX_RESPONSES,
+    Comparison,
+    Label,
+    Prompt,
+    Response,
+    normalize_ranking,
+    to_json,
+)
 from .store import Store, StoreError
 from .store import now as now_iso
 
@@ -97,10 +105,15 @@ def immediate(store: Store):
 
 # -- choosing the next comparison ---------------------------------------------------------------
 
+# A comparison of more responses than the page shows (MAX_RESPONSES; the store refuses them,
+# an older store may hold some): never leased, never counted as left. `{id}`: its id column.
+_TOO_BIG = f"""exists (select 1 from comparison_responses x where x.comparison_id = {{id}}
+               and x.position >= {MAX_RESPONSES})"""
 # A regular comparison annotator :a may label: not gold, not flagged, not already labeled or
 # skipped by them. `q` is its row in `comparison_queue` (label count kept by triggers).
-_MINE = """
+_MINE = f"""
     not exists (select 1 from comparisons c where c.id = q.comparison_id and c.gold is not null)
+    and not {_TOO_BIG.format(id="q.comparison_id")}
     and not exists (select 1 from labels l where l.comparison_id = q.comparison_id
                     and l.annotator_id = :a)
     and not exists (select 1 from skips k where k.comparison_id = q.comparison_id
@@ -186,7 +199,8 @@ def _pick_gold(store: Store, annotator_id: int, rng: random.Random) -> int | Non
         "and not exists (select 1 from labels l where l.comparison_id = c.id "
         "and l.annotator_id = ?) "
         "and not exists (select 1 from skips k where k.comparison_id = c.id "
-        "and k.annotator_id = ?) order by c.id", [annotator_id, annotator_id]).fetchall()
+        f"and k.annotator_id = ?) and not {_TOO_BIG.format(id='c.id')} order by c.id",
+        [annotator_id, annotator_id]).fetchall()
     return rng.choice(rows)[0] if rows else None
 
 
@@ -215,7 +229,9 @@ def current_task(store: Store, annotator_id: int, now: float) -> Task | None:
     """The live lease this annotator holds (a reloaded page shows the same task), if any."""
     row = store.db.execute(
         "select comparison_id, display_order, request_id, expires_at from leases "
-        "where annotator_id = ? and expires_at > ? order by issued_at desc limit 1",
+        "where annotator_id = ? and expires_at > ? "
+        f"and not {_TOO_BIG.format(id='leases.comparison_id')} "
+        "order by issued_at desc limit 1",
         [annotator_id, now]).fetchone()
     if not row:
         return None
@@ -266,8 +282,10 @@ def progress(store: Store, annotator_id: int, *, n: int = 1, today: str | None =
                        select comparison_id from labels where annotator_id = :a
                        union select comparison_id from skips where annotator_id = :a
                        union select comparison_id from flags where resolved_at is null
-                       union select id from comparisons where gold is not null))""",
-        {"a": annotator_id, "n": n}).fetchone()[0]
+                       union select id from comparisons where gold is not null
+                       union select comparison_id from comparison_responses
+                             where position >= :max))""",
+        {"a": annotator_id, "n": n, "max": MAX_RESPONSES}).fetchone()[0]
     return Progress(labeled_today=on_day, labeled_total=total, left=left)
 
 

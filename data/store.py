@@ -24,6 +24,7 @@ import sqlite_utils
 
 from .migrations import migrate, schema_version
 from .records import (
+    MAX_RESPONSES,
     PERSON_ROLES,
     Annotator,
     Comparison,
@@ -43,6 +44,11 @@ from .records import (
 
 class StoreError(ValueError):
     """A request the store refuses; the message says what was wrong and what to do."""
+
+
+def too_many_responses(n: int) -> str:
+    return (f"{n} responses in one comparison; the labeling page shows at most {MAX_RESPONSES} "
+            f"(one per number key): split them into comparisons of 2 to {MAX_RESPONSES}")
 
 
 MAX_NAME = 100  # characters in an account's name
@@ -264,6 +270,8 @@ class Store:
         row = self.db.execute("select id from comparisons where hash = ?", [c.hash]).fetchone()
         if row:
             return row[0]
+        if len(c.response_ids) > MAX_RESPONSES:
+            raise StoreError(too_many_responses(len(c.response_ids)))
         owners = {r.prompt_id for r in self.responses(ids=list(c.response_ids))}
         if owners != {c.prompt_id}:
             raise StoreError(
@@ -289,6 +297,8 @@ class Store:
             prompt = Prompt.from_text(prompt, source=source)
         if len(responses) < 2:
             raise StoreError("a comparison needs at least 2 responses")
+        if len(responses) > MAX_RESPONSES:
+            raise StoreError(too_many_responses(len(responses)))
         if len(set(responses)) != len(responses):
             raise StoreError("the responses of one comparison must differ")
         with self.transaction():

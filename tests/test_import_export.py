@@ -128,6 +128,10 @@ BAD_JSONL = [
                                             "character at column 16)"),
     ('{"prompt": "one", "prompt": "two"}\n', "line 1: the key 'prompt' appears twice in one "
                                              "object; keep one"),
+    ('{"prompt": "q", "responses": ' + json.dumps([f"r{j}" for j in range(12)]) + '}\n',
+     "line 1: 12 responses in one comparison; the labeling page shows at most 9 (one per number "
+     "key): split them into comparisons of 2 to 9 (each row with 2 or more responses is one "
+     "comparison: give the prompt several rows)"),
     ('{"prompt": "fine \\ud83d\\ude42 \\ud800"}\n', "line 1: a \\u escape names half of a "
                                                     "surrogate pair"),
     ('{"prompt": "q", "meta": ' + "[" * 100_000 + "]" * 100_000 + '}\n',

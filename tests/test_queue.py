@@ -294,3 +294,43 @@ def test_threads_with_own_connections_label_each_comparison_exactly_n_times(tmp_
     assert sorted(lid for _, lid in acked) == [r[0] for r in store.db.execute(
         "select id from labels order by id")]
     store.close()
+
+
+def legacy_comparison(store: Store, k: int) -> int:
+    """A comparison of k responses written straight into the tables, as an older store (before
+    the store refused more than MAX_RESPONSES) may hold it."""
+    from rankloop.data.records import Prompt, Response
+
+    (pid,) = store.add_prompts([Prompt.from_text(f"{k} responses")])
+    rids = store.add_responses([Response(pid, f"r{j}", source="old", sample_index=j)
+                                for j in range(k)])
+    cid = store.db["comparisons"].insert({"prompt_id": pid, "hash": f"legacy-{k}", "round": 0,
+                                          "created_at": "x"}).last_pk
+    store.db["comparison_responses"].insert_all(
+        {"comparison_id": cid, "response_id": r, "position": i} for i, r in enumerate(rids))
+    return cid
+
+
+def test_comparisons_the_page_cannot_show_are_refused_and_never_leased(fresh_store):
+    from rankloop.data.records import MAX_RESPONSES
+
+    s = fresh_store
+    assert MAX_RESPONSES == 9
+    with pytest.raises(StoreError, match="10 responses in one comparison; the labeling page "
+                                         "shows at most 9"):
+        s.add_comparison_texts("too many", [f"r{j}" for j in range(10)])
+    assert s.prompts() == []  # nothing of it was written
+    nine = s.add_comparison_texts("nine", [f"r{j}" for j in range(9)])
+    big12, big30 = legacy_comparison(s, 12), legacy_comparison(s, 30)
+    (ann,) = [s.add_annotator("ann")[0].id]
+    # The 30-response one even holds a live lease (from before the upgrade): not shown again.
+    s.db["leases"].insert({"comparison_id": big30, "annotator_id": ann, "display_order": "[]",
+                           "request_id": "old", "issued_at": 0.0, "expires_at": 1e12})
+    assert queue.progress(s, ann).left == 1
+    t = lease(s, ann, now=1.0)
+    assert (t.comparison.id, len(t.responses)) == (nine, 9)
+    queue.submit(s, ann, nine, t.request_id, positions=[[p] for p in range(9)])
+    assert lease(s, ann, now=2.0) is None and queue.progress(s, ann).left == 0
+    s.db.execute("update comparisons set gold = '[[1]]' where id in (?, ?)", [big12, big30])
+    assert lease(s, ann, now=3.0, gold_rate=1.0) is None  # nor as gold
+    assert [r["comparison_id"] for r in s.db["leases"].rows] == []
