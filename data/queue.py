@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .records import (
+    CHOICES,
     MAX_RESPONSES,
+    STRENGTHS,
     Comparison,
     Label,
     Prompt,
@@ -47,10 +49,14 @@ from .records import (
     normalize_ranking,
     to_json,
 )
-from .store import Store, StoreError
+from .store import Store, StoreError, check_text
 from .store import now as now_iso
 
 ORDERS: tuple[str, ...] = ("oldest", "random", "uncertainty")
+MAX_RATIONALE = 10_000  # characters: a paragraph or ten, never a pasted file
+MAX_NOTE = 1_000  # characters of a skip reason or a flag note
+MAX_SECONDS = 86_400  # a judgment's seconds_spent; a task shown longer ago records none
+MAX_REQUEST_ID = 64
 FLAG_KINDS: tuple[str, ...] = ("unsafe", "broken", "unanswerable")
 SKIP_REASONS: tuple[str, ...] = ("I cannot judge this topic", "too long to judge now",
                                  "responses are identical", "other")
@@ -310,6 +316,37 @@ def _lease_row(store: Store, annotator_id: int, comparison_id: int):
         "where annotator_id = ? and comparison_id = ?", [annotator_id, comparison_id]).fetchone()
 
 
+def _check_judgment(choice, positions, strength, rationale, seconds_spent) -> str | None:
+    """Refuse a judgment's fields that are not what a label holds (whatever sent them: the page
+    or a script); returns the rationale as stored (stripped, None when empty)."""
+    if (choice is None) == (positions is None):
+        raise StoreError("choose A or B (or tie / both bad) for 2 responses, or rank the "
+                         "responses: one of the two")
+    if choice is not None and choice not in CHOICES:
+        raise StoreError(f"a choice is one of {', '.join(CHOICES)}; got "
+                         f"{show_value(choice)}")
+    if strength:
+        if strength not in STRENGTHS:
+            raise StoreError(f"a strength is one of {', '.join(STRENGTHS)} (or none); got "
+                             f"{show_value(strength)}")
+        if choice not in ("A", "B"):
+            raise StoreError("strength applies to 'A better' or 'B better' only")
+    if seconds_spent is not None and (
+            isinstance(seconds_spent, bool) or not isinstance(seconds_spent, (int, float))
+            or not 0 <= seconds_spent <= MAX_SECONDS):  # NaN fails the comparison too
+        raise StoreError(f"seconds_spent is a number of seconds from 0 to {MAX_SECONDS:,}; got "
+                         f"{show_value(seconds_spent)}")
+    if rationale is None:
+        return None
+    return check_text(rationale, "the rationale", MAX_RATIONALE).strip() or None
+
+
+def show_value(value) -> str:
+    """A value a client sent, for a refusal message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str, *,
            choice: str | None = None, positions: Sequence[Sequence[int]] | None = None,
            strength: str | None = None, margins: dict[str, float] | None = None,
@@ -323,6 +360,8 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
     Idempotent on `request_id`: a retry returns the label already recorded. `source` is
     'simulated' for `rankloop simulate`'s annotators.
     """
+    check_text(request_id, "the request id", MAX_REQUEST_ID)
+    rationale = _check_judgment(choice, positions, strength, rationale, seconds_spent)
     with immediate(store):
         row = store.db.execute("select id, annotator_id, comparison_id from labels "
                                "where request_id = ?", [request_id]).fetchone()
@@ -335,7 +374,6 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
             raise StoreError(f"comparison {comparison_id} is not assigned to you (or was "
                              f"already answered): reload to get your next task")
         order = tuple(json.loads(lease[0]))
-        rationale = (rationale or "").strip() or None
         margin = (margins or {}).get(strength) if strength else None
         common = dict(strength=strength, margin=margin, rationale=rationale,
                       seconds_spent=seconds_spent, source=source, request_id=request_id)
@@ -347,11 +385,7 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
                 label = Label.pairwise(comparison_id, annotator_id, order, choice, **common)
             except ValueError as e:
                 raise StoreError(str(e)) from None
-            if choice in ("tie", "both_bad") and strength:
-                raise StoreError("strength applies to 'A better' or 'B better' only")
         else:
-            if positions is None:
-                raise StoreError("choose A or B (or tie / both bad), or rank the responses")
             label = Label(comparison_id=comparison_id, annotator_id=annotator_id,
                           ranking=ranking_from_positions(positions, order), mode="ranking",
                           display_order=order, **common)
@@ -363,7 +397,7 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
 
 def skip(store: Store, annotator_id: int, comparison_id: int, reason: str) -> None:
     """Take the comparison out of this annotator's queue, with their reason."""
-    reason = (reason or "").strip()
+    reason = check_text(reason or "", "the reason", MAX_NOTE).strip()
     if not reason:
         raise StoreError("say why you skip (pick a reason)")
     with immediate(store):
@@ -380,13 +414,15 @@ def flag(store: Store, annotator_id: int, comparison_id: int, kind: str,
     """Flag a comparison (unsafe / broken / unanswerable): it leaves every queue until an
     admin resolves the flag. Returns the flag id."""
     if kind not in FLAG_KINDS:
-        raise StoreError(f"a flag is one of {', '.join(FLAG_KINDS)}; got {kind!r}")
+        raise StoreError(f"a flag is one of {', '.join(FLAG_KINDS)}; got "
+                         f"{show_value(kind)}")
+    note = check_text(note or "", "the note", MAX_NOTE).strip() or None
     with immediate(store):
         if _lease_row(store, annotator_id, comparison_id) is None:
             raise StoreError(f"comparison {comparison_id} is not assigned to you")
         fid = store.db["flags"].insert({
             "comparison_id": comparison_id, "annotator_id": annotator_id, "kind": kind,
-            "note": (note or "").strip() or None, "created_at": now_iso()}).last_pk
+            "note": note, "created_at": now_iso()}).last_pk
         store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
                          [annotator_id, comparison_id])
         return fid

@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rankloop.app.config import LabelingConfig
 from rankloop.app.labeling import admin, handlers, render
@@ -150,7 +152,8 @@ def test_k_wise_ranking_from_the_ranking_box(app):
 
 
 @pytest.mark.parametrize("text,k,expected", [
-    ("B > A", 2, [[1], [0]]), ("a=b", 2, [[0, 1]]), ("c > a, b > d", 4, [[2], [0, 1], [3]]),
+    ("B > A", 2, [[1], [0]]), ("a=b", 2, [[0, 1]]), ("c > a = b > d", 4, [[2], [0, 1], [3]]),
+    (" C>A  =B ", 3, [[2], [0, 1]]),
 ])
 def test_parse_ranking(text, k, expected):
     assert handlers.parse_ranking(text, k) == expected
@@ -159,6 +162,12 @@ def test_parse_ranking(text, k, expected):
 @pytest.mark.parametrize("text,k,error", [
     ("", 2, "rank the responses"), ("A > Z", 2, "unknown response 'Z'"),
     ("A > > B", 2, "empty place"), ("A > A = B", 2, "A appear(s) twice"),
+    # Spaces and commas are not ties (they were: "C B A" and "C, A, B" became one tier).
+    ("C B A", 3, "put '>' (better) or '=' (tie) between two responses, not 'B': e.g. "
+                 "'A > B > C'"),
+    ("C, A, B", 3, "not ','"), ("AB > C", 3, "unknown response 'AB'"),
+    ("C > A =", 3, "the ranking ends with '=': name a response after it"),
+    ("A\ud800", 2, "half of a surrogate pair"), ("A > B" * 100, 2, "the limit is 200"),
 ])
 def test_parse_ranking_errors(text, k, error):
     with pytest.raises(StoreError, match=error.replace("(", r"\(").replace(")", r"\)")):
@@ -342,3 +351,107 @@ def test_admin_disables_enables_resets_and_changes_roles_ending_sessions(app):
     assert admin.set_role(ctx, "bob", "ghost", "admin") == (
         "Not changed: no account named 'ghost' (see `rankloop annotator list`)")
     assert admin.enable_account(ctx, "bob", "") == "Give the name of the account."
+
+
+def held_task(ctx, s, k=2):
+    """ann's leased task: a pairwise one, or the 3-way one (k=3)."""
+    if k == 3:
+        for cid in range(1, 5):
+            s.db.execute("insert into skips (comparison_id, annotator_id, reason, created_at) "
+                         "values (?, 1, 'other', 'x')", [cid])
+    return handlers.api_next(ctx, "ann")
+
+
+def label_state(s):
+    return (s.db["labels"].count, [tuple(r) for r in s.db.execute(
+        "select comparison_id, annotator_id, request_id from leases").fetchall()])
+
+
+@pytest.mark.parametrize("k,fields,error", [
+    (2, {"seconds_spent": -5}, "seconds_spent is a number of seconds from 0 to 86,400; got -5"),
+    (2, {"seconds_spent": 1e308}, "got 1e+308"),
+    (2, {"seconds_spent": float("inf")}, "got inf"),
+    (2, {"seconds_spent": float("nan")}, "got nan"),
+    (2, {"seconds_spent": "abc"}, "got 'abc'"),
+    (2, {"seconds_spent": True}, "got True"),
+    (2, {"rationale": "x" * 10_000_000}, "the rationale is 10,000,000 characters long; the "
+                                         "limit is 10,000"),
+    (2, {"rationale": "why \ud800"}, "the rationale holds half of a surrogate pair"),
+    (2, {"rationale": ["not", "text"]}, "the rationale must be text, got list"),
+    (2, {"choice": "C"}, "a choice is one of A, B, tie, both_bad; got 'C'"),
+    (2, {"choice": 1}, "choice must be text, got int"),
+    (2, {"choice": "A", "strength": "hugely"}, "a strength is one of slightly, much"),
+    (2, {"choice": "tie", "strength": "much"}, "strength applies to 'A better' or 'B better'"),
+    (2, {"choice": "A", "ranking": "A > B"}, "give a choice (2 responses) or a ranking, not both"),
+    (2, {"comparison_id": "abc"}, "comparison_id must be a whole number; got 'abc'"),
+    (2, {"comparison_id": 1.5}, "got 1.5"), (2, {"comparison_id": None}, "got None"),
+    (2, {"comparison_id": 2**70}, "comparison_id must be a whole number"),
+    (2, {"comparison_id": 999}, "no comparison with id 999"),
+    (2, {"request_id": 5}, "the request id must be text, got int"),
+    (2, {"request_id": "x" * 65}, "the request id is 65 characters long; the limit is 64"),
+    (2, {"request_id": "forged"}, "is not assigned to you (or was already answered)"),
+    (3, {"ranking": "C B A"}, "put '>' (better) or '=' (tie) between two responses, not 'B'"),
+    (3, {"ranking": "C, A, B"}, "not ','"),
+    (3, {"ranking": "C > A > B", "strength": "much"}, "strength applies to 'A better' or "
+                                                      "'B better' only"),
+    (3, {"choice": "A", "ranking": ""}, "A / B / tie / both bad is for a comparison of 2 "
+                                       "responses"),
+])
+def test_the_label_api_refuses_every_bad_field_and_writes_nothing(app, k, fields, error):
+    """Issue #13.6: each of these was stored (or crashed with a traceback) before."""
+    ctx, s, _, _ = app
+    t = held_task(ctx, s, k)
+    before = label_state(s)
+    args = {"comparison_id": t["comparison_id"], "request_id": t["request_id"],
+            "choice": "A" if k == 2 else "", "ranking": "" if k == 2 else "A > B > C",
+            **fields}
+    with pytest.raises(StoreError) as e:
+        handlers.api_label(ctx, "ann", **args)
+    assert error in str(e.value)
+    assert label_state(s) == before
+    # The same task, labeled properly, is still there to label.
+    good = {**args, "comparison_id": t["comparison_id"], "request_id": t["request_id"]}
+    good.update({"seconds_spent": 12.5, "rationale": "ok", "strength": ""} if k == 2 else
+                {"seconds_spent": 12.5, "rationale": "ok", "strength": "", "choice": "",
+                 "ranking": "C > A = B"})
+    if k == 2:
+        good.update(choice="A", ranking="")
+    assert handlers.api_label(ctx, "ann", **good)["label_id"] == 1
+    assert [tuple(r) for r in s.db.execute("select seconds_spent, rationale from labels")] == [
+        (12.5, "ok")]
+
+
+api_values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                       st.text(max_size=12), st.sampled_from(["A", "B", "tie", "both_bad", "much",
+                                                              "slightly", "A > B", "B = A",
+                                                              "\ud800", "x" * 20_000]),
+                       st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_label_api_call_is_a_label_or_one_refusal(data, fresh_store):
+    """Whatever a script sends, /label records a sane label or refuses with a StoreError, and
+    a refusal writes nothing."""
+    s = fresh_store
+    if not s.annotators():
+        s.add_comparison_texts("q", ["a", "b"])
+        s.add_annotator("ann", secret="pw")
+    s.db.execute("delete from labels")
+    s.db.execute("delete from leases")
+    ctx = Ctx(stores=StorePool.shared(s), config=LabelingConfig(), clock=Clock(),
+              rng=random.Random(0))
+    t = handlers.api_next(ctx, "ann")
+    fields = {name: data.draw(api_values, label=name)
+              for name in ("choice", "ranking", "strength", "rationale", "seconds_spent")}
+    cid = data.draw(st.sampled_from([t["comparison_id"], "1", 2.0, -1, 7]), label="id")
+    try:
+        got = handlers.api_label(ctx, "ann", cid, t["request_id"], **fields)
+    except StoreError:
+        assert s.db["labels"].count == 0 and s.db["leases"].count == 1
+        return
+    row = s.db["labels"].get(got["label_id"])
+    assert row["choice"] in ("A", "B", "tie", "both_bad", None)
+    assert row["seconds_spent"] is None or 0 <= row["seconds_spent"] <= 86_400
+    assert row["rationale"] is None or len(row["rationale"]) <= 10_000

@@ -31,11 +31,10 @@ def build_api(ctx: Ctx) -> None:
         next (your next task, as next_task returns it)."""
         def run():
             try:
-                return handlers.api_label(ctx, request.username, int(comparison_id),
-                                          request_id, choice, ranking, strength, rationale,
-                                          seconds_spent or None)
-            except StoreError as e:
-                raise gr.Error(str(e)) from None
+                return handlers.api_label(ctx, request.username, comparison_id, request_id,
+                                          choice, ranking, strength, rationale, seconds_spent)
+            except StoreError as e:  # the client's mistake: said, not logged as a crash
+                raise gr.Error(str(e), print_exception=False) from None
         return guarded(run)
 
     gr.api(next_task, api_name="next_task", queue=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 from rankloop.app.config import LabelingConfig
 from rankloop.data import queue
 from rankloop.data.records import PERSON_ROLES, Annotator
-from rankloop.data.store import Store, StoreError
+from rankloop.data.store import Store, StoreError, check_text
 
 from .render import LETTERS, conversation_html, markdown_html, response_html
 from .sessions import Sessions
@@ -155,22 +155,31 @@ def _same_task(ctx: Ctx, store: Store, a: Annotator, message: str, prefill: Pref
 
 def parse_ranking(text: str, k: int) -> list[list[int]]:
     """'C > A = B' -> [[2], [0, 1]]: letters are display positions, '>' separates tiers (best
-    first) and '=' joins ties. Every one of the k responses must appear exactly once."""
-    letters = LETTERS[:k]
-    cleaned = (text or "").upper().replace(",", " ")
-    if not cleaned.strip():
-        raise StoreError(f"rank the responses: type e.g. '{' > '.join(letters)}' or press their "
-                         f"number keys, best first")
-    tiers = []
-    for part in cleaned.split(">"):
-        names = [n for n in re.split(r"[=\s]+", part) if n]
-        bad = [n for n in names if n not in letters]
-        if bad:
-            raise StoreError(f"unknown response {bad[0]!r} in the ranking; "
-                             f"use {', '.join(letters)}")
-        if not names:
-            raise StoreError("the ranking has an empty place between two '>'")
-        tiers.append([letters.index(n) for n in names])
+    first) and '=' joins ties; spaces are ignored, and two letters need one of the two between
+    them. Every one of the k responses must appear exactly once."""
+    letters = list(LETTERS[:k])
+    example = " > ".join(letters)
+    tokens = re.findall(r"[A-Z]+|\S", check_text(text or "", "the ranking", 200).upper())
+    if not tokens:
+        raise StoreError(f"rank the responses: type e.g. '{example}' or press their number "
+                         f"keys, best first")
+    tiers: list[list[int]] = [[]]
+    for i, t in enumerate(tokens):
+        if i % 2 == 0:  # a response
+            if t in (">", "="):
+                raise StoreError("the ranking has an empty place: a response must come first, "
+                                 "last, and between two of '>' or '='")
+            if t not in letters:
+                raise StoreError(f"unknown response {t!r} in the ranking; use "
+                                 f"{', '.join(letters)}")
+            tiers[-1].append(letters.index(t))
+        elif t == ">":
+            tiers.append([])
+        elif t != "=":
+            raise StoreError(f"put '>' (better) or '=' (tie) between two responses, not {t!r}: "
+                             f"e.g. '{example}'")
+    if len(tokens) % 2 == 0:
+        raise StoreError(f"the ranking ends with {tokens[-1]!r}: name a response after it")
     flat = [p for tier in tiers for p in tier]
     if sorted(flat) != list(range(k)):
         missing = [letters[p] for p in range(k) if p not in flat]
@@ -182,6 +191,13 @@ def parse_ranking(text: str, k: int) -> list[list[int]]:
 
 
 # -- actions ----------------------------------------------------------------------------------
+
+def _elapsed(ctx: Ctx, state: dict) -> float | None:
+    """Seconds since the task was shown; none when the clock went back or over a day passed
+    (a tab left open says nothing about the time a judgment took)."""
+    seconds = round(ctx.clock() - state["shown_at"], 3)
+    return seconds if 0 <= seconds <= queue.MAX_SECONDS else None
+
 
 def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | None,
            strength: str | None, ranking: str | None, rationale: str | None) -> Page:
@@ -210,7 +226,7 @@ def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | Non
                     strength=strength or None, rationale=rationale,
                     margins={"slightly": ctx.config.margin_slightly,
                              "much": ctx.config.margin_much},
-                    seconds_spent=round(max(0.0, ctx.clock() - state["shown_at"]), 3), **kw)
+                    seconds_spent=_elapsed(ctx, state), **kw)
                 task = _next(ctx, store, a)
         except StoreError as e:
             return _same_task(ctx, store, a, f"Not saved: {e}", prefill, state)
@@ -290,16 +306,25 @@ def api_next(ctx: Ctx, username: str | None) -> dict:
         return _task_data(ctx, store, annotator(store, username))
 
 
-def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: str,
-              choice: str = "", ranking: str = "", strength: str = "", rationale: str = "",
-              seconds_spent: float | None = None) -> dict:
+def api_label(ctx: Ctx, username: str | None, comparison_id, request_id, choice="",
+              ranking="", strength="", rationale="", seconds_spent=None) -> dict:
     """Record a label on the annotator's leased comparison; returns {"label_id": id, "next":
     the next task as `api_next` gives it} (submit-and-fetch-next in one request, as the page).
 
     Pairwise: `choice` (A / B / tie / both_bad, A = first response returned by `api_next`);
     K-wise: `ranking` as in the page ('C > A = B'). Retrying with the same request id returns the
-    same label id.
+    same label id. The fields come from a script: every one is checked (type, range, size,
+    grammar) and a bad one refused with a StoreError naming it, before anything is written.
     """
+    comparison_id = _whole_number(comparison_id, "comparison_id")
+    choice, ranking, strength = (check_text(v if v is not None else "", name, 200)
+                                 for v, name in ((choice, "choice"), (ranking, "ranking"),
+                                                 (strength, "strength")))
+    if choice and ranking.strip():
+        raise StoreError("give a choice (2 responses) or a ranking, not both")
+    if isinstance(seconds_spent, (int, float)) and not isinstance(seconds_spent, bool) \
+            and seconds_spent == 0:
+        seconds_spent = None  # the API's default: not measured
     with ctx.stores() as store:
         a = annotator(store, username)
         k = len(store.comparison(comparison_id).response_ids)
@@ -311,3 +336,11 @@ def api_label(ctx: Ctx, username: str | None, comparison_id: int, request_id: st
                 margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much},
                 **kw)
             return {"label_id": label_id, "next": _task_data(ctx, store, a)}
+
+
+def _whole_number(value, name: str) -> int:
+    """An id a script sent: an integer (or a float with no fraction, as JavaScript sends it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()) or not 0 < value < 2**63:
+        raise StoreError(f"{name} must be a whole number; got {queue.show_value(value)}")
+    return int(value)
