@@ -86,7 +86,13 @@ def pairwise_kappa(store: Store) -> list[tuple[str, str, int, float | None]]:
 def krippendorff_alpha(store: Store) -> float | None:
     """Krippendorff's alpha (ordinal) over every annotator and item; None when no item has two
     ratings or every rating is the same value."""
-    items = _items(_annotation_labels(store))
+    return alpha_of_labels(_annotation_labels(store))
+
+
+def alpha_of_labels(labels: list[Label]) -> float | None:
+    """Krippendorff's alpha (ordinal) over the given labels' annotators and items (e.g. one
+    round's, or one source's); None as for `krippendorff_alpha`."""
+    items = _items(labels)
     keys = sorted({k for per in items.values() for k in per})
     counts = defaultdict(int)
     for per in items.values():
