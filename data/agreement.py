@@ -22,7 +22,8 @@ import krippendorff
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
-from .queue import gold_agreement, pair_outcomes
+from .queue import gold_agreement
+from .rankings import pair_outcomes
 from .records import Label
 from .store import Store
 

@@ -21,15 +21,11 @@ script. The rules:
   `label_revisions` and hands the comparison back to them to label again (that is how a label is
   edited).
 
-Writes start with `BEGIN IMMEDIATE`: with one connection per thread (WAL), a deferred transaction
-that reads and then writes fails with SQLITE_BUSY when another connection wrote in between; an
-immediate one takes the write lock first and waits (busy_timeout) instead.
+Every write is one `store.transaction()`, which begins IMMEDIATE (see there why).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import random
 import secrets
@@ -38,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from .rankings import pair_outcomes
 from .records import (
     CHOICES,
     MAX_RESPONSES,
@@ -89,24 +86,6 @@ class Progress:
     labeled_today: int
     labeled_total: int
     left: int  # comparisons this annotator could still label (held by others included)
-
-
-@contextlib.contextmanager
-def immediate(store: Store):
-    """A write transaction that takes SQLite's write lock at BEGIN (a savepoint when nested)."""
-    conn = store.db.conn
-    if conn.in_transaction:
-        with store.transaction():
-            yield store
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield store
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # -- choosing the next comparison ---------------------------------------------------------------
@@ -257,7 +236,7 @@ def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: flo
     """
     if order not in ORDERS:
         raise StoreError(f"unknown queue order {order!r}; use one of {', '.join(ORDERS)}")
-    with immediate(store):
+    with store.transaction():
         held = current_task(store, annotator_id, now)
         if held is not None:
             return held
@@ -362,7 +341,7 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
     """
     check_text(request_id, "the request id", MAX_REQUEST_ID)
     rationale = _check_judgment(choice, positions, strength, rationale, seconds_spent)
-    with immediate(store):
+    with store.transaction():
         row = store.db.execute("select id, annotator_id, comparison_id from labels "
                                "where request_id = ?", [request_id]).fetchone()
         if row:
@@ -400,7 +379,7 @@ def skip(store: Store, annotator_id: int, comparison_id: int, reason: str) -> No
     reason = check_text(reason or "", "the reason", MAX_NOTE).strip()
     if not reason:
         raise StoreError("say why you skip (pick a reason)")
-    with immediate(store):
+    with store.transaction():
         if _lease_row(store, annotator_id, comparison_id) is None:
             raise StoreError(f"comparison {comparison_id} is not assigned to you")
         store.db["skips"].insert({"comparison_id": comparison_id, "annotator_id": annotator_id,
@@ -417,7 +396,7 @@ def flag(store: Store, annotator_id: int, comparison_id: int, kind: str,
         raise StoreError(f"a flag is one of {', '.join(FLAG_KINDS)}; got "
                          f"{show_value(kind)}")
     note = check_text(note or "", "the note", MAX_NOTE).strip() or None
-    with immediate(store):
+    with store.transaction():
         if _lease_row(store, annotator_id, comparison_id) is None:
             raise StoreError(f"comparison {comparison_id} is not assigned to you")
         fid = store.db["flags"].insert({
@@ -430,7 +409,7 @@ def flag(store: Store, annotator_id: int, comparison_id: int, kind: str,
 
 def resolve_flag(store: Store, flag_id: int, admin_id: int) -> None:
     """Mark a flag resolved: the comparison returns to the queue (unless flagged again)."""
-    with immediate(store):
+    with store.transaction():
         cur = store.db.execute("update flags set resolved_at = ?, resolved_by = ? "
                                "where id = ? and resolved_at is null",
                                [now_iso(), admin_id, flag_id])
@@ -452,7 +431,7 @@ def undo_last(store: Store, annotator_id: int, *, now: float, lease_seconds: flo
 
     Returns (the label taken back, the task to redo), or None when there is nothing to undo.
     """
-    with immediate(store):
+    with store.transaction():
         row = store.db.execute(
             "select id from labels where annotator_id = ? and source = 'human' "
             "order by id desc limit 1", [annotator_id]).fetchone()
@@ -494,7 +473,7 @@ def set_gold(store: Store, comparison_id: int, ranking) -> None:
             value = to_json(normalize_ranking(ranking, comp.response_ids))
         except ValueError as e:
             raise StoreError(str(e)) from None
-    with immediate(store):
+    with store.transaction():
         store.db.execute("update comparisons set gold = ? where id = ?", [value, comparison_id])
 
 
@@ -514,7 +493,7 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
     reward model the most (uncertainty sampling; Settles, "Active Learning Literature Survey").
     """
     stamp = now_iso()
-    with immediate(store):
+    with store.transaction():
         store.db["response_scores"].upsert_all(
             [{"response_id": rid, "reward_model": reward_model, "score": float(s),
               "created_at": stamp} for rid, s in scores.items()],
@@ -533,13 +512,6 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
             group by x1.comparison_id""",
             {"rm": reward_model, "ids": json.dumps([int(r) for r in scores])})
     return len(scores)
-
-
-def pair_outcomes(ranking: Sequence[Sequence[int]]) -> dict[tuple[int, int], int]:
-    """Each pair (i, j) with i < j (response ids) -> +1 if i ranks above j, -1 below, 0 tied."""
-    tier = {r: t for t, members in enumerate(ranking) for r in members}
-    return {(i, j): (tier[i] < tier[j]) - (tier[i] > tier[j])
-            for i, j in itertools.combinations(sorted(tier), 2)}
 
 
 def gold_agreement(label_ranking, gold_ranking) -> float:

@@ -106,6 +106,30 @@ def _log_sinh(log_eps: torch.Tensor) -> torch.Tensor:
     return torch.where(small, tiny, big)
 
 
+def _tie_model_loss(r_a, r_b, tie, log_param, weight, log_probs, param_name: str):
+    """The negative log-likelihood and stats shared by `rao_kupper_loss` and `davidson_loss`:
+    `log_probs(r_a, r_b, log_param)` gives (log P(a > b), log P(b > a), log P(tie))."""
+    n = _check_pair(r_a, r_b)
+    w = _weights(weight, n, r_a)                            # (N,)
+    t = _as_bool(tie, n, r_a.device)                        # (N,)
+    log_p_a, _, log_p_tie = log_probs(r_a, r_b, log_param)  # (N,) each
+    nll = -torch.where(t, log_p_tie, log_p_a)               # (N,)
+    loss = _wmean(nll, w)                                   # ()
+    with torch.no_grad():
+        diff = (r_a - r_b).detach()                         # (N,)
+        p_tie = log_p_tie.detach().exp()                    # (N,)
+        stats = {
+            "reward/loss": loss.detach(),
+            "reward/accuracy": _masked_wmean((diff > 0).to(diff.dtype), w, ~t),
+            "reward/margin": _masked_wmean(diff, w, ~t),
+            "reward/tie_prob": _wmean(p_tie, w),
+            "reward/tie_prob_on_ties": _masked_wmean(p_tie, w, t),
+            param_name: torch.as_tensor(log_param, dtype=r_a.dtype,
+                                        device=r_a.device).detach().exp(),
+        }
+    return loss, stats
+
+
 # --------------------------------------------------------------------------------------------
 # Bradley-Terry
 # --------------------------------------------------------------------------------------------
@@ -220,25 +244,8 @@ def rao_kupper_loss(
         NaN if none), "reward/tie_prob" (weighted mean predicted P(tie) over all rows),
         "reward/tie_prob_on_ties" (same over tie rows; NaN if none) and "reward/epsilon".
     """
-    n = _check_pair(r_a, r_b)
-    w = _weights(weight, n, r_a)                            # (N,)
-    t = _as_bool(tie, n, r_a.device)                        # (N,)
-    log_p_a, _, log_p_tie = rao_kupper_log_probs(r_a, r_b, log_eps)   # (N,) each
-    nll = -torch.where(t, log_p_tie, log_p_a)               # (N,)
-    loss = _wmean(nll, w)                                   # ()
-    with torch.no_grad():
-        diff = (r_a - r_b).detach()                         # (N,)
-        p_tie = log_p_tie.detach().exp()                    # (N,)
-        stats = {
-            "reward/loss": loss.detach(),
-            "reward/accuracy": _masked_wmean((diff > 0).to(diff.dtype), w, ~t),
-            "reward/margin": _masked_wmean(diff, w, ~t),
-            "reward/tie_prob": _wmean(p_tie, w),
-            "reward/tie_prob_on_ties": _masked_wmean(p_tie, w, t),
-            "reward/epsilon": torch.as_tensor(log_eps, dtype=r_a.dtype,
-                                              device=r_a.device).detach().exp(),
-        }
-    return loss, stats
+    return _tie_model_loss(r_a, r_b, tie, log_eps, weight, rao_kupper_log_probs,
+                           "reward/epsilon")
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,25 +300,7 @@ def davidson_loss(
         (loss, stats) with stats "reward/loss", "reward/accuracy", "reward/margin",
         "reward/tie_prob", "reward/tie_prob_on_ties" (as for `rao_kupper_loss`) and "reward/nu".
     """
-    n = _check_pair(r_a, r_b)
-    w = _weights(weight, n, r_a)                            # (N,)
-    t = _as_bool(tie, n, r_a.device)                        # (N,)
-    log_p_a, _, log_p_tie = davidson_log_probs(r_a, r_b, log_nu)   # (N,) each
-    nll = -torch.where(t, log_p_tie, log_p_a)               # (N,)
-    loss = _wmean(nll, w)                                   # ()
-    with torch.no_grad():
-        diff = (r_a - r_b).detach()                         # (N,)
-        p_tie = log_p_tie.detach().exp()                    # (N,)
-        stats = {
-            "reward/loss": loss.detach(),
-            "reward/accuracy": _masked_wmean((diff > 0).to(diff.dtype), w, ~t),
-            "reward/margin": _masked_wmean(diff, w, ~t),
-            "reward/tie_prob": _wmean(p_tie, w),
-            "reward/tie_prob_on_ties": _masked_wmean(p_tie, w, t),
-            "reward/nu": torch.as_tensor(log_nu, dtype=r_a.dtype,
-                                         device=r_a.device).detach().exp(),
-        }
-    return loss, stats
+    return _tie_model_loss(r_a, r_b, tie, log_nu, weight, davidson_log_probs, "reward/nu")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""A ranking's pairwise outcomes: the one reading of "is response a better than b" in rankloop.
+
+A ranking is tiers of response ids, best first, tied responses sharing a tier (the label schema
+of `records.Label`). The labeling queue (gold agreement), the admin's agreement statistics and
+the reward trainer's pairs all read a ranking through these functions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+
+def tier_of(ranking: Sequence[Sequence[int]]) -> dict[int, int]:
+    """Response id -> its tier (0 = best; tied responses share a tier)."""
+    return {r: t for t, tier in enumerate(ranking) for r in tier}
+
+
+def pair_outcome(tiers: dict[int, int], a: int, b: int) -> int:
+    """+1 if response a ranks above b, -1 below, 0 tied (`tiers` from `tier_of`)."""
+    return (tiers[a] < tiers[b]) - (tiers[a] > tiers[b])
+
+
+def pair_outcomes(ranking: Sequence[Sequence[int]]) -> dict[tuple[int, int], int]:
+    """Each pair (i, j) with i < j (response ids) -> `pair_outcome` of i against j."""
+    tiers = tier_of(ranking)
+    return {(i, j): pair_outcome(tiers, i, j)
+            for i, j in itertools.combinations(sorted(tiers), 2)}
+
+
+def disagreement_rate(rankings_by_item: dict) -> float:
+    """How often two judges of the same item disagree on a pair of its responses.
+
+    `rankings_by_item` maps an item (a comparison) to the rankings its judges gave. Over every
+    item with 2+ rankings, every pair of its responses and every pair of its judges: the
+    fraction whose outcomes (better / worse / tie) differ. NaN when no item has two rankings.
+    """
+    disagree = total = 0
+    for rankings in rankings_by_item.values():
+        if len(rankings) < 2:
+            continue
+        outcomes = [pair_outcomes(r) for r in rankings]
+        for pair in outcomes[0]:
+            for x, y in itertools.combinations([o[pair] for o in outcomes], 2):
+                total += 1
+                disagree += x != y
+    return disagree / total if total else float("nan")
