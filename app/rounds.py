@@ -56,16 +56,18 @@ def ppo_reward_model(project: Project, round_: int, given: str | None = None) ->
 
 def train_reward_stage(project: Project, round_: int, cfg, *, base: str | None = None,
                        resume: bool = False, progress: bool = True,
-                       max_steps: int | None = None, log: Callable[[str], None] = print):
+                       max_steps: int | None = None, log: Callable[[str], None] = print,
+                       on_step: Callable[[dict], None] | None = None):
     """Train round `round_`'s reward model on the labels of rounds <= it, record it in the
-    store, and score the open comparisons with it for the queue's uncertainty order."""
+    store, and score the open comparisons with it for the queue's uncertainty order.
+    `on_step(row)`: after each optimizer step (`train_reward`'s)."""
     from rankloop.reward.train import train_reward
 
     out = project.round_dir(round_, "reward")
     base = base or cfg.base or project.config.models.reward_model
     result = train_reward(project.store, cfg, out, base=base, round=round_, resume=resume,
                           progress=progress, log_dir=project.root / "logs",
-                          max_steps=max_steps)
+                          max_steps=max_steps, on_step=on_step)
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
              for k, v in result.metrics.items()}
     project.store.save_round(Round(round_, reward_model=str(out.relative_to(project.root)),
@@ -510,7 +512,7 @@ def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, 
         return {"reward/skipped": 1.0}
     ckpts = project.round_dir(r, "reward").with_name("reward-checkpoints")
     result = train_reward_stage(project, r, s.reward, resume=ckpts.is_dir(), progress=progress,
-                                log=log)
+                                log=log, on_step=lambda row: event("reward", row))
     labels = label_counts(project, r)
     out = {f"labels/{k}": float(v) for k, v in labels.items()}
     for key in ("reward/accuracy", "reward/probe_accuracy", "reward/eval_pairs",

@@ -12,9 +12,11 @@ from rankloop.app.project import Project, ProjectError
 from rankloop.data.io import ImportFileError
 from rankloop.data.store import StoreError
 from rankloop.lm.loading import ModelLoadError
+from rankloop.reward.pairs import RewardDataError
 from rankloop.settings import ConfigError
 
-USER_ERRORS = (ConfigError, ImportFileError, ModelLoadError, ProjectError, StoreError)
+USER_ERRORS = (ConfigError, ImportFileError, ModelLoadError, ProjectError, RewardDataError,
+               StoreError)
 
 console = Console(soft_wrap=True)  # never hard-wrap paths and messages
 

@@ -1,0 +1,281 @@
+"""`rankloop round` on tiny models: the stages, resuming after a kill in each stage, the checks
+that stop a round before it writes anything, the dry run, the current round's rules."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from rankloop.app import rounds
+from rankloop.app.cli import cli
+from rankloop.app.generate import make_cross_round_comparisons
+from rankloop.app.project import Project
+from rankloop.app.simulate import simulate
+from rankloop.data.records import Prompt, Response, RoundStage
+from rankloop.settings import ConfigError
+
+
+def letters(prompts, responses):
+    """A toy oracle: the share of ASCII letters in a response."""
+    return [sum(c.isascii() and c.isalpha() for c in r) / max(1, len(r)) for r in responses]
+
+
+def tiny_project(root, tiny_lm_dir, prompts: int = 16) -> Project:
+    p = Project.init(root, policy=str(tiny_lm_dir), reward_model=str(tiny_lm_dir))
+    c = p.config
+    for k, v in dict(n=2, max_new_tokens=4, bf16="no", batch_size=8).items():
+        setattr(c.generate, k, v)
+    for k, v in dict(bf16="no", compile="no", batch_size=4, eval_fraction=0.25).items():
+        setattr(c.reward, k, v)
+    for k, v in dict(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
+                     bf16="no", eval_every=0).items():
+        setattr(c.ppo, k, v)
+    c.rounds.eval_fraction = 0.25
+    p.save_config()
+    p = Project.find(root)
+    p.store.add_prompts([Prompt.from_text(f"write about the sea, number {i}")
+                         for i in range(prompts)])
+    return p
+
+
+def labeled_round_0(root, tiny_lm_dir) -> Project:
+    p = tiny_project(root, tiny_lm_dir)
+    rounds.sample_candidates(p, 0, p.config.generate, progress=False)
+    simulate(p.store, letters, p.config.labeling, annotators=2, noise=0.1, progress=False)
+    return p
+
+
+def rows(p: Project) -> dict:
+    """The store's rows that a round writes, in a form two projects can be compared in
+    (response texts and seeds depend on the folder the policy lives in)."""
+    def rel(path):
+        return str(path).replace(str(p.root), "<root>") if path else path
+
+    resp = {r.id: r for r in p.store.responses()}
+    return {
+        "responses": sorted((r.prompt_id, r.round, r.sample_index, r.source, rel(r.policy))
+                            for r in resp.values()),
+        "comparisons": sorted((c.prompt_id, c.round,
+                               tuple(sorted((resp[i].round, resp[i].sample_index)
+                                            for i in c.response_ids)))
+                              for c in p.store.comparisons()),
+        "labels": len(p.store.labels()),
+        "rounds": [(r.number, rel(r.policy), r.reward_model, r.finished_at is not None)
+                   for r in p.store.rounds()],
+        "stages": sorted((s.round, s.stage) for s in p.store.stages()),
+        "current": p.store.current_round(),
+        "policy files": sorted(f.name for f in (p.root / "rounds/0/policy").iterdir()),
+        "folders": sorted(f.name for f in (p.root / "rounds/0").iterdir()),
+        "scored": p.store.db.execute("select count(*) from response_scores").fetchone()[0],
+    }
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised from inside a stage, nothing after it runs."""
+
+
+def kill_at(stage: str, nth: int = 1):
+    seen = {"n": 0}
+
+    def on_event(name, info):
+        if name == stage and not info.get("done"):
+            seen["n"] += 1
+            if seen["n"] == nth:
+                raise Killed(stage)
+
+    return on_event
+
+
+def test_a_round_killed_in_each_stage_finishes_with_the_rows_of_an_uninterrupted_one(
+        tmp_path, tiny_lm_dir):
+    quiet = dict(log=lambda m: None, progress=False)
+    whole = labeled_round_0(tmp_path / "whole", tiny_lm_dir)
+    summary = rounds.run_round(whole, rounds.RoundSettings.of(whole), **quiet)
+    assert summary.round == 0 and whole.store.current_round() == 1
+    assert list(summary.seconds) == list(rounds.STAGES)
+    assert summary.labels == {"simulated": 16}
+    assert summary.metrics["generate/responses"] == 32.0
+    held = rounds.split_prompts(whole.store.prompts(), 0.25)[1]
+    assert summary.metrics["compare/cross_round"] == len(held) > 0
+    expected = rows(whole)
+    # the new round: 16 prompts x 2 samples, grouped in pairs, plus one pair per held-out prompt
+    assert len([r for r in expected["responses"] if r[1] == 1]) == 32
+    assert len([c for c in expected["comparisons"] if c[1] == 1]) == 16 + len(held)
+    assert expected["policy files"][:2] == ["README.md", "adapter_config.json"]
+
+    killed = labeled_round_0(tmp_path / "killed", tiny_lm_dir)
+    s = rounds.RoundSettings.of(killed)
+    for stage, nth in (("reward", 1), ("ppo", 1), ("generate", 2), ("compare", 1)):
+        with pytest.raises(Killed):
+            rounds.run_round(killed, s, on_event=kill_at(stage, nth), **quiet)
+        done = {st.stage for st in killed.store.stages(0)}
+        assert stage not in done  # the killed stage is not recorded as finished
+        assert killed.store.current_round() == 0
+        if stage == "ppo":  # no policy folder until PPO finished
+            assert not (killed.root / "rounds/0/policy").exists()
+    rounds.run_round(killed, s, **quiet)
+    assert rows(killed) == expected
+    assert not (killed.root / "rounds/0/policy.partial").exists()
+
+
+def test_errors_stop_the_round_before_it_writes_anything(tmp_path, tiny_lm_dir):
+    p = tiny_project(tmp_path / "p", tiny_lm_dir)
+    rounds.sample_candidates(p, 0, p.config.generate, progress=False)
+    db = p.root / "rankloop.db"
+
+    def dump():
+        con = sqlite3.connect(db)
+        out = list(con.iterdump())
+        con.close()
+        return out
+
+    before = dump()
+    runner = CliRunner()
+    res = runner.invoke(cli, ["round", "--project", str(p.root)])  # no labels yet
+    assert res.exit_code == 1 and res.output.startswith("Error:") and "label" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert dump() == before
+    # a policy that cannot be loaded (with --reward-fn no labels are needed)
+    p.config.models.policy = str(tmp_path / "no-such-model")
+    p.save_config()
+    res = runner.invoke(cli, ["round", "--reward-fn", "test_rounds:letters", "--project",
+                              str(p.root)])
+    assert res.exit_code == 1 and "cannot load policy" in res.output and "no-such-model" in \
+        res.output
+    assert dump() == before
+    p.close()
+
+
+def test_weak_reward_model_stops_the_round_before_ppo(tmp_path, tiny_lm_dir):
+    p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
+    p.config.rounds.weak_reward = "stop"
+    # an accuracy at or below its baseline is weak; the check is one function
+    assert rounds.reward_verdict({"reward/accuracy": 0.75, "reward/probe_accuracy": 0.5}) is None
+    assert "does not beat its baseline (chance: 0.500) on 8 held-out pairs" in \
+        rounds.reward_verdict({"reward/accuracy": 0.5, "reward/eval_pairs": 8.0})
+    assert "probe" in rounds.reward_verdict({"reward/accuracy": 0.6,
+                                             "reward/probe_accuracy": 0.7})
+    def stop_after_reward(name, info):
+        if name == "reward" and info.get("done"):
+            raise Killed(name)
+
+    with pytest.raises(Killed):
+        rounds.run_round(p, rounds.RoundSettings.of(p), on_event=stop_after_reward,
+                         log=lambda m: None, progress=False)
+    # as if the reward model had come out weak
+    p.store.finish_stage(RoundStage(0, "reward", 1.0, {"reward/accuracy": 0.4,
+                                                       "reward/eval_pairs": 5.0}))
+    with pytest.raises(rounds.RoundStopped, match="--redo reward"):
+        rounds.run_round(p, rounds.RoundSettings.of(p), log=lambda m: None, progress=False)
+    assert [s.stage for s in p.store.stages(0)] == ["reward"]  # PPO did not run
+    assert rounds.redo(p, "reward") == ["reward"] and p.store.stages(0) == []
+    p.close()
+
+
+def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir):
+    p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
+    s = rounds.RoundSettings.of(p, ["test_rounds:letters"])
+    plan = rounds.plan_round(p, s)
+    assert [st.stage for st in plan.stages] == list(rounds.STAGES)
+    assert not any(st.done for st in plan.stages) and plan.estimate is None  # no timing yet
+    assert "skipped: PPO optimises --reward-fn test_rounds:letters" in plan.stages[0].what
+    rounds.run_round(p, s, log=lambda m: None, progress=False)
+    simulate(p.store, letters, p.config.labeling, annotators=1, noise=0.1, progress=False)
+    before = (rows(p), p.store.db.execute("select count(*) from round_stages").fetchone())
+    res = CliRunner().invoke(cli, ["round", "--dry-run", "--reward-fn", "test_rounds:letters",
+                                   "--ppo-steps", "4", "--project", str(p.root)])
+    assert res.exit_code == 0, res.output
+    assert "round 1: plan" in res.output and "4 PPO steps" in res.output
+    assert re.search(r"Estimated time: \d+ s", res.output)
+    # PPO's estimate: the last round's seconds per step, times 4 steps
+    plan = rounds.plan_round(p, rounds.RoundSettings(p.config.reward, p.config.ppo.__class__(
+        **{**p.config.ppo.__dict__, "steps": 4}), p.config.generate, ("test_rounds:letters",)))
+    last = {st.stage: st for st in p.store.stages(0)}
+    ppo = next(st for st in plan.stages if st.stage == "ppo")
+    assert ppo.estimate == pytest.approx(last["ppo"].seconds * 4 / 2)
+    assert (rows(p), p.store.db.execute("select count(*) from round_stages").fetchone()) == \
+        before
+    p.close()
+
+
+def test_every_round_option_defaults_to_the_current_round(tmp_path, tiny_lm_dir):
+    p = tiny_project(tmp_path / "p", tiny_lm_dir)
+    assert rounds.resolve_round(p) == 0 and rounds.resolve_round(p, 3) == 3
+    assert "rankloop generate" in rounds.next_step(p)
+    p.store.set_current_round(2)
+    assert rounds.resolve_round(p) == 2
+    assert rounds.next_step(p).startswith("rankloop generate --round 2")
+    res = CliRunner().invoke(cli, ["status", "--project", str(p.root)])
+    assert re.search(r"current round\s+│\s+2", res.output)
+    assert "Next: rankloop generate --round 2" in res.output
+    p.close()
+
+
+def test_eval_prompts_are_held_out_from_ppo_by_a_stable_hash():
+    prompts = [Prompt.from_text(f"prompt {i}") for i in range(400)]
+    train, held = rounds.split_prompts(prompts, 0.2)
+    assert len(train) + len(held) == 400 and 60 < len(held) < 100
+    # adding prompts never moves one from a side to the other
+    more = [Prompt.from_text(f"another {i}") for i in range(50)]
+    train2, held2 = rounds.split_prompts(more + prompts, 0.2)
+    assert {p.text for p in held} <= {p.text for p in held2}
+    assert {p.text for p in train} <= {p.text for p in train2}
+    assert rounds.split_prompts(prompts, 0.0) == (prompts, [])
+
+
+def test_cross_round_comparisons_pair_new_responses_with_rounds_r_and_0(fresh_store):
+    s = fresh_store
+    p1, p2, p3 = s.add_prompts([Prompt.from_text(t) for t in ("a", "b", "c")])
+
+    def add(pid, rnd, i):
+        return s.add_responses([Response(pid, f"{pid}-{rnd}-{i}", round=rnd,
+                                         policy=f"pol{rnd}", sample_index=i)])[0]
+
+    r = {(pid, rnd, i): add(pid, rnd, i) for pid in (p1, p2) for rnd in (0, 1, 2)
+         for i in range(2)}
+    add(p3, 2, 0)  # p3 has no earlier round: nothing to compare it with
+    n = make_cross_round_comparisons(s, 2, (1, 0), [p1, p3], per_prompt=1, seed=0)
+    got = sorted((c.prompt_id, tuple(sorted(c.response_ids))) for c in s.comparisons(round=2))
+    assert n == 2 and got == sorted([(p1, tuple(sorted((r[p1, 2, 0], r[p1, 1, 0])))),
+                                     (p1, tuple(sorted((r[p1, 2, 1], r[p1, 0, 0]))))])
+    # the same call again makes nothing new; more per prompt makes the next pairs
+    assert make_cross_round_comparisons(s, 2, (1, 0), [p1, p3], per_prompt=1, seed=0) == 0
+    # two of each: new 0 vs round 1's 0 (there), new 1 vs round 1's 1, new 0 vs round 0's 0,
+    # new 1 vs round 0's 1 (the earlier new 1 vs round 0's 0 stays)
+    assert make_cross_round_comparisons(s, 2, (1, 0), [p1], per_prompt=2, seed=0) == 3
+    # round 1 against (0, 0): one opponent, not two
+    assert make_cross_round_comparisons(s, 1, (0, 0), [p2], per_prompt=1, seed=0) == 1
+    # the order of each pair is shuffled (seeded), so the new response is not always first
+    firsts = {s.responses(ids=[c.response_ids[0]])[0].round for c in s.comparisons(round=2)}
+    assert firsts == {0, 1, 2} or len(firsts) > 1
+
+
+def test_generate_command_adds_cross_round_comparisons_and_makes_the_round_current(
+        tmp_path, tiny_lm_dir):
+    p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
+    rounds.run_round(p, rounds.RoundSettings.of(p, ["test_rounds:letters"]),
+                     log=lambda m: None, progress=False)
+    assert p.store.current_round() == 1
+    p.close()
+    res = CliRunner().invoke(cli, ["generate", "--n", "3", "--project", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "16 new responses for 16 prompts (32 already there" in res.output  # round 1: 3rd
+    p = Project.find(tmp_path / "p")
+    assert p.store.current_round() == 1
+    assert json.loads(json.dumps(rows(p)["current"])) == 1
+    p.close()
+
+
+def test_round_config_is_validated(tmp_path, tiny_lm_dir):
+    p = tiny_project(tmp_path / "p", tiny_lm_dir)
+    text = (p.root / "rankloop.toml").read_text()
+    assert "[rounds]" in text and "eval_fraction = 0.25" in text
+    (p.root / "rankloop.toml").write_text(text.replace('weak_reward = "warn"',
+                                                       'weak_reward = "maybe"'))
+    with pytest.raises(ConfigError, match=r"\[rounds\] weak_reward must be 'warn' or 'stop'"):
+        Project.find(p.root)
+    p.close()

@@ -1,0 +1,115 @@
+"""Two whole simulated rounds on a task with a known answer: the loop must make the policy better
+by the oracle's own measure, and the win-rate of round 2 over round 0 must show it.
+
+The task: a tiny policy trained here to answer every prompt in one of two styles, half the time
+each: "good" words or "bad" words. The oracle scores a response by its share of good words. A
+round can only help by moving the policy's choice of style: the reward model must learn which
+words the oracle likes, and PPO must act on it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rankloop.app import rounds
+from rankloop.app.project import Project
+from rankloop.app.simulate import simulate
+from rankloop.data.leaderboard import win_rate
+from rankloop.data.records import Prompt
+
+from tiny import build_causal_lm, build_tokenizer
+
+GOOD = "good yes thanks better".split()
+BAD = "bad no worse maybe".split()
+TOPICS = "sea wind dog fox poem bicycle gear words".split()
+
+
+def share_of_good(prompts, responses):
+    """The oracle: the share of a response's words that are good ones (0 for no words)."""
+    out = []
+    for r in responses:
+        words = r.split()
+        out.append(sum(w.strip(".,!") in GOOD for w in words) / len(words) if words else 0.0)
+    return out
+
+
+def two_style_lm(folder, seed: int = 0, steps: int = 150):
+    """A tiny chat model that answers in the good or the bad style, about half each."""
+    tok = build_tokenizer()
+    model = build_causal_lm(tok, seed=seed, hidden=48)
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(512):
+        style = GOOD if rng.random() < 0.5 else BAD
+        prompt = f"tell me about the {rng.choice(TOPICS)}"
+        reply = " ".join(rng.choice(style) for _ in range(rng.randint(2, 4)))
+        texts.append(tok.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            tokenize=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    torch.manual_seed(seed)
+    for step in range(steps):
+        batch = tok([texts[(step * 32 + i) % len(texts)] for i in range(32)], padding=True,
+                    return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def style_lm(tmp_path_factory):
+    return two_style_lm(tmp_path_factory.mktemp("two-style-lm"))
+
+
+def small_project(root, policy, prompts: int = 48) -> Project:
+    """A project on the tiny model with settings sized for it (fp32, no compile)."""
+    p = Project.init(root, policy=str(policy), reward_model=str(policy))
+    c = p.config
+    for k, v in dict(n=4, max_new_tokens=8, bf16="no", temperature=1.0, top_p=1.0).items():
+        setattr(c.generate, k, v)
+    c.labeling.k = 4
+    for k, v in dict(lora=False, lr=3e-3, epochs=3.0, bf16="no", compile="no",
+                     batch_size=8).items():
+        setattr(c.reward, k, v)
+    for k, v in dict(steps=12, batch_size=8, mini_batch_size=4, max_new_tokens=8, bf16="no",
+                     lr=3e-3).items():
+        setattr(c.ppo, k, v)
+    c.rounds.eval_fraction = 0.5
+    p.save_config()
+    p = Project.find(root)
+    p.store.add_prompts([Prompt.from_text(f"tell me about the {TOPICS[i % len(TOPICS)]} "
+                                          f"({i})") for i in range(prompts)])
+    return p
+
+
+def test_two_simulated_rounds_raise_the_oracle_score_and_win_over_round_0(tmp_path, style_lm):
+    p = small_project(tmp_path / "proj", style_lm)
+    quiet = dict(log=lambda m: None, progress=False)
+    rounds.sample_candidates(p, 0, p.config.generate, progress=False)
+    for r in range(2):
+        simulate(p.store, share_of_good, p.config.labeling, annotators=2, noise=0.1, round_=r,
+                 seed=r, progress=False)
+        rounds.run_round(p, rounds.RoundSettings.of(p), **quiet)
+    assert p.store.current_round() == 2
+    simulate(p.store, share_of_good, p.config.labeling, annotators=2, noise=0.1, round_=2,
+             seed=2, progress=False)
+    means = rounds.oracle_means(p, share_of_good)
+    print({r: round(m[0], 3) for r, m in means.items()})
+    assert means[2][0] > means[0][0] + 0.1  # round 2's samples: clearly more good words
+    assert means[2][1] > means[0][1]  # on the evaluation prompts PPO never trained on, too
+    held = rounds.split_prompts(p.store.prompts(), p.config.rounds.eval_fraction)[1]
+    wr = win_rate(p.store.cross_round_outcomes(), 2, 0, seed=0)
+    print(f"round 2 over round 0: {wr.rate:.3f} [{wr.low:.3f}, {wr.high:.3f}], n = {wr.n}")
+    assert wr.n == wr.prompts == len(held)  # one comparison against round 0 per prompt
+    assert wr.rate > 0.5 and wr.low < wr.rate < wr.high
+    p.close()
