@@ -7,7 +7,9 @@ annotators agree on an item (comparison, pair) when they give it the same outcom
   `cohen_kappa_score`; Cohen 1960): (p_o - p_e) / (1 - p_e), chance-corrected agreement.
 - Krippendorff's alpha over all annotators and items (the `krippendorff` package, ordinal level,
   Krippendorff 2011): 1 - D_o / D_e; handles any number of raters and missing ratings.
-Labels imported from outside (source 'external') are left out: they are not annotators' work.
+Only people's labels count (source 'human'): imported ones (source 'external') are nobody's
+work here, and simulated annotators' (`rankloop simulate`, source 'simulated') would mix an
+oracle's agreement with people's; `source="simulated"` gives theirs apart.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class AnnotatorStats:
     mean_kappa: float | None  # mean Cohen's kappa with the annotators they overlap with
 
 
-def _annotation_labels(store: Store) -> list[Label]:
-    return [lab for lab in store.labels() if lab.source != "external"]
+def _annotation_labels(store: Store, source: str = "human") -> list[Label]:
+    return [lab for lab in store.labels() if lab.source == source]
 
 
 def _items(labels: list[Label]) -> dict[int, dict[tuple[int, int, int], int]]:
@@ -72,10 +74,11 @@ def cohen_kappa(a: dict, b: dict) -> tuple[int, float | None]:
     return len(common), None if math.isnan(k) else float(k)
 
 
-def pairwise_kappa(store: Store) -> list[tuple[str, str, int, float | None]]:
+def pairwise_kappa(store: Store,
+                   source: str = "human") -> list[tuple[str, str, int, float | None]]:
     """(annotator, annotator, shared items, kappa) for every pair of annotators who overlap."""
     names = {a.id: a.name for a in store.annotators()}
-    items = _items(_annotation_labels(store))
+    items = _items(_annotation_labels(store, source))
     rows = []
     for a, b in itertools.combinations(sorted(items), 2):
         n, k = cohen_kappa(items[a], items[b])
@@ -84,10 +87,10 @@ def pairwise_kappa(store: Store) -> list[tuple[str, str, int, float | None]]:
     return rows
 
 
-def krippendorff_alpha(store: Store) -> float | None:
+def krippendorff_alpha(store: Store, source: str = "human") -> float | None:
     """Krippendorff's alpha (ordinal) over every annotator and item; None when no item has two
     ratings or every rating is the same value."""
-    return alpha_of_labels(_annotation_labels(store))
+    return alpha_of_labels(_annotation_labels(store, source))
 
 
 def alpha_of_labels(labels: list[Label]) -> float | None:
@@ -114,9 +117,10 @@ def alpha_of_labels(labels: list[Label]) -> float | None:
     return None if math.isnan(alpha) else float(alpha)
 
 
-def annotator_stats(store: Store) -> list[AnnotatorStats]:
-    """One `AnnotatorStats` per annotator account (external sources left out)."""
-    labels = _annotation_labels(store)
+def annotator_stats(store: Store, source: str = "human") -> list[AnnotatorStats]:
+    """One `AnnotatorStats` per account of people (of simulated annotators with
+    `source="simulated"`; imported sources never)."""
+    labels = _annotation_labels(store, source)
     by_annotator: dict[int, list[Label]] = defaultdict(list)
     for lab in labels:
         by_annotator[lab.annotator_id].append(lab)
@@ -127,7 +131,7 @@ def annotator_stats(store: Store) -> list[AnnotatorStats]:
     skips, flags = count("skips"), count("flags")
     out = []
     for a in store.annotators():
-        if a.role == "external":
+        if a.role == "external" or (a.role == "simulated") != (source == "simulated"):
             continue
         mine = by_annotator.get(a.id, [])
         secs = [lab.seconds_spent for lab in mine if lab.seconds_spent is not None]
@@ -157,5 +161,5 @@ def labels_per_day(store: Store) -> list[tuple[str, str, int]]:
     """(UTC day, annotator, labels) for every day someone labeled, oldest first."""
     return [tuple(r) for r in store.db.execute(
         "select substr(l.created_at, 1, 10) as day, a.name, count(*) from labels l "
-        "join annotators a on a.id = l.annotator_id where l.source != 'external' "
+        "join annotators a on a.id = l.annotator_id where l.source = 'human' "
         "group by day, a.name order by day, a.name").fetchall()]
