@@ -338,9 +338,8 @@ def label_counts(project: Project, round_: int) -> dict[str, int]:
     (simulated ones only when [rounds] simulated_labels is on)."""
     counts: dict[str, int] = {}
     for lab in project.store.labels(round=round_):
-        if lab.source == "simulated" and not project.config.rounds.simulated_labels:
-            continue
-        counts[lab.source] = counts.get(lab.source, 0) + 1
+        if lab.source in label_sources(project):
+            counts[lab.source] = counts.get(lab.source, 0) + 1
     return counts
 
 
@@ -418,8 +417,16 @@ def check_labels(project: Project, round_: int, cfg) -> None:
 
     cfg.validate()
     data = build_examples(project.store, round_, both_bad=cfg.both_bad, aggregate=cfg.aggregate,
-                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much)
+                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much,
+                          sources=label_sources(project))
     check_trainable(data, round_)
+
+
+def label_sources(project: Project) -> tuple[str, ...]:
+    """The label sources reward training reads: people's and imported labels, and simulated
+    annotators' unless [rounds] simulated_labels = false."""
+    return ("human", "external") + (("simulated",) if project.config.rounds.simulated_labels
+                                    else ())
 
 
 def run_round(project: Project, s: RoundSettings, *, log: Callable[[str], None] = print,

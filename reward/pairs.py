@@ -140,8 +140,10 @@ def disagreement_rate(labels_by_comparison: dict[int, list[Label]]) -> float:
 
 def build_examples(store: Store, round: int | None = None, *, both_bad: str = "drop",
                    aggregate: str = "each", margin_slightly: float = 0.0,
-                   margin_much: float = 1.0) -> PreferenceData:
-    """Read every label of comparisons up to `round` (all when None) into examples.
+                   margin_much: float = 1.0,
+                   sources: tuple[str, ...] | None = None) -> PreferenceData:
+    """Read every label of comparisons up to `round` (all when None; of the label `sources`
+    only, when given) into examples.
 
     Order is deterministic: by comparison id, then label id.
     """
@@ -149,7 +151,8 @@ def build_examples(store: Store, round: int | None = None, *, both_bad: str = "d
         raise ValueError(f"both_bad must be one of {BOTH_BAD_CHOICES}, got {both_bad!r}")
     if aggregate not in AGGREGATE_CHOICES:
         raise ValueError(f"aggregate must be one of {AGGREGATE_CHOICES}, got {aggregate!r}")
-    labels = store.labels(round=round)
+    labels = [lab for lab in store.labels(round=round)
+              if sources is None or lab.source in sources]
     names = {a.id: a.name for a in store.annotators()}
     by_comp: dict[int, list[Label]] = defaultdict(list)
     for lab in labels:

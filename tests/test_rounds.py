@@ -279,3 +279,16 @@ def test_round_config_is_validated(tmp_path, tiny_lm_dir):
     with pytest.raises(ConfigError, match=r"\[rounds\] weak_reward must be 'warn' or 'stop'"):
         Project.find(p.root)
     p.close()
+
+
+def test_simulated_labels_train_the_reward_model_unless_told_not_to(tmp_path, tiny_lm_dir):
+    from rankloop.reward.pairs import RewardDataError
+
+    p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
+    assert rounds.label_counts(p, 0) == {"simulated": 16}
+    rounds.check_labels(p, 0, p.config.reward)  # enough to train on
+    p.config.rounds.simulated_labels = False
+    assert rounds.label_counts(p, 0) == {} and "simulated" not in rounds.label_sources(p)
+    with pytest.raises(RewardDataError, match="no labels up to round 0"):
+        rounds.check_labels(p, 0, p.config.reward)
+    p.close()
