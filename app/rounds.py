@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankloop.data import queue
+from rankloop.data.curves import record_curve
 from rankloop.data.records import Prompt, Round
 from rankloop.data.store import now as now_iso
 from rankloop.lm.loading import ModelLoadError, adapter_base, resolve
@@ -61,13 +62,20 @@ def train_reward_stage(project: Project, round_: int, cfg, *, base: str | None =
     """Train round `round_`'s reward model on the labels of rounds <= it, record it in the
     store, and score the open comparisons with it for the queue's uncertainty order.
     `on_step(row)`: after each optimizer step (`train_reward`'s)."""
+    from rankloop.reward.pairs import build_examples, check_trainable
     from rankloop.reward.train import train_reward
 
+    cfg.validate()
+    data = build_examples(project.store, round_, both_bad=cfg.both_bad, aggregate=cfg.aggregate,
+                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much,
+                          sources=label_sources(project))
+    check_trainable(data, round_)
     out = project.round_dir(round_, "reward")
     base = base or cfg.base or project.config.models.reward_model
-    result = train_reward(project.store, cfg, out, base=base, round=round_, resume=resume,
-                          progress=progress, log_dir=project.root / "logs",
-                          max_steps=max_steps, on_step=on_step)
+    result = train_reward(data.examples, cfg, out, base=base, resume=resume, progress=progress,
+                          log_dir=project.root / "logs", max_steps=max_steps,
+                          on_step=on_step)
+    result.metrics["reward/disagreement"] = data.disagreement
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
              for k, v in result.metrics.items()}
     project.store.save_round(Round(round_, reward_model=str(out.relative_to(project.root)),
@@ -556,7 +564,9 @@ def _ppo_stage(project: Project, r: int, s: RoundSettings, *, log, progress, eve
     if out.exists():  # a policy from an earlier, unrecorded run of this stage
         shutil.rmtree(out)
     tmp.replace(out)
-    project.store.save_round(Round(r, policy=str(out), metrics=result.summary))
+    with project.store.transaction():
+        project.store.save_round(Round(r, policy=str(out), metrics=result.summary))
+        record_curve(project.store, r, "ppo", result.history)
     return dict(result.summary)
 
 

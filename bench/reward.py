@@ -87,10 +87,13 @@ def non_embedding_params(model) -> int:
                if "embed" not in n and "lora_" not in n)
 
 
-def run_trl(system: str, train, held, batch: int, turns: Turns) -> dict:
+def trl_trainer(train, *, lora: bool, batch: int = 8, epochs: float = 1.0, seed: int = 0,
+                callbacks=()):
+    """(TRL RewardTrainer, its output folder) on (prompt, chosen, rejected) triples: TRL's
+    defaults (gradient checkpointing, lr 1e-4, bf16), LoRA r=16 on LORA_TARGETS if `lora`."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     path = str(default_model_path())
@@ -101,17 +104,25 @@ def run_trl(system: str, train, held, batch: int, turns: Turns) -> dict:
                              "rejected": [{"role": "assistant", "content": r}]}
                             for p, c, r in train])
     out = tempfile.mkdtemp()
-    args = RewardConfig(output_dir=out, per_device_train_batch_size=batch, num_train_epochs=1,
-                        bf16=True, use_cpu=True, report_to="none", save_strategy="no",
-                        logging_steps=1000, dataloader_num_workers=0, seed=0)
+    args = RewardConfig(output_dir=out, per_device_train_batch_size=batch,
+                        num_train_epochs=epochs, bf16=True, use_cpu=True, report_to="none",
+                        save_strategy="no", logging_steps=1000, dataloader_num_workers=0,
+                        seed=seed, disable_tqdm=True)
     peft_config = (LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS,
-                              task_type="SEQ_CLS") if system == "trl-lora" else None)
+                              task_type="SEQ_CLS") if lora else None)
+    return RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         peft_config=peft_config, callbacks=list(callbacks)), out
+
+
+def run_trl(system: str, train, held, batch: int, turns: Turns) -> dict:
+    from transformers import TrainerCallback
+
     class Pace(TrainerCallback):
         def on_step_end(self, *_args, **_kwargs):
             turns.step()
 
-    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                            peft_config=peft_config, callbacks=[Pace()])
+    trainer, out = trl_trainer(train, lora=system == "trl-lora", batch=batch, callbacks=[Pace()])
+    args, tok = trainer.args, trainer.processing_class
     trainer.train()
     tokens = int(trainer._total_train_tokens)
     res = {"tokens": tokens, "peak_rss_gb": peak_rss_gb(),
@@ -130,26 +141,19 @@ def peak_rss_gb() -> float:
 
 
 def run_rankloop(system: str, train, held, batch: int, overrides: dict, turns: Turns) -> dict:
-    from rankloop.data.records import Label
-    from rankloop.data.store import Store
     from rankloop.reward.config import RewardConfig
+    from rankloop.reward.pairs import pairwise_example
     from rankloop.reward.scoring import RewardScorer
     from rankloop.reward.train import train_reward
 
-    store = Store.memory()
-    ann = store.external_annotator("bench")
-    labels = []
-    for p, c, r in train:
-        cid = store.add_comparison_texts(p, [c, r])
-        labels.append(Label.pairwise(cid, ann.id, store.comparison(cid).response_ids, "A"))
-    store.add_labels(labels)
+    examples = [pairwise_example(p, c, r) for p, c, r in train]
     lora = "lora" in system
     if system.endswith("-gc"):
         overrides = {**overrides, "gradient_checkpointing": True}
     cfg = RewardConfig(lora=lora, lora_r=16, lora_alpha=32, batch_size=batch, epochs=1,
                        eval_fraction=0.0, lr=1e-4, **overrides)
     out = Path(tempfile.mkdtemp()) / "reward"
-    result = train_reward(store, cfg, out, base=DEFAULT_MODEL, progress=False,
+    result = train_reward(examples, cfg, out, base=DEFAULT_MODEL, progress=False,
                           on_step=turns.step)
     rss = peak_rss_gb()  # training, final scoring and saving included
     scorer = RewardScorer.from_pretrained(out)

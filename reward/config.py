@@ -41,14 +41,14 @@ class RewardConfig:
     """What a 'both bad' label becomes: 'drop' (it says nothing about which is better) or 'tie'."""
     aggregate: str = "each"
     """Several annotators on one comparison: 'each' keeps every label, 'majority' merges them (split votes are ties)."""
-    epochs: float = 1.0
-    """Passes over the training labels (fractions allowed)."""
+    epochs: float = 4.0
+    """Passes over the training labels (fractions allowed); with select_best, the most it runs."""
     batch_size: int = 8
     """Comparisons per optimizer step (a pairwise comparison is 2 sequences, a K-ranking K)."""
     grad_accum: int = 1
     """Batches accumulated before each optimizer step."""
     lr: float = 0.0
-    """Peak learning rate; 0 = 1e-4 with LoRA, 1e-5 for full fine-tuning."""
+    """Peak learning rate; 0 = 3e-4 with LoRA, 1e-5 for full fine-tuning."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_ratio: float = 0.03
@@ -73,6 +73,14 @@ class RewardConfig:
     pad_to_multiple_of: int = 16
     """Pad each batch's packed rows to a multiple of this many tokens: batch shapes repeat, so the
     C allocator reuses freed activation memory instead of growing (see docs/reward.md)."""
+    warm_start: bool = True
+    """LP-FT: before fine-tuning, fit the scalar head as a logistic-regression probe on the frozen
+    model's features of the training pairs (Kumar et al. 2022), instead of a random head."""
+    select_best: bool = True
+    """Early stopping: evaluate on the held-out split at the start and after every epoch, keep
+    the best model (held-out accuracy, then loss); needs eval_fraction > 0."""
+    patience: int = 2
+    """Stop once this many evaluations in a row did not beat the best (0 = run every epoch)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     eval_every: int = 0
@@ -102,7 +110,7 @@ class RewardConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"[reward] {name} must be at least 1")
         for name in ("lr", "weight_decay", "center_coef", "max_grad_norm", "margin_slightly",
-                     "margin_much", "checkpoint_every", "eval_every"):
+                     "margin_much", "checkpoint_every", "eval_every", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[reward] {name} must be >= 0")
         if not self.epochs > 0:
@@ -123,4 +131,4 @@ class RewardConfig:
     @property
     def learning_rate(self) -> float:
         """The peak learning rate actually used (the default depends on LoRA / full)."""
-        return self.lr or (1e-4 if self.lora else 1e-5)
+        return self.lr or (3e-4 if self.lora else 1e-5)

@@ -25,8 +25,10 @@ import hashlib
 import itertools
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rankloop.data.rankings import disagreement_rate, pair_outcome, tier_of
 from rankloop.data.records import Label, Prompt
 from rankloop.data.store import Store
 
@@ -54,16 +56,43 @@ class Pair:
 
 @dataclass(frozen=True)
 class Example:
-    """One comparison judged by one annotator (or aggregated): one batch element."""
+    """One comparison judged by one annotator (or aggregated): one batch element.
+
+    Built from a store by `build_examples`, or from plain data by `pairwise_example` /
+    `ranking_example` (then the ids are None: a trainer needs only the texts and pairs).
+    """
 
     prompt: Prompt
     responses: tuple[str, ...]  # the K responses, in the comparison's order
     tiers: tuple[int, ...]  # tier of each response (0 = best, equal = tied): Plackett-Luce input
     pairs: tuple[Pair, ...]
-    comparison_id: int
-    prompt_id: int
-    annotator: str  # "majority" for an aggregated example
-    label_ids: tuple[int, ...]
+    comparison_id: int | None = None
+    prompt_id: int | None = None
+    annotator: str = ""  # "majority" for an aggregated example
+    label_ids: tuple[int, ...] = ()
+
+
+def _as_prompt(prompt: Prompt | str) -> Prompt:
+    return Prompt.from_text(prompt) if isinstance(prompt, str) else prompt
+
+
+def ranking_example(prompt: Prompt | str, responses: Sequence[str], tiers: Sequence[int], *,
+                    margin: float = 0.0, annotator: str = "") -> Example:
+    """An example from K responses and the tier of each (0 = best, equal = tied), with every
+    strict pair given `margin`: labels that never saw a rankloop store."""
+    if len(responses) != len(tiers) or len(responses) < 2:
+        raise ValueError("give at least 2 responses and one tier per response")
+    ids = tuple(range(len(responses)))
+    return _example(_as_prompt(prompt), ids, dict(enumerate(responses)), dict(enumerate(tiers)),
+                    {pair: margin for pair in itertools.combinations(ids, 2)}, None, annotator,
+                    ())
+
+
+def pairwise_example(prompt: Prompt | str, chosen: str, rejected: str, *, tie: bool = False,
+                     margin: float = 0.0, annotator: str = "") -> Example:
+    """An example from one preference pair (TRL's prompt / chosen / rejected)."""
+    return ranking_example(prompt, [chosen, rejected], [0, 0] if tie else [0, 1],
+                           margin=margin, annotator=annotator)
 
 
 @dataclass(frozen=True)
@@ -91,13 +120,8 @@ def label_margin(label: Label, margin_slightly: float, margin_much: float) -> fl
     return {"slightly": margin_slightly, "much": margin_much}.get(label.strength, 0.0)
 
 
-def _outcome(tier_of: dict[int, int], a: int, b: int) -> int:
-    """+1 if a is better than b, -1 if worse, 0 for a tie."""
-    return (tier_of[a] < tier_of[b]) - (tier_of[a] > tier_of[b])
-
-
 def _example(prompt: Prompt, response_ids: tuple[int, ...], texts: dict[int, str],
-             tier_of: dict[int, int], margins: dict[tuple[int, int], float],
+             tiers: dict[int, int], margins: dict[tuple[int, int], float],
              comparison_id: int, annotator: str, label_ids: tuple[int, ...]) -> Example:
     """An example from a tier per response id; pairs in the comparison's order."""
     k = len(response_ids)
@@ -105,37 +129,16 @@ def _example(prompt: Prompt, response_ids: tuple[int, ...], texts: dict[int, str
     pairs = []
     for i, j in itertools.combinations(range(k), 2):
         a, b = response_ids[i], response_ids[j]
-        out = _outcome(tier_of, a, b)
+        out = pair_outcome(tiers, a, b)
         better, worse = (j, i) if out < 0 else (i, j)
         pairs.append(Pair(better, worse, out == 0, 0.0 if out == 0 else margins.get((a, b), 0.0),
                           w))
     # tiers renumbered 0..T-1 so equal values mean a tie and gaps do not matter
-    levels = sorted(set(tier_of[r] for r in response_ids))
-    tiers = tuple(levels.index(tier_of[r]) for r in response_ids)
-    return Example(prompt=prompt, responses=tuple(texts[r] for r in response_ids), tiers=tiers,
+    levels = sorted(set(tiers[r] for r in response_ids))
+    return Example(prompt=prompt, responses=tuple(texts[r] for r in response_ids),
+                   tiers=tuple(levels.index(tiers[r]) for r in response_ids),
                    pairs=tuple(pairs), comparison_id=comparison_id, prompt_id=prompt.id,
                    annotator=annotator, label_ids=label_ids)
-
-
-def disagreement_rate(labels_by_comparison: dict[int, list[Label]]) -> float:
-    """How often two annotators of the same comparison disagree on a pair.
-
-    Over every comparison with 2+ labels, every pair of its responses and every pair of its
-    annotators: the fraction whose outcomes (better / worse / tie) differ. NaN when no
-    comparison has two labels.
-    """
-    disagree = total = 0
-    for labs in labels_by_comparison.values():
-        if len(labs) < 2:
-            continue
-        tiers = [{r: t for t, tier in enumerate(lab.ranking) for r in tier} for lab in labs]
-        ids = sorted(tiers[0])
-        for a, b in itertools.combinations(ids, 2):
-            outs = [_outcome(t, a, b) for t in tiers]
-            for x, y in itertools.combinations(outs, 2):
-                total += 1
-                disagree += x != y
-    return disagree / total if total else float("nan")
 
 
 def build_examples(store: Store, round: int | None = None, *, both_bad: str = "drop",
@@ -157,7 +160,8 @@ def build_examples(store: Store, round: int | None = None, *, both_bad: str = "d
     by_comp: dict[int, list[Label]] = defaultdict(list)
     for lab in labels:
         by_comp[lab.comparison_id].append(lab)
-    disagreement = disagreement_rate(by_comp)
+    disagreement = disagreement_rate({c: [lab.ranking for lab in labs]
+                                      for c, labs in by_comp.items()})
 
     examples: list[Example] = []
     dropped = 0
@@ -173,14 +177,14 @@ def build_examples(store: Store, round: int | None = None, *, both_bad: str = "d
         prompt = prompts[comp.prompt_id]
         texts = {r.id: r.text for r in store.responses(ids=list(comp.response_ids))}
         rids = comp.response_ids
-        judged = []  # (tier_of, margins) per label
+        judged = []  # (tiers, margins) per label
         for lab in labs:
-            tier_of = {r: t for t, tier in enumerate(lab.ranking) for r in tier}
             m = label_margin(lab, margin_slightly, margin_much)
-            judged.append((tier_of, {(a, b): m for a, b in itertools.combinations(rids, 2)}))
+            judged.append((tier_of(lab.ranking),
+                           {(a, b): m for a, b in itertools.combinations(rids, 2)}))
         if aggregate == "each":
-            for lab, (tier_of, margins) in zip(labs, judged):
-                examples.append(_example(prompt, rids, texts, tier_of, margins, cid,
+            for lab, (tiers, margins) in zip(labs, judged):
+                examples.append(_example(prompt, rids, texts, tiers, margins, cid,
                                          names.get(lab.annotator_id, str(lab.annotator_id)),
                                          (lab.id,)))
         else:
@@ -202,7 +206,7 @@ def _majority(prompt, rids, texts, judged, cid, label_ids) -> Example:
     pairs = []
     for i, j in itertools.combinations(range(k), 2):
         a, b = rids[i], rids[j]
-        outs = [_outcome(t, a, b) for t, _ in judged]
+        outs = [pair_outcome(t, a, b) for t, _ in judged]
         (top, n_top), *rest = Counter(outs).most_common() + [(None, 0)]
         out = top if n_top > rest[0][1] else 0
         better, worse = (j, i) if out < 0 else (i, j)
@@ -232,17 +236,16 @@ def split_by_prompt(examples, eval_fraction: float, seed: int = 0):
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if eval_fraction == 0:
         return examples, ()
-    keys = {e.prompt_id: e.prompt.hash for e in examples}
+    keys = {e.prompt.hash for e in examples}
     if len(keys) < 2:
         raise RewardDataError(
             f"only {len(keys)} labeled prompt(s): a held-out split by prompt needs at least 2; "
             f"label comparisons of more prompts, or set [reward] eval_fraction = 0")
-    order = sorted(keys, key=lambda pid: hashlib.sha256(
-        f"{seed}:{keys[pid]}".encode()).hexdigest())
+    order = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
     n_eval = min(math.ceil(eval_fraction * len(order)), len(order) - 1)
     held = set(order[:n_eval])
-    return (tuple(e for e in examples if e.prompt_id not in held),
-            tuple(e for e in examples if e.prompt_id in held))
+    return (tuple(e for e in examples if e.prompt.hash not in held),
+            tuple(e for e in examples if e.prompt.hash in held))
 
 
 def check_trainable(data: PreferenceData, round: int | None) -> None:

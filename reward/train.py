@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,14 +39,15 @@ from rankloop.lm.kernels import (
     use_training_attention,
 )
 
-from . import losses, metrics
+from . import losses, metrics, probe
 from .config import RewardConfig
 from .model import add_lora, format_text, head_name, load_backbone, load_reward_tokenizer, tokenize
-from .pairs import Example, RewardDataError, build_examples, check_trainable, split_by_prompt
+from .pairs import Example, RewardDataError, split_by_prompt
 from .scoring import STATS_FILE
 
 CKPT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
+BEST_FILE = "best.pt"
 
 
 @dataclass
@@ -71,6 +72,13 @@ def shared_prefix_len(seqs: list[list[int]]) -> int:
         if any(s[i] != first[i] for s in seqs[1:]):
             return i
     return max(n, 0)
+
+
+def encode(tokenizer, examples: Sequence[Example], max_length: int) -> list[Encoded]:
+    """Each example's responses formatted with its prompt (the chat template) and tokenized."""
+    return [Encoded(e, tokenize(tokenizer, [format_text(tokenizer, e.prompt, r)
+                                            for r in e.responses], max_length))
+            for e in examples]
 
 
 @dataclass
@@ -105,14 +113,32 @@ class RewardModule(torch.nn.Module):
         self.model = model
         self.log_tie = torch.nn.Parameter(torch.tensor(float(log_tie)))
 
-    def forward(self, input_ids, position_ids, mask, ends):
-        seq_model = self.model.get_base_model() if hasattr(self.model, "get_base_model") \
+    def _seq_model(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") \
             else self.model
+
+    def _hidden(self, input_ids, position_ids, mask):
+        seq_model = self._seq_model()
         backbone = getattr(seq_model, seq_model.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state  # (E, T, H)
+        return backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                        use_cache=False).last_hidden_state  # (E, T, H)
+
+    def forward(self, input_ids, position_ids, mask, ends):
+        hidden = self._hidden(input_ids, position_ids, mask)  # (E, T, H)
         last = hidden.reshape(-1, hidden.shape[-1])[ends]  # (S, H): last token of each response
+        seq_model = self._seq_model()
         return getattr(seq_model, head_name(seq_model))(last)[:, 0].float()  # (S,)
+
+    def features(self, input_ids, position_ids, mask, ends):
+        """(last, mean), each (S, H) float: each response's last-token hidden state (what the
+        head reads) and the mean over the tokens it attends to (its prefix and itself)."""
+        hidden = self._hidden(input_ids, position_ids, mask).float()  # (E, T, H)
+        t = hidden.shape[1]
+        rows, cols = ends // t, ends % t  # (S,) each
+        last = hidden[rows, cols]  # (S, H)
+        seen = mask[rows, 0, cols].to(hidden.dtype)  # (S, T): the keys each response's end sees
+        mean = torch.einsum("st,sth->sh", seen, hidden[rows]) / seen.sum(1, keepdim=True)
+        return last, mean
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +200,7 @@ def pack(groups: list[list[list[int]]], pad_id: int, multiple: int = 1):
     itself only (a query row with no key gives NaN in SDPA). T is the longest row rounded up to
     a multiple of `multiple` (see `RewardConfig.pad_to_multiple_of`).
     """
-    rows, segs = [], []
+    rows = []
     for seqs in groups:
         n = shared_prefix_len(seqs)
         row, pos, seg = list(seqs[0][:n]), list(range(n)), [0] * n
@@ -269,22 +295,35 @@ INITIAL_LOG_TIE = math.log(0.5)
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, device,
-                  bf16: bool, multiple: int = 1) -> list[torch.Tensor]:
-    """Rewards of every response of every item: a list of (K,) tensors, in item order."""
+def run_batches(module, fn, items: list[Encoded], batch_size: int, pad_id: int, device,
+                bf16: bool, multiple: int = 1) -> list:
+    """`fn(input_ids, position_ids, mask, ends)` (the module's forward or `features`) over
+    packed batches of the items, shortest first (little padding), in eval mode. Returns, in
+    item order, each item's rows of fn's output (a tensor, or a tuple of them), on the CPU."""
+    was_training = module.training
     module.eval()
     order = sorted(range(len(items)), key=lambda i: items[i].tokens)
-    out: list[torch.Tensor] = [torch.empty(0)] * len(items)
+    out: list = [None] * len(items)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id, multiple)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            r = module(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
-        r = r.float().cpu()  # (S,)
-        for i, chunk in zip(idx, r.split([len(items[i].ids) for i in idx])):
-            out[i] = chunk
-    module.train()
+            got = fn(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
+        sizes = [len(items[i].ids) for i in idx]
+        if isinstance(got, tuple):
+            parts = zip(*(g.float().cpu().split(sizes) for g in got))
+        else:
+            parts = got.float().cpu().split(sizes)
+        for i, part in zip(idx, parts):
+            out[i] = part
+    module.train(was_training)
     return out
+
+
+def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, device,
+                  bf16: bool, multiple: int = 1) -> list[torch.Tensor]:
+    """Rewards of every response of every item: a list of (K,) tensors, in item order."""
+    return run_batches(module, module, items, batch_size, pad_id, device, bf16, multiple)
 
 
 def pair_rewards(items: list[Encoded], scores: list[torch.Tensor]):
@@ -326,6 +365,9 @@ def evaluate(items: list[Encoded], scores: list[torch.Tensor], tie_threshold: fl
         f"{prefix}accuracy_tie_aware": metrics.tie_aware_accuracy(rb, rw, tie, tie_threshold),
         f"{prefix}margin": metrics.mean_margin(rb, rw, tie),
         f"{prefix}ece": ece,
+        # Bradley-Terry loss of the strict pairs: what early stopping breaks accuracy ties with
+        f"{prefix}nll": float(np.mean(np.logaddexp(0.0, -d[strict]))) if strict.any()
+        else float("nan"),
         f"{prefix}eval_pairs": float(len(rb)),
         f"{prefix}eval_ties": float(tie.sum()),
     }
@@ -347,10 +389,14 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]), default=None)
 
 
-def save_checkpoint(accelerator, ckpt_dir: Path, step: int, history: list[dict]) -> None:
+def save_checkpoint(accelerator, ckpt_dir: Path, step: int, history: list[dict],
+                    best: Best) -> None:
     out = ckpt_dir / f"{CKPT_PREFIX}{step}"
     accelerator.save_state(str(out))
     if accelerator.is_main_process:
+        if best.state is not None:  # the weights early stopping would return
+            torch.save({"step": best.step, "key": best.key, "stale": best.stale,
+                        "state": best.state}, out / BEST_FILE)
         (out / STATE_FILE).write_text(json.dumps({"step": step, "history": history}))
         for old in ckpt_dir.glob(f"{CKPT_PREFIX}*"):  # keep the newest only
             if old != out:
@@ -358,25 +404,329 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, history: list[dict])
     accelerator.wait_for_everyone()
 
 
+def load_checkpoint(accelerator, ckpt_dir: Path) -> tuple[int, list[dict], Best]:
+    """(step, history, best) of the newest checkpoint; (0, [], Best()) when there is none."""
+    last = latest_checkpoint(ckpt_dir)
+    if last is None:
+        accelerator.print(f"no checkpoint in {ckpt_dir}: starting from the beginning")
+        return 0, [], Best()
+    accelerator.load_state(str(last))
+    state = json.loads((last / STATE_FILE).read_text())
+    best = Best()
+    if (last / BEST_FILE).exists():
+        saved = torch.load(last / BEST_FILE)
+        best = Best(saved["step"], tuple(saved["key"]), saved["state"], saved["stale"])
+    return state["step"], state["history"], best
+
+
 # ---------------------------------------------------------------------------------------------
-# the trainer
+# the trainer, phase by phase
 # ---------------------------------------------------------------------------------------------
 
-def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
-                 round: int | None = None, resume: bool = False, progress: bool = True,
-                 log_dir: str | Path | None = None, accelerator=None,
+def split_examples(examples: Sequence[Example], held_out: Sequence[Example] | None,
+                   cfg: RewardConfig) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    """1. data: (train, held-out); held-out by prompt (`cfg.eval_fraction`) unless given."""
+    if not examples:
+        raise RewardDataError("no training examples: label comparisons first")
+    if held_out is None:
+        train, held_out = split_by_prompt(examples, cfg.eval_fraction, cfg.seed)
+    else:
+        train, held_out = tuple(examples), tuple(held_out)
+    if not any(not p.tie for e in train for p in e.pairs):
+        raise RewardDataError(
+            "the training split has no strict preference (none, or only ties): label more "
+            "comparisons, or lower eval_fraction")
+    return train, held_out
+
+
+def load_model(cfg: RewardConfig, base: str, bf16: bool):
+    """2. model: (tokenizer, sequence-classification model) with the speed kernels on and no
+    adapter yet (the frozen features for the probes come from the plain backbone)."""
+    tokenizer = load_reward_tokenizer(base, cfg.max_length)
+    # Full fine-tuning: fp32 weights (the optimizer's) and bf16 autocast. LoRA under bf16:
+    # the frozen base weights in bf16 (half the memory, no cast at every forward) and the
+    # adapters and head in fp32 for the optimizer.
+    model = load_backbone(base, tokenizer, dtype=torch.bfloat16 if cfg.lora and bf16 else None)
+    use_training_attention(model)  # fp32 attention for short rows on the CPU (lm/kernels.py)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return tokenizer, model
+
+
+def add_adapter(model, cfg: RewardConfig, bf16: bool):
+    """2b. LoRA on the projections (the head trained in full), or the model as it is."""
+    if not cfg.lora:
+        return model
+    if cfg.gradient_checkpointing:  # frozen embeddings: the checkpointed input needs a grad
+        model.enable_input_require_grads()
+    model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+    if bf16:
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        keep_adapter_inputs_in_autocast_dtype(model)
+    return model
+
+
+@dataclass
+class Probes:
+    """Frozen-feature probes fitted on the training split (see probe.py)."""
+
+    last: np.ndarray  # (H,) weights on last-token features: the head's warm start
+    metrics: dict[str, float]  # held-out accuracy of each probe
+
+
+@torch.no_grad()
+def fit_probes(module: RewardModule, train_items: list[Encoded], eval_items: list[Encoded],
+               cfg: RewardConfig, pad_id: int, device, bf16: bool) -> Probes:
+    """2c. Frozen features of every response (one forward, no gradient), a probe on each
+    pooling, and their held-out accuracy: `reward/probe_accuracy` (mean pooling, the baseline
+    `rankloop train-reward` reports) and `reward/probe_last_accuracy`."""
+    feats = {"last": ([], []), "mean": ([], [])}
+    for items, side in ((train_items, 0), (eval_items, 1)):
+        for f_last, f_mean in run_batches(module, module.features, items, 2 * cfg.batch_size,
+                                          pad_id, device, bf16, cfg.pad_to_multiple_of):
+            feats["last"][side].append(f_last.numpy())
+            feats["mean"][side].append(f_mean.numpy())
+    weights, out = {}, {}
+    for pooling, (train_f, eval_f) in feats.items():
+        x, w = probe.pair_differences(train_f, [it.example.pairs for it in train_items])
+        weights[pooling] = probe.fit_probe(x, w, cfg.seed)
+        if eval_items:
+            scores = [torch.from_numpy(f @ weights[pooling]) for f in eval_f]
+            name = "reward/probe_accuracy" if pooling == "mean" else "reward/probe_last_accuracy"
+            rb, rw, tie, _ = pair_rewards(eval_items, scores)
+            out[name] = metrics.pairwise_accuracy(rb, rw, tie)
+    return Probes(last=weights["last"], metrics=out)
+
+
+def warm_start_head(model, w: np.ndarray) -> None:
+    """LP-FT: the scalar head starts as the last-token probe, r = w . h_last."""
+    head = getattr(model, head_name(model))
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w, dtype=head.weight.dtype)[None])
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+
+
+def batch_schedule(train_items: list[Encoded], cfg: RewardConfig,
+                   world: int) -> tuple[list[list[int]], int, int]:
+    """(batches of every epoch in order, optimizer steps, steps per epoch): fixed by the seed,
+    so a resumed run sees the same order; equal work for every process."""
+    lengths = [it.tokens for it in train_items]
+    per_epoch = length_grouped_batches(lengths, cfg.batch_size, cfg.seed)
+    n_batches = max(1, math.ceil(len(per_epoch) * cfg.epochs))
+    schedule, epoch = [], 0
+    while len(schedule) < n_batches:
+        schedule += per_epoch if epoch == 0 else length_grouped_batches(
+            lengths, cfg.batch_size, cfg.seed + epoch)
+        epoch += 1
+    per_step = world * cfg.grad_accum
+    steps_total = max(1, n_batches // per_step)
+    steps_per_epoch = max(1, len(per_epoch) // per_step)
+    return schedule[:steps_total * per_step], steps_total, steps_per_epoch
+
+
+@dataclass
+class Best:
+    """The held-out evaluation that selects the model (early stopping): the best one so far,
+    the trainable weights it had, and how many evaluations since it."""
+
+    step: int = -1
+    key: tuple = ()
+    state: dict | None = None
+    stale: int = 0
+
+    def offer(self, step: int, ev: dict, module) -> bool:
+        """Keep `module`'s trainable weights if `ev` beats the best: higher held-out accuracy,
+        then lower held-out loss. Returns whether it did."""
+        key = (ev["eval/accuracy"], -ev["eval/nll"])
+        if any(math.isnan(k) for k in key):
+            return False
+        if self.state is not None and key <= self.key:
+            self.stale += 1
+            return False
+        self.step, self.key, self.stale = step, key, 0
+        self.state = {n: p.detach().to("cpu", copy=True)
+                      for n, p in module.named_parameters() if p.requires_grad}
+        return True
+
+    def restore(self, module) -> None:
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for n, v in self.state.items():
+                params[n].copy_(v)
+
+
+@dataclass
+class Loop:
+    """What the optimisation loop works with (built once, used by `run_loop`)."""
+
+    accelerator: object
+    module: RewardModule
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    params: list
+    schedule: list[list[int]]
+    steps_total: int
+    steps_per_epoch: int
+    train_items: list[Encoded]
+    eval_items: list[Encoded]
+    pad_id: int
+    bf16: bool
+    compiled: bool  # the transformer blocks run through torch.compile
+
+
+def make_loop(module: RewardModule, cfg: RewardConfig, accelerator, train_items, eval_items,
+              pad_id: int, bf16: bool) -> Loop:
+    """3a. the batch schedule, AdamW, the linear schedule, accelerate's wrapping."""
+    from transformers import get_scheduler
+
+    device = accelerator.device
+    schedule, steps_total, steps_per_epoch = batch_schedule(train_items, cfg,
+                                                            accelerator.num_processes)
+    compiled = use_compile(cfg.compile, steps_total, device.type)
+    if compiled:  # marks the blocks; the compile itself happens in the first step
+        compile_blocks(module.model)
+    params = [p for p in module.parameters() if p.requires_grad]
+    # fused: one kernel over all parameters (faster steps for full fine-tuning)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    # stepped once per optimizer step by the loop (accelerate would step it once per process)
+    scheduler = get_scheduler("linear", optimizer,
+                              num_warmup_steps=int(cfg.warmup_ratio * steps_total),
+                              num_training_steps=steps_total)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    return Loop(accelerator, module, optimizer, scheduler, params, schedule, steps_total,
+                steps_per_epoch, train_items, eval_items, pad_id, bf16, compiled)
+
+
+def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, float], int]:
+    """3b. one optimizer step (grad_accum micro-batches): (its statistics, tokens seen)."""
+    acc, world = loop.accelerator, loop.accelerator.num_processes
+    device, tokens = acc.device, 0
+    for micro in range(cfg.grad_accum):
+        k = (step * cfg.grad_accum + micro) * world + acc.process_index
+        batch = collate([loop.train_items[i] for i in loop.schedule[k]], loop.pad_id,
+                        cfg.pad_to_multiple_of).to(device)
+        tokens += batch.tokens
+        with acc.accumulate(loop.module):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.bf16):
+                r = loop.module(batch.input_ids, batch.position_ids, batch.mask,
+                                batch.ends)  # (S,)
+            loss, stats = batch_loss(cfg, r.float(), batch, acc.unwrap_model(loop.module).log_tie)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                if cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(loop.params, cfg.max_grad_norm)
+                loop.optimizer.step()
+                loop.scheduler.step()
+                loop.optimizer.zero_grad(set_to_none=True)
+    logged = {k: float(v) for k, v in stats.items()}
+    logged["reward/lr"] = loop.scheduler.get_last_lr()[0]
+    return logged, tokens
+
+
+def evaluate_now(loop: Loop, cfg: RewardConfig) -> dict[str, float]:
+    """Held-out metrics of the model as it is now, named eval/..."""
+    scores = score_encoded(loop.module, loop.eval_items, 2 * cfg.batch_size, loop.pad_id,
+                           loop.accelerator.device, loop.bf16, cfg.pad_to_multiple_of)
+    return evaluate(loop.eval_items, scores, 0.0, prefix="eval/")
+
+
+def run_loop(loop: Loop, cfg: RewardConfig, *, step: int, history: list[dict], best: Best,
+             stop: int, ckpt_dir: Path, progress: bool,
+             on_step: Callable[[dict], None] | None) -> tuple[int, int]:
+    """3c. the optimisation loop, from `step` to `stop`: (last step, tokens seen).
+
+    With `select_best`, the held-out split is evaluated at every epoch's end (and every
+    `eval_every` steps); the best weights are kept (`best`) and the loop stops once `patience`
+    evaluations in a row did not beat them."""
+    acc = loop.accelerator
+    bar = tqdm(total=stop, initial=step, desc="reward model", unit="step",
+               disable=not (progress and acc.is_local_main_process))
+    loop.module.train()
+    run_loss = run_acc = None
+    tokens = 0
+    select = cfg.select_best and bool(loop.eval_items)
+    while step < stop:
+        logged, n = train_step(loop, cfg, step)
+        tokens += n
+        step += 1
+        history.append({"step": step, **logged})
+        # exponential moving averages keep the progress bar readable
+        run_loss = logged["reward/loss"] if run_loss is None \
+            else 0.9 * run_loss + 0.1 * logged["reward/loss"]
+        run_acc = logged["reward/accuracy"] if run_acc is None \
+            else 0.9 * run_acc + 0.1 * logged["reward/accuracy"]
+        bar.set_postfix(loss=f"{run_loss:.4f}", acc=f"{run_acc:.3f}")
+        bar.update(1)
+        if cfg.log_with:
+            acc.log(logged, step=step)
+        epoch_end = step % loop.steps_per_epoch == 0 or step == loop.steps_total
+        if loop.eval_items and ((select and epoch_end)
+                                or (cfg.eval_every and step % cfg.eval_every == 0)):
+            ev = evaluate_now(loop, cfg)
+            history[-1].update(ev)
+            if cfg.log_with:
+                acc.log(ev, step=step)
+            if select:
+                best.offer(step, ev, acc.unwrap_model(loop.module))
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < stop:
+            save_checkpoint(acc, ckpt_dir, step, history, best)
+        if on_step is not None:
+            on_step(history[-1])
+        if select and cfg.patience and best.stale >= cfg.patience:
+            break  # early stopping: the held-out split stopped improving
+    bar.close()
+    return step, tokens
+
+
+def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict]:
+    """4. (metrics, reward statistics): training-set statistics (the reward's mean and std for
+    PPO, the tie threshold) and the held-out metrics (docs/reward.md)."""
+    acc = loop.accelerator
+    train_scores = score_encoded(loop.module, loop.train_items, 2 * cfg.batch_size,
+                                 loop.pad_id, acc.device, loop.bf16, cfg.pad_to_multiple_of)
+    flat = torch.cat(train_scores)
+    rb, rw, tie, _ = pair_rewards(loop.train_items, train_scores)
+    threshold = fit_tie_threshold(rb, rw, tie)
+    out = {
+        "reward/train_pairs": float(len(rb)),
+        "reward/train_accuracy": metrics.pairwise_accuracy(rb, rw, tie),
+        "reward/tie_threshold": threshold,
+        "reward/mean": float(flat.mean()),
+        "reward/std": float(flat.std()) if flat.numel() > 1 else 1.0,
+    }
+    if cfg.loss in ("rao-kupper", "davidson"):
+        name = "reward/epsilon" if cfg.loss == "rao-kupper" else "reward/nu"
+        out[name] = float(acc.unwrap_model(loop.module).log_tie.detach().exp())
+    if loop.eval_items:
+        scores = score_encoded(loop.module, loop.eval_items, 2 * cfg.batch_size, loop.pad_id,
+                               acc.device, loop.bf16, cfg.pad_to_multiple_of)
+        out.update(evaluate(loop.eval_items, scores, threshold))
+    return out, {"mean": out["reward/mean"], "std": out["reward/std"], "n": int(flat.numel())}
+
+
+def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | Path, *,
+                 base: str, held_out: Sequence[Example] | None = None, resume: bool = False,
+                 progress: bool = True, log_dir: str | Path | None = None, accelerator=None,
                  max_steps: int | None = None,
                  on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Fit a reward model on the labels of comparisons up to `round` and save it to `out_dir`.
+    """Fit a reward model on `examples` (see pairs.py: from a store with `build_examples`, or
+    from plain data with `pairwise_example` / `ranking_example`) and save it to `out_dir`.
 
-    Checkpoints go to `out_dir` + "-checkpoints" (every `cfg.checkpoint_every` steps);
-    `resume=True` continues from the newest one. `max_steps` stops early (for tests and
-    benchmarks); the learning-rate schedule still spans the whole run. `on_step(row)` is called
-    with each optimizer step's statistics (the row `history` gets) once the step, its
-    evaluation and its checkpoint are done.
+    `held_out` examples are the evaluation split; None splits `examples` by prompt
+    (`cfg.eval_fraction`). Checkpoints go to `out_dir` + "-checkpoints" (every
+    `cfg.checkpoint_every` steps); `resume=True` continues from the newest one. `max_steps`
+    stops early (for tests and benchmarks); the learning-rate schedule still spans the whole
+    run. `on_step(row)` is called with each optimizer step's statistics (the row `history`
+    gets) once the step, its evaluation and its checkpoint are done.
     """
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     from rankloop.lm.device import new_accelerator
 
@@ -386,14 +736,7 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     ckpt_dir = out_dir.with_name(out_dir.name + "-checkpoints")
 
     # 1. data ----------------------------------------------------------------------------------
-    data = build_examples(store, round, both_bad=cfg.both_bad, aggregate=cfg.aggregate,
-                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much)
-    check_trainable(data, round)
-    train_ex, eval_ex = split_by_prompt(data.examples, cfg.eval_fraction, cfg.seed)
-    if not any(not p.tie for e in train_ex for p in e.pairs):
-        raise RewardDataError(
-            "the training split has only ties: label more comparisons, or lower eval_fraction")
-
+    train_ex, eval_ex = split_examples(examples, held_out, cfg)
     if accelerator is None:
         accelerator = new_accelerator(
             mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum,
@@ -402,155 +745,45 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     bf16 = use_bf16(cfg.bf16, device)
     set_seed(cfg.seed)
 
-    # 2. model ---------------------------------------------------------------------------------
-    tokenizer = load_reward_tokenizer(base, cfg.max_length)
-    # Full fine-tuning: fp32 weights (the optimizer's) and bf16 autocast. LoRA under bf16:
-    # the frozen base weights in bf16 (half the memory, no cast at every forward) and the
-    # adapters and head in fp32 for the optimizer.
-    lora_bf16 = cfg.lora and bf16
-    model = load_backbone(base, tokenizer, dtype=torch.bfloat16 if lora_bf16 else None)
-    use_training_attention(model)  # fp32 attention for short rows on the CPU (lm/kernels.py)
-    if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora:
-        if cfg.gradient_checkpointing:  # frozen embeddings: the checkpointed input needs a grad
-            model.enable_input_require_grads()
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                         cfg.target_modules)
-        if lora_bf16:
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-            keep_adapter_inputs_in_autocast_dtype(model)
-    model.config.use_cache = False
+    # 2. model, frozen-feature probes, the head's warm start -----------------------------------
+    tokenizer, model = load_model(cfg, base, bf16)
+    train_items = encode(tokenizer, train_ex, cfg.max_length)
+    eval_items = encode(tokenizer, eval_ex, cfg.max_length)
+    pad = tokenizer.pad_token_id
+    probe_metrics = {}
+    if (cfg.warm_start or eval_items) and not resume:
+        probes = fit_probes(RewardModule(model, 0.0).to(device), train_items, eval_items, cfg,
+                            pad, device, bf16)
+        probe_metrics = probes.metrics
+        if cfg.warm_start:
+            warm_start_head(model, probes.last)
+    model = add_adapter(model, cfg, bf16)
     module = RewardModule(model, INITIAL_LOG_TIE)
     module.log_tie.requires_grad_(cfg.loss in ("rao-kupper", "davidson"))
 
-    def encode(examples):
-        return [Encoded(e, tokenize(tokenizer, [format_text(tokenizer, e.prompt, r)
-                                                for r in e.responses], cfg.max_length))
-                for e in examples]
-
-    train_items, eval_items = encode(train_ex), encode(eval_ex)
-
-    # batches of every epoch, fixed by the seed, so a resumed run sees the same order
-    per_epoch = length_grouped_batches([it.tokens for it in train_items], cfg.batch_size,
-                                       cfg.seed)
-    n_batches = max(1, math.ceil(len(per_epoch) * cfg.epochs))
-    schedule = []
-    epoch = 0
-    while len(schedule) < n_batches:
-        schedule += (per_epoch if epoch == 0 else length_grouped_batches(
-            [it.tokens for it in train_items], cfg.batch_size, cfg.seed + epoch))
-        epoch += 1
-    schedule = schedule[:n_batches]
-    world = accelerator.num_processes
-    steps_total = max(1, len(schedule) // (world * cfg.grad_accum))
-    schedule = schedule[:steps_total * world * cfg.grad_accum]  # equal work for every process
-    compiled = use_compile(cfg.compile, steps_total, device.type)
-    if compiled:  # marks the blocks; the compile itself happens in the first step
-        compile_blocks(model)
-
-    params = [p for p in module.parameters() if p.requires_grad]
-    # fused: one kernel over all parameters (0.3 s instead of 0.45 s per step for 135M)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
-    # stepped once per optimizer step by this loop (not prepared: accelerate would step it once
-    # per process)
-    scheduler = get_scheduler("linear", optimizer,
-                              num_warmup_steps=int(cfg.warmup_ratio * steps_total),
-                              num_training_steps=steps_total)
-    module, optimizer = accelerator.prepare(module, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    step, history = 0, []
+    # 3. loop ----------------------------------------------------------------------------------
+    loop = make_loop(module, cfg, accelerator, train_items, eval_items, pad, bf16)
+    step, history, best = 0, [], Best()
     if resume:
-        last = latest_checkpoint(ckpt_dir)
-        if last is None:
-            accelerator.print(f"no checkpoint in {ckpt_dir}: starting from the beginning")
-        else:
-            accelerator.load_state(str(last))
-            state = json.loads((last / STATE_FILE).read_text())
-            step, history = state["step"], state["history"]
+        step, history, best = load_checkpoint(accelerator, ckpt_dir)
+    elif cfg.select_best and eval_items:  # step 0 (the warm start alone) is a candidate too
+        best.offer(0, evaluate_now(loop, cfg), accelerator.unwrap_model(loop.module))
     if cfg.log_with:
         accelerator.init_trackers("rankloop-reward", config=asdict(cfg))
-
-    # 3. loop ----------------------------------------------------------------------------------
-    stop = min(steps_total, max_steps) if max_steps else steps_total
-    bar = tqdm(total=stop, initial=step, desc="reward model", unit="step",
-               disable=not (progress and accelerator.is_local_main_process))
-    module.train()
-    pad = tokenizer.pad_token_id
-    run_loss = run_acc = None
-    train_tokens = 0
+    stop = min(loop.steps_total, max_steps) if max_steps else loop.steps_total
     t_loop = time.perf_counter()
-    while step < stop:
-        for micro in range(cfg.grad_accum):
-            k = (step * cfg.grad_accum + micro) * world + accelerator.process_index
-            batch = collate([train_items[i] for i in schedule[k]], pad,
-                            cfg.pad_to_multiple_of).to(device)
-            train_tokens += batch.tokens
-            with accelerator.accumulate(module):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    r = module(batch.input_ids, batch.position_ids, batch.mask,
-                               batch.ends)  # (S,)
-                loss, stats = batch_loss(cfg, r.float(), batch,
-                                         accelerator.unwrap_model(module).log_tie)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-        step += 1
-        logged = {k: float(v) for k, v in stats.items()}
-        logged["reward/lr"] = scheduler.get_last_lr()[0]
-        history.append({"step": step, **logged})
-        run_loss = logged["reward/loss"] if run_loss is None else 0.9 * run_loss + 0.1 * logged["reward/loss"]
-        acc = logged["reward/accuracy"]
-        run_acc = acc if run_acc is None else 0.9 * run_acc + 0.1 * acc
-        bar.set_postfix(loss=f"{run_loss:.4f}", acc=f"{run_acc:.3f}")
-        bar.update(1)
-        if cfg.log_with:
-            accelerator.log(logged, step=step)
-        if cfg.eval_every and step % cfg.eval_every == 0 and eval_items and step < stop:
-            scores = score_encoded(module, eval_items, 2 * cfg.batch_size, pad, device, bf16,
-                                   cfg.pad_to_multiple_of)
-            ev = evaluate(eval_items, scores, 0.0, prefix="eval/")
-            history[-1].update(ev)
-            if cfg.log_with:
-                accelerator.log(ev, step=step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < stop:
-            save_checkpoint(accelerator, ckpt_dir, step, history)
-        if on_step is not None:
-            on_step(history[-1])
-    bar.close()
+    step, tokens = run_loop(loop, cfg, step=step, history=history, best=best, stop=stop,
+                            ckpt_dir=ckpt_dir, progress=progress, on_step=on_step)
     loop_seconds = time.perf_counter() - t_loop
     train_seconds = time.perf_counter() - t0
+    if best.state is not None:
+        best.restore(accelerator.unwrap_model(loop.module))
 
     # 4. evaluation and reward statistics ------------------------------------------------------
-    train_scores = score_encoded(module, train_items, 2 * cfg.batch_size, pad, device, bf16,
-                                   cfg.pad_to_multiple_of)
-    flat = torch.cat(train_scores)
-    threshold = fit_tie_threshold(*pair_rewards(train_items, train_scores)[:3])
-    result_metrics = {
-        "reward/train_pairs": float(sum(len(it.example.pairs) for it in train_items)),
-        "reward/train_accuracy": metrics.pairwise_accuracy(
-            *pair_rewards(train_items, train_scores)[:3]),
-        "reward/disagreement": data.disagreement,
-        "reward/tie_threshold": threshold,
-        "reward/mean": float(flat.mean()),
-        "reward/std": float(flat.std()) if flat.numel() > 1 else 1.0,
-    }
-    if cfg.loss in ("rao-kupper", "davidson"):
-        name = "reward/epsilon" if cfg.loss == "rao-kupper" else "reward/nu"
-        result_metrics[name] = float(accelerator.unwrap_model(module).log_tie.detach().exp())
-    if eval_items:
-        scores = score_encoded(module, eval_items, 2 * cfg.batch_size, pad, device, bf16,
-                                   cfg.pad_to_multiple_of)
-        result_metrics.update(evaluate(eval_items, scores, threshold))
+    result_metrics, stats = final_metrics(loop, cfg)
+    result_metrics.update(probe_metrics)
+    if best.state is not None:
+        result_metrics["reward/best_step"] = float(best.step)
     if cfg.log_with:
         accelerator.log(result_metrics, step=step)
         accelerator.end_training()
@@ -560,17 +793,17 @@ def train_reward(store, cfg: RewardConfig, out_dir: str | Path, *, base: str,
     # the one malloc_trim of the run (see lm/kernels.py): training and scoring are done,
     # and the merge below needs room for an fp32 copy of the model
     release_freed_memory()
+    stopped_early = best.state is not None and cfg.patience and best.stale >= cfg.patience
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(module).model, tokenizer, out_dir, cfg,
-                   {"mean": result_metrics["reward/mean"], "std": result_metrics["reward/std"],
-                    "n": int(flat.numel())})
-        if ckpt_dir.exists() and step >= steps_total:
+        save_model(accelerator.unwrap_model(loop.module).model, tokenizer, out_dir, cfg, stats)
+        if ckpt_dir.exists() and (step >= loop.steps_total or stopped_early):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are spent
     accelerator.wait_for_everyone()
     return TrainResult(path=out_dir, metrics=result_metrics, steps=step,
                        train_examples=len(train_items), eval_examples=len(eval_items),
-                       seconds=train_seconds, train_tokens=train_tokens,
-                       loop_seconds=loop_seconds, history=history, compiled=compiled)
+                       seconds=train_seconds, train_tokens=tokens,
+                       loop_seconds=loop_seconds, history=history,
+                       compiled=loop.compiled)
 
 
 def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) -> None:

@@ -34,10 +34,22 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
     assert project.store.rounds() == []
 
     simulate_labels(project.store, 24, seed=5)
+    open_cid = project.store.add_comparison_texts("an open question", ["good sea", "lazy sea"])
     out = run("train-reward", "--project", root, "--full", "--lr", "1e-3", "--eval-fraction",
               "0.25", "--batch-size", "4")
     assert out.exit_code == 0, out.output
+    # the open comparison's responses were scored by the new model for the uncertainty order
+    rids = project.store.comparison(open_cid).response_ids
+    stored = dict(project.store.db.execute(
+        "select response_id, score from response_scores where reward_model = 'rounds/0/reward'"
+    ).fetchall())
+    assert sorted(stored) == sorted(rids)
+    fresh = RewardScorer.from_pretrained(root / "rounds/0/reward").score(
+        ["an open question"] * 2, ["good sea", "lazy sea"]).tolist()
+    assert [stored[r] for r in rids] == pytest.approx(fresh, abs=1e-4)
+    assert "Scored 2 responses of the open comparisons" in out.output
     assert "Round 0: reward model saved to" in out.output
+    assert "held-out accuracy" in out.output and "frozen-feature probe baseline" in out.output
     r0 = project.store.round(0)
     assert r0.reward_model == "rounds/0/reward"
     assert (root / "rounds/0/reward/reward_stats.json").exists()
@@ -77,7 +89,13 @@ def test_score_rejects_bad_rows_and_missing_models(project, tmp_path):
     assert read_score_rows(odd) == [{"prompt": "p\x85q", "response": "r\u2028s"}]
     bad.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n')
     out = run("score", bad, "--output", tmp_path / "o.jsonl", "--project", project.root)
-    assert out.exit_code == 1 and "bad.jsonl:2: each row needs `prompt` and `response`" in out.output
+    assert out.exit_code == 1 and "bad.jsonl: line 2: each row needs `prompt` and `response`" \
+        in out.output
+    bad.write_text('{"prompt": [{"role": "user", "content": "p"}, {"role": "assistant", '
+                   '"content": "a"}], "response": "r"}\n')
+    out = run("score", bad, "--output", tmp_path / "o.jsonl", "--project", project.root)
+    assert out.exit_code == 1 and "bad.jsonl: line 1: the conversation in 'prompt' must end " \
+        "with a user turn" in out.output
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "p", "response": "r"}\n')
     out = run("score", good, "--output", tmp_path / "o.jsonl", "--project", project.root)
@@ -150,3 +168,14 @@ def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
     assert (seen[0].compile, seen[0].gradient_checkpointing) == ("yes", True)
     assert (seen[1].compile, seen[1].gradient_checkpointing) == ("auto", False)  # the defaults
     assert seen[2].compile == "no"
+
+
+def test_heldout_summary_warns_when_the_probe_baseline_is_not_beaten():
+    from rankloop.app.commands.reward import heldout_summary
+
+    m = {"reward/accuracy": 0.75, "reward/eval_pairs": 40.0, "reward/probe_accuracy": 0.7}
+    assert heldout_summary(m) == ("held-out accuracy 0.750 (40 pairs); frozen-feature probe "
+                                  "baseline 0.700")
+    low = heldout_summary({**m, "reward/probe_accuracy": 0.75})
+    assert low.splitlines()[1].startswith("  warning: the reward model does not beat a linear")
+    assert heldout_summary({"reward/accuracy": float("nan")}).startswith("no held-out split")

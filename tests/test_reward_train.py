@@ -13,7 +13,7 @@ from rankloop.data.store import Store
 from rankloop.reward.config import RewardConfig
 from rankloop.reward.metrics import best_achievable_accuracy
 from rankloop.reward.model import format_text
-from rankloop.reward.pairs import RewardDataError
+from rankloop.reward.pairs import RewardDataError, build_examples, pairwise_example
 from rankloop.reward.scoring import RewardScorer
 from rankloop.reward.train import RewardModule, length_grouped_batches, pack, train_reward
 
@@ -23,6 +23,11 @@ from simulate import SimulatedTask, simulate_labels, simulate_pairs
 FAST = dict(batch_size=16, warmup_ratio=0.0, eval_fraction=0.25, bf16="no", compile="no")
 
 
+def labeled(store):
+    """The store's labels as training examples (what `rankloop train-reward` passes)."""
+    return build_examples(store).examples
+
+
 @pytest.fixture(scope="module")
 def keyword_run(tmp_path_factory, tiny_lm_dir):
     """Full fine-tuning of the tiny model on 400 simulated keyword preferences."""
@@ -30,7 +35,7 @@ def keyword_run(tmp_path_factory, tiny_lm_dir):
     diffs = simulate_labels(store, 400, seed=0)
     out = tmp_path_factory.mktemp("rm") / "reward"
     cfg = RewardConfig(lora=False, lr=3e-3, epochs=3, **FAST)
-    result = train_reward(store, cfg, out, base=str(tiny_lm_dir), progress=False)
+    result = train_reward(labeled(store), cfg, out, base=str(tiny_lm_dir), progress=False)
     yield store, diffs, result
     store.close()
 
@@ -89,11 +94,11 @@ def test_lora_head_trained_merged_and_adapter_save(tmp_path, tiny_lm_dir, fresh_
     # bf16: the frozen base trains in bf16, the adapters and head in fp32, the merge in fp32
     cfg = RewardConfig(lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=8, eval_fraction=0.25,
                        bf16="yes")
-    merged = train_reward(fresh_store, cfg, tmp_path / "merged", base=str(tiny_lm_dir),
+    merged = train_reward(labeled(fresh_store), cfg, tmp_path / "merged", base=str(tiny_lm_dir),
                           progress=False)
     files = {p.name for p in merged.path.iterdir()}
     assert "adapter_config.json" not in files and "model.safetensors" in files
-    adapter = train_reward(fresh_store, RewardConfig(**{**cfg.__dict__, "merge_lora": False}),
+    adapter = train_reward(labeled(fresh_store), RewardConfig(**{**cfg.__dict__, "merge_lora": False}),
                            tmp_path / "adapter", base=str(tiny_lm_dir), progress=False)
     assert (adapter.path / "adapter_config.json").exists()
     texts = (["a prompt"] * 3, ["good day", "the sea", "no"])
@@ -118,18 +123,20 @@ def test_lora_head_trained_merged_and_adapter_save(tmp_path, tiny_lm_dir, fresh_
 
 def test_resume_continues_to_the_same_model(tmp_path, tiny_lm_dir, fresh_store):
     simulate_labels(fresh_store, 40, seed=2)
+    # select_best stays on (the best weights so far travel in the checkpoint); patience 0
+    # runs every step
     cfg = RewardConfig(lora=False, lr=1e-3, epochs=1, batch_size=6, eval_fraction=0.2,
-                       checkpoint_every=2, bf16="no")
+                       checkpoint_every=2, bf16="no", patience=0)
     rows = []
-    straight = train_reward(fresh_store, cfg, tmp_path / "a", base=str(tiny_lm_dir),
+    straight = train_reward(labeled(fresh_store), cfg, tmp_path / "a", base=str(tiny_lm_dir),
                             progress=False, on_step=rows.append)
     assert straight.steps == 6  # 32 training comparisons / 6 = 6 batches (last one short)
     assert rows == straight.history and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    stopped = train_reward(fresh_store, cfg, tmp_path / "b", base=str(tiny_lm_dir),
+    stopped = train_reward(labeled(fresh_store), cfg, tmp_path / "b", base=str(tiny_lm_dir),
                            progress=False, max_steps=3)
     assert stopped.steps == 3
     assert [p.name for p in (tmp_path / "b-checkpoints").iterdir()] == ["step-2"]
-    resumed = train_reward(fresh_store, cfg, tmp_path / "b", base=str(tiny_lm_dir),
+    resumed = train_reward(labeled(fresh_store), cfg, tmp_path / "b", base=str(tiny_lm_dir),
                            progress=False, resume=True)
     assert resumed.steps == 6 and [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
     assert not (tmp_path / "b-checkpoints").exists()  # spent once the run finished
@@ -157,7 +164,7 @@ def _ranked_with_ties(store, n, seed):
 def test_tie_models_and_rankings_learn(loss, tmp_path, tiny_lm_dir, fresh_store):
     _ranked_with_ties(fresh_store, 80, seed=3)
     cfg = RewardConfig(loss=loss, lora=False, lr=3e-3, epochs=4, **FAST)
-    m = train_reward(fresh_store, cfg, tmp_path / "rm", base=str(tiny_lm_dir),
+    m = train_reward(labeled(fresh_store), cfg, tmp_path / "rm", base=str(tiny_lm_dir),
                      progress=False).metrics
     assert m["reward/eval_pairs"] == 60.0 and m["reward/eval_ties"] == 20.0  # 3 pairs x 20
     assert m["reward/accuracy"] > 0.9  # a keyword response beats the one without
@@ -171,28 +178,51 @@ def test_rao_kupper_learns_its_tie_threshold(tmp_path, tiny_lm_dir, fresh_store)
     _ranked_with_ties(fresh_store, 16, seed=4)
     cfg = RewardConfig(loss="rao-kupper", lora=False, lr=0.05, epochs=3, batch_size=4,
                        eval_fraction=0.25, warmup_ratio=0.0)
-    m = train_reward(fresh_store, cfg, tmp_path / "rm", base=str(tiny_lm_dir),
+    m = train_reward(labeled(fresh_store), cfg, tmp_path / "rm", base=str(tiny_lm_dir),
                      progress=False).metrics
     # a third of the pairs are ties: eps grows from its start at 0.5
     assert m["reward/epsilon"] > 0.5
 
 
-def test_clear_errors(tmp_path, tiny_lm_dir, fresh_store):
+def test_clear_errors(tmp_path, tiny_lm_dir):
     cfg = RewardConfig()
-    with pytest.raises(RewardDataError, match="no labels up to round 0"):
-        train_reward(fresh_store, cfg, tmp_path / "x", base=str(tiny_lm_dir), round=0)
-    ann = fresh_store.external_annotator("a")
-    cid = fresh_store.add_comparison_texts("p", ["x", "y"])
-    fresh_store.add_label(Label.pairwise(cid, ann.id, fresh_store.comparison(cid).response_ids,
-                                         "tie"))
-    with pytest.raises(RewardDataError, match="single label class"):
-        train_reward(fresh_store, cfg, tmp_path / "x", base=str(tiny_lm_dir))
-    cid = fresh_store.add_comparison_texts("p", ["x", "z"])
-    fresh_store.add_label(Label.pairwise(cid, ann.id, fresh_store.comparison(cid).response_ids,
-                                         "A"))
+    with pytest.raises(RewardDataError, match="no training examples"):
+        train_reward([], cfg, tmp_path / "x", base=str(tiny_lm_dir))
+    ties = [pairwise_example(f"p{i}", "x", "y", tie=True) for i in range(4)]
+    with pytest.raises(RewardDataError, match="no strict preference"):
+        train_reward(ties, cfg, tmp_path / "x", base=str(tiny_lm_dir))
+    one_prompt = [pairwise_example("p", "x", "y"), pairwise_example("p", "x", "z")]
     with pytest.raises(RewardDataError, match="held-out split by prompt needs at least 2"):
-        train_reward(fresh_store, cfg, tmp_path / "x", base=str(tiny_lm_dir))
+        train_reward(one_prompt, cfg, tmp_path / "x", base=str(tiny_lm_dir))
     assert not (tmp_path / "x").exists()
+
+
+def test_trains_on_records_that_never_saw_a_store(tmp_path, tiny_lm_dir):
+    """Examples built from plain (prompt, chosen, rejected) data, a held-out list given: no
+    Store anywhere, and the model learns the keyword task."""
+    pairs = [(p, a, b) if a_wins else (p, b, a)
+             for p, a, b, a_wins, _ in simulate_pairs(240, seed=7)]
+    train = [pairwise_example(p, c, r) for p, c, r in pairs[:200]]
+    # two held-out annotators: one labels as the task says, the other the opposite way round
+    held = [pairwise_example(p, c, r, annotator="agrees") for p, c, r in pairs[200:220]]
+    held += [pairwise_example(p, r, c, annotator="contrary") for p, c, r in pairs[220:]]
+    cfg = RewardConfig(lora=False, lr=3e-3, epochs=3, center_coef=0.01, select_best=False,
+                       **FAST)
+    result = train_reward(train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held,
+                          progress=False)
+    m = result.metrics
+    assert (result.train_examples, result.eval_examples) == (200, 40)
+    assert m["reward/eval_pairs"] == 40.0 and m["reward/train_pairs"] == 200.0
+    # simulated labels are right with probability sigma(3) = 0.95: the contrary annotator
+    # agrees with the model on the pairs the simulation got wrong, no more
+    assert m["reward/accuracy/agrees"] >= 0.8 and m["reward/accuracy/contrary"] <= 0.2
+    assert m["reward/accuracy"] == pytest.approx(
+        (m["reward/accuracy/agrees"] + m["reward/accuracy/contrary"]) / 2)
+    # centering was part of every step's loss
+    assert all(h["reward/centering_loss"] > 0 for h in result.history)
+    scorer = RewardScorer.from_pretrained(result.path, bf16="no")
+    assert bool((scorer.score(["q"] * 2, ["good fox", "sea good"])
+                 > scorer.score(["q"] * 2, ["the fox", "sea wind"])).all())
 
 
 def test_length_grouped_batches_cover_everything_once_with_little_padding():
@@ -207,11 +237,13 @@ def test_compiled_blocks_train_the_same_model(tmp_path, tiny_lm_dir, fresh_store
     """`compile = true` compiles every transformer block; the steps and the saved model match
     the eager run's (inductor reorders float arithmetic, so not bit for bit)."""
     simulate_labels(fresh_store, 24, seed=4)
+    # a random head (no warm start): the probe's larger weights would magnify inductor's
+    # reordered float arithmetic beyond the tolerance below
     cfg = RewardConfig(lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=6, eval_fraction=0.0,
-                       bf16="no")
-    eager = train_reward(fresh_store, cfg, tmp_path / "eager", base=str(tiny_lm_dir),
+                       bf16="no", warm_start=False)
+    eager = train_reward(labeled(fresh_store), cfg, tmp_path / "eager", base=str(tiny_lm_dir),
                          progress=False)
-    compiled = train_reward(fresh_store, RewardConfig(**{**cfg.__dict__, "compile": True}),
+    compiled = train_reward(labeled(fresh_store), RewardConfig(**{**cfg.__dict__, "compile": True}),
                             tmp_path / "compiled", base=str(tiny_lm_dir), progress=False)
     assert (eager.compiled, compiled.compiled) == (False, True)  # 4 steps: 'auto' stays eager
     losses = [[h["reward/loss"] for h in r.history] for r in (eager, compiled)]
@@ -267,3 +299,65 @@ def test_packed_rows_give_each_response_its_reward_alone(multiple, tiny_lm_dir):
         alone = torch.stack([model(input_ids=torch.tensor([s])).logits[0, 0]
                              for g in groups for s in g])
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_loss_applies_margins_and_centering_as_in_the_losses(tiny_lm_dir):
+    """The loss a training step takes on collated examples: Bradley-Terry with each pair's
+    margin, plus the centering term, computed by hand."""
+    from rankloop.reward.model import load_reward_tokenizer
+    from rankloop.reward.train import batch_loss, collate, encode
+
+    tok = load_reward_tokenizer(str(tiny_lm_dir), 64)
+    items = encode(tok, [pairwise_example("p", "a", "b", margin=1.5),
+                         pairwise_example("q", "c", "d")], 64)
+    batch = collate(items, tok.pad_token_id)
+    r = torch.tensor([2.0, 1.0, 0.5, 1.0])  # (S,): a, b, c, d
+    cfg = RewardConfig(center_coef=0.1)
+    loss, stats = batch_loss(cfg, r, batch, torch.tensor(0.0))
+    bt = (torch.nn.functional.softplus(-(torch.tensor(1.0) - 1.5))
+          + torch.nn.functional.softplus(-torch.tensor(-0.5))) / 2
+    centering = 0.1 * (3.0 ** 2 + 1.5 ** 2) / 2
+    assert float(loss) == pytest.approx(float(bt) + centering, rel=1e-6)
+    assert float(stats["reward/centering_loss"]) == pytest.approx(centering)
+    assert float(stats["reward/accuracy"]) == 0.5
+
+
+def _keyword_examples(n, seed, annotator=""):
+    return [pairwise_example(p, a, b, annotator=annotator) if a_wins
+            else pairwise_example(p, b, a, annotator=annotator)
+            for p, a, b, a_wins, _ in simulate_pairs(n, seed=seed)]
+
+
+def test_warm_start_makes_the_head_the_last_token_probe(tmp_path, tiny_lm_dir):
+    """LP-FT: with a learning rate too small to move anything, the saved model is the head
+    fitted on frozen features, which already ranks the keyword task; a random head does not."""
+    train, held = _keyword_examples(160, seed=8), _keyword_examples(40, seed=9)
+    cfg = RewardConfig(lora=False, lr=1e-12, epochs=1, select_best=False, **FAST)
+    warm = train_reward(train, cfg, tmp_path / "warm", base=str(tiny_lm_dir), held_out=held,
+                        progress=False).metrics
+    cold = train_reward(train, RewardConfig(**{**cfg.__dict__, "warm_start": False}),
+                        tmp_path / "cold", base=str(tiny_lm_dir), held_out=held,
+                        progress=False).metrics
+    assert warm["reward/accuracy"] == pytest.approx(warm["reward/probe_last_accuracy"])
+    assert warm["reward/accuracy"] >= 0.8 and cold["reward/accuracy"] <= 0.7
+    assert warm["reward/probe_accuracy"] >= 0.8  # the mean-pooled baseline learns it too
+
+
+def test_early_stopping_returns_the_best_checkpoint(tmp_path, tiny_lm_dir):
+    """Held-out labels that contradict the training labels: every epoch makes the held-out
+    accuracy worse, so the weights of step 0 are the ones saved, and the run stops after
+    `patience` epochs without a better evaluation."""
+    train = _keyword_examples(120, seed=10)
+    held = [pairwise_example(e.prompt, e.responses[1], e.responses[0])  # the other way round
+            for e in _keyword_examples(40, seed=11)]
+    cfg = RewardConfig(lora=False, lr=3e-3, epochs=4, warm_start=False, patience=2, **FAST)
+    result = train_reward(train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held,
+                          progress=False)
+    evals = [h["eval/accuracy"] for h in result.history if "eval/accuracy" in h]
+    assert len(evals) == 2 and result.steps == 2 * 8  # 120 / 16 = 8 steps per epoch, 2 epochs
+    assert result.metrics["reward/best_step"] == 0.0
+    assert result.metrics["reward/accuracy"] > max(evals) + 0.2
+    plain = train_reward(train, RewardConfig(**{**cfg.__dict__, "select_best": False}),
+                         tmp_path / "plain", base=str(tiny_lm_dir), held_out=held,
+                         progress=False)
+    assert plain.steps == 4 * 8 and plain.metrics["reward/accuracy"] < 0.3

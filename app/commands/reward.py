@@ -78,14 +78,28 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
                                            log=console.print)
     except RewardDataError as e:
         raise click.ClickException(str(e)) from None
-    acc = result.metrics.get("reward/accuracy")
-    held = (f"held-out accuracy {acc:.3f}" if acc is not None and not math.isnan(acc)
-            else "no held-out split")
     console.print(f"Round {round_}: reward model saved to {result.path}\n"
                   f"  {result.train_examples} training comparisons, {result.eval_examples} "
-                  f"held out; {result.steps} steps in {result.seconds:.0f} s"
-                  f"{' (compiled)' if result.compiled else ''}; {held}")
+                  f"held out; {result.steps} steps in {result.seconds:.0f} s, loop "
+                  f"{result.loop_seconds:.0f} s{' (compiled)' if result.compiled else ''}")
+    console.print(f"  {heldout_summary(result.metrics)}")
     project.close()
+
+
+def heldout_summary(m: dict) -> str:
+    """The held-out accuracy beside the frozen-feature probe's on the same split, with a warning
+    when the model does not beat that baseline (see docs/reward.md)."""
+    acc, probe = m.get("reward/accuracy"), m.get("reward/probe_accuracy")
+    if acc is None or math.isnan(acc):
+        return "no held-out split (eval_fraction = 0): nothing to compare with"
+    line = f"held-out accuracy {acc:.3f} ({int(m['reward/eval_pairs'])} pairs)"
+    if probe is None or math.isnan(probe):
+        return line
+    line += f"; frozen-feature probe baseline {probe:.3f}"
+    if acc <= probe:
+        line += ("\n  warning: the reward model does not beat a linear probe on frozen features; "
+                 "label more comparisons, or try more --epochs or another --lr")
+    return line
 
 
 @click.command("score")
@@ -128,25 +142,22 @@ def score_cmd(file, output, round_, model_path, batch_size, project_dir):
 
 
 def read_score_rows(path: Path) -> list[dict]:
-    """The rows of a JSONL file, each checked for a `prompt` and a string `response`."""
+    """The rows of a JSONL file (data/io.py's reader), each with a `prompt` as the importer
+    accepts it and a string `response`."""
+    # the importer's own checks, so `score` and `import` accept the same prompts
+    from rankloop.data.io import _parse_prompt as parse_prompt
+    from rankloop.data.io import read_jsonl
+
     rows = []
-    # split on "\n" only: str.splitlines would also cut at U+0085 / U+2028 inside a JSON string
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
+    for where, row in read_jsonl(path):
+        if "prompt" not in row or "response" not in row:
+            raise click.ClickException(f"{path}: {where}: each row needs `prompt` and `response`")
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise click.ClickException(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
-            raise click.ClickException(f"{path}:{n}: each row needs `prompt` and `response`")
-        p = row["prompt"]
-        ok_prompt = isinstance(p, str) or (isinstance(p, list) and all(
-            isinstance(m, dict) and "role" in m and "content" in m for m in p))
-        if not ok_prompt or not isinstance(row["response"], str):
-            raise click.ClickException(
-                f"{path}:{n}: `prompt` must be a string or a list of {{role, content}} turns "
-                f"and `response` a string")
+            parse_prompt(row["prompt"], "prompt")
+        except ValueError as e:
+            raise click.ClickException(f"{path}: {where}: {e}") from None
+        if not isinstance(row["response"], str):
+            raise click.ClickException(f"{path}: {where}: `response` must be a string")
         rows.append(row)
     if not rows:
         raise click.ClickException(f"{path} has no rows to score")
