@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean chromium
+.PHONY: demo demo-rounds test setup bench clean chromium
 
 # bench/<name>.py, each run on demand (results: docs/benchmarks.md); `make bench-reward` runs one.
 BENCHES := generation reward ppo labeling attention
@@ -38,6 +38,10 @@ demo: $(STAMP)
 	fi
 	$(BIN)/rankloop serve --project demo
 
+# Two whole rounds on the default model with simulated annotators (docs/rounds.md: the time).
+demo-rounds: $(STAMP)
+	$(BIN)/rankloop demo --rounds 2 --dir demo-rounds
+
 # The browser tests drive Debian's chromium: installed here when missing and we are root.
 chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
@@ -57,4 +61,4 @@ bench-%: $(STAMP)
 	flock /tmp/rankloop-cpu.lock $(BIN)/python bench/$*.py
 
 clean:
-	rm -rf $(VENV) demo build *.egg-info
+	rm -rf $(VENV) demo demo-rounds build *.egg-info

@@ -71,6 +71,7 @@ def rows(p: Project) -> dict:
         "policy files": sorted(f.name for f in (p.root / "rounds/0/policy").iterdir()),
         "folders": sorted(f.name for f in (p.root / "rounds/0").iterdir()),
         "scored": p.store.db.execute("select count(*) from response_scores").fetchone()[0],
+        "curve points": p.store.db.execute("select count(*) from round_curves").fetchone()[0],
     }
 
 
@@ -106,6 +107,7 @@ def test_a_round_killed_in_each_stage_finishes_with_the_rows_of_an_uninterrupted
     assert len([r for r in expected["responses"] if r[1] == 1]) == 32
     assert len([c for c in expected["comparisons"] if c[1] == 1]) == 16 + len(held)
     assert expected["policy files"][:2] == ["README.md", "adapter_config.json"]
+    assert expected["curve points"] > 0  # PPO's steps, for the Rounds view and the report
 
     killed = labeled_round_0(tmp_path / "killed", tiny_lm_dir)
     s = rounds.RoundSettings.of(killed)
@@ -292,3 +294,36 @@ def test_simulated_labels_train_the_reward_model_unless_told_not_to(tmp_path, ti
     with pytest.raises(RewardDataError, match="no labels up to round 0"):
         rounds.check_labels(p, 0, p.config.reward)
     p.close()
+
+
+def test_demo_runs_whole_rounds_and_ends_with_the_leaderboard_and_a_report(
+        tmp_path, tiny_lm_dir, monkeypatch):
+    from rankloop.app.commands import rounds as commands
+
+    tiny = {"generate": {"n": 2, "max_new_tokens": 4, "bf16": "no"},
+            "reward": {"bf16": "no", "compile": "no", "batch_size": 8},
+            "ppo": {"steps": 1, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
+                    "max_new_tokens": 4, "bf16": "no", "eval_every": 0},
+            "rounds": {"eval_fraction": 0.25, "eval_comparisons": 2}}
+    monkeypatch.setattr(commands, "DEMO_SETTINGS", tiny)
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--rounds", "1", "--dir", str(out), "--policy",
+                                   str(tiny_lm_dir)])
+    assert res.exit_code == 0, res.output
+    p = Project.find(out)
+    assert p.store.current_round() == 1 and len(p.store.prompts()) == 84
+    held = rounds.split_prompts(p.store.prompts(), 0.25)[1]
+    # round 1's candidates are labeled too, cross-round ones included: 2 per held-out prompt
+    assert len(p.store.cross_round_outcomes()) == 2 * len(held)
+    assert not queue_open(p)
+    for title in ("the oracle's mean score of each round's samples", "Leaderboard",
+                  "Win-rates", "Demo finished in"):
+        assert title in res.output
+    assert (out / "report.html").exists()
+    p.close()
+
+
+def queue_open(p: Project) -> list:
+    from rankloop.data import queue
+
+    return queue.open_comparisons(p.store, p.config.labeling.labels_per_comparison)

@@ -184,7 +184,9 @@ DEMO_SETTINGS = {
 @click.option("--oracle", default="tidy", show_default=True)
 @click.option("--annotators", type=int, default=3, show_default=True)
 @click.option("--noise", type=float, default=0.5, show_default=True)
-def demo_cmd(n_rounds, directory, oracle, annotators, noise):
+@click.option("--policy", default=None, help="Policy and reward backbone of a new demo project "
+              "(default: the embedded SmolLM2-135M-Instruct).")
+def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
     """Run whole rounds on the default model with simulated annotators, then the leaderboard.
 
     Creates a project with the bundled prompts, samples round 0, and for each round: simulated
@@ -200,7 +202,7 @@ def demo_cmd(n_rounds, directory, oracle, annotators, noise):
 
     t0 = time.perf_counter()
     with user_errors_block():
-        project = demo_project(directory)
+        project = demo_project(directory, policy)
         fn = load_oracle(oracle)
         store = project.store
         if not store.comparisons(round=0):
@@ -236,13 +238,13 @@ class user_errors_block:
         return False
 
 
-def demo_project(directory: Path) -> Project:
+def demo_project(directory: Path, policy: str | None = None) -> Project:
     """The demo's project: created with DEMO_SETTINGS and the bundled prompts, or reopened."""
     from rankloop.data.io import Columns, bundled_prompts, import_file
 
     if (directory / "rankloop.toml").exists():
         return Project.find(directory)
-    project = Project.init(directory)
+    project = Project.init(directory, policy=policy, reward_model=policy)
     for section, values in DEMO_SETTINGS.items():
         for key, value in values.items():
             setattr(getattr(project.config, section), key, value)
@@ -252,31 +254,21 @@ def demo_project(directory: Path) -> Project:
 
 
 def print_outcome(project: Project, oracle) -> None:
-    """The oracle's mean score of each round's samples, the win-rates and the leaderboard."""
-    from rankloop.data.leaderboard import leaderboard, policy_name, round_win_rates
+    """The oracle's mean score of each round's samples; then `rankloop leaderboard` (the
+    leaderboard and the win-rates) and `rankloop report`."""
+    from rankloop.data.leaderboard import N_BOOT, policy_name
+
+    from .measure import leaderboard_cmd, report_cmd
 
     means = rounds.oracle_means(project, oracle)
     table = Table(title="the oracle's mean score of each round's samples")
-    for col in ("round", "all prompts", "evaluation prompts", "responses"):
+    for col in ("policy", "all prompts", "evaluation prompts", "responses"):
         table.add_column(col)
     for r, (all_mean, eval_mean, n) in means.items():
         table.add_row(policy_name(r), f"{all_mean:.3f}",
                       f"{eval_mean:.3f}" if eval_mean is not None else "-", str(n))
     console.print(table)
-    matches = project.store.cross_round_outcomes()
-    table = Table(title="win-rates (simulated labels; ties count half; 95% bootstrap over "
-                        "prompts)")
-    for col in ("round", "over", "win-rate", "95% interval", "n", "prompts"):
-        table.add_column(col)
-    for w in round_win_rates(matches, by_source=False):
-        table.add_row(policy_name(w.model), policy_name(w.opponent), f"{w.rate:.3f}",
-                      f"[{w.low:.3f}, {w.high:.3f}]", str(w.n), str(w.prompts))
-    console.print(table)
-    board = leaderboard(matches)
-    table = Table(title=f"leaderboard (Bradley-Terry, Elo; {board.matches} matches)")
-    for col in ("policy", "Elo", "95% interval", "matches"):
-        table.add_column(col)
-    for rating in board.ratings:
-        table.add_row(policy_name(rating.model), f"{rating.elo:.0f}",
-                      f"[{rating.low:.0f}, {rating.high:.0f}]", str(rating.matches))
-    console.print(table)
+    ctx = click.get_current_context()
+    common = dict(sources=(), n_boot=N_BOOT, seed=0, project_dir=project.root)
+    ctx.invoke(leaderboard_cmd, as_json=False, **common)
+    ctx.invoke(report_cmd, output=None, examples=3, **common)
