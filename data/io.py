@@ -1,9 +1,12 @@
 """Import prompts, responses and preference data; export preferences as a `datasets` dataset.
 
 Import reads JSONL, CSV, Parquet or a Hugging Face dataset saved with `save_to_disk`. Every row
-is checked before anything is written, and the write is one transaction: a bad file imports
-nothing, and its error names the file, the line (or row) and the problem. Importing the same rows
-twice adds nothing (prompts, responses and comparisons are keyed by content hash).
+is checked before anything is written: a bad file imports nothing, and its error names the file,
+the line (or row) and the problem. The checked rows are then written in transactions of a
+quarter of a second, each followed by a pause, so an import of any size never keeps the
+labeling app (or another import, or a trainer) waiting longer than about one of them. Importing
+the same rows twice adds nothing (prompts, responses and comparisons are keyed by content hash):
+an import cut short (killed, the disk full) is finished by running it again.
 
 Rows are one of:
 - a prompt, optionally with responses a team already has (`response`: a string, or `responses`:
@@ -19,12 +22,15 @@ category) are kept as the prompt's metadata.
 from __future__ import annotations
 
 import codecs
+import collections
+import contextlib
 import csv
 import io
 import json
 import math
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -310,61 +316,96 @@ def _parse_row(row: dict, cols: Columns) -> _Row:
     return _Row(prompt, responses)
 
 
-def import_file(store: Store, path: str | Path, columns: Columns = Columns(),
-                source: str | None = None) -> ImportReport:
-    """Import every row of `path` in one transaction (see the module docstring)."""
+#: An import writes in transactions of about this long, each followed by a pause: a labeling
+#: app on the same database waits for at most about one of them (docs/reliability.md).
+CHUNK_SECONDS = 0.25
+#: Longer than SQLite's longest busy-handler sleep (100 ms), so every writer waiting for the
+#: lock (an annotator's label, another import, a trainer) gets it between two chunks.
+PAUSE_SECONDS = 0.12
+
+StoreAccess = Store | Callable[[], contextlib.AbstractContextManager[Store]]
+
+
+def import_file(target: StoreAccess, path: str | Path, columns: Columns = Columns(),
+                source: str | None = None, *, chunk_seconds: float = CHUNK_SECONDS,
+                pause_seconds: float = PAUSE_SECONDS) -> ImportReport:
+    """Import every row of `path` (see the module docstring): the whole file is read and
+    checked first, so a refused file writes nothing; then the rows are written in short
+    transactions with a pause after each, so other writers never wait long.
+
+    `target` is a Store, or a function giving one in a `with` block (e.g. the labeling app's
+    `StorePool`), entered once per transaction: a lock it holds is held only that long.
+    """
     path = Path(path)
     if not path.exists():
         raise ImportFileError(f"{path}: no such file")
     source = source or f"import:{path.name}"
-    parsed: list[tuple[str, _Row]] = []
+    parsed: list[_Row] = []
     for where, row in read_rows(path):
         try:
-            parsed.append((where, _parse_row(row, columns)))
+            parsed.append(_parse_row(row, columns))
         except ValueError as e:
             raise ImportFileError(f"{path}: {where}: {e}") from None
     if not parsed:
         raise ImportFileError(f"{path}: no rows to import")
 
-    counts = lambda: {t: store.db[t].count for t in  # noqa: E731
-                      ("prompts", "responses", "comparisons", "labels")}
-    before = counts()
+    access = (lambda: contextlib.nullcontext(target)) if isinstance(target, Store) else target
+    writer = _Writer(source)
+    added: collections.Counter[str] = collections.Counter()
+    done = 0
     try:
-        with store.transaction():
-            annotator = None
-            # Responses are numbered per prompt across the whole file, so several rows that
-            # bring responses to one prompt keep them apart.
-            next_index: dict[int, int] = {}
-            for where, r in parsed:
-                pid = store._add_prompt(_with_source(r.prompt, source))
-                rids = []
-                for text in r.responses:
-                    i = next_index.get(pid, 0)
-                    next_index[pid] = i + 1
-                    rids.append(store._add_response(Response(
-                        prompt_id=pid, text=text, round=0, source=source, sample_index=i)))
-                if r.preference is None:
-                    if len(set(rids)) >= 2:
-                        store._add_comparison(Comparison(pid, tuple(dict.fromkeys(rids)), 0))
-                    continue
-                chosen_id, rejected_id = rids
-                cid = store._add_comparison(Comparison(pid, (chosen_id, rejected_id), 0))
-                if annotator is None:
-                    annotator = store.external_annotator(source)
-                _, _, tie, margin = r.preference
-                if store.labels(comparison_id=cid) and any(
-                        lab.annotator_id == annotator.id for lab in store.labels(comparison_id=cid)):
-                    continue  # already imported from this source
-                store._add_label(Label.pairwise(
-                    cid, annotator.id, (chosen_id, rejected_id), "tie" if tie else "A",
-                    margin=margin, source="external"))
-    except StoreError as e:
-        raise ImportFileError(f"{path}: {e}") from e
-    after = counts()
-    return ImportReport(rows=len(parsed), prompts_added=after["prompts"] - before["prompts"],
-                        responses_added=after["responses"] - before["responses"],
-                        comparisons_added=after["comparisons"] - before["comparisons"],
-                        labels_added=after["labels"] - before["labels"])
+        while done < len(parsed):
+            with access() as store:
+                before = store.inserted.copy()
+                with store.transaction():
+                    start = time.monotonic()
+                    while done < len(parsed) and time.monotonic() - start < chunk_seconds:
+                        writer.write(store, parsed[done])
+                        done += 1
+                added.update(store.inserted - before)
+            if done < len(parsed):
+                time.sleep(pause_seconds)
+    except StoreError as e:  # the rows were checked: only a store that changed meanwhile
+        raise ImportFileError(f"{path}: {e} (the first {done} rows were imported; importing "
+                              f"the file again adds only the rest)") from e
+    return ImportReport(rows=len(parsed), prompts_added=added["prompts"],
+                        responses_added=added["responses"],
+                        comparisons_added=added["comparisons"], labels_added=added["labels"])
+
+
+class _Writer:
+    """Writes checked rows, one at a time, in whatever transaction is open."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.annotator: int | None = None  # the external source's account, once it has one
+        # Responses are numbered per prompt across the whole file, so several rows that
+        # bring responses to one prompt keep them apart.
+        self.next_index: dict[int, int] = {}
+
+    def write(self, store: Store, r: _Row) -> None:
+        pid = store._add_prompt(_with_source(r.prompt, self.source))
+        rids = []
+        for text in r.responses:
+            i = self.next_index.get(pid, 0)
+            self.next_index[pid] = i + 1
+            rids.append(store._add_response(Response(
+                prompt_id=pid, text=text, round=0, source=self.source, sample_index=i)))
+        if r.preference is None:
+            if len(set(rids)) >= 2:
+                store._add_comparison(Comparison(pid, tuple(dict.fromkeys(rids)), 0))
+            return
+        chosen_id, rejected_id = rids
+        cid = store._add_comparison(Comparison(pid, (chosen_id, rejected_id), 0))
+        if self.annotator is None:
+            self.annotator = store.external_annotator(self.source).id
+        if store.db.execute("select 1 from labels where comparison_id = ? and annotator_id = ?",
+                            [cid, self.annotator]).fetchone():
+            return  # already imported from this source
+        _, _, tie, margin = r.preference
+        store._add_label(Label.pairwise(
+            cid, self.annotator, (chosen_id, rejected_id), "tie" if tie else "A",
+            margin=margin, source="external"))
 
 
 def _with_source(p: Prompt, source: str) -> Prompt:

@@ -8,6 +8,7 @@ rolls back that migration whole (SQLite DDL is transactional).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -41,19 +42,45 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
     ran = []
     for name, fn in MIGRATIONS:
         if name not in done:
-            with db.atomic():
-                if "_migrations" not in db.table_names():
-                    db["_migrations"].create(
-                        {"id": int, "name": str, "applied_at": str}, pk="id",
-                        not_null={"name", "applied_at"})
-                fn(db)
-                db["_migrations"].insert(
-                    {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()})
-                db.execute(f"PRAGMA user_version = {len(done) + len(ran) + 1}")
-            ran.append(name)
+            with write_transaction(db):
+                # Two processes opening an older store at once: the second waits for the first
+                # (IMMEDIATE) and then finds the migration applied.
+                if name not in applied(db):
+                    if "_migrations" not in db.table_names():
+                        db["_migrations"].create(
+                            {"id": int, "name": str, "applied_at": str}, pk="id",
+                            not_null={"name", "applied_at"})
+                    fn(db)
+                    db["_migrations"].insert(
+                        {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()})
+                    db.execute(f"PRAGMA user_version = {len(applied(db))}")
+                    ran.append(name)
         if name == upto:
             break
     return ran
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database):
+    """One write transaction (a savepoint when nested) that takes SQLite's write lock at BEGIN.
+
+    BEGIN IMMEDIATE waits its turn (busy_timeout) behind another connection's writer. A
+    deferred BEGIN that read and then wrote failed at once with "database is locked" when
+    another connection had written in between (its snapshot was stale, and SQLite does not wait
+    then): e.g. two `rankloop import` runs, or an import and a trainer saving its metrics.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

@@ -14,7 +14,7 @@ from rankloop.data.io import (
     import_file,
     preference_dataset,
 )
-from rankloop.data.records import Label, Message, Prompt
+from rankloop.data.records import Label, Message, Prompt, Round
 from rankloop.data.store import Store, StoreError
 
 
@@ -191,6 +191,91 @@ def test_csv_with_extra_fields_and_unknown_type(tmp_path, fresh_store):
     with pytest.raises(ImportFileError, match="no such file"):
         import_file(fresh_store, tmp_path / "missing.jsonl")
     assert fresh_store.prompts() == []
+
+
+# -- imports beside other writers -------------------------------------------------------------
+
+def test_two_imports_and_a_trainer_writing_metrics_at_once_all_finish(tmp_path):
+    """Issue #13.2: the second of two `rankloop import` runs died with 'database is locked'
+    (a deferred transaction whose snapshot went stale). Each writer is its own connection."""
+    import threading
+
+    path = tmp_path / "rankloop.db"
+    Store.open(path).close()
+    files = [write_jsonl(tmp_path / f"f{k}.jsonl",
+                         [{"prompt": f"file {k} prompt {i}", "responses": ["yes", "no"]}
+                          for i in range(1500)]) for k in range(2)]
+    results, errors = {}, []
+
+    def run(name, fn):
+        store = Store.open(path)
+        try:
+            results[name] = fn(store)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+        finally:
+            store.close()
+
+    def trainer(store):
+        for step in range(40):  # a read then a write in one transaction, as save_round does
+            store.save_round(Round(number=1, metrics={"reward/loss": 1.0 / (step + 1)}))
+        return step
+
+    threads = [threading.Thread(target=run, args=(f"import {k}", lambda s, f=f: import_file(
+        s, f, chunk_seconds=0.02, pause_seconds=0.005))) for k, f in enumerate(files)]
+    threads.append(threading.Thread(target=run, args=("trainer", trainer)))
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    assert [(r.rows, r.prompts_added, r.comparisons_added) for k, r in sorted(results.items())
+            if k.startswith("import")] == [(1500, 1500, 1500)] * 2
+    store = Store.open(path)
+    assert table_counts(store) == {"prompts": 3000, "responses": 6000, "comparisons": 3000,
+                                   "labels": 0}
+    assert store.round(1).metrics == {"reward/loss": 1 / 40}
+    store.close()
+
+
+def test_a_big_import_lets_other_writers_in_between_short_transactions(tmp_path, monkeypatch):
+    """Issue #13.3: a 200k-row import was one 110 s transaction; annotators waited for all of
+    it. Now the lock is free between transactions of about chunk_seconds: another connection
+    writes there at once (no waiting allowed), and a refused file still writes nothing."""
+    import sqlite3
+
+    import rankloop.data.io as io_module
+
+    path = tmp_path / "rankloop.db"
+    store = Store.open(path)
+    rows = [{"prompt": f"prompt {i}", "responses": ["a", "b"]} for i in range(40)]
+    f = write_jsonl(tmp_path / "big.jsonl", rows)
+    clock = [0.0]
+
+    def monotonic():  # each reading advances it 0.05 s: 4 rows fit in a chunk of 0.25 s
+        clock[0] += 0.05
+        return clock[0]
+
+    other = sqlite3.connect(path, timeout=0)  # must get the write lock without waiting
+    pauses = []
+
+    def pause(seconds):
+        other.execute("insert into rounds (number, metrics) values (?, '{}')", [len(pauses)])
+        other.commit()
+        pauses.append(seconds)
+
+    monkeypatch.setattr(io_module.time, "monotonic", monotonic)
+    monkeypatch.setattr(io_module.time, "sleep", pause)
+    report = import_file(store, f, chunk_seconds=0.25, pause_seconds=0.12)
+    assert report.prompts_added == 40 and table_counts(store)["comparisons"] == 40
+    assert len(pauses) == 9 and set(pauses) == {0.12}  # 10 transactions of 4 rows each
+    assert store.db["rounds"].count == 9
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows + [{"prompt": " "}])  # 41 rows, bad last
+    before = table_counts(store)
+    with pytest.raises(ImportFileError, match="line 41: empty prompt"):
+        import_file(store, bad, chunk_seconds=0.25)
+    assert table_counts(store) == before
+    other.close()
+    store.close()
 
 
 # Hostile files: whatever the bytes, an import ends in a report or one ImportFileError, and a

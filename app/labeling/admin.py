@@ -243,16 +243,17 @@ def reset_secret(ctx: Ctx, username: str | None, name: str) -> str:
 
 
 def upload(ctx: Ctx, username: str | None, path: str | None) -> str:
-    """Import a prompt file with `rankloop import`'s validation (whole file or nothing)."""
+    """Import a prompt file with `rankloop import`'s validation (whole file or nothing),
+    holding the store only one short transaction at a time (annotators label meanwhile)."""
     if not path:
         return "Choose a file to upload."
     with ctx.stores() as store:
         _admin(store, username)
-        try:
-            report = import_file(store, Path(path), Columns(),
-                                 source=f"upload:{Path(path).name}")
-        except (ImportFileError, StoreError) as e:
-            return f"Nothing imported: {e}"
+    try:
+        report = import_file(ctx.stores, Path(path), Columns(),
+                             source=f"upload:{Path(path).name}")
+    except (ImportFileError, StoreError) as e:
+        return f"Nothing imported: {e}"
     return (f"Imported {report.rows} rows: {report.prompts_added} new prompts, "
             f"{report.responses_added} responses, {report.comparisons_added} comparisons, "
             f"{report.labels_added} labels.")

@@ -220,7 +220,7 @@ def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | Non
             else:
                 kw = {"positions": parse_ranking(ranking, state["k"])}
             # The label and the next lease commit together: one transaction, one fsync.
-            with queue.immediate(store):
+            with store.transaction():
                 label_id = queue.submit(
                     store, a.id, state["comparison_id"], state["request_id"],
                     strength=strength or None, rationale=rationale,
@@ -329,7 +329,7 @@ def api_label(ctx: Ctx, username: str | None, comparison_id, request_id, choice=
         a = annotator(store, username)
         k = len(store.comparison(comparison_id).response_ids)
         kw = {"choice": choice} if choice else {"positions": parse_ranking(ranking, k)}
-        with queue.immediate(store):  # the label and the next lease: one commit
+        with store.transaction():  # the label and the next lease: one commit
             label_id = queue.submit(
                 store, a.id, comparison_id, request_id, strength=strength or None,
                 rationale=rationale, seconds_spent=seconds_spent,
