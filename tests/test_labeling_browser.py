@@ -324,6 +324,7 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     type_into(page.locator("#rl-new-name input, #rl-new-name textarea"), "newbie")
     page.click("#rl-new-account")
     expect(msg).to_contain_text("Created annotator newbie")
+    newbie_secret = msg.locator("code").inner_text()
     s = db()
     assert sorted((a.name, a.role) for a in s.annotators()) == [
         ("eve", "annotator"), ("newbie", "annotator"), ("root", "admin")]
@@ -382,7 +383,13 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     expect(msg).to_contain_text("Exported 1 preference pairs (jsonl)")
     expect(page.locator('#rl-export-file [aria-label="preferences.jsonl"]')).to_have_count(1)
     link = page.locator("#rl-export-file a[data-testid=download-link]")
-    body = page.request.get(link.get_attribute("href")).text()
+    href = link.get_attribute("href")
+    body = page.request.get(href).text()
+    # Every label is in that file: an annotator who has its URL gets nothing (issue #13.9).
+    newbie = httpx.Client(base_url=url, timeout=30)
+    assert newbie.post("login", data={"username": "newbie", "password": newbie_secret}
+                       ).status_code == 200
+    assert newbie.get(href.removeprefix(url.rstrip("/"))).status_code == 403
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in map(json.loads,
                                                                  body.splitlines())] == [
         ("Flag me", "one", "two")]

@@ -5,8 +5,9 @@
 docs/labeling.md.
 """
 
+from .guard import authenticator
 from .handlers import Ctx, Page
 from .store_pool import StorePool
-from .ui import LabelingApp, authenticator, build_app
+from .ui import LabelingApp, build_app
 
 __all__ = ["Ctx", "LabelingApp", "Page", "StorePool", "authenticator", "build_app"]

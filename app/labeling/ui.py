@@ -14,19 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from rankloop.app.config import LabelingConfig
-from rankloop.data.store import Store, check_secret, unknown_user_hash
+from rankloop.data.store import Store, unknown_user_hash
 
 from . import admin, handlers
 from .admin_tab import build_admin_tab
 from .api import build_api
 from .events import guarded
+from .guard import Guard, authenticator
 from .handlers import Ctx
 from .label_tab import CSS, HEAD, build_label_tab
 from .store_pool import StorePool
 
 AUTH_MESSAGE = "Log in with the name and secret from `rankloop annotator add`."
+MAX_UPLOAD = "100mb"  # an admin's prompt file (about 100k prompts); nobody else uploads
 
 
 @dataclass
@@ -42,10 +45,11 @@ class LabelingApp:
         runs in a background thread (tests, benchmarks) until `close()`."""
         unknown_user_hash()  # made now, so the first login of an unknown name costs no more
         _, url, _ = self.blocks.launch(
-            server_name=host, server_port=port, auth=authenticator(self.ctx.stores),
+            server_name=host, server_port=port, auth=authenticator(self.ctx),
             auth_message=AUTH_MESSAGE, show_error=True, quiet=True,
             max_threads=max(40, 2 * self.ctx.config.concurrency), footer_links=[],
-            prevent_thread_lock=True, head=HEAD, css=CSS)
+            max_file_size=MAX_UPLOAD, prevent_thread_lock=True, head=HEAD, css=CSS,
+            app_kwargs={"middleware": [Middleware(Guard, ctx=self.ctx)]})
         self.ctx.sessions.attach(self.blocks.server_app.tokens)
         if block:
             self.blocks.block_thread()
@@ -56,17 +60,6 @@ class LabelingApp:
         self.blocks.close()
         self.ctx.stores.close()
         self.export_dir.cleanup()
-
-
-def authenticator(stores: StorePool):
-    """`launch(auth=...)`: a name and secret checked against the store's PBKDF2 hashes."""
-
-    def check(name: str, secret: str) -> bool:
-        with stores() as store:  # a quick read; the hash is checked without the store
-            got = store.credentials(name)
-        return check_secret(secret, got[1] if got else unknown_user_hash()) and got is not None
-
-    return check
 
 
 def _as_stores(source: StorePool | Store | str | Path) -> StorePool:
