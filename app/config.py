@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankloop.lm.loading import DEFAULT_MODEL
-from rankloop.ppo.config import PPOConfig
+from rankloop.ppo.config import DPOConfig, PPOConfig
 from rankloop.reward.config import RewardConfig
 from rankloop.settings import ConfigError, from_table, render_toml
 
@@ -127,6 +127,10 @@ class RoundsConfig:
             raise ConfigError("[rounds] weak_reward must be 'warn' or 'stop'")
 
 
+MOVED = {"ppo.dpo_beta": "[dpo] beta", "ppo.dpo_epochs": "[dpo] epochs",
+         "ppo.dpo_lr": "[dpo] lr"}
+
+
 @dataclass
 class ProjectConfig:
     """All sections of rankloop.toml."""
@@ -136,9 +140,10 @@ class ProjectConfig:
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
-    SECTIONS = ("models", "generate", "labeling", "reward", "ppo", "rounds")
+    SECTIONS = ("models", "generate", "labeling", "reward", "ppo", "dpo", "rounds")
 
     @classmethod
     def load(cls, path: Path) -> "ProjectConfig":
@@ -150,6 +155,10 @@ class ProjectConfig:
         if unknown:
             raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]; "
                               f"known: {', '.join(cls.SECTIONS)}")
+        for key, new in MOVED.items():  # settings of older projects that now live elsewhere
+            section, name = key.split(".")
+            if name in raw.get(section, {}):
+                raise ConfigError(f"{path}: [{section}] {name} is now {new}: move it there")
         defaults = cls()
         parts = {s: from_table(type(getattr(defaults, s)), raw.get(s, {}), s)
                  for s in cls.SECTIONS}

@@ -1,9 +1,12 @@
-"""`PPOConfig`: every setting of the PPO loop, one flat dataclass (the `[ppo]` section of
-`rankloop.toml`; `rankloop ppo`'s options override the same fields).
+"""`PPOConfig` and `DPOConfig`: every setting of the PPO loop and of the DPO adapter RTO uses,
+one flat dataclass each (the `[ppo]` and `[dpo]` sections of `rankloop.toml`; the options of
+`rankloop ppo` and `rankloop train-dpo` override the same fields).
 
-Defaults follow PPO-max (Zheng et al. 2023): score normalisation and clipping, advantage
+PPO's defaults follow PPO-max (Zheng et al. 2023): score normalisation and clipping, advantage
 whitening, a token-level KL penalty, value clipping, a critic initialised from the reward model,
-global gradient clipping.
+global gradient clipping. Two defaults bound how far a round can move the policy when its reward
+is weak: an adaptive KL coefficient toward `kl_target` (Ziegler et al. 2019) and early stopping
+on a held-out prompt set, keeping the best evaluated policy (docs/ppo.md, "Bounding the drift").
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from rankloop.settings import ConfigError
 
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+KEEP_POLICY = ("best", "last")
 
 
 @dataclass
@@ -51,11 +55,11 @@ class PPOConfig:
     kl_estimator: str = "k1"
     """Per-token KL estimator in the reward: 'k1' (log ratio), 'k2' (squared/2) or 'k3'."""
     kl_coef: float = 0.05
-    """KL penalty coefficient (initial value when kl_target is set)."""
-    kl_target: float = 0.0
-    """Adaptive KL: target KL per sequence (0 = fixed coefficient kl_coef)."""
-    kl_horizon: float = 10000.0
-    """Adaptive KL: horizon in samples over which the coefficient adapts."""
+    """KL penalty coefficient (with kl_target: its start and smallest value)."""
+    kl_target: float = 2.0
+    """Adaptive KL: the KL to the reference, in nats per response, above which the coefficient rises (0 = fixed coefficient kl_coef)."""
+    kl_horizon: float = 160.0
+    """Adaptive KL: each step the coefficient moves by (KL - kl_target) * samples / kl_horizon (160 with 8 prompts a step: +0.05 per nat above the target)."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response that hit max_new_tokens without EOS (0 = off)."""
     normalize_scores: bool = True
@@ -90,18 +94,22 @@ class PPOConfig:
     """RTO: path of the DPO model (adapter folder from `rankloop train-dpo`); empty = rounds/R/dpo."""
     rto_beta: float = 0.05
     """RTO: scale of the DPO token rewards."""
-    dpo_beta: float = 0.1
-    """`rankloop train-dpo`: beta of the DPO loss."""
-    dpo_epochs: int = 1
-    """`rankloop train-dpo`: passes over the preference pairs."""
-    dpo_lr: float = 5e-5
-    """`rankloop train-dpo`: learning rate of the DPO LoRA adapter."""
     ptx_coef: float = 0.0
     """PPO-ptx: coefficient of the language-modelling loss on ptx_dataset (0 = off)."""
     ptx_dataset: str = ""
     """PPO-ptx: a text or JSONL file (a 'text' field per line) or a datasets folder with a 'text' column."""
     ptx_batch_size: int = 4
     """PPO-ptx: texts per mini-batch for the language-modelling loss."""
+    eval_every: int = 5
+    """Evaluate the policy on the held-out prompts before training and every N steps: mean score and KL of one sampled response per prompt (0 = no evaluation, no early stopping)."""
+    eval_prompts: int = 16
+    """Prompts held out from training for the evaluation, drawn with the seed (at most a quarter of the prompts; a multiple of the number of processes)."""
+    early_stop_patience: int = 3
+    """Stop when this many evaluations in a row did not improve on the best held-out score (0 = never stop early)."""
+    early_stop_min_delta: float = 0.5
+    """An evaluation improves on the best only when its mean score is higher by more than this many standard errors of that mean (0 = any increase)."""
+    keep_policy: str = "best"
+    """Policy saved at the end: 'best' (the evaluated policy with the best held-out score, which may be the start) or 'last'."""
     seed: int = 0
     """Random seed (prompt order, sampling, mini-batch shuffling)."""
     checkpoint_every: int = 0
@@ -122,19 +130,19 @@ class PPOConfig:
             return ConfigError(f"[ppo] {name} = {getattr(self, name)!r}: {what}")
 
         for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                     "lora_r", "lora_alpha", "log_every", "dpo_epochs", "ptx_batch_size"):
+                     "lora_r", "lora_alpha", "log_every", "ptx_batch_size"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("value_pretrain_steps", "checkpoint_every", "critic_lora_layers", "lora_layers", "log_samples", "kl_coef",
-                     "kl_target", "missing_eos_penalty", "score_clip", "entropy_coef",
-                     "max_grad_norm", "target_approxkl", "vf_coef", "ptx_coef", "cliprange_value",
-                     "lora_dropout"):
+        for name in ("value_pretrain_steps", "checkpoint_every", "critic_lora_layers",
+                     "lora_layers", "log_samples", "kl_coef", "kl_target", "missing_eos_penalty",
+                     "score_clip", "entropy_coef", "max_grad_norm", "target_approxkl", "vf_coef",
+                     "ptx_coef", "cliprange_value", "lora_dropout", "eval_every", "eval_prompts",
+                     "early_stop_patience", "early_stop_min_delta"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if self.batch_size % self.mini_batch_size:
             raise bad("mini_batch_size", f"must divide batch_size ({self.batch_size})")
-        for name in ("lr", "critic_lr", "cliprange", "temperature", "kl_horizon", "rto_beta",
-                     "dpo_beta", "dpo_lr"):
+        for name in ("lr", "critic_lr", "cliprange", "temperature", "kl_horizon", "rto_beta"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
         for name in ("gamma", "lam_actor", "lam_critic"):
@@ -142,6 +150,8 @@ class PPOConfig:
                 raise bad(name, "must be in [0, 1]")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise bad("kl_estimator", f"expected one of {', '.join(KL_ESTIMATORS)}")
+        if self.keep_policy not in KEEP_POLICY:
+            raise bad("keep_policy", f"expected one of {', '.join(KEEP_POLICY)}")
         if self.critic not in CRITICS:
             raise bad("critic", f"expected one of {', '.join(CRITICS)}")
         if self.bf16 not in ("auto", "yes", "no"):
@@ -152,3 +162,49 @@ class PPOConfig:
         for t in trackers:
             if t not in ("tensorboard", "wandb"):
                 raise bad("log_with", "expected '', 'tensorboard', 'wandb' or both, comma-separated")
+
+
+@dataclass
+class DPOConfig:
+    """DPO: the adapter `rankloop train-dpo` trains on the preferences, for RTO's token rewards."""
+
+    beta: float = 0.1
+    """Beta of the DPO loss (Rafailov et al. 2023): the implicit reward's scale; larger keeps the adapter closer to the reference."""
+    label_smoothing: float = 0.0
+    """Conservative DPO (cDPO): the probability that a preference label is flipped (0 = plain DPO)."""
+    epochs: int = 1
+    """Passes over the untied preference pairs."""
+    batch_size: int = 4
+    """Preference pairs per gradient step."""
+    lr: float = 5e-5
+    """Learning rate of the DPO LoRA adapter (AdamW)."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping (0 = off)."""
+    lora_r: int = 16
+    """LoRA rank of the DPO adapter."""
+    lora_alpha: int = 32
+    """LoRA alpha (the adapter's output is scaled by alpha / r)."""
+    lora_layers: int = 0
+    """LoRA only on the last N blocks (0 = all blocks)."""
+    seed: int = 0
+    """Random seed (adapter initialisation, pair order)."""
+    bf16: str = "auto"
+    """bfloat16 weights and autocast: 'auto' (where the CPU/GPU does bf16 fast), 'yes', 'no'."""
+
+    def validate(self) -> None:
+        def bad(name: str, what: str) -> ConfigError:
+            return ConfigError(f"[dpo] {name} = {getattr(self, name)!r}: {what}")
+
+        for name in ("epochs", "batch_size", "lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        for name in ("beta", "lr"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
+        for name in ("max_grad_norm", "lora_layers"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise bad("label_smoothing", "must be in [0, 0.5)")
+        if self.bf16 not in ("auto", "yes", "no"):
+            raise bad("bf16", "expected 'auto', 'yes' or 'no'")

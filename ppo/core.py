@@ -5,8 +5,7 @@ KL-coefficient controllers that hold one float each). No module, optimizer or
 model state is touched, so each function can be tested against a hand-computed
 number and diffed against the reference implementations it follows:
 
-* OpenAI lm-human-preferences (Ziegler et al. 2019) -- reward shaping, whitening,
-  adaptive KL controller.
+* OpenAI lm-human-preferences (Ziegler et al. 2019) -- reward shaping, whitening.
 * CleanRL / TRL -- GAE loop (`lastgaelam`), clipped losses (`pg_losses`,
   `pg_losses2`, `vf_losses1`, `vf_losses2`), stats names.
 
@@ -55,7 +54,8 @@ __all__ = [
     "dpo_loss",
     "lm_loss",
     "FixedKLController",
-    "AdaptiveKLController",
+    "KLConstraintController",
+    "EarlyStopping",
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -530,7 +530,7 @@ def lm_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, dict[
 # --------------------------------------------------------------------------- #
 class FixedKLController:
     """Constant KL coefficient; ``update`` is a no-op. Same interface as
-    ``AdaptiveKLController`` so the training loop need not branch."""
+    ``KLConstraintController`` so the training loop need not branch."""
 
     def __init__(self, kl_coef: float):
         self.value = float(kl_coef)
@@ -545,37 +545,89 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
-class AdaptiveKLController:
-    """Adaptive KL coefficient (Ziegler et al. 2019, Sec. 2.2,
-    lm-human-preferences ``AdaptiveKLController``).
+class KLConstraintController:
+    """KL coefficient that holds the KL to the reference near ``target``: the Lagrange
+    multiplier of the constraint KL <= target, by dual ascent, floored at the initial value.
 
-        proportional_error = clip(current_kl / target - 1, -0.2, 0.2)
-        mult               = 1 + proportional_error * n_steps / horizon
-        value             *= mult
+        value = max(kl_coef, value + (current_kl - target) * n_steps / horizon)
 
-    A proportional controller in log-space: if the measured KL is above
-    ``target`` the penalty grows, below it shrinks; the clip bounds the step.
-    ``n_steps`` is the number of samples (episodes) since the last update.
+    RLHF as constrained optimisation, max E[r] s.t. KL <= target (Moskovitz et al. 2023,
+    "Confronting Reward Model Overoptimization with Constrained RLHF"; dual ascent on the
+    multiplier as in Stooke et al. 2020). The step grows with the violation, so a KL far above
+    the target raises the penalty within a few steps. Ziegler et al. (2019)'s multiplicative
+    controller (value *= 1 + clip(kl / target - 1, +-0.2) * n / horizon) moves at most 20%
+    per horizon: on a reward that pays for drift it let the KL reach 10 nats while its
+    coefficient went from 0.1 to 0.34 in 10 steps (docs/ppo.md, "Bounding the drift"). The floor
+    keeps at least the fixed penalty ``kl_coef``. ``n_steps``: samples since the last update;
+    ``current_kl``: mean KL per sequence (nats).
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: float):
+    def __init__(self, kl_coef: float, target: float, horizon: float):
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be > 0, got {target}, {horizon}")
-        self.value = float(init_kl_coef)
+        self.kl_coef = float(kl_coef)
+        self.value = float(kl_coef)
         self.target = float(target)
         self.horizon = float(horizon)
 
     def update(self, current_kl: float | Tensor, n_steps: int) -> None:
         current_kl = float(current_kl)  # accepts a 0-dim tensor
-        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        mult = 1.0 + proportional_error * n_steps / self.horizon
-        self.value *= mult
+        step = (current_kl - self.target) * n_steps / self.horizon
+        self.value = max(self.kl_coef, self.value + step)
 
     def state_dict(self) -> dict[str, Any]:
         # Python floats round-trip exactly (also through JSON/torch.save)
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+        return {"value": self.value, "kl_coef": self.kl_coef, "target": self.target,
+                "horizon": self.horizon}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
+        self.kl_coef = float(state.get("kl_coef", self.kl_coef))
         self.target = float(state["target"])
         self.horizon = float(state["horizon"])
+
+
+# --------------------------------------------------------------------------- #
+# early stopping
+# --------------------------------------------------------------------------- #
+class EarlyStopping:
+    """Stop training when a held-out score has stopped rising; remember the best evaluation.
+
+        improved = best is None  or  score > best + min_delta * se
+        stop     = patience > 0  and  (evaluations since the last improvement) >= patience
+
+    ``se`` is the standard error of the evaluation's mean score, so ``min_delta`` is counted
+    in standard errors and the rule needs no tuning to the reward's scale: a rise smaller than
+    the evaluation's own noise is not progress. Patience-based stopping on a held-out set, as
+    Prechelt ("Early Stopping -- But When?", 1998) compares; the first evaluation (the policy
+    before training) is always the first best, so a run whose score never rises keeps it.
+    """
+
+    def __init__(self, patience: int, min_delta: float):
+        if patience < 0 or min_delta < 0:
+            raise ValueError(f"patience and min_delta must be >= 0, got {patience}, {min_delta}")
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.since_best = 0
+
+    def update(self, score: float, se: float, step: int) -> bool:
+        """Record the evaluation of the policy after ``step`` steps; True if it is the new best."""
+        score, se = float(score), float(se)
+        if self.best is None or score > self.best + self.min_delta * se:
+            self.best, self.best_step, self.since_best = score, int(step), 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = state["best"], state["best_step"]
+        self.since_best = int(state["since_best"])

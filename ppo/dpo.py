@@ -23,7 +23,7 @@ from rankloop.lm.sampling import autocast, encode_chats
 
 from . import core
 from .actor_critic import Actor, load_policy, save_policy
-from .config import PPOConfig
+from .config import DPOConfig
 
 
 def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],
@@ -45,13 +45,11 @@ def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],
     return torch.where(resp[:, 1:], logps, torch.zeros_like(logps)).sum(-1)  # (B,)
 
 
-def train_dpo(config: PPOConfig, *, policy: str, preferences: Sequence, out_dir: Path,
-              batch_size: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = print) -> dict:
+def train_dpo(config: DPOConfig, *, policy: str, preferences: Sequence, out_dir: Path,
+              progress: bool = True, log: Callable[[str], None] | None = print) -> dict:
     """Train a DPO adapter on `preferences` (records with .prompt, .chosen, .rejected, .tie);
     ties are skipped (DPO has no tie outcome). Saves the adapter to `out_dir`; returns the
-    final metrics (`dpo/loss`, `dpo/accuracy`, `dpo/margin`, ...). `batch_size` pairs per step
-    (default: config.mini_batch_size)."""
+    final metrics (`dpo/loss`, `dpo/accuracy`, `dpo/margin`, ...)."""
     config.validate()
     pairs = [p for p in preferences if not p.tie]
     if not pairs:
@@ -68,7 +66,7 @@ def train_dpo(config: PPOConfig, *, policy: str, preferences: Sequence, out_dir:
     if bf16:
         keep_adapter_inputs_in_autocast_dtype(actor)
     opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad],
-                            lr=config.dpo_lr, foreach=True)
+                            lr=config.lr, foreach=True)
     prompt_ids = encode_chats(tokenizer, [p.prompt.as_chat() for p in pairs])
     eos = [tokenizer.eos_token_id]
     chosen = [tokenizer(p.chosen, add_special_tokens=False)["input_ids"] + eos for p in pairs]
@@ -76,11 +74,11 @@ def train_dpo(config: PPOConfig, *, policy: str, preferences: Sequence, out_dir:
                 for p in pairs]
     order = list(range(len(pairs)))
     rng = random.Random(config.seed)
-    bs = batch_size or config.mini_batch_size
-    steps = config.dpo_epochs * ((len(pairs) + bs - 1) // bs)
+    bs = config.batch_size
+    steps = config.epochs * ((len(pairs) + bs - 1) // bs)
     bar = tqdm(total=steps, desc="dpo", unit="step", disable=not progress)
     history = []
-    for _epoch in range(config.dpo_epochs):
+    for _epoch in range(config.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
@@ -91,7 +89,8 @@ def train_dpo(config: PPOConfig, *, policy: str, preferences: Sequence, out_dir:
                     ref = response_logps(actor, p_ids, r_ids, tokenizer.pad_token_id)  # (2b,)
                 pol = response_logps(actor, p_ids, r_ids, tokenizer.pad_token_id)  # (2b,)
                 n = len(idx)
-                loss, stats = core.dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], config.dpo_beta)
+                loss, stats = core.dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], config.beta,
+                                             config.label_smoothing)
             loss.backward()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(actor.parameters(), config.max_grad_norm)

@@ -1,14 +1,19 @@
-"""The PPO loop for RLHF, one function that reads top to bottom.
+"""The PPO loop for RLHF: `train_ppo` reads top to bottom, one numbered phase per block.
 
 Each step:
   1. rollout     sample a response to each of `batch_size` prompts (KV cache, stop at EOS)
   2. score       the reward source scores the decoded (prompt, response) texts
-  3. reference   log-probs of the policy and of the reference (adapter disabled), values,
-                 per-token KL; RTO token rewards from the DPO adapter
-  4. advantages  shaped rewards, decoupled GAE, whitening
-  5. update      `ppo_epochs` passes over shuffled mini-batches: clipped policy and value losses,
-                 entropy bonus, PPO-ptx, global grad-norm clipping, approx-KL early stop
-  6. log         fixed metric names, decoded samples, trackers, checkpoint
+  3. reference   log-probs of the policy and of the reference (adapter disabled), values;
+                 RTO token rewards from the DPO adapter
+  4. rewards     per-token KL to the reference, shaped rewards (score at the last token)
+  5. advantages  decoupled GAE, whitening
+  6. update      `ppo_epochs` passes over shuffled mini-batches (`minibatch_loss`: clipped
+                 policy and value losses, entropy bonus, PPO-ptx), global grad-norm clipping,
+                 approx-KL early stop; the adaptive KL coefficient moves toward `kl_target`
+  7. log         fixed metric names, decoded samples, trackers
+  8. evaluate    every `eval_every` steps: score and KL on held-out prompts; stop early when
+                 the score has stopped rising; checkpoint
+At the end the best evaluated (or the last) policy is saved.
 
 The math is in `ppo/core.py` (pure, tested functions); the modules in `ppo/actor_critic.py`.
 References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zheng et al. 2023
@@ -20,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from rankloop.data.records import Prompt, content_hash
@@ -59,12 +66,41 @@ class PPOResult:
 
     policy_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
-    summary: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, float | list[float]] = field(default_factory=dict)
+    """`summarize`'s metrics (docs/ppo.md, "Metrics"); `ppo/kl_per_step` is a list."""
     critic_origin: str = ""
     actor: object = None
-    """The trained actor module (LoRA policy, value head), unwrapped from accelerate."""
+    """The trained actor module (LoRA policy, value head), unwrapped from accelerate; holds the
+    saved policy (the best evaluated one with keep_policy = 'best')."""
     critic: object = None
     """The trained critic module, or None with a value head on the policy."""
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    """Each held-out evaluation: `step` (0 = the start policy) and the `eval/...` metrics."""
+
+
+@dataclass
+class Rollout:
+    """Phase 1's batch: B sampled responses to left-padded queries of Q tokens, T new tokens."""
+
+    input_ids: Tensor  # (B, Q + T) query, then response
+    attention_mask: Tensor  # (B, Q + T)
+    response: Tensor  # (B, T) sampled tokens, pad after the first EOS
+    mask: Tensor  # (B, T) True up to and including the first EOS
+    finished: Tensor  # (B,) the response ended with EOS
+    texts: list[str]  # decoded responses, without special tokens
+
+
+@dataclass
+class Reference:
+    """Phase 3's outputs for a rollout batch, all computed without gradient."""
+
+    logprobs: Tensor  # (B, T) of the sampled tokens under the policy
+    ref_logprobs: Tensor  # (B, T) under the reference (adapter disabled)
+    entropy: Tensor  # (B, T) of the policy
+    values: Tensor | None  # (B, T) V(s_t) before emitting token t; None without a critic
+    token_rewards: Tensor | None  # (B, T) RTO token rewards, or None
+    policy_lower: Tensor | None  # output of the policy's frozen lower blocks, reused
+    critic_lower: Tensor | None  # same for the critic
 
 
 def step_seed(seed: int, step: int, rank: int, what: str) -> int:
@@ -85,6 +121,19 @@ def prompts_for_step(n_prompts: int, batch_size: int, step: int, rank: int, worl
         random.Random(step_seed(seed, epoch, 0, "prompt-order")).shuffle(order)
         out.append(order[pos])
     return out
+
+
+def split_prompts(n: int, config: PPOConfig, world: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) prompt indices. `eval_prompts` are drawn with the seed, at most a
+    quarter of the `n` prompts (training keeps most of them), rounded down to a multiple of the
+    processes (each evaluates an equal share); none when `eval_every` is 0."""
+    n_eval = 0
+    if config.eval_every:
+        n_eval = min(config.eval_prompts, n // 4) // world * world
+    order = list(range(n))
+    random.Random(step_seed(config.seed, 0, 0, "eval-split")).shuffle(order)
+    held_out = sorted(order[:n_eval])
+    return [i for i in range(n) if i not in set(held_out)], held_out
 
 
 def load_ptx_texts(path: str) -> list[str]:
@@ -139,7 +188,8 @@ def train_ppo(
     folder, used to initialise the critic (PPO-max) when config.critic == 'reward'.
     `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards. `on_step(row)` is
     called with each step's metrics (the row `history` gets) once the step and its checkpoint
-    are done, on every process.
+    are done, on every process. With `eval_every` > 0, `eval_prompts` of `prompts` are held
+    out from training to evaluate on (`split_prompts`).
     """
     from rankloop.lm.device import new_accelerator
 
@@ -160,10 +210,222 @@ def train_ppo(
     main = accelerator.is_main_process
     say = (log if (log and main) else (lambda _msg: None))
     bf16 = use_bf16(config.bf16, device)
-    dtype = torch.bfloat16 if bf16 else torch.float32
     torch.manual_seed(config.seed)  # initial weights of fresh heads/adapters: same on every rank
 
-    # ---- models ------------------------------------------------------------------------------
+    # ---- models and optimizers ---------------------------------------------------------------
+    tokenizer, actor, critic = build_models(config, policy, reward_model, dpo_model, reward_fn,
+                                            device, bf16, say)
+    # foreach: a few multi-tensor ops over the ~400 small adapter tensors, not ~10 per tensor
+    actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad],
+                                  lr=config.lr, eps=1e-5, foreach=True)
+    if critic is not None:
+        critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad],
+                                       lr=config.critic_lr, eps=1e-5, foreach=True)
+        actor, actor_opt, critic, critic_opt = accelerator.prepare(actor, actor_opt, critic,
+                                                                   critic_opt)
+    else:
+        critic_opt = None
+        actor, actor_opt = accelerator.prepare(actor, actor_opt)
+    raw_actor = accelerator.unwrap_model(actor)
+    raw_critic = accelerator.unwrap_model(critic) if critic is not None else None
+    if config.kl_target > 0:
+        kl_ctl = core.KLConstraintController(config.kl_coef, config.kl_target,
+                                             config.kl_horizon)
+    else:
+        kl_ctl = core.FixedKLController(config.kl_coef)
+    ptx_texts = load_ptx_texts(config.ptx_dataset) if config.ptx_coef > 0 else []
+    query_ids = encode_chats(tokenizer, [p.as_chat() for p in prompts])  # a step picks rows
+    train_idx, eval_idx = split_prompts(len(prompts), config, world)
+    my_eval = eval_idx[rank::world]  # this process's share of the held-out prompts
+    stopper = core.EarlyStopping(config.early_stop_patience, config.early_stop_min_delta)
+    if config.eval_every and not eval_idx:
+        say(f"evaluation off: {len(prompts)} prompts are too few to hold some out "
+            f"(it needs {4 * world} or more)")
+
+    def evaluate(step: int) -> dict[str, float]:
+        row = evaluate_policy(raw_actor, tokenizer, [query_ids[i] for i in my_eval],
+                              [prompts[i] for i in my_eval], reward_fn, config, device, bf16,
+                              accelerator, step_seed(config.seed, 0, rank, "eval"))
+        if stopper.update(row["eval/scores"], row["eval/score_se"], step):
+            nonlocal best_state  # the adapters and heads only: a few MB
+            best_state = trainable_state(raw_actor)
+        row["eval/best_step"] = float(stopper.best_step)
+        evaluations.append({"step": step, **row})
+        return row
+
+    # ---- resume, or evaluate the start policy --------------------------------------------------
+    start_step, history, evaluations, best_state = 0, [], [], None
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is None:
+            raise ValueError(f"--resume: no checkpoint under {out_dir / CHECKPOINTS}")
+        state = load_checkpoint(ckpt, raw_actor, raw_critic, actor_opt, critic_opt, kl_ctl, rank)
+        start_step, history = state["step"], list(state["history"])
+        evaluations, best_state = list(state.get("evaluations", [])), state.get("best_actor")
+        if state.get("early_stop"):
+            stopper.load_state_dict(state["early_stop"])
+        say(f"resumed from {ckpt} at step {start_step}")
+    elif eval_idx:
+        ev = evaluate(0)
+        say(f"held-out evaluation on {len(eval_idx)} prompts before training: score "
+            f"{ev['eval/scores']:.3f} +- {ev['eval/score_se']:.3f}")
+    if trackers:
+        accelerator.init_trackers("rankloop-ppo", config=dataclasses.asdict(config))
+
+    total = config.value_pretrain_steps + config.steps
+    bar = tqdm(total=total, initial=start_step, desc="ppo", unit="step",
+               disable=not (progress and main))
+    for step in range(start_step, total):
+        if stopper.should_stop:  # a resumed run that had stopped early stays stopped
+            break
+        pretraining_critic = step < config.value_pretrain_steps  # VC-PPO: policy frozen
+        timing = {}
+
+        # ---- 1. rollout ----------------------------------------------------------------------
+        t0 = time.perf_counter()
+        idx = [train_idx[j] for j in prompts_for_step(len(train_idx), config.batch_size, step,
+                                                      rank, world, config.seed)]
+        batch = rollout(raw_actor.lm, tokenizer, [query_ids[i] for i in idx], config, device,
+                        bf16, step_seed(config.seed, step, rank, "sample"))
+        B = batch.response.shape[0]
+        timing["time/rollout"] = time.perf_counter() - t0
+
+        # ---- 2. score ------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        step_prompts = [prompts[i] for i in idx]
+        raw_scores = reward_fn(step_prompts, batch.texts).to(device=device,
+                                                             dtype=torch.float32)  # (B,)
+        scores = missing_eos_penalty(raw_scores, batch.finished, config.missing_eos_penalty)
+        timing["time/score"] = time.perf_counter() - t0
+
+        # ---- 3. reference log-probs and values -----------------------------------------------
+        t0 = time.perf_counter()
+        ref = reference_pass(raw_actor, raw_critic, batch, config, device, bf16,
+                             rto=config.rto)
+        timing["time/reference"] = time.perf_counter() - t0
+
+        # ---- 4. KL to the reference and shaped rewards ---------------------------------------
+        with torch.no_grad():
+            rewards, non_score_reward, kl = core.compute_rewards(
+                scores, ref.logprobs, ref.ref_logprobs, batch.mask, kl_ctl.value,
+                config.kl_estimator, ref.token_rewards)  # (B, T) each
+
+        # ---- 5. advantages -------------------------------------------------------------------
+        with torch.no_grad():
+            advantages, returns = core.decoupled_gae(ref.values, rewards, batch.mask,
+                                                     config.gamma, config.lam_actor,
+                                                     config.lam_critic)  # (B, T) each
+            if config.whiten_advantages and batch.mask.sum() > 1:
+                advantages = core.masked_whiten(advantages, batch.mask)  # (B, T)
+
+        # ---- 6. update -----------------------------------------------------------------------
+        t0 = time.perf_counter()
+        stats_sum: dict[str, Tensor] = {}
+        n_mb = epochs_run = 0
+        shuffle = torch.Generator().manual_seed(step_seed(config.seed, step, rank, "shuffle"))
+        for epoch in range(config.ppo_epochs):
+            perm = torch.randperm(B, generator=shuffle)
+            epoch_kl = []
+            for mb_start in range(0, B, config.mini_batch_size):
+                mb = perm[mb_start:mb_start + config.mini_batch_size].to(device)
+                ptx = None
+                if config.ptx_coef > 0 and not pretraining_critic:
+                    ptx = ptx_batch(tokenizer, ptx_texts, config, step, epoch, mb_start, device)
+                with autocast(device, bf16):
+                    loss, mb_stats = minibatch_loss(actor, critic, batch, ref, advantages,
+                                                    returns, mb, config,
+                                                    train_policy=not pretraining_critic, ptx=ptx)
+                accelerator.backward(loss)
+                optimizer_step(accelerator, actor, critic, actor_opt, critic_opt, config,
+                               train_policy=not pretraining_critic)
+                for k, v in mb_stats.items():
+                    stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
+                if "policy/approxkl" in mb_stats:
+                    epoch_kl.append(mb_stats["policy/approxkl"])
+                n_mb += 1
+            epochs_run += 1
+            if (config.target_approxkl > 0 and epoch_kl
+                    and float(torch.stack(epoch_kl).mean()) > config.target_approxkl):
+                break  # the policy moved far enough from the rollout policy for this batch
+        timing["time/update"] = time.perf_counter() - t0
+
+        # ---- 7. log --------------------------------------------------------------------------
+        stats = {k: v / n_mb for k, v in stats_sum.items()}
+        stats.update(step_stats(batch, ref, scores, raw_scores, non_score_reward, kl,
+                                advantages, returns, kl_ctl.value, epochs_run))
+        keys = sorted(stats)
+        flat = torch.stack([stats[k].float().to(device) for k in keys])
+        flat = accelerator.reduce(flat, reduction="mean")  # mean over processes
+        row = {k: float(v) for k, v in zip(keys, flat.tolist())}
+        # samples = per-process batch x processes (lm-human-preferences counts episodes)
+        kl_ctl.update(row["objective/kl"], n_steps=config.batch_size * world)
+        bar.update(1)
+        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        if config.log_samples and main and (step + 1) % config.log_every == 0:
+            say(format_samples(step + 1, step_prompts, batch.texts, scores, kl.sum(-1),
+                               config.log_samples))
+
+        # ---- 8. evaluate on the held-out prompts, stop early, checkpoint ---------------------
+        ppo_step = step + 1 - config.value_pretrain_steps  # the policy moved this many steps
+        if my_eval and ppo_step > 0 and (ppo_step % config.eval_every == 0 or step + 1 == total):
+            t0 = time.perf_counter()
+            row.update(evaluate(step + 1))
+            timing["time/eval"] = time.perf_counter() - t0
+        row.update(timing)
+        row["time/step"] = sum(timing.values())
+        row["step"] = step + 1
+        history.append(row)
+        if (step + 1) % config.log_every == 0:
+            accelerator.log(row, step=step + 1)
+        stopping = stopper.should_stop
+        if stopping or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
+            save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, actor_opt,
+                            critic_opt, kl_ctl, accelerator,
+                            extra=run_state(stopper, evaluations, best_state))
+        release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
+        if on_step is not None:
+            on_step(row)
+        if stopping:
+            say(f"stopped early after step {step + 1}: the held-out score has not risen by "
+                f"more than {config.early_stop_min_delta:g} standard errors above its best "
+                f"({stopper.best:.3f}, step {stopper.best_step}) for "
+                f"{config.early_stop_patience} evaluations")
+            break
+    bar.close()
+
+    # ---- save ----------------------------------------------------------------------------------
+    steps_run = history[-1]["step"] if history else start_step
+    if not (stopper.should_stop or (config.checkpoint_every
+                                    and steps_run % config.checkpoint_every == 0)):
+        save_checkpoint(out_dir, steps_run, history, raw_actor, raw_critic, actor_opt,
+                        critic_opt, kl_ctl, accelerator,
+                        extra=run_state(stopper, evaluations, best_state))
+    kept = steps_run
+    if config.keep_policy == "best" and best_state is not None and stopper.best_step != kept:
+        load_trainable_state(raw_actor, best_state)  # after the checkpoint: resume goes on
+        kept = stopper.best_step
+        say(f"keeping the policy of step {kept} (best held-out score {stopper.best:.3f})")
+    accelerator.wait_for_everyone()
+    if main:
+        save_policy(raw_actor, tokenizer, out_dir, merge=config.merge_on_save)
+        save_critic(raw_critic, raw_actor, out_dir)
+        (out_dir / "ppo_history.json").write_text(json.dumps(history, indent=1) + "\n")
+        (out_dir / "ppo_evaluations.json").write_text(json.dumps(evaluations, indent=1) + "\n")
+    if trackers:
+        accelerator.end_training()
+    summary = summarize(history, config, evaluations, kept_step=kept,
+                        stopped_early=stopper.should_stop, kl_coef=kl_ctl.value)
+    return PPOResult(out_dir, history, summary,
+                     raw_critic.origin if raw_critic is not None else "value head on the policy",
+                     raw_actor, raw_critic, evaluations)
+
+
+# ---- setup ---------------------------------------------------------------------------------
+def build_models(config: PPOConfig, policy: str, reward_model: str | None,
+                 dpo_model: str | None, reward_fn, device, bf16: bool, say):
+    """(tokenizer, actor, critic or None): the LoRA policy (with a value head when critic =
+    'policy', with the DPO adapter beside it for RTO) and the separate critic."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
     tokenizer = load_tokenizer(policy, padding_side="left")
     lm = load_policy(policy, r=config.lora_r, alpha=config.lora_alpha,
                      dropout=config.lora_dropout, dtype=dtype, top_layers=config.lora_layers)
@@ -184,262 +446,199 @@ def train_ppo(
         say("critic: value head on the policy")
     if bf16:  # under autocast peft's fp32 copy of each adapter input is wasted work
         keep_adapter_inputs_in_autocast_dtype(actor, critic)
-    actor_params = [p for p in actor.parameters() if p.requires_grad]
-    # foreach: a few multi-tensor ops over the ~400 small adapter tensors instead of ~10 ops
-    # per tensor
-    actor_opt = torch.optim.AdamW(actor_params, lr=config.lr, eps=1e-5, foreach=True)
-    if critic is not None:
-        critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad],
-                                       lr=config.critic_lr, eps=1e-5, foreach=True)
-        actor, actor_opt, critic, critic_opt = accelerator.prepare(actor, actor_opt, critic,
-                                                                   critic_opt)
-    else:
-        critic_opt = None
-        actor, actor_opt = accelerator.prepare(actor, actor_opt)
-    raw_actor = accelerator.unwrap_model(actor)
-    raw_critic = accelerator.unwrap_model(critic) if critic is not None else None
-    if config.kl_target > 0:
-        kl_ctl = core.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-    else:
-        kl_ctl = core.FixedKLController(config.kl_coef)
-    ptx_texts = load_ptx_texts(config.ptx_dataset) if config.ptx_coef > 0 else []
-    chats = [p.as_chat() for p in prompts]
-    query_ids = encode_chats(tokenizer, chats)  # tokenised once; a step picks its rows
+    return tokenizer, actor, critic
+
+
+# ---- the phases ----------------------------------------------------------------------------
+def rollout(lm, tokenizer, queries: list[list[int]], config: PPOConfig, device, bf16: bool,
+            seed: int) -> Rollout:
+    """Phase 1: sample one response per query with the KV cache until EOS or max_new_tokens,
+    the adapter merged into the weights (no adapter ops per token; see `merged_adapter`)."""
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    query, query_mask = left_pad(queries, pad_id)  # (B, Q)
+    query, query_mask = query.to(device), query_mask.to(device)
+    torch.manual_seed(seed)
+    with torch.no_grad(), autocast(device, bf16), merged_adapter(lm):
+        generated = lm.generate(input_ids=query, attention_mask=query_mask,
+                                **sampling_kwargs(config.temperature),
+                                max_new_tokens=config.max_new_tokens, pad_token_id=pad_id,
+                                eos_token_id=eos_id, use_cache=True)
+    response = generated[:, query.shape[1]:]  # (B, T)
+    # a token is real up to and including the first EOS; after it generate pads
+    is_eos = response == eos_id  # (B, T)
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T) strictly after
+    mask = ~after_eos  # (B, T)
+    response = torch.where(mask, response, torch.full_like(response, pad_id))  # (B, T)
+    texts = [tokenizer.decode(r[m & (r != eos_id)], skip_special_tokens=True).strip()
+             for r, m in zip(response.cpu(), mask.cpu())]
+    return Rollout(input_ids=torch.cat([query, response], 1),
+                   attention_mask=torch.cat([query_mask, mask.long()], 1),
+                   response=response, mask=mask, finished=is_eos.any(-1), texts=texts)
 
-    # ---- resume ------------------------------------------------------------------------------
-    start_step, history = 0, []
-    if resume:
-        ckpt = latest_checkpoint(out_dir)
-        if ckpt is None:
-            raise ValueError(f"--resume: no checkpoint under {out_dir / CHECKPOINTS}")
-        start_step, history = load_checkpoint(ckpt, raw_actor, raw_critic, actor_opt, critic_opt,
-                                              kl_ctl, rank)
-        say(f"resumed from {ckpt} at step {start_step}")
-    if trackers:
-        accelerator.init_trackers("rankloop-ppo", config=dataclasses.asdict(config))
 
-    total = config.value_pretrain_steps + config.steps
-    bar = tqdm(total=total, initial=start_step, desc="ppo", unit="step",
-               disable=not (progress and main))
-    for step in range(start_step, total):
-        pretraining_critic = step < config.value_pretrain_steps  # VC-PPO: policy frozen
-        timing = {}
-
-        # ---- 1. rollout ----------------------------------------------------------------------
-        t0 = time.perf_counter()
-        idx = prompts_for_step(len(prompts), config.batch_size, step, rank, world, config.seed)
-        query, query_mask = left_pad([query_ids[i] for i in idx], pad_id)  # (B, Q)
-        query, query_mask = query.to(device), query_mask.to(device)
-        torch.manual_seed(step_seed(config.seed, step, rank, "sample"))
-        with torch.no_grad(), autocast(device, bf16), merged_adapter(raw_actor.lm):
-            generated = raw_actor.lm.generate(
-                input_ids=query, attention_mask=query_mask,
-                **sampling_kwargs(config.temperature), max_new_tokens=config.max_new_tokens,
-                pad_token_id=pad_id, eos_token_id=eos_id,
-                use_cache=True)
-        response = generated[:, query.shape[1]:]  # (B, T)
-        B, T = response.shape
-        # a token is real up to and including the first EOS; after it generate pads
-        is_eos = response == eos_id  # (B, T)
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T) strictly after
-        mask = ~after_eos  # (B, T)
-        finished = is_eos.any(-1)  # (B,)
-        response = torch.where(mask, response, torch.full_like(response, pad_id))  # (B, T)
-        input_ids = torch.cat([query, response], 1)  # (B, Q + T)
-        attention_mask = torch.cat([query_mask, mask.long()], 1)  # (B, Q + T)
-        timing["time/rollout"] = time.perf_counter() - t0
-
-        # ---- 2. score ------------------------------------------------------------------------
-        t0 = time.perf_counter()
-        texts = [tokenizer.decode(r[m & (r != eos_id)], skip_special_tokens=True).strip()
-                 for r, m in zip(response.cpu(), mask.cpu())]
-        step_prompts = [prompts[i] for i in idx]
-        scores = reward_fn(step_prompts, texts).to(device=device, dtype=torch.float32)  # (B,)
-        raw_scores = scores.clone()
-        if config.missing_eos_penalty:
-            scores = missing_eos_penalty(scores, finished, config.missing_eos_penalty)
-        timing["time/score"] = time.perf_counter() - t0
-
-        # ---- 3. reference log-probs, values, KL ----------------------------------------------
-        t0 = time.perf_counter()
-        with torch.no_grad(), autocast(device, bf16):
-            # LoRA on the top blocks only: the frozen lower blocks run once here, their output
-            # serves the reference pass and every update below
-            logits, values, policy_lower = raw_actor(input_ids, attention_mask, n_last=T + 1,
-                                                     keep_lower=True)
-            logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
-            entropy = core.entropy_from_logits(logits)  # (B, T)
-            del logits
-            critic_lower = None
-            if critic is not None:  # the frozen lower blocks' output is kept for the update
-                values, critic_lower = raw_critic(input_ids, attention_mask, n_last=T + 1,
-                                                  keep_lower=True)
+def reference_pass(actor: Actor, critic, batch: Rollout, config: PPOConfig, device, bf16: bool,
+                   rto: bool) -> Reference:
+    """Phase 3: the policy's and the reference's log-probs of the sampled tokens, the policy's
+    entropy, the values, and with `rto` the DPO adapter's token rewards."""
+    T = batch.response.shape[1]
+    ids, attn, response = batch.input_ids, batch.attention_mask, batch.response
+    with torch.no_grad(), autocast(device, bf16):
+        # LoRA on the top blocks only: the frozen lower blocks run once here, their output
+        # serves the reference pass and every update
+        logits, values, policy_lower = actor(ids, attn, n_last=T + 1, keep_lower=True)
+        logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
+        entropy = core.entropy_from_logits(logits)  # (B, T)
+        del logits
+        critic_lower = None
+        if critic is not None:
+            values, critic_lower = critic(ids, attn, n_last=T + 1, keep_lower=True)
+        if values is not None:
             values = values[:, :-1].float()  # (B, T) V(s_t) before emitting token t
-            with raw_actor.lm.disable_adapter():
-                ref_logits, _ = raw_actor(input_ids, attention_mask, n_last=T + 1,
-                                          lower=policy_lower)
-            ref_logprobs, _ = _sequence_logprobs(ref_logits[:, :-1], response,
+        with actor.lm.disable_adapter():
+            ref_logits, _ = actor(ids, attn, n_last=T + 1, lower=policy_lower)
+        ref_logprobs, _ = _sequence_logprobs(ref_logits[:, :-1], response, config.temperature)
+        del ref_logits
+        token_rewards = None
+        if rto:
+            actor.lm.set_adapter("dpo")
+            dpo_logits, _ = actor(ids, attn, n_last=T + 1)
+            actor.lm.set_adapter("default")
+            dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response,
                                                  config.temperature)
-            del ref_logits
-            token_rewards = None
-            if config.rto:
-                raw_actor.lm.set_adapter("dpo")
-                dpo_logits, _ = raw_actor(input_ids, attention_mask, n_last=T + 1)
-                raw_actor.lm.set_adapter("default")
-                dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response,
-                                                     config.temperature)
-                del dpo_logits
-                token_rewards = core.rto_token_rewards(dpo_logprobs, ref_logprobs, mask,
-                                                       config.rto_beta)  # (B, T)
-        timing["time/reference"] = time.perf_counter() - t0
+            del dpo_logits
+            token_rewards = core.rto_token_rewards(dpo_logprobs, ref_logprobs, batch.mask,
+                                                   config.rto_beta)  # (B, T)
+    return Reference(logprobs, ref_logprobs, entropy, values, token_rewards, policy_lower,
+                     critic_lower)
 
-        # ---- 4. rewards and advantages --------------------------------------------------------
-        with torch.no_grad():
-            rewards, non_score_reward, kl = core.compute_rewards(
-                scores, logprobs, ref_logprobs, mask, kl_ctl.value, config.kl_estimator,
-                token_rewards)  # (B, T) each
-            advantages, returns = core.decoupled_gae(values, rewards, mask, config.gamma,
-                                                     config.lam_actor, config.lam_critic)
-            if config.whiten_advantages and mask.sum() > 1:
-                advantages = core.masked_whiten(advantages, mask)  # (B, T)
 
-        # ---- 5. update ------------------------------------------------------------------------
-        t0 = time.perf_counter()
-        stats_sum: dict[str, torch.Tensor] = {}
-        n_mb = 0
-        shuffle = torch.Generator().manual_seed(step_seed(config.seed, step, rank, "shuffle"))
-        epochs_run = 0
-        for epoch in range(config.ppo_epochs):
-            epoch_kl = []
-            for mb_start in range(0, B, config.mini_batch_size):
-                if mb_start == 0:
-                    perm = torch.randperm(B, generator=shuffle)
-                mb = perm[mb_start:mb_start + config.mini_batch_size].to(device)
-                mb_mask = mask[mb]  # (b, T)
-                # drop the left-padding columns no row of this mini-batch needs (prompts are
-                # left-padded to the longest of the whole batch): less work, same result
-                lo = int(attention_mask[mb].any(0).int().argmax())
-                mb_ids, mb_attn = input_ids[mb, lo:], attention_mask[mb, lo:]  # (b, L - lo)
-                with autocast(device, bf16):
-                    loss = torch.zeros((), device=device)
-                    mb_stats = {}
-                    if not pretraining_critic or config.critic == "policy":
-                        new_logits, new_values = actor(
-                            mb_ids, mb_attn, n_last=T + 1,
-                            lower=policy_lower[mb, lo:] if policy_lower is not None else None)
-                        new_logprobs, new_logits = _sequence_logprobs(
-                            new_logits[:, :-1], response[mb], config.temperature)
-                    if not pretraining_critic:
-                        pg_loss, pg_stats = core.policy_loss(new_logprobs, logprobs[mb],
-                                                             advantages[mb], mb_mask,
-                                                             config.cliprange)
-                        loss = loss + pg_loss
-                        mb_stats.update(pg_stats)
-                        epoch_kl.append(pg_stats["policy/approxkl"])
-                        if config.entropy_coef > 0:
-                            ent = core.masked_mean(core.entropy_from_logits(new_logits), mb_mask)
-                            loss = loss - config.entropy_coef * ent
-                            mb_stats["policy/entropy"] = ent.detach()
-                        if config.ptx_coef > 0:
-                            ptx_loss, ptx_stats = _ptx_loss(actor, tokenizer, ptx_texts, config,
-                                                            step, epoch, mb_start, device)
-                            loss = loss + config.ptx_coef * ptx_loss
-                            mb_stats.update(ptx_stats)
-                    if critic is not None:
-                        new_values = critic(
-                            mb_ids, mb_attn, n_last=T + 1,
-                            lower=critic_lower[mb, lo:] if critic_lower is not None else None)
-                    new_values = new_values[:, :-1].float()  # (b, T)
-                    vf_loss, vf_stats = core.value_loss(
-                        new_values, values[mb], returns[mb], mb_mask,
-                        config.cliprange_value or None)
-                    loss = loss + config.vf_coef * vf_loss
-                    mb_stats.update(vf_stats)
-                accelerator.backward(loss)
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
-                    if critic is not None:
-                        accelerator.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
-                if not pretraining_critic or config.critic == "policy":
-                    if pretraining_critic:  # only the value head moves, the policy stays put
-                        for p in raw_actor.lm.parameters():
-                            p.grad = None
-                    actor_opt.step()
-                actor_opt.zero_grad(set_to_none=True)
-                if critic_opt is not None:
-                    critic_opt.step()
-                    critic_opt.zero_grad(set_to_none=True)
-                for k, v in mb_stats.items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
-                n_mb += 1
-            epochs_run += 1
-            if (config.target_approxkl > 0 and epoch_kl
-                    and float(torch.stack(epoch_kl).mean()) > config.target_approxkl):
-                break  # the policy moved far enough from the rollout policy for this batch
-        timing["time/update"] = time.perf_counter() - t0
+def minibatch_loss(actor, critic, batch: Rollout, ref: Reference, advantages: Tensor,
+                   returns: Tensor, mb: Tensor, config: PPOConfig, *, train_policy: bool,
+                   ptx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Phase 6, one mini-batch (rows `mb` of the rollout): the summed loss and its stats.
 
-        # ---- 6. log ---------------------------------------------------------------------------
-        with torch.no_grad():
-            seq_kl = kl.sum(-1)  # (B,) KL of each sequence to the reference
-            lengths = mask.sum(-1).float()  # (B,)
-            stats = {k: v / n_mb for k, v in stats_sum.items()}
-            stats.update({
-                "objective/scores": scores.mean(),
-                "objective/raw_scores": raw_scores.mean(),
-                "objective/kl": seq_kl.mean(),
-                "objective/kl_coef": torch.tensor(kl_ctl.value),
-                "objective/non_score_reward": non_score_reward.sum(-1).mean(),
-                "objective/rlhf_reward": (scores + non_score_reward.sum(-1)).mean(),
-                "objective/entropy": core.masked_mean(entropy, mask),
-                "objective/perplexity": torch.exp(-core.masked_mean(logprobs, mask)),
-                "objective/response_length": lengths.mean(),
-                "objective/finished": finished.float().mean(),
-                "val/var_explained": var_explained(values, returns, mask),
-                "val/mean": core.masked_mean(values, mask),
-                "policy/advantages_mean": core.masked_mean(advantages, mask),
-                "policy/epochs": torch.tensor(float(epochs_run)),
-            })
-            if token_rewards is not None:
-                stats["objective/rto_reward"] = token_rewards.sum(-1).mean()
-            keys = sorted(stats)
-            flat = torch.stack([stats[k].float().to(device) for k in keys])
-            flat = accelerator.reduce(flat, reduction="mean")  # mean over processes
-        row = {k: float(v) for k, v in zip(keys, flat.tolist())}
-        row.update(timing)
-        row["time/step"] = sum(timing.values())
-        row["step"] = step + 1
-        history.append(row)
-        kl_ctl.update(float(row["objective/kl"]), n_steps=config.batch_size * world)
-        bar.update(1)
-        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
-        if (step + 1) % config.log_every == 0:
-            accelerator.log(row, step=step + 1)
-            if config.log_samples and main:
-                say(format_samples(step + 1, step_prompts, texts, scores, seq_kl,
-                                   config.log_samples))
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, actor_opt,
-                            critic_opt, kl_ctl, accelerator)
-        release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
-        if on_step is not None:
-            on_step(row)
-    bar.close()
+        loss = policy_loss + entropy_coef * (-entropy) + ptx_coef * lm_loss
+               + vf_coef * value_loss
 
-    # ---- save ----------------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    if main:
-        save_policy(raw_actor, tokenizer, out_dir, merge=config.merge_on_save)
-        save_critic(raw_critic, raw_actor, out_dir)
-        (out_dir / "ppo_history.json").write_text(json.dumps(history, indent=1) + "\n")
-    if not config.checkpoint_every or total % config.checkpoint_every:
-        save_checkpoint(out_dir, total, history, raw_actor, raw_critic, actor_opt, critic_opt,
-                        kl_ctl, accelerator)
-    if trackers:
-        accelerator.end_training()
-    return PPOResult(out_dir, history, summarize(history, config),
-                     raw_critic.origin if raw_critic is not None else "value head on the policy",
-                     raw_actor, raw_critic)
+    (`core.policy_loss`, `core.value_loss`, `core.lm_loss`). With `train_policy` False (VC-PPO
+    value pretraining) only the value loss. `ptx`: (ids, attention mask) of PPO-ptx texts.
+    """
+    T = batch.response.shape[1]
+    mb_mask = batch.mask[mb]  # (b, T)
+    # drop the left-padding columns no row of this mini-batch needs (prompts are left-padded
+    # to the longest of the whole batch): less work, same result
+    lo = int(batch.attention_mask[mb].any(0).int().argmax())
+    ids, attn = batch.input_ids[mb, lo:], batch.attention_mask[mb, lo:]  # (b, L - lo)
+    loss = torch.zeros((), device=ids.device)
+    stats: dict[str, Tensor] = {}
+    if train_policy or critic is None:  # a value head on the policy needs its forward too
+        lower = ref.policy_lower[mb, lo:] if ref.policy_lower is not None else None
+        logits, new_values = actor(ids, attn, n_last=T + 1, lower=lower)
+        new_logprobs, logits = _sequence_logprobs(logits[:, :-1], batch.response[mb],
+                                                  config.temperature)
+    if train_policy:
+        pg_loss, pg_stats = core.policy_loss(new_logprobs, ref.logprobs[mb], advantages[mb],
+                                             mb_mask, config.cliprange)
+        loss = loss + pg_loss
+        stats.update(pg_stats)
+        if config.entropy_coef > 0:
+            ent = core.masked_mean(core.entropy_from_logits(logits), mb_mask)
+            loss = loss - config.entropy_coef * ent
+            stats["policy/entropy"] = ent.detach()
+        if ptx is not None:
+            ptx_logits, _ = actor(*ptx)
+            ptx_loss, ptx_stats = core.lm_loss(ptx_logits[:, :-1].float(), ptx[0][:, 1:],
+                                               ptx[1][:, 1:])
+            loss = loss + config.ptx_coef * ptx_loss
+            stats.update(ptx_stats)
+    if critic is not None:
+        lower = ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None
+        new_values = critic(ids, attn, n_last=T + 1, lower=lower)
+    new_values = new_values[:, :-1].float()  # (b, T)
+    vf_loss, vf_stats = core.value_loss(new_values, ref.values[mb], returns[mb], mb_mask,
+                                        config.cliprange_value or None)
+    loss = loss + config.vf_coef * vf_loss
+    stats.update(vf_stats)
+    return loss, stats
+
+
+def optimizer_step(accelerator, actor, critic, actor_opt, critic_opt, config: PPOConfig, *,
+                   train_policy: bool) -> None:
+    """Clip the gradients of policy and critic separately, step both optimizers."""
+    if config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
+        if critic is not None:
+            accelerator.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
+    if train_policy or critic is None:
+        if not train_policy:  # value pretraining with a value head: only the head moves
+            for p in accelerator.unwrap_model(actor).lm.parameters():
+                p.grad = None
+        actor_opt.step()
+    actor_opt.zero_grad(set_to_none=True)
+    if critic_opt is not None:
+        critic_opt.step()
+        critic_opt.zero_grad(set_to_none=True)
+
+
+def step_stats(batch: Rollout, ref: Reference, scores, raw_scores, non_score_reward, kl,
+               advantages, returns, kl_coef: float, epochs_run: int) -> dict[str, Tensor]:
+    """Phase 7: the rollout's metrics (docs/ppo.md, "Metrics"), 0-dim tensors."""
+    with torch.no_grad():
+        mask = batch.mask
+        stats = {
+            "objective/scores": scores.mean(),
+            "objective/raw_scores": raw_scores.mean(),
+            "objective/kl": kl.sum(-1).mean(),  # per sequence: the sum of its tokens' KL
+            "objective/kl_coef": torch.tensor(kl_coef),
+            "objective/non_score_reward": non_score_reward.sum(-1).mean(),
+            "objective/rlhf_reward": (scores + non_score_reward.sum(-1)).mean(),
+            "objective/entropy": core.masked_mean(ref.entropy, mask),
+            "objective/perplexity": torch.exp(-core.masked_mean(ref.logprobs, mask)),
+            "objective/response_length": mask.sum(-1).float().mean(),
+            "objective/finished": batch.finished.float().mean(),
+            "val/var_explained": var_explained(ref.values, returns, mask),
+            "val/mean": core.masked_mean(ref.values, mask),
+            "policy/advantages_mean": core.masked_mean(advantages, mask),
+            "policy/advantages_std": core.masked_var(advantages, mask).sqrt()
+            if mask.sum() > 1 else torch.zeros(()),
+            "policy/epochs": torch.tensor(float(epochs_run)),
+        }
+        if ref.token_rewards is not None:
+            stats["objective/rto_reward"] = ref.token_rewards.sum(-1).mean()
+    return stats
+
+
+def evaluate_policy(actor: Actor, tokenizer, queries, prompts, reward_fn, config: PPOConfig,
+                    device, bf16: bool, accelerator, seed: int) -> dict[str, float]:
+    """Phase 8: one sampled response per held-out prompt, with the same random numbers at
+    every evaluation (so two evaluations differ by the policy, not by the draw); its score
+    (with the missing-EOS penalty, as in training) and KL to the reference. Means over the
+    held-out prompts of every process, and the standard error of the mean score."""
+    batch = rollout(actor.lm, tokenizer, queries, config, device, bf16, seed)
+    raw = reward_fn(prompts, batch.texts).to(device=device, dtype=torch.float32)  # (B,)
+    scores = missing_eos_penalty(raw, batch.finished, config.missing_eos_penalty)  # (B,)
+    ref = reference_pass(actor, None, batch, config, device, bf16, rto=False)
+    seq_kl = core.masked_mean(core.kl_penalty(ref.logprobs, ref.ref_logprobs,
+                                              config.kl_estimator), batch.mask, dim=-1)
+    seq_kl = seq_kl * batch.mask.sum(-1)  # (B,) per sequence, as objective/kl
+    sums = torch.stack([scores.sum(), (scores ** 2).sum(), seq_kl.sum(),
+                        batch.mask.sum().float(), torch.tensor(float(len(queries)))]).to(device)
+    s, s2, k, length, n = accelerator.reduce(sums.double(), reduction="sum").tolist()
+    mean = s / n
+    var = max(s2 - n * mean ** 2, 0.0) / max(n - 1, 1)  # unbiased
+    return {"eval/scores": mean, "eval/score_se": math.sqrt(var / n), "eval/kl": k / n,
+            "eval/response_length": length / n}
+
+
+def ptx_batch(tokenizer, texts: list[str], config: PPOConfig, step: int, epoch: int,
+              mb_start: int, device) -> tuple[Tensor, Tensor]:
+    """PPO-ptx (InstructGPT): a deterministic slice of the text dataset, tokenised."""
+    n = config.ptx_batch_size
+    start = ((step * config.ppo_epochs + epoch) * 1000 + mb_start) * n
+    chunk = [texts[(start + j) % len(texts)] for j in range(n)]
+    enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=256,
+                    padding_side="right")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def var_explained(values, returns, mask) -> torch.Tensor:
@@ -450,18 +649,6 @@ def var_explained(values, returns, mask) -> torch.Tensor:
     return core.explained_variance(values, returns, mask)
 
 
-def _ptx_loss(actor, tokenizer, texts, config, step, epoch, mb_start, device):
-    """PPO-ptx (InstructGPT): LM loss on a deterministic slice of the text dataset."""
-    n = config.ptx_batch_size
-    start = ((step * config.ppo_epochs + epoch) * 1000 + mb_start) * n
-    batch = [texts[(start + j) % len(texts)] for j in range(n)]
-    enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=256,
-                    padding_side="right")
-    ids, am = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    logits, _ = actor(ids, am)
-    return core.lm_loss(logits[:, :-1].float(), ids[:, 1:], am[:, 1:])
-
-
 def format_samples(step, prompts, texts, scores, seq_kl, n) -> str:
     lines = [f"step {step} samples:"]
     for p, t, s, k in list(zip(prompts, texts, scores.tolist(), seq_kl.tolist()))[:n]:
@@ -469,23 +656,44 @@ def format_samples(step, prompts, texts, scores, seq_kl, n) -> str:
     return "\n".join(lines)
 
 
-def summarize(history: list[dict], config: PPOConfig) -> dict[str, float]:
-    """The round's summary metrics for the store: first/last scores and KL of the PPO run."""
+def summarize(history: list[dict], config: PPOConfig, evaluations: Sequence[dict] = (), *,
+              kept_step: int | None = None, stopped_early: bool = False,
+              kl_coef: float | None = None) -> dict[str, float | list[float]]:
+    """The round's summary metrics for the store (names in docs/ppo.md, "Metrics")."""
     if not history:
         return {}
     tail = history[-min(len(history), max(1, config.log_every)):]
-    mean = lambda k, rows: float(np.mean([r[k] for r in rows]))  # noqa: E731
-    return {
+    mean = lambda k, rows: float(np.mean([r[k] for r in rows]))
+    out = {
         "ppo/steps": float(len(history)),
         "ppo/score_first": history[0]["objective/scores"],
         "ppo/score_last": mean("objective/scores", tail),
         "ppo/kl_last": mean("objective/kl", tail),
+        "ppo/kl_per_step": [round(r["objective/kl"], 5) for r in history],
+        "ppo/kl_coef_last": history[-1]["objective/kl_coef"] if kl_coef is None else kl_coef,
         "ppo/response_length_last": mean("objective/response_length", tail),
         "ppo/seconds_per_step": mean("time/step", history),
+        "ppo/stopped_early": float(stopped_early),
+        "ppo/kept_step": float(kept_step if kept_step is not None else history[-1]["step"]),
     }
+    # the KL of the policy that was saved: measured on held-out prompts where there are some
+    kept = [e for e in evaluations if e["step"] == out["ppo/kept_step"]]
+    out["ppo/kl_final"] = kept[-1]["eval/kl"] if kept else out["ppo/kl_last"]
+    if evaluations:
+        out["ppo/eval_score_start"] = evaluations[0]["eval/scores"]
+        out["ppo/eval_kl_start"] = evaluations[0]["eval/kl"]
+        if kept:
+            out["ppo/eval_score_final"] = kept[-1]["eval/scores"]
+    return out
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
+def run_state(stopper: core.EarlyStopping, evaluations: list, best_state) -> dict:
+    """What early stopping needs to resume: its counters, the evaluations, the best policy."""
+    return {"early_stop": stopper.state_dict(), "evaluations": evaluations,
+            "best_actor": best_state}
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     folder = Path(out_dir) / CHECKPOINTS
     steps = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("step-*")
@@ -494,10 +702,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def save_checkpoint(out_dir, step, history, actor, critic, actor_opt, critic_opt, kl_ctl,
-                    accelerator) -> Path:
+                    accelerator, extra: dict | None = None) -> Path:
     """Everything a resumed run needs to continue exactly: the trained tensors (adapters and
     heads, not the frozen base), both optimizers, the KL controller, the step counter, the
-    history, and every process's RNG states."""
+    history, early stopping's state (`extra`), and every process's RNG states."""
     folder = Path(out_dir) / CHECKPOINTS / f"step-{step}"
     rank = accelerator.process_index
     if accelerator.is_main_process:
@@ -515,13 +723,16 @@ def save_checkpoint(out_dir, step, history, actor, critic, actor_opt, critic_opt
             "actor_opt": actor_opt.state_dict(),
             "critic_opt": critic_opt.state_dict() if critic_opt is not None else None,
             "kl_ctl": kl_ctl.state_dict(),
+            **(extra or {}),
         }, folder / "state.tmp")
         (folder / "state.tmp").replace(folder / "state.pt")  # a kill mid-write leaves no half
     accelerator.wait_for_everyone()
     return folder
 
 
-def load_checkpoint(folder, actor, critic, actor_opt, critic_opt, kl_ctl, rank):
+def load_checkpoint(folder, actor, critic, actor_opt, critic_opt, kl_ctl, rank) -> dict:
+    """Load a checkpoint into the modules, optimizers and KL controller; restore this process's
+    RNG states; return the saved state (step, history, early stopping's state)."""
     state = torch.load(Path(folder) / "state.pt", weights_only=False)
     load_trainable_state(actor, state["actor"])
     if critic is not None and state["critic"] is not None:
@@ -538,4 +749,4 @@ def load_checkpoint(folder, actor, critic, actor_opt, critic_opt, kl_ctl, rank):
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return state["step"], list(state["history"])
+    return state

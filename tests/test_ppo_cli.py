@@ -96,6 +96,8 @@ def test_train_dpo_then_ppo_with_rto(project):
     p.close()
     run("train-dpo", "--round", "0", "--epochs", "2", "--batch-size", "2", "--project", project)
     assert (project / "rounds/0/dpo/adapter_config.json").exists()
+    # --batch-size is [dpo] batch_size: 3 pairs in steps of 2, twice = 4 steps (default 4: 2)
+    assert len(json.loads((project / "rounds/0/dpo/dpo_history.json").read_text())) == 4
     p = Project.find(project)
     assert p.store.round(0).metrics["dpo/pairs"] == 3.0
     p.close()
@@ -103,3 +105,29 @@ def test_train_dpo_then_ppo_with_rto(project):
         *SMALL, "--project", project)
     history = json.loads((project / "rounds/0/policy/ppo_history.json").read_text())
     assert "objective/rto_reward" in history[0] and history[0]["objective/rto_reward"] != 0.0
+
+
+def test_dpo_settings_are_their_own_section(project):
+    toml = (project / "rankloop.toml").read_text()
+    assert "\n[dpo]\n" in toml and "dpo_beta" not in toml
+    head, dpo = toml.split("\n[dpo]\n")
+
+    def with_dpo(old: str, new: str) -> str:
+        assert old in dpo
+        return head + "\n[dpo]\n" + dpo.replace(old, new, 1)
+
+    p = Project.find(project)
+    assert (p.config.dpo.beta, p.config.dpo.batch_size, p.config.dpo.epochs) == (0.1, 4, 1)
+    p.close()
+    (project / "rankloop.toml").write_text(with_dpo("\nbeta = 0.1\n", "\nbeta = 0.3\n"))
+    p = Project.find(project)
+    assert p.config.dpo.beta == 0.3
+    p.close()
+    (project / "rankloop.toml").write_text(with_dpo("\nlr = 5e-05\n", "\nlr = -1.0\n"))
+    res = run("train-dpo", "--project", project, ok=False)
+    assert "[dpo] lr = -1.0: must be > 0" in res.output
+    # a project written before [dpo] existed: one message saying where the setting went
+    (project / "rankloop.toml").write_text(toml.replace("\n[ppo]\n", "\n[ppo]\ndpo_beta = 0.2\n"))
+    res = run("train-dpo", "--project", project, ok=False)
+    assert res.exit_code == 1 and "[ppo] dpo_beta is now [dpo] beta" in res.output
+    assert "Traceback" not in res.output

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rankloop.ppo.core import (
-    AdaptiveKLController,
+    EarlyStopping,
     FixedKLController,
+    KLConstraintController,
     compute_rewards,
     decoupled_gae,
     dpo_loss,
@@ -399,22 +400,49 @@ def test_lm_loss_matches_cross_entropy():
 # --------------------------------------------------------------------------- #
 # KL controllers
 # --------------------------------------------------------------------------- #
-def test_adaptive_kl_controller_two_updates_and_resume():
-    ctl = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
-    # kl 8: error = clip(8/6 - 1 = 0.333, +-0.2) = 0.2; mult = 1 + 0.2*256/10000 = 1.00512
-    ctl.update(8.0, n_steps=256)
-    assert ctl.value == pytest.approx(0.2 * 1.00512, rel=1e-12)
-    # kl 5.7: error = 5.7/6 - 1 = -0.05; mult = 1 - 0.05*512/10000 = 0.99744
-    ctl.update(torch.tensor(5.7), n_steps=512)
-    assert ctl.value == pytest.approx(0.2 * 1.00512 * 0.99744, rel=1e-6)  # 0.2005094
+def test_kl_constraint_controller_two_updates_floor_and_resume():
+    ctl = KLConstraintController(kl_coef=0.05, target=2.0, horizon=160)
+    # kl 6: step = (6 - 2) * 8 / 160 = 0.2 -> 0.25
+    ctl.update(6.0, n_steps=8)
+    assert ctl.value == pytest.approx(0.25, rel=1e-12)
+    # kl 1: step = (1 - 2) * 16 / 160 = -0.1 -> 0.15
+    ctl.update(torch.tensor(1.0), n_steps=16)
+    assert ctl.value == pytest.approx(0.15, rel=1e-6)
+    # kl 0 for long: never below the fixed coefficient
+    for _ in range(10):
+        ctl.update(0.0, n_steps=8)
+    assert ctl.value == 0.05
     # exact resume: a fresh controller loaded from the state continues identically
-    other = AdaptiveKLController(init_kl_coef=1.0, target=1.0, horizon=1)
+    ctl.update(9.5, n_steps=8)
+    other = KLConstraintController(kl_coef=1.0, target=1.0, horizon=1)
     other.load_state_dict(ctl.state_dict())
     assert other.state_dict() == ctl.state_dict()
-    for kl in (1.0, 12.0, 6.3):
+    for kl in (1.0, 12.0, 0.3):
         ctl.update(kl, 64)
         other.update(kl, 64)
         assert other.value == ctl.value
+    with pytest.raises(ValueError, match="must be > 0"):
+        KLConstraintController(0.05, target=0.0, horizon=1.0)
+
+
+def test_early_stopping_patience_min_delta_in_standard_errors_and_resume():
+    stop = EarlyStopping(patience=2, min_delta=1.0)
+    assert stop.update(0.5, se=0.1, step=0)  # the first evaluation is the first best
+    assert not stop.update(0.55, se=0.1, step=5)  # +0.05 < 1 standard error: no progress
+    assert stop.since_best == 1 and not stop.should_stop
+    assert stop.update(0.7, se=0.1, step=10)  # +0.2 > 0.1: the new best resets the count
+    assert (stop.best, stop.best_step, stop.since_best) == (0.7, 10, 0)
+    assert not stop.update(0.79, se=0.1, step=15)
+    other = EarlyStopping(patience=2, min_delta=1.0)
+    other.load_state_dict(stop.state_dict())
+    assert not other.update(0.6, se=0.1, step=20)  # two in a row without progress
+    assert other.should_stop and other.best_step == 10
+    # min_delta 0: any increase counts; patience 0: never stops
+    never = EarlyStopping(patience=0, min_delta=0.0)
+    for step, score in enumerate([1.0, 0.9, 0.8, 0.7]):
+        never.update(score, se=0.0, step=step)
+    assert not never.should_stop and never.since_best == 3
+    assert never.update(1.0 + 1e-9, se=0.0, step=4)
 
 
 def test_fixed_kl_controller():

@@ -1,5 +1,6 @@
 """The PPO loop on tiny random-weight models: a toy task with a known optimum, exact resume,
-value pretraining, RTO wiring, the critic initialised from a reward model, and saving."""
+value pretraining, RTO wiring, the critic initialised from a reward model, saving, and the
+levers that bound the drift (adaptive KL, early stopping on held-out prompts)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,11 @@ def count_reward(target: str):
 
 
 def cfg(**kw) -> PPOConfig:
+    """Small runs; the drift levers (adaptive KL, held-out evaluation) are off unless a test
+    turns them on, so every other test trains on all prompts with a fixed KL coefficient."""
     base = dict(steps=3, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=8,
-                lr=5e-3, critic_lr=5e-3, kl_coef=0.01, log_samples=0, bf16="no", seed=0)
+                lr=5e-3, critic_lr=5e-3, kl_coef=0.01, log_samples=0, bf16="no", seed=0,
+                kl_target=0.0, eval_every=0)
     base.update(kw)
     return PPOConfig(**base)
 
@@ -74,30 +78,141 @@ def test_toy_task_reward_rises_and_kl_stays_bounded(peaked_lm, tmp_path):
         assert 0.0 <= r["policy/clipfrac"] <= 1.0 and r["policy/approxkl"] >= 0.0
         assert r["objective/response_length"] <= 8
     assert res.summary["ppo/score_last"] > res.summary["ppo/score_first"]
-    # every fixed metric name is there
-    for name in ("objective/entropy", "objective/perplexity", "val/clipfrac",
-                 "val/var_explained", "time/rollout", "time/score", "time/reference",
-                 "time/update"):
-        assert name in res.history[-1]
+    for r in res.history:  # the logged metrics hold the relations that define them
+        assert r["objective/non_score_reward"] == pytest.approx(-0.01 * r["objective/kl"],
+                                                                rel=1e-4, abs=1e-7)
+        assert r["objective/rlhf_reward"] == pytest.approx(
+            r["objective/scores"] + r["objective/non_score_reward"], rel=1e-5, abs=1e-6)
+        assert r["objective/kl_coef"] == pytest.approx(0.01)  # kl_target = 0: fixed
+        assert r["time/step"] == pytest.approx(sum(r[f"time/{p}"] for p in (
+            "rollout", "score", "reference", "update")))
+        assert r["objective/entropy"] > 0 and r["objective/perplexity"] > 1
+        assert r["val/var_explained"] <= 1.0 and r["val/clipfrac"] >= 0.0
+        # advantages are whitened over each rollout batch inside the loop
+        assert r["policy/advantages_mean"] == pytest.approx(0.0, abs=1e-5)
+        assert r["policy/advantages_std"] == pytest.approx(1.0, abs=1e-3)
+    assert res.summary["ppo/kl_per_step"] == pytest.approx(kls, abs=1e-5)
+    assert res.summary["ppo/kl_final"] == res.summary["ppo/kl_last"] == kls[-1]
+
+
+def test_whitening_and_value_clipping_act_inside_the_loop(peaked_lm, tmp_path):
+    """Scores offset by +10: unwhitened advantages carry the offset; a tiny value clip range
+    with a fast critic clips most value updates, and no clip range clips none."""
+    lm, target = peaked_lm
+
+    def offset(prompts, responses):
+        return count_reward(target)(prompts, responses) + 10.0
+
+    def go(name, **kw):
+        return train_ppo(cfg(steps=2, critic_lr=5e-2, **kw), policy=str(lm), prompts=PROMPTS,
+                         reward_fn=offset, out_dir=tmp_path / name, progress=False, log=None)
+
+    raw = go("raw", whiten_advantages=False, cliprange_value=1e-4)
+    white = go("white", whiten_advantages=True, cliprange_value=0.0)
+    # the fresh critic predicts ~0, so the first step's raw advantages are ~ the returns (~10)
+    assert raw.history[0]["policy/advantages_mean"] > 5.0
+    assert white.history[0]["policy/advantages_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert white.history[0]["policy/advantages_std"] == pytest.approx(1.0, abs=1e-3)
+    assert raw.history[0]["val/clipfrac"] > 0.3  # the clipped loss is the larger one
+    assert white.history[0]["val/clipfrac"] == 0.0
 
 
 def test_resume_continues_exactly(peaked_lm, tmp_path):
+    """With the adaptive KL and an evaluation every step (one held-out prompt of six), a run
+    resumed after step 2 computes what the uninterrupted run did, evaluations included."""
     lm, target = peaked_lm
-    full = run(cfg(steps=3, checkpoint_every=1), lm, target, tmp_path / "a")
-    run(cfg(steps=2, checkpoint_every=1), lm, target, tmp_path / "b")
-    resumed = run(cfg(steps=3, checkpoint_every=1), lm, target, tmp_path / "b", resume=True)
+    levers = dict(checkpoint_every=1, kl_target=0.05, kl_horizon=16.0, eval_every=1,
+                  early_stop_patience=0)
+    full = run(cfg(steps=3, **levers), lm, target, tmp_path / "a")
+    run(cfg(steps=2, **levers), lm, target, tmp_path / "b")
+    resumed = run(cfg(steps=3, **levers), lm, target, tmp_path / "b", resume=True)
     assert [r["step"] for r in resumed.history] == [1, 2, 3]
     a, b = full.history[2], resumed.history[2]
     for k in a:
         if not k.startswith("time/"):
             assert a[k] == b[k], k
+    assert [e["step"] for e in full.evaluations] == [0, 1, 2, 3]
+    assert resumed.evaluations == full.evaluations
+    assert full.history[1]["objective/kl_coef"] != 0.01  # the controller moved
     sa = torch.load(tmp_path / "a/checkpoints/step-3/state.pt", weights_only=False)
     sb = torch.load(tmp_path / "b/checkpoints/step-3/state.pt", weights_only=False)
-    for part in ("actor", "critic"):
+    for part in ("actor", "critic", "best_actor"):
         assert sa[part].keys() == sb[part].keys()
         for n in sa[part]:
             assert torch.equal(sa[part][n], sb[part][n]), n
-    assert sa["kl_ctl"] == sb["kl_ctl"]
+    assert sa["kl_ctl"] == sb["kl_ctl"] and sa["early_stop"] == sb["early_stop"]
+
+
+def test_adaptive_kl_bounds_the_drift_a_reward_pays_for(peaked_lm, tmp_path):
+    """The toy reward pays for moving away from the reference. With the fixed coefficient the
+    KL keeps growing; with kl_target the coefficient rises with the excess and pulls the
+    policy back below the target."""
+    lm, target = peaked_lm
+    levers = dict(steps=12, lr=3e-3, critic_lr=1e-2, ppo_epochs=4, kl_coef=0.05)
+    fixed = run(cfg(**levers), lm, target, tmp_path / "fixed")
+    adaptive = run(cfg(**levers, kl_target=0.5, kl_horizon=8.0), lm, target, tmp_path / "ada")
+    kl_fixed = [r["objective/kl"] for r in fixed.history]
+    kl_ada = [r["objective/kl"] for r in adaptive.history]
+    assert max(kl_fixed[-5:]) > 2.5  # ~3 nats over the last 5 steps and rising
+    assert sum(kl_ada[-5:]) < 0.3 * sum(kl_fixed[-5:])  # ~0.4
+    assert max(kl_ada[-5:]) < 1.5
+    # each step the coefficient moved by (KL - target) * samples / horizon, floored at kl_coef
+    coefs = [r["objective/kl_coef"] for r in adaptive.history]
+    for kl, coef, nxt in zip(kl_ada, coefs, coefs[1:]):
+        assert nxt == pytest.approx(max(0.05, coef + (kl - 0.5) * 8 / 8.0), rel=1e-5)
+    assert max(coefs) > 1.0 and set(r["objective/kl_coef"] for r in fixed.history) == {
+        fixed.history[0]["objective/kl_coef"]}
+
+
+def test_split_prompts_holds_out_a_seeded_share():
+    from rankloop.ppo.train import split_prompts
+
+    train, held = split_prompts(10, cfg(eval_every=5, eval_prompts=16), world=1)
+    assert len(held) == 2  # at most a quarter of the prompts
+    assert sorted(train + held) == list(range(10)) and not set(train) & set(held)
+    assert split_prompts(10, cfg(eval_every=5, eval_prompts=16), world=1) == (train, held)
+    assert split_prompts(10, cfg(eval_every=5, eval_prompts=16, seed=1), world=1)[1] != held
+    assert len(split_prompts(100, cfg(eval_every=5, eval_prompts=16), world=3)[1]) == 15
+    assert split_prompts(10, cfg(eval_every=5), world=3)[1] == []  # too few for 3 shares
+    assert split_prompts(10, cfg(eval_every=0), world=1) == (list(range(10)), [])
+
+
+def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_lm, tmp_path):
+    """A reward the policy cannot change (it depends on the prompt only): PPO still moves the
+    policy (whitened advantages of noise), the held-out score never rises, the run stops after
+    `early_stop_patience` evaluations and saves the policy it started from."""
+    lm, _ = peaked_lm
+
+    def flat(prompts, responses):
+        return torch.tensor([len(p.text) / 4.0 for p in prompts])
+
+    prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
+    levers = dict(steps=20, lr=1e-2, eval_every=1, eval_prompts=2, early_stop_patience=2)
+    said = []
+    res = train_ppo(cfg(**levers), policy=str(lm), prompts=prompts, reward_fn=flat,
+                    out_dir=tmp_path / "best", progress=False, log=said.append)
+    assert [r["step"] for r in res.history] == [1, 2]
+    assert [e["step"] for e in res.evaluations] == [0, 1, 2]
+    assert res.evaluations[-1]["eval/kl"] > 0.01  # the policy did drift ...
+    assert res.summary["ppo/stopped_early"] == 1.0 and res.summary["ppo/kept_step"] == 0.0
+    assert res.summary["ppo/kl_final"] == 0.0  # ... but the start policy is what is saved
+    assert res.summary["ppo/eval_score_final"] == res.summary["ppo/eval_score_start"]
+    assert any("stopped early after step 2" in m for m in said)
+    assert any("keeping the policy of step 0" in m for m in said)
+    lora_b = [p for n, p in res.actor.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b)  # fresh adapter
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "best/adapter_model.safetensors")
+    assert all(float(t.abs().max()) == 0.0 for n, t in saved.items() if "lora_B" in n)
+    # keep_policy = 'last' saves the policy that drifted; patience 0 never stops
+    last = train_ppo(cfg(**{**levers, "steps": 3, "early_stop_patience": 0},
+                         keep_policy="last"),
+                     policy=str(lm), prompts=prompts, reward_fn=flat, out_dir=tmp_path / "last",
+                     progress=False, log=None)
+    assert len(last.history) == 3 and last.summary["ppo/stopped_early"] == 0.0
+    assert last.summary["ppo/kept_step"] == 3.0
+    assert last.summary["ppo/kl_final"] == last.evaluations[-1]["eval/kl"] > 0.01
 
 
 def test_resume_without_checkpoint_is_a_clear_error(peaked_lm, tmp_path):
@@ -251,11 +366,15 @@ def test_saved_policy_loads_with_from_pretrained_and_load_causal_lm(peaked_lm, t
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(c, b, atol=1e-4, rtol=1e-4)
     assert (a - d).abs().max() > 1e-3  # the policy really changed
-    # merge_on_save writes plain full weights
+    # merge_on_save writes plain full weights that compute what the trained adapter does
     out2 = tmp_path / "merged"
-    run(cfg(steps=1, lr=2e-2, merge_on_save=True), lm, target, out2)
+    res = run(cfg(steps=1, lr=2e-2, merge_on_save=True), lm, target, out2)
     assert not (out2 / "adapter_config.json").exists()
-    assert AutoModelForCausalLM.from_pretrained(out2) is not None
+    full = AutoModelForCausalLM.from_pretrained(out2).eval()
+    with torch.no_grad():
+        e, f = full(ids).logits, res.actor.lm(input_ids=ids).logits
+    torch.testing.assert_close(e, f, atol=1e-4, rtol=1e-4)
+    assert (e - d).abs().max() > 1e-3
 
 
 def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
@@ -272,26 +391,34 @@ def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
     assert lora and all(".layers.1." in n for n in lora)  # the tiny model has layers 0 and 1
     assert {"head.weight", "head.bias"} <= set(trained)
     res = run(cfg(steps=1, critic_lora_layers=1), lm, target, tmp_path / "p")
-    assert res.history[0]["val/loss"] > 0
+    # the run trained that critic: its top block's adapter and its head left their start
+    lora_b = [p for n, p in res.critic.named_parameters() if "lora_B" in n]
+    assert lora_b and all(".layers.1." in n for n, _ in res.critic.named_parameters()
+                          if "lora_" in n)
+    assert all(p.abs().max() > 0 for p in lora_b)  # peft starts lora_B at 0
+    assert res.critic.head.weight.abs().max() > 0  # the fresh head starts at 0
 
 
 def test_switches_ptx_entropy_early_stop_adaptive_kl(peaked_lm, tmp_path):
     lm, target = peaked_lm
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog.\nWrite a short poem.\n")
-    res = run(cfg(steps=2, ppo_epochs=4, ptx_coef=0.5, ptx_dataset=str(corpus),
+    res = run(cfg(steps=3, ppo_epochs=4, ptx_coef=0.5, ptx_dataset=str(corpus),
                   ptx_batch_size=2, entropy_coef=0.01, target_approxkl=1e-12, kl_target=0.01,
                   kl_horizon=100.0, kl_coef=0.1), lm, target, tmp_path / "p")
-    first, second = res.history
+    first, second, third = res.history
     # PPO-ptx: the LM loss of a random 400-token model on real text is about ln(400) = 6
     assert 3.0 < first["ptx/loss"] < 9.0 and first["ptx/tokens"] > 0
     assert first["policy/entropy"] > 0
     # early stop: the first epoch moves the policy past the (tiny) approx-KL target
     assert first["policy/epochs"] == 1.0
-    # adaptive KL: the coefficient moved after step 1 by the clipped proportional rule
-    kl1 = first["objective/kl"]
-    err = min(max(kl1 / 0.01 - 1, -0.2), 0.2)
-    assert second["objective/kl_coef"] == pytest.approx(0.1 * (1 + err * 8 / 100.0), rel=1e-5)
+    # adaptive KL: after each step the coefficient moves by (KL - target) * samples / horizon,
+    # never below kl_coef (step 1 samples the reference itself: KL 0, the floor holds)
+    assert first["objective/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert second["objective/kl_coef"] == pytest.approx(0.1)
+    assert second["objective/kl"] > 0.01
+    assert third["objective/kl_coef"] == pytest.approx(
+        0.1 + (second["objective/kl"] - 0.01) * 8 / 100.0, rel=1e-5)
 
 
 def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypatch):
