@@ -25,7 +25,16 @@ transformers 5 and silently falls back to rope_theta = 10000 (SmolLM2 uses 10000
 sets it back, and before timing anything both stacks compute logits on the same input and the
 run stops if they disagree.
 
+  baseline : (`--baseline DIR`) the same rankloop worker run on an older rankloop tree (made with
+             `git archive REV | tar -x -C DIR`), imported through a shim package on PYTHONPATH,
+             as one more system in the same lockstep: a refactor's before and after, timed
+             alike.
+
+The rankloop systems time the training loop only: `eval_every = 0`, so the held-out evaluations
+(which an older tree does not have) are not in the step times.
+
 Usage:  flock /tmp/rankloop-cpu.lock python bench/ppo.py [--steps 3] [--setup]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -101,16 +110,18 @@ def worker_rankloop(args) -> dict:
     torch.set_num_threads(args.threads)
     policy = str(default_model_path())
     rm = str(RESULTS / "rm-smollm2")
+    extra = {"eval_every": 0} if "eval_every" in PPOConfig.__dataclass_fields__ else {}
     cfg = PPOConfig(steps=args.steps + 1, batch_size=BATCH, mini_batch_size=MINI,
                     ppo_epochs=EPOCHS, max_new_tokens=NEW_TOKENS, log_samples=0,
                     critic=args.critic, critic_lora_layers=args.critic_lora_layers,
-                    lora_layers=int(args.lora_layers))
+                    lora_layers=int(args.lora_layers), **extra)
     prompts = [Prompt.from_text(t) for t in prompts_texts(BATCH * (args.steps + 1))]
     turns = Turns()
     turns.wait()
     t0 = time.perf_counter()
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=ScorerReward(path=rm),
-                    out_dir=RESULTS / f"ppo-rankloop-lora{args.lora_layers}", reward_model=rm,
+                    out_dir=RESULTS / f"ppo-rankloop-lora{args.lora_layers}{args.tag}",
+                    reward_model=rm,
                     progress=False, log=None,
                     on_step=turns.step)
     steps = res.history[1:]  # the first step warms up (allocator, kernels)
@@ -118,6 +129,8 @@ def worker_rankloop(args) -> dict:
     name = f"rankloop (critic={args.critic}"
     name += f", critic LoRA on {args.critic_lora_layers or 'all'} blocks"
     name += f", policy LoRA on {args.lora_layers if int(args.lora_layers) else 'all'} blocks)"
+    if args.tag:
+        name += f" [{args.tag.strip('-')}]"
     return {"system": name, "step_s": mean("time/step"),
             "generation_s": mean("time/rollout"), "scoring_s": mean("time/score"),
             "reference_s": mean("time/reference"), "update_s": mean("time/update"),
@@ -259,6 +272,22 @@ def worker_cmd(python, worker: str, args, extra=(), tag: str = "") -> tuple[list
     return cmd, out
 
 
+def baseline_shim(tree: Path) -> Path:
+    """A folder that, first on PYTHONPATH, makes `rankloop` import from an older source tree: a
+    package whose subpackages link to the tree's folders (found before the editable install's
+    finder, which sits at the end of sys.meta_path)."""
+    shim = RESULTS / "baseline-shim"
+    pkg = shim / "rankloop"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").touch()
+    for name in ("app", "data", "lm", "ppo", "reward", "settings"):
+        link = pkg / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(tree).resolve() / name, target_is_directory=True)
+    return shim
+
+
 def call(python, worker: str, args, extra=()) -> dict:
     cmd, out = worker_cmd(python, worker, args, extra)
     subprocess.run(cmd, check=True, env=ENV)
@@ -278,6 +307,9 @@ def main() -> None:
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--baseline", default=None,
+                    help="an older rankloop source tree to time alongside (see the docstring)")
+    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
     ap.add_argument("--policy", default=None)
     ap.add_argument("--ids", default=None)
     args = ap.parse_args()
@@ -309,6 +341,12 @@ def main() -> None:
     for layers in str(args.lora_layers).split(","):
         jobs.append(worker_cmd(sys.executable, "rankloop", args, ["--lora-layers", layers],
                                tag=f"-lora{layers}"))
+    if args.baseline:
+        layers = str(args.lora_layers).split(",")[0]
+        cmd, out = worker_cmd(sys.executable, "rankloop", args,
+                              ["--lora-layers", layers, "--tag", "-baseline"],
+                              tag=f"-lora{layers}-baseline")
+        jobs.append((["env", f"PYTHONPATH={baseline_shim(Path(args.baseline))}", *cmd], out))
     run_lockstep([cmd for cmd, _ in jobs], ENV)
     results = [json.loads(out.read_text()) for _, out in jobs]
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -321,6 +359,12 @@ def main() -> None:
             rounds = [x / y for x, y in zip(a["per_step_s"][1:], r["per_step_s"][1:])]
             r["speedup_per_round"] = rounds
             r["memory_vs_anchor"] = r["peak_rss_gb"] / a["peak_rss_gb"]
+    if args.baseline:  # the first rankloop system against the same one on the older tree
+        new, old = results[0 if args.skip_anchor else 1], results[-1]
+        report["vs_baseline"] = {
+            "baseline": str(args.baseline), "step_time_ratio": new["step_s"] / old["step_s"],
+            "per_round": [x / y for x, y in zip(new["per_step_s"][1:], old["per_step_s"][1:])],
+            "peak_rss_ratio": new["peak_rss_gb"] / old["peak_rss_gb"]}
     (RESULTS / "ppo.json").write_text(json.dumps(report, indent=1) + "\n")
     cols = ("step_s", "generation_s", "scoring_s", "reference_s", "update_s", "peak_rss_gb",
             "response_length")
@@ -334,6 +378,11 @@ def main() -> None:
             print(f"{r['system']}: {r['speedup_vs_anchor']:.2f}x faster per step (per round: "
                   f"{min(rounds):.2f}x to {max(rounds):.2f}x), peak memory "
                   f"{r['memory_vs_anchor']:.2f}x the anchor's")
+    if "vs_baseline" in report:
+        v = report["vs_baseline"]
+        print(f"this tree vs the baseline tree: step time {v['step_time_ratio']:.3f}x (per round "
+              f"{', '.join(f'{x:.2f}' for x in v['per_round'])}), peak memory "
+              f"{v['peak_rss_ratio']:.3f}x")
 
 
 if __name__ == "__main__":
