@@ -11,6 +11,7 @@ from report_fixture import two_round_store
 from test_cli import run
 
 from rankloop.app.project import Project
+from rankloop.data import curves
 
 
 @pytest.fixture
@@ -88,3 +89,25 @@ def test_report_writes_one_page(two_rounds, tmp_path):
     run("report", "-o", target, "--examples", 0, "--source", "human", "--project", two_rounds)
     other = target.read_text(encoding="utf-8")
     assert "labels from human" in other and "Examples:" not in other
+
+
+def test_rankloop_ppo_records_its_curve_for_the_report(tmp_path, tiny_lm_dir, monkeypatch):
+    (tmp_path / "curve_rewards.py").write_text(
+        "def brevity(prompts, responses):\n    return [-len(r) / 10.0 for r in responses]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "prompts.jsonl").write_text("".join(
+        json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(8)))
+    root = tmp_path / "proj"
+    run("init", root, "--policy", tiny_lm_dir, "--reward-model", tiny_lm_dir)
+    run("import", tmp_path / "prompts.jsonl", "--project", root)
+    run("ppo", "--round", "0", "--steps", "2", "--reward-fn", "curve_rewards:brevity",
+        "--batch-size", "4", "--mini-batch-size", "2", "--ppo-epochs", "1",
+        "--max-new-tokens", "6", "--project", root)
+    history = json.loads((root / "rounds/0/policy/ppo_history.json").read_text())
+    p = Project.find(root)
+    got = {c.metric: c for c in curves.curves(p.store, metrics=list(curves.PPO_CURVES))}
+    p.close()
+    assert history and set(got) == set(curves.PPO_CURVES)
+    for metric, c in got.items():
+        assert c.round == 0 and c.steps == tuple(h["step"] for h in history)
+        assert c.values == pytest.approx([h[metric] for h in history])
