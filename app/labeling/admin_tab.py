@@ -20,9 +20,10 @@ from rankloop.data.records import PERSON_ROLES
 from . import admin
 from .events import guarded
 from .handlers import Ctx
+from .rounds_view import build_rounds_view
 
 # Admin views built by other modules, each `view(ctx)` (e.g. the rounds view); one call each.
-ADMIN_VIEWS: Sequence[Callable[[Ctx], None]] = ()
+ADMIN_VIEWS: Sequence[Callable[[Ctx], None]] = (build_rounds_view,)
 
 
 def _action(ctx: Ctx, fn):
