@@ -22,12 +22,6 @@ from rankloop.settings import ConfigError
 from .project import Project, ProjectError
 
 
-def next_reward_round(project: Project) -> int:
-    """One after the last round that has a reward model, or 0."""
-    done = [r.number for r in project.store.rounds() if r.reward_model]
-    return max(done) + 1 if done else 0
-
-
 def reward_model_of(project: Project, round_: int | None = None) -> Path:
     """The reward model recorded for `round_`, or with None the latest round's that has one."""
     if round_ is not None:

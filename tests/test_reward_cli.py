@@ -60,7 +60,8 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
     assert r0.metrics["reward/eval_pairs"] == 6.0
     assert r0.metrics["reward/disagreement"] is None  # one annotator: undefined, stored as null
 
-    # the next run defaults to the next round; --round picks one
+    # --round defaults to the current round (rankloop round or generate moves it on)
+    project.store.set_current_round(1)
     out = run("train-reward", "--project", root, "--epochs", "0.5", "--eval-fraction", "0")
     assert out.exit_code == 0, out.output
     assert project.store.round(1).reward_model == "rounds/1/reward"

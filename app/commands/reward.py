@@ -17,8 +17,8 @@ from .common import console, open_project, project_option, user_errors
 
 @click.command("train-reward")
 @click.option("--round", "round_", type=int, default=None,
-              help="Round to train for (uses labels of rounds <= it; default: the next round "
-                   "without a reward model).")
+              help="Round to train for (uses labels of rounds <= it; default: the current "
+                   "round).")
 @click.option("--base", default=None, help="Backbone: a sequence-classification model or a "
               "causal LM (default: [reward] base, else [models] reward_model).")
 @click.option("--lora/--full", "lora", default=None, help="LoRA adapter + head (default) or "
@@ -71,8 +71,7 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
                   checkpoint_every=checkpoint_every,
                   gradient_checkpointing=gradient_checkpointing, compile=compile_,
                   log_with=log_with)
-    if round_ is None:
-        round_ = rounds.next_reward_round(project)
+    round_ = rounds.resolve_round(project, round_)
     try:
         result = rounds.train_reward_stage(project, round_, cfg, base=base, resume=resume,
                                            log=console.print)
