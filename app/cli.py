@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .commands import labeling, measure, ppo, project, reward, rounds
+from .commands import archive, labeling, measure, ppo, project, reward, rounds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,7 +36,8 @@ def cli():
 COMMANDS = (project.init, project.import_, project.generate, project.export, project.status,
             labeling.annotator, labeling.serve, reward.train_reward_cmd, reward.score_cmd,
             ppo.ppo_cmd, ppo.train_dpo_cmd, rounds.round_cmd, rounds.simulate_cmd,
-            rounds.demo_cmd, measure.leaderboard_cmd, measure.report_cmd)
+            rounds.demo_cmd, measure.leaderboard_cmd, measure.report_cmd,
+            archive.backup, archive.restore, archive.export_all)
 for command in COMMANDS:
     cli.add_command(command)
 

@@ -8,11 +8,13 @@ the database), so the tests do not depend on their order.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import shutil
 import socket
+import zipfile
 
 import httpx
 import pytest
@@ -361,7 +363,7 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     # Upload prompts.
     prompts = tmp_path / "more.jsonl"
     prompts.write_text('{"prompt": "Uploaded one?"}\n{"prompt": "Uploaded two?"}\n')
-    page.get_by_text("Upload prompts / export preferences", exact=True).click()
+    page.get_by_text("Upload prompts / export", exact=True).click()
     page.locator("#rl-upload-file input[type=file]").set_input_files(str(prompts))
     expect(page.locator("#rl-upload-file")).to_contain_text("more.jsonl")
     page.click("#rl-upload")
@@ -393,6 +395,19 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in map(json.loads,
                                                                  body.splitlines())] == [
         ("Flag me", "one", "two")]
+
+    # Everything the team collected, zipped: one JSONL file per table.
+    page.locator("#rl-export-format input").click()
+    page.get_by_role("option", name="everything").click()
+    page.click("#rl-export")
+    expect(msg).to_contain_text("Exported everything: 1 labels, 0 skips, 1 flags, 0 undone "
+                                "labels, 2 comparisons")
+    expect(page.locator('#rl-export-file [aria-label="rankloop-everything.zip"]')).to_have_count(1)
+    href = page.locator("#rl-export-file a[data-testid=download-link]").get_attribute("href")
+    with zipfile.ZipFile(io.BytesIO(page.request.get(href).body())) as z:
+        (label,) = map(json.loads, z.read("labels.jsonl").decode().splitlines())
+        assert (label["comparison_id"], label["annotator"]) == (ids["flagged"], "eve")
+        assert "secret_hash" not in z.read("annotators.jsonl").decode()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rankloop.data import agreement, queue
+from rankloop.data import agreement, archive, queue
 from rankloop.data.io import (
     EXPORT_FORMATS,
     Columns,
@@ -259,19 +259,33 @@ def upload(ctx: Ctx, username: str | None, path: str | None) -> str:
             f"{report.labels_added} labels.")
 
 
+#: The admin tab's export formats: the preference pairs (as `rankloop export`), or everything
+#: the team collected (as `rankloop export-all`, zipped).
+ADMIN_EXPORTS = (*EXPORT_FORMATS, "everything")
+
+
 def export(ctx: Ctx, username: str | None, fmt: str, out_dir: Path) -> tuple[Path | None, str]:
-    """Export the preferences as `rankloop export` does, to a file in `out_dir` (a `trl`
-    dataset folder is zipped so the browser can download it)."""
-    if fmt not in EXPORT_FORMATS:
-        return None, f"Format must be one of {', '.join(EXPORT_FORMATS)}."
+    """Export the preferences as `rankloop export` does, or everything as `rankloop export-all`
+    does, to a file in `out_dir` (a folder is zipped so the browser can download it)."""
+    if fmt not in ADMIN_EXPORTS:
+        return None, f"Format must be one of {', '.join(ADMIN_EXPORTS)}."
     with ctx.stores() as store:
         _admin(store, username)
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / ("preferences" if fmt == "trl" else f"preferences.{fmt}")
-        try:
-            rows = export_preferences(store, target, fmt)
-        except StoreError as e:
-            return None, f"Nothing exported: {e}"
-    if fmt == "trl":
+        if fmt == "everything":
+            summary = archive.export_all(store, out_dir / "rankloop-everything")
+            r = summary.rows
+            message = (f"Exported everything: {r['labels']} labels, {r['skips']} skips, "
+                       f"{r['flags']} flags, {r['label_revisions']} undone labels, "
+                       f"{r['comparisons']} comparisons (one JSONL file per table).")
+            target = summary.path
+        else:
+            target = out_dir / ("preferences" if fmt == "trl" else f"preferences.{fmt}")
+            try:
+                rows = export_preferences(store, target, fmt)
+            except StoreError as e:
+                return None, f"Nothing exported: {e}"
+            message = f"Exported {rows} preference pairs ({fmt})."
+    if target.is_dir():
         target = Path(shutil.make_archive(str(target), "zip", root_dir=target))
-    return target, f"Exported {rows} preference pairs ({fmt})."
+    return target, message

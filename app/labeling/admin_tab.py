@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from rankloop.data.io import EXPORT_FORMATS
 from rankloop.data.records import PERSON_ROLES
 
 from . import admin
@@ -85,12 +84,12 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
             acct_role = gr.Dropdown(list(PERSON_ROLES), value="annotator", label="Role",
                                     elem_id="rl-account-role")
             role_btn = gr.Button("Set role", elem_id="rl-set-role")
-    with gr.Accordion("Upload prompts / export preferences", open=False):
+    with gr.Accordion("Upload prompts / export", open=False):
         upload_file = gr.File(label="Prompts (JSONL, CSV or Parquet; as rankloop import)",
                               type="filepath", elem_id="rl-upload-file")
         upload_btn = gr.Button("Import", elem_id="rl-upload")
         with gr.Row():
-            fmt = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format",
+            fmt = gr.Dropdown(list(admin.ADMIN_EXPORTS), value="jsonl", label="Format",
                               elem_id="rl-export-format")
             export_btn = gr.Button("Export", elem_id="rl-export")
         export_file = gr.File(label="Export", interactive=False, elem_id="rl-export-file")
