@@ -327,3 +327,14 @@ def queue_open(p: Project) -> list:
     from rankloop.data import queue
 
     return queue.open_comparisons(p.store, p.config.labeling.labels_per_comparison)
+
+
+def test_round_messages_print_setting_names_as_they_are(capsys):
+    from rankloop.app.commands.rounds import plain, print_summary
+
+    plain("PPO runs anyway ([rounds] weak_reward = 'warn')")
+    print_summary(rounds.RoundSummary(0, {"simulated": 3}, {"reward": 1.0}, {},
+                                      ["the reward model is weak ([rounds] weak_reward)"]))
+    out = capsys.readouterr().out
+    assert "([rounds] weak_reward = 'warn')" in out  # rich markup would have eaten [rounds]
+    assert "Warning: the reward model is weak ([rounds] weak_reward)" in out

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from rankloop.app import rounds
@@ -23,12 +24,17 @@ def _seconds(s: float | None) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def plain(message: str) -> None:
+    """Print a library's message as it is: `[rounds]` is a setting's name, not markup."""
+    console.print(message, markup=False, highlight=False)
+
+
 def print_plan(plan: rounds.RoundPlan) -> None:
     table = Table(title=f"round {plan.round}: plan")
     for col in ("stage", "status", "what", "estimate"):
         table.add_column(col)
     for st in plan.stages:
-        table.add_row(st.stage, "done" if st.done else "to run", st.what,
+        table.add_row(st.stage, "done" if st.done else "to run", escape(st.what),
                       "-" if st.done else _seconds(st.estimate))
     console.print(table)
     total = plan.estimate
@@ -66,7 +72,7 @@ def print_summary(s: rounds.RoundSummary) -> None:
     table.add_row("time per stage", ", ".join(f"{k} {_seconds(v)}" for k, v in s.seconds.items()))
     console.print(table)
     for w in s.warnings:
-        console.print(f"[yellow]Warning:[/yellow] {w}")
+        console.print(f"[yellow]Warning:[/yellow] {escape(w)}")
 
 
 @click.command("round")
@@ -119,7 +125,7 @@ def round_cmd(ppo_steps, n, reward_fns, epochs, lr, ppo_lr, max_new_tokens, redo
         forgot = rounds.redo(project, redo)
         console.print(f"Running again: {', '.join(forgot) or redo}")
     print_plan(rounds.plan_round(project, s))
-    summary = rounds.run_round(project, s, log=console.print)
+    summary = rounds.run_round(project, s, log=plain)
     print_summary(summary)
     console.print(f"Next: {rounds.next_step(project)}")
     project.close()
@@ -215,8 +221,7 @@ def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
             console.print(f"Round {r}: {got.labels} simulated labels")
             if r >= n_rounds:
                 break
-            summary = rounds.run_round(project, rounds.RoundSettings.of(project),
-                                       log=console.print)
+            summary = rounds.run_round(project, rounds.RoundSettings.of(project), log=plain)
             print_summary(summary)
         print_outcome(project, fn)
         console.print(f"Demo finished in {_seconds(time.perf_counter() - t0)}; the project is "
