@@ -484,6 +484,9 @@ def open_comparisons(store: Store, labels_per_comparison: int) -> list[Compariso
         [labels_per_comparison]).fetchall()]
 
 
+SCORE_CHUNK = 2000  # responses per transaction: tens of milliseconds, so annotators never wait
+
+
 def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> int:
     """Store a reward model's score of each response (id -> score), and the score gap of every
     comparison holding them, for the 'uncertainty' order; returns how many scores were written.
@@ -491,27 +494,35 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
     A comparison's gap is the smallest |r_i - r_j| over its scored pairs: under Bradley-Terry,
     P(i better than j) = sigmoid(r_i - r_j) is closest to 1/2 there, where a label teaches the
     reward model the most (uncertainty sampling; Settles, "Active Learning Literature Survey").
+    Written SCORE_CHUNK responses per transaction (a whole queue's scores in one would hold the
+    write lock for seconds while annotators wait); a gap is recomputed whenever one of its
+    responses is written, so once all are in, every gap is over all its scored pairs.
     """
     stamp = now_iso()
-    with store.transaction():
-        store.db["response_scores"].upsert_all(
-            [{"response_id": rid, "reward_model": reward_model, "score": float(s),
-              "created_at": stamp} for rid, s in scores.items()],
-            pk=("response_id", "reward_model"))
-        store.db.execute(
-            """insert or replace into comparison_gaps (comparison_id, reward_model, gap)
-            select x1.comparison_id, :rm, min(abs(s1.score - s2.score))
-            from comparison_responses x1
-            join comparison_responses x2 on x2.comparison_id = x1.comparison_id
-                 and x2.position > x1.position
-            join response_scores s1 on s1.response_id = x1.response_id and s1.reward_model = :rm
-            join response_scores s2 on s2.response_id = x2.response_id and s2.reward_model = :rm
-            where x1.comparison_id in (
-                select comparison_id from comparison_responses
-                where response_id in (select value from json_each(:ids)))
-            group by x1.comparison_id""",
-            {"rm": reward_model, "ids": json.dumps([int(r) for r in scores])})
-    return len(scores)
+    items = [(int(rid), float(s)) for rid, s in scores.items()]
+    for start in range(0, len(items), SCORE_CHUNK):
+        part = items[start:start + SCORE_CHUNK]
+        with store.transaction():
+            store.db.conn.executemany(
+                "insert or replace into response_scores (response_id, reward_model, score, "
+                "created_at) values (?, ?, ?, ?)",
+                [(rid, reward_model, s, stamp) for rid, s in part])
+            store.db.execute(
+                """insert or replace into comparison_gaps (comparison_id, reward_model, gap)
+                select x1.comparison_id, :rm, min(abs(s1.score - s2.score))
+                from comparison_responses x1
+                join comparison_responses x2 on x2.comparison_id = x1.comparison_id
+                     and x2.position > x1.position
+                join response_scores s1 on s1.response_id = x1.response_id
+                     and s1.reward_model = :rm
+                join response_scores s2 on s2.response_id = x2.response_id
+                     and s2.reward_model = :rm
+                where x1.comparison_id in (
+                    select comparison_id from comparison_responses
+                    where response_id in (select value from json_each(:ids)))
+                group by x1.comparison_id""",
+                {"rm": reward_model, "ids": json.dumps([rid for rid, _ in part])})
+    return len(items)
 
 
 def gold_agreement(label_ranking, gold_ranking) -> float:

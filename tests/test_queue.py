@@ -334,3 +334,21 @@ def test_comparisons_the_page_cannot_show_are_refused_and_never_leased(fresh_sto
     s.db.execute("update comparisons set gold = '[[1]]' where id in (?, ?)", [big12, big30])
     assert lease(s, ann, now=3.0, gold_rate=1.0) is None  # nor as gold
     assert [r["comparison_id"] for r in s.db["leases"].rows] == []
+
+
+def test_scores_are_written_in_short_transactions_with_the_same_gaps(fresh_store, monkeypatch):
+    """A whole queue's scores in one transaction held the write lock while annotators waited;
+    now SCORE_CHUNK responses at a time, and the gaps come out as if written at once."""
+    cids, _ = setup(fresh_store, comparisons=4, k=3)
+    rids = [r for c in cids for r in fresh_store.comparison(c).response_ids]
+    scores = {r: float((r * 7) % 5) for r in rids}  # 12 responses
+    statements = []
+    fresh_store.db.conn.set_trace_callback(statements.append)
+    monkeypatch.setattr(queue, "SCORE_CHUNK", 5)
+    assert queue.record_scores(fresh_store, "rm", scores) == 12
+    fresh_store.db.conn.set_trace_callback(None)
+    assert statements.count("BEGIN IMMEDIATE") == 3  # 5 + 5 + 2
+    expected = {c: min(abs(scores[i] - scores[j]) for i in fresh_store.comparison(c).response_ids
+                       for j in fresh_store.comparison(c).response_ids if i < j) for c in cids}
+    assert dict(fresh_store.db.execute("select comparison_id, gap from comparison_gaps "
+                                       "where reward_model = 'rm'").fetchall()) == expected
