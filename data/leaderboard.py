@@ -227,6 +227,35 @@ class Leaderboard:
     unconnected: list[int] = field(default_factory=list)  # no chain of matches to the anchor
 
 
+@dataclass(frozen=True)
+class MatchTables:
+    """The matches as the Bradley–Terry fit and its bootstrap read them: per prompt p and pair of
+    policies k (model index pairs[k, 0] against pairs[k, 1], indices into `models`), the
+    matches played and the score of the first (wins + ties / 2)."""
+
+    models: list[int]  # rounds, in order
+    prompts: list[int]  # prompt ids, in order
+    pairs: np.ndarray  # (K, 2)
+    scores: np.ndarray  # (P, K)
+    counts: np.ndarray  # (P, K)
+
+
+def match_tables(ms: Sequence[Match]) -> MatchTables:
+    models = models_of(ms)
+    index = {r: k for k, r in enumerate(models)}
+    keys = sorted({(index[m.model_a], index[m.model_b]) for m in ms})
+    col = {k: c for c, k in enumerate(keys)}
+    prompts = sorted({m.prompt_id for m in ms})
+    row = {p: r for r, p in enumerate(prompts)}
+    S = np.zeros((len(prompts), len(keys)))  # (P, K)
+    N = np.zeros((len(prompts), len(keys)))  # (P, K)
+    for m in ms:
+        c = col[(index[m.model_a], index[m.model_b])]
+        S[row[m.prompt_id], c] += m.outcome
+        N[row[m.prompt_id], c] += 1
+    return MatchTables(models, prompts, np.array(keys, dtype=int).reshape(-1, 2), S, N)
+
+
 def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = N_BOOT,
                 seed: int = 0, level: float = 0.95) -> Leaderboard:
     """A Bradley–Terry fit on every match, in Elo points, the base (or the oldest round with
@@ -240,17 +269,8 @@ def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = 
         return Leaderboard([], anchor=0, matches=0, prompts=0)
     anchor = models[0]  # round 0 when the base has matches
     index = {r: k for k, r in enumerate(models)}
-    keys = sorted({(index[m.model_a], index[m.model_b]) for m in ms})
-    col = {k: c for c, k in enumerate(keys)}
-    pairs = np.array(keys, dtype=int).reshape(-1, 2)  # (K, 2)
-    prompts = sorted({m.prompt_id for m in ms})
-    row = {p: r for r, p in enumerate(prompts)}
-    S = np.zeros((len(prompts), len(keys)))  # (P, K) score of pairs[k, 0] on prompt p
-    N = np.zeros((len(prompts), len(keys)))  # (P, K) matches
-    for m in ms:
-        c = col[(index[m.model_a], index[m.model_b])]
-        S[row[m.prompt_id], c] += m.outcome
-        N[row[m.prompt_id], c] += 1
+    tables = match_tables(ms)
+    pairs, S, N = tables.pairs, tables.scores, tables.counts
 
     def elo(theta, n) -> np.ndarray:
         """Ratings of the models linked to the anchor by played matches (NaN for the rest)."""
@@ -261,10 +281,10 @@ def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = 
 
     total_s, total_n = S.sum(0), N.sum(0)  # (K,)
     point = elo(bradley_terry(pairs, total_s, total_n, len(models), reg=reg), total_n)  # (M,)
-    counts = prompt_resamples(len(prompts), n_boot, seed)  # (B, P)
+    counts = prompt_resamples(len(tables.prompts), n_boot, seed)  # (B, P)
     boot_s, boot_n = counts @ S, counts @ N  # (B, K)
     thetas = bradley_terry(pairs, boot_s, boot_n, len(models), reg=reg)  # (B, M)
-    boot = np.array([elo(t, bn) for t, bn in zip(thetas, boot_n)])  # (B, M)
+    boot = np.array([elo(th, bn) for th, bn in zip(thetas, boot_n)])  # (B, M)
     ratings = []
     for r in models:
         k = index[r]
@@ -275,5 +295,5 @@ def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = 
         ratings.append(Rating(model=r, elo=float(point[k]), low=low, high=high,
                               matches=len(mine), score=float(np.mean(mine))))
     ratings.sort(key=lambda x: (-x.elo, x.model))
-    return Leaderboard(ratings, anchor=anchor, matches=len(ms), prompts=len(prompts),
+    return Leaderboard(ratings, anchor=anchor, matches=len(ms), prompts=len(tables.prompts),
                        unconnected=[r for r in models if math.isnan(point[index[r]])])
