@@ -46,6 +46,7 @@ class RoundRow:
     reward_ece: float | None  # expected calibration error of σ(r_a − r_b) on held-out pairs
     reward_eval_pairs: int | None
     ppo_steps: int | None
+    ppo_kept_step: int | None  # the step whose policy was saved (early stopping keeps the best)
     ppo_score_first: float | None  # mean reward-model score of the first PPO batch
     ppo_score_last: float | None  # ... of the last log_every steps
     ppo_kl: float | None  # KL of the saved policy to its reference (nats per response)
@@ -139,6 +140,7 @@ def snapshot(store: Store, *, sources: Sequence[str] | None = None, examples: in
             reward_ece=_num(metrics, "reward/ece"),
             reward_eval_pairs=_int(_num(metrics, "reward/eval_pairs")),
             ppo_steps=_int(_num(metrics, "ppo/steps")),
+            ppo_kept_step=_int(_num(metrics, "ppo/kept_step")),
             ppo_score_first=_num(metrics, "ppo/score_first"),
             ppo_score_last=_num(metrics, "ppo/score_last"),
             ppo_kl=_num(metrics, "ppo/kl_final", "ppo/kl_last"),
@@ -338,6 +340,15 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _steps(r: RoundRow) -> str:
+    """PPO's steps, and the step it kept when that was an earlier one."""
+    if r.ppo_steps is None:
+        return "–"
+    if r.ppo_kept_step is not None and r.ppo_kept_step != r.ppo_steps:
+        return f"{r.ppo_steps} (kept {r.ppo_kept_step})"
+    return str(r.ppo_steps)
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str) -> str:
     th = "".join(f"<th>{_E(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{_E(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -420,7 +431,7 @@ def render_body(report: RoundsReport) -> str:
         rows.append([str(r.number), labs + (f" (+{ext} external)" if ext else ""),
                      _f(r.alpha["human"]), _f(r.alpha["simulated"]),
                      _f(r.reward_accuracy), _f(r.reward_baseline), _f(r.reward_ece),
-                     "–" if r.ppo_steps is None else str(r.ppo_steps),
+                     _steps(r),
                      "–" if r.ppo_score_first is None
                      else f"{_f(r.ppo_score_first)} → {_f(r.ppo_score_last)}", _f(r.ppo_kl, 2),
                      _f(r.ppo_length, 1), result(r.number, r.number),
@@ -434,9 +445,11 @@ def render_body(report: RoundsReport) -> str:
                "columns are that policy's win-rates. α: Krippendorff's alpha (ordinal) among "
                "the round's human, or simulated, labels. Reward acc.: pairwise accuracy on "
                "held-out prompts (probe: a linear probe on frozen features, the baseline to "
-               "beat); ECE: expected calibration error of σ(r_a − r_b). PPO score: the reward "
-               "model's mean score of the first and the last PPO batches; KL: to the reference "
-               "policy, nats per response; length: tokens per response.</p>")
+               "beat); ECE: expected calibration error of σ(r_a − r_b). PPO steps: those run "
+               "(and the step whose policy was kept, when early stopping kept an earlier one). "
+               "PPO score: the reward model's mean score of the first and the last PPO "
+               "batches; KL: the kept policy's KL to the reference, nats per response; "
+               "length: tokens per response.</p>")
 
     # PPO curves
     out.append('<h2>PPO, step by step</h2><div class="rl-plots">')

@@ -31,7 +31,7 @@ ROUND_METRICS = {
         "ppo/score_last": 0.4, "ppo/kl_last": 1.5, "ppo/response_length_last": 40.0},
     1: {"reward/accuracy": 0.8, "reward/probe_accuracy": 0.65, "reward/ece": 0.04,
         "reward/eval_pairs": 30.0, "ppo/steps": 2.0, "ppo/score_first": 0.3,
-        "ppo/score_last": 0.9, "ppo/kl_last": 2.0, "ppo/kl_final": 1.25,
+        "ppo/score_last": 0.9, "ppo/kl_last": 2.0, "ppo/kl_final": 1.25, "ppo/kept_step": 1.0,
         "ppo/response_length_last": 35.0},
 }
 CURVES = {
