@@ -88,7 +88,7 @@ def non_embedding_params(model) -> int:
 
 
 def trl_trainer(train, *, lora: bool, batch: int = 8, epochs: float = 1.0, seed: int = 0,
-                callbacks=()):
+                callbacks=(), base: str | None = None):
     """(TRL RewardTrainer, its output folder) on (prompt, chosen, rejected) triples: TRL's
     defaults (gradient checkpointing, lr 1e-4, bf16), LoRA r=16 on LORA_TARGETS if `lora`."""
     from datasets import Dataset
@@ -96,9 +96,11 @@ def trl_trainer(train, *, lora: bool, batch: int = 8, epochs: float = 1.0, seed:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    path = str(default_model_path())
+    path = base or str(default_model_path())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}],
                              "chosen": [{"role": "assistant", "content": c}],
                              "rejected": [{"role": "assistant", "content": r}]}
