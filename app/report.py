@@ -15,7 +15,6 @@ import dataclasses
 import html
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -490,15 +489,16 @@ def render_html(report: RoundsReport) -> str:
 
 
 def write_report(report: RoundsReport, path: Path) -> Path:
-    """Write the page to `path` whole or not at all (a temporary file renamed over it)."""
+    """Write the page to `path` whole or not at all (a temporary file renamed over it), with the
+    permissions of any new file (mkstemp's would be owner-only: a report is there to share)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(render_html(report))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

@@ -4,6 +4,7 @@ writes. The page in a real browser: tests/test_rounds_browser.py."""
 from __future__ import annotations
 
 import html
+import os
 import re
 
 import krippendorff
@@ -114,6 +115,9 @@ def test_write_report_replaces_the_file_whole(two_rounds, tmp_path, monkeypatch)
     assert report.write_report(got, out) == out
     first = out.read_text(encoding="utf-8")
     assert "round 2 vs round 1" in first
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file: readable to share
 
     def broken(_):
         raise RuntimeError("disk full")
