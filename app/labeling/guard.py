@@ -72,15 +72,16 @@ class Throttle:
 ACCOUNT_THROTTLE = dict(free=5)  # a person mistyping; a guesser gets ~12 tries an hour
 ADDRESS_THROTTLE = dict(free=20)  # one address trying many names (or a team behind one proxy)
 
-# Per request: the client's address and the status a refusal asks for (set by `refuse`).
+# Per request: its path and the status a refusal asks for (set by `refuse`).
 _REQUEST: contextvars.ContextVar[dict] = contextvars.ContextVar("rankloop_request")
 
 
 def refuse(status: int) -> None:
-    """Ask the Guard to answer this request with `status` (a handler's refusal, raised as
-    gr.Error right after: Gradio would answer 500)."""
+    """Ask the Guard to answer this direct API call with `status` (a handler's refusal, raised
+    as gr.Error right after: Gradio would answer 500). A queued event runs in the queue's own
+    context, not its request's: nothing to rewrite there."""
     info = _REQUEST.get(None)
-    if info is not None:
+    if info is not None and info["path"].startswith(f"{API}/run/"):
         info["status"] = status
 
 
@@ -118,7 +119,7 @@ class Guard:
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
         address = (scope.get("client") or ("?",))[0]
-        info = {"address": address, "status": None}
+        info = {"path": path, "status": None}
         token = _REQUEST.set(info)
         try:
             if method == "POST" and path.rstrip("/") == "/login":
