@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rewards", default="weak,oracle")
     ap.add_argument("--systems", default="old,new")
+    ap.add_argument("--out", default=str(RESULTS / "ppo_drift.json"))
     args = ap.parse_args()
     import torch
 
@@ -105,7 +106,7 @@ def main() -> None:
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": args.steps,
               "train_prompts": len(train), "test_prompts": len(test), "runs": []}
-    out_file = RESULTS / "ppo_drift.json"
+    out_file = Path(args.out)
     t0 = time.perf_counter()
     report["base"] = sample_scores(base, test)
     report["base"]["seconds"] = time.perf_counter() - t0
