@@ -344,7 +344,7 @@ def main() -> None:
     if args.baseline:
         layers = str(args.lora_layers).split(",")[0]
         cmd, out = worker_cmd(sys.executable, "rankloop", args,
-                              ["--lora-layers", layers, "--tag", "-baseline"],
+                              ["--lora-layers", layers, "--tag=-baseline"],
                               tag=f"-lora{layers}-baseline")
         jobs.append((["env", f"PYTHONPATH={baseline_shim(Path(args.baseline))}", *cmd], out))
     run_lockstep([cmd for cmd, _ in jobs], ENV)

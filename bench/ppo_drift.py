@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from rankloop.data.records import Prompt
+    from rankloop.data.records import Message, Prompt
     from rankloop.lm.loading import default_model_path
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.reward_fns import CallableReward
@@ -100,7 +100,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (HERE.parent / "data/prompts/default.jsonl")
             .read_text().splitlines() if line.strip()]
-    prompts = [Prompt.from_text(r["prompt"]) for r in rows]
+    prompts = [Prompt.from_text(r["prompt"]) if isinstance(r["prompt"], str)
+               else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
+               for r in rows]  # the last ones are conversations
     train, test = prompts[:N_TRAIN], prompts[N_TRAIN:]
     base = str(default_model_path())
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
