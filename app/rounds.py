@@ -552,7 +552,8 @@ def _ppo_stage(project: Project, r: int, s: RoundSettings, *, log, progress, eve
         result = train_ppo(s.ppo, policy=policy, prompts=ppo_prompts(project),
                            reward_fn=reward_fn, out_dir=tmp, reward_model=rm_path,
                            resume=resume, progress=progress, log=log,
-                           on_step=lambda row: event("ppo", row))
+                           on_step=lambda row: event("ppo", row),
+                           log_dir=project.root / "logs")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if out.exists():  # a policy from an earlier, unrecorded run of this stage

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rankloop.lm.tracking import parse_trackers
 from rankloop.settings import ConfigError
 
 CRITICS = ("reward", "policy")
@@ -119,7 +120,8 @@ class PPOConfig:
     log_samples: int = 2
     """Decoded samples printed with their score and KL at each log interval."""
     log_with: str = ""
-    """Trackers through accelerate: '', 'tensorboard', 'wandb', or a comma-separated list."""
+    """Trackers, comma-separated: 'tensorboard', 'trackio', 'wandb' (offline), or '' for none;
+    written under the project's logs/."""
     bf16: str = "auto"
     """bfloat16 weights and autocast: 'auto' (where the CPU/GPU does bf16 fast), 'yes', 'no'."""
     merge_on_save: bool = False
@@ -158,10 +160,7 @@ class PPOConfig:
             raise bad("bf16", "expected 'auto', 'yes' or 'no'")
         if self.ptx_coef > 0 and not self.ptx_dataset:
             raise bad("ptx_dataset", "is empty but ptx_coef > 0: give a text dataset")
-        trackers = [t.strip() for t in self.log_with.split(",") if t.strip()]
-        for t in trackers:
-            if t not in ("tensorboard", "wandb"):
-                raise bad("log_with", "expected '', 'tensorboard', 'wandb' or both, comma-separated")
+        parse_trackers(self.log_with, "ppo")
 
 
 @dataclass

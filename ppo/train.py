@@ -23,7 +23,6 @@ References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zhen
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -38,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rankloop.data.records import Prompt, content_hash
+from rankloop.lm import tracking
 from rankloop.lm.device import use_bf16
 from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
 from rankloop.lm.loading import load_tokenizer
@@ -180,6 +180,7 @@ def train_ppo(
     log: Callable[[str], None] | None = print,
     accelerator=None,
     on_step: Callable[[dict], None] | None = None,
+    log_dir: Path | None = None,
 ) -> PPOResult:
     """Run PPO and save the policy to `out_dir` (checkpoints under `out_dir/checkpoints/`).
 
@@ -189,7 +190,8 @@ def train_ppo(
     `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards. `on_step(row)` is
     called with each step's metrics (the row `history` gets) once the step and its checkpoint
     are done, on every process. With `eval_every` > 0, `eval_prompts` of `prompts` are held
-    out from training to evaluate on (`split_prompts`).
+    out from training to evaluate on (`split_prompts`). Trackers (`config.log_with`) write
+    under `log_dir` (default `out_dir/logs`; the CLI passes the project's `logs/`).
     """
     from rankloop.lm.device import new_accelerator
 
@@ -199,13 +201,11 @@ def train_ppo(
     if config.rto and not dpo_model:
         raise ValueError("rto is on but no DPO model was given: run `rankloop train-dpo` first")
     out_dir = Path(out_dir)
-    trackers = [t.strip() for t in config.log_with.split(",") if t.strip()]
-    for t in trackers:  # optional packages: say what to install instead of a traceback
-        if importlib.util.find_spec(t) is None and not (
-                t == "tensorboard" and importlib.util.find_spec("tensorboardX")):
-            raise ValueError(f"log_with = {t!r} needs the {t} package: pip install {t}")
+    trackers = tracking.parse_trackers(config.log_with, "ppo")
+    tracking.check_installed(trackers)  # before any model loads: say what to install
+    log_dir = Path(log_dir) if log_dir else out_dir / "logs"
     if accelerator is None:
-        accelerator = new_accelerator(log_with=trackers or None, project_dir=str(out_dir / "logs"))
+        accelerator = new_accelerator(log_with=trackers or None, project_dir=str(log_dir))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     say = (log if (log and main) else (lambda _msg: None))
@@ -270,7 +270,8 @@ def train_ppo(
         say(f"held-out evaluation on {len(eval_idx)} prompts before training: score "
             f"{ev['eval/scores']:.3f} +- {ev['eval/score_se']:.3f}")
     if trackers:
-        accelerator.init_trackers("rankloop-ppo", config=dataclasses.asdict(config))
+        accelerator.init_trackers("rankloop-ppo", config=dataclasses.asdict(config),
+                                  init_kwargs=tracking.init_kwargs(trackers, log_dir))
 
     total = config.value_pretrain_steps + config.steps
     bar = tqdm(total=total, initial=start_step, desc="ppo", unit="step",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rankloop.lm.tracking import parse_trackers
 from rankloop.settings import ConfigError
 
 LOSSES = ("bt", "rao-kupper", "davidson", "plackett-luce")
@@ -88,7 +89,8 @@ class RewardConfig:
     merge_lora: bool = True
     """Save the LoRA model merged into a plain checkpoint (False: the adapter, see docs)."""
     log_with: str = ""
-    """Tracker for accelerate: '', 'tensorboard' or 'wandb' (written under logs/)."""
+    """Trackers, comma-separated: 'tensorboard', 'trackio', 'wandb' (offline), or '' for none;
+    written under the project's logs/."""
 
     def validate(self) -> None:
         if isinstance(self.compile, bool):  # compile = true / false
@@ -103,8 +105,7 @@ class RewardConfig:
             raise ConfigError("[reward] aggregate must be 'each' or 'majority'")
         if self.bf16 not in ("auto", "yes", "no"):
             raise ConfigError("[reward] bf16 must be 'auto', 'yes' or 'no'")
-        if self.log_with not in ("", "tensorboard", "wandb"):
-            raise ConfigError("[reward] log_with must be '', 'tensorboard' or 'wandb'")
+        parse_trackers(self.log_with, "reward")
         for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length",
                      "pad_to_multiple_of"):
             if getattr(self, name) < 1:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rankloop.lm import tracking
 from rankloop.lm.device import use_bf16
 from rankloop.lm.kernels import (
     compile_blocks,
@@ -737,10 +738,13 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
 
     # 1. data ----------------------------------------------------------------------------------
     train_ex, eval_ex = split_examples(examples, held_out, cfg)
+    trackers = tracking.parse_trackers(cfg.log_with, "reward")
+    tracking.check_installed(trackers)
+    log_dir = Path(log_dir) if log_dir else out_dir.with_name(out_dir.name + "-logs")
     if accelerator is None:
         accelerator = new_accelerator(
             mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum,
-            log_with=cfg.log_with or None, project_dir=str(log_dir) if log_dir else None)
+            log_with=trackers or None, project_dir=str(log_dir))
     device = accelerator.device
     bf16 = use_bf16(cfg.bf16, device)
     set_seed(cfg.seed)
@@ -768,8 +772,9 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
         step, history, best = load_checkpoint(accelerator, ckpt_dir)
     elif cfg.select_best and eval_items:  # step 0 (the warm start alone) is a candidate too
         best.offer(0, evaluate_now(loop, cfg), accelerator.unwrap_model(loop.module))
-    if cfg.log_with:
-        accelerator.init_trackers("rankloop-reward", config=asdict(cfg))
+    if trackers:
+        accelerator.init_trackers("rankloop-reward", config=asdict(cfg),
+                                  init_kwargs=tracking.init_kwargs(trackers, log_dir))
     stop = min(loop.steps_total, max_steps) if max_steps else loop.steps_total
     t_loop = time.perf_counter()
     step, tokens = run_loop(loop, cfg, step=step, history=history, best=best, stop=stop,
@@ -784,7 +789,7 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
     result_metrics.update(probe_metrics)
     if best.state is not None:
         result_metrics["reward/best_step"] = float(best.step)
-    if cfg.log_with:
+    if trackers:
         accelerator.log(result_metrics, step=step)
         accelerator.end_training()
 

@@ -428,7 +428,7 @@ def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypat
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ValueError, match="pip install wandb"):
+    with pytest.raises(ValueError, match=r"pip install 'rankloop\[wandb\]'"):
         run(cfg(steps=1, log_with="wandb"), lm, target, tmp_path / "p")
 
 

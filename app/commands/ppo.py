@@ -59,7 +59,8 @@ def describe(s: dict) -> str:
 @click.option("--merge/--no-merge", "merge_on_save", default=None,
               help="Save merged full weights instead of a LoRA adapter.")
 @click.option("--checkpoint-every", type=int, default=None)
-@click.option("--log-with", default=None, help="'tensorboard', 'wandb' (through accelerate).")
+@click.option("--log-with", default=None, help="Trackers, comma-separated: tensorboard, "
+              "trackio, wandb (offline); runs go under the project's logs/.")
 @click.option("--seed", type=int, default=None)
 @click.option("--limit", type=int, default=None, help="Only the first N prompts.")
 @click.option("--resume", is_flag=True, help="Continue exactly from the newest checkpoint.")
@@ -108,7 +109,7 @@ def ppo_cmd(round_, steps, batch_size, mini_batch_size, ppo_epochs, max_new_toke
     try:
         result = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=reward_fn,
                            out_dir=out, reward_model=rm_path, dpo_model=dpo, resume=resume,
-                           log=console.print)
+                           log=console.print, log_dir=project.root / "logs")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     with project.store.transaction():  # the policy and its per-step curve land together

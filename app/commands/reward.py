@@ -42,7 +42,8 @@ from .common import console, open_project, project_option, user_errors
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile each transformer block: faster steps after a one-off compile "
               "(default: auto, on from 32 steps where it works).")
-@click.option("--log-with", type=click.Choice(["", "tensorboard", "wandb"]), default=None)
+@click.option("--log-with", default=None, help="Trackers, comma-separated: tensorboard, "
+              "trackio, wandb (offline); runs go under the project's logs/.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
 @user_errors
