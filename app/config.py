@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rankloop.lm.device import DEVICES
 from rankloop.lm.loading import DEFAULT_MODEL
 from rankloop.ppo.config import DPOConfig, PPOConfig
 from rankloop.reward.config import RewardConfig
@@ -31,6 +32,22 @@ class ModelsConfig:
                 raise ConfigError(f"[models] {name} is empty: give a model path or hub id")
 
 
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where sampling and scoring run (the trainers run where `accelerate` puts them)."""
+
+    device: str = "auto"
+    """'auto' (a CUDA GPU if torch sees one, else Apple's MPS where torch has it, else the CPU), or 'cpu', 'cuda', 'cuda:N', 'mps'."""
+
+    def validate(self) -> None:
+        if self.device.split(":")[0] not in DEVICES:
+            raise ConfigError(f"[runtime] device must be one of {', '.join(DEVICES)} (or "
+                              f"'cuda:N'), got {self.device!r}")
+
+
 @dataclass
 class GenerateConfig:
     """Candidate generation: how `rankloop generate` samples responses to label."""
@@ -49,8 +66,13 @@ class GenerateConfig:
     """Base random seed; each batch's seed is derived from it and the batch's contents."""
     bf16: str = "auto"
     """Run sampling in bfloat16: 'auto' (where the CPU or GPU supports it fast), 'yes' or 'no'."""
+    engine: str = "hf"
+    """Sampler: 'hf' (transformers' generate, batched; needs nothing more) or 'vllm' (vLLM, where it is installed: pip install 'rankloop[vllm]' on a GPU machine)."""
 
     def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"[generate] engine must be one of {', '.join(ENGINES)}, got "
+                              f"{self.engine!r}")
         if self.n < 1:
             raise ConfigError("[generate] n must be at least 1")
         if self.temperature < 0:
@@ -142,8 +164,9 @@ class ProjectConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    SECTIONS = ("models", "generate", "labeling", "reward", "ppo", "dpo", "rounds")
+    SECTIONS = ("models", "generate", "labeling", "reward", "ppo", "dpo", "rounds", "runtime")
 
     @classmethod
     def load(cls, path: Path) -> "ProjectConfig":

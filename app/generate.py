@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from rankloop.data.records import Comparison, Response, Sampling, content_hash
 from rankloop.data.store import Store
-from rankloop.lm.device import use_bf16
+from rankloop.lm.device import pick_device, use_bf16
 from rankloop.lm.loading import load_causal_lm, load_tokenizer
 from rankloop.lm.sampling import sample_many
+from rankloop.lm.vllm_engine import VLLMSampler
 
 from .config import GenerateConfig
 
@@ -96,12 +97,14 @@ def make_cross_round_comparisons(store: Store, round: int, opponents: Sequence[i
 
 def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 0, k: int = 2,
              limit: int | None = None, model=None, tokenizer=None, progress: bool = True,
-             on_batch: Callable[[int], None] | None = None) -> GenerateReport:
+             on_batch: Callable[[int], None] | None = None,
+             device: str = "auto") -> GenerateReport:
     """Sample `config.n` responses per prompt (the first `limit` prompts) and make comparisons.
 
     `model` / `tokenizer` may be passed in (tests pass a tiny random model); otherwise `policy`
-    is loaded. `on_batch(n)` is called after each batch is committed, with the responses
-    written so far in this run.
+    is loaded on `device` (`[runtime] device`: 'auto' is a GPU when there is one), or served by
+    vLLM with `config.engine = "vllm"`. `on_batch(n)` is called after each batch is committed,
+    with the responses written so far in this run.
     """
     prompts = store.prompts(limit=limit)
     have = store.generated_counts(round, policy)
@@ -111,12 +114,16 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
     if todo:
         if tokenizer is None:
             tokenizer = load_tokenizer(policy)
+        sampler = None
         if model is None:
-            device = torch.device("cpu")
-            bf16 = use_bf16(config.bf16, device)
-            # Sampling reads every weight once per token: bf16 weights halve that traffic and use
-            # the CPU's bf16 matmul units (autocast would re-cast the weights at every step).
-            model = load_causal_lm(policy, dtype=torch.bfloat16 if bf16 else None)
+            where = pick_device(device)
+            bf16 = use_bf16(config.bf16, where)
+            if config.engine == "vllm":
+                sampler = VLLMSampler(policy, bf16=bf16, seed=config.seed)
+            else:
+                # Sampling reads every weight once per token: bf16 weights halve that traffic
+                # and use bf16 matmul units (autocast would re-cast the weights every step).
+                model = load_causal_lm(policy, dtype=torch.bfloat16 if bf16 else None).to(where)
         else:  # a caller's model is left as it is; sample_batch autocasts an fp32 one
             bf16 = use_bf16(config.bf16, next(model.parameters()).device)
         tokenizer.padding_side = "left"
@@ -144,10 +151,14 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
             if on_batch is not None:
                 on_batch(done)
 
-        sample_many(model, tokenizer, [p.as_chat() for p, _ in todo],
-                    temperature=config.temperature, top_p=config.top_p,
-                    max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                    seed_for=seed_for, bf16=bf16, on_batch=save_batch)
+        chats = [p.as_chat() for p, _ in todo]
+        settings = dict(temperature=config.temperature, top_p=config.top_p,
+                        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                        seed_for=seed_for, on_batch=save_batch)
+        if sampler is not None:
+            sampler.sample_many(tokenizer, chats, **settings)
+        else:
+            sample_many(model, tokenizer, chats, bf16=bf16, **settings)
         bar.close()
     created = make_comparisons(store, round, k, prompt_ids={p.id for p in prompts})
     return GenerateReport(policy=policy, round=round, prompts=len(prompts), generated=len(todo),

@@ -94,7 +94,8 @@ def score_open_comparisons(project: Project, reward_dir: Path, scorer=None) -> i
         return 0
     responses = store.responses(ids=rids)
     prompts = {pid: store.prompt(pid) for pid in {r.prompt_id for r in responses}}
-    scorer = scorer or RewardScorer.from_pretrained(str(reward_dir))
+    scorer = scorer or RewardScorer.from_pretrained(str(reward_dir),
+                                                    device=project.config.runtime.device)
     scores = scorer.score([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
     queue.record_scores(store, str(reward_dir.relative_to(project.root)),
                         dict(zip(rids, scores.tolist())))
@@ -178,7 +179,7 @@ def generate_candidates(project: Project, round_: int, cfg, *, limit: int | None
 
     return generate(project.store, project.policy_for_round(round_), cfg, round=round_,
                     k=project.config.labeling.k, limit=limit, progress=progress,
-                    on_batch=on_batch)
+                    on_batch=on_batch, device=project.config.runtime.device)
 
 
 def cross_round_comparisons(project: Project, round_: int, *, limit: int | None = None) -> int:

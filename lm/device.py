@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from rankloop.settings import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def pick_device(setting: str = "auto"):
     """The device for sampling and scoring (`[runtime] device`): 'auto' takes CUDA when torch
     sees a GPU, else Apple's MPS where torch has it, else the CPU; 'cpu', 'cuda', 'cuda:1' or
-    'mps' force one (an unavailable one is an error naming the setting). The trainers run on
+    'mps' force one (an unavailable one is a ConfigError naming the setting). The trainers run on
     `accelerate`'s device, which follows the same order."""
     import torch
 
+    if isinstance(setting, torch.device):
+        return setting
     if setting == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -22,16 +26,16 @@ def pick_device(setting: str = "auto"):
     try:
         device = torch.device(setting)
     except RuntimeError:
-        raise ValueError(f"[runtime] device = {setting!r}: expected one of "
+        raise ConfigError(f"[runtime] device = {setting!r}: expected one of "
                          f"{', '.join(DEVICES)} (or 'cuda:N')") from None
     if device.type not in DEVICES:
-        raise ValueError(f"[runtime] device = {setting!r}: expected one of {', '.join(DEVICES)}")
+        raise ConfigError(f"[runtime] device = {setting!r}: expected one of {', '.join(DEVICES)}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("[runtime] device = 'cuda' but torch sees no CUDA GPU here: set "
+        raise ConfigError("[runtime] device = 'cuda' but torch sees no CUDA GPU here: set "
                          "device = 'auto' or 'cpu'")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None)
                                      and torch.backends.mps.is_available()):
-        raise ValueError("[runtime] device = 'mps' but torch has no MPS here: set "
+        raise ConfigError("[runtime] device = 'mps' but torch has no MPS here: set "
                          "device = 'auto' or 'cpu'")
     return device
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rankloop.lm.device import use_bf16
+from rankloop.lm.device import pick_device, use_bf16
 
 from .model import (
     PromptLike,
@@ -54,8 +54,9 @@ class RewardScorer:
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
                         batch_size: int = 16, bf16: str = "auto") -> "RewardScorer":
         """Load `path` (a folder written by `rankloop train-reward`, or any sequence-
-        classification checkpoint with one label). device None = CUDA when there is one."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        classification checkpoint with one label). `device`: as `[runtime] device`, 'auto'
+        (None) taking a GPU when there is one (`lm.device.pick_device`)."""
+        device = pick_device(str(device) if device is not None else "auto")
         tokenizer = load_reward_tokenizer(str(path))
         model = load_saved(path)
         if model.config.pad_token_id is None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rankloop.lm import device as dev
+from rankloop.settings import ConfigError
 
 
 def test_auto_takes_cuda_then_mps_then_cpu(monkeypatch):
@@ -22,11 +23,11 @@ def test_forced_devices_and_clear_refusals(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert dev.pick_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match=r"device = 'cuda' but torch sees no CUDA GPU"):
+    with pytest.raises(ConfigError, match=r"device = 'cuda' but torch sees no CUDA GPU"):
         dev.pick_device("cuda")
-    with pytest.raises(ValueError, match=r"device = 'mps' but torch has no MPS"):
+    with pytest.raises(ConfigError, match=r"device = 'mps' but torch has no MPS"):
         dev.pick_device("mps")
-    with pytest.raises(ValueError, match=r"device = 'tpu0': expected one of auto, cpu, cuda"):
+    with pytest.raises(ConfigError, match=r"device = 'tpu0': expected one of auto, cpu, cuda"):
         dev.pick_device("tpu0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert dev.pick_device("cuda:1") == torch.device("cuda", 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from rankloop.app import rounds
+from rankloop.app.project import ProjectError
 from rankloop.reward.config import LOSSES
 from rankloop.settings import replace
 
@@ -111,9 +112,11 @@ def heldout_summary(m: dict) -> str:
 @click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
               default=None, help="Score with this reward model folder instead.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", default=None, help="Where to score: auto, cpu, cuda, cuda:N, mps "
+              "(default: the project's [runtime] device, else auto: a GPU when there is one).")
 @project_option
 @user_errors
-def score_cmd(file, output, round_, model_path, batch_size, project_dir):
+def score_cmd(file, output, round_, model_path, batch_size, device, project_dir):
     """Score JSONL rows with `prompt` and `response` by a reward model; add a `score` field.
 
     `prompt` is a string or a conversation (a list of {role, content} turns); `response` is
@@ -127,11 +130,19 @@ def score_cmd(file, output, round_, model_path, batch_size, project_dir):
     from rankloop.reward.scoring import RewardScorer
 
     rows = read_score_rows(file)
-    if model_path is None:
-        project = open_project(project_dir)
-        model_path = rounds.reward_model_of(project, round_)
-        project.close()
-    scorer = RewardScorer.from_pretrained(model_path, batch_size=batch_size)
+    if model_path is None or device is None:
+        try:
+            project = open_project(project_dir)
+        except ProjectError:
+            if model_path is None:
+                raise
+            project = None  # --model outside a project: the device rule's 'auto'
+        if project is not None:
+            model_path = model_path or rounds.reward_model_of(project, round_)
+            device = device or project.config.runtime.device
+            project.close()
+    scorer = RewardScorer.from_pretrained(model_path, batch_size=batch_size,
+                                          device=device or "auto")
     scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
     tmp = output.with_name(output.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
