@@ -234,11 +234,12 @@ def run_load(server: Server, annotators: int, until, think: float = 1.0) -> dict
             "errors": len(errors), "first_error": errors[0] if errors else None}
 
 
-IMPORT_ONE_TRANSACTION = """
+IMPORT_WITH = """
 import sys
 from rankloop.data.io import import_file
 from rankloop.data.store import Store
-print(import_file(Store.open(sys.argv[1]), sys.argv[2], chunk_seconds=1e9))
+print(import_file(Store.open(sys.argv[1]), sys.argv[2], chunk_seconds=float(sys.argv[3]),
+                  pause_seconds=float(sys.argv[4])))
 """
 
 
@@ -252,15 +253,20 @@ def write_rows(path: Path, rows: int, tag: str) -> Path:
 
 
 def bench_import(tmp: Path, rows: int = 200_000, annotators: int = 32,
-                 one_transaction: bool = False, comparisons: int = 30_000) -> dict:
+                 one_transaction: bool = False, comparisons: int = 30_000,
+                 settings: list[tuple[float, float]] = ()) -> dict:
     root = tmp / "import"
     make_project(root, comparisons=comparisons, annotators=annotators)
     runs = [("import", [*RANKLOOP, "import", str(write_rows(tmp / "a.jsonl", rows, "A")),
                         "--project", str(root)])]
     if one_transaction:  # the old way, for contrast: another file, all in one transaction
-        runs.append(("import_one_transaction",
-                     [sys.executable, "-c", IMPORT_ONE_TRANSACTION, str(root / "rankloop.db"),
-                      str(write_rows(tmp / "b.jsonl", rows, "B"))]))
+        settings = [*settings, (1e9, 0.0)]
+    for k, (chunk, pause) in enumerate(settings):  # other transaction lengths and pauses
+        name = ("import_one_transaction" if chunk >= 1e9 else
+                f"import_chunk_{chunk:g}_pause_{pause:g}")
+        runs.append((name, [sys.executable, "-c", IMPORT_WITH, str(root / "rankloop.db"),
+                            str(write_rows(tmp / f"b{k}.jsonl", rows, f"B{k}")), str(chunk),
+                            str(pause)]))
     server = Server(root, free_port())
     server.start()
     out = {"rows": rows, "annotators": annotators}
@@ -340,6 +346,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--one-transaction", action="store_true",
                     help="import: also run the whole file as one transaction (the old way)")
+    ap.add_argument("--settings", default="",
+                    help="import: also run these CHUNK/PAUSE seconds, e.g. 0.1/0.12,0.25/0.25")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     print(f"rankloop reliability bench: {platform.machine()}, {os.cpu_count()} CPUs, python "
@@ -352,8 +360,10 @@ def main() -> None:
                                          args.comparisons)
             print(f"kill -9: {results['kill']}", flush=True)
         if args.what in ("import", "all"):
+            settings = [tuple(map(float, x.split("/"))) for x in args.settings.split(",") if x]
             results["import"] = bench_import(Path(tmp), args.rows, args.annotators,
-                                             args.one_transaction, args.comparisons * 3 // 2)
+                                             args.one_transaction, args.comparisons * 3 // 2,
+                                             settings)
             print(f"import: {results['import']}", flush=True)
         if args.what in ("logins", "all"):
             results["logins"] = bench_logins(Path(tmp), comparisons=args.comparisons)
