@@ -217,6 +217,18 @@ def test_every_round_option_defaults_to_the_current_round(tmp_path, tiny_lm_dir)
     p.close()
 
 
+def test_status_shows_a_per_step_metric_list_by_its_ends_not_whole(tmp_path, tiny_lm_dir):
+    from rankloop.data.records import Round
+
+    p = tiny_project(tmp_path / "p", tiny_lm_dir)
+    kl = [0.01 * i for i in range(40)]
+    p.store.save_round(Round(0, metrics={"ppo/kl_per_step": kl, "ppo/kl_last": 0.39}))
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(cli, ["status", "--project", str(p.root)])
+    assert res.exit_code == 0, res.output
+    assert "ppo/kl_per_step=[40 steps: 0 .. 0.39]" in res.output
+    assert "0.21" not in res.output and "ppo/kl_last=0.39" in res.output
+    p.close()
+
 def test_eval_prompts_are_held_out_from_ppo_by_a_stable_hash():
     prompts = [Prompt.from_text(f"prompt {i}") for i in range(400)]
     train, held = rounds.split_prompts(prompts, 0.2)

@@ -184,9 +184,20 @@ def status(project_dir):
         for col in ("round", "policy", "reward model", "metrics"):
             table.add_column(col)
         for r in s.rounds:
-            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in sorted(r.metrics.items()))
+            metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in sorted(r.metrics.items()))
             table.add_row(str(r.number), r.policy or "-", r.reward_model or "-", metrics or "-")
         console.print(table)
     console.print(f"Next: {rounds.next_step(project)}")
     project.close()
+
+
+def format_metric(value) -> str:
+    """A round's metric for one cell: numbers to 4 significant digits; a per-step list (such as
+    `ppo/kl_per_step`) as its length, first and last value, not the whole list."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        if len(value) <= 3:
+            return "[" + ", ".join(format_metric(v) for v in value) + "]"
+        return f"[{len(value)} steps: {format_metric(value[0])} .. {format_metric(value[-1])}]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
