@@ -206,6 +206,32 @@ class Critic(nn.Module):
         return values
 
 
+class ActorCritic(nn.Module):
+    """The policy and its critic (None: the value head on the policy) as one module.
+
+    accelerate prepares one model per `prepare` under DeepSpeed and FSDP2, and DeepSpeed
+    backpropagates through one engine, so PPO hands it this module and one optimizer.
+    """
+
+    def __init__(self, actor: Actor, critic: Critic | None):
+        super().__init__()
+        self.actor = actor
+        self.critic = critic
+
+    def forward(self, input_ids, attention_mask, n_last: int | None = None, *,
+                policy: bool = True, value: bool = True, policy_lower=None, critic_lower=None):
+        """(logits or None, values or None) of the last `n_last` positions; `policy` / `value`
+        say which of the two forwards to run (the value head on the policy comes with its
+        logits)."""
+        logits = values = None
+        if policy or (value and self.critic is None):
+            logits, values = self.actor(input_ids, attention_mask, n_last=n_last,
+                                        lower=policy_lower)
+        if value and self.critic is not None:
+            values = self.critic(input_ids, attention_mask, n_last=n_last, lower=critic_lower)
+        return logits, values
+
+
 class _Skip(nn.Module):
     """A decoder block that passes its input through (its output is supplied from a cache)."""
 

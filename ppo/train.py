@@ -46,6 +46,7 @@ from rankloop.lm.sampling import autocast, encode_chats, left_pad, sampling_kwar
 from . import core
 from .actor_critic import (
     Actor,
+    ActorCritic,
     build_critic,
     load_policy,
     load_trainable_state,
@@ -215,19 +216,9 @@ def train_ppo(
     # ---- models and optimizers ---------------------------------------------------------------
     tokenizer, actor, critic = build_models(config, policy, reward_model, dpo_model, reward_fn,
                                             device, bf16, say)
-    # foreach: a few multi-tensor ops over the ~400 small adapter tensors, not ~10 per tensor
-    actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad],
-                                  lr=config.lr, eps=1e-5, foreach=True)
-    if critic is not None:
-        critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad],
-                                       lr=config.critic_lr, eps=1e-5, foreach=True)
-        actor, actor_opt, critic, critic_opt = accelerator.prepare(actor, actor_opt, critic,
-                                                                   critic_opt)
-    else:
-        critic_opt = None
-        actor, actor_opt = accelerator.prepare(actor, actor_opt)
-    raw_actor = accelerator.unwrap_model(actor)
-    raw_critic = accelerator.unwrap_model(critic) if critic is not None else None
+    model, optimizer = prepare_models(accelerator, actor, critic, config)
+    raw = accelerator.unwrap_model(model)  # for the no-grad passes, checkpoints and saving
+    raw_actor, raw_critic = raw.actor, raw.critic
     if config.kl_target > 0:
         kl_ctl = core.KLConstraintController(config.kl_coef, config.kl_target,
                                              config.kl_horizon)
@@ -259,7 +250,7 @@ def train_ppo(
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
             raise ValueError(f"--resume: no checkpoint under {out_dir / CHECKPOINTS}")
-        state = load_checkpoint(ckpt, raw_actor, raw_critic, actor_opt, critic_opt, kl_ctl, rank)
+        state = load_checkpoint(ckpt, raw_actor, raw_critic, optimizer, kl_ctl, rank)
         start_step, history = state["step"], list(state["history"])
         evaluations, best_state = list(state.get("evaluations", [])), state.get("best_actor")
         if state.get("early_stop"):
@@ -333,11 +324,11 @@ def train_ppo(
                 if config.ptx_coef > 0 and not pretraining_critic:
                     ptx = ptx_batch(tokenizer, ptx_texts, config, step, epoch, mb_start, device)
                 with autocast(device, bf16):
-                    loss, mb_stats = minibatch_loss(actor, critic, batch, ref, advantages,
-                                                    returns, mb, config,
-                                                    train_policy=not pretraining_critic, ptx=ptx)
+                    loss, mb_stats = minibatch_loss(model, batch, ref, advantages, returns, mb,
+                                                    config, train_policy=not pretraining_critic,
+                                                    ptx=ptx)
                 accelerator.backward(loss)
-                optimizer_step(accelerator, actor, critic, actor_opt, critic_opt, config,
+                optimizer_step(accelerator, raw_actor, raw_critic, optimizer, config,
                                train_policy=not pretraining_critic)
                 for k, v in mb_stats.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
@@ -380,8 +371,8 @@ def train_ppo(
             accelerator.log(row, step=step + 1)
         stopping = stopper.should_stop
         if stopping or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
-            save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, actor_opt,
-                            critic_opt, kl_ctl, accelerator,
+            save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, optimizer,
+                            kl_ctl, accelerator,
                             extra=run_state(stopper, evaluations, best_state))
         release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
         if on_step is not None:
@@ -398,8 +389,8 @@ def train_ppo(
     steps_run = history[-1]["step"] if history else start_step
     if not (stopper.should_stop or (config.checkpoint_every
                                     and steps_run % config.checkpoint_every == 0)):
-        save_checkpoint(out_dir, steps_run, history, raw_actor, raw_critic, actor_opt,
-                        critic_opt, kl_ctl, accelerator,
+        save_checkpoint(out_dir, steps_run, history, raw_actor, raw_critic, optimizer,
+                        kl_ctl, accelerator,
                         extra=run_state(stopper, evaluations, best_state))
     kept = steps_run
     if config.keep_policy == "best" and best_state is not None and stopper.best_step != kept:
@@ -422,6 +413,30 @@ def train_ppo(
 
 
 # ---- setup ---------------------------------------------------------------------------------
+def prepare_models(accelerator, actor: Actor, critic, config: PPOConfig):
+    """Hand the policy and critic to accelerate as one module with one optimizer (two parameter
+    groups, each with its learning rate): DeepSpeed and FSDP2 take one model per `prepare`.
+
+    VC-PPO's value pretraining leaves the policy out of the loss, so DDP is told to expect
+    unused parameters then (it would wait for their gradients otherwise).
+    """
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+    if config.value_pretrain_steps and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("value_pretrain_steps needs the policy's gradients dropped for a few "
+                         "steps, which DeepSpeed's engine does not allow: set "
+                         "value_pretrain_steps = 0, or run under DDP or FSDP")
+    if config.value_pretrain_steps and accelerator.ddp_handler is None:
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+    groups = [{"params": [p for p in actor.parameters() if p.requires_grad], "lr": config.lr}]
+    if critic is not None:
+        groups.append({"params": [p for p in critic.parameters() if p.requires_grad],
+                       "lr": config.critic_lr})
+    # foreach: a few multi-tensor ops over the ~400 small adapter tensors, not ~10 per tensor
+    optimizer = torch.optim.AdamW(groups, eps=1e-5, foreach=True)
+    return accelerator.prepare(ActorCritic(actor, critic), optimizer)
+
+
 def build_models(config: PPOConfig, policy: str, reward_model: str | None,
                  dpo_model: str | None, reward_fn, device, bf16: bool, say):
     """(tokenizer, actor, critic or None): the LoRA policy (with a value head when critic =
@@ -513,7 +528,7 @@ def reference_pass(actor: Actor, critic, batch: Rollout, config: PPOConfig, devi
                      critic_lower)
 
 
-def minibatch_loss(actor, critic, batch: Rollout, ref: Reference, advantages: Tensor,
+def minibatch_loss(model, batch: Rollout, ref: Reference, advantages: Tensor,
                    returns: Tensor, mb: Tensor, config: PPOConfig, *, train_policy: bool,
                    ptx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Phase 6, one mini-batch (rows `mb` of the rollout): the summed loss and its stats.
@@ -523,6 +538,7 @@ def minibatch_loss(actor, critic, batch: Rollout, ref: Reference, advantages: Te
 
     (`core.policy_loss`, `core.value_loss`, `core.lm_loss`). With `train_policy` False (VC-PPO
     value pretraining) only the value loss. `ptx`: (ids, attention mask) of PPO-ptx texts.
+    `model`: the prepared `ActorCritic` (one forward for logits and values).
     """
     T = batch.response.shape[1]
     mb_mask = batch.mask[mb]  # (b, T)
@@ -532,9 +548,11 @@ def minibatch_loss(actor, critic, batch: Rollout, ref: Reference, advantages: Te
     ids, attn = batch.input_ids[mb, lo:], batch.attention_mask[mb, lo:]  # (b, L - lo)
     loss = torch.zeros((), device=ids.device)
     stats: dict[str, Tensor] = {}
-    if train_policy or critic is None:  # a value head on the policy needs its forward too
-        lower = ref.policy_lower[mb, lo:] if ref.policy_lower is not None else None
-        logits, new_values = actor(ids, attn, n_last=T + 1, lower=lower)
+    logits, new_values = model(
+        ids, attn, n_last=T + 1, policy=train_policy,
+        policy_lower=ref.policy_lower[mb, lo:] if ref.policy_lower is not None else None,
+        critic_lower=ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None)
+    if train_policy:
         new_logprobs, logits = _sequence_logprobs(logits[:, :-1], batch.response[mb],
                                                   config.temperature)
     if train_policy:
@@ -547,14 +565,11 @@ def minibatch_loss(actor, critic, batch: Rollout, ref: Reference, advantages: Te
             loss = loss - config.entropy_coef * ent
             stats["policy/entropy"] = ent.detach()
         if ptx is not None:
-            ptx_logits, _ = actor(*ptx)
+            ptx_logits, _ = model(*ptx, value=False)
             ptx_loss, ptx_stats = core.lm_loss(ptx_logits[:, :-1].float(), ptx[0][:, 1:],
                                                ptx[1][:, 1:])
             loss = loss + config.ptx_coef * ptx_loss
             stats.update(ptx_stats)
-    if critic is not None:
-        lower = ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None
-        new_values = critic(ids, attn, n_last=T + 1, lower=lower)
     new_values = new_values[:, :-1].float()  # (b, T)
     vf_loss, vf_stats = core.value_loss(new_values, ref.values[mb], returns[mb], mb_mask,
                                         config.cliprange_value or None)
@@ -563,22 +578,20 @@ def minibatch_loss(actor, critic, batch: Rollout, ref: Reference, advantages: Te
     return loss, stats
 
 
-def optimizer_step(accelerator, actor, critic, actor_opt, critic_opt, config: PPOConfig, *,
+def optimizer_step(accelerator, actor, critic, optimizer, config: PPOConfig, *,
                    train_policy: bool) -> None:
-    """Clip the gradients of policy and critic separately, step both optimizers."""
+    """Clip the gradients of policy and critic separately, step the optimizer. During value
+    pretraining (not `train_policy`) the policy's language model keeps its weights: its
+    gradients are dropped, and AdamW skips a parameter without one."""
     if config.max_grad_norm > 0:
         accelerator.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
         if critic is not None:
             accelerator.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
-    if train_policy or critic is None:
-        if not train_policy:  # value pretraining with a value head: only the head moves
-            for p in accelerator.unwrap_model(actor).lm.parameters():
-                p.grad = None
-        actor_opt.step()
-    actor_opt.zero_grad(set_to_none=True)
-    if critic_opt is not None:
-        critic_opt.step()
-        critic_opt.zero_grad(set_to_none=True)
+    if not train_policy:
+        for p in actor.lm.parameters():
+            p.grad = None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def step_stats(batch: Rollout, ref: Reference, scores, raw_scores, non_score_reward, kl,
@@ -702,10 +715,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
-def save_checkpoint(out_dir, step, history, actor, critic, actor_opt, critic_opt, kl_ctl,
-                    accelerator, extra: dict | None = None) -> Path:
+def save_checkpoint(out_dir, step, history, actor, critic, optimizer, kl_ctl, accelerator,
+                    extra: dict | None = None) -> Path:
     """Everything a resumed run needs to continue exactly: the trained tensors (adapters and
-    heads, not the frozen base), both optimizers, the KL controller, the step counter, the
+    heads, not the frozen base), the optimizer, the KL controller, the step counter, the
     history, early stopping's state (`extra`), and every process's RNG states."""
     folder = Path(out_dir) / CHECKPOINTS / f"step-{step}"
     rank = accelerator.process_index
@@ -721,8 +734,7 @@ def save_checkpoint(out_dir, step, history, actor, critic, actor_opt, critic_opt
             "step": step, "history": history,
             "actor": trainable_state(actor),
             "critic": trainable_state(critic) if critic is not None else None,
-            "actor_opt": actor_opt.state_dict(),
-            "critic_opt": critic_opt.state_dict() if critic_opt is not None else None,
+            "optimizer": optimizer.state_dict(),
             "kl_ctl": kl_ctl.state_dict(),
             **(extra or {}),
         }, folder / "state.tmp")
@@ -731,16 +743,17 @@ def save_checkpoint(out_dir, step, history, actor, critic, actor_opt, critic_opt
     return folder
 
 
-def load_checkpoint(folder, actor, critic, actor_opt, critic_opt, kl_ctl, rank) -> dict:
+def load_checkpoint(folder, actor, critic, optimizer, kl_ctl, rank) -> dict:
     """Load a checkpoint into the modules, optimizers and KL controller; restore this process's
     RNG states; return the saved state (step, history, early stopping's state)."""
     state = torch.load(Path(folder) / "state.pt", weights_only=False)
     load_trainable_state(actor, state["actor"])
     if critic is not None and state["critic"] is not None:
         load_trainable_state(critic, state["critic"])
-    actor_opt.load_state_dict(state["actor_opt"])
-    if critic_opt is not None and state["critic_opt"] is not None:
-        critic_opt.load_state_dict(state["critic_opt"])
+    if "optimizer" not in state:
+        raise ValueError(f"{folder} was written by an older rankloop (one optimizer per model): "
+                         "start the run again without --resume")
+    optimizer.load_state_dict(state["optimizer"])
     kl_ctl.load_state_dict(state["kl_ctl"])
     rng_file = Path(folder) / f"rng-{rank}.pt"
     if rng_file.exists():

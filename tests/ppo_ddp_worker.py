@@ -16,8 +16,10 @@ def main(policy: str, out: str) -> None:
 
     acc = Accelerator(cpu=True)
     prompts = [Prompt.from_text(t) for t in ("hello", "write a poem", "explain gears", "yes")]
+    # one step of value pretraining first: the policy sits out of that step's loss, which
+    # DDP must be told about (find_unused_parameters), or it waits for its gradients
     cfg = PPOConfig(steps=2, batch_size=2, mini_batch_size=1, ppo_epochs=1, max_new_tokens=4,
-                    log_samples=0, bf16="no", lr=1e-2)
+                    log_samples=0, bf16="no", lr=1e-2, value_pretrain_steps=1)
 
     def reward(ps, rs):
         return torch.tensor([float(len(r)) / 10 for r in rs])

@@ -533,3 +533,35 @@ def test_update_on_trimmed_mini_batches_sees_the_rollouts_log_probs_and_values(
         assert r["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
         assert r["policy/clipfrac"] == 0.0
         assert r["val/clipfrac"] == 0.0
+
+
+def test_policy_and_critic_reach_accelerate_as_one_model_and_both_train(peaked_lm, tmp_path):
+    """DeepSpeed and FSDP2 take one model per `accelerator.prepare` (accelerate raises
+    otherwise): PPO hands over the policy and critic as one module with one optimizer, and
+    both still train."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    prepared, before = [], {}
+
+    class OneModelPerPrepare(Accelerator):  # accelerate's rule under DeepSpeed and FSDP2
+        def prepare(self, *args, **kwargs):
+            models = [a for a in args if isinstance(a, torch.nn.Module)]
+            assert len(models) <= 1, f"{len(models)} models in one prepare"
+            for m in models:
+                prepared.append(m)
+                before.update({n: p.detach().clone() for n, p in m.named_parameters()
+                               if p.requires_grad})
+            return super().prepare(*args, **kwargs)
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    lm, target = peaked_lm
+    res = run(cfg(steps=1), lm, target, tmp_path / "one", accelerator=OneModelPerPrepare(cpu=True))
+    assert len(prepared) == 1
+    (model,) = prepared
+    assert model.actor is res.actor and model.critic is res.critic
+    after = dict(model.named_parameters())
+    moved = {n for n, p in before.items() if not torch.equal(p, after[n])}
+    assert any(n.startswith("actor.") for n in moved)
+    assert any(n.startswith("critic.") for n in moved)
