@@ -111,12 +111,8 @@ def snapshot(store: Store, *, sources: Sequence[str] | None = None, examples: in
     """Everything the report reads from the store, without the bootstrap statistics (the
     Rounds view reads this while it holds the store, and computes the rest after)."""
     ms = store.cross_round_outcomes(sources)
-    labels: dict[int, dict[str, int]] = defaultdict(dict)
-    for rnd, source, n in store.db.execute(
-            "select c.round, l.source, count(*) from labels l join comparisons c "
-            "on c.id = l.comparison_id group by c.round, l.source").fetchall():
-        labels[rnd][source] = n
-    round_of = dict(store.db.execute("select id, round from comparisons").fetchall())
+    labels: dict[int, dict[str, int]] = defaultdict(dict, store.label_counts_by_round())
+    round_of = store.comparison_rounds()
     by_round = defaultdict(list)
     for lab in store.labels():
         by_round[round_of[lab.comparison_id]].append(lab)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from rankloop.data import queue
 from rankloop.data.records import Annotator
-from rankloop.data.store import Store, StoreError, now
+from rankloop.data.store import Store, StoreError
 from rankloop.settings import ConfigError
 
 from .config import LabelingConfig
@@ -66,10 +66,7 @@ def simulated_accounts(store: Store, n: int) -> list[Annotator]:
         name = f"sim-{i}"
         a = store.annotator(name)
         if a is None:
-            with store.transaction():
-                aid = store.db["annotators"].insert({
-                    "name": name, "role": "simulated", "created_at": now()}).last_pk
-            a = Annotator(name=name, role="simulated", id=aid)
+            a = store.add_simulated_annotator(name)
         elif a.role != "simulated":
             raise StoreError(f"an account named {name!r} exists and is not simulated: rename it "
                              f"(simulated annotators are named sim-1, sim-2, ...)")

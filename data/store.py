@@ -371,6 +371,14 @@ class Store:
                 "created_at": now()}).last_pk
         return Annotator(name=a.name, role=a.role, id=aid), secret
 
+    def add_simulated_annotator(self, name: str) -> Annotator:
+        """Create a simulated annotator's account (role 'simulated', no secret: nobody logs in
+        as it)."""
+        with self.transaction():
+            aid = self.db["annotators"].insert({
+                "name": name, "role": "simulated", "created_at": now()}).last_pk
+        return Annotator(name=name, role="simulated", id=aid)
+
     def external_annotator(self, name: str) -> Annotator:
         """The pseudo-annotator that owns labels imported from `name` (created on first use)."""
         with self.transaction():
@@ -611,6 +619,19 @@ class Store:
                 for r, st, sec, m, f in self.db.execute(
                     f"select round, stage, seconds, metrics, finished_at from round_stages "
                     f"{where} order by round, finished_at, rowid", params).fetchall()]
+
+    def label_counts_by_round(self) -> dict[int, dict[str, int]]:
+        """{round: {source: labels}} for the comparisons of each round."""
+        out: dict[int, dict[str, int]] = {}
+        for rnd, source, n in self.db.execute(
+                "select c.round, l.source, count(*) from labels l join comparisons c "
+                "on c.id = l.comparison_id group by c.round, l.source").fetchall():
+            out.setdefault(rnd, {})[source] = n
+        return out
+
+    def comparison_rounds(self) -> dict[int, int]:
+        """{comparison id: its round}."""
+        return dict(self.db.execute("select id, round from comparisons").fetchall())
 
     def cross_round_outcomes(self, sources: Sequence[str] | None = None) -> list[Match]:
         """Every verdict between two rounds' policies: for each label (of `sources` only, when

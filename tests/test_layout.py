@@ -67,3 +67,30 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     assert violations("lm", ALLOWED["lm"]) == ["lm/bad.py imports rankloop.app.cli",
                                                "lm/bad.py imports rankloop.ppo.core"]
+
+
+def raw_sql(path: Path) -> list[int]:
+    """Lines where a file reaches into the store's database (`x.db.execute(...)`, `x.db[...]`,
+    `x.db.query(...)`) instead of calling the store's API."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        target = node.value if isinstance(node, (ast.Attribute, ast.Subscript)) else None
+        if (isinstance(target, ast.Attribute) and target.attr == "db"
+                and (isinstance(node, ast.Subscript)
+                     or node.attr in ("execute", "executescript", "query"))):
+            out.append(node.lineno)
+    return sorted(set(out))
+
+
+def test_the_app_calls_the_store_api_not_sql():
+    """Handlers and commands ask the store (`data.store.Store`), which keeps the SQL, the
+    transactions and the write order in one place."""
+    found = {str(p.relative_to(ROOT)): raw_sql(p) for p in sorted((ROOT / "app").rglob("*.py"))}
+    assert {p: lines for p, lines in found.items() if lines} == {}
+
+
+def test_the_sql_checker_sees_raw_sql(tmp_path):
+    f = tmp_path / "h.py"
+    f.write_text("def h(store):\n    store.db.execute('select 1')\n"
+                 "    store.db['labels'].insert({})\n    store.labels()\n")
+    assert raw_sql(f) == [2, 3]
