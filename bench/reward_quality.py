@@ -37,6 +37,7 @@ Usage (split long runs by task / size so other jobs get the CPU lock in between)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -211,6 +212,39 @@ def score_pairs(score_fn, held) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
+PHASES = ("load_model", "encode", "fit_probes", "make_loop", "train_step", "evaluate_now",
+          "final_metrics", "save_model")
+
+
+@contextlib.contextmanager
+def phase_timer():
+    """Seconds spent in each phase function of rankloop.reward.train during the block (the
+    first train_step, which pays torch.compile, apart as "first_step"): where a run's time goes."""
+    from rankloop.reward import train as rt
+
+    spent: dict[str, float] = {}
+    saved = {name: getattr(rt, name) for name in PHASES}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                key = "first_step" if name == "train_step" and "first_step" not in spent \
+                    else name
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+        return wrapper
+
+    for name, fn in saved.items():
+        setattr(rt, name, timed(name, fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in saved.items():
+            setattr(rt, name, fn)
+
+
 def fit_rankloop(train, seed: int, overrides: dict, base: str):
     from rankloop.reward.config import RewardConfig
     from rankloop.reward.pairs import pairwise_example
@@ -220,12 +254,18 @@ def fit_rankloop(train, seed: int, overrides: dict, base: str):
     out = Path(tempfile.mkdtemp()) / "reward"
     cfg = RewardConfig(seed=seed, **overrides)
     t0 = time.perf_counter()
-    result = train_reward([pairwise_example(p, c, r) for p, c, r in train], cfg, out,
-                          base=base, progress=False)
+    with phase_timer() as phases:
+        result = train_reward([pairwise_example(p, c, r) for p, c, r in train], cfg, out,
+                              base=base, progress=False)
     seconds = time.perf_counter() - t0
     scorer = RewardScorer.from_pretrained(out, batch_size=32)
     extra = {"steps": result.steps, "best_step": result.metrics.get("reward/best_step"),
-             "compiled": result.compiled, "loop_seconds": result.loop_seconds}
+             "compiled": result.compiled, "loop_seconds": result.loop_seconds,
+             "phases": {k: round(v, 1) for k, v in phases.items()},
+             # the selection split's accuracy: the warm start's probe, then each epoch's end
+             "probe_last_accuracy": result.metrics.get("reward/probe_last_accuracy"),
+             "evals": [[h["step"], h["eval/accuracy"]] for h in result.history
+                       if "eval/accuracy" in h]}
 
     def score(prompts, responses):
         return scorer.score(prompts, responses).numpy()
@@ -371,6 +411,9 @@ def run(args) -> list[dict]:
                            **({"settings": overrides} if system == "rankloop" else {})}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                    if args.out:  # row by row: a run killed later keeps what it measured
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -435,12 +478,7 @@ def main() -> None:
     args.sizes = [int(x) for x in args.sizes.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
     args.systems = args.systems.split(",")
-    rows = run(args)
-    if args.out:
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-    print(table(rows))
+    print(table(run(args)))
 
 
 if __name__ == "__main__":
