@@ -77,4 +77,19 @@ def new_accelerator(**kwargs):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    if "cpu" not in kwargs and launched_without_gpus():
+        # accelerate makes a multi-process launch on CPUs a gloo group only when told `cpu`;
+        # otherwise every process would train alone and all write the same files
+        kwargs["cpu"] = True
     return Accelerator(**kwargs)
+
+
+def launched_without_gpus() -> bool:
+    """Whether this process is one of several that `accelerate launch` / torchrun started on a
+    machine without a CUDA GPU (e.g. docs/accelerate/cpu-ddp.yaml)."""
+    import os
+
+    import torch
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+    return several and not torch.cuda.is_available()

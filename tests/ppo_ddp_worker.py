@@ -12,9 +12,8 @@ from rankloop.ppo.train import train_ppo
 
 
 def main(policy: str, out: str) -> None:
-    from accelerate import Accelerator
+    from accelerate import PartialState
 
-    acc = Accelerator(cpu=True)
     prompts = [Prompt.from_text(t) for t in ("hello", "write a poem", "explain gears", "yes")]
     # one step of value pretraining first: the policy sits out of that step's loss, which
     # DDP must be told about (find_unused_parameters), or it waits for its gradients
@@ -24,8 +23,11 @@ def main(policy: str, out: str) -> None:
     def reward(ps, rs):
         return torch.tensor([float(len(r)) / 10 for r in rs])
 
+    # no accelerator passed: train_ppo builds its own, as `rankloop ppo` under
+    # `accelerate launch --config_file docs/accelerate/cpu-ddp.yaml` does
     res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=reward, out_dir=Path(out),
-                    progress=False, log=None, accelerator=acc)
+                    progress=False, log=None)
+    acc = PartialState()
     state = {n: p.detach().double().sum().item()
              for module in (res.actor, res.critic)
              for n, p in module.named_parameters() if p.requires_grad}
