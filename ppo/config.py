@@ -58,7 +58,7 @@ class PPOConfig:
     kl_coef: float = 0.05
     """KL penalty coefficient (with kl_target: its start and smallest value)."""
     kl_target: float = 2.0
-    """Adaptive KL: the KL to the reference, in nats per response, above which the coefficient rises (0 = fixed coefficient kl_coef)."""
+    """Adaptive KL: how far past the start policy's KL to the reference (0 for the base policy; round R-1's for round R), in nats per response, the KL may grow before the coefficient rises (0 = fixed coefficient kl_coef)."""
     kl_horizon: float = 160.0
     """Adaptive KL: each step the coefficient moves by (KL - kl_target) * samples / kl_horizon (160 with 8 prompts a step: +0.05 per nat above the target)."""
     missing_eos_penalty: float = 0.0

@@ -560,6 +560,11 @@ class KLConstraintController:
     coefficient went from 0.1 to 0.34 in 10 steps (docs/ppo.md, "Bounding the drift"). The floor
     keeps at least the fixed penalty ``kl_coef``. ``n_steps``: samples since the last update;
     ``current_kl``: mean KL per sequence (nats).
+
+    The target counts from the start policy: the first update's KL (the first rollout, the
+    policy the run starts from) is added to it. PPO of round R starts from round R-1's policy,
+    often already ``target`` from the reference; counted from the reference, its coefficient
+    would rise at once and hold it where it started (docs/ppo.md, "Bounding the drift").
     """
 
     def __init__(self, kl_coef: float, target: float, horizon: float):
@@ -569,22 +574,27 @@ class KLConstraintController:
         self.value = float(kl_coef)
         self.target = float(target)
         self.horizon = float(horizon)
+        self.started = False
 
     def update(self, current_kl: float | Tensor, n_steps: int) -> None:
         current_kl = float(current_kl)  # accepts a 0-dim tensor
+        if not self.started:  # the first rollout's KL is the start policy's
+            self.started = True
+            self.target += max(0.0, current_kl)
         step = (current_kl - self.target) * n_steps / self.horizon
         self.value = max(self.kl_coef, self.value + step)
 
     def state_dict(self) -> dict[str, Any]:
         # Python floats round-trip exactly (also through JSON/torch.save)
         return {"value": self.value, "kl_coef": self.kl_coef, "target": self.target,
-                "horizon": self.horizon}
+                "horizon": self.horizon, "started": self.started}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
         self.kl_coef = float(state.get("kl_coef", self.kl_coef))
         self.target = float(state["target"])
         self.horizon = float(state["horizon"])
+        self.started = bool(state.get("started", True))  # older states: past their first step
 
 
 # --------------------------------------------------------------------------- #

@@ -402,6 +402,8 @@ def test_lm_loss_matches_cross_entropy():
 # --------------------------------------------------------------------------- #
 def test_kl_constraint_controller_two_updates_floor_and_resume():
     ctl = KLConstraintController(kl_coef=0.05, target=2.0, horizon=160)
+    ctl.update(0.0, n_steps=8)  # a run from the reference: its first KL is 0, the target stays
+    assert (ctl.value, ctl.target) == (0.05, 2.0)
     # kl 6: step = (6 - 2) * 8 / 160 = 0.2 -> 0.25
     ctl.update(6.0, n_steps=8)
     assert ctl.value == pytest.approx(0.25, rel=1e-12)
@@ -423,6 +425,23 @@ def test_kl_constraint_controller_two_updates_floor_and_resume():
         assert other.value == ctl.value
     with pytest.raises(ValueError, match="must be > 0"):
         KLConstraintController(0.05, target=0.0, horizon=1.0)
+
+
+def test_kl_target_counts_from_the_start_policy():
+    """PPO of round R starts from round R-1's policy, already some nats from the reference: the
+    target is the KL the run may add to its start's, not a budget round R-1 already spent (in
+    the demo, round 1 started at 1.84 nats with the target 2 and its coefficient rose at once)."""
+    ctl = KLConstraintController(kl_coef=0.05, target=2.0, horizon=160)
+    ctl.update(1.84, n_steps=8)  # the first rollout: the start policy's KL
+    assert (ctl.value, ctl.target) == (0.05, pytest.approx(3.84))
+    ctl.update(3.0, n_steps=8)  # 1.16 nats further than the start: within the target
+    assert ctl.value == 0.05
+    ctl.update(5.84, n_steps=8)  # 4 nats further: (5.84 - 3.84) * 8 / 160 = +0.1
+    assert ctl.value == pytest.approx(0.15)
+    resumed = KLConstraintController(kl_coef=0.05, target=2.0, horizon=160)
+    resumed.load_state_dict(ctl.state_dict())  # a resumed run does not move the target again
+    resumed.update(3.84, n_steps=8)
+    assert (resumed.target, resumed.value) == (pytest.approx(3.84), pytest.approx(0.15))
 
 
 def test_early_stopping_patience_min_delta_in_standard_errors_and_resume():
