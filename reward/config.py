@@ -80,8 +80,10 @@ class RewardConfig:
     select_best: bool = True
     """Early stopping: evaluate on the held-out split at the start and after every epoch, keep
     the best model (held-out accuracy, then loss); needs eval_fraction > 0."""
-    patience: int = 2
-    """Stop once this many evaluations in a row did not beat the best (0 = run every epoch)."""
+    patience: int = 1
+    """Stop once this many evaluations in a row did not beat the best (0 = run every epoch).
+    1: on bench/reward_quality.py no epoch ever beat the best after one that did not (4 tasks),
+    so a second stale epoch only cost time (docs/reward.md)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     eval_every: int = 0
