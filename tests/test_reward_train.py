@@ -362,7 +362,7 @@ def test_early_stopping_returns_the_best_checkpoint(tmp_path, tiny_lm_dir):
                          progress=False)
     assert plain.steps == 4 * 8 and plain.metrics["reward/accuracy"] < 0.3
     # the default patience: the first epoch that does not beat the best ends the run (the saved
-    # model is the same; on bench/reward_quality.py that cut a fifth to a half of the steps)
+    # model is the same; on bench/reward_quality.py that cut a third to a half of the steps)
     defaults = RewardConfig(lora=False, lr=3e-3, epochs=4, warm_start=False, **FAST)
     quick = train_reward(train, defaults, tmp_path / "quick", base=str(tiny_lm_dir),
                          held_out=held, progress=False)
