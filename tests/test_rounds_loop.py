@@ -81,8 +81,10 @@ def small_project(root, policy, prompts: int = 48) -> Project:
     for k, v in dict(lora=False, lr=3e-3, epochs=3.0, bf16="no", compile="no",
                      batch_size=8).items():
         setattr(c.reward, k, v)
+    # lr 3e-4: at 3e-3 the tiny policy's LoRA moved 0.2-2.3 nats per token in one step (the
+    # default model's steps move 0.004-0.02), its KL reached 23 nats and the score fell
     for k, v in dict(steps=12, batch_size=8, mini_batch_size=4, max_new_tokens=8, bf16="no",
-                     lr=3e-3).items():
+                     lr=3e-4).items():
         setattr(c.ppo, k, v)
     c.rounds.eval_fraction = 0.5
     p.save_config()
@@ -93,8 +95,10 @@ def small_project(root, policy, prompts: int = 48) -> Project:
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "not met yet: measured 2026-11-27 the oracle's mean went 0.438 -> 0.441 -> 0.444 (PPO "
-    "with the new early stopping kept its start policy); see the rounds engineer's report"))
+    "not reliable yet: with PPO lr 3e-4 and kl_target counted from the start policy, runs of "
+    "this test on 2026-11-27 gave 0.448 -> 0.911 -> 0.902 (win-rate 0.704 [0.519, 0.889]) and "
+    "a run whose PPO kept its start policy in both rounds; a tie-break of the held-out "
+    "evaluation on 6 prompts decides it (docs/rounds.md, 'The known-answer test')"))
 def test_two_simulated_rounds_raise_the_oracle_score_and_win_over_round_0(tmp_path, style_lm):
     p = small_project(tmp_path / "proj", style_lm)
     quiet = dict(log=lambda m: None, progress=False)
@@ -108,11 +112,11 @@ def test_two_simulated_rounds_raise_the_oracle_score_and_win_over_round_0(tmp_pa
              seed=2, progress=False)
     means = rounds.oracle_means(p, share_of_good)
     print({r: round(m[0], 3) for r, m in means.items()})
-    assert means[2][0] > means[0][0] + 0.1  # round 2's samples: clearly more good words
-    assert means[2][1] > means[0][1]  # on the evaluation prompts PPO never trained on, too
     held = rounds.split_prompts(p.store.prompts(), p.config.rounds.eval_fraction)[1]
     wr = win_rate(p.store.cross_round_outcomes(), 2, 0, seed=0)
     print(f"round 2 over round 0: {wr.rate:.3f} [{wr.low:.3f}, {wr.high:.3f}], n = {wr.n}")
+    assert means[2][0] > means[0][0] + 0.1  # round 2's samples: clearly more good words
+    assert means[2][1] > means[0][1]  # on the evaluation prompts PPO never trained on, too
     assert wr.n == wr.prompts == len(held)  # one comparison against round 0 per prompt
     assert wr.rate > 0.5 and wr.low < wr.rate < wr.high
     p.close()
