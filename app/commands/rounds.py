@@ -175,9 +175,11 @@ def simulate_cmd(oracle, annotators, noise, limit, round_, seed, project_dir):
 
 
 DEMO_SETTINGS = {
-    # a round that fits the 2-core reference machine: see docs/rounds.md for the measured time
-    "generate": {"n": 2, "max_new_tokens": 96},
-    "ppo": {"steps": 16, "max_new_tokens": 48},
+    # two rounds in under 20 minutes on the 2-core reference machine (docs/rounds.md has the
+    # measured time): shorter candidates, 2 reward epochs, 10 PPO steps with 3 evaluations
+    "generate": {"n": 2, "max_new_tokens": 64},
+    "reward": {"epochs": 2.0},
+    "ppo": {"steps": 10, "max_new_tokens": 48, "eval_every": 5},
     "rounds": {"eval_fraction": 0.25, "eval_comparisons": 2},
 }
 
