@@ -3,7 +3,7 @@
 Sampled once from the default model (SmolLM2-135M-Instruct) and kept as JSONL in
 bench/results/ (committed, so the benchmark's tasks are the same texts everywhere; rerunning this
 script samples a new set): 3 responses per prompt, at most 48 new tokens, temperature 0.9.
-Prompts: the single-turn bundled ones plus 180 from templates x topics, 264 in all.
+Prompts: the single-turn bundled ones plus 180 from templates x topics (254 in the committed set).
 
 Usage:  flock /tmp/rankloop-cpu.lock .venv/bin/python bench/reward_quality_texts.py
 """
