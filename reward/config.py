@@ -42,7 +42,7 @@ class RewardConfig:
     """What a 'both bad' label becomes: 'drop' (it says nothing about which is better) or 'tie'."""
     aggregate: str = "each"
     """Several annotators on one comparison: 'each' keeps every label, 'majority' merges them (split votes are ties)."""
-    epochs: float = 4.0
+    epochs: float = 2.0
     """Passes over the training labels (fractions allowed); with select_best, the most it runs."""
     batch_size: int = 8
     """Comparisons per optimizer step (a pairwise comparison is 2 sequences, a K-ranking K)."""
@@ -77,9 +77,10 @@ class RewardConfig:
     warm_start: bool = True
     """LP-FT: before fine-tuning, fit the scalar head as a logistic-regression probe on the frozen
     model's features of the training pairs (Kumar et al. 2022), instead of a random head."""
-    select_best: bool = True
+    select_best: bool = False
     """Early stopping: evaluate on the held-out split at the start and after every epoch, keep
-    the best model (held-out accuracy, then loss); needs eval_fraction > 0."""
+    the best model (held-out accuracy, then loss); needs eval_fraction > 0. Off by default: with
+    a few hundred labels the split is ~30 pairs, too few to choose by (docs/reward.md)."""
     patience: int = 1
     """Stop once this many evaluations in a row did not beat the best (0 = run every epoch).
     1: on bench/reward_quality.py no epoch ever beat the best after one that did not (4 tasks),
