@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,25 +42,16 @@ import httpx
 from rankloop.app.project import Project
 from rankloop.data.store import Store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labeling import free_port, make_db  # noqa: E402 - the same store and ports
+
 RANKLOOP = [sys.executable, "-m", "rankloop.app.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_project(root: Path, comparisons: int, annotators: int) -> None:
+    """A project whose store holds bench/labeling.py's comparisons and accounts."""
     Project.init(root).close()
-    store = Store.open(root / "rankloop.db")
-    with store.transaction():
-        for i in range(comparisons):
-            store.add_comparison_texts(f"Prompt {i}: explain item {i} in two sentences.",
-                                       [f"Response {i} one. " * 8, f"Response {i} two. " * 8])
-    for i in range(annotators):
-        store.add_annotator(f"a{i}", secret=f"s{i}")
-    store.close()
+    make_db(root / "rankloop.db", comparisons, annotators)
 
 
 class Server:
