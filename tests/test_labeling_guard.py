@@ -195,3 +195,19 @@ def test_label_api_refusals_are_4xx_with_the_message_and_no_traceback(tmp_path, 
     store = Store.open(path)
     assert [(r["choice"], r["strength"]) for r in store.db["labels"].rows] == [("A", "much")]
     store.close()
+
+
+def test_a_refusal_rewrites_the_status_of_direct_api_calls_only():
+    """A handler's refusal turns Gradio's 500 into its status on a direct `/run/` call; in a
+    queued event (the page) the context holds another request's record, which must stay as
+    it is: the page shows the refusal's message itself."""
+    from rankloop.app.labeling import guard
+
+    for path, expected in ((f"{guard.API}/run/label", 400), (f"{guard.API}/queue/join", None)):
+        info = {"path": path, "status": None}
+        token = guard._REQUEST.set(info)
+        try:
+            guard.refuse(400)
+        finally:
+            guard._REQUEST.reset(token)
+        assert info["status"] == expected, path
