@@ -102,9 +102,11 @@ class PPOConfig:
     ptx_batch_size: int = 4
     """PPO-ptx: texts per mini-batch for the language-modelling loss."""
     eval_every: int = 5
-    """Evaluate the policy on the held-out prompts before training and every N steps: mean score and KL of one sampled response per prompt (0 = no evaluation, no early stopping)."""
+    """Evaluate the policy on the held-out prompts before training and every N steps: mean score and KL of eval_samples sampled responses per prompt (0 = no evaluation, no early stopping)."""
     eval_prompts: int = 16
     """Prompts held out from training for the evaluation, drawn with the seed (at most a quarter of the prompts; a multiple of the number of processes)."""
+    eval_samples: int = 4
+    """Responses sampled per held-out prompt at each evaluation: more halve the standard error by their square root, so early stopping sees smaller gains; they cost more sampling."""
     early_stop_patience: int = 3
     """Stop when this many evaluations in a row did not improve on the best held-out score (0 = never stop early)."""
     early_stop_min_delta: float = 0.5
@@ -132,7 +134,7 @@ class PPOConfig:
             return ConfigError(f"[ppo] {name} = {getattr(self, name)!r}: {what}")
 
         for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                     "lora_r", "lora_alpha", "log_every", "ptx_batch_size"):
+                     "lora_r", "lora_alpha", "log_every", "ptx_batch_size", "eval_samples"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
         for name in ("value_pretrain_steps", "checkpoint_every", "critic_lora_layers",

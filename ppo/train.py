@@ -258,7 +258,8 @@ def train_ppo(
         say(f"resumed from {ckpt} at step {start_step}")
     elif eval_idx:
         ev = evaluate(0)
-        say(f"held-out evaluation on {len(eval_idx)} prompts before training: score "
+        say(f"held-out evaluation on {len(eval_idx)} prompts x {config.eval_samples} samples "
+            f"before training: score "
             f"{ev['eval/scores']:.3f} +- {ev['eval/score_se']:.3f}")
     if trackers:
         accelerator.init_trackers("rankloop-ppo", config=dataclasses.asdict(config),
@@ -624,20 +625,27 @@ def step_stats(batch: Rollout, ref: Reference, scores, raw_scores, non_score_rew
 
 def evaluate_policy(actor: Actor, tokenizer, queries, prompts, reward_fn, config: PPOConfig,
                     device, bf16: bool, accelerator, seed: int) -> dict[str, float]:
-    """Phase 8: one sampled response per held-out prompt, with the same random numbers at
-    every evaluation (so two evaluations differ by the policy, not by the draw); its score
-    (with the missing-EOS penalty, as in training) and KL to the reference. Means over the
-    held-out prompts of every process, and the standard error of the mean score."""
-    batch = rollout(actor.lm, tokenizer, queries, config, device, bf16, seed)
-    raw = reward_fn(prompts, batch.texts).to(device=device, dtype=torch.float32)  # (B,)
-    scores = missing_eos_penalty(raw, batch.finished, config.missing_eos_penalty)  # (B,)
-    ref = reference_pass(actor, None, batch, config, device, bf16, rto=False)
-    seq_kl = core.masked_mean(core.kl_penalty(ref.logprobs, ref.ref_logprobs,
-                                              config.kl_estimator), batch.mask, dim=-1)
-    seq_kl = seq_kl * batch.mask.sum(-1)  # (B,) per sequence, as objective/kl
-    sums = torch.stack([scores.sum(), (scores ** 2).sum(), seq_kl.sum(),
-                        batch.mask.sum().float(), torch.tensor(float(len(queries)))]).to(device)
-    s, s2, k, length, n = accelerator.reduce(sums.double(), reduction="sum").tolist()
+    """Phase 8: `eval_samples` sampled responses per held-out prompt, with the same random
+    numbers at every evaluation (so two evaluations differ by the policy, not by the draw);
+    their score (with the missing-EOS penalty, as in training) and KL to the reference. Means
+    over the responses of every process, and the standard error of the mean score."""
+    queries = [q for q in queries for _ in range(config.eval_samples)]
+    prompts = [p for p in prompts for _ in range(config.eval_samples)]
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    # in rollouts of batch_size, as training samples: the evaluation needs no more memory
+    for i, start in enumerate(range(0, len(queries), config.batch_size)):
+        part = slice(start, start + config.batch_size)
+        batch = rollout(actor.lm, tokenizer, queries[part], config, device, bf16, seed + i)
+        raw = reward_fn(prompts[part], batch.texts).to(device=device, dtype=torch.float32)
+        scores = missing_eos_penalty(raw, batch.finished, config.missing_eos_penalty)  # (B,)
+        ref = reference_pass(actor, None, batch, config, device, bf16, rto=False)
+        seq_kl = core.masked_mean(core.kl_penalty(ref.logprobs, ref.ref_logprobs,
+                                                  config.kl_estimator), batch.mask, dim=-1)
+        seq_kl = seq_kl * batch.mask.sum(-1)  # (B,) per sequence, as objective/kl
+        sums += torch.stack([scores.sum(), (scores ** 2).sum(), seq_kl.sum(),
+                             batch.mask.sum().float(),
+                             torch.tensor(float(len(batch.texts)), device=device)]).double()
+    s, s2, k, length, n = accelerator.reduce(sums, reduction="sum").tolist()
     mean = s / n
     var = max(s2 - n * mean ** 2, 0.0) / max(n - 1, 1)  # unbiased
     return {"eval/scores": mean, "eval/score_se": math.sqrt(var / n), "eval/kl": k / n,

@@ -215,6 +215,36 @@ def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_l
     assert last.summary["ppo/kl_final"] == last.evaluations[-1]["eval/kl"] > 0.01
 
 
+def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peaked_lm, tmp_path):
+    """Two held-out prompts, 5 samples each, in rollouts of at most batch_size (4): the reward
+    sees every prompt 5 times, the samples differ (each rollout its own random numbers), and
+    the evaluation's mean and standard error are those of the 10 scores."""
+    lm, target = peaked_lm
+    prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
+    calls = []
+
+    def length(prompts, responses):
+        calls.append((tuple(p.text for p in prompts), tuple(responses)))
+        return torch.tensor([float(len(r)) for r in responses])
+
+    res = train_ppo(cfg(steps=1, batch_size=4, mini_batch_size=2, eval_every=1,
+                        eval_prompts=2, eval_samples=5, max_new_tokens=12),
+                    policy=str(lm), prompts=prompts, reward_fn=length,
+                    out_dir=tmp_path / "p", progress=False, log=None)
+    first = calls[:3]  # the evaluation before training: rollouts of 4, 4 and 2
+    assert [len(c[0]) for c in first] == [4, 4, 2]
+    asked = [t for c in first for t in c[0]]
+    held = sorted(set(asked))
+    assert len(held) == 2 and all(asked.count(t) == 5 for t in held)
+    responses = [r for c in first for r in c[1]]
+    assert len(set(responses)) > 2  # not one response repeated per prompt
+    scores = torch.tensor([float(len(r)) for r in responses], dtype=torch.float64)
+    ev = res.evaluations[0]
+    assert ev["eval/scores"] == pytest.approx(float(scores.mean()))
+    assert ev["eval/score_se"] == pytest.approx(float(scores.std() / 10 ** 0.5))
+    assert [e["step"] for e in res.evaluations] == [0, 1]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(peaked_lm, tmp_path):
     lm, target = peaked_lm
     with pytest.raises(ValueError, match="no checkpoint"):
