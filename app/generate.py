@@ -131,7 +131,8 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
                    disable=not progress)
 
         def seed_for(batch):
-            key = content_hash(config.seed, round, policy, [(todo[i][0].id, todo[i][1]) for i in batch])
+            # not the policy's path: a project moved or rebuilt elsewhere draws the same numbers
+            key = content_hash(config.seed, round, [(todo[i][0].id, todo[i][1]) for i in batch])
             return int(key[:8], 16)
 
         done = 0
