@@ -126,6 +126,19 @@ def test_generate_is_deterministic_given_the_seed(tiny):
     assert len(set(texts[0])) > 1
 
 
+
+def test_the_same_round_draws_the_same_samples_whatever_the_policys_path(tiny):
+    """The seed hashes --seed, the round and the slots, not where the policy lies: the same
+    model under another path (a project rebuilt in another folder) samples the same texts."""
+    model, tok = tiny
+    texts = {}
+    for path in ("/tmp/one/policy", "/elsewhere/rounds/0/policy"):
+        store = store_with_prompts()
+        generate(store, path, CFG, model=model, tokenizer=tok, progress=False)
+        texts[path] = [r.text for r in store.responses()]
+        assert {r.policy for r in store.responses()} == {path}
+    assert texts["/tmp/one/policy"] == texts["/elsewhere/rounds/0/policy"]
+
 class DiesAfter:
     """Wraps a model; raises after `n` generate calls (a run killed midway)."""
 
