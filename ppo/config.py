@@ -106,7 +106,7 @@ class PPOConfig:
     eval_prompts: int = 16
     """Prompts held out from training for the evaluation, drawn with the seed (at most a quarter of the prompts; a multiple of the number of processes)."""
     eval_samples: int = 4
-    """Responses sampled per held-out prompt at each evaluation: more halve the standard error by their square root, so early stopping sees smaller gains; they cost more sampling."""
+    """Responses sampled per held-out prompt at each evaluation: the standard error falls with the square root of their number, so early stopping sees smaller gains, at the cost of more sampling."""
     early_stop_patience: int = 3
     """Stop when this many evaluations in a row did not improve on the best held-out score (0 = never stop early)."""
     early_stop_min_delta: float = 0.5
