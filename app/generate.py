@@ -49,16 +49,21 @@ def make_comparisons(store: Store, round: int, k: int, prompt_ids=None) -> int:
     new = []
     for pid, rids in by_prompt.items():
         for i in range(0, len(rids) - 1, k):
-            group = rids[i:i + k]
+            group = rids[i : i + k]
             if len(group) >= 2:
                 new.append(Comparison(pid, tuple(group), round))
     store.add_comparisons(new)
     return len(new)
 
 
-def make_cross_round_comparisons(store: Store, round: int, opponents: Sequence[int],
-                                 prompt_ids: Sequence[int], per_prompt: int,
-                                 seed: int = 0) -> int:
+def make_cross_round_comparisons(
+    store: Store,
+    round: int,
+    opponents: Sequence[int],
+    prompt_ids: Sequence[int],
+    per_prompt: int,
+    seed: int = 0,
+) -> int:
     """Comparisons of `round`'s generated responses against earlier rounds' (win-rates).
 
     For each prompt and each distinct opponent round, `per_prompt` pairwise comparisons of one
@@ -95,10 +100,20 @@ def make_cross_round_comparisons(store: Store, round: int, opponents: Sequence[i
     return len(new)
 
 
-def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 0, k: int = 2,
-             limit: int | None = None, model=None, tokenizer=None, progress: bool = True,
-             on_batch: Callable[[int], None] | None = None,
-             device: str = "auto") -> GenerateReport:
+def generate(
+    store: Store,
+    policy: str,
+    config: GenerateConfig,
+    *,
+    round: int = 0,
+    k: int = 2,
+    limit: int | None = None,
+    model=None,
+    tokenizer=None,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+    device: str = "auto",
+) -> GenerateReport:
     """Sample `config.n` responses per prompt (the first `limit` prompts) and make comparisons.
 
     `model` / `tokenizer` may be passed in (tests pass a tiny random model); otherwise `policy`
@@ -127,8 +142,9 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
         else:  # a caller's model is left as it is; sample_batch autocasts an fp32 one
             bf16 = use_bf16(config.bf16, next(model.parameters()).device)
         tokenizer.padding_side = "left"
-        bar = tqdm(total=len(todo), desc=f"generate round {round}", unit="resp",
-                   disable=not progress)
+        bar = tqdm(
+            total=len(todo), desc=f"generate round {round}", unit="resp", disable=not progress
+        )
 
         def seed_for(batch):
             # not the policy's path: a project moved or rebuilt elsewhere draws the same numbers
@@ -139,13 +155,25 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
 
         def save_batch(batch, samples, seed):
             nonlocal unfinished, done
-            sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
-                                max_new_tokens=config.max_new_tokens, seed=seed)
+            sampling = Sampling(
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_new_tokens=config.max_new_tokens,
+                seed=seed,
+            )
             store.add_responses(
-                Response(prompt_id=todo[i][0].id, text=s.text, round=round, policy=policy,
-                         source="generated", sample_index=todo[i][1], sampling=sampling,
-                         finished=s.finished)
-                for i, s in zip(batch, samples))
+                Response(
+                    prompt_id=todo[i][0].id,
+                    text=s.text,
+                    round=round,
+                    policy=policy,
+                    source="generated",
+                    sample_index=todo[i][1],
+                    sampling=sampling,
+                    finished=s.finished,
+                )
+                for i, s in zip(batch, samples)
+            )
             unfinished += sum(not s.finished for s in samples)
             done += len(batch)
             bar.update(len(batch))
@@ -153,15 +181,26 @@ def generate(store: Store, policy: str, config: GenerateConfig, *, round: int = 
                 on_batch(done)
 
         chats = [p.as_chat() for p, _ in todo]
-        settings = dict(temperature=config.temperature, top_p=config.top_p,
-                        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                        seed_for=seed_for, on_batch=save_batch)
+        settings = {
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": config.batch_size,
+            "seed_for": seed_for,
+            "on_batch": save_batch,
+        }
         if sampler is not None:
             sampler.sample_many(tokenizer, chats, **settings)
         else:
             sample_many(model, tokenizer, chats, bf16=bf16, **settings)
         bar.close()
     created = make_comparisons(store, round, k, prompt_ids={p.id for p in prompts})
-    return GenerateReport(policy=policy, round=round, prompts=len(prompts), generated=len(todo),
-                          skipped_existing=skipped, comparisons_created=created,
-                          unfinished=unfinished)
+    return GenerateReport(
+        policy=policy,
+        round=round,
+        prompts=len(prompts),
+        generated=len(todo),
+        skipped_existing=skipped,
+        comparisons_created=created,
+        unfinished=unfinished,
+    )

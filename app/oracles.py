@@ -32,7 +32,7 @@ def repetition(text: str, n: int = 4) -> float:
     """Share of the text's word n-grams that repeat an earlier one: 0 for a text that never
     repeats itself, near 1 for one phrase looped until the cut."""
     words = [w.lower() for w in _WORD.findall(text)]
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
@@ -42,8 +42,7 @@ def tidy(prompts: Sequence, responses: Sequence[str]) -> list[float]:
     """1 for a response that ends on its own, plus 1 - its repetition share (`repetition`,
     word 4-grams): from 0 (cut off and looping) to 2 (finished, never repeating). An empty
     response scores 0."""
-    return [float(ends_cleanly(r)) + (1.0 - repetition(r)) if r.strip() else 0.0
-            for r in responses]
+    return [float(ends_cleanly(r)) + (1.0 - repetition(r)) if r.strip() else 0.0 for r in responses]
 
 
 ORACLES = {"tidy": tidy}

@@ -28,8 +28,9 @@ class Project:
     store: Store
 
     @classmethod
-    def init(cls, root: str | Path, policy: str | None = None,
-             reward_model: str | None = None) -> "Project":
+    def init(
+        cls, root: str | Path, policy: str | None = None, reward_model: str | None = None
+    ) -> Project:
         """Create a project folder (refuses to overwrite an existing project)."""
         root = Path(root).resolve()
         if (root / CONFIG_FILE).exists():
@@ -47,23 +48,27 @@ class Project:
         return cls(root, config, Store.open(root / DB_FILE))
 
     @classmethod
-    def find(cls, start: str | Path | None = None) -> "Project":
+    def find(cls, start: str | Path | None = None) -> Project:
         """Open the project at `start`, or the nearest folder upwards holding rankloop.toml."""
         if start is not None:
             root = Path(start).resolve()
             if not (root / CONFIG_FILE).exists():
-                raise ProjectError(f"{root} is not a rankloop project (no {CONFIG_FILE}); "
-                                   f"create one with `rankloop init {start}`")
+                raise ProjectError(
+                    f"{root} is not a rankloop project (no {CONFIG_FILE}); "
+                    f"create one with `rankloop init {start}`"
+                )
             return cls.open(root)
         here = Path.cwd().resolve()
         for folder in (here, *here.parents):
             if (folder / CONFIG_FILE).exists():
                 return cls.open(folder)
-        raise ProjectError(f"no rankloop project here: neither {here} nor a parent holds "
-                           f"{CONFIG_FILE}; run `rankloop init DIR` or pass --project DIR")
+        raise ProjectError(
+            f"no rankloop project here: neither {here} nor a parent holds "
+            f"{CONFIG_FILE}; run `rankloop init DIR` or pass --project DIR"
+        )
 
     @classmethod
-    def open(cls, root: Path) -> "Project":
+    def open(cls, root: Path) -> Project:
         return cls(root, ProjectConfig.load(root / CONFIG_FILE), Store.open(root / DB_FILE))
 
     def save_config(self) -> None:
@@ -82,9 +87,11 @@ class Project:
             return self.config.models.policy
         prev = self.store.round(number - 1)
         if prev is None or not prev.policy:
-            raise ProjectError(f"round {number - 1} has no trained policy yet: run "
-                               f"`rankloop ppo --round {number - 1}` first, or generate for "
-                               f"round 0")
+            raise ProjectError(
+                f"round {number - 1} has no trained policy yet: run "
+                f"`rankloop ppo --round {number - 1}` first, or generate for "
+                f"round 0"
+            )
         return prev.policy
 
     def close(self) -> None:

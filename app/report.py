@@ -97,17 +97,29 @@ def _int(x: float | None) -> int | None:
     return None if x is None else int(x)
 
 
-def collect(store: Store, *, sources: Sequence[str] | None = None,
-            n_boot: int = leaderboard.N_BOOT, seed: int = 0, examples: int = 3,
-            title: str = "rankloop rounds") -> RoundsReport:
+def collect(
+    store: Store,
+    *,
+    sources: Sequence[str] | None = None,
+    n_boot: int = leaderboard.N_BOOT,
+    seed: int = 0,
+    examples: int = 3,
+    title: str = "rankloop rounds",
+) -> RoundsReport:
     """Gather the report from the store (labels of `sources` only in the win-rates, the
     leaderboard and the examples, when given): `snapshot`, then `with_statistics`."""
-    return with_statistics(snapshot(store, sources=sources, examples=examples, title=title),
-                           n_boot=n_boot, seed=seed)
+    return with_statistics(
+        snapshot(store, sources=sources, examples=examples, title=title), n_boot=n_boot, seed=seed
+    )
 
 
-def snapshot(store: Store, *, sources: Sequence[str] | None = None, examples: int = 3,
-             title: str = "rankloop rounds") -> RoundsReport:
+def snapshot(
+    store: Store,
+    *,
+    sources: Sequence[str] | None = None,
+    examples: int = 3,
+    title: str = "rankloop rounds",
+) -> RoundsReport:
     """Everything the report reads from the store, without the bootstrap statistics (the
     Rounds view reads this while it holds the store, and computes the rest after)."""
     ms = store.cross_round_outcomes(sources)
@@ -125,40 +137,54 @@ def snapshot(store: Store, *, sources: Sequence[str] | None = None, examples: in
         metrics = dict(rounds[n].metrics) if n in rounds else {}
         for st in stages[n]:
             metrics.update(st.metrics)
-        rows.append(RoundRow(
-            number=n, labels=dict(sorted(labels[n].items())),
-            alpha={s: agreement.alpha_of_labels([lab for lab in by_round[n]
-                                                 if lab.source == s])
-                   for s in ("human", "simulated")},
-            reward_accuracy=_num(metrics, "reward/accuracy"),
-            reward_baseline=_num(metrics, "reward/probe_accuracy"),
-            reward_ece=_num(metrics, "reward/ece"),
-            reward_eval_pairs=_int(_num(metrics, "reward/eval_pairs")),
-            ppo_steps=_int(_num(metrics, "ppo/steps")),
-            ppo_kept_step=_int(_num(metrics, "ppo/kept_step")),
-            ppo_score_first=_num(metrics, "ppo/score_first"),
-            ppo_score_last=_num(metrics, "ppo/score_last"),
-            ppo_kl=_num(metrics, "ppo/kl_final", "ppo/kl_last"),
-            ppo_length=_num(metrics, "ppo/response_length_last"),
-            seconds=sum(st.seconds for st in stages[n]) if stages[n] else None))
+        rows.append(
+            RoundRow(
+                number=n,
+                labels=dict(sorted(labels[n].items())),
+                alpha={
+                    s: agreement.alpha_of_labels([lab for lab in by_round[n] if lab.source == s])
+                    for s in ("human", "simulated")
+                },
+                reward_accuracy=_num(metrics, "reward/accuracy"),
+                reward_baseline=_num(metrics, "reward/probe_accuracy"),
+                reward_ece=_num(metrics, "reward/ece"),
+                reward_eval_pairs=_int(_num(metrics, "reward/eval_pairs")),
+                ppo_steps=_int(_num(metrics, "ppo/steps")),
+                ppo_kept_step=_int(_num(metrics, "ppo/kept_step")),
+                ppo_score_first=_num(metrics, "ppo/score_first"),
+                ppo_score_last=_num(metrics, "ppo/score_last"),
+                ppo_kl=_num(metrics, "ppo/kl_final", "ppo/kl_last"),
+                ppo_length=_num(metrics, "ppo/response_length_last"),
+                seconds=sum(st.seconds for st in stages[n]) if stages[n] else None,
+            )
+        )
     match_sources: dict[str, int] = defaultdict(int)
     for m in ms:
         match_sources[m.source] += 1
     return RoundsReport(
-        title=title, generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        current_round=store.current_round(), sources=tuple(sources) if sources else None,
-        rounds=rows, win_rates=[], leaderboard=Leaderboard([], anchor=0, matches=0, prompts=0),
+        title=title,
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        current_round=store.current_round(),
+        sources=tuple(sources) if sources else None,
+        rounds=rows,
+        win_rates=[],
+        leaderboard=Leaderboard([], anchor=0, matches=0, prompts=0),
         match_sources=dict(sorted(match_sources.items())),
         curves=curves.curves(store, "ppo", list(PPO_CURVES)),
-        examples=pick_examples(store, ms, examples), matches=ms)
+        examples=pick_examples(store, ms, examples),
+        matches=ms,
+    )
 
 
-def with_statistics(report: RoundsReport, *, n_boot: int = leaderboard.N_BOOT,
-                    seed: int = 0) -> RoundsReport:
+def with_statistics(
+    report: RoundsReport, *, n_boot: int = leaderboard.N_BOOT, seed: int = 0
+) -> RoundsReport:
     """The report with its win-rates and leaderboard computed from its matches."""
     return dataclasses.replace(
-        report, win_rates=leaderboard.round_win_rates(report.matches, n_boot=n_boot, seed=seed),
-        leaderboard=leaderboard.leaderboard(report.matches, n_boot=n_boot, seed=seed))
+        report,
+        win_rates=leaderboard.round_win_rates(report.matches, n_boot=n_boot, seed=seed),
+        leaderboard=leaderboard.leaderboard(report.matches, n_boot=n_boot, seed=seed),
+    )
 
 
 def pick_examples(store: Store, ms: Sequence[Match], n: int) -> list[Example]:
@@ -180,8 +206,18 @@ def pick_examples(store: Store, ms: Sequence[Match], n: int) -> list[Example]:
         seen.add(m.prompt_id)
         a, b = store.responses(ids=list(key))
         out = verdicts[key]
-        chosen.append(Example(store.prompt(m.prompt_id), newest, older, a.text, b.text,
-                              wins=out.count(1.0), ties=out.count(0.5), losses=out.count(0.0)))
+        chosen.append(
+            Example(
+                store.prompt(m.prompt_id),
+                newest,
+                older,
+                a.text,
+                b.text,
+                wins=out.count(1.0),
+                ties=out.count(0.5),
+                losses=out.count(0.0),
+            )
+        )
         if len(chosen) == n:
             break
     return chosen
@@ -190,8 +226,7 @@ def pick_examples(store: Store, ms: Sequence[Match], n: int) -> list[Example]:
 # ---- inline SVG plots ------------------------------------------------------------------------
 
 # Okabe & Ito's colour-blind-safe palette.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
-           "#F0E442")
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 _E = html.escape
 
 
@@ -220,15 +255,23 @@ def _scale(ticks: Sequence[float], start: float, end: float):
 
 
 def _frame(title: str, width: int, height: int, body: list[str]) -> str:
-    return (f'<svg class="rl-plot" xmlns="http://www.w3.org/2000/svg" role="img" '
-            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<title>{_E(title)}</title>'
-            f'<text x="{width / 2}" y="16" text-anchor="middle" class="rl-plot-title">'
-            f'{_E(title)}</text>{"".join(body)}</svg>')
+    return (
+        f'<svg class="rl-plot" xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f"<title>{_E(title)}</title>"
+        f'<text x="{width / 2}" y="16" text-anchor="middle" class="rl-plot-title">'
+        f"{_E(title)}</text>{''.join(body)}</svg>"
+    )
 
 
-def line_chart(title: str, series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *,
-               x_label: str = "", width: int = 380, height: int = 240) -> str:
+def line_chart(
+    title: str,
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    *,
+    x_label: str = "",
+    width: int = 380,
+    height: int = 240,
+) -> str:
     """Lines (name, xs, ys) on shared axes, one colour each, with a legend."""
     series = [(name, xs, ys) for name, xs, ys in series if len(xs)]
     if not series:
@@ -240,35 +283,55 @@ def line_chart(title: str, series: Sequence[tuple[str, Sequence[float], Sequence
     yt = nice_ticks(min(ys_all), max(ys_all))
     px, py = _scale(xt, left, width - right), _scale(yt, height - bottom, top)
     y0 = height - bottom
-    body = [f'<line x1="{left}" y1="{y0}" x2="{width - right}" y2="{y0}" class="rl-axis"/>',
-            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y0}" class="rl-axis"/>']
+    body = [
+        f'<line x1="{left}" y1="{y0}" x2="{width - right}" y2="{y0}" class="rl-axis"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y0}" class="rl-axis"/>',
+    ]
     for t in xt:
-        body.append(f'<text x="{px(t):.1f}" y="{height - bottom + 14}" text-anchor="middle">'
-                    f'{_fmt(t)}</text>')
+        body.append(
+            f'<text x="{px(t):.1f}" y="{height - bottom + 14}" text-anchor="middle">'
+            f"{_fmt(t)}</text>"
+        )
     for t in yt:
-        body.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" '
-                    f'class="rl-grid"/><text x="{left - 4}" y="{py(t) + 4:.1f}" '
-                    f'text-anchor="end">{_fmt(t)}</text>')
+        body.append(
+            f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" '
+            f'class="rl-grid"/><text x="{left - 4}" y="{py(t) + 4:.1f}" '
+            f'text-anchor="end">{_fmt(t)}</text>'
+        )
     if x_label:
-        body.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" '
-                    f'text-anchor="middle">{_E(x_label)}</text>')
+        body.append(
+            f'<text x="{(left + width - right) / 2}" y="{height - 4}" '
+            f'text-anchor="middle">{_E(x_label)}</text>'
+        )
     for k, (name, xs, ys) in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         pts = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
-        body.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8">'
-                    f'<title>{_E(name)}</title></polyline>')
+        body.append(
+            f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8">'
+            f"<title>{_E(name)}</title></polyline>"
+        )
         if len(xs) <= 40:
-            body += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.2" fill="{color}"/>'
-                     for x, y in zip(xs, ys)]
+            body += [
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.2" fill="{color}"/>'
+                for x, y in zip(xs, ys)
+            ]
         lx, ly = left + (k % 3) * ((width - left) / 3), 30 + 14 * (k // 3)
-        body.append(f'<rect x="{lx:.1f}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                    f'<text x="{lx + 14:.1f}" y="{ly + 1}">{_E(name)}</text>')
+        body.append(
+            f'<rect x="{lx:.1f}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{lx + 14:.1f}" y="{ly + 1}">{_E(name)}</text>'
+        )
     return _frame(title, width, height, body)
 
 
-def interval_chart(title: str, rows: Sequence[tuple[str, float, float, float]], *,
-                   reference: float | None = None, x_label: str = "",
-                   width: int = 560, row_height: int = 24) -> str:
+def interval_chart(
+    title: str,
+    rows: Sequence[tuple[str, float, float, float]],
+    *,
+    reference: float | None = None,
+    x_label: str = "",
+    width: int = 560,
+    row_height: int = 24,
+) -> str:
     """One row per (label, estimate, low, high): the interval as a bar, the estimate as a dot,
     an optional dashed reference line (50% for win-rates, 1000 for Elo)."""
     if not rows:
@@ -285,24 +348,34 @@ def interval_chart(title: str, rows: Sequence[tuple[str, float, float, float]], 
     y0 = height - bottom
     body = [f'<line x1="{left}" y1="{y0}" x2="{width - right}" y2="{y0}" class="rl-axis"/>']
     for t in xt:
-        body.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{height - bottom}" '
-                    f'class="rl-grid"/><text x="{px(t):.1f}" y="{height - bottom + 14}" '
-                    f'text-anchor="middle">{_fmt(t)}</text>')
+        body.append(
+            f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{height - bottom}" '
+            f'class="rl-grid"/><text x="{px(t):.1f}" y="{height - bottom + 14}" '
+            f'text-anchor="middle">{_fmt(t)}</text>'
+        )
     if reference is not None:
-        body.append(f'<line x1="{px(reference):.1f}" y1="{top}" x2="{px(reference):.1f}" '
-                    f'y2="{height - bottom}" class="rl-ref"/>')
+        body.append(
+            f'<line x1="{px(reference):.1f}" y1="{top}" x2="{px(reference):.1f}" '
+            f'y2="{height - bottom}" class="rl-ref"/>'
+        )
     if x_label:
-        body.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" '
-                    f'text-anchor="middle">{_E(x_label)}</text>')
+        body.append(
+            f'<text x="{(left + width - right) / 2}" y="{height - 4}" '
+            f'text-anchor="middle">{_E(x_label)}</text>'
+        )
     for k, (label, est, lo, hi) in enumerate(rows):
         y = top + row_height * k + row_height / 2
         body.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end">{_E(label)}</text>')
         if math.isfinite(lo) and math.isfinite(hi):
-            body.append(f'<line x1="{px(lo):.1f}" y1="{y}" x2="{px(hi):.1f}" y2="{y}" '
-                        f'stroke="{PALETTE[0]}" stroke-width="4" stroke-linecap="round"/>')
-        body.append(f'<circle cx="{px(est):.1f}" cy="{y}" r="4.5" fill="{PALETTE[5]}">'
-                    f'<title>{_E(label)}: {_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]</title>'
-                    f'</circle>')
+            body.append(
+                f'<line x1="{px(lo):.1f}" y1="{y}" x2="{px(hi):.1f}" y2="{y}" '
+                f'stroke="{PALETTE[0]}" stroke-width="4" stroke-linecap="round"/>'
+            )
+        body.append(
+            f'<circle cx="{px(est):.1f}" cy="{y}" r="4.5" fill="{PALETTE[5]}">'
+            f"<title>{_E(label)}: {_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]</title>"
+            f"</circle>"
+        )
     return _frame(title, width, height, body)
 
 
@@ -358,58 +431,121 @@ def headline(report: RoundsReport) -> str:
     """One sentence on the newest round's win-rates (all label sources)."""
     rates = [w for w in report.win_rates if w.source == "all"]
     if not rates:
-        return ("No cross-round comparison has a label yet. When round R+1's candidates are "
-                "sampled, each evaluation prompt also gets a new response against a round-R "
-                "and a round-0 response; label those (or simulate labels) to see win-rates.")
+        return (
+            "No cross-round comparison has a label yet. When round R+1's candidates are "
+            "sampled, each evaluation prompt also gets a new response against a round-R "
+            "and a round-0 response; label those (or simulate labels) to see win-rates."
+        )
     newest = max(w.model for w in rates)
-    parts = [f"{policy_name(w.model)} beats {policy_name(w.opponent)} {_pct(w.rate)} of the "
-             f"time (95% interval {_pct(w.low)}–{_pct(w.high)}, n = {w.n} on {w.prompts} "
-             f"prompts)" for w in rates if w.model == newest]
+    parts = [
+        f"{policy_name(w.model)} beats {policy_name(w.opponent)} {_pct(w.rate)} of the "
+        f"time (95% interval {_pct(w.low)}–{_pct(w.high)}, n = {w.n} on {w.prompts} "
+        f"prompts)"
+        for w in rates
+        if w.model == newest
+    ]
     return "; ".join(parts) + "."
 
 
 def render_body(report: RoundsReport) -> str:
     """The report's sections (no <html> around them): the Rounds view shows exactly these."""
-    out = [f'<div class="rl-report"><style>{CSS}</style>',
-           f'<p class="rl-headline">{_E(headline(report))}</p>']
-    src = ("all label sources" if report.sources is None
-           else "labels from " + ", ".join(report.sources))
+    out = [
+        f'<div class="rl-report"><style>{CSS}</style>',
+        f'<p class="rl-headline">{_E(headline(report))}</p>',
+    ]
+    src = (
+        "all label sources"
+        if report.sources is None
+        else "labels from " + ", ".join(report.sources)
+    )
     counts = ", ".join(f"{n} {s}" for s, n in report.match_sources.items()) or "none"
-    out.append(f'<p class="rl-note">Current round: {report.current_round}. Win-rates and '
-               f"leaderboard count {_E(src)} on the cross-round comparisons of the evaluation "
-               f"prompts (held out from PPO): {_E(counts)} matches. Ties and 'both bad' count "
-               f"half; intervals are 95% bootstrap intervals that resample prompts.</p>")
+    out.append(
+        f'<p class="rl-note">Current round: {report.current_round}. Win-rates and '
+        f"leaderboard count {_E(src)} on the cross-round comparisons of the evaluation "
+        f"prompts (held out from PPO): {_E(counts)} matches. Ties and 'both bad' count "
+        f"half; intervals are 95% bootstrap intervals that resample prompts.</p>"
+    )
 
     # win-rates
     out.append("<h2>Win-rates</h2>")
-    rows = [[_vs(w), w.source, _pct(w.rate), f"{_pct(w.low)}–{_pct(w.high)}", str(w.n),
-             str(w.prompts), f"{w.wins} / {w.ties} / {w.losses}"] for w in report.win_rates]
-    out.append(_table(["policy", "labels", "win-rate", "95% interval", "n", "prompts",
-                       "wins / ties / losses"], rows, "rl-winrates"))
-    out.append(interval_chart("Win-rate of round R over round R', with 95% interval",
-                              [(f"{w.model} vs {w.opponent} ({w.source})", w.rate, w.low, w.high)
-                               for w in report.win_rates], reference=0.5,
-                              x_label="share of matches won (ties half)"))
+    rows = [
+        [
+            _vs(w),
+            w.source,
+            _pct(w.rate),
+            f"{_pct(w.low)}–{_pct(w.high)}",
+            str(w.n),
+            str(w.prompts),
+            f"{w.wins} / {w.ties} / {w.losses}",
+        ]
+        for w in report.win_rates
+    ]
+    out.append(
+        _table(
+            [
+                "policy",
+                "labels",
+                "win-rate",
+                "95% interval",
+                "n",
+                "prompts",
+                "wins / ties / losses",
+            ],
+            rows,
+            "rl-winrates",
+        )
+    )
+    out.append(
+        interval_chart(
+            "Win-rate of round R over round R', with 95% interval",
+            [
+                (f"{w.model} vs {w.opponent} ({w.source})", w.rate, w.low, w.high)
+                for w in report.win_rates
+            ],
+            reference=0.5,
+            x_label="share of matches won (ties half)",
+        )
+    )
 
     # leaderboard
     board = report.leaderboard
     out.append("<h2>Leaderboard</h2>")
-    rows = [[str(k), policy_name(r.model), f"{r.elo:.0f}", f"{r.low:.0f}–{r.high:.0f}",
-             str(r.matches), _pct(r.score)] for k, r in enumerate(board.ratings, 1)]
-    out.append(_table(["rank", "policy", "Elo", "95% interval", "matches", "score"], rows,
-                      "rl-leaderboard"))
-    out.append(f'<p class="rl-note">Bradley–Terry fit on every cross-round match ({board.matches}'
-               f" matches on {board.prompts} prompts), as Chatbot Arena computes its "
-               f"leaderboard: 400 Elo points are 10:1 odds, {_E(policy_name(board.anchor))} is "
-               f"anchored at {leaderboard.ANCHOR_ELO:.0f}. Score: the share of its matches a "
-               f"policy won, ties half.</p>")
+    rows = [
+        [
+            str(k),
+            policy_name(r.model),
+            f"{r.elo:.0f}",
+            f"{r.low:.0f}–{r.high:.0f}",
+            str(r.matches),
+            _pct(r.score),
+        ]
+        for k, r in enumerate(board.ratings, 1)
+    ]
+    out.append(
+        _table(
+            ["rank", "policy", "Elo", "95% interval", "matches", "score"], rows, "rl-leaderboard"
+        )
+    )
+    out.append(
+        f'<p class="rl-note">Bradley–Terry fit on every cross-round match ({board.matches}'
+        f" matches on {board.prompts} prompts), as Chatbot Arena computes its "
+        f"leaderboard: 400 Elo points are 10:1 odds, {_E(policy_name(board.anchor))} is "
+        f"anchored at {leaderboard.ANCHOR_ELO:.0f}. Score: the share of its matches a "
+        f"policy won, ties half.</p>"
+    )
     if board.unconnected:
-        out.append('<p class="rl-note">Not rated (no chain of matches to the anchor): '
-                   f"{_E(', '.join(policy_name(r) for r in board.unconnected))}.</p>")
-    out.append(interval_chart("Elo with 95% interval",
-                              [(policy_name(r.model), r.elo, r.low, r.high)
-                               for r in board.ratings], reference=leaderboard.ANCHOR_ELO,
-                              x_label="Elo"))
+        out.append(
+            '<p class="rl-note">Not rated (no chain of matches to the anchor): '
+            f"{_E(', '.join(policy_name(r) for r in board.unconnected))}.</p>"
+        )
+    out.append(
+        interval_chart(
+            "Elo with 95% interval",
+            [(policy_name(r.model), r.elo, r.low, r.high) for r in board.ratings],
+            reference=leaderboard.ANCHOR_ELO,
+            x_label="Elo",
+        )
+    )
 
     # per round
     out.append("<h2>Rounds</h2>")
@@ -423,28 +559,60 @@ def render_body(report: RoundsReport) -> str:
     for r in report.rounds:
         labs = " / ".join(str(r.labels.get(s, 0)) for s in ("human", "simulated"))
         ext = r.labels.get("external", 0)
-        rows.append([str(r.number), labs + (f" (+{ext} external)" if ext else ""),
-                     _f(r.alpha["human"]), _f(r.alpha["simulated"]),
-                     _f(r.reward_accuracy), _f(r.reward_baseline), _f(r.reward_ece),
-                     _steps(r),
-                     "–" if r.ppo_score_first is None
-                     else f"{_f(r.ppo_score_first)} → {_f(r.ppo_score_last)}", _f(r.ppo_kl, 2),
-                     _f(r.ppo_length, 1), result(r.number, r.number),
-                     result(r.number, 0) if r.number > 0 else "–",
-                     "–" if r.seconds is None else f"{r.seconds / 60:.1f}"])
-    out.append(_table(["round", "labels human / simulated", "α human", "α simulated",
-                       "reward acc.", "probe acc.", "reward ECE", "PPO steps", "PPO score",
-                       "KL", "length", "R+1 vs R", "R+1 vs 0", "minutes"], rows, "rl-rounds"))
-    out.append('<p class="rl-note">Round R trains its reward model on the labels of rounds ≤ R '
-               "and, by PPO, the policy that samples round R+1's candidates; its last two "
-               "columns are that policy's win-rates. α: Krippendorff's alpha (ordinal) among "
-               "the round's human, or simulated, labels. Reward acc.: pairwise accuracy on "
-               "held-out prompts (probe: a linear probe on frozen features, the baseline to "
-               "beat); ECE: expected calibration error of σ(r_a − r_b). PPO steps: those run "
-               "(and the step whose policy was kept, when early stopping kept an earlier one). "
-               "PPO score: the reward model's mean score of the first and the last PPO "
-               "batches; KL: the kept policy's KL to the reference, nats per response; "
-               "length: tokens per response.</p>")
+        rows.append(
+            [
+                str(r.number),
+                labs + (f" (+{ext} external)" if ext else ""),
+                _f(r.alpha["human"]),
+                _f(r.alpha["simulated"]),
+                _f(r.reward_accuracy),
+                _f(r.reward_baseline),
+                _f(r.reward_ece),
+                _steps(r),
+                "–"
+                if r.ppo_score_first is None
+                else f"{_f(r.ppo_score_first)} → {_f(r.ppo_score_last)}",
+                _f(r.ppo_kl, 2),
+                _f(r.ppo_length, 1),
+                result(r.number, r.number),
+                result(r.number, 0) if r.number > 0 else "–",
+                "–" if r.seconds is None else f"{r.seconds / 60:.1f}",
+            ]
+        )
+    out.append(
+        _table(
+            [
+                "round",
+                "labels human / simulated",
+                "α human",
+                "α simulated",
+                "reward acc.",
+                "probe acc.",
+                "reward ECE",
+                "PPO steps",
+                "PPO score",
+                "KL",
+                "length",
+                "R+1 vs R",
+                "R+1 vs 0",
+                "minutes",
+            ],
+            rows,
+            "rl-rounds",
+        )
+    )
+    out.append(
+        '<p class="rl-note">Round R trains its reward model on the labels of rounds ≤ R '
+        "and, by PPO, the policy that samples round R+1's candidates; its last two "
+        "columns are that policy's win-rates. α: Krippendorff's alpha (ordinal) among "
+        "the round's human, or simulated, labels. Reward acc.: pairwise accuracy on "
+        "held-out prompts (probe: a linear probe on frozen features, the baseline to "
+        "beat); ECE: expected calibration error of σ(r_a − r_b). PPO steps: those run "
+        "(and the step whose policy was kept, when early stopping kept an earlier one). "
+        "PPO score: the reward model's mean score of the first and the last PPO "
+        "batches; KL: the kept policy's KL to the reference, nats per response; "
+        "length: tokens per response.</p>"
+    )
 
     # PPO curves
     out.append('<h2>PPO, step by step</h2><div class="rl-plots">')
@@ -452,36 +620,44 @@ def render_body(report: RoundsReport) -> str:
     for c in report.curves:
         by[c.metric].append(c)
     for metric, name in PPO_CURVES.items():
-        out.append(line_chart(name, [(f"round {c.round}", c.steps, c.values)
-                                     for c in by.get(metric, [])], x_label="PPO step"))
+        out.append(
+            line_chart(
+                name,
+                [(f"round {c.round}", c.steps, c.values) for c in by.get(metric, [])],
+                x_label="PPO step",
+            )
+        )
     out.append("</div>")
 
     # examples
     if report.examples:
         ex = report.examples[0]
-        out.append(f"<h2>Examples: {_E(policy_name(ex.newer))} vs "
-                   f"{_E(policy_name(ex.older))}</h2>")
+        out.append(f"<h2>Examples: {_E(policy_name(ex.newer))} vs {_E(policy_name(ex.older))}</h2>")
         for ex in report.examples:
             turns = "\n\n".join(f"{m.role}: {m.content}" for m in ex.prompt.messages)
-            out.append(f'<div class="rl-example-block"><p><b>Prompt</b> (labels: {ex.wins} '
-                       f"prefer {_E(policy_name(ex.newer))}, {ex.ties} tie, {ex.losses} prefer "
-                       f"{_E(policy_name(ex.older))})</p><pre>{_E(turns)}</pre>"
-                       f'<div class="rl-example"><div><b>{_E(policy_name(ex.newer))}</b>'
-                       f"<pre>{_E(ex.newer_text)}</pre></div><div><b>"
-                       f"{_E(policy_name(ex.older))}</b><pre>{_E(ex.older_text)}</pre></div>"
-                       f"</div></div>")
+            out.append(
+                f'<div class="rl-example-block"><p><b>Prompt</b> (labels: {ex.wins} '
+                f"prefer {_E(policy_name(ex.newer))}, {ex.ties} tie, {ex.losses} prefer "
+                f"{_E(policy_name(ex.older))})</p><pre>{_E(turns)}</pre>"
+                f'<div class="rl-example"><div><b>{_E(policy_name(ex.newer))}</b>'
+                f"<pre>{_E(ex.newer_text)}</pre></div><div><b>"
+                f"{_E(policy_name(ex.older))}</b><pre>{_E(ex.older_text)}</pre></div>"
+                f"</div></div>"
+            )
     out.append("</div>")
     return "".join(out)
 
 
 def render_html(report: RoundsReport) -> str:
     """The whole page: one file, no script, nothing fetched."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_E(report.title)}</title></head><body>"
-            f'<h1 class="rl-title">{_E(report.title)}</h1>'
-            f'<p class="rl-note">Generated {_E(report.generated_at)} by rankloop report.</p>'
-            f"{render_body(report)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_E(report.title)}</title></head><body>"
+        f'<h1 class="rl-title">{_E(report.title)}</h1>'
+        f'<p class="rl-note">Generated {_E(report.generated_at)} by rankloop report.</p>'
+        f"{render_body(report)}</body></html>\n"
+    )
 
 
 def write_report(report: RoundsReport, path: Path) -> Path:

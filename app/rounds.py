@@ -27,8 +27,10 @@ def reward_model_of(project: Project, round_: int | None = None) -> Path:
     if round_ is not None:
         r = project.store.round(round_)
         if r is None or not r.reward_model:
-            raise ProjectError(f"round {round_} has no reward model: run "
-                               f"`rankloop train-reward --round {round_}` first")
+            raise ProjectError(
+                f"round {round_} has no reward model: run "
+                f"`rankloop train-reward --round {round_}` first"
+            )
         return project.root / r.reward_model
     for r in reversed(project.store.rounds()):
         if r.reward_model:
@@ -41,18 +43,31 @@ def ppo_reward_model(project: Project, round_: int, given: str | None = None) ->
     the latest trained one."""
     if given is None:
         rec = project.store.round(round_)
-        given = str(project.root / rec.reward_model if rec is not None and rec.reward_model
-                    else reward_model_of(project))
+        given = str(
+            project.root / rec.reward_model
+            if rec is not None and rec.reward_model
+            else reward_model_of(project)
+        )
     if not Path(given).is_dir():
-        raise ConfigError(f"reward model {given} is not a folder: train one with "
-                          f"`rankloop train-reward --round {round_}` or pass --reward-model DIR")
+        raise ConfigError(
+            f"reward model {given} is not a folder: train one with "
+            f"`rankloop train-reward --round {round_}` or pass --reward-model DIR"
+        )
     return given
 
 
-def train_reward_stage(project: Project, round_: int, cfg, *, base: str | None = None,
-                       resume: bool = False, progress: bool = True,
-                       max_steps: int | None = None, log: Callable[[str], None] = print,
-                       on_step: Callable[[dict], None] | None = None):
+def train_reward_stage(
+    project: Project,
+    round_: int,
+    cfg,
+    *,
+    base: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[dict], None] | None = None,
+):
     """Train round `round_`'s reward model on the labels of rounds <= it, record it in the
     store, and score the open comparisons with it for the queue's uncertainty order.
     `on_step(row)`: after each optimizer step (`train_reward`'s)."""
@@ -60,24 +75,43 @@ def train_reward_stage(project: Project, round_: int, cfg, *, base: str | None =
     from rankloop.reward.train import train_reward
 
     cfg.validate()
-    data = build_examples(project.store, round_, both_bad=cfg.both_bad, aggregate=cfg.aggregate,
-                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much,
-                          sources=label_sources(project))
+    data = build_examples(
+        project.store,
+        round_,
+        both_bad=cfg.both_bad,
+        aggregate=cfg.aggregate,
+        margin_slightly=cfg.margin_slightly,
+        margin_much=cfg.margin_much,
+        sources=label_sources(project),
+    )
     check_trainable(data, round_)
     out = project.round_dir(round_, "reward")
     base = base or cfg.base or project.config.models.reward_model
-    result = train_reward(data.examples, cfg, out, base=base, resume=resume, progress=progress,
-                          log_dir=project.root / "logs", max_steps=max_steps,
-                          on_step=on_step)
+    result = train_reward(
+        data.examples,
+        cfg,
+        out,
+        base=base,
+        resume=resume,
+        progress=progress,
+        log_dir=project.root / "logs",
+        max_steps=max_steps,
+        on_step=on_step,
+    )
     result.metrics["reward/disagreement"] = data.disagreement
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-             for k, v in result.metrics.items()}
-    project.store.save_round(Round(round_, reward_model=str(out.relative_to(project.root)),
-                                   metrics=clean))
+    clean = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in result.metrics.items()
+    }
+    project.store.save_round(
+        Round(round_, reward_model=str(out.relative_to(project.root)), metrics=clean)
+    )
     n = score_open_comparisons(project, out)
     if n and progress:
-        log(f"Scored {n} responses of the open comparisons for the labeling queue's "
-            f"uncertainty order")
+        log(
+            f"Scored {n} responses of the open comparisons for the labeling queue's "
+            f"uncertainty order"
+        )
     return result
 
 
@@ -94,11 +128,13 @@ def score_open_comparisons(project: Project, reward_dir: Path, scorer=None) -> i
         return 0
     responses = store.responses(ids=rids)
     prompts = {pid: store.prompt(pid) for pid in {r.prompt_id for r in responses}}
-    scorer = scorer or RewardScorer.from_pretrained(str(reward_dir),
-                                                    device=project.config.runtime.device)
+    scorer = scorer or RewardScorer.from_pretrained(
+        str(reward_dir), device=project.config.runtime.device
+    )
     scores = scorer.score([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
-    queue.record_scores(store, str(reward_dir.relative_to(project.root)),
-                        dict(zip(rids, scores.tolist())))
+    queue.record_scores(
+        store, str(reward_dir.relative_to(project.root)), dict(zip(rids, scores.tolist()))
+    )
     return len(rids)
 
 
@@ -124,11 +160,10 @@ def is_eval_prompt(prompt: Prompt, fraction: float) -> bool:
 
     Decided by the prompt's content hash, so it never changes as prompts are added; about
     `fraction` of the prompts are held out."""
-    return int(prompt.hash[:8], 16) < fraction * 16 ** 8
+    return int(prompt.hash[:8], 16) < fraction * 16**8
 
 
-def split_prompts(prompts: Sequence[Prompt], fraction: float) -> tuple[list[Prompt],
-                                                                       list[Prompt]]:
+def split_prompts(prompts: Sequence[Prompt], fraction: float) -> tuple[list[Prompt], list[Prompt]]:
     """(PPO's training prompts, the evaluation prompts), each in the given order."""
     held = [is_eval_prompt(p, fraction) for p in prompts]
     return ([p for p, h in zip(prompts, held) if not h], [p for p, h in zip(prompts, held) if h])
@@ -141,8 +176,10 @@ def ppo_prompts(project: Project, limit: int | None = None) -> list[Prompt]:
         raise ConfigError("the project has no prompts: run `rankloop import FILE` first")
     train, held = split_prompts(prompts, project.config.rounds.eval_fraction)
     if not train:
-        raise ConfigError(f"all {len(held)} prompts are held out for evaluation: lower "
-                          f"[rounds] eval_fraction or import more prompts")
+        raise ConfigError(
+            f"all {len(held)} prompts are held out for evaluation: lower "
+            f"[rounds] eval_fraction or import more prompts"
+        )
     return train
 
 
@@ -153,8 +190,11 @@ def next_step(project: Project) -> str:
     if not store.prompts(limit=1):
         return "rankloop import FILE (or --bundled): add prompts"
     if not store.comparisons(round=r):
-        return (f"rankloop generate: sample round {r}'s candidates" if r == 0 else
-                f"rankloop generate --round {r}: sample round {r}'s candidates")
+        return (
+            f"rankloop generate: sample round {r}'s candidates"
+            if r == 0
+            else f"rankloop generate --round {r}: sample round {r}'s candidates"
+        )
     done = {s.stage for s in store.stages(r)}
     if done:
         todo = next(s for s in STAGES if s not in done)
@@ -162,8 +202,10 @@ def next_step(project: Project) -> str:
     n = project.config.labeling.labels_per_comparison
     open_now = sum(1 for c in queue.open_comparisons(store, n) if c.round == r)
     if open_now:
-        return (f"label round {r}: {open_now} comparisons still need labels (rankloop serve, "
-                f"or rankloop simulate for a dry run); then rankloop round")
+        return (
+            f"label round {r}: {open_now} comparisons still need labels (rankloop serve, "
+            f"or rankloop simulate for a dry run); then rankloop round"
+        )
     return f"rankloop round: train on round {r}'s labels, then sample round {r + 1}"
 
 
@@ -171,15 +213,31 @@ def next_step(project: Project) -> str:
 # candidates: sampling a round, cross-round comparisons, scoring them for the queue
 # ---------------------------------------------------------------------------------------------
 
-def generate_candidates(project: Project, round_: int, cfg, *, limit: int | None = None,
-                        progress: bool = True, on_batch: Callable[[int], None] | None = None):
+
+def generate_candidates(
+    project: Project,
+    round_: int,
+    cfg,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+):
     """Sample round `round_`'s candidates from its policy (the base for round 0, else the
     policy of round R-1) and group them into comparisons. Resumable: see `app/generate.py`."""
     from .generate import generate
 
-    return generate(project.store, project.policy_for_round(round_), cfg, round=round_,
-                    k=project.config.labeling.k, limit=limit, progress=progress,
-                    on_batch=on_batch, device=project.config.runtime.device)
+    return generate(
+        project.store,
+        project.policy_for_round(round_),
+        cfg,
+        round=round_,
+        k=project.config.labeling.k,
+        limit=limit,
+        progress=progress,
+        on_batch=on_batch,
+        device=project.config.runtime.device,
+    )
 
 
 def cross_round_comparisons(project: Project, round_: int, *, limit: int | None = None) -> int:
@@ -192,9 +250,14 @@ def cross_round_comparisons(project: Project, round_: int, *, limit: int | None 
         return 0
     rc = project.config.rounds
     _, held = split_prompts(project.store.prompts(limit=limit), rc.eval_fraction)
-    return make_cross_round_comparisons(project.store, round_, (round_ - 1, 0),
-                                        [p.id for p in held], rc.eval_comparisons,
-                                        seed=project.config.generate.seed)
+    return make_cross_round_comparisons(
+        project.store,
+        round_,
+        (round_ - 1, 0),
+        [p.id for p in held],
+        rc.eval_comparisons,
+        seed=project.config.generate.seed,
+    )
 
 
 def score_new_comparisons(project: Project, scorer=None) -> int:
@@ -209,8 +272,9 @@ def score_new_comparisons(project: Project, scorer=None) -> int:
     return score_open_comparisons(project, reward_dir, scorer)
 
 
-def sample_candidates(project: Project, round_: int, cfg, *, limit: int | None = None,
-                      progress: bool = True):
+def sample_candidates(
+    project: Project, round_: int, cfg, *, limit: int | None = None, progress: bool = True
+):
     """`rankloop generate`: sample the round's candidates, add the cross-round comparisons of
     its evaluation prompts, score the new comparisons, and make the round current if it is
     newer than the current one. Returns (GenerateReport, cross-round comparisons created)."""
@@ -226,8 +290,14 @@ def sample_candidates(project: Project, round_: int, cfg, *, limit: int | None =
 # PPO's reward, and whether the reward model is worth optimising
 # ---------------------------------------------------------------------------------------------
 
-def ppo_reward(project: Project, round_: int, cfg, reward_fns: Sequence[str] = (),
-               reward_model: str | None = None):
+
+def ppo_reward(
+    project: Project,
+    round_: int,
+    cfg,
+    reward_fns: Sequence[str] = (),
+    reward_model: str | None = None,
+):
     """(reward source, reward model folder or None) for PPO of round R: --reward-fn wins,
     else the reward model of `ppo_reward_model`."""
     from rankloop.ppo.reward_fns import ScorerReward, parse_reward_spec
@@ -236,8 +306,9 @@ def ppo_reward(project: Project, round_: int, cfg, reward_fns: Sequence[str] = (
         return parse_reward_spec(reward_fns), reward_model
     reward_model = ppo_reward_model(project, round_, reward_model)
     # loaded lazily: with the default critic, scoring shares the critic's frozen weights
-    return ScorerReward(None, cfg.normalize_scores, cfg.score_clip, path=reward_model,
-                        bf16=cfg.bf16), reward_model
+    return ScorerReward(
+        None, cfg.normalize_scores, cfg.score_clip, path=reward_model, bf16=cfg.bf16
+    ), reward_model
 
 
 def reward_verdict(metrics: dict) -> str | None:
@@ -248,8 +319,10 @@ def reward_verdict(metrics: dict) -> str | None:
     PPO nothing real, and optimising it only moves the policy away from its reference."""
     acc = metrics.get("reward/accuracy")
     if acc is None or (isinstance(acc, float) and math.isnan(acc)):
-        return ("the reward model has no held-out accuracy (no held-out split): nothing shows "
-                "that it learned the labels; set [reward] eval_fraction > 0")
+        return (
+            "the reward model has no held-out accuracy (no held-out split): nothing shows "
+            "that it learned the labels; set [reward] eval_fraction > 0"
+        )
     base = metrics.get("reward/probe_accuracy")
     name = "a linear probe on frozen features"
     if base is None or (isinstance(base, float) and math.isnan(base)):
@@ -258,8 +331,10 @@ def reward_verdict(metrics: dict) -> str | None:
         return None
     pairs = metrics.get("reward/eval_pairs")
     on = f" on {int(pairs)} held-out pairs" if pairs else ""
-    return (f"the reward model's held-out accuracy {acc:.3f} does not beat its baseline "
-            f"({name}: {base:.3f}){on}")
+    return (
+        f"the reward model's held-out accuracy {acc:.3f} does not beat its baseline "
+        f"({name}: {base:.3f}){on}"
+    )
 
 
 def check_loadable(name: str) -> None:
@@ -273,14 +348,16 @@ def check_loadable(name: str) -> None:
         AutoConfig.from_pretrained(resolve(path))
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad path
-        raise ModelLoadError(f"cannot load policy '{name}': {type(e).__name__}: "
-                             f"{str(e).splitlines()[0]}") from e
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load policy '{name}': {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------
 # `rankloop round`: the stages of one round, each recorded when it finishes
 # ---------------------------------------------------------------------------------------------
+
 
 class RoundStopped(ProjectError):
     """The round stopped on purpose (a weak reward model with [rounds] weak_reward = 'stop')."""
@@ -297,7 +374,7 @@ class RoundSettings:
     reward_fns: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, project: Project, reward_fns: Sequence[str] = ()) -> "RoundSettings":
+    def of(cls, project: Project, reward_fns: Sequence[str] = ()) -> RoundSettings:
         c = project.config
         return cls(c.reward, c.ppo, c.generate, tuple(reward_fns))
 
@@ -346,37 +423,46 @@ def label_counts(project: Project, round_: int) -> dict[str, int]:
     return counts
 
 
-def _work(project: Project, round_: int, stage: str, s: RoundSettings,
-          labels: dict[str, int]) -> tuple[float, str]:
+def _work(
+    project: Project, round_: int, stage: str, s: RoundSettings, labels: dict[str, int]
+) -> tuple[float, str]:
     """(amount of work, what the stage does) for the plan and the time estimate."""
     store = project.store
     if stage == "reward":
         if s.reward_fns:
             return 0.0, "skipped: PPO optimises --reward-fn " + " + ".join(s.reward_fns)
         n = sum(labels.values())
-        return float(n), (f"train rounds/{round_}/reward on {n} labels of rounds <= {round_} "
-                          f"({', '.join(f'{v} {k}' for k, v in sorted(labels.items())) or 'none'})"
-                          f", {s.reward.epochs:g} epochs, base "
-                          f"{s.reward.base or project.config.models.reward_model}")
+        return float(n), (
+            f"train rounds/{round_}/reward on {n} labels of rounds <= {round_} "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(labels.items())) or 'none'})"
+            f", {s.reward.epochs:g} epochs, base "
+            f"{s.reward.base or project.config.models.reward_model}"
+        )
     if stage == "ppo":
         policy = "the base policy" if round_ == 0 else f"round {round_ - 1}'s policy"
         reward = " + ".join(s.reward_fns) if s.reward_fns else f"rounds/{round_}/reward"
         prompts = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[0])
-        return float(s.ppo.steps), (f"{s.ppo.steps} PPO steps of {s.ppo.batch_size} prompts "
-                                    f"(of {prompts} training prompts) from {policy} against "
-                                    f"{reward} -> rounds/{round_}/policy")
+        return float(s.ppo.steps), (
+            f"{s.ppo.steps} PPO steps of {s.ppo.batch_size} prompts "
+            f"(of {prompts} training prompts) from {policy} against "
+            f"{reward} -> rounds/{round_}/policy"
+        )
     if stage == "generate":
         n = len(store.prompts()) * s.generate.n
-        return float(n), (f"sample {s.generate.n} responses to each of {len(store.prompts())} "
-                          f"prompts from round {round_}'s new policy (round {round_ + 1}'s "
-                          f"candidates, <= {s.generate.max_new_tokens} tokens), grouped by "
-                          f"{project.config.labeling.k}")
+        return float(n), (
+            f"sample {s.generate.n} responses to each of {len(store.prompts())} "
+            f"prompts from round {round_}'s new policy (round {round_ + 1}'s "
+            f"candidates, <= {s.generate.max_new_tokens} tokens), grouped by "
+            f"{project.config.labeling.k}"
+        )
     if stage == "compare":
         held = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[1])
         vs = f"round {round_} and round 0" if round_ else "round 0"
-        return float(held), (f"cross-round comparisons for {held} evaluation prompts (a new "
-                             f"response vs {vs}, {project.config.rounds.eval_comparisons} "
-                             f"each); score the new comparisons with the latest reward model")
+        return float(held), (
+            f"cross-round comparisons for {held} evaluation prompts (a new "
+            f"response vs {vs}, {project.config.rounds.eval_comparisons} "
+            f"each); score the new comparisons with the latest reward model"
+        )
     return 0.0, f"make round {round_ + 1} the current round"
 
 
@@ -386,7 +472,7 @@ def plan_round(project: Project, s: RoundSettings, redo: str | None = None) -> R
     Raises a user error (store unchanged) when the round cannot run. `redo`: plan as if that
     stage and the later ones had not run."""
     r = project.store.current_round()
-    again = STAGES[STAGES.index(redo):] if redo else ()
+    again = STAGES[STAGES.index(redo) :] if redo else ()
     done = {st.stage: st for st in project.store.stages(r) if st.stage not in again}
     labels = label_counts(project, r)
     if "reward" not in done and not s.reward_fns:
@@ -404,8 +490,9 @@ def plan_round(project: Project, s: RoundSettings, redo: str | None = None) -> R
         before = previous.get(stage)
         estimate = None
         if before is not None:
-            prev_work = {"reward": prev_labels,
-                         "ppo": before.metrics.get("ppo/steps", 0.0)}.get(stage, work)
+            prev_work = {"reward": prev_labels, "ppo": before.metrics.get("ppo/steps", 0.0)}.get(
+                stage, work
+            )
             estimate = before.seconds * (work / prev_work if prev_work else 1.0)
         elif stage in ("advance",) or (stage == "reward" and s.reward_fns):
             estimate = 0.0
@@ -419,22 +506,34 @@ def check_labels(project: Project, round_: int, cfg) -> None:
     from rankloop.reward.pairs import build_examples, check_trainable
 
     cfg.validate()
-    data = build_examples(project.store, round_, both_bad=cfg.both_bad, aggregate=cfg.aggregate,
-                          margin_slightly=cfg.margin_slightly, margin_much=cfg.margin_much,
-                          sources=label_sources(project))
+    data = build_examples(
+        project.store,
+        round_,
+        both_bad=cfg.both_bad,
+        aggregate=cfg.aggregate,
+        margin_slightly=cfg.margin_slightly,
+        margin_much=cfg.margin_much,
+        sources=label_sources(project),
+    )
     check_trainable(data, round_)
 
 
 def label_sources(project: Project) -> tuple[str, ...]:
     """The label sources reward training reads: people's and imported labels, and simulated
     annotators' unless [rounds] simulated_labels = false."""
-    return ("human", "external") + (("simulated",) if project.config.rounds.simulated_labels
-                                    else ())
+    return ("human", "external") + (
+        ("simulated",) if project.config.rounds.simulated_labels else ()
+    )
 
 
-def run_round(project: Project, s: RoundSettings, *, log: Callable[[str], None] = print,
-              progress: bool = True,
-              on_event: Callable[[str, dict], None] | None = None) -> RoundSummary:
+def run_round(
+    project: Project,
+    s: RoundSettings,
+    *,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> RoundSummary:
     """Run the current round R's unfinished stages (`STAGES`), recording each as it finishes,
     and return the summary. Killed at any point and run again, it continues with the first
     unfinished stage: every stage is idempotent (see docs/rounds.md).
@@ -455,12 +554,13 @@ def run_round(project: Project, s: RoundSettings, *, log: Callable[[str], None] 
         if step.done:
             continue
         if step.stage == "ppo" and not s.reward_fns:
-            why = reward_verdict(next(st.metrics for st in store.stages(r)
-                                      if st.stage == "reward"))
+            why = reward_verdict(next(st.metrics for st in store.stages(r) if st.stage == "reward"))
             if why and project.config.rounds.weak_reward == "stop":
-                raise RoundStopped(f"{why}. Round {r} stops before PPO ([rounds] weak_reward = "
-                                   f"'stop'): label more comparisons, then run `rankloop round "
-                                   f"--redo reward`")
+                raise RoundStopped(
+                    f"{why}. Round {r} stops before PPO ([rounds] weak_reward = "
+                    f"'stop'): label more comparisons, then run `rankloop round "
+                    f"--redo reward`"
+                )
             if why:
                 warnings.append(f"{why}; PPO runs anyway ([rounds] weak_reward = 'warn')")
                 log(f"Warning: {warnings[-1]}")
@@ -471,16 +571,24 @@ def run_round(project: Project, s: RoundSettings, *, log: Callable[[str], None] 
             metrics = _ppo_stage(project, r, s, log=log, progress=progress, event=event)
         elif step.stage == "generate":
             report = generate_candidates(
-                project, r + 1, s.generate, progress=progress,
-                on_batch=lambda n: event("generate", {"responses": n}))
-            metrics = {"generate/responses": float(report.generated),
-                       "generate/unfinished": float(report.unfinished),
-                       "generate/comparisons": float(report.comparisons_created)}
+                project,
+                r + 1,
+                s.generate,
+                progress=progress,
+                on_batch=lambda n: event("generate", {"responses": n}),
+            )
+            metrics = {
+                "generate/responses": float(report.generated),
+                "generate/unfinished": float(report.unfinished),
+                "generate/comparisons": float(report.comparisons_created),
+            }
         elif step.stage == "compare":
             cross = cross_round_comparisons(project, r + 1)
             event("compare", {"cross_round": cross})
-            metrics = {"compare/cross_round": float(cross),
-                       "compare/scored": float(score_new_comparisons(project))}
+            metrics = {
+                "compare/cross_round": float(cross),
+                "compare/scored": float(score_new_comparisons(project)),
+            }
         else:
             metrics = {}
         seconds = time.perf_counter() - t0
@@ -499,8 +607,13 @@ def summarize_round(project: Project, round_: int, warnings=()) -> RoundSummary:
     metrics: dict = {}
     for st in stages:
         metrics.update(st.metrics)
-    return RoundSummary(round_, label_counts(project, round_),
-                        {st.stage: st.seconds for st in stages}, metrics, list(warnings))
+    return RoundSummary(
+        round_,
+        label_counts(project, round_),
+        {st.stage: st.seconds for st in stages},
+        metrics,
+        list(warnings),
+    )
 
 
 def redo(project: Project, stage: str) -> list[str]:
@@ -509,7 +622,7 @@ def redo(project: Project, stage: str) -> list[str]:
     if stage not in STAGES[:-1]:
         raise ConfigError(f"--redo {stage!r}: choose one of {', '.join(STAGES[:-1])}")
     r = project.store.current_round()
-    later = STAGES[STAGES.index(stage):]
+    later = STAGES[STAGES.index(stage) :]
     done = {st.stage for st in project.store.stages(r)}
     with project.store.transaction():
         for name in later:
@@ -521,12 +634,24 @@ def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, 
     if s.reward_fns:
         return {"reward/skipped": 1.0}
     ckpts = project.round_dir(r, "reward").with_name("reward-checkpoints")
-    result = train_reward_stage(project, r, s.reward, resume=ckpts.is_dir(), progress=progress,
-                                log=log, on_step=lambda row: event("reward", row))
+    result = train_reward_stage(
+        project,
+        r,
+        s.reward,
+        resume=ckpts.is_dir(),
+        progress=progress,
+        log=log,
+        on_step=lambda row: event("reward", row),
+    )
     labels = label_counts(project, r)
     out = {f"labels/{k}": float(v) for k, v in labels.items()}
-    for key in ("reward/accuracy", "reward/probe_accuracy", "reward/eval_pairs",
-                "reward/train_accuracy", "reward/ece"):
+    for key in (
+        "reward/accuracy",
+        "reward/probe_accuracy",
+        "reward/eval_pairs",
+        "reward/train_accuracy",
+        "reward/ece",
+    ):
         v = result.metrics.get(key)
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             out[key] = float(v)
@@ -547,14 +672,24 @@ def _ppo_stage(project: Project, r: int, s: RoundSettings, *, log, progress, eve
     out = project.round_dir(r, "policy")
     tmp = out.with_name("policy.partial")
     resume = latest_checkpoint(tmp) is not None
-    log(f"PPO round {r}: policy {policy}, reward {getattr(reward_fn, 'name', rm_path)}"
-        f"{', resuming' if resume else ''}")
+    log(
+        f"PPO round {r}: policy {policy}, reward {getattr(reward_fn, 'name', rm_path)}"
+        f"{', resuming' if resume else ''}"
+    )
     try:
-        result = train_ppo(s.ppo, policy=policy, prompts=ppo_prompts(project),
-                           reward_fn=reward_fn, out_dir=tmp, reward_model=rm_path,
-                           resume=resume, progress=progress, log=log,
-                           on_step=lambda row: event("ppo", row),
-                           log_dir=project.root / "logs")
+        result = train_ppo(
+            s.ppo,
+            policy=policy,
+            prompts=ppo_prompts(project),
+            reward_fn=reward_fn,
+            out_dir=tmp,
+            reward_model=rm_path,
+            resume=resume,
+            progress=progress,
+            log=log,
+            on_step=lambda row: event("ppo", row),
+            log_dir=project.root / "logs",
+        )
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if out.exists():  # a policy from an earlier, unrecorded run of this stage
@@ -570,16 +705,18 @@ def oracle_means(project: Project, oracle) -> dict[int, tuple[float, float | Non
     """round -> (the oracle's mean score of its generated responses, the mean over the
     evaluation prompts only or None, how many responses): did the rounds improve by the
     oracle's own measure?"""
-    held = {p.id for p in split_prompts(project.store.prompts(),
-                                        project.config.rounds.eval_fraction)[1]}
+    held = {
+        p.id for p in split_prompts(project.store.prompts(), project.config.rounds.eval_fraction)[1]
+    }
     prompts = {p.id: p for p in project.store.prompts()}
     out = {}
     for r in sorted(project.store.status().responses_per_round):
         resp = [x for x in project.store.responses(round=r) if x.source == "generated"]
         if not resp:
             continue
-        scores = [float(v) for v in oracle([prompts[x.prompt_id] for x in resp],
-                                           [x.text for x in resp])]
+        scores = [
+            float(v) for v in oracle([prompts[x.prompt_id] for x in resp], [x.text for x in resp])
+        ]
         ev = [v for x, v in zip(resp, scores) if x.prompt_id in held]
         out[r] = (sum(scores) / len(scores), sum(ev) / len(ev) if ev else None, len(resp))
     return out

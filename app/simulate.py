@@ -51,8 +51,9 @@ def load_oracle(spec: str) -> Callable:
     if spec in ORACLES:
         return CallableReward(ORACLES[spec], spec)
     if ":" not in spec:
-        raise ConfigError(f"--oracle {spec!r}: give a built-in oracle "
-                          f"({', '.join(ORACLES)}) or module:function")
+        raise ConfigError(
+            f"--oracle {spec!r}: give a built-in oracle ({', '.join(ORACLES)}) or module:function"
+        )
     return load_callable(spec)
 
 
@@ -68,8 +69,10 @@ def simulated_accounts(store: Store, n: int) -> list[Annotator]:
         if a is None:
             a = store.add_simulated_annotator(name)
         elif a.role != "simulated":
-            raise StoreError(f"an account named {name!r} exists and is not simulated: rename it "
-                             f"(simulated annotators are named sim-1, sim-2, ...)")
+            raise StoreError(
+                f"an account named {name!r} exists and is not simulated: rename it "
+                f"(simulated annotators are named sim-1, sim-2, ...)"
+            )
         out.append(a)
     return out
 
@@ -83,10 +86,20 @@ def plackett_luce_order(scores: Sequence[float], noise: float, rng: random.Rando
     return sorted(range(len(scores)), key=lambda i: -keys[i])
 
 
-def simulate(store: Store, oracle: Callable, config: LabelingConfig, *, annotators: int = 3,
-             noise: float = 1.0, limit: int | None = None, round_: int | None = None,
-             first_round: int | None = None, seed: int = 0, progress: bool = True,
-             clock: Callable[[], float] = time.time) -> SimulateReport:
+def simulate(
+    store: Store,
+    oracle: Callable,
+    config: LabelingConfig,
+    *,
+    annotators: int = 3,
+    noise: float = 1.0,
+    limit: int | None = None,
+    round_: int | None = None,
+    first_round: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    clock: Callable[[], float] = time.time,
+) -> SimulateReport:
     """Label open comparisons with `annotators` simulated accounts taking turns at the queue,
     until `limit` labels are written or no task is left. `round_` labels that round's
     comparisons only; else `first_round`'s come first (the current round, as in the app)."""
@@ -102,10 +115,18 @@ def simulate(store: Store, oracle: Callable, config: LabelingConfig, *, annotato
         for a in list(active):
             if limit is not None and labels >= limit:
                 break
-            task = queue.next_task(store, a.id, n=config.labels_per_comparison,
-                                   lease_seconds=config.lease_seconds, order=config.order,
-                                   gold_rate=config.gold_rate, now=clock(), rng=rng,
-                                   first_round=first_round, only_round=round_)
+            task = queue.next_task(
+                store,
+                a.id,
+                n=config.labels_per_comparison,
+                lease_seconds=config.lease_seconds,
+                order=config.order,
+                gold_rate=config.gold_rate,
+                now=clock(),
+                rng=rng,
+                first_round=first_round,
+                only_round=round_,
+            )
             if task is None:
                 active.remove(a)
                 continue
@@ -116,15 +137,30 @@ def simulate(store: Store, oracle: Callable, config: LabelingConfig, *, annotato
             order = plackett_luce_order([scores[r.id] for r in task.responses], noise, rng)
             if task.mode == "pairwise":
                 choice = "AB"[order[0]]
-                queue.submit(store, a.id, task.comparison.id, task.request_id, choice=choice,
-                             source="simulated")
+                queue.submit(
+                    store,
+                    a.id,
+                    task.comparison.id,
+                    task.request_id,
+                    choice=choice,
+                    source="simulated",
+                )
             else:
-                queue.submit(store, a.id, task.comparison.id, task.request_id,
-                             positions=[[p] for p in order], source="simulated")
+                queue.submit(
+                    store,
+                    a.id,
+                    task.comparison.id,
+                    task.request_id,
+                    positions=[[p] for p in order],
+                    source="simulated",
+                )
             labels += 1
             gold += task.gold
             bar.update(1)
     bar.close()
-    return SimulateReport(labels=labels, gold_labels=gold,
-                          annotators=tuple(a.name for a in accounts),
-                          mean_score=sum(scores.values()) / len(scores) if scores else None)
+    return SimulateReport(
+        labels=labels,
+        gold_labels=gold,
+        annotators=tuple(a.name for a in accounts),
+        mean_score=sum(scores.values()) / len(scores) if scores else None,
+    )

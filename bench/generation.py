@@ -49,7 +49,7 @@ def fp32_logprob(model, tok, chats, samples) -> float:
         if not gen:
             continue
         x = torch.tensor([ids + gen])
-        logits = model(x).logits[0, len(ids) - 1:-1].float()  # (T_gen, V)
+        logits = model(x).logits[0, len(ids) - 1 : -1].float()  # (T_gen, V)
         lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(gen)[:, None])
         total += lp.sum().item()
         count += len(gen)
@@ -58,9 +58,11 @@ def fp32_logprob(model, tok, chats, samples) -> float:
 
 def summary(name, samples, seconds, model, tok, chats) -> dict:
     tokens = sum(len(s.token_ids) + int(s.finished) for s in samples)
-    bigrams = [tuple(s.token_ids[i:i + 2]) for s in samples for i in range(len(s.token_ids) - 1)]
+    bigrams = [tuple(s.token_ids[i : i + 2]) for s in samples for i in range(len(s.token_ids) - 1)]
     return {
-        "system": name, "seconds": round(seconds, 2), "new_tokens": tokens,
+        "system": name,
+        "seconds": round(seconds, 2),
+        "new_tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1),
         "eos_rate": round(sum(s.finished for s in samples) / len(samples), 3),
         "mean_len": round(tokens / len(samples), 1),
@@ -83,8 +85,11 @@ def main() -> None:
     tok = load_tokenizer(DEFAULT_MODEL)
     fp32 = load_causal_lm(DEFAULT_MODEL)
     chats = load_prompts(args.prompts)
-    kw = dict(temperature=args.temperature, top_p=args.top_p,
-              max_new_tokens=args.max_new_tokens)
+    kw = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+    }
     ids = encode_chats(tok, chats)
     bf16 = cpu_supports_bf16()
     fast = load_causal_lm(DEFAULT_MODEL, dtype=torch.bfloat16) if bf16 else fp32
@@ -100,9 +105,18 @@ def main() -> None:
                 for i, s in zip(batch, samples):
                     out[i] = s
 
-            sample_many(model, tok, chats, batch_size=bs, seed_for=lambda b: b[0], bf16=False,
-                        on_batch=keep, **kw)
+            sample_many(
+                model,
+                tok,
+                chats,
+                batch_size=bs,
+                seed_for=lambda b: b[0],
+                bf16=False,
+                on_batch=keep,
+                **kw,
+            )
             return out
+
         return run
 
     systems = [("plain loop, batch 1, fp32", plain_loop)]
@@ -124,19 +138,36 @@ def main() -> None:
             samples[name] = fn()
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
-    results = [summary(name, samples[name], statistics.median(times[name]), fp32, tok, chats)
-               for name, _ in systems]
+    results = [
+        summary(name, samples[name], statistics.median(times[name]), fp32, tok, chats)
+        for name, _ in systems
+    ]
     for r in results:
         r["tokens_per_cpu_s"] = round(r["new_tokens"] / statistics.median(cpu[r["system"]]), 1)
 
     base = results[0]["tokens_per_s"]
     base_cpu = results[0]["tokens_per_cpu_s"]
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, bf16 units: {bf16}")
-    print(f"# {args.prompts} bundled prompts, max_new_tokens={args.max_new_tokens}, "
-          f"temperature={args.temperature}, top_p={args.top_p}")
-    cols = ["system", "tokens_per_s", "speedup", "tokens_per_cpu_s", "cpu_speedup", "seconds", "new_tokens", "eos_rate",
-            "mean_len", "distinct2", "fp32_logprob_per_token"]
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, bf16 units: {bf16}"
+    )
+    print(
+        f"# {args.prompts} bundled prompts, max_new_tokens={args.max_new_tokens}, "
+        f"temperature={args.temperature}, top_p={args.top_p}"
+    )
+    cols = [
+        "system",
+        "tokens_per_s",
+        "speedup",
+        "tokens_per_cpu_s",
+        "cpu_speedup",
+        "seconds",
+        "new_tokens",
+        "eos_rate",
+        "mean_len",
+        "distinct2",
+        "fp32_logprob_per_token",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in results:

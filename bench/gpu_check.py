@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from simulate import SimulatedTask, simulate_pairs  # noqa: E402 - the tests' keyword task
+from simulate import SimulatedTask, simulate_pairs
 
 TASK = SimulatedTask(prompt_words=(22, 26), response_words=(32, 48))
 
@@ -45,11 +45,19 @@ def big_model(folder: Path, tokenizer_path: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=2048, intermediate_size=5632,
-                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                      max_position_embeddings=2048, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(folder)
@@ -108,9 +116,18 @@ def check_generate(path: Path, device, n: int, new_tokens: int, batch: int) -> d
         model = load_causal_lm(str(path), dtype=torch.bfloat16 if bf16 else None).to(device)
         got = []
         t0 = time.perf_counter()
-        sample_many(model, tok, prompts, temperature=0.7, top_p=0.95, max_new_tokens=new_tokens,
-                    batch_size=batch, seed_for=lambda b: 1000 + b[0], bf16=bf16,
-                    on_batch=lambda b, s, seed: got.extend(s))
+        sample_many(
+            model,
+            tok,
+            prompts,
+            temperature=0.7,
+            top_p=0.95,
+            max_new_tokens=new_tokens,
+            batch_size=batch,
+            seed_for=lambda b: 1000 + b[0],
+            bf16=bf16,
+            on_batch=lambda b, s, seed: got.extend(s),
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
@@ -122,10 +139,16 @@ def check_generate(path: Path, device, n: int, new_tokens: int, batch: int) -> d
         sampler = VLLMSampler(str(path), bf16=bf16, seed=0, gpu_memory_utilization=0.5)
         got = []
         t0 = time.perf_counter()
-        sampler.sample_many(tok, prompts, temperature=0.7, top_p=0.95,
-                            max_new_tokens=new_tokens, batch_size=len(prompts),
-                            seed_for=lambda b: 1000 + b[0],
-                            on_batch=lambda b, s, seed: got.extend(s))
+        sampler.sample_many(
+            tok,
+            prompts,
+            temperature=0.7,
+            top_p=0.95,
+            max_new_tokens=new_tokens,
+            batch_size=len(prompts),
+            seed_for=lambda b: 1000 + b[0],
+            on_batch=lambda b, s, seed: got.extend(s),
+        )
         secs = time.perf_counter() - t0
         tokens = sum(len(s.token_ids) + s.finished for s in got)
         out["vllm"] = {"tokens_per_s": tokens / secs, "seconds": secs}
@@ -146,20 +169,37 @@ def check_reward(path: Path, device, n: int, batch: int) -> dict:
     from rankloop.reward.train import train_reward
 
     data = pairs(n)
-    cfg = RewardConfig(lora=True, lora_r=16, lora_alpha=32, epochs=1, batch_size=batch,
-                       eval_fraction=0.1, compile="no", warm_start=True, select_best=False)
+    cfg = RewardConfig(
+        lora=True,
+        lora_r=16,
+        lora_alpha=32,
+        epochs=1,
+        batch_size=batch,
+        eval_fraction=0.1,
+        compile="no",
+        warm_start=True,
+        select_best=False,
+    )
     out_dir = Path(tempfile.mkdtemp()) / "rm"
     with Peak(device) as peak:
         t0 = time.perf_counter()
-        res = train_reward([pairwise_example(*p) for p in data], cfg, out_dir, base=str(path),
-                           progress=False)
+        res = train_reward(
+            [pairwise_example(*p) for p in data], cfg, out_dir, base=str(path), progress=False
+        )
         whole = time.perf_counter() - t0
-    rankloop = {"pairs_per_s_loop": res.train_examples / res.loop_seconds,
-                "pairs_per_s_whole": res.train_examples / whole, "seconds_whole": whole,
-                "peak_gb": peak.gb, "accuracy": res.metrics.get("reward/accuracy")}
-    trl = check_trl(path, device, data[:res.train_examples], batch)
-    return {"rankloop": rankloop, "trl": trl,
-            "speedup_loop": rankloop["pairs_per_s_loop"] / trl["pairs_per_s"]}
+    rankloop = {
+        "pairs_per_s_loop": res.train_examples / res.loop_seconds,
+        "pairs_per_s_whole": res.train_examples / whole,
+        "seconds_whole": whole,
+        "peak_gb": peak.gb,
+        "accuracy": res.metrics.get("reward/accuracy"),
+    }
+    trl = check_trl(path, device, data[: res.train_examples], batch)
+    return {
+        "rankloop": rankloop,
+        "trl": trl,
+        "speedup_loop": rankloop["pairs_per_s_loop"] / trl["pairs_per_s"],
+    }
 
 
 def check_trl(path: Path, device, data, batch: int) -> dict:
@@ -169,22 +209,47 @@ def check_trl(path: Path, device, data, batch: int) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     tok = AutoTokenizer.from_pretrained(path)
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}],
-                             "chosen": [{"role": "assistant", "content": c}],
-                             "rejected": [{"role": "assistant", "content": r}]}
-                            for p, c, r in data])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": p}],
+                "chosen": [{"role": "assistant", "content": c}],
+                "rejected": [{"role": "assistant", "content": r}],
+            }
+            for p, c, r in data
+        ]
+    )
     with Peak(device) as peak:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         model.config.pad_token_id = tok.pad_token_id
-        args = RewardConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
-                            num_train_epochs=1, bf16=True, use_cpu=device.type == "cpu",
-                            report_to="none", save_strategy="no", logging_steps=1000,
-                            disable_tqdm=True)
-        lora = LoraConfig(r=16, lora_alpha=32, task_type="SEQ_CLS",
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                          "up_proj", "down_proj"])
-        trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                                peft_config=lora)
+        args = RewardConfig(
+            output_dir=tempfile.mkdtemp(),
+            per_device_train_batch_size=batch,
+            num_train_epochs=1,
+            bf16=True,
+            use_cpu=device.type == "cpu",
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1000,
+            disable_tqdm=True,
+        )
+        lora = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            task_type="SEQ_CLS",
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        )
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora
+        )
         t0 = time.perf_counter()
         trainer.train()
         secs = time.perf_counter() - t0
@@ -197,17 +262,34 @@ def check_ppo(path: Path, device, steps: int, batch: int, new_tokens: int) -> di
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.train import train_ppo
 
-    prompts = [Prompt(messages=tuple(Message(m["role"], m["content"]) for m in c))
-               for c in chats(4 * batch)]
-    cfg = PPOConfig(steps=steps, batch_size=batch, mini_batch_size=max(1, batch // 2),
-                    max_new_tokens=new_tokens, log_samples=0, eval_every=0)
+    prompts = [
+        Prompt(messages=tuple(Message(m["role"], m["content"]) for m in c))
+        for c in chats(4 * batch)
+    ]
+    cfg = PPOConfig(
+        steps=steps,
+        batch_size=batch,
+        mini_batch_size=max(1, batch // 2),
+        max_new_tokens=new_tokens,
+        log_samples=0,
+        eval_every=0,
+    )
     with Peak(device) as peak:
-        res = train_ppo(cfg, policy=str(path), prompts=prompts,
-                        reward_fn=lambda ps, rs: torch.tensor(tidy(ps, rs)),
-                        out_dir=Path(tempfile.mkdtemp()) / "policy", progress=False, log=None)
+        res = train_ppo(
+            cfg,
+            policy=str(path),
+            prompts=prompts,
+            reward_fn=lambda ps, rs: torch.tensor(tidy(ps, rs)),
+            out_dir=Path(tempfile.mkdtemp()) / "policy",
+            progress=False,
+            log=None,
+        )
     times = [h["time/step"] for h in res.history[1:]] or [res.history[0]["time/step"]]
-    return {"seconds_per_step": statistics.median(times), "peak_gb": peak.gb,
-            "steps": len(res.history)}
+    return {
+        "seconds_per_step": statistics.median(times),
+        "peak_gb": peak.gb,
+        "steps": len(res.history),
+    }
 
 
 def check_config(name: str, model: Path, small: bool) -> dict:
@@ -224,27 +306,51 @@ def check_config(name: str, model: Path, small: bool) -> dict:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     with tempfile.TemporaryDirectory() as out:
         config = root / "docs" / "accelerate" / f"{name}.yaml"
-        cmd = [accelerate, "launch", "--config_file", str(config), "--num_processes", str(n),
-               str(root / "bench" / "gpu_dist_worker.py"), str(model), out]
+        cmd = [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(config),
+            "--num_processes",
+            str(n),
+            str(root / "bench" / "gpu_dist_worker.py"),
+            str(model),
+            out,
+        ]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+            proc = subprocess.run(
+                cmd,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env=dict(os.environ, OMP_NUM_THREADS="1"),
+            )
         except subprocess.TimeoutExpired:
             return {"ran": False, "why": "timed out after 900 s", "processes": n}
         res_file = Path(out) / "result.json"
         res = json.loads(res_file.read_text()) if res_file.exists() else {}
-    return {"ran": True, "processes": n, "exit": proc.returncode,
-            "seconds": round(time.perf_counter() - t0, 1), **res,
-            **({} if res else {"log_tail": (proc.stdout + proc.stderr)[-3000:]})}
+    return {
+        "ran": True,
+        "processes": n,
+        "exit": proc.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **res,
+        **({} if res else {"log_tail": (proc.stdout + proc.stderr)[-3000:]}),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="default,0.8b")
     ap.add_argument("--cpu", action="store_true", help="smoke run without a GPU, small sizes")
-    ap.add_argument("--configs", default=None, help="docs/accelerate/ configurations to launch "
-                    "(default: ddp,fsdp,deepspeed-zero2,deepspeed-zero3; --cpu: cpu-ddp)")
+    ap.add_argument(
+        "--configs",
+        default=None,
+        help="docs/accelerate/ configurations to launch "
+        "(default: ddp,fsdp,deepspeed-zero2,deepspeed-zero3; --cpu: cpu-ddp)",
+    )
     ap.add_argument("--out", default="bench/results/gpu_check.json")
     args = ap.parse_args()
     from rankloop.lm.device import pick_device
@@ -258,8 +364,12 @@ def main() -> None:
     n_pairs, rbatch = (32, 8) if small else (1024, 16)
     steps, pbatch, ptokens = (2, 4, 8) if small else (6, 32, 64)
     card = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor()
-    results = {"device": card, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "models": {}}
+    results = {
+        "device": card,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "models": {},
+    }
     default = default_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -267,10 +377,12 @@ def main() -> None:
                 continue  # a 0.8B model on 2 CPU cores is not a smoke run
             path = default if name == "default" else big_model(Path(tmp) / name, default)
             print(f"== {name}: {params(path) / 1e6:.0f}M parameters on {card}", flush=True)
-            r = {"params": params(path),
-                 "generate": check_generate(path, device, n_gen, tokens, batch),
-                 "reward": check_reward(path, device, n_pairs, rbatch),
-                 "ppo": check_ppo(path, device, steps, pbatch, ptokens)}
+            r = {
+                "params": params(path),
+                "generate": check_generate(path, device, n_gen, tokens, batch),
+                "reward": check_reward(path, device, n_pairs, rbatch),
+                "ppo": check_ppo(path, device, steps, pbatch, ptokens),
+            }
             results["models"][name] = r
             print(json.dumps(r, indent=1), flush=True)
     configs = args.configs or ("cpu-ddp" if small else "ddp,fsdp,deepspeed-zero2,deepspeed-zero3")

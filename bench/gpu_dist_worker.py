@@ -38,34 +38,76 @@ def main(model: str, out: str) -> None:
         try:
             fn()
             result[name] = {"ok": True, "seconds": round(time.perf_counter() - t0, 1)}
-        except Exception as e:  # the report says what broke; the other stages still run
-            result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000],
-                            "trace": traceback.format_exc()[-3000:]}
+        except Exception as e:  # noqa: BLE001 - the report says what broke; the other stages still run
+            result[name] = {
+                "ok": False,
+                "error": f"{type(e).__name__}: {e}"[:2000],
+                "trace": traceback.format_exc()[-3000:],
+            }
 
-    pairs = [pairwise_example(p, a, b) if win else pairwise_example(p, b, a)
-             for p, a, b, win, _ in simulate_pairs(64, seed=3)]
-    rcfg = RewardConfig(lora=True, epochs=1, batch_size=4, eval_fraction=0.25, compile="no",
-                        warm_start=False, select_best=False)
-    stage("reward_train", lambda: train_reward(pairs, rcfg, out / "rm", base=model,
-                                               progress=False, accelerator=acc))
+    pairs = [
+        pairwise_example(p, a, b) if win else pairwise_example(p, b, a)
+        for p, a, b, win, _ in simulate_pairs(64, seed=3)
+    ]
+    rcfg = RewardConfig(
+        lora=True,
+        epochs=1,
+        batch_size=4,
+        eval_fraction=0.25,
+        compile="no",
+        warm_start=False,
+        select_best=False,
+    )
+    stage(
+        "reward_train",
+        lambda: train_reward(pairs, rcfg, out / "rm", base=model, progress=False, accelerator=acc),
+    )
     if acc.is_main_process:
-        stage("reward_load", lambda: RewardScorer.from_pretrained(out / "rm", device="cpu")
-              .score(["q"], ["a"]))
+        stage(
+            "reward_load",
+            lambda: RewardScorer.from_pretrained(out / "rm", device="cpu").score(["q"], ["a"]),
+        )
     acc.wait_for_everyone()
 
-    prompts = [Prompt.from_text(t) for t in ("hello", "write a poem", "explain gears", "yes",
-                                             "name a colour", "count to three", "why", "sky")]
-    pcfg = dict(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=8, log_samples=0,
-                eval_every=0, checkpoint_every=1)  # the default critic: the reward model's
+    prompts = [
+        Prompt.from_text(t)
+        for t in (
+            "hello",
+            "write a poem",
+            "explain gears",
+            "yes",
+            "name a colour",
+            "count to three",
+            "why",
+            "sky",
+        )
+    ]
+    pcfg = {
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "ppo_epochs": 1,
+        "max_new_tokens": 8,
+        "log_samples": 0,
+        "eval_every": 0,
+        "checkpoint_every": 1,
+    }  # the default critic: the reward model's
 
     def reward(ps, rs):
         return torch.tensor(tidy(ps, rs))
 
     def ppo(steps, resume):
-        train_ppo(PPOConfig(steps=steps, **pcfg), policy=model, prompts=prompts,
-                  reward_fn=reward, reward_model=str(out / "rm"), out_dir=out / "policy",
-                  resume=resume, progress=False,
-                  log=None, accelerator=new_accelerator())
+        train_ppo(
+            PPOConfig(steps=steps, **pcfg),
+            policy=model,
+            prompts=prompts,
+            reward_fn=reward,
+            reward_model=str(out / "rm"),
+            out_dir=out / "policy",
+            resume=resume,
+            progress=False,
+            log=None,
+            accelerator=new_accelerator(),
+        )
 
     stage("ppo_train", lambda: ppo(2, False))
     stage("ppo_resume", lambda: ppo(3, True))

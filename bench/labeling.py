@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rankloop.app.config import LabelingConfig
@@ -54,8 +54,10 @@ def make_db(path: Path, comparisons: int, annotators: int) -> None:
     store = Store.open(path)
     with store.transaction():
         for i in range(comparisons):
-            store.add_comparison_texts(f"Prompt {i}: explain item {i} in two sentences.",
-                                       [f"Response {i} one. " * 8, f"Response {i} two. " * 8])
+            store.add_comparison_texts(
+                f"Prompt {i}: explain item {i} in two sentences.",
+                [f"Response {i} one. " * 8, f"Response {i} two. " * 8],
+            )
     for i in range(annotators):
         store.add_annotator(f"a{i}", secret=f"s{i}")
     store.close()
@@ -95,15 +97,18 @@ def run_level(clients, seconds: float, warmup: float, think: float = 0.0) -> dic
                 if think:
                     time.sleep(rng.uniform(0.5 * think, 1.5 * think))
                 t0 = time.perf_counter()
-                got = client.predict(comparison_id=task["comparison_id"],
-                                     request_id=task["request_id"],
-                                     choice=rng.choice("AB"), api_name="/label")
+                got = client.predict(
+                    comparison_id=task["comparison_id"],
+                    request_id=task["request_id"],
+                    choice=rng.choice("AB"),
+                    api_name="/label",
+                )
                 t1 = time.perf_counter()
                 if t0 >= start + warmup:
                     with lock:
                         lat.append(t1 - t0)
                 task = got["next"]
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
@@ -129,20 +134,37 @@ class HttpAnnotator:
     def predict(self, api_name: str, **kw):
         # /label's inputs in order: comparison_id, request_id, choice, ranking, strength,
         # rationale, seconds_spent.
-        data = ([] if api_name == "/next_task" else
-                [kw["comparison_id"], kw["request_id"], kw["choice"], "", "", "", 0.0])
+        data = (
+            []
+            if api_name == "/next_task"
+            else [kw["comparison_id"], kw["request_id"], kw["choice"], "", "", "", 0.0]
+        )
         r = self.http.post(f"{self.url}/gradio_api/run{api_name}", json={"data": data})
         if r.status_code != 200:
             raise RuntimeError(f"{api_name}: {r.status_code} {r.text[:200]}")
         return r.json()["data"][0]
 
 
-def bench_http(db: Path, mode: str, levels, seconds, warmup, concurrency,
-               think: float = 0.0) -> dict:
+def bench_http(
+    db: Path, mode: str, levels, seconds, warmup, concurrency, think: float = 0.0
+) -> dict:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(db), "--port", str(port),
-                             "--mode", mode, "--concurrency", str(concurrency)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(db),
+            "--port",
+            str(port),
+            "--mode",
+            mode,
+            "--concurrency",
+            str(concurrency),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(300):
@@ -156,8 +178,9 @@ def bench_http(db: Path, mode: str, levels, seconds, warmup, concurrency,
         for level in levels:
             out[level] = run_level(clients[:level], seconds, warmup, think)
             load = f"think {think:g} s" if think else "saturation"
-            print(f"  http {load:12s} {mode:10s} {level:3d} annotators: {fmt(out[level])}",
-                  flush=True)
+            print(
+                f"  http {load:12s} {mode:10s} {level:3d} annotators: {fmt(out[level])}", flush=True
+            )
         return out
     finally:
         proc.terminate()
@@ -178,30 +201,36 @@ def bench_direct(db: Path, mode: str, levels, seconds, warmup) -> dict:
         def predict(self, api_name, **kw):
             if api_name == "/next_task":
                 return handlers.api_next(ctx, self.name)
-            return handlers.api_label(ctx, self.name, kw["comparison_id"], kw["request_id"],
-                                      choice=kw["choice"])
+            return handlers.api_label(
+                ctx, self.name, kw["comparison_id"], kw["request_id"], choice=kw["choice"]
+            )
 
     out = {}
     for level in levels:
         out[level] = run_level([Direct(f"a{i}") for i in range(level)], seconds, warmup)
-        print(f"  direct saturation {mode:10s} {level:3d} annotators: {fmt(out[level])}",
-              flush=True)
+        print(
+            f"  direct saturation {mode:10s} {level:3d} annotators: {fmt(out[level])}", flush=True
+        )
     stores.close()
     return out
 
 
 def fmt(r: dict) -> str:
-    return (f"p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-            f"{r['labels_per_s']:6.1f} labels/s ({r['labels']} labels)")
+    return (
+        f"p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+        f"{r['labels_per_s']:6.1f} labels/s ({r['labels']} labels)"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", default="1,16,64")
-    ap.add_argument("--seconds", type=float, default=8.0,
-                    help="measured seconds per level, saturation runs")
-    ap.add_argument("--paced-seconds", type=float, default=24.0,
-                    help="measured seconds per level, paced runs")
+    ap.add_argument(
+        "--seconds", type=float, default=8.0, help="measured seconds per level, saturation runs"
+    )
+    ap.add_argument(
+        "--paced-seconds", type=float, default=24.0, help="measured seconds per level, paced runs"
+    )
     ap.add_argument("--think", type=float, default=2.0, help="mean reading seconds, paced runs")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=LabelingConfig().concurrency)
@@ -215,13 +244,18 @@ def main() -> None:
         return serve(args.serve, args.port, args.mode, args.concurrency)
 
     levels = [int(x) for x in args.levels.split(",")]
-    print(f"rankloop labeling bench: {platform.processor() or platform.machine()}, "
-          f"{__import__('os').cpu_count()} CPUs, python {platform.python_version()}, "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; levels {levels}, "
-          f"{args.seconds:.0f} s each, server concurrency {args.concurrency}")
+    print(
+        f"rankloop labeling bench: {platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} CPUs, python {platform.python_version()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; levels {levels}, "
+        f"{args.seconds:.0f} s each, server concurrency {args.concurrency}"
+    )
     results = {}
-    runs = [("paced", "http", m) for m in MODES] + [("saturation", "http", m) for m in MODES] \
+    runs = (
+        [("paced", "http", m) for m in MODES]
+        + [("saturation", "http", m) for m in MODES]
         + [("saturation", "direct", m) for m in MODES]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "template.db"
         make_db(template, args.comparisons, max(levels))
@@ -240,14 +274,18 @@ def main() -> None:
     top = max(levels)
     for key in ("paced/http", "saturation/http", "saturation/direct"):
         a, b = results[f"{key}/per_thread"][top], results[f"{key}/shared"][top]
-        print(f"{key} at {top}: shared p95 {b['p95_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms vs "
-              f"per_thread (anchor) p95 {a['p95_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms: p95 "
-              f"ratio {b['p95_ms'] / a['p95_ms']:.2f}; labels/s {b['labels_per_s']:.1f} vs "
-              f"{a['labels_per_s']:.1f}")
+        print(
+            f"{key} at {top}: shared p95 {b['p95_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms vs "
+            f"per_thread (anchor) p95 {a['p95_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms: p95 "
+            f"ratio {b['p95_ms'] / a['p95_ms']:.2f}; labels/s {b['labels_per_s']:.1f} vs "
+            f"{a['labels_per_s']:.1f}"
+        )
     for load in ("paced", "saturation"):
         p95 = results[f"{load}/http/shared"][top]["p95_ms"]
-        print(f"goal p95 < 100 ms at {top} annotators over HTTP ({load}, as served): "
-              f"{'met' if p95 < 100 else 'NOT met'} ({p95:.1f} ms)")
+        print(
+            f"goal p95 < 100 ms at {top} annotators over HTTP ({load}, as served): "
+            f"{'met' if p95 < 100 else 'NOT met'} ({p95:.1f} ms)"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

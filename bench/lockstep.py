@@ -47,8 +47,10 @@ def run_lockstep(cmds: list[list[str]], env: dict) -> None:
     A worker that ends its turn with "done" gets another; one that exits (its run finished,
     with the work after its last step done alone) leaves the rotation. A failure stops all.
     """
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=env) for cmd in cmds]
+    procs = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        for cmd in cmds
+    ]
     live = list(procs)
     try:
         while live:

@@ -44,7 +44,7 @@ def oracle(prompts, responses) -> list[float]:
     out = []
     for r in responses:
         words = r.split()
-        grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
         distinct = len(set(grams)) / len(grams) if grams else float(bool(words))
         ends = r.rstrip().endswith((".", "!", "?", '"', ")", "*", "`"))
         out.append(0.5 * distinct + 0.5 * float(ends))
@@ -74,11 +74,25 @@ def sample_scores(policy: str, prompts, seed: int = 0) -> dict:
         for i, s in zip(batch, samples):
             texts[i], finished[i] = s.text, s.finished
 
-    sample_many(model, tok, chats, temperature=0.7, top_p=0.95, max_new_tokens=64,
-                batch_size=16, seed_for=lambda b: seed + b[0], bf16=bf16, on_batch=keep)
+    sample_many(
+        model,
+        tok,
+        chats,
+        temperature=0.7,
+        top_p=0.95,
+        max_new_tokens=64,
+        batch_size=16,
+        seed_for=lambda b: seed + b[0],
+        bf16=bf16,
+        on_batch=keep,
+    )
     ps = [p for p in prompts for _ in range(N_SAMPLES)]
-    return {"oracle": statistics.mean(oracle(ps, texts)), "weak": statistics.mean(weak(ps, texts)),
-            "finished": statistics.mean(map(float, finished)), "examples": texts[:3]}
+    return {
+        "oracle": statistics.mean(oracle(ps, texts)),
+        "weak": statistics.mean(weak(ps, texts)),
+        "finished": statistics.mean(map(float, finished)),
+        "examples": texts[:3],
+    }
 
 
 def main() -> None:
@@ -98,16 +112,27 @@ def main() -> None:
 
     torch.set_num_threads(2)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (HERE.parent / "data/prompts/default.jsonl")
-            .read_text().splitlines() if line.strip()]
-    prompts = [Prompt.from_text(r["prompt"]) if isinstance(r["prompt"], str)
-               else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
-               for r in rows]  # the last ones are conversations
+    rows = [
+        json.loads(line)
+        for line in (HERE.parent / "data/prompts/default.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    prompts = [
+        Prompt.from_text(r["prompt"])
+        if isinstance(r["prompt"], str)
+        else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
+        for r in rows
+    ]  # the last ones are conversations
     train, test = prompts[:N_TRAIN], prompts[N_TRAIN:]
     base = str(default_model_path())
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": args.steps,
-              "train_prompts": len(train), "test_prompts": len(test), "runs": []}
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "steps": args.steps,
+        "train_prompts": len(train),
+        "test_prompts": len(test),
+        "runs": [],
+    }
     out_file = Path(args.out)
     t0 = time.perf_counter()
     report["base"] = sample_scores(base, test)
@@ -120,22 +145,38 @@ def main() -> None:
             cfg = PPOConfig(steps=args.steps, log_samples=0, **systems[system])
             out = RESULTS / f"ppo-drift-{reward_name}-{system}"
             t0 = time.perf_counter()
-            res = train_ppo(cfg, policy=base, prompts=train, reward_fn=fn, out_dir=out,
-                            progress=False, log=lambda m: print(m, file=sys.stderr, flush=True))
+            res = train_ppo(
+                cfg,
+                policy=base,
+                prompts=train,
+                reward_fn=fn,
+                out_dir=out,
+                progress=False,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+            )
             seconds = time.perf_counter() - t0
             after = sample_scores(str(out), test)
             s = res.summary
-            run = {"reward": reward_name, "system": system, "train_seconds": seconds,
-                   "after": after, "summary": s, "evaluations": res.evaluations,
-                   "kl_coef_per_step": [h["objective/kl_coef"] for h in res.history],
-                   "score_per_step": [h["objective/scores"] for h in res.history]}
+            run = {
+                "reward": reward_name,
+                "system": system,
+                "train_seconds": seconds,
+                "after": after,
+                "summary": s,
+                "evaluations": res.evaluations,
+                "kl_coef_per_step": [h["objective/kl_coef"] for h in res.history],
+                "score_per_step": [h["objective/scores"] for h in res.history],
+            }
             report["runs"].append(run)
             out_file.write_text(json.dumps(report, indent=1) + "\n")
-            print(f"{reward_name:6s} {system:3s}: oracle {report['base']['oracle']:.3f} -> "
-                  f"{after['oracle']:.3f}, training reward {s['ppo/score_first']:.3f} -> "
-                  f"{s['ppo/score_last']:.3f}, KL last step {s['ppo/kl_last']:.2f}, "
-                  f"saved policy's KL {s['ppo/kl_final']:.2f}, steps {int(s['ppo/steps'])}, "
-                  f"kept step {int(s['ppo/kept_step'])}, {seconds:.0f} s", flush=True)
+            print(
+                f"{reward_name:6s} {system:3s}: oracle {report['base']['oracle']:.3f} -> "
+                f"{after['oracle']:.3f}, training reward {s['ppo/score_first']:.3f} -> "
+                f"{s['ppo/score_last']:.3f}, KL last step {s['ppo/kl_last']:.2f}, "
+                f"saved policy's KL {s['ppo/kl_final']:.2f}, steps {int(s['ppo/steps'])}, "
+                f"kept step {int(s['ppo/kept_step'])}, {seconds:.0f} s",
+                flush=True,
+            )
             shutil.rmtree(out)  # ~40 MB of adapters and checkpoints per run
     print(f"results in {out_file}")
 

@@ -36,8 +36,12 @@ def synthetic_project(path: Path, prompts: int, rounds: int, seed: int = 0) -> S
     ann = store.add_annotator("ann")[0].id
     resp = {}
     for i, pid in enumerate(pids):
-        ids = store.add_responses([Response(pid, f"round {r} answers {i}", round=r,
-                                            policy=f"policy-{r}") for r in range(rounds + 1)])
+        ids = store.add_responses(
+            [
+                Response(pid, f"round {r} answers {i}", round=r, policy=f"policy-{r}")
+                for r in range(rounds + 1)
+            ]
+        )
         resp.update({(i, r): rid for r, rid in enumerate(ids)})
     labels = []
     for r in range(1, rounds + 1):
@@ -72,24 +76,34 @@ def main() -> None:
         t = lb.match_tables(ms)
         counts = lb.prompt_resamples(len(t.prompts), args.bootstrap, seed=0)  # (B, P)
         S, N, M = counts @ t.scores, counts @ t.counts, len(t.models)  # (B, K)
-        t_loop, looped = timed(lambda: np.array([
-            lb.bradley_terry(t.pairs, s, n, M, reg=lb.DEFAULT_REG) for s, n in zip(S, N)]),
-            args.reps)
-        t_batch, batched = timed(lambda: lb.bradley_terry(t.pairs, S, N, M, reg=lb.DEFAULT_REG),
-                                 args.reps)
+        t_loop, looped = timed(
+            lambda: np.array(
+                [lb.bradley_terry(t.pairs, s, n, M, reg=lb.DEFAULT_REG) for s, n in zip(S, N)]
+            ),
+            args.reps,
+        )
+        t_batch, batched = timed(
+            lambda: lb.bradley_terry(t.pairs, S, N, M, reg=lb.DEFAULT_REG), args.reps
+        )
         t_board, _ = timed(lambda: lb.leaderboard(ms, n_boot=args.bootstrap), args.reps)
         t_collect, got = timed(lambda: report.collect(store, n_boot=args.bootstrap), args.reps)
         t_render, page = timed(lambda: report.render_html(got), args.reps)
         store.close()
-    print(f"machine: {platform.machine()}, python {platform.python_version()}; {len(ms)} "
-          f"matches on {args.prompts} prompts, {M} policies, {args.bootstrap} resamples, "
-          f"median of {args.reps}")
+    print(
+        f"machine: {platform.machine()}, python {platform.python_version()}; {len(ms)} "
+        f"matches on {args.prompts} prompts, {M} policies, {args.bootstrap} resamples, "
+        f"median of {args.reps}"
+    )
     print(f"anchor   one fit per resample : {t_loop:.3f} s")
-    print(f"rankloop one batched fit      : {t_batch:.3f} s ({t_loop / t_batch:.1f}x the anchor;"
-          f" max |difference| of the strengths {np.abs(batched - looped).max():.1e})")
+    print(
+        f"rankloop one batched fit      : {t_batch:.3f} s ({t_loop / t_batch:.1f}x the anchor;"
+        f" max |difference| of the strengths {np.abs(batched - looped).max():.1e})"
+    )
     print(f"leaderboard (fit, bootstrap, intervals): {t_board:.3f} s")
-    print(f"report.collect (store reads + all statistics): {t_collect:.3f} s; render_html "
-          f"{t_render * 1e3:.1f} ms, {len(page) / 1e3:.0f} kB")
+    print(
+        f"report.collect (store reads + all statistics): {t_collect:.3f} s; render_html "
+        f"{t_render * 1e3:.1f} ms, {len(page) / 1e3:.0f} kB"
+    )
 
 
 if __name__ == "__main__":

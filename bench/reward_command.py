@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reward import data  # noqa: E402 - the keyword task of bench/reward.py
+from reward import data
 
 TRL_SCRIPT = """
 import json, sys
@@ -44,8 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=4.0)
-    ap.add_argument("--base", default=None,
-                    help="Another backbone for both (a small local one to smoke-test).")
+    ap.add_argument(
+        "--base", default=None, help="Another backbone for both (a small local one to smoke-test)."
+    )
     ap.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
     from rankloop.app.project import Project
@@ -66,35 +67,61 @@ def main() -> None:
     (tmp / "trl_script.py").write_text(TRL_SCRIPT)
 
     t0 = time.perf_counter()
-    trl = subprocess.run([sys.executable, str(tmp / "trl_script.py"), str(tmp / "pairs.json"),
-                          str(args.epochs), str(tmp / "trl-out"), str(Path(__file__).parent),
-                          args.base or ""],
-                         capture_output=True, text=True)
+    trl = subprocess.run(
+        check=False,
+        args=[
+            sys.executable,
+            str(tmp / "trl_script.py"),
+            str(tmp / "pairs.json"),
+            str(args.epochs),
+            str(tmp / "trl-out"),
+            str(Path(__file__).parent),
+            args.base or "",
+        ],
+        capture_output=True,
+        text=True,
+    )
     trl_wall = time.perf_counter() - t0
     if trl.returncode:
         sys.exit(trl.stderr[-3000:])
     trl_res = json.loads(trl.stdout.split("RESULT ", 1)[1])
     rankloop = shutil.which("rankloop") or str(Path(sys.executable).with_name("rankloop"))
     t0 = time.perf_counter()
-    rl = subprocess.run([rankloop, "train-reward", "--project", str(tmp / "proj"),
-                         "--epochs", str(args.epochs)], capture_output=True, text=True)
+    rl = subprocess.run(
+        check=False,
+        args=[
+            rankloop,
+            "train-reward",
+            "--project",
+            str(tmp / "proj"),
+            "--epochs",
+            str(args.epochs),
+        ],
+        capture_output=True,
+        text=True,
+    )
     rl_wall = time.perf_counter() - t0
     if rl.returncode:
         sys.exit(rl.stdout[-3000:] + rl.stderr[-3000:])
     print(rl.stdout)
-    steps, loop = (float(x) for x in re.search(r"(\d+) steps in \d+ s, loop (\d+) s",
-                                                rl.stdout).groups())
-    res = {"pairs": args.pairs, "epochs": args.epochs,
-           "trl": {"wall_s": trl_wall, "loop_s": trl_res["train_runtime"],
-                   "steps": trl_res["steps"]},
-           "rankloop": {"wall_s": rl_wall, "loop_s": loop, "steps": steps},
-           "speedup_wall": trl_wall / rl_wall}
+    steps, loop = (
+        float(x) for x in re.search(r"(\d+) steps in \d+ s, loop (\d+) s", rl.stdout).groups()
+    )
+    res = {
+        "pairs": args.pairs,
+        "epochs": args.epochs,
+        "trl": {"wall_s": trl_wall, "loop_s": trl_res["train_runtime"], "steps": trl_res["steps"]},
+        "rankloop": {"wall_s": rl_wall, "loop_s": loop, "steps": steps},
+        "speedup_wall": trl_wall / rl_wall,
+    }
     print(json.dumps(res, indent=1))
-    print(f"whole command: rankloop {rl_wall:.0f} s, TRL script {trl_wall:.0f} s: "
-          f"{trl_wall / rl_wall:.2f}x; inner loops: rankloop {loop:.0f} s for {steps:.0f} steps "
-          f"({steps * 8 / loop:.2f} pairs/s), TRL {trl_res['train_runtime']:.0f} s for "
-          f"{trl_res['steps']} steps ({trl_res['steps'] * 8 / trl_res['train_runtime']:.2f} "
-          f"pairs/s)")
+    print(
+        f"whole command: rankloop {rl_wall:.0f} s, TRL script {trl_wall:.0f} s: "
+        f"{trl_wall / rl_wall:.2f}x; inner loops: rankloop {loop:.0f} s for {steps:.0f} steps "
+        f"({steps * 8 / loop:.2f} pairs/s), TRL {trl_res['train_runtime']:.0f} s for "
+        f"{trl_res['steps']} steps ({trl_res['steps'] * 8 / trl_res['train_runtime']:.2f} "
+        f"pairs/s)"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reward_quality_texts import load  # noqa: E402
+from reward_quality_texts import load
 
 HELD_OUT_PROMPTS = 54
 HELD_OUT_PAIRS = 300
@@ -70,19 +70,31 @@ def sentences(text: str) -> list[str]:
 
 
 def as_paragraph(text: str) -> str:
-    return " ".join(re.sub(r"^\s*(?:[-*]|\d+[.)])\s*", "", line) for line in text.split("\n")
-                    if line.strip())
+    return " ".join(
+        re.sub(r"^\s*(?:[-*]|\d+[.)])\s*", "", line) for line in text.split("\n") if line.strip()
+    )
 
 
 def as_list(text: str) -> str:
     return "\n".join(f"- {s}" for s in sentences(as_paragraph(text)))
 
 
-CONTRACTIONS = [("do not", "don't"), ("does not", "doesn't"), ("it is", "it's"),
-                ("you are", "you're"), ("I am", "I'm"), ("cannot", "can't"),
-                ("will not", "won't"), ("is not", "isn't"), ("are not", "aren't"),
-                ("going to", "gonna"), ("want to", "wanna"), ("that is", "that's"),
-                ("you will", "you'll"), ("there is", "there's")]
+CONTRACTIONS = [
+    ("do not", "don't"),
+    ("does not", "doesn't"),
+    ("it is", "it's"),
+    ("you are", "you're"),
+    ("I am", "I'm"),
+    ("cannot", "can't"),
+    ("will not", "won't"),
+    ("is not", "isn't"),
+    ("are not", "aren't"),
+    ("going to", "gonna"),
+    ("want to", "wanna"),
+    ("that is", "that's"),
+    ("you will", "you'll"),
+    ("there is", "there's"),
+]
 
 
 def informal(text: str, level: int) -> str:
@@ -94,7 +106,12 @@ def informal(text: str, level: int) -> str:
     if level >= 2:
         text = "hey so, " + text[:1].lower() + text[1:]
     if level >= 3:
-        text = re.sub(r"\byou\b", "u", re.sub(r"\byour\b", "ur", text, flags=re.I), flags=re.I)
+        text = re.sub(
+            r"\byou\b",
+            "u",
+            re.sub(r"\byour\b", "ur", text, flags=re.IGNORECASE),
+            flags=re.IGNORECASE,
+        )
         text = text.rstrip() + " lol"
     return text
 
@@ -116,16 +133,23 @@ def task_candidates(task: str, texts: list[dict], i: int) -> tuple[str, list[tup
     rng = random.Random(f"{task}:{i}")
     if task == "format":
         want_list = i % 2 == 0
-        prompt += (" Answer as a bulleted list." if want_list
-                   else " Answer in one paragraph, without a list.")
-        return prompt, ([(as_list(r), float(want_list)) for r in responses]
-                        + [(as_paragraph(r), float(not want_list)) for r in responses])
+        prompt += (
+            " Answer as a bulleted list."
+            if want_list
+            else " Answer in one paragraph, without a list."
+        )
+        return prompt, (
+            [(as_list(r), float(want_list)) for r in responses]
+            + [(as_paragraph(r), float(not want_list)) for r in responses]
+        )
     if task == "formality":
         return prompt, [(informal(r, k), -float(k)) for r in responses for k in range(4)]
     if task == "relevance":
         others = rng.sample([j for j in range(len(texts)) if j != i], 3)
-        return prompt, ([(r, 1.0) for r in responses]
-                        + [(texts[j]["responses"][rng.randrange(3)], 0.0) for j in others])
+        return prompt, (
+            [(r, 1.0) for r in responses]
+            + [(texts[j]["responses"][rng.randrange(3)], 0.0) for j in others]
+        )
     if task == "coherence":
         return prompt, [(scrambled(r, k, rng), -float(k)) for r in responses for k in range(4)]
     raise ValueError(task)
@@ -138,8 +162,12 @@ BETA = {"format": math.log(9), "formality": 1.5, "relevance": math.log(9), "cohe
 def prompt_pairs(task: str, texts: list[dict], i: int) -> tuple[str, list[tuple[str, str, float]]]:
     """(prompt, [(a, b, s_a - s_b)]): every candidate pair the oracle does not tie."""
     prompt, cands = task_candidates(task, texts, i)
-    out = [(a, b, sa - sb) for x, (a, sa) in enumerate(cands) for (b, sb) in cands[x + 1:]
-           if sa != sb and a != b]
+    out = [
+        (a, b, sa - sb)
+        for x, (a, sa) in enumerate(cands)
+        for (b, sb) in cands[x + 1 :]
+        if sa != sb and a != b
+    ]
     return prompt, out
 
 
@@ -194,10 +222,15 @@ def quality(r_a: np.ndarray, r_b: np.ndarray, held, beta: float, label_rng_seed:
     p = sigmoid(r_a - r_b)
     from rankloop.reward.metrics import expected_calibration_error
 
-    ece = expected_calibration_error(np.concatenate([p, 1 - p]),
-                                     np.concatenate([a_wins, ~a_wins]).astype(float))
-    return {"accuracy": expected, "ceiling": float(np.mean(q)),
-            "oracle_accuracy": float(np.mean(right)), "ece": ece}
+    ece = expected_calibration_error(
+        np.concatenate([p, 1 - p]), np.concatenate([a_wins, ~a_wins]).astype(float)
+    )
+    return {
+        "accuracy": expected,
+        "ceiling": float(np.mean(q)),
+        "oracle_accuracy": float(np.mean(right)),
+        "ece": ece,
+    }
 
 
 def score_pairs(score_fn, held) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +245,16 @@ def score_pairs(score_fn, held) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-PHASES = ("load_model", "encode", "fit_probes", "make_loop", "train_step", "evaluate_now",
-          "final_metrics", "save_model")
+PHASES = (
+    "load_model",
+    "encode",
+    "fit_probes",
+    "make_loop",
+    "train_step",
+    "evaluate_now",
+    "final_metrics",
+    "save_model",
+)
 
 
 @contextlib.contextmanager
@@ -231,9 +272,9 @@ def phase_timer():
             try:
                 return fn(*args, **kwargs)
             finally:
-                key = "first_step" if name == "train_step" and "first_step" not in spent \
-                    else name
+                key = "first_step" if name == "train_step" and "first_step" not in spent else name
                 spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+
         return wrapper
 
     for name, fn in saved.items():
@@ -255,17 +296,21 @@ def fit_rankloop(train, seed: int, overrides: dict, base: str):
     cfg = RewardConfig(seed=seed, **overrides)
     t0 = time.perf_counter()
     with phase_timer() as phases:
-        result = train_reward([pairwise_example(p, c, r) for p, c, r in train], cfg, out,
-                              base=base, progress=False)
+        result = train_reward(
+            [pairwise_example(p, c, r) for p, c, r in train], cfg, out, base=base, progress=False
+        )
     seconds = time.perf_counter() - t0
     scorer = RewardScorer.from_pretrained(out, batch_size=32)
-    extra = {"steps": result.steps, "best_step": result.metrics.get("reward/best_step"),
-             "compiled": result.compiled, "loop_seconds": result.loop_seconds,
-             "phases": {k: round(v, 1) for k, v in phases.items()},
-             # the selection split's accuracy: the warm start's probe, then each epoch's end
-             "probe_last_accuracy": result.metrics.get("reward/probe_last_accuracy"),
-             "evals": [[h["step"], h["eval/accuracy"]] for h in result.history
-                       if "eval/accuracy" in h]}
+    extra = {
+        "steps": result.steps,
+        "best_step": result.metrics.get("reward/best_step"),
+        "compiled": result.compiled,
+        "loop_seconds": result.loop_seconds,
+        "phases": {k: round(v, 1) for k, v in phases.items()},
+        # the selection split's accuracy: the warm start's probe, then each epoch's end
+        "probe_last_accuracy": result.metrics.get("reward/probe_last_accuracy"),
+        "evals": [[h["step"], h["eval/accuracy"]] for h in result.history if "eval/accuracy" in h],
+    }
 
     def score(prompts, responses):
         return scorer.score(prompts, responses).numpy()
@@ -296,7 +341,7 @@ def fit_trl(train, seed: int, epochs: float, base: str):
         ids = tokenize(tok, [format_text(tok, p, r) for p, r in zip(prompts, responses)], 1024)
         outs = []
         for i in range(0, len(ids), 32):
-            x, mask = right_pad(ids[i:i + 32], tok.pad_token_id)
+            x, mask = right_pad(ids[i : i + 32], tok.pad_token_id)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 outs.append(rewards(m, x, mask))
         return torch.cat(outs).float().numpy()
@@ -327,7 +372,7 @@ class FrozenFeatures:
         backbone = getattr(self.model, self.model.base_model_prefix)
         with torch.no_grad():
             for s in range(0, len(order), 32):
-                idx = order[s:s + 32]
+                idx = order[s : s + 32]
                 x, m = right_pad([ids[i] for i in idx], self.tok.pad_token_id)
                 h = backbone(input_ids=x, attention_mask=m).last_hidden_state.float()
                 mean = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
@@ -352,17 +397,24 @@ def fit_bow(train, seed: int):
     from sklearn.linear_model import LogisticRegressionCV
 
     t0 = time.perf_counter()
-    vec = CountVectorizer(token_pattern=r"[A-Za-z']+|[^\sA-Za-z']", lowercase=True,
-                          ngram_range=(1, 1))
+    vec = CountVectorizer(
+        token_pattern=r"[A-Za-z']+|[^\sA-Za-z']", lowercase=True, ngram_range=(1, 1)
+    )
     vec.fit([t for _, c, r in train for t in (c, r)])
-    d = (vec.transform([c for _, c, _ in train]) - vec.transform([r for _, _, r in train]))
+    d = vec.transform([c for _, c, _ in train]) - vec.transform([r for _, _, r in train])
     rng = np.random.default_rng(seed)
     sign = np.where(rng.random(d.shape[0]) < 0.5, 1.0, -1.0)
     sign[:2] = (1.0, -1.0)
     x = d.multiply(sign[:, None]).tocsr()
-    clf = LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0], cv=5, fit_intercept=False,
-                               scoring="neg_log_loss", max_iter=3000, l1_ratios=(0.0,),
-                               use_legacy_attributes=False)
+    clf = LogisticRegressionCV(
+        Cs=[0.01, 0.1, 1.0, 10.0],
+        cv=5,
+        fit_intercept=False,
+        scoring="neg_log_loss",
+        max_iter=3000,
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
+    )
     clf.fit(x, (sign > 0).astype(int))
     w = clf.coef_[0]
     seconds = time.perf_counter() - t0
@@ -406,9 +458,16 @@ def run(args) -> list[dict]:
                     score, seconds, extra, cleanup = fit
                     q = quality(*score_pairs(score, held), held, beta)
                     cleanup()
-                    row = {"task": task, "pairs": n, "seed": seed, "system": system,
-                           "seconds": seconds, **q, **extra,
-                           **({"settings": overrides} if system == "rankloop" else {})}
+                    row = {
+                        "task": task,
+                        "pairs": n,
+                        "seed": seed,
+                        "system": system,
+                        "seconds": seconds,
+                        **q,
+                        **extra,
+                        **({"settings": overrides} if system == "rankloop" else {}),
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     if args.out:  # row by row: a run killed later keeps what it measured
@@ -419,16 +478,21 @@ def run(args) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Markdown: mean (± std over seeds) held-out accuracy per task and size, ECE and time."""
-    systems = [s for s in ("rankloop", "trl", "probe", "bow") if any(r["system"] == s
-                                                                     for r in rows)]
+    systems = [
+        s for s in ("rankloop", "trl", "probe", "bow") if any(r["system"] == s for r in rows)
+    ]
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     sizes = sorted({r["pairs"] for r in rows})
-    lines = ["| task | pairs | ceiling | " + " | ".join(systems) + " |",
-             "|---|---|---|" + "---|" * len(systems)]
+    lines = [
+        "| task | pairs | ceiling | " + " | ".join(systems) + " |",
+        "|---|---|---|" + "---|" * len(systems),
+    ]
     for t in tasks:
         for n in sizes:
-            cell = {s: [r for r in rows if (r["task"], r["pairs"], r["system"]) == (t, n, s)]
-                    for s in systems}
+            cell = {
+                s: [r for r in rows if (r["task"], r["pairs"], r["system"]) == (t, n, s)]
+                for s in systems
+            }
             if not any(cell.values()):
                 continue
             ceil = next(r["ceiling"] for v in cell.values() for r in v)
@@ -439,18 +503,26 @@ def table(rows: list[dict]) -> str:
                     out.append("")
                     continue
                 spread = f" ± {np.std(acc):.3f}" if len(acc) > 1 else ""
-                out.append(f"{np.mean(acc):.3f}{spread} (ECE {np.mean([r['ece'] for r in cell[s]]):.2f},"
-                           f" {np.mean([r['seconds'] for r in cell[s]]):.0f} s, n={len(acc)})")
+                out.append(
+                    f"{np.mean(acc):.3f}{spread} (ECE {np.mean([r['ece'] for r in cell[s]]):.2f},"
+                    f" {np.mean([r['seconds'] for r in cell[s]]):.0f} s, n={len(acc)})"
+                )
             lines.append(f"| {t} | {n} | {ceil:.3f} | " + " | ".join(out) + " |")
     for n in sizes:
         means = []
         for s in systems:
-            per_task = [np.mean([r["accuracy"] for r in rows
-                                 if (r["task"], r["pairs"], r["system"]) == (t, n, s)])
-                        for t in tasks if any((r["task"], r["pairs"], r["system"]) == (t, n, s)
-                                              for r in rows)]
-            means.append(f"{np.mean(per_task):.3f} over {len(per_task)} tasks" if per_task
-                         else "")
+            per_task = [
+                np.mean(
+                    [
+                        r["accuracy"]
+                        for r in rows
+                        if (r["task"], r["pairs"], r["system"]) == (t, n, s)
+                    ]
+                )
+                for t in tasks
+                if any((r["task"], r["pairs"], r["system"]) == (t, n, s) for r in rows)
+            ]
+            means.append(f"{np.mean(per_task):.3f} over {len(per_task)} tasks" if per_task else "")
         lines.append(f"| **mean** | {n} | | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
@@ -462,16 +534,28 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--systems", default="rankloop,trl,probe,bow")
     ap.add_argument("--trl-epochs", type=float, default=2.0)
-    ap.add_argument("--base", default="smollm2-135m-instruct",
-                    help="Backbone of every model-based system (a small local one to smoke-test).")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="Override a [reward] setting for rankloop (repeatable).")
+    ap.add_argument(
+        "--base",
+        default="smollm2-135m-instruct",
+        help="Backbone of every model-based system (a small local one to smoke-test).",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a [reward] setting for rankloop (repeatable).",
+    )
     ap.add_argument("--out", default=None, help="Append the rows as JSON lines here.")
     ap.add_argument("--table", nargs="*", default=None, help="Print the table of result files.")
     args = ap.parse_args()
     if args.table is not None:
-        rows = [json.loads(line) for f in args.table for line in Path(f).read_text().split("\n")
-                if line.strip()]
+        rows = [
+            json.loads(line)
+            for f in args.table
+            for line in Path(f).read_text().split("\n")
+            if line.strip()
+        ]
         print(table(rows))
         return
     args.tasks = args.tasks.split(",")

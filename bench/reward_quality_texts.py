@@ -31,8 +31,11 @@ electric cars; a picnic; a thunderstorm; a haircut; a piano lesson; a fruit sala
 trip; a password manager; a paper airplane; the Roman empire; a lighthouse; honey bees;
 a wedding speech""".replace("\n", " ")
 
-TEMPLATES = ("Explain {} to a beginner.", "Give me practical advice about {}.",
-             "Write a few sentences about {}.")
+TEMPLATES = (
+    "Explain {} to a beginner.",
+    "Give me practical advice about {}.",
+    "Write a few sentences about {}.",
+)
 
 
 def prompts() -> list[str]:
@@ -48,8 +51,9 @@ def load() -> list[dict]:
     """[{prompt, responses: [3 strings]}], one per prompt, in a fixed order."""
     if not CACHE.exists():
         raise SystemExit(f"{CACHE} is missing: run bench/reward_quality_texts.py first")
-    return [json.loads(line) for line in CACHE.read_text(encoding="utf-8").split("\n")
-            if line.strip()]
+    return [
+        json.loads(line) for line in CACHE.read_text(encoding="utf-8").split("\n") if line.strip()
+    ]
 
 
 def main() -> None:
@@ -73,9 +77,18 @@ def main() -> None:
         out.update({i: s.text.strip() for i, s in zip(batch, samples)})
         print(f"{len(out)}/{len(chats)}", flush=True)
 
-    sample_many(model, tok, chats, temperature=0.9, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
-                batch_size=args.batch_size, seed_for=lambda batch: min(batch), bf16=bf16,
-                on_batch=on_batch)
+    sample_many(
+        model,
+        tok,
+        chats,
+        temperature=0.9,
+        top_p=1.0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=args.batch_size,
+        seed_for=lambda batch: min(batch),
+        bf16=bf16,
+        on_batch=on_batch,
+    )
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     with CACHE.open("w", encoding="utf-8") as f:
         for j, p in enumerate(ps):

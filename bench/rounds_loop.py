@@ -59,21 +59,41 @@ def one_run(overrides: dict[tuple[str, str], str], seed: int) -> dict:
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
     summaries = []
     for r in range(2):
-        simulate(p.store, share_of_good, p.config.labeling, annotators=2, noise=0.1, round_=r,
-                 seed=r + 10 * seed, progress=False)
-        summaries.append(rounds.run_round(p, rounds.RoundSettings.of(p), log=lambda m: None,
-                                          progress=False))
-    simulate(p.store, share_of_good, p.config.labeling, annotators=2, noise=0.1, round_=2,
-             seed=2 + 10 * seed, progress=False)
+        simulate(
+            p.store,
+            share_of_good,
+            p.config.labeling,
+            annotators=2,
+            noise=0.1,
+            round_=r,
+            seed=r + 10 * seed,
+            progress=False,
+        )
+        summaries.append(
+            rounds.run_round(p, rounds.RoundSettings.of(p), log=lambda m: None, progress=False)
+        )
+    simulate(
+        p.store,
+        share_of_good,
+        p.config.labeling,
+        annotators=2,
+        noise=0.1,
+        round_=2,
+        seed=2 + 10 * seed,
+        progress=False,
+    )
     means = rounds.oracle_means(p, share_of_good)
     wr = win_rate(p.store.cross_round_outcomes(), 2, 0, seed=0)
-    row = {"means": {r: [round(m[0], 3), round(m[1], 3)] for r, m in means.items()},
-           "win_rate_2_over_0": [round(wr.rate, 3), round(wr.low, 3), round(wr.high, 3), wr.n],
-           "kept": [s.metrics.get("ppo/kept_step") for s in summaries],
-           "reward_accuracy": [s.metrics.get("reward/accuracy") for s in summaries],
-           "probe_accuracy": [s.metrics.get("reward/probe_accuracy") for s in summaries],
-           "seed": seed, "overrides": {f"{a}.{b}": v for (a, b), v in overrides.items()},
-           "seconds": round(time.perf_counter() - t0, 1)}
+    row = {
+        "means": {r: [round(m[0], 3), round(m[1], 3)] for r, m in means.items()},
+        "win_rate_2_over_0": [round(wr.rate, 3), round(wr.low, 3), round(wr.high, 3), wr.n],
+        "kept": [s.metrics.get("ppo/kept_step") for s in summaries],
+        "reward_accuracy": [s.metrics.get("reward/accuracy") for s in summaries],
+        "probe_accuracy": [s.metrics.get("reward/probe_accuracy") for s in summaries],
+        "seed": seed,
+        "overrides": {f"{a}.{b}": v for (a, b), v in overrides.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     p.close()
     return row
 
@@ -81,26 +101,38 @@ def one_run(overrides: dict[tuple[str, str], str], seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=4)
-    ap.add_argument("--first-seed", type=int, default=0, help="Seed of the first run (0: the "
-                    "test's own); run i uses first-seed + i.")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="Seed of the first run (0: the test's own); run i uses first-seed + i.",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/rounds_loop.jsonl")
     args = ap.parse_args()
     overrides = parse_set(args.set)
-    print("| seed | round 0 | round 1 | round 2 | held-out 0 -> 2 | round 2 over 0 | PPO kept | "
-          "reward acc. (probe) |\n|---|---|---|---|---|---|---|---|", flush=True)
+    print(
+        "| seed | round 0 | round 1 | round 2 | held-out 0 -> 2 | round 2 over 0 | PPO kept | "
+        "reward acc. (probe) |\n|---|---|---|---|---|---|---|---|",
+        flush=True,
+    )
     for i in range(args.runs):
         row = one_run(overrides, args.first_seed + i)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         m, (rate, low, high, n) = row["means"], row["win_rate_2_over_0"]
-        acc = ", ".join(f"{a:.3f} ({b:.3f})" for a, b in
-                        zip(row["reward_accuracy"], row["probe_accuracy"]) if a is not None)
+        acc = ", ".join(
+            f"{a:.3f} ({b:.3f})"
+            for a, b in zip(row["reward_accuracy"], row["probe_accuracy"])
+            if a is not None
+        )
         kept = ", ".join(f"step {k:g}" for k in row["kept"] if k is not None)
-        print(f"| {row['seed']} | {m[0][0]:.3f} | {m[1][0]:.3f} | {m[2][0]:.3f} | {m[0][1]:.3f} -> "
-              f"{m[2][1]:.3f} | {rate:.0%} ({low:.0%}-{high:.0%}, n = {n}) | {kept} | {acc} |",
-              flush=True)
+        print(
+            f"| {row['seed']} | {m[0][0]:.3f} | {m[1][0]:.3f} | {m[2][0]:.3f} | {m[0][1]:.3f} -> "
+            f"{m[2][1]:.3f} | {rate:.0%} ({low:.0%}-{high:.0%}, n = {n}) | {kept} | {acc} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

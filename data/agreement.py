@@ -74,8 +74,7 @@ def cohen_kappa(a: dict, b: dict) -> tuple[int, float | None]:
     return len(common), None if math.isnan(k) else float(k)
 
 
-def pairwise_kappa(store: Store,
-                   source: str = "human") -> list[tuple[str, str, int, float | None]]:
+def pairwise_kappa(store: Store, source: str = "human") -> list[tuple[str, str, int, float | None]]:
     """(annotator, annotator, shared items, kappa) for every pair of annotators who overlap."""
     names = {a.id: a.name for a in store.annotators()}
     items = _items(_annotation_labels(store, source))
@@ -110,8 +109,9 @@ def alpha_of_labels(labels: list[Label]) -> float | None:
         for k, v in per.items():
             data[row, col[k]] = v
     try:
-        alpha = krippendorff.alpha(reliability_data=data, value_domain=[-1, 0, 1],
-                                   level_of_measurement="ordinal")
+        alpha = krippendorff.alpha(
+            reliability_data=data, value_domain=[-1, 0, 1], level_of_measurement="ordinal"
+        )
     except ValueError:
         return None
     return None if math.isnan(alpha) else float(alpha)
@@ -126,8 +126,11 @@ def annotator_stats(store: Store, source: str = "human") -> list[AnnotatorStats]
         by_annotator[lab.annotator_id].append(lab)
     gold = {c.id: c.gold for c in store.comparisons() if c.gold is not None}
     items = _items(labels)
-    count = lambda table: dict(store.db.execute(  # noqa: E731
-        f"select annotator_id, count(*) from {table} group by annotator_id").fetchall())
+    count = lambda table: dict(
+        store.db.execute(
+            f"select annotator_id, count(*) from {table} group by annotator_id"
+        ).fetchall()
+    )
     skips, flags = count("skips"), count("flags")
     out = []
     for a in store.annotators():
@@ -135,31 +138,51 @@ def annotator_stats(store: Store, source: str = "human") -> list[AnnotatorStats]
             continue
         mine = by_annotator.get(a.id, [])
         secs = [lab.seconds_spent for lab in mine if lab.seconds_spent is not None]
-        golds = [gold_agreement(lab.ranking, gold[lab.comparison_id])
-                 for lab in mine if lab.comparison_id in gold]
+        golds = [
+            gold_agreement(lab.ranking, gold[lab.comparison_id])
+            for lab in mine
+            if lab.comparison_id in gold
+        ]
         # Position bias: labels with a single best response, and whether it was shown first.
-        strict = [lab for lab in mine if lab.display_order and len(lab.ranking[0]) == 1
-                  and lab.choice != "both_bad"]
-        kappas = [cohen_kappa(items.get(a.id, {}), items[b])[1] for b in list(items)
-                  if b != a.id]
+        strict = [
+            lab
+            for lab in mine
+            if lab.display_order and len(lab.ranking[0]) == 1 and lab.choice != "both_bad"
+        ]
+        kappas = [cohen_kappa(items.get(a.id, {}), items[b])[1] for b in list(items) if b != a.id]
         kappas = [k for k in kappas if k is not None]
-        out.append(AnnotatorStats(
-            name=a.name, role=a.role, labels=len(mine),
-            labels_per_hour=3600 / statistics.fmean(secs) if secs and sum(secs) > 0 else None,
-            median_seconds=statistics.median(secs) if secs else None,
-            gold_labels=len(golds), gold_accuracy=statistics.fmean(golds) if golds else None,
-            first_pick_rate=statistics.fmean(lab.ranking[0][0] == lab.display_order[0]
-                                             for lab in strict) if strict else None,
-            first_pick_expected=statistics.fmean(1 / len(lab.display_order)
-                                                 for lab in strict) if strict else None,
-            skips=skips.get(a.id, 0), flags=flags.get(a.id, 0),
-            mean_kappa=statistics.fmean(kappas) if kappas else None))
+        out.append(
+            AnnotatorStats(
+                name=a.name,
+                role=a.role,
+                labels=len(mine),
+                labels_per_hour=3600 / statistics.fmean(secs) if secs and sum(secs) > 0 else None,
+                median_seconds=statistics.median(secs) if secs else None,
+                gold_labels=len(golds),
+                gold_accuracy=statistics.fmean(golds) if golds else None,
+                first_pick_rate=statistics.fmean(
+                    lab.ranking[0][0] == lab.display_order[0] for lab in strict
+                )
+                if strict
+                else None,
+                first_pick_expected=statistics.fmean(1 / len(lab.display_order) for lab in strict)
+                if strict
+                else None,
+                skips=skips.get(a.id, 0),
+                flags=flags.get(a.id, 0),
+                mean_kappa=statistics.fmean(kappas) if kappas else None,
+            )
+        )
     return out
 
 
 def labels_per_day(store: Store) -> list[tuple[str, str, int]]:
     """(UTC day, annotator, labels) for every day someone labeled, oldest first."""
-    return [tuple(r) for r in store.db.execute(
-        "select substr(l.created_at, 1, 10) as day, a.name, count(*) from labels l "
-        "join annotators a on a.id = l.annotator_id where l.source = 'human' "
-        "group by day, a.name order by day, a.name").fetchall()]
+    return [
+        tuple(r)
+        for r in store.db.execute(
+            "select substr(l.created_at, 1, 10) as day, a.name, count(*) from labels l "
+            "join annotators a on a.id = l.annotator_id where l.source = 'human' "
+            "group by day, a.name order by day, a.name"
+        ).fetchall()
+    ]

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .migrations import applied
@@ -32,9 +32,13 @@ from .store import Store, StoreError
 DERIVED = ("comparison_queue", "comparison_gaps", "leases")
 # Columns holding JSON text: exported as JSON values, not strings.
 JSON_COLUMNS = {
-    "prompts": ("messages", "metadata"), "responses": ("sampling",), "comparisons": ("gold",),
-    "labels": ("ranking", "display_order"), "label_revisions": ("label",),
-    "rounds": ("metrics",), "round_stages": ("metrics",),
+    "prompts": ("messages", "metadata"),
+    "responses": ("sampling",),
+    "comparisons": ("gold",),
+    "labels": ("ranking", "display_order"),
+    "label_revisions": ("label",),
+    "rounds": ("metrics",),
+    "round_stages": ("metrics",),
 }
 SECRET_COLUMNS = ("secret_hash",)  # never leaves the database
 
@@ -50,9 +54,13 @@ class Summary:
 
 
 def _counts(conn: sqlite3.Connection) -> dict[str, int]:
-    tables = [t for (t,) in conn.execute(
-        "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' "
-        "order by name")]
+    tables = [
+        t
+        for (t,) in conn.execute(
+            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' "
+            "order by name"
+        )
+    ]
     return {t: conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables}
 
 
@@ -111,7 +119,7 @@ def restore(db_path: str | Path, backup_file: str | Path) -> tuple[Summary, Path
         _check(src, str(backup_file))
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{backup_file} is not an SQLite database ({e})") from None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     saved = db_path.with_name(f"{db_path.name}.before-restore-{stamp}")
     store = Store.open(db_path)
     try:
@@ -141,9 +149,14 @@ def export_all(store: Store, out_dir: str | Path) -> Summary:
     names = {i: n for i, n in conn.execute("select id, name from annotators")}
     conn.execute("BEGIN")  # a read transaction: every file from the same snapshot
     try:
-        tables = [t for (t,) in conn.execute(
-            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' "
-            "and name != '_migrations' order by name") if t not in DERIVED]
+        tables = [
+            t
+            for (t,) in conn.execute(
+                "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' "
+                "and name != '_migrations' order by name"
+            )
+            if t not in DERIVED
+        ]
         for table in tables:
             cur = conn.execute(f'select * from "{table}" order by rowid')
             cols = [c[0] for c in cur.description]
@@ -151,16 +164,22 @@ def export_all(store: Store, out_dir: str | Path) -> Summary:
             n = 0
             with open(out / f"{table}.jsonl", "w", encoding="utf-8") as f:
                 for values in cur:
-                    row = {c: (json.loads(v) if c in decode and isinstance(v, str) else v)
-                           for c, v in zip(cols, values) if c not in SECRET_COLUMNS}
+                    row = {
+                        c: (json.loads(v) if c in decode and isinstance(v, str) else v)
+                        for c, v in zip(cols, values)
+                        if c not in SECRET_COLUMNS
+                    }
                     if "annotator_id" in row:  # who, by name, beside the id
                         row["annotator"] = names.get(row["annotator_id"])
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     n += 1
             rows[table] = n
-        manifest = {"exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "schema_version": store.schema_version, "migrations": applied(store.db),
-                    "rows": rows}
+        manifest = {
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "schema_version": store.schema_version,
+            "migrations": applied(store.db),
+            "rows": rows,
+        }
     finally:
         conn.execute("COMMIT")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from .store import Store
 
 #: The PPO metrics the Rounds view and the report plot, with their titles.
-PPO_CURVES = {"objective/scores": "mean score", "objective/kl": "KL to the reference (nats)",
-              "objective/response_length": "response length (tokens)"}
+PPO_CURVES = {
+    "objective/scores": "mean score",
+    "objective/kl": "KL to the reference (nats)",
+    "objective/response_length": "response length (tokens)",
+}
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,16 @@ def record_curve(store: Store, round_: int, stage: str, history: Sequence[dict])
     rows = []
     for k, row in enumerate(history, 1):
         step = int(row.get("step", k))
-        rows += [{"round": round_, "stage": stage, "metric": name, "step": step,
-                  "value": float(v)} for name, v in row.items()
-                 if name != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(v)]
+        rows += [
+            {"round": round_, "stage": stage, "metric": name, "step": step, "value": float(v)}
+            for name, v in row.items()
+            if name != "step"
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        ]
     with store.transaction():
-        store.db.execute("delete from round_curves where round = ? and stage = ?",
-                         [round_, stage])
+        store.db.execute("delete from round_curves where round = ? and stage = ?", [round_, stage])
         store.db["round_curves"].insert_all(rows)
     return len(history)
 
@@ -59,7 +65,10 @@ def curves(store: Store, stage: str = "ppo", metrics: Sequence[str] | None = Non
         params += list(metrics)
     points: dict[tuple[int, str], list[tuple[int, float]]] = defaultdict(list)
     for rnd, metric, step, value in store.db.execute(
-            sql + " order by round, metric, step", params).fetchall():
+        sql + " order by round, metric, step", params
+    ).fetchall():
         points[(rnd, metric)].append((step, value))
-    return [Curve(rnd, stage, metric, tuple(s for s, _ in pts), tuple(v for _, v in pts))
-            for (rnd, metric), pts in points.items()]
+    return [
+        Curve(rnd, stage, metric, tuple(s for s, _ in pts), tuple(v for _, v in pts))
+        for (rnd, metric), pts in points.items()
+    ]

@@ -72,16 +72,26 @@ def bundled_prompts() -> Path:
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or \
-                (path / "dataset_dict.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "state.json").exists()
+            or (path / "dataset_dict.json").exists()
+        ):
             return "dataset"
         raise ImportFileError(f"{path}: a folder, but not a dataset saved with save_to_disk")
     suffix = path.suffix.lower()
-    formats = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
-               ".parquet": "parquet"}
+    formats = {
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+        ".ndjson": "jsonl",
+        ".csv": "csv",
+        ".parquet": "parquet",
+    }
     if suffix not in formats:
-        raise ImportFileError(f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, "
-                              f".parquet or a folder written by datasets' save_to_disk")
+        raise ImportFileError(
+            f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, "
+            f".parquet or a folder written by datasets' save_to_disk"
+        )
     return formats[suffix]
 
 
@@ -97,7 +107,7 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
         try:
             table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        except Exception as e:
             raise ImportFileError(f"{path}: not a readable Parquet file: {e}") from e
         for i, row in enumerate(table.to_pylist(), start=1):
             yield f"row {i}", row
@@ -107,8 +117,10 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if len(ds) != 1:
-                raise ImportFileError(f"{path}: a dataset with splits {list(ds)}; save one "
-                                      f"split (e.g. ds['train'].save_to_disk(...))")
+                raise ImportFileError(
+                    f"{path}: a dataset with splits {list(ds)}; save one "
+                    f"split (e.g. ds['train'].save_to_disk(...))"
+                )
             ds = next(iter(ds.values()))
         for i, row in enumerate(ds, start=1):
             yield f"row {i}", row
@@ -122,8 +134,9 @@ def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
         try:
             yield n, raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ImportFileError(f"{path}: line {n}: invalid UTF-8 (byte {e.start + 1}); "
-                                  f"save the file as UTF-8") from e
+            raise ImportFileError(
+                f"{path}: line {n}: invalid UTF-8 (byte {e.start + 1}); save the file as UTF-8"
+            ) from e
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -155,25 +168,33 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
             row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             # e.msg may end in "at" ("Unterminated string starting at"): say the column once.
-            raise ImportFileError(f"{path}: line {n}: not valid JSON "
-                                  f"({e.msg.removesuffix(' at')} at column {e.colno})") from e
+            raise ImportFileError(
+                f"{path}: line {n}: not valid JSON "
+                f"({e.msg.removesuffix(' at')} at column {e.colno})"
+            ) from e
         except _DuplicateKey as e:
-            raise ImportFileError(f"{path}: line {n}: the key {e.args[0]!r} appears twice in "
-                                  f"one object; keep one") from None
+            raise ImportFileError(
+                f"{path}: line {n}: the key {e.args[0]!r} appears twice in one object; keep one"
+            ) from None
         except RecursionError:
-            raise ImportFileError(f"{path}: line {n}: JSON nested too deeply to read; a row "
-                                  f"holds a prompt, responses and flat metadata") from None
+            raise ImportFileError(
+                f"{path}: line {n}: JSON nested too deeply to read; a row "
+                f"holds a prompt, responses and flat metadata"
+            ) from None
         if not isinstance(row, dict):
-            raise ImportFileError(f"{path}: line {n}: expected a JSON object, got "
-                                  f"{type(row).__name__}")
+            raise ImportFileError(
+                f"{path}: line {n}: expected a JSON object, got {type(row).__name__}"
+            )
         # A \uD800-\uDFFF escape that is not half of a pair decodes to a lone surrogate, which
         # no UTF-8 text (nor SQLite) can hold; the fast test skips the full one on most lines.
         if _SURROGATE_ESCAPE.search(line):
             try:
                 json.dumps(row, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
-                raise ImportFileError(f"{path}: line {n}: a \\u escape names half of a "
-                                      f"surrogate pair (not a character); fix the text") from None
+                raise ImportFileError(
+                    f"{path}: line {n}: a \\u escape names half of a "
+                    f"surrogate pair (not a character); fix the text"
+                ) from None
         yield f"line {n}", row
 
 
@@ -184,12 +205,15 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
         header = reader.fieldnames or []
         twice = sorted({c for c in header if header.count(c) > 1})
         if twice:
-            raise ImportFileError(f"{path}: line 1: the column {twice[0]!r} appears twice in the "
-                                  f"header; rename or remove one")
+            raise ImportFileError(
+                f"{path}: line 1: the column {twice[0]!r} appears twice in the "
+                f"header; rename or remove one"
+            )
         for row in reader:
             if None in row:
-                raise ImportFileError(f"{path}: line {reader.line_num}: more fields than the "
-                                      f"header has columns")
+                raise ImportFileError(
+                    f"{path}: line {reader.line_num}: more fields than the header has columns"
+                )
             yield f"line {reader.line_num}", row
     except csv.Error as e:
         raise ImportFileError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from e
@@ -211,16 +235,20 @@ def _parse_prompt(value, column: str) -> Prompt:
         msgs = []
         for i, m in enumerate(value):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError(f"turn {i + 1} of the conversation in '{column}' must be an "
-                                 f"object with 'role' and 'content'")
+                raise ValueError(
+                    f"turn {i + 1} of the conversation in '{column}' must be an "
+                    f"object with 'role' and 'content'"
+                )
             if not isinstance(m["content"], str) or not m["content"].strip():
                 raise ValueError(f"turn {i + 1} of the conversation in '{column}' is empty")
             msgs.append(Message(m["role"], m["content"]))
         if msgs[-1].role != "user":
             raise ValueError(f"the conversation in '{column}' must end with a user turn")
         return Prompt(messages=tuple(msgs))
-    raise ValueError(f"column '{column}' must be a string or a list of {{role, content}} turns, "
-                     f"got {type(value).__name__}")
+    raise ValueError(
+        f"column '{column}' must be a string or a list of {{role, content}} turns, "
+        f"got {type(value).__name__}"
+    )
 
 
 def _parse_completion(value, column: str) -> str:
@@ -279,17 +307,21 @@ def _metadata(row: dict, cols: Columns) -> dict:
 
 def _parse_row(row: dict, cols: Columns) -> _Row:
     if cols.prompt not in row:
-        raise ValueError(f"missing column '{cols.prompt}' (columns here: "
-                         f"{', '.join(map(str, row)) or 'none'}); name the prompt column with "
-                         f"--prompt-column")
+        raise ValueError(
+            f"missing column '{cols.prompt}' (columns here: "
+            f"{', '.join(map(str, row)) or 'none'}); name the prompt column with "
+            f"--prompt-column"
+        )
     p = _parse_prompt(row[cols.prompt], cols.prompt)
     prompt = Prompt(messages=p.messages, metadata=_metadata(row, cols))
     has_chosen, has_rejected = cols.chosen in row, cols.rejected in row
     if has_chosen or has_rejected:
         if not (has_chosen and has_rejected):
             missing = cols.rejected if has_chosen else cols.chosen
-            raise ValueError(f"missing column '{missing}' (a preference row needs both "
-                             f"'{cols.chosen}' and '{cols.rejected}')")
+            raise ValueError(
+                f"missing column '{missing}' (a preference row needs both "
+                f"'{cols.chosen}' and '{cols.rejected}')"
+            )
         chosen = _parse_completion(row[cols.chosen], cols.chosen)
         rejected = _parse_completion(row[cols.rejected], cols.rejected)
         if chosen == rejected:
@@ -311,8 +343,10 @@ def _parse_row(row: dict, cols: Columns) -> _Row:
     if row.get(cols.response) not in (None, ""):
         responses.append(_parse_completion(row[cols.response], cols.response))
     if len(set(responses)) > MAX_RESPONSES:  # refused here, before anything is written
-        raise ValueError(f"{too_many_responses(len(set(responses)))} (each row with 2 or more "
-                         f"responses is one comparison: give the prompt several rows)")
+        raise ValueError(
+            f"{too_many_responses(len(set(responses)))} (each row with 2 or more "
+            f"responses is one comparison: give the prompt several rows)"
+        )
     return _Row(prompt, responses)
 
 
@@ -326,9 +360,15 @@ PAUSE_SECONDS = 0.12
 StoreAccess = Store | Callable[[], contextlib.AbstractContextManager[Store]]
 
 
-def import_file(target: StoreAccess, path: str | Path, columns: Columns = Columns(),
-                source: str | None = None, *, chunk_seconds: float = CHUNK_SECONDS,
-                pause_seconds: float = PAUSE_SECONDS) -> ImportReport:
+def import_file(
+    target: StoreAccess,
+    path: str | Path,
+    columns: Columns = Columns(),
+    source: str | None = None,
+    *,
+    chunk_seconds: float = CHUNK_SECONDS,
+    pause_seconds: float = PAUSE_SECONDS,
+) -> ImportReport:
     """Import every row of `path` (see the module docstring): the whole file is read and
     checked first, so a refused file writes nothing; then the rows are written in short
     transactions with a pause after each, so other writers never wait long.
@@ -366,11 +406,17 @@ def import_file(target: StoreAccess, path: str | Path, columns: Columns = Column
             if done < len(parsed):
                 time.sleep(pause_seconds)
     except StoreError as e:  # the rows were checked: only a store that changed meanwhile
-        raise ImportFileError(f"{path}: {e} (the first {done} rows were imported; importing "
-                              f"the file again adds only the rest)") from e
-    return ImportReport(rows=len(parsed), prompts_added=added["prompts"],
-                        responses_added=added["responses"],
-                        comparisons_added=added["comparisons"], labels_added=added["labels"])
+        raise ImportFileError(
+            f"{path}: {e} (the first {done} rows were imported; importing "
+            f"the file again adds only the rest)"
+        ) from e
+    return ImportReport(
+        rows=len(parsed),
+        prompts_added=added["prompts"],
+        responses_added=added["responses"],
+        comparisons_added=added["comparisons"],
+        labels_added=added["labels"],
+    )
 
 
 class _Writer:
@@ -389,8 +435,11 @@ class _Writer:
         for text in r.responses:
             i = self.next_index.get(pid, 0)
             self.next_index[pid] = i + 1
-            rids.append(store._add_response(Response(
-                prompt_id=pid, text=text, round=0, source=self.source, sample_index=i)))
+            rids.append(
+                store._add_response(
+                    Response(prompt_id=pid, text=text, round=0, source=self.source, sample_index=i)
+                )
+            )
         if r.preference is None:
             if len(set(rids)) >= 2:
                 store._add_comparison(Comparison(pid, tuple(dict.fromkeys(rids)), 0))
@@ -399,13 +448,22 @@ class _Writer:
         cid = store._add_comparison(Comparison(pid, (chosen_id, rejected_id), 0))
         if self.annotator is None:
             self.annotator = store.external_annotator(self.source).id
-        if store.db.execute("select 1 from labels where comparison_id = ? and annotator_id = ?",
-                            [cid, self.annotator]).fetchone():
+        if store.db.execute(
+            "select 1 from labels where comparison_id = ? and annotator_id = ?",
+            [cid, self.annotator],
+        ).fetchone():
             return  # already imported from this source
         _, _, tie, margin = r.preference
-        store._add_label(Label.pairwise(
-            cid, self.annotator, (chosen_id, rejected_id), "tie" if tie else "A",
-            margin=margin, source="external"))
+        store._add_label(
+            Label.pairwise(
+                cid,
+                self.annotator,
+                (chosen_id, rejected_id),
+                "tie" if tie else "A",
+                margin=margin,
+                source="external",
+            )
+        )
 
 
 def _with_source(p: Prompt, source: str) -> Prompt:
@@ -434,38 +492,64 @@ def preference_dataset(store: Store, round: int | None = None, drop_ties: bool =
     prefs = [p for p in store.preferences(round=round) if not (drop_ties and p.tie)]
     if not prefs:
         where = f" up to round {round}" if round is not None else ""
-        raise StoreError(f"no labels to export{where}: label some comparisons first "
-                         f"(`rankloop serve`), or import preference data")
+        raise StoreError(
+            f"no labels to export{where}: label some comparisons first "
+            f"(`rankloop serve`), or import preference data"
+        )
     conversational = any(p.prompt.is_conversation for p in prefs)
     msg = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
     text = msg if conversational else datasets.Value("string")
-    features = datasets.Features({
-        "prompt": text, "chosen": text, "rejected": text,
-        "tie": datasets.Value("bool"), "both_bad": datasets.Value("bool"),
-        "strength": datasets.Value("string"), "margin": datasets.Value("float64"),
-        "annotator": datasets.Value("string"), "round": datasets.Value("int64"),
-        "source": datasets.Value("string"), "simulated": datasets.Value("bool"),
-        "label_id": datasets.Value("int64"), "comparison_id": datasets.Value("int64"),
-        "pairs_in_label": datasets.Value("int64"),
-    })
+    features = datasets.Features(
+        {
+            "prompt": text,
+            "chosen": text,
+            "rejected": text,
+            "tie": datasets.Value("bool"),
+            "both_bad": datasets.Value("bool"),
+            "strength": datasets.Value("string"),
+            "margin": datasets.Value("float64"),
+            "annotator": datasets.Value("string"),
+            "round": datasets.Value("int64"),
+            "source": datasets.Value("string"),
+            "simulated": datasets.Value("bool"),
+            "label_id": datasets.Value("int64"),
+            "comparison_id": datasets.Value("int64"),
+            "pairs_in_label": datasets.Value("int64"),
+        }
+    )
 
     def completion(t: str):
         return [{"role": "assistant", "content": t}] if conversational else t
 
-    rows = [{
-        "prompt": p.prompt.as_chat() if conversational else p.prompt.text,
-        "chosen": completion(p.chosen), "rejected": completion(p.rejected),
-        "tie": p.tie, "both_bad": p.both_bad, "strength": p.strength,
-        "margin": p.margin if p.margin is not None else 0.0,
-        "annotator": p.annotator, "round": p.round, "source": p.source,
-        "simulated": p.source == "simulated", "label_id": p.label_id,
-        "comparison_id": p.comparison_id, "pairs_in_label": p.pairs_in_label,
-    } for p in prefs]
+    rows = [
+        {
+            "prompt": p.prompt.as_chat() if conversational else p.prompt.text,
+            "chosen": completion(p.chosen),
+            "rejected": completion(p.rejected),
+            "tie": p.tie,
+            "both_bad": p.both_bad,
+            "strength": p.strength,
+            "margin": p.margin if p.margin is not None else 0.0,
+            "annotator": p.annotator,
+            "round": p.round,
+            "source": p.source,
+            "simulated": p.source == "simulated",
+            "label_id": p.label_id,
+            "comparison_id": p.comparison_id,
+            "pairs_in_label": p.pairs_in_label,
+        }
+        for p in prefs
+    ]
     return datasets.Dataset.from_list(rows, features=features)
 
 
-def export_preferences(store: Store, out: str | Path, fmt: str = "trl",
-                       round: int | None = None, drop_ties: bool = False) -> int:
+def export_preferences(
+    store: Store,
+    out: str | Path,
+    fmt: str = "trl",
+    round: int | None = None,
+    drop_ties: bool = False,
+) -> int:
     """Write the preferences to `out` (`trl`: a `save_to_disk` folder); returns the row count."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

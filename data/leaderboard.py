@@ -56,6 +56,7 @@ def models_of(ms: Iterable[Match]) -> list[int]:
 
 # ---- bootstrap over prompts --------------------------------------------------------------------
 
+
 def prompt_resamples(n_prompts: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n_prompts) counts: how often each prompt is drawn in each bootstrap resample of
     n_prompts draws with replacement (multinomial counts, as Arena reweights its votes)."""
@@ -77,6 +78,7 @@ def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float
 
 # ---- win-rate --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WinRate:
     """How often `model`'s responses beat `opponent`'s (ties count half)."""
@@ -94,8 +96,16 @@ class WinRate:
     source: str = "all"  # the labels it counts: 'all', or one label source
 
 
-def win_rate(ms: Sequence[Match], model: int, opponent: int, *, n_boot: int = N_BOOT,
-             seed: int = 0, level: float = 0.95, source: str = "all") -> WinRate | None:
+def win_rate(
+    ms: Sequence[Match],
+    model: int,
+    opponent: int,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+    source: str = "all",
+) -> WinRate | None:
     """`model`'s win-rate over `opponent` on their matches, or None when they have none.
 
     rate = (wins + ties / 2) / n. The interval resamples prompts: with s_p the score and n_p the
@@ -112,13 +122,29 @@ def win_rate(ms: Sequence[Match], model: int, opponent: int, *, n_boot: int = N_
     n = np.array([len(ss) for ss in per_prompt.values()], dtype=float)  # (P,)
     counts = prompt_resamples(len(s), n_boot, seed)  # (B, P)
     low, high = percentile_interval((counts @ s) / (counts @ n), level)
-    return WinRate(model=model, opponent=opponent, rate=float(s.sum() / n.sum()), low=low,
-                   high=high, n=len(scores), prompts=len(s), wins=scores.count(1.0),
-                   ties=scores.count(0.5), losses=scores.count(0.0), source=source)
+    return WinRate(
+        model=model,
+        opponent=opponent,
+        rate=float(s.sum() / n.sum()),
+        low=low,
+        high=high,
+        n=len(scores),
+        prompts=len(s),
+        wins=scores.count(1.0),
+        ties=scores.count(0.5),
+        losses=scores.count(0.0),
+        source=source,
+    )
 
 
-def round_win_rates(ms: Sequence[Match], *, n_boot: int = N_BOOT, seed: int = 0,
-                    level: float = 0.95, by_source: bool = True) -> list[WinRate]:
+def round_win_rates(
+    ms: Sequence[Match],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+    by_source: bool = True,
+) -> list[WinRate]:
     """Each round R+1's win-rate over round R and over round 0 (where they have matches); with
     `by_source`, also per label source when the matches come from more than one."""
     groups = [("all", list(ms))]
@@ -131,8 +157,9 @@ def round_win_rates(ms: Sequence[Match], *, n_boot: int = N_BOOT, seed: int = 0,
             if opponent >= r:
                 continue
             for source, group in groups:
-                wr = win_rate(group, r, opponent, n_boot=n_boot, seed=seed, level=level,
-                              source=source)
+                wr = win_rate(
+                    group, r, opponent, n_boot=n_boot, seed=seed, level=level, source=source
+                )
                 if wr is not None:
                     out.append(wr)
     return out
@@ -140,8 +167,17 @@ def round_win_rates(ms: Sequence[Match], *, n_boot: int = N_BOOT, seed: int = 0,
 
 # ---- Bradley–Terry ---------------------------------------------------------------------------
 
-def bradley_terry(pairs: np.ndarray, scores: np.ndarray, counts: np.ndarray, n_models: int, *,
-                  reg: float = 0.0, max_iter: int = 200, tol: float = 1e-10) -> np.ndarray:
+
+def bradley_terry(
+    pairs: np.ndarray,
+    scores: np.ndarray,
+    counts: np.ndarray,
+    n_models: int,
+    *,
+    reg: float = 0.0,
+    max_iter: int = 200,
+    tol: float = 1e-10,
+) -> np.ndarray:
     """Bradley–Terry strengths θ in natural units (Σθ = 0), by Newton's method.
 
     Row k: model pairs[k, 0] met model pairs[k, 1] counts[k] times and scored scores[k] of them
@@ -256,8 +292,14 @@ def match_tables(ms: Sequence[Match]) -> MatchTables:
     return MatchTables(models, prompts, np.array(keys, dtype=int).reshape(-1, 2), S, N)
 
 
-def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = N_BOOT,
-                seed: int = 0, level: float = 0.95) -> Leaderboard:
+def leaderboard(
+    ms: Sequence[Match],
+    *,
+    reg: float = DEFAULT_REG,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Leaderboard:
     """A Bradley–Terry fit on every match, in Elo points, the base (or the oldest round with
     matches) anchored at ANCHOR_ELO, with bootstrap intervals that resample prompts.
 
@@ -292,8 +334,21 @@ def leaderboard(ms: Sequence[Match], *, reg: float = DEFAULT_REG, n_boot: int = 
             continue
         mine = [m.score(r) for m in ms if r in (m.model_a, m.model_b)]
         low, high = percentile_interval(boot[:, k], level)
-        ratings.append(Rating(model=r, elo=float(point[k]), low=low, high=high,
-                              matches=len(mine), score=float(np.mean(mine))))
+        ratings.append(
+            Rating(
+                model=r,
+                elo=float(point[k]),
+                low=low,
+                high=high,
+                matches=len(mine),
+                score=float(np.mean(mine)),
+            )
+        )
     ratings.sort(key=lambda x: (-x.elo, x.model))
-    return Leaderboard(ratings, anchor=anchor, matches=len(ms), prompts=len(tables.prompts),
-                       unconnected=[r for r in models if math.isnan(point[index[r]])])
+    return Leaderboard(
+        ratings,
+        anchor=anchor,
+        matches=len(ms),
+        prompts=len(tables.prompts),
+        unconnected=[r for r in models if math.isnan(point[index[r]])],
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlite_utils
 
@@ -48,11 +48,14 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
                 if name not in applied(db):
                     if "_migrations" not in db.table_names():
                         db["_migrations"].create(
-                            {"id": int, "name": str, "applied_at": str}, pk="id",
-                            not_null={"name", "applied_at"})
+                            {"id": int, "name": str, "applied_at": str},
+                            pk="id",
+                            not_null={"name", "applied_at"},
+                        )
                     fn(db)
                     db["_migrations"].insert(
-                        {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()})
+                        {"name": name, "applied_at": datetime.now(UTC).isoformat()}
+                    )
                     db.execute(f"PRAGMA user_version = {len(applied(db))}")
                     ran.append(name)
         if name == upto:
@@ -90,52 +93,116 @@ def schema_version(db: sqlite_utils.Database) -> int:
 @migration("0001_initial")
 def m0001_initial(db: sqlite_utils.Database) -> None:
     """Prompts, responses, comparisons (and their responses), annotators, labels, rounds."""
-    db["prompts"].create({
-        "id": int, "hash": str, "messages": str, "source": str, "metadata": str,
-        "created_at": str,
-    }, pk="id", not_null={"hash", "messages", "created_at"})
+    db["prompts"].create(
+        {
+            "id": int,
+            "hash": str,
+            "messages": str,
+            "source": str,
+            "metadata": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"hash", "messages", "created_at"},
+    )
     db["prompts"].create_index(["hash"], unique=True)
 
-    db["responses"].create({
-        "id": int, "prompt_id": int, "hash": str, "text": str, "round": int, "policy": str,
-        "source": str, "sample_index": int, "sampling": str, "finished": int, "created_at": str,
-    }, pk="id", not_null={"prompt_id", "hash", "text", "round", "created_at"},
-        foreign_keys=[("prompt_id", "prompts", "id")])
+    db["responses"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "hash": str,
+            "text": str,
+            "round": int,
+            "policy": str,
+            "source": str,
+            "sample_index": int,
+            "sampling": str,
+            "finished": int,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"prompt_id", "hash", "text", "round", "created_at"},
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
     db["responses"].create_index(["hash"], unique=True)
     db["responses"].create_index(["prompt_id", "round"])
 
-    db["comparisons"].create({
-        "id": int, "prompt_id": int, "hash": str, "round": int, "gold": str, "created_at": str,
-    }, pk="id", not_null={"prompt_id", "hash", "round", "created_at"},
-        foreign_keys=[("prompt_id", "prompts", "id")])
+    db["comparisons"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "hash": str,
+            "round": int,
+            "gold": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"prompt_id", "hash", "round", "created_at"},
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
     db["comparisons"].create_index(["hash"], unique=True)
 
-    db["comparison_responses"].create({
-        "comparison_id": int, "response_id": int, "position": int,
-    }, pk=("comparison_id", "position"), not_null={"response_id"},
-        foreign_keys=[("comparison_id", "comparisons", "id"), ("response_id", "responses", "id")])
+    db["comparison_responses"].create(
+        {
+            "comparison_id": int,
+            "response_id": int,
+            "position": int,
+        },
+        pk=("comparison_id", "position"),
+        not_null={"response_id"},
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("response_id", "responses", "id")],
+    )
 
-    db["annotators"].create({
-        "id": int, "name": str, "role": str, "secret_hash": str, "created_at": str,
-    }, pk="id", not_null={"name", "role", "created_at"})
+    db["annotators"].create(
+        {
+            "id": int,
+            "name": str,
+            "role": str,
+            "secret_hash": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"name", "role", "created_at"},
+    )
     db["annotators"].create_index(["name"], unique=True)
 
-    db["labels"].create({
-        "id": int, "comparison_id": int, "annotator_id": int, "mode": str, "ranking": str,
-        "choice": str, "strength": str, "margin": float, "display_order": str, "rationale": str,
-        "seconds_spent": float, "source": str, "request_id": str, "created_at": str,
-    }, pk="id", not_null={"comparison_id", "annotator_id", "mode", "ranking", "source",
-                          "created_at"},
-        foreign_keys=[("comparison_id", "comparisons", "id"),
-                      ("annotator_id", "annotators", "id")])
+    db["labels"].create(
+        {
+            "id": int,
+            "comparison_id": int,
+            "annotator_id": int,
+            "mode": str,
+            "ranking": str,
+            "choice": str,
+            "strength": str,
+            "margin": float,
+            "display_order": str,
+            "rationale": str,
+            "seconds_spent": float,
+            "source": str,
+            "request_id": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"comparison_id", "annotator_id", "mode", "ranking", "source", "created_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("annotator_id", "annotators", "id")],
+    )
     # One judgment per annotator per comparison; a retried submission (same request id) is one.
     db["labels"].create_index(["comparison_id", "annotator_id"], unique=True)
     db["labels"].create_index(["request_id"], unique=True)
 
-    db["rounds"].create({
-        "number": int, "policy": str, "reward_model": str, "metrics": str, "started_at": str,
-        "finished_at": str,
-    }, pk="number")
+    db["rounds"].create(
+        {
+            "number": int,
+            "policy": str,
+            "reward_model": str,
+            "metrics": str,
+            "started_at": str,
+            "finished_at": str,
+        },
+        pk="number",
+    )
 
 
 @migration("0002_labeling_queue")
@@ -144,45 +211,82 @@ def m0002_labeling_queue(db: sqlite_utils.Database) -> None:
     # A lease hands one comparison to one annotator until `expires_at` (unix seconds); it also
     # fixes the order the responses were shown in and the request id that makes the submission
     # idempotent, so neither is ever taken from the browser.
-    db["leases"].create({
-        "comparison_id": int, "annotator_id": int, "display_order": str, "request_id": str,
-        "issued_at": float, "expires_at": float,
-    }, pk=("comparison_id", "annotator_id"),
+    db["leases"].create(
+        {
+            "comparison_id": int,
+            "annotator_id": int,
+            "display_order": str,
+            "request_id": str,
+            "issued_at": float,
+            "expires_at": float,
+        },
+        pk=("comparison_id", "annotator_id"),
         not_null={"display_order", "request_id", "issued_at", "expires_at"},
-        foreign_keys=[("comparison_id", "comparisons", "id"),
-                      ("annotator_id", "annotators", "id")])
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("annotator_id", "annotators", "id")],
+    )
     db["leases"].create_index(["annotator_id"])
     db["leases"].create_index(["expires_at"])
 
-    db["skips"].create({
-        "id": int, "comparison_id": int, "annotator_id": int, "reason": str, "created_at": str,
-    }, pk="id", not_null={"comparison_id", "annotator_id", "reason", "created_at"},
-        foreign_keys=[("comparison_id", "comparisons", "id"),
-                      ("annotator_id", "annotators", "id")])
+    db["skips"].create(
+        {
+            "id": int,
+            "comparison_id": int,
+            "annotator_id": int,
+            "reason": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"comparison_id", "annotator_id", "reason", "created_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("annotator_id", "annotators", "id")],
+    )
     db["skips"].create_index(["comparison_id", "annotator_id"], unique=True)
 
     # An unresolved flag takes the comparison out of every annotator's queue until an admin
     # resolves it.
-    db["flags"].create({
-        "id": int, "comparison_id": int, "annotator_id": int, "kind": str, "note": str,
-        "created_at": str, "resolved_at": str, "resolved_by": int,
-    }, pk="id", not_null={"comparison_id", "annotator_id", "kind", "created_at"},
-        foreign_keys=[("comparison_id", "comparisons", "id"),
-                      ("annotator_id", "annotators", "id")])
+    db["flags"].create(
+        {
+            "id": int,
+            "comparison_id": int,
+            "annotator_id": int,
+            "kind": str,
+            "note": str,
+            "created_at": str,
+            "resolved_at": str,
+            "resolved_by": int,
+        },
+        pk="id",
+        not_null={"comparison_id", "annotator_id", "kind", "created_at"},
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("annotator_id", "annotators", "id")],
+    )
     db["flags"].create_index(["comparison_id"])
 
     # Undo keeps the label it removes: nothing an annotator submitted is ever lost.
-    db["label_revisions"].create({
-        "id": int, "label_id": int, "comparison_id": int, "annotator_id": int, "action": str,
-        "label": str, "created_at": str,
-    }, pk="id", not_null={"label_id", "comparison_id", "annotator_id", "action", "label",
-                          "created_at"})
+    db["label_revisions"].create(
+        {
+            "id": int,
+            "label_id": int,
+            "comparison_id": int,
+            "annotator_id": int,
+            "action": str,
+            "label": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"label_id", "comparison_id", "annotator_id", "action", "label", "created_at"},
+    )
 
     # Scores of a reward model, for the active-learning order (least certain first).
-    db["response_scores"].create({
-        "response_id": int, "reward_model": str, "score": float, "created_at": str,
-    }, pk=("response_id", "reward_model"), not_null={"score", "created_at"},
-        foreign_keys=[("response_id", "responses", "id")])
+    db["response_scores"].create(
+        {
+            "response_id": int,
+            "reward_model": str,
+            "score": float,
+            "created_at": str,
+        },
+        pk=("response_id", "reward_model"),
+        not_null={"score", "created_at"},
+        foreign_keys=[("response_id", "responses", "id")],
+    )
 
     db["labels"].create_index(["annotator_id", "created_at"])
     db["comparison_responses"].create_index(["response_id"])
@@ -214,14 +318,21 @@ def m0003_queue_counts(db: sqlite_utils.Database) -> None:
     db["skips"].create_index(["annotator_id"])
     # The smallest score gap between two responses of a comparison, per reward model
     # (written by `queue.record_scores`), read in gap order by the 'uncertainty' queue order.
-    db["comparison_gaps"].create({
-        "comparison_id": int, "reward_model": str, "gap": float,
-    }, pk=("comparison_id", "reward_model"), not_null={"gap"},
-        foreign_keys=[("comparison_id", "comparisons", "id")])
+    db["comparison_gaps"].create(
+        {
+            "comparison_id": int,
+            "reward_model": str,
+            "gap": float,
+        },
+        pk=("comparison_id", "reward_model"),
+        not_null={"gap"},
+        foreign_keys=[("comparison_id", "comparisons", "id")],
+    )
     db["comparison_gaps"].create_index(["reward_model", "gap"])
 
 
 # -- 0004-0009: the labeling app and the store ---------------------------------------------------
+
 
 @migration("0004_label_ids_never_reused")
 def m0004_label_ids_never_reused(db: sqlite_utils.Database) -> None:
@@ -229,14 +340,18 @@ def m0004_label_ids_never_reused(db: sqlite_utils.Database) -> None:
     the id of an undone last label went to the next label while `label_revisions` still held it
     for the old one. SQLite cannot change a key in place: the table is rebuilt with its indexes
     and triggers, and the id counter starts above every id a label or a revision ever had."""
-    objects = db.execute("select type, sql from sqlite_master where tbl_name = 'labels' "
-                         "and sql is not null").fetchall()
+    objects = db.execute(
+        "select type, sql from sqlite_master where tbl_name = 'labels' and sql is not null"
+    ).fetchall()
     (table_sql,) = [sql for kind, sql in objects if kind == "table"]
     key = '"id" INTEGER PRIMARY KEY,'
     if key not in table_sql:
         raise RuntimeError(f"unexpected labels schema: {table_sql}")
-    db.execute(table_sql.replace('TABLE "labels"', 'TABLE "labels_new"', 1)
-               .replace(key, '"id" INTEGER PRIMARY KEY AUTOINCREMENT,', 1))
+    db.execute(
+        table_sql.replace('TABLE "labels"', 'TABLE "labels_new"', 1).replace(
+            key, '"id" INTEGER PRIMARY KEY AUTOINCREMENT,', 1
+        )
+    )
     db.execute("insert into labels_new select * from labels")
     db.execute("drop table labels")  # its indexes and triggers go with it
     db.execute("alter table labels_new rename to labels")
@@ -257,6 +372,7 @@ def m0005_account_status(db: sqlite_utils.Database) -> None:
 
 # -- 0010+: the rounds (`rankloop round`); 0004-0009 are the labeling app's -------------------
 
+
 @migration("0010_rounds_state")
 def m0010_rounds_state(db: sqlite_utils.Database) -> None:
     """The project's current round (the round whose samples are being labeled) and the finished
@@ -265,17 +381,34 @@ def m0010_rounds_state(db: sqlite_utils.Database) -> None:
     # A project that predates this: its current round is the newest round with comparisons.
     current = db.execute("select coalesce(max(round), 0) from comparisons").fetchone()[0]
     db["project_state"].insert({"key": "current_round", "value": str(current)})
-    db["round_stages"].create({
-        "round": int, "stage": str, "seconds": float, "metrics": str, "finished_at": str,
-    }, pk=("round", "stage"), not_null={"seconds", "finished_at"})
+    db["round_stages"].create(
+        {
+            "round": int,
+            "stage": str,
+            "seconds": float,
+            "metrics": str,
+            "finished_at": str,
+        },
+        pk=("round", "stage"),
+        not_null={"seconds", "finished_at"},
+    )
 
 
 # -- 0020+: measuring the rounds (win-rates, leaderboard, the Rounds view) --------------------
+
 
 @migration("0020_round_curves")
 def m0020_round_curves(db: sqlite_utils.Database) -> None:
     """Per-step training curves of each round (PPO's history: mean score, KL, response length,
     ...), one row per (round, stage, metric, step), for the Rounds view and `rankloop report`."""
-    db["round_curves"].create({
-        "round": int, "stage": str, "metric": str, "step": int, "value": float,
-    }, pk=("round", "stage", "metric", "step"), not_null={"value"})
+    db["round_curves"].create(
+        {
+            "round": int,
+            "stage": str,
+            "metric": str,
+            "step": int,
+            "value": float,
+        },
+        pk=("round", "stage", "metric", "step"),
+        not_null={"value"},
+    )

@@ -32,7 +32,7 @@ import secrets
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .rankings import pair_outcomes
 from .records import (
@@ -55,8 +55,12 @@ MAX_NOTE = 1_000  # characters of a skip reason or a flag note
 MAX_SECONDS = 86_400  # a judgment's seconds_spent; a task shown longer ago records none
 MAX_REQUEST_ID = 64
 FLAG_KINDS: tuple[str, ...] = ("unsafe", "broken", "unanswerable")
-SKIP_REASONS: tuple[str, ...] = ("I cannot judge this topic", "too long to judge now",
-                                 "responses are identical", "other")
+SKIP_REASONS: tuple[str, ...] = (
+    "I cannot judge this topic",
+    "too long to judge now",
+    "responses are identical",
+    "other",
+)
 
 
 @dataclass(frozen=True)
@@ -113,21 +117,30 @@ _HELD = """(select count(*) from leases s where s.comparison_id = q.comparison_i
 
 def _latest_scored_model(store: Store) -> str | None:
     row = store.db.execute(
-        "select reward_model from response_scores order by created_at desc limit 1").fetchone()
+        "select reward_model from response_scores order by created_at desc limit 1"
+    ).fetchone()
     return row[0] if row else None
 
 
-def _first(store: Store, where: str, order_by: str, params: dict,
-           join: str = "") -> int | None:
+def _first(store: Store, where: str, order_by: str, params: dict, join: str = "") -> int | None:
     row = store.db.execute(
         f"select q.comparison_id from comparison_queue q {join} where q.labels < :n and {_MINE} "
-        f"and {where} order by {order_by} limit 1", params).fetchone()
+        f"and {where} order by {order_by} limit 1",
+        params,
+    ).fetchone()
     return row[0] if row else None
 
 
-def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: float,
-                  rng: random.Random, first_round: int | None = None,
-                  only_round: int | None = None) -> int | None:
+def _pick_regular(
+    store: Store,
+    annotator_id: int,
+    n: int,
+    order: str,
+    now: float,
+    rng: random.Random,
+    first_round: int | None = None,
+    only_round: int | None = None,
+) -> int | None:
     """The first eligible comparison in `order`: one nobody else holds if there is one, else
     one whose labels plus other annotators' live leases are still fewer than n. With
     `first_round`, that round's comparisons come before all others; with `only_round`, no
@@ -136,8 +149,9 @@ def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: floa
     if only_round is None and first_round is None:
         return _pick_regular_where(store, "1", params, order, rng)
     params["round"] = only_round if only_round is not None else first_round
-    of_round = ("exists (select 1 from comparisons r where r.id = q.comparison_id "
-                "and r.round = :round)")
+    of_round = (
+        "exists (select 1 from comparisons r where r.id = q.comparison_id and r.round = :round)"
+    )
     for tier in [of_round] if only_round is not None else [of_round, f"not {of_round}"]:
         cid = _pick_regular_where(store, tier, params, order, rng)
         if cid is not None:
@@ -145,19 +159,23 @@ def _pick_regular(store: Store, annotator_id: int, n: int, order: str, now: floa
     return None
 
 
-def _pick_regular_where(store: Store, restrict: str, params: dict, order: str,
-                        rng: random.Random) -> int | None:
+def _pick_regular_where(
+    store: Store, restrict: str, params: dict, order: str, rng: random.Random
+) -> int | None:
     n = params["n"]
     ways = [("q.comparison_id >= :start", "q.comparison_id", "")]  # oldest
     if order == "random":
         # A random starting point in id order, wrapping around: O(1) per pick however long the
         # queue, and every comparison can come first.
         lo, hi = store.db.execute(
-            "select min(comparison_id), max(comparison_id) from comparison_queue "
-            "where labels < ?", [n]).fetchone()
+            "select min(comparison_id), max(comparison_id) from comparison_queue where labels < ?",
+            [n],
+        ).fetchone()
         start = rng.randint(lo, hi) if lo is not None else 0
-        ways = [("q.comparison_id >= :start", "q.comparison_id", ""),
-                ("q.comparison_id < :start", "q.comparison_id", "")]
+        ways = [
+            ("q.comparison_id >= :start", "q.comparison_id", ""),
+            ("q.comparison_id < :start", "q.comparison_id", ""),
+        ]
         params["start"] = start
     else:
         params["start"] = 0
@@ -166,10 +184,24 @@ def _pick_regular_where(store: Store, restrict: str, params: dict, order: str,
         if rm is not None:
             params["rm"] = rm
             # Scored comparisons by gap, smallest first; then the unscored (newer samples).
-            ways = [("1", "g.gap, q.comparison_id", "join comparison_gaps g on "
-                     "g.comparison_id = q.comparison_id and g.reward_model = :rm"),
-                    ("not exists (select 1 from comparison_gaps g where g.comparison_id = "
-                     "q.comparison_id and g.reward_model = :rm)", "q.comparison_id", "")]
+            ways = [
+                (
+                    "1",
+                    "g.gap, q.comparison_id",
+                    (
+                        "join comparison_gaps g on "
+                        "g.comparison_id = q.comparison_id and g.reward_model = :rm"
+                    ),
+                ),
+                (
+                    (
+                        "not exists (select 1 from comparison_gaps g where g.comparison_id = "
+                        "q.comparison_id and g.reward_model = :rm)"
+                    ),
+                    "q.comparison_id",
+                    "",
+                ),
+            ]
     for held in (f"{_HELD} = 0", f"q.labels + {_HELD} < :n"):  # a task nobody holds first
         for where, order_by, join in ways:
             cid = _first(store, f"{where} and {held} and {restrict}", order_by, params, join)
@@ -185,28 +217,52 @@ def _pick_gold(store: Store, annotator_id: int, rng: random.Random) -> int | Non
         "and l.annotator_id = ?) "
         "and not exists (select 1 from skips k where k.comparison_id = c.id "
         f"and k.annotator_id = ?) and not {_TOO_BIG.format(id='c.id')} order by c.id",
-        [annotator_id, annotator_id]).fetchall()
+        [annotator_id, annotator_id],
+    ).fetchall()
     return rng.choice(rows)[0] if rows else None
 
 
-def _task(store: Store, comparison_id: int, display_order: Sequence[int], request_id: str,
-          expires_at: float) -> Task:
+def _task(
+    store: Store,
+    comparison_id: int,
+    display_order: Sequence[int],
+    request_id: str,
+    expires_at: float,
+) -> Task:
     comp = store.comparison(comparison_id)
-    return Task(comparison=comp, prompt=store.prompt(comp.prompt_id),
-                responses=tuple(store.responses(ids=list(display_order))),
-                request_id=request_id, expires_at=expires_at, gold=comp.gold is not None)
+    return Task(
+        comparison=comp,
+        prompt=store.prompt(comp.prompt_id),
+        responses=tuple(store.responses(ids=list(display_order))),
+        request_id=request_id,
+        expires_at=expires_at,
+        gold=comp.gold is not None,
+    )
 
 
-def _lease(store: Store, comparison_id: int, annotator_id: int, now: float,
-           lease_seconds: float, rng: random.Random) -> Task:
+def _lease(
+    store: Store,
+    comparison_id: int,
+    annotator_id: int,
+    now: float,
+    lease_seconds: float,
+    rng: random.Random,
+) -> Task:
     comp = store.comparison(comparison_id)
     order = list(comp.response_ids)
     rng.shuffle(order)  # a fresh random order per annotator: position bias is measurable
     request_id = secrets.token_hex(16)
-    store.db["leases"].insert({
-        "comparison_id": comparison_id, "annotator_id": annotator_id,
-        "display_order": to_json(order), "request_id": request_id, "issued_at": now,
-        "expires_at": now + lease_seconds}, replace=True)
+    store.db["leases"].insert(
+        {
+            "comparison_id": comparison_id,
+            "annotator_id": annotator_id,
+            "display_order": to_json(order),
+            "request_id": request_id,
+            "issued_at": now,
+            "expires_at": now + lease_seconds,
+        },
+        replace=True,
+    )
     return _task(store, comparison_id, order, request_id, now + lease_seconds)
 
 
@@ -217,16 +273,26 @@ def current_task(store: Store, annotator_id: int, now: float) -> Task | None:
         "where annotator_id = ? and expires_at > ? "
         f"and not {_TOO_BIG.format(id='leases.comparison_id')} "
         "order by issued_at desc limit 1",
-        [annotator_id, now]).fetchone()
+        [annotator_id, now],
+    ).fetchone()
     if not row:
         return None
     return _task(store, row[0], json.loads(row[1]), row[2], row[3])
 
 
-def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: float = 600,
-              order: str = "oldest", gold_rate: float = 0.0, now: float,
-              rng: random.Random, first_round: int | None = None,
-              only_round: int | None = None) -> Task | None:
+def next_task(
+    store: Store,
+    annotator_id: int,
+    *,
+    n: int = 1,
+    lease_seconds: float = 600,
+    order: str = "oldest",
+    gold_rate: float = 0.0,
+    now: float,
+    rng: random.Random,
+    first_round: int | None = None,
+    only_round: int | None = None,
+) -> Task | None:
     """Lease the next comparison to `annotator_id` (or return the one they already hold).
 
     `first_round`: that round's comparisons (the current round's) before leftovers of other
@@ -245,8 +311,7 @@ def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: flo
         if gold_rate > 0 and rng.random() < gold_rate:
             cid = _pick_gold(store, annotator_id, rng)
         if cid is None:
-            cid = _pick_regular(store, annotator_id, n, order, now, rng, first_round,
-                                only_round)
+            cid = _pick_regular(store, annotator_id, n, order, now, rng, first_round, only_round)
         if cid is None:
             return None
         return _lease(store, cid, annotator_id, now, lease_seconds, rng)
@@ -254,10 +319,12 @@ def next_task(store: Store, annotator_id: int, *, n: int = 1, lease_seconds: flo
 
 def progress(store: Store, annotator_id: int, *, n: int = 1, today: str | None = None) -> Progress:
     """Labels today (UTC date, or `today` as YYYY-MM-DD), in total, and comparisons left."""
-    today = today or datetime.now(timezone.utc).date().isoformat()
+    today = today or datetime.now(UTC).date().isoformat()
     total, on_day = store.db.execute(
         "select count(*), coalesce(sum(substr(created_at, 1, 10) = ?), 0) from labels "
-        "where annotator_id = ? and source = 'human'", [today, annotator_id]).fetchone()
+        "where annotator_id = ? and source = 'human'",
+        [today, annotator_id],
+    ).fetchone()
     # Open comparisons, less the few this annotator cannot take (theirs, skipped, flagged,
     # gold): two index reads instead of a check per comparison.
     left = store.db.execute(
@@ -270,14 +337,17 @@ def progress(store: Store, annotator_id: int, *, n: int = 1, today: str | None =
                        union select id from comparisons where gold is not null
                        union select comparison_id from comparison_responses
                              where position >= :max))""",
-        {"a": annotator_id, "n": n, "max": MAX_RESPONSES}).fetchone()[0]
+        {"a": annotator_id, "n": n, "max": MAX_RESPONSES},
+    ).fetchone()[0]
     return Progress(labeled_today=on_day, labeled_total=total, left=left)
 
 
 # -- what the annotator does with a task ------------------------------------------------------
 
-def ranking_from_positions(tiers: Sequence[Sequence[int]],
-                           display_order: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+
+def ranking_from_positions(
+    tiers: Sequence[Sequence[int]], display_order: Sequence[int]
+) -> tuple[tuple[int, ...], ...]:
     """Display positions (0 = first shown) in tiers, best first -> response ids in tiers."""
     try:
         ranking = [[display_order[p] for p in tier] for tier in tiers]
@@ -292,29 +362,37 @@ def ranking_from_positions(tiers: Sequence[Sequence[int]],
 def _lease_row(store: Store, annotator_id: int, comparison_id: int):
     return store.db.execute(
         "select display_order, request_id, expires_at from leases "
-        "where annotator_id = ? and comparison_id = ?", [annotator_id, comparison_id]).fetchone()
+        "where annotator_id = ? and comparison_id = ?",
+        [annotator_id, comparison_id],
+    ).fetchone()
 
 
 def _check_judgment(choice, positions, strength, rationale, seconds_spent) -> str | None:
     """Refuse a judgment's fields that are not what a label holds (whatever sent them: the page
     or a script); returns the rationale as stored (stripped, None when empty)."""
     if (choice is None) == (positions is None):
-        raise StoreError("choose A or B (or tie / both bad) for 2 responses, or rank the "
-                         "responses: one of the two")
+        raise StoreError(
+            "choose A or B (or tie / both bad) for 2 responses, or rank the "
+            "responses: one of the two"
+        )
     if choice is not None and choice not in CHOICES:
-        raise StoreError(f"a choice is one of {', '.join(CHOICES)}; got "
-                         f"{show_value(choice)}")
+        raise StoreError(f"a choice is one of {', '.join(CHOICES)}; got {show_value(choice)}")
     if strength:
         if strength not in STRENGTHS:
-            raise StoreError(f"a strength is one of {', '.join(STRENGTHS)} (or none); got "
-                             f"{show_value(strength)}")
+            raise StoreError(
+                f"a strength is one of {', '.join(STRENGTHS)} (or none); got {show_value(strength)}"
+            )
         if choice not in ("A", "B"):
             raise StoreError("strength applies to 'A better' or 'B better' only")
     if seconds_spent is not None and (
-            isinstance(seconds_spent, bool) or not isinstance(seconds_spent, (int, float))
-            or not 0 <= seconds_spent <= MAX_SECONDS):  # NaN fails the comparison too
-        raise StoreError(f"seconds_spent is a number of seconds from 0 to {MAX_SECONDS:,}; got "
-                         f"{show_value(seconds_spent)}")
+        isinstance(seconds_spent, bool)
+        or not isinstance(seconds_spent, (int, float))
+        or not 0 <= seconds_spent <= MAX_SECONDS
+    ):  # NaN fails the comparison too
+        raise StoreError(
+            f"seconds_spent is a number of seconds from 0 to {MAX_SECONDS:,}; got "
+            f"{show_value(seconds_spent)}"
+        )
     if rationale is None:
         return None
     return check_text(rationale, "the rationale", MAX_RATIONALE).strip() or None
@@ -326,11 +404,20 @@ def show_value(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str, *,
-           choice: str | None = None, positions: Sequence[Sequence[int]] | None = None,
-           strength: str | None = None, margins: dict[str, float] | None = None,
-           rationale: str | None = None, seconds_spent: float | None = None,
-           source: str = "human") -> int:
+def submit(
+    store: Store,
+    annotator_id: int,
+    comparison_id: int,
+    request_id: str,
+    *,
+    choice: str | None = None,
+    positions: Sequence[Sequence[int]] | None = None,
+    strength: str | None = None,
+    margins: dict[str, float] | None = None,
+    rationale: str | None = None,
+    seconds_spent: float | None = None,
+    source: str = "human",
+) -> int:
     """Record the annotator's judgment of their leased comparison; returns the label id.
 
     Pairwise: `choice` is A / B / tie / both_bad relative to the order shown, with an optional
@@ -342,35 +429,53 @@ def submit(store: Store, annotator_id: int, comparison_id: int, request_id: str,
     check_text(request_id, "the request id", MAX_REQUEST_ID)
     rationale = _check_judgment(choice, positions, strength, rationale, seconds_spent)
     with store.transaction():
-        row = store.db.execute("select id, annotator_id, comparison_id from labels "
-                               "where request_id = ?", [request_id]).fetchone()
+        row = store.db.execute(
+            "select id, annotator_id, comparison_id from labels where request_id = ?", [request_id]
+        ).fetchone()
         if row:
             if (row[1], row[2]) != (annotator_id, comparison_id):
                 raise StoreError("that request id belongs to another label")
             return row[0]
         lease = _lease_row(store, annotator_id, comparison_id)
         if lease is None or lease[1] != request_id:
-            raise StoreError(f"comparison {comparison_id} is not assigned to you (or was "
-                             f"already answered): reload to get your next task")
+            raise StoreError(
+                f"comparison {comparison_id} is not assigned to you (or was "
+                f"already answered): reload to get your next task"
+            )
         order = tuple(json.loads(lease[0]))
         margin = (margins or {}).get(strength) if strength else None
-        common = dict(strength=strength, margin=margin, rationale=rationale,
-                      seconds_spent=seconds_spent, source=source, request_id=request_id)
+        common = {
+            "strength": strength,
+            "margin": margin,
+            "rationale": rationale,
+            "seconds_spent": seconds_spent,
+            "source": source,
+            "request_id": request_id,
+        }
         if choice is not None:
             if len(order) != 2:
-                raise StoreError("A / B / tie / both bad is for a comparison of 2 responses; "
-                                 "rank these responses instead")
+                raise StoreError(
+                    "A / B / tie / both bad is for a comparison of 2 responses; "
+                    "rank these responses instead"
+                )
             try:
                 label = Label.pairwise(comparison_id, annotator_id, order, choice, **common)
             except ValueError as e:
                 raise StoreError(str(e)) from None
         else:
-            label = Label(comparison_id=comparison_id, annotator_id=annotator_id,
-                          ranking=ranking_from_positions(positions, order), mode="ranking",
-                          display_order=order, **common)
+            label = Label(
+                comparison_id=comparison_id,
+                annotator_id=annotator_id,
+                ranking=ranking_from_positions(positions, order),
+                mode="ranking",
+                display_order=order,
+                **common,
+            )
         label_id = store.add_label(label)
-        store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
-                         [annotator_id, comparison_id])
+        store.db.execute(
+            "delete from leases where annotator_id = ? and comparison_id = ?",
+            [annotator_id, comparison_id],
+        )
         return label_id
 
 
@@ -382,50 +487,78 @@ def skip(store: Store, annotator_id: int, comparison_id: int, reason: str) -> No
     with store.transaction():
         if _lease_row(store, annotator_id, comparison_id) is None:
             raise StoreError(f"comparison {comparison_id} is not assigned to you")
-        store.db["skips"].insert({"comparison_id": comparison_id, "annotator_id": annotator_id,
-                                  "reason": reason, "created_at": now_iso()}, replace=True)
-        store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
-                         [annotator_id, comparison_id])
+        store.db["skips"].insert(
+            {
+                "comparison_id": comparison_id,
+                "annotator_id": annotator_id,
+                "reason": reason,
+                "created_at": now_iso(),
+            },
+            replace=True,
+        )
+        store.db.execute(
+            "delete from leases where annotator_id = ? and comparison_id = ?",
+            [annotator_id, comparison_id],
+        )
 
 
-def flag(store: Store, annotator_id: int, comparison_id: int, kind: str,
-         note: str | None = None) -> int:
+def flag(
+    store: Store, annotator_id: int, comparison_id: int, kind: str, note: str | None = None
+) -> int:
     """Flag a comparison (unsafe / broken / unanswerable): it leaves every queue until an
     admin resolves the flag. Returns the flag id."""
     if kind not in FLAG_KINDS:
-        raise StoreError(f"a flag is one of {', '.join(FLAG_KINDS)}; got "
-                         f"{show_value(kind)}")
+        raise StoreError(f"a flag is one of {', '.join(FLAG_KINDS)}; got {show_value(kind)}")
     note = check_text(note or "", "the note", MAX_NOTE).strip() or None
     with store.transaction():
         if _lease_row(store, annotator_id, comparison_id) is None:
             raise StoreError(f"comparison {comparison_id} is not assigned to you")
-        fid = store.db["flags"].insert({
-            "comparison_id": comparison_id, "annotator_id": annotator_id, "kind": kind,
-            "note": note, "created_at": now_iso()}).last_pk
-        store.db.execute("delete from leases where annotator_id = ? and comparison_id = ?",
-                         [annotator_id, comparison_id])
+        fid = (
+            store.db["flags"]
+            .insert(
+                {
+                    "comparison_id": comparison_id,
+                    "annotator_id": annotator_id,
+                    "kind": kind,
+                    "note": note,
+                    "created_at": now_iso(),
+                }
+            )
+            .last_pk
+        )
+        store.db.execute(
+            "delete from leases where annotator_id = ? and comparison_id = ?",
+            [annotator_id, comparison_id],
+        )
         return fid
 
 
 def resolve_flag(store: Store, flag_id: int, admin_id: int) -> None:
     """Mark a flag resolved: the comparison returns to the queue (unless flagged again)."""
     with store.transaction():
-        cur = store.db.execute("update flags set resolved_at = ?, resolved_by = ? "
-                               "where id = ? and resolved_at is null",
-                               [now_iso(), admin_id, flag_id])
+        cur = store.db.execute(
+            "update flags set resolved_at = ?, resolved_by = ? "
+            "where id = ? and resolved_at is null",
+            [now_iso(), admin_id, flag_id],
+        )
         if cur.rowcount == 0:
             raise StoreError(f"no open flag with id {flag_id}")
 
 
 def open_flags(store: Store) -> list[dict]:
-    return [dict(r) for r in store.db.query(
-        "select f.id, f.comparison_id, a.name as annotator, f.kind, f.note, f.created_at "
-        "from flags f join annotators a on a.id = f.annotator_id where f.resolved_at is null "
-        "order by f.id")]
+    return [
+        dict(r)
+        for r in store.db.query(
+            "select f.id, f.comparison_id, a.name as annotator, f.kind, f.note, f.created_at "
+            "from flags f join annotators a on a.id = f.annotator_id where f.resolved_at is null "
+            "order by f.id"
+        )
+    ]
 
 
-def undo_last(store: Store, annotator_id: int, *, now: float, lease_seconds: float = 600,
-              rng: random.Random) -> tuple[Label, Task] | None:
+def undo_last(
+    store: Store, annotator_id: int, *, now: float, lease_seconds: float = 600, rng: random.Random
+) -> tuple[Label, Task] | None:
     """Take back the annotator's last label: it moves to `label_revisions` (kept, not lost)
     and its comparison is leased back to them, in the same order, to label again.
 
@@ -434,34 +567,50 @@ def undo_last(store: Store, annotator_id: int, *, now: float, lease_seconds: flo
     with store.transaction():
         row = store.db.execute(
             "select id from labels where annotator_id = ? and source = 'human' "
-            "order by id desc limit 1", [annotator_id]).fetchone()
+            "order by id desc limit 1",
+            [annotator_id],
+        ).fetchone()
         if row is None:
             return None
         label = _label(store, row[0])
-        store.db["label_revisions"].insert({
-            "label_id": label.id, "comparison_id": label.comparison_id,
-            "annotator_id": annotator_id, "action": "undo",
-            "label": json.dumps(dict(store.db["labels"].get(label.id)), ensure_ascii=False),
-            "created_at": now_iso()})
+        store.db["label_revisions"].insert(
+            {
+                "label_id": label.id,
+                "comparison_id": label.comparison_id,
+                "annotator_id": annotator_id,
+                "action": "undo",
+                "label": json.dumps(dict(store.db["labels"].get(label.id)), ensure_ascii=False),
+                "created_at": now_iso(),
+            }
+        )
         store.db.execute("delete from labels where id = ?", [label.id])
         store.db.execute("delete from leases where annotator_id = ?", [annotator_id])
         request_id = secrets.token_hex(16)
-        store.db["leases"].insert({
-            "comparison_id": label.comparison_id, "annotator_id": annotator_id,
-            "display_order": to_json(list(label.display_order)), "request_id": request_id,
-            "issued_at": now, "expires_at": now + lease_seconds})
-        task = _task(store, label.comparison_id, label.display_order, request_id,
-                     now + lease_seconds)
+        store.db["leases"].insert(
+            {
+                "comparison_id": label.comparison_id,
+                "annotator_id": annotator_id,
+                "display_order": to_json(list(label.display_order)),
+                "request_id": request_id,
+                "issued_at": now,
+                "expires_at": now + lease_seconds,
+            }
+        )
+        task = _task(
+            store, label.comparison_id, label.display_order, request_id, now + lease_seconds
+        )
         return label, task
 
 
 def _label(store: Store, label_id: int) -> Label:
-    comp_id = store.db.execute("select comparison_id from labels where id = ?",
-                               [label_id]).fetchone()[0]
+    comp_id = store.db.execute(
+        "select comparison_id from labels where id = ?", [label_id]
+    ).fetchone()[0]
     return next(lab for lab in store.labels(comparison_id=comp_id) if lab.id == label_id)
 
 
 # -- gold and reward-model scores -------------------------------------------------------------
+
 
 def set_gold(store: Store, comparison_id: int, ranking) -> None:
     """Make a comparison gold with its known answer (tiers of response ids, best first), or
@@ -479,9 +628,13 @@ def set_gold(store: Store, comparison_id: int, ranking) -> None:
 
 def open_comparisons(store: Store, labels_per_comparison: int) -> list[Comparison]:
     """The comparisons that still need labels (fewer than `labels_per_comparison`)."""
-    return [store.comparison(cid) for (cid,) in store.db.execute(
-        "select comparison_id from comparison_queue where labels < ? order by comparison_id",
-        [labels_per_comparison]).fetchall()]
+    return [
+        store.comparison(cid)
+        for (cid,) in store.db.execute(
+            "select comparison_id from comparison_queue where labels < ? order by comparison_id",
+            [labels_per_comparison],
+        ).fetchall()
+    ]
 
 
 SCORE_CHUNK = 2000  # responses per transaction: tens of milliseconds, so annotators never wait
@@ -501,12 +654,13 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
     stamp = now_iso()
     items = [(int(rid), float(s)) for rid, s in scores.items()]
     for start in range(0, len(items), SCORE_CHUNK):
-        part = items[start:start + SCORE_CHUNK]
+        part = items[start : start + SCORE_CHUNK]
         with store.transaction():
             store.db.conn.executemany(
                 "insert or replace into response_scores (response_id, reward_model, score, "
                 "created_at) values (?, ?, ?, ?)",
-                [(rid, reward_model, s, stamp) for rid, s in part])
+                [(rid, reward_model, s, stamp) for rid, s in part],
+            )
             store.db.execute(
                 """insert or replace into comparison_gaps (comparison_id, reward_model, gap)
                 select x1.comparison_id, :rm, min(abs(s1.score - s2.score))
@@ -521,7 +675,8 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
                     select comparison_id from comparison_responses
                     where response_id in (select value from json_each(:ids)))
                 group by x1.comparison_id""",
-                {"rm": reward_model, "ids": json.dumps([rid for rid, _ in part])})
+                {"rm": reward_model, "ids": json.dumps([rid for rid, _ in part])},
+            )
     return len(items)
 
 

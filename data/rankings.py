@@ -24,8 +24,7 @@ def pair_outcome(tiers: dict[int, int], a: int, b: int) -> int:
 def pair_outcomes(ranking: Sequence[Sequence[int]]) -> dict[tuple[int, int], int]:
     """Each pair (i, j) with i < j (response ids) -> `pair_outcome` of i against j."""
     tiers = tier_of(ranking)
-    return {(i, j): pair_outcome(tiers, i, j)
-            for i, j in itertools.combinations(sorted(tiers), 2)}
+    return {(i, j): pair_outcome(tiers, i, j) for i, j in itertools.combinations(sorted(tiers), 2)}
 
 
 def disagreement_rate(rankings_by_item: dict) -> float:

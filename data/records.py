@@ -50,7 +50,7 @@ class Message:
         if self.role not in ROLES:
             raise ValueError(f"message role must be one of {ROLES}, got {self.role!r}")
         if not isinstance(self.content, str):
-            raise ValueError("message content must be a string")
+            raise ValueError("message content must be a string")  # noqa: TRY004 - one error type for every bad field
 
 
 def content_hash(*parts: object) -> str:
@@ -69,7 +69,7 @@ class Prompt:
     id: int | None = None
 
     @classmethod
-    def from_text(cls, text: str, **kw) -> "Prompt":
+    def from_text(cls, text: str, **kw) -> Prompt:
         return cls(messages=(Message("user", text),), **kw)
 
     @property
@@ -134,7 +134,7 @@ class Comparison:
     prompt_id: int
     response_ids: tuple[int, ...]
     round: int = 0
-    gold: "Ranking | None" = None  # the known answer of a gold comparison (set by an admin)
+    gold: Ranking | None = None  # the known answer of a gold comparison (set by an admin)
     id: int | None = None
 
     def __post_init__(self) -> None:
@@ -161,7 +161,8 @@ def normalize_ranking(ranking, response_ids) -> Ranking:
     if sorted(flat) != sorted(response_ids) or len(flat) != len(set(flat)):
         raise ValueError(
             f"the ranking must place each response of the comparison exactly once: "
-            f"got {flat}, expected {sorted(response_ids)}")
+            f"got {flat}, expected {sorted(response_ids)}"
+        )
     return tiers
 
 
@@ -208,15 +209,23 @@ class Label:
         return self.choice == "both_bad"
 
     @classmethod
-    def pairwise(cls, comparison_id: int, annotator_id: int, display_order, choice: str,
-                 **kw) -> "Label":
+    def pairwise(
+        cls, comparison_id: int, annotator_id: int, display_order, choice: str, **kw
+    ) -> Label:
         """Build a pairwise label from the two responses in the order shown and the choice."""
         a, b = (int(x) for x in display_order)
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
         ranking: Ranking = {"A": ((a,), (b,)), "B": ((b,), (a,))}.get(choice, ((a, b),))
-        return cls(comparison_id=comparison_id, annotator_id=annotator_id, ranking=ranking,
-                   mode="pairwise", choice=choice, display_order=(a, b), **kw)
+        return cls(
+            comparison_id=comparison_id,
+            annotator_id=annotator_id,
+            ranking=ranking,
+            mode="pairwise",
+            choice=choice,
+            display_order=(a, b),
+            **kw,
+        )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -48,15 +48,17 @@ class StoreError(ValueError):
 
 
 def too_many_responses(n: int) -> str:
-    return (f"{n} responses in one comparison; the labeling page shows at most {MAX_RESPONSES} "
-            f"(one per number key): split them into comparisons of 2 to {MAX_RESPONSES}")
+    return (
+        f"{n} responses in one comparison; the labeling page shows at most {MAX_RESPONSES} "
+        f"(one per number key): split them into comparisons of 2 to {MAX_RESPONSES}"
+    )
 
 
 MAX_NAME = 100  # characters in an account's name
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def hash_secret(secret: str, salt: bytes | None = None) -> str:
@@ -86,8 +88,7 @@ def check_text(value, what: str, max_chars: int) -> str:
     if not isinstance(value, str):
         raise StoreError(f"{what} must be text, got {type(value).__name__}")
     if len(value) > max_chars:
-        raise StoreError(f"{what} is {len(value):,} characters long; the limit is "
-                         f"{max_chars:,}")
+        raise StoreError(f"{what} is {len(value):,} characters long; the limit is {max_chars:,}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -101,8 +102,9 @@ def check_secret(secret: str, stored: str) -> bool:
     except ValueError:
         return False
     # surrogatepass: a secret typed or posted with a lone surrogate is wrong, not an error
-    got = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8", "surrogatepass"),
-                              bytes.fromhex(salt), int(iterations))
+    got = hashlib.pbkdf2_hmac(
+        "sha256", secret.encode("utf-8", "surrogatepass"), bytes.fromhex(salt), int(iterations)
+    )
     return secrets.compare_digest(got.hex(), digest)
 
 
@@ -130,7 +132,7 @@ class Store:
         migrate(self.db)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Store":
+    def open(cls, path: str | Path) -> Store:
         conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
         db = sqlite_utils.Database(conn)
         # WAL lets the app read while a trainer writes; FULL sync makes each commit durable
@@ -141,7 +143,7 @@ class Store:
         return cls(db)
 
     @classmethod
-    def memory(cls) -> "Store":
+    def memory(cls) -> Store:
         return cls(sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False)))
 
     def close(self) -> None:
@@ -169,8 +171,7 @@ class Store:
         """Insert one row; returns its id and counts it in `inserted`. Plain SQL: the hot path
         of imports and generation (sqlite-utils' insert re-reads the schema on every call,
         two thirds of an import's time)."""
-        sql = (f"insert into {table} ({', '.join(row)}) "
-               f"values ({', '.join('?' * len(row))})")
+        sql = f"insert into {table} ({', '.join(row)}) values ({', '.join('?' * len(row))})"
         rowid = self.db.conn.execute(sql, list(row.values())).lastrowid
         self.inserted[table] += 1
         return rowid
@@ -197,10 +198,16 @@ class Store:
         row = self.db.execute("select id from prompts where hash = ?", [h]).fetchone()
         if row:
             return row[0]
-        return self._insert("prompts", {
-            "hash": h, "messages": to_json(p.as_chat()), "source": p.source,
-            "metadata": to_json(p.metadata), "created_at": now(),
-        })
+        return self._insert(
+            "prompts",
+            {
+                "hash": h,
+                "messages": to_json(p.as_chat()),
+                "source": p.source,
+                "metadata": to_json(p.metadata),
+                "created_at": now(),
+            },
+        )
 
     def prompt(self, prompt_id: int) -> Prompt:
         rows = self._prompts("where id = ?", [prompt_id])
@@ -215,10 +222,17 @@ class Store:
 
     def _prompts(self, where: str, params: list) -> list[Prompt]:
         rows = self.db.execute(
-            f"select id, messages, source, metadata from prompts {where}", params).fetchall()
-        return [Prompt(messages=tuple(Message(**m) for m in json.loads(msgs)), source=src,
-                       metadata=json.loads(meta or "{}"), id=pid)
-                for pid, msgs, src, meta in rows]
+            f"select id, messages, source, metadata from prompts {where}", params
+        ).fetchall()
+        return [
+            Prompt(
+                messages=tuple(Message(**m) for m in json.loads(msgs)),
+                source=src,
+                metadata=json.loads(meta or "{}"),
+                id=pid,
+            )
+            for pid, msgs, src, meta in rows
+        ]
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -233,17 +247,32 @@ class Store:
         if row:
             return row[0]
         try:
-            return self._insert("responses", {
-                "prompt_id": r.prompt_id, "hash": h, "text": r.text, "round": r.round,
-                "policy": r.policy, "source": r.source, "sample_index": r.sample_index,
-                "sampling": to_json(r.sampling) if r.sampling else None,
-                "finished": int(r.finished), "created_at": now(),
-            })
+            return self._insert(
+                "responses",
+                {
+                    "prompt_id": r.prompt_id,
+                    "hash": h,
+                    "text": r.text,
+                    "round": r.round,
+                    "policy": r.policy,
+                    "source": r.source,
+                    "sample_index": r.sample_index,
+                    "sampling": to_json(r.sampling) if r.sampling else None,
+                    "finished": int(r.finished),
+                    "created_at": now(),
+                },
+            )
         except sqlite3.IntegrityError as e:
-            raise StoreError(f"response refers to prompt {r.prompt_id}, which does not exist") from e
+            raise StoreError(
+                f"response refers to prompt {r.prompt_id}, which does not exist"
+            ) from e
 
-    def responses(self, prompt_id: int | None = None, round: int | None = None,
-                  ids: Sequence[int] | None = None) -> list[Response]:
+    def responses(
+        self,
+        prompt_id: int | None = None,
+        round: int | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> list[Response]:
         where, params = [], []
         if prompt_id is not None:
             where.append("prompt_id = ?"), params.append(prompt_id)
@@ -251,15 +280,27 @@ class Store:
             where.append("round = ?"), params.append(round)
         if ids is not None:
             where.append(f"id in ({','.join('?' * len(ids))})"), params.extend(ids)
-        sql = ("select id, prompt_id, text, round, policy, source, sample_index, sampling, "
-               "finished from responses")
+        sql = (
+            "select id, prompt_id, text, round, policy, source, sample_index, sampling, "
+            "finished from responses"
+        )
         if where:
             sql += " where " + " and ".join(where)
         rows = self.db.execute(sql + " order by id", params).fetchall()
-        out = [Response(prompt_id=pid, text=text, round=rnd, policy=pol or "", source=src,
-                        sample_index=si, sampling=Sampling(**json.loads(s)) if s else None,
-                        finished=bool(fin), id=rid)
-               for rid, pid, text, rnd, pol, src, si, s, fin in rows]
+        out = [
+            Response(
+                prompt_id=pid,
+                text=text,
+                round=rnd,
+                policy=pol or "",
+                source=src,
+                sample_index=si,
+                sampling=Sampling(**json.loads(s)) if s else None,
+                finished=bool(fin),
+                id=rid,
+            )
+            for rid, pid, text, rnd, pol, src, si, s, fin in rows
+        ]
         if ids is not None:
             by_id = {r.id: r for r in out}
             missing = [i for i in ids if i not in by_id]
@@ -272,7 +313,9 @@ class Store:
         """prompt id -> number of responses the given policy already generated in `round`."""
         rows = self.db.execute(
             "select prompt_id, count(*) from responses where round = ? and policy = ? "
-            "and source = 'generated' group by prompt_id", [round, policy]).fetchall()
+            "and source = 'generated' group by prompt_id",
+            [round, policy],
+        ).fetchall()
         return dict(rows)
 
     # -- comparisons -------------------------------------------------------------------------
@@ -295,18 +338,33 @@ class Store:
         if owners != {c.prompt_id}:
             raise StoreError(
                 f"every response of a comparison must answer its prompt {c.prompt_id}; "
-                f"these answer prompt(s) {sorted(owners)}")
-        cid = self._insert("comparisons", {
-            "prompt_id": c.prompt_id, "hash": c.hash, "round": c.round,
-            "gold": to_json(c.gold) if c.gold else None, "created_at": now(),
-        })
+                f"these answer prompt(s) {sorted(owners)}"
+            )
+        cid = self._insert(
+            "comparisons",
+            {
+                "prompt_id": c.prompt_id,
+                "hash": c.hash,
+                "round": c.round,
+                "gold": to_json(c.gold) if c.gold else None,
+                "created_at": now(),
+            },
+        )
         self.db.conn.executemany(
             "insert into comparison_responses (comparison_id, response_id, position) "
-            "values (?, ?, ?)", [(cid, rid, i) for i, rid in enumerate(c.response_ids)])
+            "values (?, ?, ?)",
+            [(cid, rid, i) for i, rid in enumerate(c.response_ids)],
+        )
         return cid
 
-    def add_comparison_texts(self, prompt: Prompt | str, responses: Sequence[str], *,
-                             source: str = "external", round: int = 0) -> int:
+    def add_comparison_texts(
+        self,
+        prompt: Prompt | str,
+        responses: Sequence[str],
+        *,
+        source: str = "external",
+        round: int = 0,
+    ) -> int:
         """Add a prompt, responses a team produced elsewhere, and one comparison over them.
 
         The shortest way in from a notebook: `store.add_comparison_texts("Say hi", ["Hi!",
@@ -322,9 +380,12 @@ class Store:
             raise StoreError("the responses of one comparison must differ")
         with self.transaction():
             pid = self._add_prompt(prompt)
-            rids = [self._add_response(Response(prompt_id=pid, text=t, round=round,
-                                                source=source, sample_index=i))
-                    for i, t in enumerate(responses)]
+            rids = [
+                self._add_response(
+                    Response(prompt_id=pid, text=t, round=round, source=source, sample_index=i)
+                )
+                for i, t in enumerate(responses)
+            ]
             return self._add_comparison(Comparison(pid, tuple(rids), round))
 
     def comparison(self, comparison_id: int) -> Comparison:
@@ -342,15 +403,30 @@ class Store:
         rows = self.db.execute(
             f"select c.id, c.prompt_id, c.round, c.gold, group_concat(cr.response_id) "
             f"from comparisons c join (select * from comparison_responses order by position) cr "
-            f"on cr.comparison_id = c.id {where} group by c.id order by c.id", params).fetchall()
-        return [Comparison(prompt_id=pid, response_ids=tuple(int(x) for x in rids.split(",")),
-                           round=rnd, gold=_tiers(json.loads(gold)) if gold else None, id=cid)
-                for cid, pid, rnd, gold, rids in rows]
+            f"on cr.comparison_id = c.id {where} group by c.id order by c.id",
+            params,
+        ).fetchall()
+        return [
+            Comparison(
+                prompt_id=pid,
+                response_ids=tuple(int(x) for x in rids.split(",")),
+                round=rnd,
+                gold=_tiers(json.loads(gold)) if gold else None,
+                id=cid,
+            )
+            for cid, pid, rnd, gold, rids in rows
+        ]
 
     # -- annotators --------------------------------------------------------------------------
 
-    def add_annotator(self, name: str, role: str = "annotator", secret: str | None = None, *,
-                      secret_hash: str | None = None) -> tuple[Annotator, str | None]:
+    def add_annotator(
+        self,
+        name: str,
+        role: str = "annotator",
+        secret: str | None = None,
+        *,
+        secret_hash: str | None = None,
+    ) -> tuple[Annotator, str | None]:
         """Create an account; returns it and its secret (only a hash is stored). Pass
         `secret_hash` (from `new_secret()`) to hash outside a lock held around the store."""
         name = name.strip()
@@ -366,35 +442,53 @@ class Store:
         if secret_hash is None:
             secret, secret_hash = new_secret(secret)
         with self.transaction():
-            aid = self.db["annotators"].insert({
-                "name": a.name, "role": a.role, "secret_hash": secret_hash,
-                "created_at": now()}).last_pk
+            aid = (
+                self.db["annotators"]
+                .insert(
+                    {
+                        "name": a.name,
+                        "role": a.role,
+                        "secret_hash": secret_hash,
+                        "created_at": now(),
+                    }
+                )
+                .last_pk
+            )
         return Annotator(name=a.name, role=a.role, id=aid), secret
 
     def add_simulated_annotator(self, name: str) -> Annotator:
         """Create a simulated annotator's account (role 'simulated', no secret: nobody logs in
         as it)."""
         with self.transaction():
-            aid = self.db["annotators"].insert({
-                "name": name, "role": "simulated", "created_at": now()}).last_pk
+            aid = (
+                self.db["annotators"]
+                .insert({"name": name, "role": "simulated", "created_at": now()})
+                .last_pk
+            )
         return Annotator(name=name, role="simulated", id=aid)
 
     def external_annotator(self, name: str) -> Annotator:
         """The pseudo-annotator that owns labels imported from `name` (created on first use)."""
         with self.transaction():
-            row = self.db.execute("select id, role from annotators where name = ?",
-                                  [name]).fetchone()
+            row = self.db.execute(
+                "select id, role from annotators where name = ?", [name]
+            ).fetchone()
             if row:
                 return Annotator(name=name, role=row[1], id=row[0])
-            aid = self.db["annotators"].insert({"name": name, "role": "external",
-                                                "created_at": now()}).last_pk
+            aid = (
+                self.db["annotators"]
+                .insert({"name": name, "role": "external", "created_at": now()})
+                .last_pk
+            )
         return Annotator(name=name, role="external", id=aid)
 
     def credentials(self, name: str) -> tuple[Annotator, str] | None:
         """A person's account that may log in (enabled, with a secret) and its secret's hash;
         None otherwise. A quick read: check the secret against it without holding the store."""
-        row = self.db.execute("select id, role, secret_hash from annotators where name = ? "
-                              "and disabled_at is null", [name]).fetchone()
+        row = self.db.execute(
+            "select id, role, secret_hash from annotators where name = ? and disabled_at is null",
+            [name],
+        ).fetchone()
         if row is None or not row[2] or row[1] not in PERSON_ROLES:
             return None
         return Annotator(name=name, role=row[1], id=row[0]), row[2]
@@ -407,16 +501,23 @@ class Store:
         return got[0] if got and ok else None
 
     def annotators(self) -> list[Annotator]:
-        return [Annotator(name=n, role=r, id=i, disabled=d is not None) for i, n, r, d in
-                self.db.execute("select id, name, role, disabled_at from annotators "
-                                "order by id").fetchall()]
+        return [
+            Annotator(name=n, role=r, id=i, disabled=d is not None)
+            for i, n, r, d in self.db.execute(
+                "select id, name, role, disabled_at from annotators order by id"
+            ).fetchall()
+        ]
 
     def annotator(self, name: str) -> Annotator | None:
         """The account named `name`, or None."""
-        row = self.db.execute("select id, role, disabled_at from annotators where name = ?",
-                              [name]).fetchone()
-        return None if row is None else Annotator(name=name, role=row[1], id=row[0],
-                                                  disabled=row[2] is not None)
+        row = self.db.execute(
+            "select id, role, disabled_at from annotators where name = ?", [name]
+        ).fetchone()
+        return (
+            None
+            if row is None
+            else Annotator(name=name, role=row[1], id=row[0], disabled=row[2] is not None)
+        )
 
     def _person(self, name: str) -> Annotator:
         a = self.annotator(name)
@@ -426,11 +527,17 @@ class Store:
 
     def _keep_an_admin(self, a: Annotator) -> None:
         """Refuse to disable or demote the last enabled admin: nobody could administer."""
-        if a.role == "admin" and not a.disabled and not self.db.execute(
-                "select 1 from annotators where role = 'admin' and disabled_at is null "
-                "and id != ?", [a.id]).fetchone():
-            raise StoreError(f"{a.name!r} is the only enabled admin: make another account admin "
-                             f"first")
+        if (
+            a.role == "admin"
+            and not a.disabled
+            and not self.db.execute(
+                "select 1 from annotators where role = 'admin' and disabled_at is null and id != ?",
+                [a.id],
+            ).fetchone()
+        ):
+            raise StoreError(
+                f"{a.name!r} is the only enabled admin: make another account admin first"
+            )
 
     def set_disabled(self, name: str, disabled: bool) -> Annotator:
         """Disable an account (it can no longer log in, label or administer; its labels stay)
@@ -439,8 +546,10 @@ class Store:
             a = self._person(name)
             if disabled:
                 self._keep_an_admin(a)
-            self.db.execute("update annotators set disabled_at = ? where id = ?",
-                            [now() if disabled else None, a.id])
+            self.db.execute(
+                "update annotators set disabled_at = ? where id = ?",
+                [now() if disabled else None, a.id],
+            )
         return Annotator(name=a.name, role=a.role, id=a.id, disabled=disabled)
 
     def set_role(self, name: str, role: str) -> Annotator:
@@ -454,15 +563,17 @@ class Store:
             self.db.execute("update annotators set role = ? where id = ?", [role, a.id])
         return Annotator(name=a.name, role=role, id=a.id, disabled=a.disabled)
 
-    def set_secret(self, name: str, secret: str | None = None, *,
-                   secret_hash: str | None = None) -> str | None:
+    def set_secret(
+        self, name: str, secret: str | None = None, *, secret_hash: str | None = None
+    ) -> str | None:
         """Give an account a new secret (the old one stops working); returns it."""
         if secret_hash is None:
             secret, secret_hash = new_secret(secret)
         with self.transaction():
             a = self._person(name)
-            self.db.execute("update annotators set secret_hash = ? where id = ?",
-                            [secret_hash, a.id])
+            self.db.execute(
+                "update annotators set secret_hash = ? where id = ?", [secret_hash, a.id]
+            )
         return secret
 
     # -- labels ------------------------------------------------------------------------------
@@ -483,8 +594,9 @@ class Store:
 
     def _add_label(self, lab: Label) -> int:
         if lab.request_id is not None:
-            row = self.db.execute("select id from labels where request_id = ?",
-                                  [lab.request_id]).fetchone()
+            row = self.db.execute(
+                "select id from labels where request_id = ?", [lab.request_id]
+            ).fetchone()
             if row:
                 return row[0]
         comp = self.comparison(lab.comparison_id)
@@ -493,20 +605,33 @@ class Store:
             raise StoreError("display_order must list the comparison's responses")
         if lab.mode == "pairwise" and len(comp.response_ids) != 2:
             raise StoreError("a pairwise label needs a comparison of exactly 2 responses")
-        if self.db.execute("select 1 from labels where comparison_id = ? and annotator_id = ?",
-                           [lab.comparison_id, lab.annotator_id]).fetchone():
+        if self.db.execute(
+            "select 1 from labels where comparison_id = ? and annotator_id = ?",
+            [lab.comparison_id, lab.annotator_id],
+        ).fetchone():
             raise StoreError(
                 f"annotator {lab.annotator_id} already labeled comparison {lab.comparison_id}; "
-                f"edit that label instead")
+                f"edit that label instead"
+            )
         try:
-            return self._insert("labels", {
-                "comparison_id": lab.comparison_id, "annotator_id": lab.annotator_id,
-                "mode": lab.mode, "ranking": to_json(ranking), "choice": lab.choice,
-                "strength": lab.strength, "margin": lab.margin,
-                "display_order": to_json(list(lab.display_order)), "rationale": lab.rationale,
-                "seconds_spent": lab.seconds_spent, "source": lab.source,
-                "request_id": lab.request_id, "created_at": lab.created_at or now(),
-            })
+            return self._insert(
+                "labels",
+                {
+                    "comparison_id": lab.comparison_id,
+                    "annotator_id": lab.annotator_id,
+                    "mode": lab.mode,
+                    "ranking": to_json(ranking),
+                    "choice": lab.choice,
+                    "strength": lab.strength,
+                    "margin": lab.margin,
+                    "display_order": to_json(list(lab.display_order)),
+                    "rationale": lab.rationale,
+                    "seconds_spent": lab.seconds_spent,
+                    "source": lab.source,
+                    "request_id": lab.request_id,
+                    "created_at": lab.created_at or now(),
+                },
+            )
         except sqlite3.IntegrityError as e:
             raise StoreError(f"annotator {lab.annotator_id} does not exist") from e
 
@@ -516,18 +641,35 @@ class Store:
             where.append("c.round <= ?"), params.append(round)
         if comparison_id is not None:
             where.append("l.comparison_id = ?"), params.append(comparison_id)
-        sql = ("select l.id, l.comparison_id, l.annotator_id, l.mode, l.ranking, l.choice, "
-               "l.strength, l.margin, l.display_order, l.rationale, l.seconds_spent, l.source, "
-               "l.request_id, l.created_at from labels l "
-               "join comparisons c on c.id = l.comparison_id")
+        sql = (
+            "select l.id, l.comparison_id, l.annotator_id, l.mode, l.ranking, l.choice, "
+            "l.strength, l.margin, l.display_order, l.rationale, l.seconds_spent, l.source, "
+            "l.request_id, l.created_at from labels l "
+            "join comparisons c on c.id = l.comparison_id"
+        )
         if where:
             sql += " where " + " and ".join(where)
-        return [Label(id=i, comparison_id=cid, annotator_id=aid, mode=mode,
-                      ranking=_tiers(json.loads(rk)), choice=ch, strength=st, margin=mg,
-                      display_order=tuple(json.loads(do or "[]")), rationale=ra,
-                      seconds_spent=ss, source=src, request_id=rq, created_at=ca)
-                for i, cid, aid, mode, rk, ch, st, mg, do, ra, ss, src, rq, ca
-                in self.db.execute(sql + " order by l.id", params).fetchall()]
+        return [
+            Label(
+                id=i,
+                comparison_id=cid,
+                annotator_id=aid,
+                mode=mode,
+                ranking=_tiers(json.loads(rk)),
+                choice=ch,
+                strength=st,
+                margin=mg,
+                display_order=tuple(json.loads(do or "[]")),
+                rationale=ra,
+                seconds_spent=ss,
+                source=src,
+                request_id=rq,
+                created_at=ca,
+            )
+            for i, cid, aid, mode, rk, ch, st, mg, do, ra, ss, src, rq, ca in self.db.execute(
+                sql + " order by l.id", params
+            ).fetchall()
+        ]
 
     def preferences(self, round: int | None = None) -> Iterator[Preference]:
         """Every label (up to `round`) as pairs: a ranking of K yields its C(K,2) pairs.
@@ -547,11 +689,22 @@ class Store:
             pairs = list(itertools.combinations(order, 2))
             for hi, lo in pairs:
                 yield Preference(
-                    label_id=lab.id, comparison_id=comp.id, prompt=prompts[comp.prompt_id],
-                    chosen=texts[hi], rejected=texts[lo], chosen_id=hi, rejected_id=lo,
-                    tie=tier_of[hi] == tier_of[lo], both_bad=lab.both_bad,
-                    strength=lab.strength, margin=lab.margin, annotator=names[lab.annotator_id],
-                    round=comp.round, source=lab.source, pairs_in_label=len(pairs))
+                    label_id=lab.id,
+                    comparison_id=comp.id,
+                    prompt=prompts[comp.prompt_id],
+                    chosen=texts[hi],
+                    rejected=texts[lo],
+                    chosen_id=hi,
+                    rejected_id=lo,
+                    tie=tier_of[hi] == tier_of[lo],
+                    both_bad=lab.both_bad,
+                    strength=lab.strength,
+                    margin=lab.margin,
+                    annotator=names[lab.annotator_id],
+                    round=comp.round,
+                    source=lab.source,
+                    pairs_in_label=len(pairs),
+                )
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -560,15 +713,19 @@ class Store:
         with self.transaction():
             old = self.round(r.number)
             metrics = {**(old.metrics if old else {}), **r.metrics}
-            self.db["rounds"].upsert({
-                "number": r.number,
-                "policy": r.policy if r.policy is not None else (old.policy if old else None),
-                "reward_model": r.reward_model if r.reward_model is not None
-                else (old.reward_model if old else None),
-                "metrics": to_json(metrics),
-                "started_at": r.started_at or (old.started_at if old else None) or now(),
-                "finished_at": r.finished_at or (old.finished_at if old else None),
-            }, pk="number")
+            self.db["rounds"].upsert(
+                {
+                    "number": r.number,
+                    "policy": r.policy if r.policy is not None else (old.policy if old else None),
+                    "reward_model": r.reward_model
+                    if r.reward_model is not None
+                    else (old.reward_model if old else None),
+                    "metrics": to_json(metrics),
+                    "started_at": r.started_at or (old.started_at if old else None) or now(),
+                    "finished_at": r.finished_at or (old.finished_at if old else None),
+                },
+                pk="number",
+            )
 
     def round(self, number: int) -> Round | None:
         got = self._rounds("where number = ?", [number])
@@ -578,54 +735,77 @@ class Store:
         return self._rounds("order by number", [])
 
     def _rounds(self, where: str, params: list) -> list[Round]:
-        return [Round(number=n, policy=p, reward_model=rm, metrics=json.loads(m or "{}"),
-                      started_at=s, finished_at=f)
-                for n, p, rm, m, s, f in self.db.execute(
-                    f"select number, policy, reward_model, metrics, started_at, finished_at "
-                    f"from rounds {where}", params).fetchall()]
+        return [
+            Round(
+                number=n,
+                policy=p,
+                reward_model=rm,
+                metrics=json.loads(m or "{}"),
+                started_at=s,
+                finished_at=f,
+            )
+            for n, p, rm, m, s, f in self.db.execute(
+                f"select number, policy, reward_model, metrics, started_at, finished_at "
+                f"from rounds {where}",
+                params,
+            ).fetchall()
+        ]
 
     def current_round(self) -> int:
         """The round whose samples are being labeled (0 in a new project)."""
         row = self.db.execute(
-            "select value from project_state where key = 'current_round'").fetchone()
+            "select value from project_state where key = 'current_round'"
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def set_current_round(self, number: int) -> None:
         if number < 0:
             raise StoreError(f"a round number is >= 0, got {number}")
         with self.transaction():
-            self.db["project_state"].upsert({"key": "current_round", "value": str(number)},
-                                            pk="key")
+            self.db["project_state"].upsert(
+                {"key": "current_round", "value": str(number)}, pk="key"
+            )
 
     def finish_stage(self, stage: RoundStage) -> None:
         """Record that a stage of round `stage.round` finished (a second record replaces it)."""
         with self.transaction():
-            self.db["round_stages"].upsert({
-                "round": stage.round, "stage": stage.stage, "seconds": stage.seconds,
-                "metrics": to_json(stage.metrics), "finished_at": stage.finished_at or now(),
-            }, pk=("round", "stage"))
+            self.db["round_stages"].upsert(
+                {
+                    "round": stage.round,
+                    "stage": stage.stage,
+                    "seconds": stage.seconds,
+                    "metrics": to_json(stage.metrics),
+                    "finished_at": stage.finished_at or now(),
+                },
+                pk=("round", "stage"),
+            )
 
     def forget_stage(self, round: int, stage: str) -> None:
         """Drop a stage's record, so that `rankloop round` runs it again."""
         with self.transaction():
-            self.db.execute("delete from round_stages where round = ? and stage = ?",
-                            [round, stage])
+            self.db.execute(
+                "delete from round_stages where round = ? and stage = ?", [round, stage]
+            )
 
     def stages(self, round: int | None = None) -> list[RoundStage]:
         """Finished stages (of one round, or all): by round, then in the order they finished."""
         where, params = ("where round = ?", [round]) if round is not None else ("", [])
-        return [RoundStage(round=r, stage=st, seconds=sec, metrics=json.loads(m or "{}"),
-                           finished_at=f)
-                for r, st, sec, m, f in self.db.execute(
-                    f"select round, stage, seconds, metrics, finished_at from round_stages "
-                    f"{where} order by round, finished_at, rowid", params).fetchall()]
+        return [
+            RoundStage(round=r, stage=st, seconds=sec, metrics=json.loads(m or "{}"), finished_at=f)
+            for r, st, sec, m, f in self.db.execute(
+                f"select round, stage, seconds, metrics, finished_at from round_stages "
+                f"{where} order by round, finished_at, rowid",
+                params,
+            ).fetchall()
+        ]
 
     def label_counts_by_round(self) -> dict[int, dict[str, int]]:
         """{round: {source: labels}} for the comparisons of each round."""
         out: dict[int, dict[str, int]] = {}
         for rnd, source, n in self.db.execute(
-                "select c.round, l.source, count(*) from labels l join comparisons c "
-                "on c.id = l.comparison_id group by c.round, l.source").fetchall():
+            "select c.round, l.source, count(*) from labels l join comparisons c "
+            "on c.id = l.comparison_id group by c.round, l.source"
+        ).fetchall():
             out.setdefault(rnd, {})[source] = n
         return out
 
@@ -644,15 +824,17 @@ class Store:
             join responses r on r.id = x.response_id where r.source = 'generated'
             group by x.comparison_id having count(distinct r.round) > 1"""
         for rid, rnd in self.db.execute(
-                f"select r.id, r.round from comparison_responses x join responses r "
-                f"on r.id = x.response_id where r.source = 'generated' "
-                f"and x.comparison_id in ({cross})").fetchall():
+            f"select r.id, r.round from comparison_responses x join responses r "
+            f"on r.id = x.response_id where r.source = 'generated' "
+            f"and x.comparison_id in ({cross})"
+        ).fetchall():
             rounds[rid] = rnd
         out = []
         for lid, cid, pid, ranking, src in self.db.execute(
-                f"select l.id, l.comparison_id, c.prompt_id, l.ranking, l.source from labels l "
-                f"join comparisons c on c.id = l.comparison_id "
-                f"where l.comparison_id in ({cross}) order by l.id").fetchall():
+            f"select l.id, l.comparison_id, c.prompt_id, l.ranking, l.source from labels l "
+            f"join comparisons c on c.id = l.comparison_id "
+            f"where l.comparison_id in ({cross}) order by l.id"
+        ).fetchall():
             if sources is not None and src not in sources:
                 continue
             tier = {r: t for t, members in enumerate(json.loads(ranking)) for r in members}
@@ -662,27 +844,39 @@ class Store:
                 if rounds[i] < rounds[j]:  # the newer round is side a
                     i, j = j, i
                 outcome = 0.5 if tier[i] == tier[j] else float(tier[i] < tier[j])
-                out.append(Match(prompt_id=pid, comparison_id=cid, label_id=lid,
-                                 model_a=rounds[i], model_b=rounds[j], response_a=i,
-                                 response_b=j, outcome=outcome, source=src))
+                out.append(
+                    Match(
+                        prompt_id=pid,
+                        comparison_id=cid,
+                        label_id=lid,
+                        model_a=rounds[i],
+                        model_b=rounds[j],
+                        response_a=i,
+                        response_b=j,
+                        outcome=outcome,
+                        source=src,
+                    )
+                )
         return out
 
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> StoreStatus:
-        q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        q = lambda sql: self.db.execute(sql).fetchone()[0]
         labeled = q("select count(distinct comparison_id) from labels")
         comparisons = q("select count(*) from comparisons")
         return StoreStatus(
             prompts=q("select count(*) from prompts"),
-            responses_per_round=dict(self.db.execute(
-                "select round, count(*) from responses group by round order by round").fetchall()),
+            responses_per_round=dict(
+                self.db.execute(
+                    "select round, count(*) from responses group by round order by round"
+                ).fetchall()
+            ),
             comparisons=comparisons,
             comparisons_pending=comparisons - labeled,
             comparisons_labeled=labeled,
             labels=q("select count(*) from labels"),
-            annotators=q("select count(*) from annotators "
-                         "where role in ('annotator', 'admin')"),
+            annotators=q("select count(*) from annotators where role in ('annotator', 'admin')"),
             rounds=self.rounds(),
             current_round=self.current_round(),
         )

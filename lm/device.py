@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rankloop.settings import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -26,24 +28,29 @@ def pick_device(setting: str = "auto"):
     try:
         device = torch.device(setting)
     except RuntimeError:
-        raise ConfigError(f"[runtime] device = {setting!r}: expected one of "
-                         f"{', '.join(DEVICES)} (or 'cuda:N')") from None
+        raise ConfigError(
+            f"[runtime] device = {setting!r}: expected one of {', '.join(DEVICES)} (or 'cuda:N')"
+        ) from None
     if device.type not in DEVICES:
         raise ConfigError(f"[runtime] device = {setting!r}: expected one of {', '.join(DEVICES)}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("[runtime] device = 'cuda' but torch sees no CUDA GPU here: set "
-                         "device = 'auto' or 'cpu'")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                     and torch.backends.mps.is_available()):
-        raise ConfigError("[runtime] device = 'mps' but torch has no MPS here: set "
-                         "device = 'auto' or 'cpu'")
+        raise ConfigError(
+            "[runtime] device = 'cuda' but torch sees no CUDA GPU here: set "
+            "device = 'auto' or 'cpu'"
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(
+            "[runtime] device = 'mps' but torch has no MPS here: set device = 'auto' or 'cpu'"
+        )
     return device
 
 
 def cpu_supports_bf16() -> bool:
     """True where bf16 matmuls are fast on the CPU (AVX-512 BF16 or AMX)."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

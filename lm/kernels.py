@@ -30,8 +30,17 @@ NAME = "rankloop_sdpa"
 FP32_MAX_KEYS = 256  # bench/attention.py: fp32 1.9x faster at 150 keys, level at 256, slower at 512
 
 
-def rankloop_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
-                  scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def rankloop_sdpa(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     """transformers attention function (see `AttentionInterface`): (B, T, H, D) output.
 
     query (B, H, T, D), key and value (B, Hkv, S, D); attention_mask None or the (B, 1, T, S)
@@ -40,15 +49,31 @@ def rankloop_sdpa(module, query, key, value, attention_mask, dropout: float = 0.
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     needs_grad = torch.is_grad_enabled() and (
-        query.requires_grad or key.requires_grad or value.requires_grad)
+        query.requires_grad or key.requires_grad or value.requires_grad
+    )
     autocast = torch.is_autocast_enabled("cpu")
     low_precision = autocast or any(x.dtype != torch.float32 for x in (query, key, value))
-    if (not needs_grad or query.device.type != "cpu" or dropout > 0 or not low_precision
-            or key.shape[2] > FP32_MAX_KEYS
-            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-            or kwargs.get("cache") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    if (
+        not needs_grad
+        or query.device.type != "cpu"
+        or dropout > 0
+        or not low_precision
+        or key.shape[2] > FP32_MAX_KEYS
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+        or kwargs.get("cache") is not None
+    ):
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
     t, s = query.shape[2], key.shape[2]
     mask = attention_mask
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -61,8 +86,13 @@ def rankloop_sdpa(module, query, key, value, attention_mask, dropout: float = 0.
             mask = mask.float()
     with torch.autocast("cpu", enabled=False):
         out = F.scaled_dot_product_attention(
-            query.float(), key.float(), value.float(), attn_mask=mask, scale=scaling,
-            enable_gqa=query.shape[1] != key.shape[1])  # (B, H, T, D) fp32
+            query.float(),
+            key.float(),
+            value.float(),
+            attn_mask=mask,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )  # (B, H, T, D) fp32
     dtype = torch.get_autocast_dtype("cpu") if autocast else value.dtype
     return out.to(dtype).transpose(1, 2).contiguous(), None
 

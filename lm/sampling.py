@@ -67,14 +67,14 @@ def sampling_kwargs(temperature: float, top_p: float = 1.0) -> dict:
     Temperature and top-p are HF's own warpers; the draw itself is `InverseCDFSampler`.
     """
     if temperature == 0:
-        return dict(do_sample=False)
+        return {"do_sample": False}
     procs = []
     if temperature != 1.0:
         procs.append(TemperatureLogitsWarper(temperature))
     if top_p < 1.0:
         procs.append(TopPLogitsWarper(top_p))
     procs.append(InverseCDFSampler())
-    return dict(do_sample=False, logits_processor=LogitsProcessorList(procs))
+    return {"do_sample": False, "logits_processor": LogitsProcessorList(procs)}
 
 
 def encode_chats(tokenizer, chats: Sequence[list[dict]]) -> list[list[int]]:
@@ -85,8 +85,9 @@ def encode_chats(tokenizer, chats: Sequence[list[dict]]) -> list[list[int]]:
     out = []
     for chat in chats:
         if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                                return_dict=False)
+            ids = tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
         else:
@@ -101,14 +102,23 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids, mask
 
 
 @torch.inference_mode()
-def sample_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, temperature: float,
-                 top_p: float, max_new_tokens: int, seed: int, bf16: bool = False) -> list[Sample]:
+def sample_batch(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    bf16: bool = False,
+) -> list[Sample]:
     """Sample one continuation for each tokenised prompt, in one batched `generate` call."""
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
@@ -117,29 +127,49 @@ def sample_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, tempe
     sampling = sampling_kwargs(temperature, top_p)
     with autocast(device, bf16 and next(model.parameters()).dtype == torch.float32):
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            use_cache=True, **sampling)
-    new = out[:, input_ids.shape[1]:].tolist()  # (B, <= max_new_tokens)
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+            **sampling,
+        )
+    new = out[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
     eos = tokenizer.eos_token_id
     samples = []
     for row in new:
         finished = eos in row
         tokens = row[: row.index(eos)] if finished else row
-        samples.append(Sample(text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                              token_ids=tuple(tokens), finished=finished))
+        samples.append(
+            Sample(
+                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                token_ids=tuple(tokens),
+                finished=finished,
+            )
+        )
     return samples
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), to cut padding."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def sample_many(model, tokenizer, chats: Sequence[list[dict]], *, temperature: float,
-                top_p: float, max_new_tokens: int, batch_size: int, seed_for: Callable,
-                bf16: bool = False, on_batch: Callable | None = None) -> None:
+def sample_many(
+    model,
+    tokenizer,
+    chats: Sequence[list[dict]],
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed_for: Callable,
+    bf16: bool = False,
+    on_batch: Callable | None = None,
+) -> None:
     """Sample one continuation per chat in length-sorted batches.
 
     `seed_for(indices)` gives the torch seed for a batch of chat indices; `on_batch(indices,
@@ -149,8 +179,15 @@ def sample_many(model, tokenizer, chats: Sequence[list[dict]], *, temperature: f
     prompt_ids = encode_chats(tokenizer, chats)
     for batch in plan_batches([len(p) for p in prompt_ids], batch_size):
         seed = seed_for(batch)
-        samples = sample_batch(model, tokenizer, [prompt_ids[i] for i in batch],
-                               temperature=temperature, top_p=top_p,
-                               max_new_tokens=max_new_tokens, seed=seed, bf16=bf16)
+        samples = sample_batch(
+            model,
+            tokenizer,
+            [prompt_ids[i] for i in batch],
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            bf16=bf16,
+        )
         if on_batch:
             on_batch(batch, samples, seed)

@@ -17,8 +17,11 @@ from rankloop.settings import ConfigError
 TRACKERS = ("tensorboard", "trackio", "wandb")
 # tensorboard's writer is torch's SummaryWriter, which needs the tensorboard package (or the
 # tensorboardX one accelerate also accepts).
-_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",),
-            "wandb": ("wandb",)}
+_MODULES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",),
+    "wandb": ("wandb",),
+}
 
 
 def parse_trackers(log_with: str, section: str) -> list[str]:
@@ -26,8 +29,10 @@ def parse_trackers(log_with: str, section: str) -> list[str]:
     names = [t.strip() for t in (log_with or "").split(",") if t.strip()]
     for name in names:
         if name not in TRACKERS:
-            raise ConfigError(f"[{section}] log_with = {log_with!r}: {name!r} is not one of "
-                              f"{', '.join(TRACKERS)} (comma-separated, or empty for none)")
+            raise ConfigError(
+                f"[{section}] log_with = {log_with!r}: {name!r} is not one of "
+                f"{', '.join(TRACKERS)} (comma-separated, or empty for none)"
+            )
     return names
 
 
@@ -35,8 +40,10 @@ def check_installed(trackers: list[str]) -> None:
     """Fail before training starts when a tracker's package is missing, saying how to get it."""
     for name in trackers:
         if not any(importlib.util.find_spec(m) for m in _MODULES[name]):
-            raise ConfigError(f"log_with = {name!r} needs the {name} package: "
-                              f"pip install 'rankloop[{name}]' (or pip install {name})")
+            raise ConfigError(
+                f"log_with = {name!r} needs the {name} package: "
+                f"pip install 'rankloop[{name}]' (or pip install {name})"
+            )
 
 
 def init_kwargs(trackers: list[str], log_dir: Path) -> dict:

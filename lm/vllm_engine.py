@@ -29,9 +29,11 @@ class VLLMSampler:
 
     def __init__(self, policy: str, *, bf16: bool, seed: int = 0, **engine_kwargs):
         if not vllm_available():
-            raise ModelLoadError("[generate] engine = 'vllm' needs vLLM: pip install "
-                                 "'rankloop[vllm]' on a machine with a GPU, or set "
-                                 "engine = 'hf'")
+            raise ModelLoadError(
+                "[generate] engine = 'vllm' needs vLLM: pip install "
+                "'rankloop[vllm]' on a machine with a GPU, or set "
+                "engine = 'hf'"
+            )
         from vllm import LLM
 
         base = adapter_base(policy)
@@ -50,12 +52,22 @@ class VLLMSampler:
         """As `lm.sampling.sample_batch` records it: text stripped, EOS not among the tokens,
         finished when the model stopped on its own (not at max_tokens)."""
         tokens = [t for t in out.token_ids if t != eos]
-        return Sample(text=out.text.strip(), token_ids=tuple(tokens),
-                      finished=out.finish_reason == "stop")
+        return Sample(
+            text=out.text.strip(), token_ids=tuple(tokens), finished=out.finish_reason == "stop"
+        )
 
-    def sample_many(self, tokenizer, chats: Sequence[list[dict]], *, temperature: float,
-                    top_p: float, max_new_tokens: int, batch_size: int, seed_for: Callable,
-                    on_batch: Callable | None = None) -> None:
+    def sample_many(
+        self,
+        tokenizer,
+        chats: Sequence[list[dict]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        batch_size: int,
+        seed_for: Callable,
+        on_batch: Callable | None = None,
+    ) -> None:
         from vllm import SamplingParams
 
         prompt_ids = encode_chats(tokenizer, chats)
@@ -63,11 +75,18 @@ class VLLMSampler:
             seed = seed_for(batch)
             # one seed per request (seed + row): rows of a batch draw independently, and a
             # rerun of the batch draws the same samples
-            params = [SamplingParams(temperature=temperature, top_p=top_p,
-                                     max_tokens=max_new_tokens, seed=seed + j)
-                      for j in range(len(batch))]
-            outs = self.llm.generate([{"prompt_token_ids": prompt_ids[i]} for i in batch],
-                                     params, lora_request=self.lora, use_tqdm=False)
+            params = [
+                SamplingParams(
+                    temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed + j
+                )
+                for j in range(len(batch))
+            ]
+            outs = self.llm.generate(
+                [{"prompt_token_ids": prompt_ids[i]} for i in batch],
+                params,
+                lora_request=self.lora,
+                use_tqdm=False,
+            )
             samples = [self._sample(o.outputs[0], tokenizer.eos_token_id) for o in outs]
             if on_batch:
                 on_batch(batch, samples, seed)

@@ -33,8 +33,14 @@ def decoder_backbone(model: nn.Module) -> nn.Module:
     return model.get_decoder() if hasattr(model, "get_decoder") else model
 
 
-def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAUSAL_LM",
-                top_layers: int = 0, backbone: nn.Module | None = None):
+def lora_config(
+    r: int,
+    alpha: int,
+    dropout: float,
+    task_type: str | None = "CAUSAL_LM",
+    top_layers: int = 0,
+    backbone: nn.Module | None = None,
+):
     """LoRA on all linear layers of the backbone (never the LM head): more capacity per rank
     than q/v only. `top_layers` > 0 puts adapters only on the last `top_layers` of `n_layers`
     blocks: the backward pass then stops there instead of running through the whole model."""
@@ -42,18 +48,31 @@ def lora_config(r: int, alpha: int, dropout: float, task_type: str | None = "CAU
 
     n_layers = backbone.config.num_hidden_layers if backbone is not None else 0
     if not 0 < top_layers < n_layers:
-        return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                          target_modules="all-linear", task_type=task_type)
+        return LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules="all-linear",
+            task_type=task_type,
+        )
     # peft takes a layer range only with explicit module names: the backbone's linear layers
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in backbone.named_modules()
-                    if isinstance(m, nn.Linear)})
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-                      task_type=task_type, layers_pattern="layers",
-                      layers_to_transform=list(range(n_layers - top_layers, n_layers)))
+    names = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if isinstance(m, nn.Linear)}
+    )
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=names,
+        task_type=task_type,
+        layers_pattern="layers",
+        layers_to_transform=list(range(n_layers - top_layers, n_layers)),
+    )
 
 
-def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.dtype,
-                top_layers: int = 0):
+def load_policy(
+    path: str, *, r: int, alpha: int, dropout: float, dtype: torch.dtype, top_layers: int = 0
+):
     """The policy as a trainable peft model.
 
     A plain checkpoint gets a fresh LoRA adapter. An adapter folder (a previous round's policy)
@@ -66,9 +85,10 @@ def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.d
     base_path = adapter_base(path)
     try:
         base = AutoModelForCausalLM.from_pretrained(resolve(base_path or path), dtype=dtype)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad path
-        raise ModelLoadError(f"cannot load policy '{path}': {type(e).__name__}: "
-                             f"{str(e).splitlines()[0]}") from e
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load policy '{path}': {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e
     base.config.use_cache = True
     use_training_attention(base)
     contiguous_lm_head_input(base)
@@ -76,8 +96,10 @@ def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.d
         if base_path:
             lm = PeftModel.from_pretrained(base, path, is_trainable=True)
         else:
-            lm = get_peft_model(base, lora_config(r, alpha, dropout, "CAUSAL_LM", top_layers,
-                                                  decoder_backbone(base)))
+            lm = get_peft_model(
+                base,
+                lora_config(r, alpha, dropout, "CAUSAL_LM", top_layers, decoder_backbone(base)),
+            )
     lm.base_model_name = resolve(base_path or path)  # written into the saved adapter_config
     return lm.eval()  # no dropout anywhere: rollout and update log-probs must agree
 
@@ -85,8 +107,11 @@ def load_policy(path: str, *, r: int, alpha: int, dropout: float, dtype: torch.d
 def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
     """The list of decoder blocks of a (peft-wrapped) HF model, or None if it has none."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for cand in (base, getattr(base, "model", None),
-                 base.get_decoder() if hasattr(base, "get_decoder") else None):
+    for cand in (
+        base,
+        getattr(base, "model", None),
+        base.get_decoder() if hasattr(base, "get_decoder") else None,
+    ):
         layers = getattr(cand, "layers", None)
         if isinstance(layers, nn.ModuleList):
             return layers
@@ -120,16 +145,21 @@ class SkipLowerBlocks:
             return self
         target = self.layers[self.split]
         if self.keep:
+
             def record(mod, args):
                 self.kept = args[0].detach()
+
             self.handles.append(target.register_forward_pre_hook(record))
         if self.lower is not None:
             self.saved = [self.layers[i] for i in range(self.split)]
             for i in range(self.split):
                 self.layers[i] = _Skip()
             lower = self.lower
-            self.handles.append(target.register_forward_pre_hook(
-                lambda mod, args: (lower.to(args[0].dtype), *args[1:])))
+            self.handles.append(
+                target.register_forward_pre_hook(
+                    lambda mod, args: (lower.to(args[0].dtype), *args[1:])
+                )
+            )
         return self
 
     def __exit__(self, *exc):
@@ -152,8 +182,14 @@ class Actor(nn.Module):
             nn.init.zeros_(self.value_head.weight)  # start at V = 0, not at noise
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, n_last: int | None = None,
-                lower: torch.Tensor | None = None, keep_lower: bool = False):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        n_last: int | None = None,
+        lower: torch.Tensor | None = None,
+        keep_lower: bool = False,
+    ):
         """Logits (B, n, V) and values (B, n) or None for the last `n_last` positions.
 
         `keep_lower`: also return the output of the frozen, adapter-free lower blocks (when
@@ -162,10 +198,14 @@ class Actor(nn.Module):
         layers = decoder_layers(self.lm)
         split = first_adapted_block(layers)
         with SkipLowerBlocks(layers, split, lower, keep_lower) as skip:
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_for(attention_mask), use_cache=False,
-                          logits_to_keep=n_last or 0,
-                          output_hidden_states=self.value_head is not None)
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_for(attention_mask),
+                use_cache=False,
+                logits_to_keep=n_last or 0,
+                output_hidden_states=self.value_head is not None,
+            )
         values = None
         if self.value_head is not None:
             h = out.hidden_states[-1]  # (B, L, H)
@@ -192,13 +232,23 @@ class Critic(nn.Module):
         self.head = head
         self.origin = origin  # 'reward model' or 'policy backbone (fresh head)'
 
-    def forward(self, input_ids, attention_mask, n_last: int, lower: torch.Tensor | None = None,
-                keep_lower: bool = False):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        n_last: int,
+        lower: torch.Tensor | None = None,
+        keep_lower: bool = False,
+    ):
         """Values (B, n_last); with `keep_lower`, also the input of the first adapted block."""
         layers = decoder_layers(self.backbone)
         with SkipLowerBlocks(layers, first_adapted_block(layers), lower, keep_lower) as skip:
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                position_ids=position_ids_for(attention_mask), use_cache=False)
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_for(attention_mask),
+                use_cache=False,
+            )
         h = out.last_hidden_state[:, -n_last:]  # (B, n, H)
         values = self.head(h.float()).squeeze(-1)  # (B, n)
         if keep_lower:
@@ -218,15 +268,25 @@ class ActorCritic(nn.Module):
         self.actor = actor
         self.critic = critic
 
-    def forward(self, input_ids, attention_mask, n_last: int | None = None, *,
-                policy: bool = True, value: bool = True, policy_lower=None, critic_lower=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        n_last: int | None = None,
+        *,
+        policy: bool = True,
+        value: bool = True,
+        policy_lower=None,
+        critic_lower=None,
+    ):
         """(logits or None, values or None) of the last `n_last` positions; `policy` / `value`
         say which of the two forwards to run (the value head on the policy comes with its
         logits)."""
         logits = values = None
         if policy or (value and self.critic is None):
-            logits, values = self.actor(input_ids, attention_mask, n_last=n_last,
-                                        lower=policy_lower)
+            logits, values = self.actor(
+                input_ids, attention_mask, n_last=n_last, lower=policy_lower
+            )
         if value and self.critic is not None:
             values = self.critic(input_ids, attention_mask, n_last=n_last, lower=critic_lower)
         return logits, values
@@ -243,8 +303,17 @@ def same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
 
 
-def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer, r: int,
-                 alpha: int, dropout: float, dtype: torch.dtype, top_layers: int = 0) -> Critic:
+def build_critic(
+    *,
+    reward_model: str | None,
+    policy_path: str,
+    policy_tokenizer,
+    r: int,
+    alpha: int,
+    dropout: float,
+    dtype: torch.dtype,
+    top_layers: int = 0,
+) -> Critic:
     """Critic initialised from the reward model (PPO-max) when it shares the policy's tokenizer;
     otherwise from the policy's backbone with a fresh, zero head (the reason is in `.origin`).
     `top_layers` > 0: LoRA only on the critic's last `top_layers` blocks."""
@@ -260,15 +329,19 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
             use_training_attention(backbone)
             old_head = getattr(rm, "score", None) or getattr(rm, "classifier", None)
             if not isinstance(old_head, nn.Linear) or old_head.out_features != 1:
-                raise ModelLoadError(f"reward model {reward_model}: expected a linear score head "
-                                     f"with one output to initialise the critic")
+                raise ModelLoadError(
+                    f"reward model {reward_model}: expected a linear score head "
+                    f"with one output to initialise the critic"
+                )
             head = nn.Linear(old_head.in_features, 1, bias=old_head.bias is not None)
             head.load_state_dict({k: v.float() for k, v in old_head.state_dict().items()})
             if head.bias is None:  # the critic needs a bias to learn the value's offset
                 head = _with_bias(head)
             with quiet_loading():
-                lora = get_peft_model(backbone, lora_config(
-                    r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone))
+                lora = get_peft_model(
+                    backbone,
+                    lora_config(r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone),
+                )
             critic = Critic(lora.eval(), head, "reward model")
             # the reward model itself, sharing the critic's frozen weights (its LoRA layers are
             # injected into them): scoring runs it with the adapter disabled, no second copy
@@ -284,8 +357,9 @@ def build_critic(*, reward_model: str | None, policy_path: str, policy_tokenizer
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     with quiet_loading():
-        lora = get_peft_model(backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION",
-                                                    top_layers, backbone))
+        lora = get_peft_model(
+            backbone, lora_config(r, alpha, dropout, "FEATURE_EXTRACTION", top_layers, backbone)
+        )
     return Critic(lora.eval(), head, f"policy backbone with a fresh head ({reason})")
 
 
@@ -388,8 +462,10 @@ def save_policy(actor: Actor, tokenizer, out: Path, *, merge: bool) -> Path:
 
 def save_critic(critic: Critic | None, actor: Actor, out: Path) -> None:
     """The critic's trained tensors next to the policy (`critic.pt`), to resume or inspect."""
-    state = {"actor_value_head": actor.value_head.state_dict() if actor.value_head else None,
-             "critic": trainable_state(critic) if critic is not None else None,
-             "origin": critic.origin if critic is not None else "value head on the policy"}
+    state = {
+        "actor_value_head": actor.value_head.state_dict() if actor.value_head else None,
+        "critic": trainable_state(critic) if critic is not None else None,
+        "origin": critic.origin if critic is not None else "value head on the policy",
+    }
     torch.save(state, Path(out) / "critic.pt")
     (Path(out) / "critic.json").write_text(json.dumps({"origin": state["origin"]}) + "\n")

@@ -133,15 +133,42 @@ class PPOConfig:
         def bad(name: str, what: str) -> ConfigError:
             return ConfigError(f"[ppo] {name} = {getattr(self, name)!r}: {what}")
 
-        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                     "lora_r", "lora_alpha", "log_every", "ptx_batch_size", "eval_samples"):
+        for name in (
+            "steps",
+            "batch_size",
+            "mini_batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "lora_r",
+            "lora_alpha",
+            "log_every",
+            "ptx_batch_size",
+            "eval_samples",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("value_pretrain_steps", "checkpoint_every", "critic_lora_layers",
-                     "lora_layers", "log_samples", "kl_coef", "kl_target", "missing_eos_penalty",
-                     "score_clip", "entropy_coef", "max_grad_norm", "target_approxkl", "vf_coef",
-                     "ptx_coef", "cliprange_value", "lora_dropout", "eval_every", "eval_prompts",
-                     "early_stop_patience", "early_stop_min_delta"):
+        for name in (
+            "value_pretrain_steps",
+            "checkpoint_every",
+            "critic_lora_layers",
+            "lora_layers",
+            "log_samples",
+            "kl_coef",
+            "kl_target",
+            "missing_eos_penalty",
+            "score_clip",
+            "entropy_coef",
+            "max_grad_norm",
+            "target_approxkl",
+            "vf_coef",
+            "ptx_coef",
+            "cliprange_value",
+            "lora_dropout",
+            "eval_every",
+            "eval_prompts",
+            "early_stop_patience",
+            "early_stop_min_delta",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if self.batch_size % self.mini_batch_size:

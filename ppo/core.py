@@ -36,26 +36,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "KL_ESTIMATORS",
+    "EarlyStopping",
+    "FixedKLController",
+    "KLConstraintController",
+    "compute_rewards",
+    "decoupled_gae",
+    "dpo_loss",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "kl_penalty",
+    "lm_loss",
+    "logprobs_from_logits",
     "masked_mean",
     "masked_var",
     "masked_whiten",
-    "logprobs_from_logits",
-    "entropy_from_logits",
-    "KL_ESTIMATORS",
-    "kl_penalty",
-    "compute_rewards",
-    "gae",
-    "decoupled_gae",
-    "policy_loss",
-    "value_loss",
-    "explained_variance",
     "normalize_scores",
+    "policy_loss",
     "rto_token_rewards",
-    "dpo_loss",
-    "lm_loss",
-    "FixedKLController",
-    "KLConstraintController",
-    "EarlyStopping",
+    "value_loss",
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -586,8 +586,13 @@ class KLConstraintController:
 
     def state_dict(self) -> dict[str, Any]:
         # Python floats round-trip exactly (also through JSON/torch.save)
-        return {"value": self.value, "kl_coef": self.kl_coef, "target": self.target,
-                "horizon": self.horizon, "started": self.started}
+        return {
+            "value": self.value,
+            "kl_coef": self.kl_coef,
+            "target": self.target,
+            "horizon": self.horizon,
+            "started": self.started,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])

@@ -26,8 +26,12 @@ from .actor_critic import Actor, load_policy, save_policy
 from .config import DPOConfig
 
 
-def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],
-                   response_ids: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+def response_logps(
+    actor: Actor,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> torch.Tensor:
     """Summed log-prob of each response given its prompt (B,). Right padding."""
     seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
     width = max(len(s) for s in seqs)
@@ -35,9 +39,9 @@ def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],
     att = torch.zeros_like(ids)  # (B, L)
     resp = torch.zeros_like(ids, dtype=torch.bool)  # (B, L) response tokens
     for i, (p, s) in enumerate(zip(prompt_ids, seqs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        att[i, :len(s)] = 1
-        resp[i, len(p):len(s)] = True
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        resp[i, len(p) : len(s)] = True
     device = next(actor.parameters()).device
     ids, att, resp = ids.to(device), att.to(device), resp.to(device)
     logits, _ = actor(ids, att)  # (B, L, V)
@@ -45,8 +49,15 @@ def response_logps(actor: Actor, prompt_ids: Sequence[Sequence[int]],
     return torch.where(resp[:, 1:], logps, torch.zeros_like(logps)).sum(-1)  # (B,)
 
 
-def train_dpo(config: DPOConfig, *, policy: str, preferences: Sequence, out_dir: Path,
-              progress: bool = True, log: Callable[[str], None] | None = print) -> dict:
+def train_dpo(
+    config: DPOConfig,
+    *,
+    policy: str,
+    preferences: Sequence,
+    out_dir: Path,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict:
     """Train a DPO adapter on `preferences` (records with .prompt, .chosen, .rejected, .tie);
     ties are skipped (DPO has no tie outcome). Saves the adapter to `out_dir`; returns the
     final metrics (`dpo/loss`, `dpo/accuracy`, `dpo/margin`, ...)."""
@@ -59,19 +70,24 @@ def train_dpo(config: DPOConfig, *, policy: str, preferences: Sequence, out_dir:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = use_bf16(config.bf16, device)
     torch.manual_seed(config.seed)
-    lm = load_policy(base, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0,
-                     dtype=torch.bfloat16 if bf16 else torch.float32,
-                     top_layers=config.lora_layers)
+    lm = load_policy(
+        base,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=0.0,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        top_layers=config.lora_layers,
+    )
     actor = Actor(lm, value_head=False).to(device)
     if bf16:
         keep_adapter_inputs_in_autocast_dtype(actor)
-    opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad],
-                            lr=config.lr, foreach=True)
+    opt = torch.optim.AdamW(
+        [p for p in actor.parameters() if p.requires_grad], lr=config.lr, foreach=True
+    )
     prompt_ids = encode_chats(tokenizer, [p.prompt.as_chat() for p in pairs])
     eos = [tokenizer.eos_token_id]
     chosen = [tokenizer(p.chosen, add_special_tokens=False)["input_ids"] + eos for p in pairs]
-    rejected = [tokenizer(p.rejected, add_special_tokens=False)["input_ids"] + eos
-                for p in pairs]
+    rejected = [tokenizer(p.rejected, add_special_tokens=False)["input_ids"] + eos for p in pairs]
     order = list(range(len(pairs)))
     rng = random.Random(config.seed)
     bs = config.batch_size
@@ -81,7 +97,7 @@ def train_dpo(config: DPOConfig, *, policy: str, preferences: Sequence, out_dir:
     for _epoch in range(config.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
+            idx = order[start : start + bs]
             p_ids = [prompt_ids[i] for i in idx] * 2
             r_ids = [chosen[i] for i in idx] + [rejected[i] for i in idx]
             with autocast(device, bf16):
@@ -89,8 +105,9 @@ def train_dpo(config: DPOConfig, *, policy: str, preferences: Sequence, out_dir:
                     ref = response_logps(actor, p_ids, r_ids, tokenizer.pad_token_id)  # (2b,)
                 pol = response_logps(actor, p_ids, r_ids, tokenizer.pad_token_id)  # (2b,)
                 n = len(idx)
-                loss, stats = core.dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], config.beta,
-                                             config.label_smoothing)
+                loss, stats = core.dpo_loss(
+                    pol[:n], pol[n:], ref[:n], ref[n:], config.beta, config.label_smoothing
+                )
             loss.backward()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
@@ -102,11 +119,13 @@ def train_dpo(config: DPOConfig, *, policy: str, preferences: Sequence, out_dir:
     bar.close()
     tokenizer.padding_side = "left"
     save_policy(actor, tokenizer, out_dir, merge=False)
-    tail = history[-max(1, len(history) // 4):]
+    tail = history[-max(1, len(history) // 4) :]
     metrics = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]}
     metrics["dpo/pairs"] = float(len(pairs))
     (Path(out_dir) / "dpo_history.json").write_text(json.dumps(history, indent=1) + "\n")
     if log:
-        log(f"DPO: {len(pairs)} pairs, {steps} steps, final loss {metrics['dpo/loss']:.4f}, "
-            f"accuracy {metrics['dpo/accuracy']:.3f}")
+        log(
+            f"DPO: {len(pairs)} pairs, {steps} steps, final loss {metrics['dpo/loss']:.4f}, "
+            f"accuracy {metrics['dpo/accuracy']:.3f}"
+        )
     return metrics

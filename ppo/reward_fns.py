@@ -51,8 +51,15 @@ class ScorerReward:
     frozen weights (its LoRA adapter disabled) instead of loading a second copy.
     """
 
-    def __init__(self, scorer=None, normalize: bool = True, clip: float | None = 5.0, *,
-                 path: str | None = None, bf16: str = "auto"):
+    def __init__(
+        self,
+        scorer=None,
+        normalize: bool = True,
+        clip: float | None = 5.0,
+        *,
+        path: str | None = None,
+        bf16: str = "auto",
+    ):
         if scorer is None and path is None:
             raise ValueError("ScorerReward needs a scorer or a path")
         self.scorer = scorer
@@ -77,10 +84,15 @@ class ScorerReward:
         tokenizer = load_reward_tokenizer(self.path)
         mean, std = read_stats(self.path)
         device = next(rm.parameters()).device
-        self.scorer = RewardScorer(_AdapterDisabled(rm, critic.backbone), tokenizer, device,
-                                   bf16=next(rm.parameters()).dtype == torch.bfloat16,
-                                   mean=mean, std=std,
-                                   max_length=min(tokenizer.model_max_length, 1 << 16))
+        self.scorer = RewardScorer(
+            _AdapterDisabled(rm, critic.backbone),
+            tokenizer,
+            device,
+            bf16=next(rm.parameters()).dtype == torch.bfloat16,
+            mean=mean,
+            std=std,
+            max_length=min(tokenizer.model_max_length, 1 << 16),
+        )
         self.shared = True
         return True
 
@@ -89,8 +101,9 @@ class ScorerReward:
             from rankloop.reward.scoring import RewardScorer
 
             self.scorer = RewardScorer.from_pretrained(self.path, bf16=self.bf16)
-        raw = as_scores(self.scorer.score(list(prompts), list(responses)), len(responses),
-                        self.name)  # (N,)
+        raw = as_scores(
+            self.scorer.score(list(prompts), list(responses)), len(responses), self.name
+        )  # (N,)
         if not self.normalize:
             return raw if self.clip is None else raw.clamp(-self.clip, self.clip)
         std = float(getattr(self.scorer, "std", 1.0) or 1.0)
@@ -132,13 +145,15 @@ class WeightedSum:
     def __call__(self, prompts, responses) -> torch.Tensor:
         total = torch.zeros(len(responses))  # (N,)
         for weight, source in self.parts:
-            total = total + weight * as_scores(source(prompts, responses), len(responses),
-                                               getattr(source, "name", "fn"))
+            total = total + weight * as_scores(
+                source(prompts, responses), len(responses), getattr(source, "name", "fn")
+            )
         return total
 
 
-def missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor,
-                        penalty: float) -> torch.Tensor:
+def missing_eos_penalty(
+    scores: torch.Tensor, finished: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """Subtract `penalty` from the score of each response cut at max_new_tokens (no EOS).
 
     The N+ implementation details of RLHF (Huang et al. 2024): without it, a policy can learn
@@ -150,8 +165,9 @@ def missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor,
 def load_callable(spec: str) -> RewardFn:
     """`module:function` (or `path/to/file.py:function`) -> the function, with a clear error."""
     if ":" not in spec:
-        raise ConfigError(f"--reward-fn {spec!r}: expected module:function "
-                          f"(e.g. my_rewards:length_bonus)")
+        raise ConfigError(
+            f"--reward-fn {spec!r}: expected module:function (e.g. my_rewards:length_bonus)"
+        )
     module_name, func_name = spec.rsplit(":", 1)
     try:
         if module_name.endswith(".py"):
@@ -186,8 +202,9 @@ def parse_reward_spec(specs: Sequence[str]) -> RewardFn:
             try:
                 weight = float(head)
             except ValueError:
-                raise ConfigError(f"--reward-fn {spec!r}: the weight before '*' must be a "
-                                  f"number") from None
+                raise ConfigError(
+                    f"--reward-fn {spec!r}: the weight before '*' must be a number"
+                ) from None
             spec = rest
         parts.append((weight, load_callable(spec)))
     if len(parts) == 1 and parts[0][0] == 1.0:

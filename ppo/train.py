@@ -110,8 +110,9 @@ def step_seed(seed: int, step: int, rank: int, what: str) -> int:
     return int(content_hash(seed, step, rank, what)[:8], 16)
 
 
-def prompts_for_step(n_prompts: int, batch_size: int, step: int, rank: int, world: int,
-                     seed: int) -> list[int]:
+def prompts_for_step(
+    n_prompts: int, batch_size: int, step: int, rank: int, world: int, seed: int
+) -> list[int]:
     """Indices of this process's prompts for `step`: epochs over a shuffled order, no repeats
     within an epoch, disjoint across processes."""
     out = []
@@ -209,19 +210,19 @@ def train_ppo(
         accelerator = new_accelerator(log_with=trackers or None, project_dir=str(log_dir))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
-    say = (log if (log and main) else (lambda _msg: None))
+    say = log if (log and main) else (lambda _msg: None)
     bf16 = use_bf16(config.bf16, device)
     torch.manual_seed(config.seed)  # initial weights of fresh heads/adapters: same on every rank
 
     # ---- models and optimizers ---------------------------------------------------------------
-    tokenizer, actor, critic = build_models(config, policy, reward_model, dpo_model, reward_fn,
-                                            device, bf16, say)
+    tokenizer, actor, critic = build_models(
+        config, policy, reward_model, dpo_model, reward_fn, device, bf16, say
+    )
     model, optimizer = prepare_models(accelerator, actor, critic, config)
     raw = accelerator.unwrap_model(model)  # for the no-grad passes, checkpoints and saving
     raw_actor, raw_critic = raw.actor, raw.critic
     if config.kl_target > 0:
-        kl_ctl = core.KLConstraintController(config.kl_coef, config.kl_target,
-                                             config.kl_horizon)
+        kl_ctl = core.KLConstraintController(config.kl_coef, config.kl_target, config.kl_horizon)
     else:
         kl_ctl = core.FixedKLController(config.kl_coef)
     ptx_texts = load_ptx_texts(config.ptx_dataset) if config.ptx_coef > 0 else []
@@ -230,13 +231,24 @@ def train_ppo(
     my_eval = eval_idx[rank::world]  # this process's share of the held-out prompts
     stopper = core.EarlyStopping(config.early_stop_patience, config.early_stop_min_delta)
     if config.eval_every and not eval_idx:
-        say(f"evaluation off: {len(prompts)} prompts are too few to hold some out "
-            f"(it needs {4 * world} or more)")
+        say(
+            f"evaluation off: {len(prompts)} prompts are too few to hold some out "
+            f"(it needs {4 * world} or more)"
+        )
 
     def evaluate(step: int) -> dict[str, float]:
-        row = evaluate_policy(raw_actor, tokenizer, [query_ids[i] for i in my_eval],
-                              [prompts[i] for i in my_eval], reward_fn, config, device, bf16,
-                              accelerator, step_seed(config.seed, 0, rank, "eval"))
+        row = evaluate_policy(
+            raw_actor,
+            tokenizer,
+            [query_ids[i] for i in my_eval],
+            [prompts[i] for i in my_eval],
+            reward_fn,
+            config,
+            device,
+            bf16,
+            accelerator,
+            step_seed(config.seed, 0, rank, "eval"),
+        )
         if stopper.update(row["eval/scores"], row["eval/score_se"], step):
             nonlocal best_state  # the adapters and heads only: a few MB
             best_state = trainable_state(raw_actor)
@@ -258,16 +270,22 @@ def train_ppo(
         say(f"resumed from {ckpt} at step {start_step}")
     elif eval_idx:
         ev = evaluate(0)
-        say(f"held-out evaluation on {len(eval_idx)} prompts x {config.eval_samples} samples "
+        say(
+            f"held-out evaluation on {len(eval_idx)} prompts x {config.eval_samples} samples "
             f"before training: score "
-            f"{ev['eval/scores']:.3f} +- {ev['eval/score_se']:.3f}")
+            f"{ev['eval/scores']:.3f} +- {ev['eval/score_se']:.3f}"
+        )
     if trackers:
-        accelerator.init_trackers("rankloop-ppo", config=dataclasses.asdict(config),
-                                  init_kwargs=tracking.init_kwargs(trackers, log_dir))
+        accelerator.init_trackers(
+            "rankloop-ppo",
+            config=dataclasses.asdict(config),
+            init_kwargs=tracking.init_kwargs(trackers, log_dir),
+        )
 
     total = config.value_pretrain_steps + config.steps
-    bar = tqdm(total=total, initial=start_step, desc="ppo", unit="step",
-               disable=not (progress and main))
+    bar = tqdm(
+        total=total, initial=start_step, desc="ppo", unit="step", disable=not (progress and main)
+    )
     for step in range(start_step, total):
         if stopper.should_stop:  # a resumed run that had stopped early stays stopped
             break
@@ -276,38 +294,55 @@ def train_ppo(
 
         # ---- 1. rollout ----------------------------------------------------------------------
         t0 = time.perf_counter()
-        idx = [train_idx[j] for j in prompts_for_step(len(train_idx), config.batch_size, step,
-                                                      rank, world, config.seed)]
-        batch = rollout(raw_actor.lm, tokenizer, [query_ids[i] for i in idx], config, device,
-                        bf16, step_seed(config.seed, step, rank, "sample"))
+        idx = [
+            train_idx[j]
+            for j in prompts_for_step(
+                len(train_idx), config.batch_size, step, rank, world, config.seed
+            )
+        ]
+        batch = rollout(
+            raw_actor.lm,
+            tokenizer,
+            [query_ids[i] for i in idx],
+            config,
+            device,
+            bf16,
+            step_seed(config.seed, step, rank, "sample"),
+        )
         B = batch.response.shape[0]
         timing["time/rollout"] = time.perf_counter() - t0
 
         # ---- 2. score ------------------------------------------------------------------------
         t0 = time.perf_counter()
         step_prompts = [prompts[i] for i in idx]
-        raw_scores = reward_fn(step_prompts, batch.texts).to(device=device,
-                                                             dtype=torch.float32)  # (B,)
+        raw_scores = reward_fn(step_prompts, batch.texts).to(
+            device=device, dtype=torch.float32
+        )  # (B,)
         scores = missing_eos_penalty(raw_scores, batch.finished, config.missing_eos_penalty)
         timing["time/score"] = time.perf_counter() - t0
 
         # ---- 3. reference log-probs and values -----------------------------------------------
         t0 = time.perf_counter()
-        ref = reference_pass(raw_actor, raw_critic, batch, config, device, bf16,
-                             rto=config.rto)
+        ref = reference_pass(raw_actor, raw_critic, batch, config, device, bf16, rto=config.rto)
         timing["time/reference"] = time.perf_counter() - t0
 
         # ---- 4. KL to the reference and shaped rewards ---------------------------------------
         with torch.no_grad():
             rewards, non_score_reward, kl = core.compute_rewards(
-                scores, ref.logprobs, ref.ref_logprobs, batch.mask, kl_ctl.value,
-                config.kl_estimator, ref.token_rewards)  # (B, T) each
+                scores,
+                ref.logprobs,
+                ref.ref_logprobs,
+                batch.mask,
+                kl_ctl.value,
+                config.kl_estimator,
+                ref.token_rewards,
+            )  # (B, T) each
 
         # ---- 5. advantages -------------------------------------------------------------------
         with torch.no_grad():
-            advantages, returns = core.decoupled_gae(ref.values, rewards, batch.mask,
-                                                     config.gamma, config.lam_actor,
-                                                     config.lam_critic)  # (B, T) each
+            advantages, returns = core.decoupled_gae(
+                ref.values, rewards, batch.mask, config.gamma, config.lam_actor, config.lam_critic
+            )  # (B, T) each
             if config.whiten_advantages and batch.mask.sum() > 1:
                 advantages = core.masked_whiten(advantages, batch.mask)  # (B, T)
 
@@ -320,32 +355,61 @@ def train_ppo(
             perm = torch.randperm(B, generator=shuffle)
             epoch_kl = []
             for mb_start in range(0, B, config.mini_batch_size):
-                mb = perm[mb_start:mb_start + config.mini_batch_size].to(device)
+                mb = perm[mb_start : mb_start + config.mini_batch_size].to(device)
                 ptx = None
                 if config.ptx_coef > 0 and not pretraining_critic:
                     ptx = ptx_batch(tokenizer, ptx_texts, config, step, epoch, mb_start, device)
                 with autocast(device, bf16):
-                    loss, mb_stats = minibatch_loss(model, batch, ref, advantages, returns, mb,
-                                                    config, train_policy=not pretraining_critic,
-                                                    ptx=ptx)
+                    loss, mb_stats = minibatch_loss(
+                        model,
+                        batch,
+                        ref,
+                        advantages,
+                        returns,
+                        mb,
+                        config,
+                        train_policy=not pretraining_critic,
+                        ptx=ptx,
+                    )
                 accelerator.backward(loss)
-                optimizer_step(accelerator, raw_actor, raw_critic, optimizer, config,
-                               train_policy=not pretraining_critic)
+                optimizer_step(
+                    accelerator,
+                    raw_actor,
+                    raw_critic,
+                    optimizer,
+                    config,
+                    train_policy=not pretraining_critic,
+                )
                 for k, v in mb_stats.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
                 if "policy/approxkl" in mb_stats:
                     epoch_kl.append(mb_stats["policy/approxkl"])
                 n_mb += 1
             epochs_run += 1
-            if (config.target_approxkl > 0 and epoch_kl
-                    and float(torch.stack(epoch_kl).mean()) > config.target_approxkl):
+            if (
+                config.target_approxkl > 0
+                and epoch_kl
+                and float(torch.stack(epoch_kl).mean()) > config.target_approxkl
+            ):
                 break  # the policy moved far enough from the rollout policy for this batch
         timing["time/update"] = time.perf_counter() - t0
 
         # ---- 7. log --------------------------------------------------------------------------
         stats = {k: v / n_mb for k, v in stats_sum.items()}
-        stats.update(step_stats(batch, ref, scores, raw_scores, non_score_reward, kl,
-                                advantages, returns, kl_ctl.value, epochs_run))
+        stats.update(
+            step_stats(
+                batch,
+                ref,
+                scores,
+                raw_scores,
+                non_score_reward,
+                kl,
+                advantages,
+                returns,
+                kl_ctl.value,
+                epochs_run,
+            )
+        )
         keys = sorted(stats)
         flat = torch.stack([stats[k].float().to(device) for k in keys])
         flat = accelerator.reduce(flat, reduction="mean")  # mean over processes
@@ -355,8 +419,11 @@ def train_ppo(
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if config.log_samples and main and (step + 1) % config.log_every == 0:
-            say(format_samples(step + 1, step_prompts, batch.texts, scores, kl.sum(-1),
-                               config.log_samples))
+            say(
+                format_samples(
+                    step + 1, step_prompts, batch.texts, scores, kl.sum(-1), config.log_samples
+                )
+            )
 
         # ---- 8. evaluate on the held-out prompts, stop early, checkpoint ---------------------
         ppo_step = step + 1 - config.value_pretrain_steps  # the policy moved this many steps
@@ -372,27 +439,47 @@ def train_ppo(
             accelerator.log(row, step=step + 1)
         stopping = stopper.should_stop
         if stopping or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
-            save_checkpoint(out_dir, step + 1, history, raw_actor, raw_critic, optimizer,
-                            kl_ctl, accelerator,
-                            extra=run_state(stopper, evaluations, best_state))
+            save_checkpoint(
+                out_dir,
+                step + 1,
+                history,
+                raw_actor,
+                raw_critic,
+                optimizer,
+                kl_ctl,
+                accelerator,
+                extra=run_state(stopper, evaluations, best_state),
+            )
         release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
         if on_step is not None:
             on_step(row)
         if stopping:
-            say(f"stopped early after step {step + 1}: the held-out score has not risen by "
+            say(
+                f"stopped early after step {step + 1}: the held-out score has not risen by "
                 f"more than {config.early_stop_min_delta:g} standard errors above its best "
                 f"({stopper.best:.3f}, step {stopper.best_step}) for "
-                f"{config.early_stop_patience} evaluations")
+                f"{config.early_stop_patience} evaluations"
+            )
             break
     bar.close()
 
     # ---- save ----------------------------------------------------------------------------------
     steps_run = history[-1]["step"] if history else start_step
-    if not (stopper.should_stop or (config.checkpoint_every
-                                    and steps_run % config.checkpoint_every == 0)):
-        save_checkpoint(out_dir, steps_run, history, raw_actor, raw_critic, optimizer,
-                        kl_ctl, accelerator,
-                        extra=run_state(stopper, evaluations, best_state))
+    if not (
+        stopper.should_stop
+        or (config.checkpoint_every and steps_run % config.checkpoint_every == 0)
+    ):
+        save_checkpoint(
+            out_dir,
+            steps_run,
+            history,
+            raw_actor,
+            raw_critic,
+            optimizer,
+            kl_ctl,
+            accelerator,
+            extra=run_state(stopper, evaluations, best_state),
+        )
     kept = steps_run
     if config.keep_policy == "best" and best_state is not None and stopper.best_step != kept:
         load_trainable_state(raw_actor, best_state)  # after the checkpoint: resume goes on
@@ -406,11 +493,23 @@ def train_ppo(
         (out_dir / "ppo_evaluations.json").write_text(json.dumps(evaluations, indent=1) + "\n")
     if trackers:
         accelerator.end_training()
-    summary = summarize(history, config, evaluations, kept_step=kept,
-                        stopped_early=stopper.should_stop, kl_coef=kl_ctl.value)
-    return PPOResult(out_dir, history, summary,
-                     raw_critic.origin if raw_critic is not None else "value head on the policy",
-                     raw_actor, raw_critic, evaluations)
+    summary = summarize(
+        history,
+        config,
+        evaluations,
+        kept_step=kept,
+        stopped_early=stopper.should_stop,
+        kl_coef=kl_ctl.value,
+    )
+    return PPOResult(
+        out_dir,
+        history,
+        summary,
+        raw_critic.origin if raw_critic is not None else "value head on the policy",
+        raw_actor,
+        raw_critic,
+        evaluations,
+    )
 
 
 # ---- setup ---------------------------------------------------------------------------------
@@ -424,38 +523,61 @@ def prepare_models(accelerator, actor: Actor, critic, config: PPOConfig):
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     if config.value_pretrain_steps and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("value_pretrain_steps needs the policy's gradients dropped for a few "
-                         "steps, which DeepSpeed's engine does not allow: set "
-                         "value_pretrain_steps = 0, or run under DDP or FSDP")
+        raise ValueError(
+            "value_pretrain_steps needs the policy's gradients dropped for a few "
+            "steps, which DeepSpeed's engine does not allow: set "
+            "value_pretrain_steps = 0, or run under DDP or FSDP"
+        )
     if config.value_pretrain_steps and accelerator.ddp_handler is None:
         accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     groups = [{"params": [p for p in actor.parameters() if p.requires_grad], "lr": config.lr}]
     if critic is not None:
-        groups.append({"params": [p for p in critic.parameters() if p.requires_grad],
-                       "lr": config.critic_lr})
+        groups.append(
+            {"params": [p for p in critic.parameters() if p.requires_grad], "lr": config.critic_lr}
+        )
     # foreach: a few multi-tensor ops over the ~400 small adapter tensors, not ~10 per tensor
     optimizer = torch.optim.AdamW(groups, eps=1e-5, foreach=True)
     return accelerator.prepare(ActorCritic(actor, critic), optimizer)
 
 
-def build_models(config: PPOConfig, policy: str, reward_model: str | None,
-                 dpo_model: str | None, reward_fn, device, bf16: bool, say):
+def build_models(
+    config: PPOConfig,
+    policy: str,
+    reward_model: str | None,
+    dpo_model: str | None,
+    reward_fn,
+    device,
+    bf16: bool,
+    say,
+):
     """(tokenizer, actor, critic or None): the LoRA policy (with a value head when critic =
     'policy', with the DPO adapter beside it for RTO) and the separate critic."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     tokenizer = load_tokenizer(policy, padding_side="left")
-    lm = load_policy(policy, r=config.lora_r, alpha=config.lora_alpha,
-                     dropout=config.lora_dropout, dtype=dtype, top_layers=config.lora_layers)
+    lm = load_policy(
+        policy,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        dtype=dtype,
+        top_layers=config.lora_layers,
+    )
     if dpo_model:  # RTO: the DPO adapter rides on the same base weights as a second adapter
         lm.load_adapter(dpo_model, adapter_name="dpo", is_trainable=False)
         lm.set_adapter("default")
     actor = Actor(lm, value_head=config.critic == "policy").to(device)
     critic = None
     if config.critic == "reward":
-        critic = build_critic(reward_model=reward_model, policy_path=policy,
-                              policy_tokenizer=tokenizer, r=config.lora_r,
-                              alpha=config.lora_alpha, dropout=config.lora_dropout,
-                              dtype=dtype, top_layers=config.critic_lora_layers).to(device)
+        critic = build_critic(
+            reward_model=reward_model,
+            policy_path=policy,
+            policy_tokenizer=tokenizer,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            dtype=dtype,
+            top_layers=config.critic_lora_layers,
+        ).to(device)
         say(f"critic: separate LoRA value model initialised from the {critic.origin}")
         if hasattr(reward_fn, "share_critic") and reward_fn.share_critic(critic):
             say("reward model: scoring with the critic's frozen weights (no second copy)")
@@ -467,8 +589,9 @@ def build_models(config: PPOConfig, policy: str, reward_model: str | None,
 
 
 # ---- the phases ----------------------------------------------------------------------------
-def rollout(lm, tokenizer, queries: list[list[int]], config: PPOConfig, device, bf16: bool,
-            seed: int) -> Rollout:
+def rollout(
+    lm, tokenizer, queries: list[list[int]], config: PPOConfig, device, bf16: bool, seed: int
+) -> Rollout:
     """Phase 1: sample one response per query with the KV cache until EOS or max_new_tokens,
     the adapter merged into the weights (no adapter ops per token; see `merged_adapter`)."""
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -476,25 +599,38 @@ def rollout(lm, tokenizer, queries: list[list[int]], config: PPOConfig, device, 
     query, query_mask = query.to(device), query_mask.to(device)
     torch.manual_seed(seed)
     with torch.no_grad(), autocast(device, bf16), merged_adapter(lm):
-        generated = lm.generate(input_ids=query, attention_mask=query_mask,
-                                **sampling_kwargs(config.temperature),
-                                max_new_tokens=config.max_new_tokens, pad_token_id=pad_id,
-                                eos_token_id=eos_id, use_cache=True)
-    response = generated[:, query.shape[1]:]  # (B, T)
+        generated = lm.generate(
+            input_ids=query,
+            attention_mask=query_mask,
+            **sampling_kwargs(config.temperature),
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            use_cache=True,
+        )
+    response = generated[:, query.shape[1] :]  # (B, T)
     # a token is real up to and including the first EOS; after it generate pads
     is_eos = response == eos_id  # (B, T)
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T) strictly after
     mask = ~after_eos  # (B, T)
     response = torch.where(mask, response, torch.full_like(response, pad_id))  # (B, T)
-    texts = [tokenizer.decode(r[m & (r != eos_id)], skip_special_tokens=True).strip()
-             for r, m in zip(response.cpu(), mask.cpu())]
-    return Rollout(input_ids=torch.cat([query, response], 1),
-                   attention_mask=torch.cat([query_mask, mask.long()], 1),
-                   response=response, mask=mask, finished=is_eos.any(-1), texts=texts)
+    texts = [
+        tokenizer.decode(r[m & (r != eos_id)], skip_special_tokens=True).strip()
+        for r, m in zip(response.cpu(), mask.cpu())
+    ]
+    return Rollout(
+        input_ids=torch.cat([query, response], 1),
+        attention_mask=torch.cat([query_mask, mask.long()], 1),
+        response=response,
+        mask=mask,
+        finished=is_eos.any(-1),
+        texts=texts,
+    )
 
 
-def reference_pass(actor: Actor, critic, batch: Rollout, config: PPOConfig, device, bf16: bool,
-                   rto: bool) -> Reference:
+def reference_pass(
+    actor: Actor, critic, batch: Rollout, config: PPOConfig, device, bf16: bool, rto: bool
+) -> Reference:
     """Phase 3: the policy's and the reference's log-probs of the sampled tokens, the policy's
     entropy, the values, and with `rto` the DPO adapter's token rewards."""
     T = batch.response.shape[1]
@@ -520,18 +656,28 @@ def reference_pass(actor: Actor, critic, batch: Rollout, config: PPOConfig, devi
             actor.lm.set_adapter("dpo")
             dpo_logits, _ = actor(ids, attn, n_last=T + 1)
             actor.lm.set_adapter("default")
-            dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response,
-                                                 config.temperature)
+            dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response, config.temperature)
             del dpo_logits
-            token_rewards = core.rto_token_rewards(dpo_logprobs, ref_logprobs, batch.mask,
-                                                   config.rto_beta)  # (B, T)
-    return Reference(logprobs, ref_logprobs, entropy, values, token_rewards, policy_lower,
-                     critic_lower)
+            token_rewards = core.rto_token_rewards(
+                dpo_logprobs, ref_logprobs, batch.mask, config.rto_beta
+            )  # (B, T)
+    return Reference(
+        logprobs, ref_logprobs, entropy, values, token_rewards, policy_lower, critic_lower
+    )
 
 
-def minibatch_loss(model, batch: Rollout, ref: Reference, advantages: Tensor,
-                   returns: Tensor, mb: Tensor, config: PPOConfig, *, train_policy: bool,
-                   ptx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def minibatch_loss(
+    model,
+    batch: Rollout,
+    ref: Reference,
+    advantages: Tensor,
+    returns: Tensor,
+    mb: Tensor,
+    config: PPOConfig,
+    *,
+    train_policy: bool,
+    ptx: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Phase 6, one mini-batch (rows `mb` of the rollout): the summed loss and its stats.
 
         loss = policy_loss + entropy_coef * (-entropy) + ptx_coef * lm_loss
@@ -550,15 +696,21 @@ def minibatch_loss(model, batch: Rollout, ref: Reference, advantages: Tensor,
     loss = torch.zeros((), device=ids.device)
     stats: dict[str, Tensor] = {}
     logits, new_values = model(
-        ids, attn, n_last=T + 1, policy=train_policy,
+        ids,
+        attn,
+        n_last=T + 1,
+        policy=train_policy,
         policy_lower=ref.policy_lower[mb, lo:] if ref.policy_lower is not None else None,
-        critic_lower=ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None)
+        critic_lower=ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None,
+    )
     if train_policy:
-        new_logprobs, logits = _sequence_logprobs(logits[:, :-1], batch.response[mb],
-                                                  config.temperature)
+        new_logprobs, logits = _sequence_logprobs(
+            logits[:, :-1], batch.response[mb], config.temperature
+        )
     if train_policy:
-        pg_loss, pg_stats = core.policy_loss(new_logprobs, ref.logprobs[mb], advantages[mb],
-                                             mb_mask, config.cliprange)
+        pg_loss, pg_stats = core.policy_loss(
+            new_logprobs, ref.logprobs[mb], advantages[mb], mb_mask, config.cliprange
+        )
         loss = loss + pg_loss
         stats.update(pg_stats)
         if config.entropy_coef > 0:
@@ -567,20 +719,23 @@ def minibatch_loss(model, batch: Rollout, ref: Reference, advantages: Tensor,
             stats["policy/entropy"] = ent.detach()
         if ptx is not None:
             ptx_logits, _ = model(*ptx, value=False)
-            ptx_loss, ptx_stats = core.lm_loss(ptx_logits[:, :-1].float(), ptx[0][:, 1:],
-                                               ptx[1][:, 1:])
+            ptx_loss, ptx_stats = core.lm_loss(
+                ptx_logits[:, :-1].float(), ptx[0][:, 1:], ptx[1][:, 1:]
+            )
             loss = loss + config.ptx_coef * ptx_loss
             stats.update(ptx_stats)
     new_values = new_values[:, :-1].float()  # (b, T)
-    vf_loss, vf_stats = core.value_loss(new_values, ref.values[mb], returns[mb], mb_mask,
-                                        config.cliprange_value or None)
+    vf_loss, vf_stats = core.value_loss(
+        new_values, ref.values[mb], returns[mb], mb_mask, config.cliprange_value or None
+    )
     loss = loss + config.vf_coef * vf_loss
     stats.update(vf_stats)
     return loss, stats
 
 
-def optimizer_step(accelerator, actor, critic, optimizer, config: PPOConfig, *,
-                   train_policy: bool) -> None:
+def optimizer_step(
+    accelerator, actor, critic, optimizer, config: PPOConfig, *, train_policy: bool
+) -> None:
     """Clip the gradients of policy and critic separately, step the optimizer. During value
     pretraining (not `train_policy`) the policy's language model keeps its weights: its
     gradients are dropped, and AdamW skips a parameter without one."""
@@ -595,8 +750,18 @@ def optimizer_step(accelerator, actor, critic, optimizer, config: PPOConfig, *,
     optimizer.zero_grad(set_to_none=True)
 
 
-def step_stats(batch: Rollout, ref: Reference, scores, raw_scores, non_score_reward, kl,
-               advantages, returns, kl_coef: float, epochs_run: int) -> dict[str, Tensor]:
+def step_stats(
+    batch: Rollout,
+    ref: Reference,
+    scores,
+    raw_scores,
+    non_score_reward,
+    kl,
+    advantages,
+    returns,
+    kl_coef: float,
+    epochs_run: int,
+) -> dict[str, Tensor]:
     """Phase 7: the rollout's metrics (docs/ppo.md, "Metrics"), 0-dim tensors."""
     with torch.no_grad():
         mask = batch.mask
@@ -615,7 +780,8 @@ def step_stats(batch: Rollout, ref: Reference, scores, raw_scores, non_score_rew
             "val/mean": core.masked_mean(ref.values, mask),
             "policy/advantages_mean": core.masked_mean(advantages, mask),
             "policy/advantages_std": core.masked_var(advantages, mask).sqrt()
-            if mask.sum() > 1 else torch.zeros(()),
+            if mask.sum() > 1
+            else torch.zeros(()),
             "policy/epochs": torch.tensor(float(epochs_run)),
         }
         if ref.token_rewards is not None:
@@ -623,8 +789,18 @@ def step_stats(batch: Rollout, ref: Reference, scores, raw_scores, non_score_rew
     return stats
 
 
-def evaluate_policy(actor: Actor, tokenizer, queries, prompts, reward_fn, config: PPOConfig,
-                    device, bf16: bool, accelerator, seed: int) -> dict[str, float]:
+def evaluate_policy(
+    actor: Actor,
+    tokenizer,
+    queries,
+    prompts,
+    reward_fn,
+    config: PPOConfig,
+    device,
+    bf16: bool,
+    accelerator,
+    seed: int,
+) -> dict[str, float]:
     """Phase 8: `eval_samples` sampled responses per held-out prompt, with the same random
     numbers at every evaluation (so two evaluations differ by the policy, not by the draw);
     their score (with the missing-EOS penalty, as in training) and KL to the reference. Means
@@ -639,27 +815,45 @@ def evaluate_policy(actor: Actor, tokenizer, queries, prompts, reward_fn, config
         raw = reward_fn(prompts[part], batch.texts).to(device=device, dtype=torch.float32)
         scores = missing_eos_penalty(raw, batch.finished, config.missing_eos_penalty)  # (B,)
         ref = reference_pass(actor, None, batch, config, device, bf16, rto=False)
-        seq_kl = core.masked_mean(core.kl_penalty(ref.logprobs, ref.ref_logprobs,
-                                                  config.kl_estimator), batch.mask, dim=-1)
+        seq_kl = core.masked_mean(
+            core.kl_penalty(ref.logprobs, ref.ref_logprobs, config.kl_estimator), batch.mask, dim=-1
+        )
         seq_kl = seq_kl * batch.mask.sum(-1)  # (B,) per sequence, as objective/kl
-        sums += torch.stack([scores.sum(), (scores ** 2).sum(), seq_kl.sum(),
-                             batch.mask.sum().float(),
-                             torch.tensor(float(len(batch.texts)), device=device)]).double()
+        sums += torch.stack(
+            [
+                scores.sum(),
+                (scores**2).sum(),
+                seq_kl.sum(),
+                batch.mask.sum().float(),
+                torch.tensor(float(len(batch.texts)), device=device),
+            ]
+        ).double()
     s, s2, k, length, n = accelerator.reduce(sums, reduction="sum").tolist()
     mean = s / n
-    var = max(s2 - n * mean ** 2, 0.0) / max(n - 1, 1)  # unbiased
-    return {"eval/scores": mean, "eval/score_se": math.sqrt(var / n), "eval/kl": k / n,
-            "eval/response_length": length / n}
+    var = max(s2 - n * mean**2, 0.0) / max(n - 1, 1)  # unbiased
+    return {
+        "eval/scores": mean,
+        "eval/score_se": math.sqrt(var / n),
+        "eval/kl": k / n,
+        "eval/response_length": length / n,
+    }
 
 
-def ptx_batch(tokenizer, texts: list[str], config: PPOConfig, step: int, epoch: int,
-              mb_start: int, device) -> tuple[Tensor, Tensor]:
+def ptx_batch(
+    tokenizer, texts: list[str], config: PPOConfig, step: int, epoch: int, mb_start: int, device
+) -> tuple[Tensor, Tensor]:
     """PPO-ptx (InstructGPT): a deterministic slice of the text dataset, tokenised."""
     n = config.ptx_batch_size
     start = ((step * config.ppo_epochs + epoch) * 1000 + mb_start) * n
     chunk = [texts[(start + j) % len(texts)] for j in range(n)]
-    enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=256,
-                    padding_side="right")
+    enc = tokenizer(
+        chunk,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=256,
+        padding_side="right",
+    )
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
@@ -678,13 +872,19 @@ def format_samples(step, prompts, texts, scores, seq_kl, n) -> str:
     return "\n".join(lines)
 
 
-def summarize(history: list[dict], config: PPOConfig, evaluations: Sequence[dict] = (), *,
-              kept_step: int | None = None, stopped_early: bool = False,
-              kl_coef: float | None = None) -> dict[str, float | list[float]]:
+def summarize(
+    history: list[dict],
+    config: PPOConfig,
+    evaluations: Sequence[dict] = (),
+    *,
+    kept_step: int | None = None,
+    stopped_early: bool = False,
+    kl_coef: float | None = None,
+) -> dict[str, float | list[float]]:
     """The round's summary metrics for the store (names in docs/ppo.md, "Metrics")."""
     if not history:
         return {}
-    tail = history[-min(len(history), max(1, config.log_every)):]
+    tail = history[-min(len(history), max(1, config.log_every)) :]
     mean = lambda k, rows: float(np.mean([r[k] for r in rows]))
     out = {
         "ppo/steps": float(len(history)),
@@ -712,19 +912,30 @@ def summarize(history: list[dict], config: PPOConfig, evaluations: Sequence[dict
 # ---- checkpoints ---------------------------------------------------------------------------
 def run_state(stopper: core.EarlyStopping, evaluations: list, best_state) -> dict:
     """What early stopping needs to resume: its counters, the evaluations, the best policy."""
-    return {"early_stop": stopper.state_dict(), "evaluations": evaluations,
-            "best_actor": best_state}
+    return {
+        "early_stop": stopper.state_dict(),
+        "evaluations": evaluations,
+        "best_actor": best_state,
+    }
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     folder = Path(out_dir) / CHECKPOINTS
-    steps = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("step-*")
-                   if (p / "state.pt").exists()) if folder.exists() else []
+    steps = (
+        sorted(
+            (int(p.name.split("-")[1]), p)
+            for p in folder.glob("step-*")
+            if (p / "state.pt").exists()
+        )
+        if folder.exists()
+        else []
+    )
     return steps[-1][1] if steps else None
 
 
-def save_checkpoint(out_dir, step, history, actor, critic, optimizer, kl_ctl, accelerator,
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(
+    out_dir, step, history, actor, critic, optimizer, kl_ctl, accelerator, extra: dict | None = None
+) -> Path:
     """Everything a resumed run needs to continue exactly: the trained tensors (adapters and
     heads, not the frozen base), the optimizer, the KL controller, the step counter, the
     history, early stopping's state (`extra`), and every process's RNG states."""
@@ -733,19 +944,26 @@ def save_checkpoint(out_dir, step, history, actor, critic, optimizer, kl_ctl, ac
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(),
-           "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
     torch.save(rng, folder / f"rng-{rank}.pt")
     if accelerator.is_main_process:
-        torch.save({
-            "step": step, "history": history,
-            "actor": trainable_state(actor),
-            "critic": trainable_state(critic) if critic is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "kl_ctl": kl_ctl.state_dict(),
-            **(extra or {}),
-        }, folder / "state.tmp")
+        torch.save(
+            {
+                "step": step,
+                "history": history,
+                "actor": trainable_state(actor),
+                "critic": trainable_state(critic) if critic is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "kl_ctl": kl_ctl.state_dict(),
+                **(extra or {}),
+            },
+            folder / "state.tmp",
+        )
         (folder / "state.tmp").replace(folder / "state.pt")  # a kill mid-write leaves no half
     accelerator.wait_for_everyone()
     return folder
@@ -759,8 +977,10 @@ def load_checkpoint(folder, actor, critic, optimizer, kl_ctl, rank) -> dict:
     if critic is not None and state["critic"] is not None:
         load_trainable_state(critic, state["critic"])
     if "optimizer" not in state:
-        raise ValueError(f"{folder} was written by an older rankloop (one optimizer per model): "
-                         "start the run again without --resume")
+        raise ValueError(
+            f"{folder} was written by an older rankloop (one optimizer per model): "
+            "start the run again without --resume"
+        )
     optimizer.load_state_dict(state["optimizer"])
     kl_ctl.load_state_dict(state["kl_ctl"])
     rng_file = Path(folder) / f"rng-{rank}.pt"

@@ -101,7 +101,9 @@ class RewardConfig:
         if self.compile not in ("auto", "yes", "no"):
             raise ConfigError("[reward] compile must be 'auto', 'yes' or 'no'")
         if self.loss not in LOSSES:
-            raise ConfigError(f"[reward] loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise ConfigError(
+                f"[reward] loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"
+            )
         if self.both_bad not in ("drop", "tie"):
             raise ConfigError("[reward] both_bad must be 'drop' or 'tie'")
         if self.aggregate not in ("each", "majority"):
@@ -109,12 +111,27 @@ class RewardConfig:
         if self.bf16 not in ("auto", "yes", "no"):
             raise ConfigError("[reward] bf16 must be 'auto', 'yes' or 'no'")
         parse_trackers(self.log_with, "reward")
-        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length",
-                     "pad_to_multiple_of"):
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "pad_to_multiple_of",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[reward] {name} must be at least 1")
-        for name in ("lr", "weight_decay", "center_coef", "max_grad_norm", "margin_slightly",
-                     "margin_much", "checkpoint_every", "eval_every", "patience"):
+        for name in (
+            "lr",
+            "weight_decay",
+            "center_coef",
+            "max_grad_norm",
+            "margin_slightly",
+            "margin_much",
+            "checkpoint_every",
+            "eval_every",
+            "patience",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[reward] {name} must be >= 0")
         if not self.epochs > 0:

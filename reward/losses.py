@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 __all__ = [
     "bradley_terry_loss",
-    "rao_kupper_log_probs",
-    "rao_kupper_loss",
+    "centering_loss",
     "davidson_log_probs",
     "davidson_loss",
     "plackett_luce_loss",
-    "centering_loss",
+    "rao_kupper_log_probs",
+    "rao_kupper_loss",
 ]
 
 Stats = dict[str, torch.Tensor]
@@ -45,6 +45,7 @@ _SMALL_LOG_EPS = -12.0
 # helpers
 # --------------------------------------------------------------------------------------------
 
+
 def _check_rows(name: str, x: torch.Tensor, n: int) -> None:
     if x.dim() != 1 or x.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
@@ -54,7 +55,8 @@ def _check_pair(r_a: torch.Tensor, r_b: torch.Tensor) -> int:
     if r_a.dim() != 1 or r_a.shape != r_b.shape:
         raise ValueError(
             f"rewards must be two 1-D tensors of the same shape (N,), "
-            f"got {tuple(r_a.shape)} and {tuple(r_b.shape)}")
+            f"got {tuple(r_a.shape)} and {tuple(r_b.shape)}"
+        )
     if r_a.shape[0] == 0:
         raise ValueError("empty batch: at least one row is needed")
     return r_a.shape[0]
@@ -110,22 +112,23 @@ def _tie_model_loss(r_a, r_b, tie, log_param, weight, log_probs, param_name: str
     """The negative log-likelihood and stats shared by `rao_kupper_loss` and `davidson_loss`:
     `log_probs(r_a, r_b, log_param)` gives (log P(a > b), log P(b > a), log P(tie))."""
     n = _check_pair(r_a, r_b)
-    w = _weights(weight, n, r_a)                            # (N,)
-    t = _as_bool(tie, n, r_a.device)                        # (N,)
+    w = _weights(weight, n, r_a)  # (N,)
+    t = _as_bool(tie, n, r_a.device)  # (N,)
     log_p_a, _, log_p_tie = log_probs(r_a, r_b, log_param)  # (N,) each
-    nll = -torch.where(t, log_p_tie, log_p_a)               # (N,)
-    loss = _wmean(nll, w)                                   # ()
+    nll = -torch.where(t, log_p_tie, log_p_a)  # (N,)
+    loss = _wmean(nll, w)  # ()
     with torch.no_grad():
-        diff = (r_a - r_b).detach()                         # (N,)
-        p_tie = log_p_tie.detach().exp()                    # (N,)
+        diff = (r_a - r_b).detach()  # (N,)
+        p_tie = log_p_tie.detach().exp()  # (N,)
         stats = {
             "reward/loss": loss.detach(),
             "reward/accuracy": _masked_wmean((diff > 0).to(diff.dtype), w, ~t),
             "reward/margin": _masked_wmean(diff, w, ~t),
             "reward/tie_prob": _wmean(p_tie, w),
             "reward/tie_prob_on_ties": _masked_wmean(p_tie, w, t),
-            param_name: torch.as_tensor(log_param, dtype=r_a.dtype,
-                                        device=r_a.device).detach().exp(),
+            param_name: torch.as_tensor(log_param, dtype=r_a.dtype, device=r_a.device)
+            .detach()
+            .exp(),
         }
     return loss, stats
 
@@ -133,6 +136,7 @@ def _tie_model_loss(r_a, r_b, tie, log_param, weight, log_probs, param_name: str
 # --------------------------------------------------------------------------------------------
 # Bradley-Terry
 # --------------------------------------------------------------------------------------------
+
 
 def bradley_terry_loss(
     r_chosen: torch.Tensor,
@@ -163,16 +167,16 @@ def bradley_terry_loss(
         *achieved* reward gap, not the target margin m).
     """
     n = _check_pair(r_chosen, r_rejected)
-    w = _weights(weight, n, r_chosen)                      # (N,)
-    diff = r_chosen - r_rejected                            # (N,)
-    logits = diff                                           # (N,)
+    w = _weights(weight, n, r_chosen)  # (N,)
+    diff = r_chosen - r_rejected  # (N,)
+    logits = diff  # (N,)
     if margin is not None:
         m = torch.as_tensor(margin, dtype=diff.dtype, device=diff.device)
         if m.dim() > 0:
             _check_rows("margin", m, n)
-        logits = diff - m                                   # (N,)
-    nll = -F.logsigmoid(logits)                             # (N,)
-    loss = _wmean(nll, w)                                   # ()
+        logits = diff - m  # (N,)
+    nll = -F.logsigmoid(logits)  # (N,)
+    loss = _wmean(nll, w)  # ()
     with torch.no_grad():
         stats = {
             "reward/loss": loss.detach(),
@@ -185,6 +189,7 @@ def bradley_terry_loss(
 # --------------------------------------------------------------------------------------------
 # Rao-Kupper
 # --------------------------------------------------------------------------------------------
+
 
 def rao_kupper_log_probs(
     r_a: torch.Tensor, r_b: torch.Tensor, log_eps: torch.Tensor | float
@@ -201,13 +206,13 @@ def rao_kupper_log_probs(
     finite (about -|x| + log(2 sinh eps)) for large |x|.
     """
     log_eps = torch.as_tensor(log_eps, dtype=r_a.dtype, device=r_a.device)
-    eps = torch.exp(log_eps)                                # ()
-    x = r_a - r_b                                           # (N,)
-    log_p_a = F.logsigmoid(x - eps)                         # (N,)
-    log_p_b = F.logsigmoid(-x - eps)                        # (N,)
-    e = eps.expand_as(x)                                    # (N,)
-    lse = torch.logsumexp(torch.stack([x, -x, e, -e], dim=-1), dim=-1)   # (N,)
-    log_p_tie = _log_sinh(log_eps) + _LOG2 - lse            # (N,)
+    eps = torch.exp(log_eps)  # ()
+    x = r_a - r_b  # (N,)
+    log_p_a = F.logsigmoid(x - eps)  # (N,)
+    log_p_b = F.logsigmoid(-x - eps)  # (N,)
+    e = eps.expand_as(x)  # (N,)
+    lse = torch.logsumexp(torch.stack([x, -x, e, -e], dim=-1), dim=-1)  # (N,)
+    log_p_tie = _log_sinh(log_eps) + _LOG2 - lse  # (N,)
     return log_p_a, log_p_b, log_p_tie
 
 
@@ -244,13 +249,13 @@ def rao_kupper_loss(
         NaN if none), "reward/tie_prob" (weighted mean predicted P(tie) over all rows),
         "reward/tie_prob_on_ties" (same over tie rows; NaN if none) and "reward/epsilon".
     """
-    return _tie_model_loss(r_a, r_b, tie, log_eps, weight, rao_kupper_log_probs,
-                           "reward/epsilon")
+    return _tie_model_loss(r_a, r_b, tie, log_eps, weight, rao_kupper_log_probs, "reward/epsilon")
 
 
 # --------------------------------------------------------------------------------------------
 # Davidson
 # --------------------------------------------------------------------------------------------
+
 
 def davidson_log_probs(
     r_a: torch.Tensor, r_b: torch.Tensor, log_nu: torch.Tensor | float
@@ -263,9 +268,9 @@ def davidson_log_probs(
     difference matters, as for Bradley-Terry).
     """
     log_nu = torch.as_tensor(log_nu, dtype=r_a.dtype, device=r_a.device)
-    half = 0.5 * (r_a - r_b)                                # (N,)
-    logits = torch.stack([half, -half, log_nu.expand_as(half)], dim=-1)   # (N, 3)
-    logp = torch.log_softmax(logits, dim=-1)                # (N, 3)
+    half = 0.5 * (r_a - r_b)  # (N,)
+    logits = torch.stack([half, -half, log_nu.expand_as(half)], dim=-1)  # (N, 3)
+    logp = torch.log_softmax(logits, dim=-1)  # (N, 3)
     return logp[:, 0], logp[:, 1], logp[:, 2]
 
 
@@ -306,6 +311,7 @@ def davidson_loss(
 # --------------------------------------------------------------------------------------------
 # Plackett-Luce
 # --------------------------------------------------------------------------------------------
+
 
 def plackett_luce_loss(
     rewards: torch.Tensor,
@@ -351,7 +357,8 @@ def plackett_luce_loss(
     if rewards.dim() != 2 or tiers.shape != rewards.shape:
         raise ValueError(
             f"rewards and tiers must both have shape (N, K), got {tuple(rewards.shape)} "
-            f"and {tuple(tiers.shape)}")
+            f"and {tuple(tiers.shape)}"
+        )
     n, k = rewards.shape
     if n == 0:
         raise ValueError("empty batch: at least one ranking is needed")
@@ -360,37 +367,39 @@ def plackett_luce_loss(
     tiers = tiers.to(rewards.device)
     if bool((tiers < -1).any()):
         raise ValueError("tiers must be >= 0 for real items and -1 for padding")
-    real = tiers >= 0                                       # (N, K)
-    n_real = real.sum(dim=1)                                # (N,)
+    real = tiers >= 0  # (N, K)
+    n_real = real.sum(dim=1)  # (N,)
     if bool((n_real < 2).any()):
         raise ValueError("each ranking needs at least 2 real (non-padding) items")
-    w = _weights(weight, n, rewards)                        # (N,)
+    w = _weights(weight, n, rewards)  # (N,)
 
     # padded rewards -> 0 (where() passes no gradient, not even NaN, to the unused side)
-    r = torch.where(real, rewards, torch.zeros_like(rewards))   # (N, K)
+    r = torch.where(real, rewards, torch.zeros_like(rewards))  # (N, K)
     # risk[n, i, j]: item j is in the denominator of item i (real, same or worse tier);
     # the diagonal is always in, so padded rows i stay finite (their term is dropped below).
-    eye = torch.eye(k, dtype=torch.bool, device=r.device)    # (K, K)
-    risk = (real[:, :, None] & real[:, None, :]
-            & (tiers[:, None, :] >= tiers[:, :, None])) | eye   # (N, K, K)
-    scores = r[:, None, :].expand(n, k, k).masked_fill(~risk, float("-inf"))   # (N, K, K)
-    log_denom = torch.logsumexp(scores, dim=-1)             # (N, K)
-    terms = torch.where(real, r - log_denom, torch.zeros_like(r))   # (N, K)
-    log_p = terms.sum(dim=-1)                               # (N,)
-    per_ranking = -log_p / (n_real - 1).to(r.dtype)         # (N,)
-    loss = _wmean(per_ranking, w)                           # ()
+    eye = torch.eye(k, dtype=torch.bool, device=r.device)  # (K, K)
+    risk = (
+        real[:, :, None] & real[:, None, :] & (tiers[:, None, :] >= tiers[:, :, None])
+    ) | eye  # (N, K, K)
+    scores = r[:, None, :].expand(n, k, k).masked_fill(~risk, float("-inf"))  # (N, K, K)
+    log_denom = torch.logsumexp(scores, dim=-1)  # (N, K)
+    terms = torch.where(real, r - log_denom, torch.zeros_like(r))  # (N, K)
+    log_p = terms.sum(dim=-1)  # (N,)
+    per_ranking = -log_p / (n_real - 1).to(r.dtype)  # (N,)
+    loss = _wmean(per_ranking, w)  # ()
 
     with torch.no_grad():
         rd = r.detach()
-        better = (real[:, :, None] & real[:, None, :]
-                  & (tiers[:, :, None] < tiers[:, None, :]))   # (N, K, K): i strictly above j
-        gap = rd[:, :, None] - rd[:, None, :]               # (N, K, K): r_i - r_j
+        better = (
+            real[:, :, None] & real[:, None, :] & (tiers[:, :, None] < tiers[:, None, :])
+        )  # (N, K, K): i strictly above j
+        gap = rd[:, :, None] - rd[:, None, :]  # (N, K, K): r_i - r_j
         bf = better.to(rd.dtype)
-        n_pairs = bf.sum(dim=(1, 2))                        # (N,)
-        has_pairs = n_pairs > 0                             # (N,)
+        n_pairs = bf.sum(dim=(1, 2))  # (N,)
+        has_pairs = n_pairs > 0  # (N,)
         safe = n_pairs.clamp(min=1)
-        acc = ((gap > 0).to(rd.dtype) * bf).sum(dim=(1, 2)) / safe     # (N,)
-        mar = (torch.where(better, gap, torch.zeros_like(gap))).sum(dim=(1, 2)) / safe   # (N,)
+        acc = ((gap > 0).to(rd.dtype) * bf).sum(dim=(1, 2)) / safe  # (N,)
+        mar = (torch.where(better, gap, torch.zeros_like(gap))).sum(dim=(1, 2)) / safe  # (N,)
         stats = {
             "reward/loss": loss.detach(),
             "reward/accuracy": _masked_wmean(acc, w, has_pairs),
@@ -402,6 +411,7 @@ def plackett_luce_loss(
 # --------------------------------------------------------------------------------------------
 # reward centering
 # --------------------------------------------------------------------------------------------
+
 
 def centering_loss(
     r_chosen: torch.Tensor,
@@ -426,9 +436,9 @@ def centering_loss(
         "reward/mean_reward" (weighted mean of (r_c + r_r) / 2).
     """
     n = _check_pair(r_chosen, r_rejected)
-    w = _weights(weight, n, r_chosen)                       # (N,)
-    s = r_chosen + r_rejected                               # (N,)
-    loss = coef * _wmean(s.square(), w)                     # ()
+    w = _weights(weight, n, r_chosen)  # (N,)
+    s = r_chosen + r_rejected  # (N,)
+    loss = coef * _wmean(s.square(), w)  # ()
     with torch.no_grad():
         stats = {
             "reward/centering_loss": loss.detach(),

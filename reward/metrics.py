@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 __all__ = [
+    "best_achievable_accuracy",
+    "expected_calibration_error",
+    "mean_margin",
     "pairwise_accuracy",
     "tie_aware_accuracy",
-    "mean_margin",
-    "expected_calibration_error",
-    "best_achievable_accuracy",
 ]
 
 
@@ -126,7 +126,7 @@ def expected_calibration_error(probs, outcomes, n_bins: int = 10) -> float:
     sum_p = np.bincount(idx, weights=p, minlength=n_bins)
     sum_y = np.bincount(idx, weights=y, minlength=n_bins)
     nz = count > 0
-    gap = np.abs(sum_y[nz] - sum_p[nz])      # = count_b * |acc_b - conf_b|
+    gap = np.abs(sum_y[nz] - sum_p[nz])  # = count_b * |acc_b - conf_b|
     return float(gap.sum() / p.size)
 
 

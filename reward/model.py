@@ -58,9 +58,11 @@ def load_reward_tokenizer(name_or_path: str, max_length: int | None = None):
 
     try:
         tok = AutoTokenizer.from_pretrained(resolve(name_or_path))
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad path
-        raise ModelLoadError(f"cannot load the tokenizer of reward model '{name_or_path}': "
-                             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of reward model '{name_or_path}': "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e
     tok.padding_side = "right"
     tok.truncation_side = "left"
     if tok.pad_token is None:
@@ -81,8 +83,8 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), t), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
@@ -100,12 +102,14 @@ def load_backbone(name_or_path: str, tokenizer, dtype=None):
     try:
         with quiet_loading():  # the score head is new by design
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=dtype)
-    except Exception as e:  # noqa: BLE001
+                path, num_labels=1, dtype=dtype
+            )
+    except Exception as e:
         raise ModelLoadError(
             f"cannot load '{name_or_path}' as a reward model: {type(e).__name__}: "
             f"{str(e).splitlines()[0]}. Give a sequence-classification model or a causal LM "
-            f"checkpoint ([reward] base or [models] reward_model)") from e
+            f"checkpoint ([reward] base or [models] reward_model)"
+        ) from e
     # The head pools at the last token that is not padding, so the model must know the pad id;
     # "regression" makes pipeline("text-classification") return the raw score, not a sigmoid.
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -130,9 +134,16 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
     if not targets:
         raise ModelLoadError(
             f"none of the LoRA target modules {target_modules} exist in "
-            f"{type(model).__name__}; set [reward] lora_target_modules to its projection names")
-    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                     target_modules=targets, modules_to_save=[head_name(model)])
+            f"{type(model).__name__}; set [reward] lora_target_modules to its projection names"
+        )
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=[head_name(model)],
+    )
     with quiet_loading():
         return get_peft_model(model, cfg)
 
@@ -150,10 +161,11 @@ def load_saved(path: str | Path, dtype=None):
             from peft import AutoPeftModelForSequenceClassification
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(
-                str(path), num_labels=1, dtype=dtype)
+                str(path), num_labels=1, dtype=dtype
+            )
             return model.merge_and_unload().eval()
         return AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype).eval()
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load the reward model in {path}: {type(e).__name__}: "
-                             f"{str(e).splitlines()[0]}") from e
-
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load the reward model in {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e

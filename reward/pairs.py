@@ -76,23 +76,44 @@ def _as_prompt(prompt: Prompt | str) -> Prompt:
     return Prompt.from_text(prompt) if isinstance(prompt, str) else prompt
 
 
-def ranking_example(prompt: Prompt | str, responses: Sequence[str], tiers: Sequence[int], *,
-                    margin: float = 0.0, annotator: str = "") -> Example:
+def ranking_example(
+    prompt: Prompt | str,
+    responses: Sequence[str],
+    tiers: Sequence[int],
+    *,
+    margin: float = 0.0,
+    annotator: str = "",
+) -> Example:
     """An example from K responses and the tier of each (0 = best, equal = tied), with every
     strict pair given `margin`: labels that never saw a rankloop store."""
     if len(responses) != len(tiers) or len(responses) < 2:
         raise ValueError("give at least 2 responses and one tier per response")
     ids = tuple(range(len(responses)))
-    return _example(_as_prompt(prompt), ids, dict(enumerate(responses)), dict(enumerate(tiers)),
-                    {pair: margin for pair in itertools.combinations(ids, 2)}, None, annotator,
-                    ())
+    return _example(
+        _as_prompt(prompt),
+        ids,
+        dict(enumerate(responses)),
+        dict(enumerate(tiers)),
+        {pair: margin for pair in itertools.combinations(ids, 2)},
+        None,
+        annotator,
+        (),
+    )
 
 
-def pairwise_example(prompt: Prompt | str, chosen: str, rejected: str, *, tie: bool = False,
-                     margin: float = 0.0, annotator: str = "") -> Example:
+def pairwise_example(
+    prompt: Prompt | str,
+    chosen: str,
+    rejected: str,
+    *,
+    tie: bool = False,
+    margin: float = 0.0,
+    annotator: str = "",
+) -> Example:
     """An example from one preference pair (TRL's prompt / chosen / rejected)."""
-    return ranking_example(prompt, [chosen, rejected], [0, 0] if tie else [0, 1],
-                           margin=margin, annotator=annotator)
+    return ranking_example(
+        prompt, [chosen, rejected], [0, 0] if tie else [0, 1], margin=margin, annotator=annotator
+    )
 
 
 @dataclass(frozen=True)
@@ -120,9 +141,16 @@ def label_margin(label: Label, margin_slightly: float, margin_much: float) -> fl
     return {"slightly": margin_slightly, "much": margin_much}.get(label.strength, 0.0)
 
 
-def _example(prompt: Prompt, response_ids: tuple[int, ...], texts: dict[int, str],
-             tiers: dict[int, int], margins: dict[tuple[int, int], float],
-             comparison_id: int, annotator: str, label_ids: tuple[int, ...]) -> Example:
+def _example(
+    prompt: Prompt,
+    response_ids: tuple[int, ...],
+    texts: dict[int, str],
+    tiers: dict[int, int],
+    margins: dict[tuple[int, int], float],
+    comparison_id: int,
+    annotator: str,
+    label_ids: tuple[int, ...],
+) -> Example:
     """An example from a tier per response id; pairs in the comparison's order."""
     k = len(response_ids)
     w = 1.0 / math.comb(k, 2)
@@ -131,20 +159,33 @@ def _example(prompt: Prompt, response_ids: tuple[int, ...], texts: dict[int, str
         a, b = response_ids[i], response_ids[j]
         out = pair_outcome(tiers, a, b)
         better, worse = (j, i) if out < 0 else (i, j)
-        pairs.append(Pair(better, worse, out == 0, 0.0 if out == 0 else margins.get((a, b), 0.0),
-                          w))
+        pairs.append(
+            Pair(better, worse, out == 0, 0.0 if out == 0 else margins.get((a, b), 0.0), w)
+        )
     # tiers renumbered 0..T-1 so equal values mean a tie and gaps do not matter
-    levels = sorted(set(tiers[r] for r in response_ids))
-    return Example(prompt=prompt, responses=tuple(texts[r] for r in response_ids),
-                   tiers=tuple(levels.index(tiers[r]) for r in response_ids),
-                   pairs=tuple(pairs), comparison_id=comparison_id, prompt_id=prompt.id,
-                   annotator=annotator, label_ids=label_ids)
+    levels = sorted({tiers[r] for r in response_ids})
+    return Example(
+        prompt=prompt,
+        responses=tuple(texts[r] for r in response_ids),
+        tiers=tuple(levels.index(tiers[r]) for r in response_ids),
+        pairs=tuple(pairs),
+        comparison_id=comparison_id,
+        prompt_id=prompt.id,
+        annotator=annotator,
+        label_ids=label_ids,
+    )
 
 
-def build_examples(store: Store, round: int | None = None, *, both_bad: str = "drop",
-                   aggregate: str = "each", margin_slightly: float = 0.0,
-                   margin_much: float = 1.0,
-                   sources: tuple[str, ...] | None = None) -> PreferenceData:
+def build_examples(
+    store: Store,
+    round: int | None = None,
+    *,
+    both_bad: str = "drop",
+    aggregate: str = "each",
+    margin_slightly: float = 0.0,
+    margin_much: float = 1.0,
+    sources: tuple[str, ...] | None = None,
+) -> PreferenceData:
     """Read every label of comparisons up to `round` (all when None; of the label `sources`
     only, when given) into examples.
 
@@ -154,14 +195,14 @@ def build_examples(store: Store, round: int | None = None, *, both_bad: str = "d
         raise ValueError(f"both_bad must be one of {BOTH_BAD_CHOICES}, got {both_bad!r}")
     if aggregate not in AGGREGATE_CHOICES:
         raise ValueError(f"aggregate must be one of {AGGREGATE_CHOICES}, got {aggregate!r}")
-    labels = [lab for lab in store.labels(round=round)
-              if sources is None or lab.source in sources]
+    labels = [lab for lab in store.labels(round=round) if sources is None or lab.source in sources]
     names = {a.id: a.name for a in store.annotators()}
     by_comp: dict[int, list[Label]] = defaultdict(list)
     for lab in labels:
         by_comp[lab.comparison_id].append(lab)
-    disagreement = disagreement_rate({c: [lab.ranking for lab in labs]
-                                      for c, labs in by_comp.items()})
+    disagreement = disagreement_rate(
+        {c: [lab.ranking for lab in labs] for c, labs in by_comp.items()}
+    )
 
     examples: list[Example] = []
     dropped = 0
@@ -180,18 +221,33 @@ def build_examples(store: Store, round: int | None = None, *, both_bad: str = "d
         judged = []  # (tiers, margins) per label
         for lab in labs:
             m = label_margin(lab, margin_slightly, margin_much)
-            judged.append((tier_of(lab.ranking),
-                           {(a, b): m for a, b in itertools.combinations(rids, 2)}))
+            judged.append(
+                (tier_of(lab.ranking), {(a, b): m for a, b in itertools.combinations(rids, 2)})
+            )
         if aggregate == "each":
             for lab, (tiers, margins) in zip(labs, judged):
-                examples.append(_example(prompt, rids, texts, tiers, margins, cid,
-                                         names.get(lab.annotator_id, str(lab.annotator_id)),
-                                         (lab.id,)))
+                examples.append(
+                    _example(
+                        prompt,
+                        rids,
+                        texts,
+                        tiers,
+                        margins,
+                        cid,
+                        names.get(lab.annotator_id, str(lab.annotator_id)),
+                        (lab.id,),
+                    )
+                )
         else:
-            examples.append(_majority(prompt, rids, texts, judged, cid,
-                                      tuple(lab.id for lab in labs)))
-    return PreferenceData(examples=tuple(examples), labels=len(labels),
-                          dropped_both_bad=dropped, disagreement=disagreement)
+            examples.append(
+                _majority(prompt, rids, texts, judged, cid, tuple(lab.id for lab in labs))
+            )
+    return PreferenceData(
+        examples=tuple(examples),
+        labels=len(labels),
+        dropped_both_bad=dropped,
+        disagreement=disagreement,
+    )
 
 
 def _majority(prompt, rids, texts, judged, cid, label_ids) -> Example:
@@ -215,13 +271,19 @@ def _majority(prompt, rids, texts, judged, cid, label_ids) -> Example:
             ms = [m[(a, b)] for (t, m), o in zip(judged, outs) if o == out]
             margin = sum(ms) / len(ms)
         pairs.append(Pair(better, worse, out == 0, margin, w))
-    mean_tier = {r: sum(t[r] / max(len(set(t.values())) - 1, 1) for t, _ in judged)
-                 for r in rids}
+    mean_tier = {r: sum(t[r] / max(len(set(t.values())) - 1, 1) for t, _ in judged) for r in rids}
     levels = sorted(set(mean_tier.values()))
     tiers = tuple(levels.index(mean_tier[r]) for r in rids)
-    return Example(prompt=prompt, responses=tuple(texts[r] for r in rids), tiers=tiers,
-                   pairs=tuple(pairs), comparison_id=cid, prompt_id=prompt.id,
-                   annotator="majority", label_ids=label_ids)
+    return Example(
+        prompt=prompt,
+        responses=tuple(texts[r] for r in rids),
+        tiers=tiers,
+        pairs=tuple(pairs),
+        comparison_id=cid,
+        prompt_id=prompt.id,
+        annotator="majority",
+        label_ids=label_ids,
+    )
 
 
 def split_by_prompt(examples, eval_fraction: float, seed: int = 0):
@@ -240,12 +302,15 @@ def split_by_prompt(examples, eval_fraction: float, seed: int = 0):
     if len(keys) < 2:
         raise RewardDataError(
             f"only {len(keys)} labeled prompt(s): a held-out split by prompt needs at least 2; "
-            f"label comparisons of more prompts, or set [reward] eval_fraction = 0")
+            f"label comparisons of more prompts, or set [reward] eval_fraction = 0"
+        )
     order = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
     n_eval = min(math.ceil(eval_fraction * len(order)), len(order) - 1)
     held = set(order[:n_eval])
-    return (tuple(e for e in examples if e.prompt.hash not in held),
-            tuple(e for e in examples if e.prompt.hash in held))
+    return (
+        tuple(e for e in examples if e.prompt.hash not in held),
+        tuple(e for e in examples if e.prompt.hash in held),
+    )
 
 
 def check_trainable(data: PreferenceData, round: int | None) -> None:
@@ -254,12 +319,15 @@ def check_trainable(data: PreferenceData, round: int | None) -> None:
     if data.labels == 0:
         raise RewardDataError(
             f"no labels{where}: label comparisons in the app (`rankloop serve`) or import "
-            f"preference data (`rankloop import FILE`) first")
+            f"preference data (`rankloop import FILE`) first"
+        )
     if not data.examples:
         raise RewardDataError(
             f"all {data.labels} labels{where} are 'both bad', which [reward] both_bad = 'drop' "
-            f"leaves out: label more comparisons, or set both_bad = 'tie'")
+            f"leaves out: label more comparisons, or set both_bad = 'tie'"
+        )
     if data.pairs == data.ties:
         raise RewardDataError(
             f"every one of the {data.pairs} labeled pairs{where} is a tie (a single label "
-            f"class): a reward model needs at least one strict preference to learn from")
+            f"class): a reward model needs at least one strict preference to learn from"
+        )

@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def pair_differences(features: list[np.ndarray], pairs: list[list]) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
+def pair_differences(
+    features: list[np.ndarray], pairs: list[list]
+) -> tuple[np.ndarray, np.ndarray]:
     """(X, weight): one row f_better - f_worse per strict pair, weighted as in training.
 
     `features[i]` is (K_i, H) for example i; `pairs[i]` its `Pair`s (ties are left out: they
@@ -51,15 +52,21 @@ def fit_probe(x: np.ndarray, weight: np.ndarray | None = None, seed: int = 0) ->
     sign = np.where(rng.random(n) < 0.5, 1.0, -1.0)
     if n >= 2:  # both classes, whatever the draw
         sign[0], sign[1] = 1.0, -1.0
-    scale = np.sqrt(np.mean(x ** 2, axis=0)) + 1e-6
+    scale = np.sqrt(np.mean(x**2, axis=0)) + 1e-6
     xs = x * sign[:, None] / scale
     y = (sign > 0).astype(int)
     w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
     if n < 10 or min(y.sum(), n - y.sum()) < 3:
         clf = LogisticRegression(C=0.1, fit_intercept=False, max_iter=2000)
     else:
-        clf = LogisticRegressionCV(Cs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0], cv=min(5, n // 10 + 2),
-                                   fit_intercept=False, scoring="neg_log_loss", max_iter=2000,
-                                   l1_ratios=(0.0,), use_legacy_attributes=False)
+        clf = LogisticRegressionCV(
+            Cs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+            cv=min(5, n // 10 + 2),
+            fit_intercept=False,
+            scoring="neg_log_loss",
+            max_iter=2000,
+            l1_ratios=(0.0,),
+            use_legacy_attributes=False,
+        )
     clf.fit(xs, y, sample_weight=w * len(w) / w.sum())
     return clf.coef_[0] / scale

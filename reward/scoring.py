@@ -36,9 +36,17 @@ STATS_FILE = "reward_stats.json"
 class RewardScorer:
     """A saved reward model ready to score batches of decoded (prompt, response) pairs."""
 
-    def __init__(self, model, tokenizer, device: torch.device, batch_size: int = 16,
-                 bf16: bool = False, mean: float = 0.0, std: float = 1.0,
-                 max_length: int = 512):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        device: torch.device,
+        batch_size: int = 16,
+        bf16: bool = False,
+        mean: float = 0.0,
+        std: float = 1.0,
+        max_length: int = 512,
+    ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
@@ -51,8 +59,13 @@ class RewardScorer:
         self.max_length = max_length
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
-                        batch_size: int = 16, bf16: str = "auto") -> "RewardScorer":
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        bf16: str = "auto",
+    ) -> RewardScorer:
         """Load `path` (a folder written by `rankloop train-reward`, or any sequence-
         classification checkpoint with one label). `device`: as `[runtime] device`, 'auto'
         (None) taking a GPU when there is one (`lm.device.pick_device`)."""
@@ -63,8 +76,9 @@ class RewardScorer:
             model.config.pad_token_id = tokenizer.pad_token_id
         mean, std = read_stats(path)
         max_length = min(tokenizer.model_max_length, 1 << 16)
-        return cls(model, tokenizer, device, batch_size, use_bf16(bf16, device), mean, std,
-                   max_length)
+        return cls(
+            model, tokenizer, device, batch_size, use_bf16(bf16, device), mean, std, max_length
+        )
 
     @torch.no_grad()
     def score(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
@@ -78,7 +92,7 @@ class RewardScorer:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
         out = torch.empty(len(ids))
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             input_ids, mask = right_pad([ids[i] for i in idx], self.tokenizer.pad_token_id)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 r = rewards(self.model, input_ids.to(self.device), mask.to(self.device))  # (b,)

@@ -77,9 +77,15 @@ def shared_prefix_len(seqs: list[list[int]]) -> int:
 
 def encode(tokenizer, examples: Sequence[Example], max_length: int) -> list[Encoded]:
     """Each example's responses formatted with its prompt (the chat template) and tokenized."""
-    return [Encoded(e, tokenize(tokenizer, [format_text(tokenizer, e.prompt, r)
-                                            for r in e.responses], max_length))
-            for e in examples]
+    return [
+        Encoded(
+            e,
+            tokenize(
+                tokenizer, [format_text(tokenizer, e.prompt, r) for r in e.responses], max_length
+            ),
+        )
+        for e in examples
+    ]
 
 
 @dataclass
@@ -115,14 +121,14 @@ class RewardModule(torch.nn.Module):
         self.log_tie = torch.nn.Parameter(torch.tensor(float(log_tie)))
 
     def _seq_model(self):
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") \
-            else self.model
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def _hidden(self, input_ids, position_ids, mask):
         seq_model = self._seq_model()
         backbone = getattr(seq_model, seq_model.base_model_prefix)
-        return backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                        use_cache=False).last_hidden_state  # (E, T, H)
+        return backbone(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (E, T, H)
 
     def forward(self, input_ids, position_ids, mask, ends):
         hidden = self._hidden(input_ids, position_ids, mask)  # (E, T, H)
@@ -146,8 +152,10 @@ class RewardModule(torch.nn.Module):
 # batching
 # ---------------------------------------------------------------------------------------------
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
-                           group: int = 32) -> list[list[int]]:
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, group: int = 32
+) -> list[list[int]]:
     """Batches of indices with similar lengths, in a random order (deterministic given seed).
 
     Shuffle, cut into groups of `group` batches, sort each group by length and cut it into
@@ -161,8 +169,8 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
     mega = batch_size * group
     batches = []
     for start in range(0, len(idx), mega):
-        chunk = sorted(idx[start:start + mega], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(idx[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -186,8 +194,19 @@ class Batch:
     tokens: int  # real (non-padding) tokens
 
     def to(self, device):
-        for name in ("input_ids", "position_ids", "mask", "ends", "better", "worse", "tie",
-                     "margin", "weight", "slots", "tiers"):
+        for name in (
+            "input_ids",
+            "position_ids",
+            "mask",
+            "ends",
+            "better",
+            "worse",
+            "tie",
+            "margin",
+            "weight",
+            "slots",
+            "tiers",
+        ):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -217,9 +236,9 @@ def pack(groups: list[list[list[int]]], pad_id: int, multiple: int = 1):
     seg_ids = torch.full((e, t), -1, dtype=torch.long)  # -1 = padding
     ends = []
     for i, (row, pos, seg) in enumerate(rows):
-        input_ids[i, :len(row)] = torch.tensor(row)
-        position_ids[i, :len(row)] = torch.tensor(pos)
-        seg_ids[i, :len(row)] = torch.tensor(seg)
+        input_ids[i, : len(row)] = torch.tensor(row)
+        position_ids[i, : len(row)] = torch.tensor(pos)
+        seg_ids[i, : len(row)] = torch.tensor(seg)
         for k in range(1, max(seg) + 1):
             ends.append(i * t + max(j for j, g in enumerate(seg) if g == k))
     q, kk = seg_ids[:, :, None], seg_ids[:, None, :]  # (E, T, 1), (E, 1, T)
@@ -247,17 +266,30 @@ def collate(items: list[Encoded], pad_id: int, multiple: int = 1) -> Batch:
             weight.append(p.weight)
         base += k
     input_ids, position_ids, mask, ends, tokens = pack([it.ids for it in items], pad_id, multiple)
-    return Batch(input_ids, position_ids, mask, ends, torch.tensor(better), torch.tensor(worse),
-                 torch.tensor(tie), torch.tensor(margin, dtype=torch.float32),
-                 torch.tensor(weight, dtype=torch.float32), slots, tiers, tokens)
+    return Batch(
+        input_ids,
+        position_ids,
+        mask,
+        ends,
+        torch.tensor(better),
+        torch.tensor(worse),
+        torch.tensor(tie),
+        torch.tensor(margin, dtype=torch.float32),
+        torch.tensor(weight, dtype=torch.float32),
+        slots,
+        tiers,
+        tokens,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # loss
 # ---------------------------------------------------------------------------------------------
 
-def batch_loss(cfg: RewardConfig, r: torch.Tensor, b: Batch,
-               log_tie: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+
+def batch_loss(
+    cfg: RewardConfig, r: torch.Tensor, b: Batch, log_tie: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The configured loss on the rewards r (S,) of one batch; (loss, stats)."""
     r_b, r_w = r[b.better], r[b.worse]  # (P,) each
     if cfg.loss == "bt":
@@ -295,9 +327,18 @@ INITIAL_LOG_TIE = math.log(0.5)
 # evaluation
 # ---------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def run_batches(module, fn, items: list[Encoded], batch_size: int, pad_id: int, device,
-                bf16: bool, multiple: int = 1) -> list:
+def run_batches(
+    module,
+    fn,
+    items: list[Encoded],
+    batch_size: int,
+    pad_id: int,
+    device,
+    bf16: bool,
+    multiple: int = 1,
+) -> list:
     """`fn(input_ids, position_ids, mask, ends)` (the module's forward or `features`) over
     packed batches of the items, shortest first (little padding), in eval mode. Returns, in
     item order, each item's rows of fn's output (a tensor, or a tuple of them), on the CPU."""
@@ -306,7 +347,7 @@ def run_batches(module, fn, items: list[Encoded], batch_size: int, pad_id: int, 
     order = sorted(range(len(items)), key=lambda i: items[i].tokens)
     out: list = [None] * len(items)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id, multiple)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             got = fn(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
@@ -321,8 +362,15 @@ def run_batches(module, fn, items: list[Encoded], batch_size: int, pad_id: int, 
     return out
 
 
-def score_encoded(module, items: list[Encoded], batch_size: int, pad_id: int, device,
-                  bf16: bool, multiple: int = 1) -> list[torch.Tensor]:
+def score_encoded(
+    module,
+    items: list[Encoded],
+    batch_size: int,
+    pad_id: int,
+    device,
+    bf16: bool,
+    multiple: int = 1,
+) -> list[torch.Tensor]:
     """Rewards of every response of every item: a list of (K,) tensors, in item order."""
     return run_batches(module, module, items, batch_size, pad_id, device, bf16, multiple)
 
@@ -350,8 +398,9 @@ def fit_tie_threshold(rb, rw, tie) -> float:
     return float(candidates[int(np.argmax(accs))])
 
 
-def evaluate(items: list[Encoded], scores: list[torch.Tensor], tie_threshold: float,
-             prefix: str = "reward/") -> dict[str, float]:
+def evaluate(
+    items: list[Encoded], scores: list[torch.Tensor], tie_threshold: float, prefix: str = "reward/"
+) -> dict[str, float]:
     """Held-out metrics with fixed names (see docs/reward.md)."""
     rb, rw, tie, ann = pair_rewards(items, scores)
     strict = ~tie
@@ -359,15 +408,17 @@ def evaluate(items: list[Encoded], scores: list[torch.Tensor], tie_threshold: fl
     p = 1.0 / (1.0 + np.exp(-d[strict]))
     # Calibration of sigma(r_a - r_b) needs both outcomes: each strict pair is counted in both
     # orientations (p with outcome 1, 1 - p with outcome 0).
-    ece = metrics.expected_calibration_error(np.concatenate([p, 1 - p]),
-                                             np.concatenate([np.ones_like(p), np.zeros_like(p)]))
+    ece = metrics.expected_calibration_error(
+        np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
+    )
     out = {
         f"{prefix}accuracy": metrics.pairwise_accuracy(rb, rw, tie),
         f"{prefix}accuracy_tie_aware": metrics.tie_aware_accuracy(rb, rw, tie, tie_threshold),
         f"{prefix}margin": metrics.mean_margin(rb, rw, tie),
         f"{prefix}ece": ece,
         # Bradley-Terry loss of the strict pairs: what early stopping breaks accuracy ties with
-        f"{prefix}nll": float(np.mean(np.logaddexp(0.0, -d[strict]))) if strict.any()
+        f"{prefix}nll": float(np.mean(np.logaddexp(0.0, -d[strict])))
+        if strict.any()
         else float("nan"),
         f"{prefix}eval_pairs": float(len(rb)),
         f"{prefix}eval_ties": float(tie.sum()),
@@ -385,19 +436,23 @@ def evaluate(items: list[Encoded], scores: list[torch.Tensor], tie_threshold: fl
 # checkpoints
 # ---------------------------------------------------------------------------------------------
 
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     found = [p for p in ckpt_dir.glob(f"{CKPT_PREFIX}*") if (p / STATE_FILE).exists()]
-    return max(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]), default=None)
+    return max(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), default=None)
 
 
-def save_checkpoint(accelerator, ckpt_dir: Path, step: int, history: list[dict],
-                    best: Best) -> None:
+def save_checkpoint(
+    accelerator, ckpt_dir: Path, step: int, history: list[dict], best: Best
+) -> None:
     out = ckpt_dir / f"{CKPT_PREFIX}{step}"
     accelerator.save_state(str(out))
     if accelerator.is_main_process:
         if best.state is not None:  # the weights early stopping would return
-            torch.save({"step": best.step, "key": best.key, "stale": best.stale,
-                        "state": best.state}, out / BEST_FILE)
+            torch.save(
+                {"step": best.step, "key": best.key, "stale": best.stale, "state": best.state},
+                out / BEST_FILE,
+            )
         (out / STATE_FILE).write_text(json.dumps({"step": step, "history": history}))
         for old in ckpt_dir.glob(f"{CKPT_PREFIX}*"):  # keep the newest only
             if old != out:
@@ -424,8 +479,10 @@ def load_checkpoint(accelerator, ckpt_dir: Path) -> tuple[int, list[dict], Best]
 # the trainer, phase by phase
 # ---------------------------------------------------------------------------------------------
 
-def split_examples(examples: Sequence[Example], held_out: Sequence[Example] | None,
-                   cfg: RewardConfig) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+
+def split_examples(
+    examples: Sequence[Example], held_out: Sequence[Example] | None, cfg: RewardConfig
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     """1. data: (train, held-out); held-out by prompt (`cfg.eval_fraction`) unless given."""
     if not examples:
         raise RewardDataError("no training examples: label comparisons first")
@@ -436,7 +493,8 @@ def split_examples(examples: Sequence[Example], held_out: Sequence[Example] | No
     if not any(not p.tie for e in train for p in e.pairs):
         raise RewardDataError(
             "the training split has no strict preference (none, or only ties): label more "
-            "comparisons, or lower eval_fraction")
+            "comparisons, or lower eval_fraction"
+        )
     return train, held_out
 
 
@@ -451,7 +509,8 @@ def load_model(cfg: RewardConfig, base: str, bf16: bool):
     use_training_attention(model)  # fp32 attention for short rows on the CPU (lm/kernels.py)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False})
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     model.config.use_cache = False
     return tokenizer, model
 
@@ -480,15 +539,30 @@ class Probes:
 
 
 @torch.no_grad()
-def fit_probes(module: RewardModule, train_items: list[Encoded], eval_items: list[Encoded],
-               cfg: RewardConfig, pad_id: int, device, bf16: bool) -> Probes:
+def fit_probes(
+    module: RewardModule,
+    train_items: list[Encoded],
+    eval_items: list[Encoded],
+    cfg: RewardConfig,
+    pad_id: int,
+    device,
+    bf16: bool,
+) -> Probes:
     """2c. Frozen features of every response (one forward, no gradient), a probe on each
     pooling, and their held-out accuracy: `reward/probe_accuracy` (mean pooling, the baseline
     `rankloop train-reward` reports) and `reward/probe_last_accuracy`."""
     feats = {"last": ([], []), "mean": ([], [])}
     for items, side in ((train_items, 0), (eval_items, 1)):
-        for f_last, f_mean in run_batches(module, module.features, items, 2 * cfg.batch_size,
-                                          pad_id, device, bf16, cfg.pad_to_multiple_of):
+        for f_last, f_mean in run_batches(
+            module,
+            module.features,
+            items,
+            2 * cfg.batch_size,
+            pad_id,
+            device,
+            bf16,
+            cfg.pad_to_multiple_of,
+        ):
             feats["last"][side].append(f_last.numpy())
             feats["mean"][side].append(f_mean.numpy())
     weights, out = {}, {}
@@ -512,8 +586,9 @@ def warm_start_head(model, w: np.ndarray) -> None:
             head.bias.zero_()
 
 
-def batch_schedule(train_items: list[Encoded], cfg: RewardConfig,
-                   world: int) -> tuple[list[list[int]], int, int]:
+def batch_schedule(
+    train_items: list[Encoded], cfg: RewardConfig, world: int
+) -> tuple[list[list[int]], int, int]:
     """(batches of every epoch in order, optimizer steps, steps per epoch): fixed by the seed,
     so a resumed run sees the same order; equal work for every process."""
     lengths = [it.tokens for it in train_items]
@@ -521,13 +596,16 @@ def batch_schedule(train_items: list[Encoded], cfg: RewardConfig,
     n_batches = max(1, math.ceil(len(per_epoch) * cfg.epochs))
     schedule, epoch = [], 0
     while len(schedule) < n_batches:
-        schedule += per_epoch if epoch == 0 else length_grouped_batches(
-            lengths, cfg.batch_size, cfg.seed + epoch)
+        schedule += (
+            per_epoch
+            if epoch == 0
+            else length_grouped_batches(lengths, cfg.batch_size, cfg.seed + epoch)
+        )
         epoch += 1
     per_step = world * cfg.grad_accum
     steps_total = max(1, n_batches // per_step)
     steps_per_epoch = max(1, len(per_epoch) // per_step)
-    return schedule[:steps_total * per_step], steps_total, steps_per_epoch
+    return schedule[: steps_total * per_step], steps_total, steps_per_epoch
 
 
 @dataclass
@@ -550,8 +628,11 @@ class Best:
             self.stale += 1
             return False
         self.step, self.key, self.stale = step, key, 0
-        self.state = {n: p.detach().to("cpu", copy=True)
-                      for n, p in module.named_parameters() if p.requires_grad}
+        self.state = {
+            n: p.detach().to("cpu", copy=True)
+            for n, p in module.named_parameters()
+            if p.requires_grad
+        }
         return True
 
     def restore(self, module) -> None:
@@ -580,29 +661,57 @@ class Loop:
     compiled: bool  # the transformer blocks run through torch.compile
 
 
-def make_loop(module: RewardModule, cfg: RewardConfig, accelerator, train_items, eval_items,
-              pad_id: int, bf16: bool) -> Loop:
+def make_loop(
+    module: RewardModule,
+    cfg: RewardConfig,
+    accelerator,
+    train_items,
+    eval_items,
+    pad_id: int,
+    bf16: bool,
+) -> Loop:
     """3a. the batch schedule, AdamW, the linear schedule, accelerate's wrapping."""
     from transformers import get_scheduler
 
     device = accelerator.device
-    schedule, steps_total, steps_per_epoch = batch_schedule(train_items, cfg,
-                                                            accelerator.num_processes)
+    schedule, steps_total, steps_per_epoch = batch_schedule(
+        train_items, cfg, accelerator.num_processes
+    )
     compiled = use_compile(cfg.compile, steps_total, device.type)
     if compiled:  # marks the blocks; the compile itself happens in the first step
         compile_blocks(module.model)
     params = [p for p in module.parameters() if p.requires_grad]
     # fused: one kernel over all parameters (faster steps for full fine-tuning)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
     # stepped once per optimizer step by the loop (accelerate would step it once per process)
-    scheduler = get_scheduler("linear", optimizer,
-                              num_warmup_steps=int(cfg.warmup_ratio * steps_total),
-                              num_training_steps=steps_total)
+    scheduler = get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * steps_total),
+        num_training_steps=steps_total,
+    )
     module, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    return Loop(accelerator, module, optimizer, scheduler, params, schedule, steps_total,
-                steps_per_epoch, train_items, eval_items, pad_id, bf16, compiled)
+    return Loop(
+        accelerator,
+        module,
+        optimizer,
+        scheduler,
+        params,
+        schedule,
+        steps_total,
+        steps_per_epoch,
+        train_items,
+        eval_items,
+        pad_id,
+        bf16,
+        compiled,
+    )
 
 
 def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, float], int]:
@@ -611,13 +720,13 @@ def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, floa
     device, tokens = acc.device, 0
     for micro in range(cfg.grad_accum):
         k = (step * cfg.grad_accum + micro) * world + acc.process_index
-        batch = collate([loop.train_items[i] for i in loop.schedule[k]], loop.pad_id,
-                        cfg.pad_to_multiple_of).to(device)
+        batch = collate(
+            [loop.train_items[i] for i in loop.schedule[k]], loop.pad_id, cfg.pad_to_multiple_of
+        ).to(device)
         tokens += batch.tokens
         with acc.accumulate(loop.module):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.bf16):
-                r = loop.module(batch.input_ids, batch.position_ids, batch.mask,
-                                batch.ends)  # (S,)
+                r = loop.module(batch.input_ids, batch.position_ids, batch.mask, batch.ends)  # (S,)
             loss, stats = batch_loss(cfg, r.float(), batch, acc.unwrap_model(loop.module).log_tie)
             acc.backward(loss)
             if acc.sync_gradients:
@@ -633,22 +742,43 @@ def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, floa
 
 def evaluate_now(loop: Loop, cfg: RewardConfig) -> dict[str, float]:
     """Held-out metrics of the model as it is now, named eval/..."""
-    scores = score_encoded(loop.module, loop.eval_items, 2 * cfg.batch_size, loop.pad_id,
-                           loop.accelerator.device, loop.bf16, cfg.pad_to_multiple_of)
+    scores = score_encoded(
+        loop.module,
+        loop.eval_items,
+        2 * cfg.batch_size,
+        loop.pad_id,
+        loop.accelerator.device,
+        loop.bf16,
+        cfg.pad_to_multiple_of,
+    )
     return evaluate(loop.eval_items, scores, 0.0, prefix="eval/")
 
 
-def run_loop(loop: Loop, cfg: RewardConfig, *, step: int, history: list[dict], best: Best,
-             stop: int, ckpt_dir: Path, progress: bool,
-             on_step: Callable[[dict], None] | None) -> tuple[int, int]:
+def run_loop(
+    loop: Loop,
+    cfg: RewardConfig,
+    *,
+    step: int,
+    history: list[dict],
+    best: Best,
+    stop: int,
+    ckpt_dir: Path,
+    progress: bool,
+    on_step: Callable[[dict], None] | None,
+) -> tuple[int, int]:
     """3c. the optimisation loop, from `step` to `stop`: (last step, tokens seen).
 
     With `select_best`, the held-out split is evaluated at every epoch's end (and every
     `eval_every` steps); the best weights are kept (`best`) and the loop stops once `patience`
     evaluations in a row did not beat them."""
     acc = loop.accelerator
-    bar = tqdm(total=stop, initial=step, desc="reward model", unit="step",
-               disable=not (progress and acc.is_local_main_process))
+    bar = tqdm(
+        total=stop,
+        initial=step,
+        desc="reward model",
+        unit="step",
+        disable=not (progress and acc.is_local_main_process),
+    )
     loop.module.train()
     run_loss = run_acc = None
     tokens = 0
@@ -659,17 +789,24 @@ def run_loop(loop: Loop, cfg: RewardConfig, *, step: int, history: list[dict], b
         step += 1
         history.append({"step": step, **logged})
         # exponential moving averages keep the progress bar readable
-        run_loss = logged["reward/loss"] if run_loss is None \
+        run_loss = (
+            logged["reward/loss"]
+            if run_loss is None
             else 0.9 * run_loss + 0.1 * logged["reward/loss"]
-        run_acc = logged["reward/accuracy"] if run_acc is None \
+        )
+        run_acc = (
+            logged["reward/accuracy"]
+            if run_acc is None
             else 0.9 * run_acc + 0.1 * logged["reward/accuracy"]
+        )
         bar.set_postfix(loss=f"{run_loss:.4f}", acc=f"{run_acc:.3f}")
         bar.update(1)
         if cfg.log_with:
             acc.log(logged, step=step)
         epoch_end = step % loop.steps_per_epoch == 0 or step == loop.steps_total
-        if loop.eval_items and ((select and epoch_end)
-                                or (cfg.eval_every and step % cfg.eval_every == 0)):
+        if loop.eval_items and (
+            (select and epoch_end) or (cfg.eval_every and step % cfg.eval_every == 0)
+        ):
             ev = evaluate_now(loop, cfg)
             history[-1].update(ev)
             if cfg.log_with:
@@ -690,8 +827,15 @@ def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict
     """4. (metrics, reward statistics): training-set statistics (the reward's mean and std for
     PPO, the tie threshold) and the held-out metrics (docs/reward.md)."""
     acc = loop.accelerator
-    train_scores = score_encoded(loop.module, loop.train_items, 2 * cfg.batch_size,
-                                 loop.pad_id, acc.device, loop.bf16, cfg.pad_to_multiple_of)
+    train_scores = score_encoded(
+        loop.module,
+        loop.train_items,
+        2 * cfg.batch_size,
+        loop.pad_id,
+        acc.device,
+        loop.bf16,
+        cfg.pad_to_multiple_of,
+    )
     flat = torch.cat(train_scores)
     rb, rw, tie, _ = pair_rewards(loop.train_items, train_scores)
     threshold = fit_tie_threshold(rb, rw, tie)
@@ -706,17 +850,33 @@ def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict
         name = "reward/epsilon" if cfg.loss == "rao-kupper" else "reward/nu"
         out[name] = float(acc.unwrap_model(loop.module).log_tie.detach().exp())
     if loop.eval_items:
-        scores = score_encoded(loop.module, loop.eval_items, 2 * cfg.batch_size, loop.pad_id,
-                               acc.device, loop.bf16, cfg.pad_to_multiple_of)
+        scores = score_encoded(
+            loop.module,
+            loop.eval_items,
+            2 * cfg.batch_size,
+            loop.pad_id,
+            acc.device,
+            loop.bf16,
+            cfg.pad_to_multiple_of,
+        )
         out.update(evaluate(loop.eval_items, scores, threshold))
     return out, {"mean": out["reward/mean"], "std": out["reward/std"], "n": int(flat.numel())}
 
 
-def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | Path, *,
-                 base: str, held_out: Sequence[Example] | None = None, resume: bool = False,
-                 progress: bool = True, log_dir: str | Path | None = None, accelerator=None,
-                 max_steps: int | None = None,
-                 on_step: Callable[[dict], None] | None = None) -> TrainResult:
+def train_reward(
+    examples: Sequence[Example],
+    cfg: RewardConfig,
+    out_dir: str | Path,
+    *,
+    base: str,
+    held_out: Sequence[Example] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log_dir: str | Path | None = None,
+    accelerator=None,
+    max_steps: int | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Fit a reward model on `examples` (see pairs.py: from a store with `build_examples`, or
     from plain data with `pairwise_example` / `ranking_example`) and save it to `out_dir`.
 
@@ -743,8 +903,11 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
     log_dir = Path(log_dir) if log_dir else out_dir.with_name(out_dir.name + "-logs")
     if accelerator is None:
         accelerator = new_accelerator(
-            mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum,
-            log_with=trackers or None, project_dir=str(log_dir))
+            mixed_precision="no",
+            gradient_accumulation_steps=cfg.grad_accum,
+            log_with=trackers or None,
+            project_dir=str(log_dir),
+        )
     device = accelerator.device
     bf16 = use_bf16(cfg.bf16, device)
     set_seed(cfg.seed)
@@ -756,8 +919,9 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
     pad = tokenizer.pad_token_id
     probe_metrics = {}
     if (cfg.warm_start or eval_items) and not resume:
-        probes = fit_probes(RewardModule(model, 0.0).to(device), train_items, eval_items, cfg,
-                            pad, device, bf16)
+        probes = fit_probes(
+            RewardModule(model, 0.0).to(device), train_items, eval_items, cfg, pad, device, bf16
+        )
         probe_metrics = probes.metrics
         if cfg.warm_start:
             warm_start_head(model, probes.last)
@@ -773,12 +937,24 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
     elif cfg.select_best and eval_items:  # step 0 (the warm start alone) is a candidate too
         best.offer(0, evaluate_now(loop, cfg), accelerator.unwrap_model(loop.module))
     if trackers:
-        accelerator.init_trackers("rankloop-reward", config=asdict(cfg),
-                                  init_kwargs=tracking.init_kwargs(trackers, log_dir))
+        accelerator.init_trackers(
+            "rankloop-reward",
+            config=asdict(cfg),
+            init_kwargs=tracking.init_kwargs(trackers, log_dir),
+        )
     stop = min(loop.steps_total, max_steps) if max_steps else loop.steps_total
     t_loop = time.perf_counter()
-    step, tokens = run_loop(loop, cfg, step=step, history=history, best=best, stop=stop,
-                            ckpt_dir=ckpt_dir, progress=progress, on_step=on_step)
+    step, tokens = run_loop(
+        loop,
+        cfg,
+        step=step,
+        history=history,
+        best=best,
+        stop=stop,
+        ckpt_dir=ckpt_dir,
+        progress=progress,
+        on_step=on_step,
+    )
     loop_seconds = time.perf_counter() - t_loop
     train_seconds = time.perf_counter() - t0
     if best.state is not None:
@@ -804,11 +980,18 @@ def train_reward(examples: Sequence[Example], cfg: RewardConfig, out_dir: str | 
         if ckpt_dir.exists() and (step >= loop.steps_total or stopped_early):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are spent
     accelerator.wait_for_everyone()
-    return TrainResult(path=out_dir, metrics=result_metrics, steps=step,
-                       train_examples=len(train_items), eval_examples=len(eval_items),
-                       seconds=train_seconds, train_tokens=tokens,
-                       loop_seconds=loop_seconds, history=history,
-                       compiled=loop.compiled)
+    return TrainResult(
+        path=out_dir,
+        metrics=result_metrics,
+        steps=step,
+        train_examples=len(train_items),
+        eval_examples=len(eval_items),
+        seconds=train_seconds,
+        train_tokens=tokens,
+        loop_seconds=loop_seconds,
+        history=history,
+        compiled=loop.compiled,
+    )
 
 
 def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) -> None:
@@ -828,8 +1011,9 @@ def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) 
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / STATS_FILE).write_text(json.dumps(stats))
-    (tmp / "rankloop_reward.json").write_text(json.dumps(
-        {"config": asdict(cfg), "head": head_name(model)}, indent=1))
+    (tmp / "rankloop_reward.json").write_text(
+        json.dumps({"config": asdict(cfg), "head": head_name(model)}, indent=1)
+    )
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)

@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import textwrap
 import types
@@ -28,10 +29,14 @@ def field_docs(cls) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -56,7 +61,9 @@ def from_table(cls, table: dict, section: str):
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():
         if key not in names:
-            raise ConfigError(f"[{section}] has no setting {key!r}; known: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"[{section}] has no setting {key!r}; known: {', '.join(sorted(names))}"
+            )
         ok = _allowed(hints[key])
         if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
             raise ConfigError(f"[{section}] {key} = {value!r}: expected {hints[key]}")

@@ -17,9 +17,9 @@ os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="rankloop-trackio-"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from rankloop.data.store import Store  # noqa: E402
+from rankloop.data.store import Store
 
-from tiny import save_tiny_lm  # noqa: E402
+from tiny import save_tiny_lm
 
 
 @pytest.fixture

@@ -17,23 +17,42 @@ def main(policy: str, out: str) -> None:
     prompts = [Prompt.from_text(t) for t in ("hello", "write a poem", "explain gears", "yes")]
     # one step of value pretraining first: the policy sits out of that step's loss, which
     # DDP must be told about (find_unused_parameters), or it waits for its gradients
-    cfg = PPOConfig(steps=2, batch_size=2, mini_batch_size=1, ppo_epochs=1, max_new_tokens=4,
-                    log_samples=0, bf16="no", lr=1e-2, value_pretrain_steps=1)
+    cfg = PPOConfig(
+        steps=2,
+        batch_size=2,
+        mini_batch_size=1,
+        ppo_epochs=1,
+        max_new_tokens=4,
+        log_samples=0,
+        bf16="no",
+        lr=1e-2,
+        value_pretrain_steps=1,
+    )
 
     def reward(ps, rs):
         return torch.tensor([float(len(r)) / 10 for r in rs])
 
     # no accelerator passed: train_ppo builds its own, as `rankloop ppo` under
     # `accelerate launch --config_file docs/accelerate/cpu-ddp.yaml` does
-    res = train_ppo(cfg, policy=policy, prompts=prompts, reward_fn=reward, out_dir=Path(out),
-                    progress=False, log=None)
+    res = train_ppo(
+        cfg,
+        policy=policy,
+        prompts=prompts,
+        reward_fn=reward,
+        out_dir=Path(out),
+        progress=False,
+        log=None,
+    )
     acc = PartialState()
-    state = {n: p.detach().double().sum().item()
-             for module in (res.actor, res.critic)
-             for n, p in module.named_parameters() if p.requires_grad}
+    state = {
+        n: p.detach().double().sum().item()
+        for module in (res.actor, res.critic)
+        for n, p in module.named_parameters()
+        if p.requires_grad
+    }
     Path(out, f"rank-{acc.process_index}.json").write_text(
-        json.dumps({"world": acc.num_processes, "params": state,
-                    "history": res.history}))
+        json.dumps({"world": acc.num_processes, "params": state, "history": res.history})
+    )
 
 
 if __name__ == "__main__":

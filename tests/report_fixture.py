@@ -19,39 +19,83 @@ from __future__ import annotations
 from rankloop.data import curves
 from rankloop.data.records import Label, Prompt, Response, Round
 
-HOSTILE = ('Look: <script>window.__pwned=1</script> and <img src=x onerror="window.__pwned=2"> '
-           "& <b>bold</b>")
+HOSTILE = (
+    'Look: <script>window.__pwned=1</script> and <img src=x onerror="window.__pwned=2"> '
+    "& <b>bold</b>"
+)
 
 OUTCOMES = {(1, 0): "WWWWLT", (2, 1): "WWWWWL", (2, 0): "TWWWWW"}
 SIMULATED = {(2, 0): "WWWWWW"}
 
 ROUND_METRICS = {
-    0: {"reward/accuracy": 0.7, "reward/probe_accuracy": 0.6, "reward/ece": 0.05,
-        "reward/eval_pairs": 20.0, "ppo/steps": 3.0, "ppo/score_first": 0.1,
-        "ppo/score_last": 0.4, "ppo/kl_last": 1.5, "ppo/response_length_last": 40.0},
-    1: {"reward/accuracy": 0.8, "reward/probe_accuracy": 0.65, "reward/ece": 0.04,
-        "reward/eval_pairs": 30.0, "ppo/steps": 2.0, "ppo/score_first": 0.3,
-        "ppo/score_last": 0.9, "ppo/kl_last": 2.0, "ppo/kl_final": 1.25, "ppo/kept_step": 1.0,
-        "ppo/response_length_last": 35.0},
+    0: {
+        "reward/accuracy": 0.7,
+        "reward/probe_accuracy": 0.6,
+        "reward/ece": 0.05,
+        "reward/eval_pairs": 20.0,
+        "ppo/steps": 3.0,
+        "ppo/score_first": 0.1,
+        "ppo/score_last": 0.4,
+        "ppo/kl_last": 1.5,
+        "ppo/response_length_last": 40.0,
+    },
+    1: {
+        "reward/accuracy": 0.8,
+        "reward/probe_accuracy": 0.65,
+        "reward/ece": 0.04,
+        "reward/eval_pairs": 30.0,
+        "ppo/steps": 2.0,
+        "ppo/score_first": 0.3,
+        "ppo/score_last": 0.9,
+        "ppo/kl_last": 2.0,
+        "ppo/kl_final": 1.25,
+        "ppo/kept_step": 1.0,
+        "ppo/response_length_last": 35.0,
+    },
 }
 CURVES = {
-    0: [{"step": 1, "objective/scores": 0.1, "objective/kl": 0.0,
-         "objective/response_length": 50.0},
-        {"step": 2, "objective/scores": 0.2, "objective/kl": 0.8,
-         "objective/response_length": 45.0},
-        {"step": 3, "objective/scores": 0.4, "objective/kl": 1.5,
-         "objective/response_length": 40.0}],
-    1: [{"step": 1, "objective/scores": 0.3, "objective/kl": 0.0,
-         "objective/response_length": 38.0},
-        {"step": 2, "objective/scores": 0.9, "objective/kl": 2.0,
-         "objective/response_length": 35.0}],
+    0: [
+        {
+            "step": 1,
+            "objective/scores": 0.1,
+            "objective/kl": 0.0,
+            "objective/response_length": 50.0,
+        },
+        {
+            "step": 2,
+            "objective/scores": 0.2,
+            "objective/kl": 0.8,
+            "objective/response_length": 45.0,
+        },
+        {
+            "step": 3,
+            "objective/scores": 0.4,
+            "objective/kl": 1.5,
+            "objective/response_length": 40.0,
+        },
+    ],
+    1: [
+        {
+            "step": 1,
+            "objective/scores": 0.3,
+            "objective/kl": 0.0,
+            "objective/response_length": 38.0,
+        },
+        {
+            "step": 2,
+            "objective/scores": 0.9,
+            "objective/kl": 2.0,
+            "objective/response_length": 35.0,
+        },
+    ],
 }
 
 
 def two_round_store(store) -> dict:
     """Fill `store` as the module docstring says; returns the ids a test needs."""
-    prompts = [Prompt.from_text(HOSTILE if i == 5 else f"Evaluation question {i}?")
-               for i in range(6)]
+    prompts = [
+        Prompt.from_text(HOSTILE if i == 5 else f"Evaluation question {i}?") for i in range(6)
+    ]
     pids = store.add_prompts(prompts)
     ann = store.add_annotator("ann")[0].id
     bob = store.add_annotator("bob")[0].id
@@ -59,10 +103,14 @@ def two_round_store(store) -> dict:
     resp = {}
     for i, pid in enumerate(pids):
         for rnd in (0, 1, 2):
-            text = f"{HOSTILE} (round 2's answer)" if (i, rnd) == (5, 2) else \
-                f"Round {rnd} answers question {i}."
-            resp[(i, rnd)] = store.add_responses([Response(pid, text, round=rnd,
-                                                           policy=f"policy-{rnd}")])[0]
+            text = (
+                f"{HOSTILE} (round 2's answer)"
+                if (i, rnd) == (5, 2)
+                else f"Round {rnd} answers question {i}."
+            )
+            resp[(i, rnd)] = store.add_responses(
+                [Response(pid, text, round=rnd, policy=f"policy-{rnd}")]
+            )[0]
     labels = []
     for (new, old), outcomes in OUTCOMES.items():
         for i, pid in enumerate(pids):
@@ -71,13 +119,24 @@ def two_round_store(store) -> dict:
             labels.append(Label.pairwise(cid, ann, (resp[(i, old)], resp[(i, new)]), choice))
             if (new, old) in SIMULATED:
                 sim_choice = {"W": "A", "L": "B", "T": "tie"}[SIMULATED[(new, old)][i]]
-                labels.append(Label.pairwise(cid, sim, (resp[(i, new)], resp[(i, old)]),
-                                             sim_choice, source="simulated"))
+                labels.append(
+                    Label.pairwise(
+                        cid, sim, (resp[(i, new)], resp[(i, old)]), sim_choice, source="simulated"
+                    )
+                )
     # same-round comparisons of round 0: ann and bob agree on three of four
-    for i, (a_choice, b_choice) in enumerate([("A", "A"), ("B", "B"), ("A", "A"),
-                                             ("A", "B")]):
-        other = store.add_responses([Response(pids[i], f"Another round 0 answer {i}.",
-                                              round=0, policy="policy-0", sample_index=1)])[0]
+    for i, (a_choice, b_choice) in enumerate([("A", "A"), ("B", "B"), ("A", "A"), ("A", "B")]):
+        other = store.add_responses(
+            [
+                Response(
+                    pids[i],
+                    f"Another round 0 answer {i}.",
+                    round=0,
+                    policy="policy-0",
+                    sample_index=1,
+                )
+            ]
+        )[0]
         cid = store.add_comparison(pids[i], [resp[(i, 0)], other], round=0)
         labels.append(Label.pairwise(cid, ann, (resp[(i, 0)], other), a_choice))
         labels.append(Label.pairwise(cid, bob, (resp[(i, 0)], other), b_choice))

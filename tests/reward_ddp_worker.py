@@ -20,22 +20,48 @@ def main(base: str, out: str, grad_accum: int) -> None:
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True, gradient_accumulation_steps=grad_accum)
-    pairs = [pairwise_example(p, a, b) if win else pairwise_example(p, b, a)
-             for p, a, b, win, _ in simulate_pairs(64, seed=11)]
-    cfg = RewardConfig(lora=False, lr=2e-3, epochs=2, batch_size=4, grad_accum=grad_accum,
-                       eval_fraction=0.25, bf16="no", compile="no", warmup_ratio=0.0,
-                       warm_start=False, select_best=False)
+    pairs = [
+        pairwise_example(p, a, b) if win else pairwise_example(p, b, a)
+        for p, a, b, win, _ in simulate_pairs(64, seed=11)
+    ]
+    cfg = RewardConfig(
+        lora=False,
+        lr=2e-3,
+        epochs=2,
+        batch_size=4,
+        grad_accum=grad_accum,
+        eval_fraction=0.25,
+        bf16="no",
+        compile="no",
+        warmup_ratio=0.0,
+        warm_start=False,
+        select_best=False,
+    )
     rows = []
-    result = train_reward(pairs, cfg, Path(out) / "rm", base=base, progress=False,
-                          accelerator=acc, on_step=lambda row: rows.append(row))
+    result = train_reward(
+        pairs,
+        cfg,
+        Path(out) / "rm",
+        base=base,
+        progress=False,
+        accelerator=acc,
+        on_step=lambda row: rows.append(row),
+    )
     scores = None
     if acc.is_main_process:  # the saved model, scored on fixed texts
         scorer = RewardScorer.from_pretrained(result.path, device="cpu", bf16="no")
         scores = scorer.score(["q"] * 4, ["good fox", "sea wind", "good", "lazy dog"]).tolist()
-    Path(out, f"rank-{acc.process_index}.json").write_text(json.dumps({
-        "world": acc.num_processes, "losses": [r["reward/loss"] for r in rows],
-        "steps": result.steps, "scores": scores,
-        "accuracy": result.metrics["reward/accuracy"]}))
+    Path(out, f"rank-{acc.process_index}.json").write_text(
+        json.dumps(
+            {
+                "world": acc.num_processes,
+                "losses": [r["reward/loss"] for r in rows],
+                "steps": result.steps,
+                "scores": scores,
+                "accuracy": result.metrics["reward/accuracy"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,28 @@ from dataclasses import dataclass
 from rankloop.data.records import Label
 from rankloop.data.store import Store
 
-WORDS = ("the quick brown fox jumps over lazy dog sea wind poem bicycle gear simple words "
-         "yes no maybe hello thanks").split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "sea",
+    "wind",
+    "poem",
+    "bicycle",
+    "gear",
+    "simple",
+    "words",
+    "yes",
+    "no",
+    "maybe",
+    "hello",
+    "thanks",
+]
 
 
 @dataclass(frozen=True)
@@ -55,16 +75,21 @@ def simulate_pairs(n: int, task: SimulatedTask = SimulatedTask(), seed: int = 0)
     return out
 
 
-def simulate_labels(store: Store, n: int, task: SimulatedTask = SimulatedTask(), seed: int = 0,
-                    annotator: str = "simulator", round: int = 0) -> list[float]:
+def simulate_labels(
+    store: Store,
+    n: int,
+    task: SimulatedTask = SimulatedTask(),
+    seed: int = 0,
+    annotator: str = "simulator",
+    round: int = 0,
+) -> list[float]:
     """Write n simulated pairwise labels into the store; returns each pair's true s_a - s_b."""
     ann = store.external_annotator(annotator)
     diffs, labels = [], []
     for prompt, a, b, a_wins, d in simulate_pairs(n, task, seed):
         cid = store.add_comparison_texts(prompt, [a, b], source="simulated", round=round)
         ids = store.comparison(cid).response_ids
-        labels.append(Label.pairwise(cid, ann.id, ids, "A" if a_wins else "B",
-                                     source="simulated"))
+        labels.append(Label.pairwise(cid, ann.id, ids, "A" if a_wins else "B", source="simulated"))
         diffs.append(d)
     store.add_labels(labels)
     return diffs

@@ -29,9 +29,16 @@ def label_all(store: Store, name: str, n: int | None = None) -> list[int]:
         t = queue.next_task(store, aid, now=0, rng=rng)
         if t is None:
             break
-        ids.append(queue.submit(store, aid, t.comparison.id, t.request_id,
-                                choice="A" if len(t.responses) == 2 else None,
-                                positions=None if len(t.responses) == 2 else [[0], [1], [2]]))
+        ids.append(
+            queue.submit(
+                store,
+                aid,
+                t.comparison.id,
+                t.request_id,
+                choice="A" if len(t.responses) == 2 else None,
+                positions=None if len(t.responses) == 2 else [[0], [1], [2]],
+            )
+        )
     return ids
 
 
@@ -61,9 +68,10 @@ def test_a_backup_taken_while_another_connection_writes_is_one_whole_snapshot(tm
     n = copy.execute("select count(*) from labels").fetchone()[0]
     assert 20 <= n <= len(written) and summary.rows["labels"] == n
     # One snapshot: the trigger-kept counts agree with the labels themselves.
-    assert copy.execute("select count(*) from comparison_queue q where labels != (select "
-                        "count(*) from labels l where l.comparison_id = q.comparison_id)"
-                        ).fetchone() == (0,)
+    assert copy.execute(
+        "select count(*) from comparison_queue q where labels != (select "
+        "count(*) from labels l where l.comparison_id = q.comparison_id)"
+    ).fetchone() == (0,)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no .partial
     with pytest.raises(StoreError, match="exists: choose a new name"):
         archive.backup(store, tmp_path / "copy.db")
@@ -95,8 +103,11 @@ def test_restore_brings_a_backup_back_and_keeps_what_it_replaced(tmp_path):
 
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     sqlite3.connect(tmp_path / "other.db").execute("create table t (x)").connection.commit()
-    for bad, message in (("junk.db", "is not an SQLite database"),
-                         ("other.db", "not a rankloop one"), ("missing.db", "no such file")):
+    for bad, message in (
+        ("junk.db", "is not an SQLite database"),
+        ("other.db", "not a rankloop one"),
+        ("missing.db", "no such file"),
+    ):
         got = run("restore", tmp_path / bad, "--project", tmp_path / "p")
         assert got.exit_code == 1 and message in got.output
     assert Store.open(db).db["labels"].count == 4  # untouched by the refusals
@@ -108,8 +119,17 @@ def test_export_all_writes_what_the_team_collected(tmp_path, fresh_store):
     ann, _ = s.add_annotator("ann", secret="pw")
     rng = random.Random(0)
     t = queue.next_task(s, ann.id, now=0, rng=rng)
-    queue.submit(s, ann.id, t.comparison.id, t.request_id, choice="B", strength="much",
-                 margins={"much": 1.0}, rationale="B is right", seconds_spent=7.5)
+    queue.submit(
+        s,
+        ann.id,
+        t.comparison.id,
+        t.request_id,
+        choice="B",
+        strength="much",
+        margins={"much": 1.0},
+        rationale="B is right",
+        seconds_spent=7.5,
+    )
     queue.undo_last(s, ann.id, now=1, rng=rng)
     t = queue.next_task(s, ann.id, now=1, rng=rng)
     queue.submit(s, ann.id, t.comparison.id, t.request_id, choice="tie", seconds_spent=3.0)
@@ -127,25 +147,56 @@ def test_export_all_writes_what_the_team_collected(tmp_path, fresh_store):
 
     (label,) = read("labels")
     order = label["display_order"]
-    assert {k: label[k] for k in ("id", "comparison_id", "annotator", "mode", "choice",
-                                  "strength", "rationale", "seconds_spent", "source")} == {
-        "id": 2, "comparison_id": cids[0], "annotator": "ann", "mode": "pairwise",
-        "choice": "tie", "strength": None, "rationale": None, "seconds_spent": 3.0,
-        "source": "human"}
+    assert {
+        k: label[k]
+        for k in (
+            "id",
+            "comparison_id",
+            "annotator",
+            "mode",
+            "choice",
+            "strength",
+            "rationale",
+            "seconds_spent",
+            "source",
+        )
+    } == {
+        "id": 2,
+        "comparison_id": cids[0],
+        "annotator": "ann",
+        "mode": "pairwise",
+        "choice": "tie",
+        "strength": None,
+        "rationale": None,
+        "seconds_spent": 3.0,
+        "source": "human",
+    }
     assert label["ranking"] == [order] and sorted(order) == list(s.comparison(cids[0]).response_ids)
     (undone,) = read("label_revisions")
-    assert (undone["label_id"], undone["annotator"], undone["label"]["choice"],
-            undone["label"]["rationale"], undone["label"]["seconds_spent"]) == (
-        1, "ann", "B", "B is right", 7.5)
+    assert (
+        undone["label_id"],
+        undone["annotator"],
+        undone["label"]["choice"],
+        undone["label"]["rationale"],
+        undone["label"]["seconds_spent"],
+    ) == (1, "ann", "B", "B is right", 7.5)
     assert [(r["comparison_id"], r["reason"], r["annotator"]) for r in read("skips")] == [
-        (cids[1], "too long to judge now", "ann")]
+        (cids[1], "too long to judge now", "ann")
+    ]
     assert [(r["comparison_id"], r["kind"], r["note"]) for r in read("flags")] == [
-        (cids[2], "broken", "cut off")]
+        (cids[2], "broken", "cut off")
+    ]
     assert [c["gold"] for c in read("comparisons")] == [None, None, [[r2], [r1]]]
     assert read("prompts")[0]["messages"] == [{"role": "user", "content": "q0"}]
-    assert read("annotators") == [{"id": ann.id, "name": "ann", "role": "annotator",
-                                   "created_at": read("annotators")[0]["created_at"],
-                                   "disabled_at": None}]  # never the secret's hash
+    assert read("annotators") == [
+        {
+            "id": ann.id,
+            "name": "ann",
+            "role": "annotator",
+            "created_at": read("annotators")[0]["created_at"],
+            "disabled_at": None,
+        }
+    ]  # never the secret's hash
     manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
     assert manifest["rows"] == summary.rows and manifest["rows"]["labels"] == 1
     assert not (tmp_path / "all" / "leases.jsonl").exists()  # derived or passing state

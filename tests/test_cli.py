@@ -52,8 +52,9 @@ def test_project_is_found_from_a_subfolder(project, monkeypatch):
 
 def test_import_generate_status_export(project, tmp_path):
     run("import", "--bundled", "--project", project)
-    out = run("generate", "--n", "2", "--limit", "3", "--max-new-tokens", "6",
-              "--project", project).output
+    out = run(
+        "generate", "--n", "2", "--limit", "3", "--max-new-tokens", "6", "--project", project
+    ).output
     assert "6 new responses for 3 prompts" in out and "3 new comparisons" in out
     status = run("status", "--project", project).output
     assert re.search(r"prompts\s+│\s+84", status)
@@ -79,9 +80,12 @@ def test_bad_import_is_one_clear_line(project, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"Error: {bad}: line 2: missing column 'prompt' (columns here: question); name the "
-        f"prompt column with --prompt-column")
-    assert run("import", bad, "--prompt-column", "question", "--project", project,
-               ok=False).exit_code == 1  # line 1 lacks 'question': still nothing imported
+        f"prompt column with --prompt-column"
+    )
+    assert (
+        run("import", bad, "--prompt-column", "question", "--project", project, ok=False).exit_code
+        == 1
+    )  # line 1 lacks 'question': still nothing imported
     assert Project.find(project).store.prompts() == []
 
 
@@ -91,8 +95,9 @@ def test_bad_config_names_the_setting(project):
     result = run("status", "--project", project, ok=False)
     assert "[generate] top_p must be in (0, 1]" in result.output
     toml.write_text(toml.read_text().replace("top_p = 7.0", "top_pp = 0.9"))
-    assert "[generate] has no setting 'top_pp'" in run("status", "--project", project,
-                                                        ok=False).output
+    assert (
+        "[generate] has no setting 'top_pp'" in run("status", "--project", project, ok=False).output
+    )
 
 
 def test_missing_model_is_one_clear_line(tmp_path):
@@ -136,8 +141,8 @@ def test_config_validation_messages():
 
 def test_python_api_example_in_docs_runs(tmp_path, monkeypatch):
     text = (ROOT / "docs" / "store.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
     run("init", "myproject")
-    exec(compile(code, "docs/store.md", "exec"), {})
+    exec(compile(code, "docs/store.md", "exec"), {})  # noqa: S102 - runs the docs' own example
     assert datasets.load_from_disk("prefs").num_rows == 3

@@ -20,8 +20,9 @@ def default_path():
 def test_cached_checkpoint_reloads_the_gguf_weights_exactly(default_path):
     from transformers import AutoModelForCausalLM
 
-    gguf = AutoModelForCausalLM.from_pretrained(loading.gguf_location(),
-                                                gguf_file=loading.GGUF_FILE)
+    gguf = AutoModelForCausalLM.from_pretrained(
+        loading.gguf_location(), gguf_file=loading.GGUF_FILE
+    )
     cached = loading.load_causal_lm(loading.DEFAULT_MODEL)
     assert cached.config.rope_parameters["rope_theta"] == 100000.0
     x = torch.tensor([[1, 504, 3458, 314, 253, 2]])
@@ -31,8 +32,12 @@ def test_cached_checkpoint_reloads_the_gguf_weights_exactly(default_path):
 
 def test_default_model_answers_a_known_question(default_path):
     store = Store.memory()
-    store.add_prompts([Prompt.from_text("What is the capital of France? Answer in one word."),
-                       Prompt.from_text("Write one sentence about cats.")])
+    store.add_prompts(
+        [
+            Prompt.from_text("What is the capital of France? Answer in one word."),
+            Prompt.from_text("Write one sentence about cats."),
+        ]
+    )
     cfg = GenerateConfig(n=2, temperature=0, max_new_tokens=24, batch_size=4)
     report = generate(store, loading.DEFAULT_MODEL, cfg, progress=False)
     assert report.generated == 4

@@ -19,8 +19,11 @@ from rankloop.lm.loading import ModelLoadError, load_tokenizer
 from rankloop.lm.sampling import encode_chats
 from rankloop.settings import ConfigError
 
-PROMPTS = [Prompt.from_text("Explain gears."), Prompt.from_text("A poem about the sea, please."),
-           Prompt.from_text("hi")]
+PROMPTS = [
+    Prompt.from_text("Explain gears."),
+    Prompt.from_text("A poem about the sea, please."),
+    Prompt.from_text("hi"),
+]
 
 
 @dataclass
@@ -51,9 +54,11 @@ class FakeVLLM:
                     n = len(p["prompt_token_ids"])
                     stop = sp.kw["seed"] % 2 == 0  # even seeds "stop on EOS", odd hit the cap
                     ids = [7] * 3 + ([fake.eos] if stop else [])
-                    out = types.SimpleNamespace(text=f" reply {n} {sp.kw['seed']} ",
-                                                token_ids=ids,
-                                                finish_reason="stop" if stop else "length")
+                    out = types.SimpleNamespace(
+                        text=f" reply {n} {sp.kw['seed']} ",
+                        token_ids=ids,
+                        finish_reason="stop" if stop else "length",
+                    )
                     outs.append(types.SimpleNamespace(outputs=[out]))
                 return outs
 
@@ -79,15 +84,22 @@ def fake_vllm(monkeypatch, tiny_lm_dir):
     return fake
 
 
-CFG = GenerateConfig(n=2, max_new_tokens=12, batch_size=2, temperature=0.8, top_p=0.9,
-                     bf16="no", engine="vllm", seed=5)
+CFG = GenerateConfig(
+    n=2,
+    max_new_tokens=12,
+    batch_size=2,
+    temperature=0.8,
+    top_p=0.9,
+    bf16="no",
+    engine="vllm",
+    seed=5,
+)
 
 
 def test_vllm_engine_stores_the_records_the_hf_path_stores(fake_vllm, tiny_lm_dir):
     store = Store.memory()
     store.add_prompts(PROMPTS)
-    report = generate(store, str(tiny_lm_dir), CFG, round=0, k=2, progress=False,
-                      device="cpu")
+    report = generate(store, str(tiny_lm_dir), CFG, round=0, k=2, progress=False, device="cpu")
     assert (report.generated, report.comparisons_created) == (6, 3)
     (engine,) = fake_vllm.engines
     assert engine == {"model": str(tiny_lm_dir), "dtype": "auto", "seed": 5}
@@ -109,7 +121,10 @@ def test_vllm_engine_stores_the_records_the_hf_path_stores(fake_vllm, tiny_lm_di
         assert r.finished == (seed % 2 == 0)
         assert seed - r.sampling.seed in (0, 1)  # stored: the batch's seed; a row adds its index
         assert (r.sampling.temperature, r.sampling.top_p, r.sampling.max_new_tokens) == (
-            0.8, 0.9, 12)
+            0.8,
+            0.9,
+            12,
+        )
         assert (r.policy, r.round, r.source) == (str(tiny_lm_dir), 0, "generated")
     assert sorted(r.sample_index for r in rows) == [0, 0, 0, 1, 1, 1]
 
@@ -117,8 +132,9 @@ def test_vllm_engine_stores_the_records_the_hf_path_stores(fake_vllm, tiny_lm_di
 def test_vllm_serves_a_lora_policy_on_its_base(fake_vllm, tiny_lm_dir, tmp_path):
     adapter = tmp_path / "policy"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": str(tiny_lm_dir), "r": 16}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(tiny_lm_dir), "r": 16})
+    )
     for f in tiny_lm_dir.iterdir():  # the tokenizer lives beside the adapter, as ppo saves it
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             (adapter / f.name).write_bytes(f.read_bytes())
@@ -126,8 +142,13 @@ def test_vllm_serves_a_lora_policy_on_its_base(fake_vllm, tiny_lm_dir, tmp_path)
     store.add_prompts(PROMPTS[:1])
     generate(store, str(adapter), CFG, round=1, progress=False, device="cpu")
     (engine,) = fake_vllm.engines
-    assert engine == {"model": str(tiny_lm_dir), "dtype": "auto", "seed": 5,
-                      "enable_lora": True, "max_lora_rank": 16}
+    assert engine == {
+        "model": str(tiny_lm_dir),
+        "dtype": "auto",
+        "seed": 5,
+        "enable_lora": True,
+        "max_lora_rank": 16,
+    }
     assert {c[2].args for c in fake_vllm.calls} == {("policy", 1, str(adapter.resolve()))}
 
 
@@ -135,8 +156,11 @@ def test_vllm_missing_says_what_to_do(tiny_lm_dir, monkeypatch):
     monkeypatch.setattr("rankloop.lm.vllm_engine.vllm_available", lambda: False)
     store = Store.memory()
     store.add_prompts(PROMPTS[:1])
-    with pytest.raises(ModelLoadError, match=r"engine = 'vllm' needs vLLM: pip install "
-                                             r"'rankloop\[vllm\]'.*or set engine = 'hf'"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"engine = 'vllm' needs vLLM: pip install "
+        r"'rankloop\[vllm\]'.*or set engine = 'hf'",
+    ):
         generate(store, str(tiny_lm_dir), CFG, progress=False, device="cpu")
     assert store.responses() == []
 
@@ -151,5 +175,6 @@ def test_settings_refuse_unknown_engines_and_devices(monkeypatch):
     store = Store.memory()
     store.add_prompts(PROMPTS[:1])
     with pytest.raises(ConfigError, match="device = 'cuda' but torch sees no CUDA GPU"):
-        generate(store, "unused", GenerateConfig(), tokenizer=object(), progress=False,
-                 device="cuda")
+        generate(
+            store, "unused", GenerateConfig(), tokenizer=object(), progress=False, device="cuda"
+        )

@@ -15,11 +15,18 @@ from rankloop.lm.sampling import (
     sampling_kwargs,
 )
 
-PROMPTS = [Prompt.from_text("Explain how a bicycle gear works."),
-           Prompt.from_text("Write a short poem about the sea."),
-           Prompt(messages=(Message("user", "hello"), Message("assistant", "yes"),
-                            Message("user", "thanks, and the dog?"))),
-           Prompt.from_text("def add(a, b):")]
+PROMPTS = [
+    Prompt.from_text("Explain how a bicycle gear works."),
+    Prompt.from_text("Write a short poem about the sea."),
+    Prompt(
+        messages=(
+            Message("user", "hello"),
+            Message("assistant", "yes"),
+            Message("user", "thanks, and the dog?"),
+        )
+    ),
+    Prompt.from_text("def add(a, b):"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,7 @@ def store_with_prompts():
     return store
 
 
-CFG = GenerateConfig(n=3, max_new_tokens=12, batch_size=4, temperature=1.0, top_p=1.0,
-                     bf16="no")
+CFG = GenerateConfig(n=3, max_new_tokens=12, batch_size=4, temperature=1.0, top_p=1.0, bf16="no")
 
 
 def test_left_pad_and_plan_batches():
@@ -80,16 +86,18 @@ def test_sampling_kwargs():
 def test_chat_template_is_applied(tiny):
     _, tok = tiny
     (ids,) = encode_chats(tok, [PROMPTS[2].as_chat()])
-    assert tok.decode(ids) == ("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nyes"
-                               "<|im_end|>\n<|im_start|>user\nthanks, and the dog?<|im_end|>\n"
-                               "<|im_start|>assistant\n")
+    assert tok.decode(ids) == (
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nyes"
+        "<|im_end|>\n<|im_start|>user\nthanks, and the dog?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny):
     """Left padding and position ids are right: a batch gives each row what it gives alone."""
     model, tok = tiny
     ids = encode_chats(tok, [p.as_chat() for p in PROMPTS])
-    kw = dict(temperature=0, top_p=1.0, max_new_tokens=10, seed=0)
+    kw = {"temperature": 0, "top_p": 1.0, "max_new_tokens": 10, "seed": 0}
     batched = sample_batch(model, tok, ids, **kw)
     alone = [sample_batch(model, tok, [i], **kw)[0] for i in ids]
     assert [s.token_ids for s in batched] == [s.token_ids for s in alone]
@@ -98,16 +106,17 @@ def test_batched_greedy_equals_one_at_a_time(tiny):
 def test_generate_records_n_responses_with_sampling_and_comparisons(tiny):
     model, tok = tiny
     store = store_with_prompts()
-    report = generate(store, "tiny", CFG, round=0, k=2, model=model, tokenizer=tok,
-                      progress=False)
+    report = generate(store, "tiny", CFG, round=0, k=2, model=model, tokenizer=tok, progress=False)
     assert (report.prompts, report.generated, report.skipped_existing) == (4, 12, 0)
     responses = store.responses()
     assert len(responses) == 12
     assert sorted((r.prompt_id, r.sample_index) for r in responses) == [
-        (p, i) for p in (1, 2, 3, 4) for i in range(3)]
+        (p, i) for p in (1, 2, 3, 4) for i in range(3)
+    ]
     assert {(r.policy, r.round, r.source) for r in responses} == {("tiny", 0, "generated")}
-    assert {(r.sampling.temperature, r.sampling.top_p, r.sampling.max_new_tokens)
-            for r in responses} == {(1.0, 1.0, 12)}
+    assert {
+        (r.sampling.temperature, r.sampling.top_p, r.sampling.max_new_tokens) for r in responses
+    } == {(1.0, 1.0, 12)}
     # n=3 and k=2: one pair per prompt, the third response waits for a partner
     comps = store.comparisons()
     assert len(comps) == report.comparisons_created == 4
@@ -126,7 +135,6 @@ def test_generate_is_deterministic_given_the_seed(tiny):
     assert len(set(texts[0])) > 1
 
 
-
 def test_the_same_round_draws_the_same_samples_whatever_the_policys_path(tiny):
     """The seed hashes --seed, the round and the slots, not where the policy lies: the same
     model under another path (a project rebuilt in another folder) samples the same texts."""
@@ -138,6 +146,7 @@ def test_the_same_round_draws_the_same_samples_whatever_the_policys_path(tiny):
         texts[path] = [r.text for r in store.responses()]
         assert {r.policy for r in store.responses()} == {path}
     assert texts["/tmp/one/policy"] == texts["/elsewhere/rounds/0/policy"]
+
 
 class DiesAfter:
     """Wraps a model; raises after `n` generate calls (a run killed midway)."""
@@ -174,8 +183,7 @@ def test_limit_and_k_wise_comparisons(tiny):
     model, tok = tiny
     store = store_with_prompts()
     cfg = GenerateConfig(n=4, max_new_tokens=6, bf16="no")
-    report = generate(store, "tiny", cfg, k=4, limit=2, model=model, tokenizer=tok,
-                      progress=False)
+    report = generate(store, "tiny", cfg, k=4, limit=2, model=model, tokenizer=tok, progress=False)
     assert (report.prompts, report.generated, report.comparisons_created) == (2, 8, 2)
     assert [len(c.response_ids) for c in store.comparisons()] == [4, 4]
     assert make_comparisons(store, 0, 4) == 0  # nothing left to group

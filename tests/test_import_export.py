@@ -19,8 +19,9 @@ from rankloop.data.store import Store, StoreError
 
 
 def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -30,6 +31,7 @@ def table_counts(store):
 
 # -- good files -------------------------------------------------------------------------------
 
+
 def test_bundled_prompts_are_diverse_and_valid(fresh_store):
     report = import_file(fresh_store, bundled_prompts())
     assert report.prompts_added == report.rows >= 60
@@ -37,21 +39,41 @@ def test_bundled_prompts_are_diverse_and_valid(fresh_store):
     prompts = fresh_store.prompts()
     assert sum(p.is_conversation for p in prompts) >= 3
     rows = [json.loads(line) for line in bundled_prompts().read_text().splitlines()]
-    assert {r["category"] for r in rows} >= {"advice", "explanation", "writing", "coding",
-                                             "reasoning", "multi-turn"}
+    assert {r["category"] for r in rows} >= {
+        "advice",
+        "explanation",
+        "writing",
+        "coding",
+        "reasoning",
+        "multi-turn",
+    }
     assert cats == {r["category"] for r in rows}  # unused columns are kept as metadata
 
 
 def test_jsonl_prompts_with_responses_and_conversations(tmp_path, fresh_store):
-    f = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "Say hi", "responses": ["Hi", "Hello"]},
-        {"prompt": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
-                    {"role": "user", "content": "and 3+3?"}], "response": "6"},
-        {"prompt": "Say hi", "response": "Hey"},
-    ])
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "Say hi", "responses": ["Hi", "Hello"]},
+            {
+                "prompt": [
+                    {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": "4"},
+                    {"role": "user", "content": "and 3+3?"},
+                ],
+                "response": "6",
+            },
+            {"prompt": "Say hi", "response": "Hey"},
+        ],
+    )
     r = import_file(fresh_store, f)
     assert (r.rows, r.prompts_added, r.responses_added, r.comparisons_added, r.labels_added) == (
-        3, 2, 4, 1, 0)
+        3,
+        2,
+        4,
+        1,
+        0,
+    )
     assert [resp.text for resp in fresh_store.responses(prompt_id=1)] == ["Hi", "Hello", "Hey"]
     assert fresh_store.prompt(2).as_chat()[-1] == {"role": "user", "content": "and 3+3?"}
     assert [c.response_ids for c in fresh_store.comparisons()] == [(1, 2)]
@@ -73,10 +95,12 @@ def test_csv_with_custom_column_and_conversation_cell(tmp_path, fresh_store):
 
 
 def test_parquet_and_saved_dataset(tmp_path, fresh_store):
-    ds = datasets.Dataset.from_list([{"prompt": "a", "chosen": "good", "rejected": "bad",
-                                      "margin": 1.5},
-                                     {"prompt": "b", "chosen": "fine", "rejected": "meh",
-                                      "margin": None}])
+    ds = datasets.Dataset.from_list(
+        [
+            {"prompt": "a", "chosen": "good", "rejected": "bad", "margin": 1.5},
+            {"prompt": "b", "chosen": "fine", "rejected": "meh", "margin": None},
+        ]
+    )
     ds.to_parquet(str(tmp_path / "p.parquet"))
     ds.save_to_disk(str(tmp_path / "saved"))
     r1 = import_file(fresh_store, tmp_path / "p.parquet", source="hh")
@@ -86,21 +110,29 @@ def test_parquet_and_saved_dataset(tmp_path, fresh_store):
 
 
 def test_preference_rows_become_external_labels(tmp_path, fresh_store):
-    f = write_jsonl(tmp_path / "prefs.jsonl", [
-        {"prompt": "Q", "chosen": "A good answer", "rejected": "A bad one", "margin": 2},
-        {"prompt": "Q", "chosen": "same", "rejected": "equal", "tie": True},
-        {"prompt": [{"role": "user", "content": "conv?"}],
-         "chosen": [{"role": "assistant", "content": "yes"}],
-         "rejected": [{"role": "assistant", "content": "no"}]},
-    ])
+    f = write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "Q", "chosen": "A good answer", "rejected": "A bad one", "margin": 2},
+            {"prompt": "Q", "chosen": "same", "rejected": "equal", "tie": True},
+            {
+                "prompt": [{"role": "user", "content": "conv?"}],
+                "chosen": [{"role": "assistant", "content": "yes"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            },
+        ],
+    )
     r = import_file(fresh_store, f)
-    assert (r.prompts_added, r.responses_added, r.comparisons_added, r.labels_added) == (
-        2, 6, 3, 3)
-    got = [(p.chosen, p.rejected, p.tie, p.margin, p.annotator, p.source)
-           for p in fresh_store.preferences()]
-    assert got == [("A good answer", "A bad one", False, 2.0, "import:prefs.jsonl", "external"),
-                   ("same", "equal", True, None, "import:prefs.jsonl", "external"),
-                   ("yes", "no", False, None, "import:prefs.jsonl", "external")]
+    assert (r.prompts_added, r.responses_added, r.comparisons_added, r.labels_added) == (2, 6, 3, 3)
+    got = [
+        (p.chosen, p.rejected, p.tie, p.margin, p.annotator, p.source)
+        for p in fresh_store.preferences()
+    ]
+    assert got == [
+        ("A good answer", "A bad one", False, 2.0, "import:prefs.jsonl", "external"),
+        ("same", "equal", True, None, "import:prefs.jsonl", "external"),
+        ("yes", "no", False, None, "import:prefs.jsonl", "external"),
+    ]
     assert fresh_store.status().annotators == 0  # the external source is not a person
     assert import_file(fresh_store, f).labels_added == 0
 
@@ -111,31 +143,51 @@ BAD_JSONL = [
     ('{"prompt": "ok"}\n{"prompt": "broken"\n', "line 2: not valid JSON"),
     ('{"prompt": "ok"}\n{"text": "no prompt"}\n', "line 2: missing column 'prompt'"),
     ('{"prompt": "ok"}\n\n{"prompt": "   "}\n', "line 3: empty prompt"),
-    ('{"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n',
-     "line 1: the conversation in 'prompt' must end with a user turn"),
+    (
+        '{"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n',
+        "line 1: the conversation in 'prompt' must end with a user turn",
+    ),
     ('{"prompt": [{"role": "wizard", "content": "hi"}]}\n', "line 1: message role must be"),
     ('{"prompt": "q", "chosen": "a"}\n', "line 1: missing column 'rejected'"),
     ('{"prompt": "q", "chosen": "a", "rejected": "a"}\n', "line 1: 'chosen' and 'rejected' are"),
-    ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "lots"}\n',
-     "line 1: column 'margin' must be a number"),
-    ('{"prompt": "q", "chosen": "a", "rejected": "b", "tie": "perhaps"}\n',
-     "line 1: column 'tie' must be true/false"),
+    (
+        '{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "lots"}\n',
+        "line 1: column 'margin' must be a number",
+    ),
+    (
+        '{"prompt": "q", "chosen": "a", "rejected": "b", "tie": "perhaps"}\n',
+        "line 1: column 'tie' must be true/false",
+    ),
     ('["a list"]\n', "line 1: expected a JSON object"),
     ("", "no rows to import"),
-    ('{"prompt": "ok"}\n{"prompt": "cut', "line 2: not valid JSON (Unterminated string "
-                                          "starting at column 12)"),
-    ('{"prompt": "ok"}\n{"prompt": "cut\n', "line 2: not valid JSON (Invalid control "
-                                            "character at column 16)"),
-    ('{"prompt": "one", "prompt": "two"}\n', "line 1: the key 'prompt' appears twice in one "
-                                             "object; keep one"),
-    ('{"prompt": "q", "responses": ' + json.dumps([f"r{j}" for j in range(12)]) + '}\n',
-     "line 1: 12 responses in one comparison; the labeling page shows at most 9 (one per number "
-     "key): split them into comparisons of 2 to 9 (each row with 2 or more responses is one "
-     "comparison: give the prompt several rows)"),
-    ('{"prompt": "fine \\ud83d\\ude42 \\ud800"}\n', "line 1: a \\u escape names half of a "
-                                                    "surrogate pair"),
-    ('{"prompt": "q", "meta": ' + "[" * 100_000 + "]" * 100_000 + '}\n',
-     "line 1: JSON nested too deeply to read"),
+    (
+        '{"prompt": "ok"}\n{"prompt": "cut',
+        ("line 2: not valid JSON (Unterminated string starting at column 12)"),
+    ),
+    (
+        '{"prompt": "ok"}\n{"prompt": "cut\n',
+        ("line 2: not valid JSON (Invalid control character at column 16)"),
+    ),
+    (
+        '{"prompt": "one", "prompt": "two"}\n',
+        ("line 1: the key 'prompt' appears twice in one object; keep one"),
+    ),
+    (
+        '{"prompt": "q", "responses": ' + json.dumps([f"r{j}" for j in range(12)]) + "}\n",
+        (
+            "line 1: 12 responses in one comparison; the labeling page shows at most 9 (one per number "
+            "key): split them into comparisons of 2 to 9 (each row with 2 or more responses is one "
+            "comparison: give the prompt several rows)"
+        ),
+    ),
+    (
+        '{"prompt": "fine \\ud83d\\ude42 \\ud800"}\n',
+        ("line 1: a \\u escape names half of a surrogate pair"),
+    ),
+    (
+        '{"prompt": "q", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+        "line 1: JSON nested too deeply to read",
+    ),
 ]
 
 
@@ -163,18 +215,23 @@ def test_invalid_utf8_names_the_line(tmp_path, fresh_store):
 def test_a_utf8_byte_order_mark_is_skipped_in_jsonl_and_csv(tmp_path, fresh_store):
     bom = b"\xef\xbb\xbf"
     (tmp_path / "p.jsonl").write_bytes(bom + b'{"prompt": "from Notepad"}\n')
-    (tmp_path / "p.csv").write_bytes(bom + b'prompt,note\r\nfrom Excel,x\r\n')
+    (tmp_path / "p.csv").write_bytes(bom + b"prompt,note\r\nfrom Excel,x\r\n")
     assert import_file(fresh_store, tmp_path / "p.jsonl").prompts_added == 1
     assert import_file(fresh_store, tmp_path / "p.csv").prompts_added == 1
     assert [(p.text, p.metadata) for p in fresh_store.prompts()] == [
-        ("from Notepad", {}), ("from Excel", {"note": "x"})]
+        ("from Notepad", {}),
+        ("from Excel", {"note": "x"}),
+    ]
 
 
 def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, fresh_store):
     f = tmp_path / "twice.csv"
     f.write_text("prompt,response,prompt\nq,a,other q\n", encoding="utf-8")
-    with pytest.raises(ImportFileError, match=r"twice.csv: line 1: the column 'prompt' appears "
-                                              r"twice in the header"):
+    with pytest.raises(
+        ImportFileError,
+        match=r"twice.csv: line 1: the column 'prompt' appears "
+        r"twice in the header",
+    ):
         import_file(fresh_store, f)
     assert fresh_store.prompts() == []
 
@@ -195,6 +252,7 @@ def test_csv_with_extra_fields_and_unknown_type(tmp_path, fresh_store):
 
 # -- imports beside other writers -------------------------------------------------------------
 
+
 def test_two_imports_and_a_trainer_writing_metrics_at_once_all_finish(tmp_path):
     """Issue #13.2: the second of two `rankloop import` runs died with 'database is locked'
     (a deferred transaction whose snapshot went stale). Each writer is its own connection."""
@@ -202,9 +260,13 @@ def test_two_imports_and_a_trainer_writing_metrics_at_once_all_finish(tmp_path):
 
     path = tmp_path / "rankloop.db"
     Store.open(path).close()
-    files = [write_jsonl(tmp_path / f"f{k}.jsonl",
-                         [{"prompt": f"file {k} prompt {i}", "responses": ["yes", "no"]}
-                          for i in range(1500)]) for k in range(2)]
+    files = [
+        write_jsonl(
+            tmp_path / f"f{k}.jsonl",
+            [{"prompt": f"file {k} prompt {i}", "responses": ["yes", "no"]} for i in range(1500)],
+        )
+        for k in range(2)
+    ]
     results, errors = {}, []
 
     def run(name, fn):
@@ -221,17 +283,32 @@ def test_two_imports_and_a_trainer_writing_metrics_at_once_all_finish(tmp_path):
             store.save_round(Round(number=1, metrics={"reward/loss": 1.0 / (step + 1)}))
         return step
 
-    threads = [threading.Thread(target=run, args=(f"import {k}", lambda s, f=f: import_file(
-        s, f, chunk_seconds=0.02, pause_seconds=0.005))) for k, f in enumerate(files)]
+    threads = [
+        threading.Thread(
+            target=run,
+            args=(
+                f"import {k}",
+                lambda s, f=f: import_file(s, f, chunk_seconds=0.02, pause_seconds=0.005),
+            ),
+        )
+        for k, f in enumerate(files)
+    ]
     threads.append(threading.Thread(target=run, args=("trainer", trainer)))
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert errors == []
-    assert [(r.rows, r.prompts_added, r.comparisons_added) for k, r in sorted(results.items())
-            if k.startswith("import")] == [(1500, 1500, 1500)] * 2
+    assert [
+        (r.rows, r.prompts_added, r.comparisons_added)
+        for k, r in sorted(results.items())
+        if k.startswith("import")
+    ] == [(1500, 1500, 1500)] * 2
     store = Store.open(path)
-    assert table_counts(store) == {"prompts": 3000, "responses": 6000, "comparisons": 3000,
-                                   "labels": 0}
+    assert table_counts(store) == {
+        "prompts": 3000,
+        "responses": 6000,
+        "comparisons": 3000,
+        "labels": 0,
+    }
     assert store.round(1).metrics == {"reward/loss": 1 / 40}
     store.close()
 
@@ -280,23 +357,45 @@ def test_a_big_import_lets_other_writers_in_between_short_transactions(tmp_path,
 
 # Hostile files: whatever the bytes, an import ends in a report or one ImportFileError, and a
 # refused file leaves the store as it was.
-COLUMNS = st.sampled_from(["prompt", "response", "responses", "chosen", "rejected", "tie",
-                           "margin", "role", "content", "meta"])
+COLUMNS = st.sampled_from(
+    [
+        "prompt",
+        "response",
+        "responses",
+        "chosen",
+        "rejected",
+        "tie",
+        "margin",
+        "role",
+        "content",
+        "meta",
+    ]
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
     | st.sampled_from(["\ud800", "half \udfff", "\U0001f642"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(COLUMNS | st.text(max_size=3),
-                                                                 inner, max_size=5),
-    max_leaves=16)
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(COLUMNS | st.text(max_size=3), inner, max_size=5)
+    ),
+    max_leaves=16,
+)
 lines = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
     st.dictionaries(COLUMNS, json_values, min_size=1).map(  # raw surrogates: invalid UTF-8
-        lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
-    st.binary(max_size=40))
+        lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    ),
+    st.binary(max_size=40),
+)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=st.lists(lines, max_size=5), suffix=st.sampled_from([".jsonl", ".csv"]))
 def test_any_file_is_imported_whole_or_refused_with_one_message(tmp_path_factory, body, suffix):
     store = Store.memory()
@@ -318,14 +417,22 @@ def test_any_file_is_imported_whole_or_refused_with_one_message(tmp_path_factory
 # Any unicode text (no surrogates: they are not valid UTF-8), with newlines, HTML and long runs.
 texts = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200),
-    st.sampled_from(["<script>alert('x')</script>", "<img src=x onerror=alert(1)>",
-                     "line1\r\nline2\n\nline3", "x" * 20000, "tab\there \"quotes\" \\ back",
-                     "emoji 🙂 日本語 Ünïcødé"]),
+    st.sampled_from(
+        [
+            "<script>alert('x')</script>",
+            "<img src=x onerror=alert(1)>",
+            "line1\r\nline2\n\nline3",
+            "x" * 20000,
+            'tab\there "quotes" \\ back',
+            "emoji 🙂 日本語 Ünïcødé",
+        ]
+    ),
 ).filter(lambda s: s.strip() != "" and s == s.strip())
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(prompt=texts, chosen=texts, rejected=texts)
 def test_import_export_round_trip(tmp_path_factory, prompt, chosen, rejected):
     if chosen == rejected:
@@ -339,8 +446,7 @@ def test_import_export_round_trip(tmp_path_factory, prompt, chosen, rejected):
     assert out == 1
     # bytes.splitlines: str.splitlines would also split at U+0085 / U+2028 inside a string
     back = [json.loads(line) for line in (d / "out.jsonl").read_bytes().splitlines()]
-    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in back] == [
-        (prompt, chosen, rejected)]
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in back] == [(prompt, chosen, rejected)]
     # CSV carries the same text through quoting
     with (d / "in.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, ["prompt", "chosen", "rejected"])
@@ -354,37 +460,63 @@ def test_import_export_round_trip(tmp_path_factory, prompt, chosen, rejected):
 
 # -- export -----------------------------------------------------------------------------------
 
+
 def labeled_store():
     store = Store.memory()
     ann, _ = store.add_annotator("ann")
     c1 = store.add_comparison_texts("Name a color", ["Blue.", "I refuse.", "Red"])
     c2 = store.add_comparison_texts("Say hi", ["Hi!", "hello"])
-    store.add_labels([Label(c1, ann.id, ranking=((1,), (3,), (2,))),
-                      Label.pairwise(c2, ann.id, (5, 4), "B", strength="much"),
-                      ])
+    store.add_labels(
+        [
+            Label(c1, ann.id, ranking=((1,), (3,), (2,))),
+            Label.pairwise(c2, ann.id, (5, 4), "B", strength="much"),
+        ]
+    )
     return store
 
 
 def test_export_columns_and_rows(tmp_path):
     ds = preference_dataset(labeled_store())
-    assert ds.column_names == ["prompt", "chosen", "rejected", "tie", "both_bad", "strength",
-                               "margin", "annotator", "round", "source", "simulated",
-                               "label_id", "comparison_id", "pairs_in_label"]
-    assert [(r["prompt"], r["chosen"], r["rejected"], r["strength"], r["pairs_in_label"])
-            for r in ds] == [
-        ("Name a color", "Blue.", "Red", None, 3), ("Name a color", "Blue.", "I refuse.", None, 3),
-        ("Name a color", "Red", "I refuse.", None, 3), ("Say hi", "Hi!", "hello", "much", 1)]
+    assert ds.column_names == [
+        "prompt",
+        "chosen",
+        "rejected",
+        "tie",
+        "both_bad",
+        "strength",
+        "margin",
+        "annotator",
+        "round",
+        "source",
+        "simulated",
+        "label_id",
+        "comparison_id",
+        "pairs_in_label",
+    ]
+    assert [
+        (r["prompt"], r["chosen"], r["rejected"], r["strength"], r["pairs_in_label"]) for r in ds
+    ] == [
+        ("Name a color", "Blue.", "Red", None, 3),
+        ("Name a color", "Blue.", "I refuse.", None, 3),
+        ("Name a color", "Red", "I refuse.", None, 3),
+        ("Say hi", "Hi!", "hello", "much", 1),
+    ]
     for fmt, name in [("trl", "ds"), ("jsonl", "p.jsonl"), ("parquet", "p.parquet")]:
         assert export_preferences(labeled_store(), tmp_path / name, fmt) == 4
     assert datasets.load_from_disk(str(tmp_path / "ds"))["chosen"] == ds["chosen"]
-    assert datasets.load_dataset("parquet", data_files=str(tmp_path / "p.parquet"),
-                                 split="train")["rejected"] == ds["rejected"]
+    assert (
+        datasets.load_dataset("parquet", data_files=str(tmp_path / "p.parquet"), split="train")[
+            "rejected"
+        ]
+        == ds["rejected"]
+    )
 
 
 def test_export_conversational_when_a_prompt_is():
     store = labeled_store()
-    conv = Prompt(messages=(Message("user", "hi"), Message("assistant", "hello"),
-                            Message("user", "bye?")))
+    conv = Prompt(
+        messages=(Message("user", "hi"), Message("assistant", "hello"), Message("user", "bye?"))
+    )
     cid = store.add_comparison_texts(conv, ["bye!", "no"])
     store.add_label(Label.pairwise(cid, 1, (6, 7), "A"))
     ds = preference_dataset(store)
@@ -418,11 +550,19 @@ def test_trl_reward_and_dpo_trainers_load_the_export(tmp_path, tiny_lm_dir):
     cfg.num_labels = 1
     torch.manual_seed(0)
     rm = LlamaForSequenceClassification(cfg)
-    common = dict(output_dir=str(tmp_path / "out"), report_to=[], max_steps=1,
-                  per_device_train_batch_size=2, use_cpu=True, save_strategy="no",
-                  logging_strategy="no", dataloader_num_workers=0)
-    rt = RewardTrainer(model=rm, args=RewardConfig(**common), train_dataset=ds,
-                       processing_class=tok)
+    common = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": [],
+        "max_steps": 1,
+        "per_device_train_batch_size": 2,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "dataloader_num_workers": 0,
+    }
+    rt = RewardTrainer(
+        model=rm, args=RewardConfig(**common), train_dataset=ds, processing_class=tok
+    )
     assert {"chosen_ids", "rejected_ids", "margin"} <= set(rt.train_dataset.column_names)
     assert rt.train().training_loss > 0
     dt = DPOTrainer(model=lm, args=DPOConfig(**common), train_dataset=ds, processing_class=tok)

@@ -26,16 +26,20 @@ from rankloop.data.store import Store
 
 pytestmark = pytest.mark.browser
 
-HOSTILE = ('Look: <script>window.__pwned=1</script> and <img src=x onerror="window.__pwned=2"> '
-           'and [a link](javascript:window.__pwned=3)\n\n```python\nprint("<b>code</b>")\n```\n')
+HOSTILE = (
+    'Look: <script>window.__pwned=1</script> and <img src=x onerror="window.__pwned=2"> '
+    'and [a link](javascript:window.__pwned=3)\n\n```python\nprint("<b>code</b>")\n```\n'
+)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def chromium_or_skip() -> str:
     path = shutil.which("chromium")
     if path is None:
-        reason = ("Debian's chromium is not installed (apt-get install -y chromium; `make test` "
-                  "does it when run as root)")
+        reason = (
+            "Debian's chromium is not installed (apt-get install -y chromium; `make test` "
+            "does it when run as root)"
+        )
         if os.environ.get("RANKLOOP_REQUIRE_BROWSER") == "1":
             pytest.fail(reason + " and RANKLOOP_REQUIRE_BROWSER=1", pytrace=False)
         pytest.skip(reason)
@@ -64,11 +68,13 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("labeling-app")
     path = folder / "rankloop.db"
     store = Store.open(path)
-    ids = {"hostile": store.add_comparison_texts("Render this safely", ["A plain answer.",
-                                                                        HOSTILE])}
-    ids["pairs"] = [store.add_comparison_texts(f"Question {i}?", [f"Answer {i} one.",
-                                                                  f"Answer {i} two."])
-                    for i in range(4)]
+    ids = {
+        "hostile": store.add_comparison_texts("Render this safely", ["A plain answer.", HOSTILE])
+    }
+    ids["pairs"] = [
+        store.add_comparison_texts(f"Question {i}?", [f"Answer {i} one.", f"Answer {i} two."])
+        for i in range(4)
+    ]
     ids["kway"] = store.add_comparison_texts("Rank these three", ["first", "second", "third"])
     for name, role in (("ann", "annotator"), ("eve", "annotator"), ("root", "admin")):
         store.add_annotator(name, role=role, secret=f"{name}-secret")
@@ -92,8 +98,14 @@ def skip_for(path, name: str, comparison_ids) -> None:
     store = Store.open(path)
     aid = store.db.execute("select id from annotators where name = ?", [name]).fetchone()[0]
     for cid in comparison_ids:
-        store.db["skips"].insert({"comparison_id": cid, "annotator_id": aid,
-                                  "reason": "not this test's", "created_at": "2000-01-01"})
+        store.db["skips"].insert(
+            {
+                "comparison_id": cid,
+                "annotator_id": aid,
+                "reason": "not this test's",
+                "created_at": "2000-01-01",
+            }
+        )
     store.db.conn.commit()
     store.close()
 
@@ -173,35 +185,77 @@ def test_a_session_with_mouse_and_keyboard_lands_exactly_in_the_db(browser, serv
     expect(page.locator("#rl-progress")).to_contain_text("in total: 4 · left in the queue: 0")
 
     store = Store.open(path)
-    rows = [dict(r) for r in store.db.query(
-        "select id, comparison_id, mode, choice, strength, margin, rationale, ranking, "
-        "display_order, source from labels order by id")]
+    rows = [
+        dict(r)
+        for r in store.db.query(
+            "select id, comparison_id, mode, choice, strength, margin, rationale, ranking, "
+            "display_order, source from labels order by id"
+        )
+    ]
     for r in rows:
         r["display_order"] = json.loads(r["display_order"])
         r["ranking"] = json.loads(r["ranking"])
     o = [r["display_order"] for r in rows]
     p = ids["pairs"]
     assert [{k: v for k, v in r.items() if k != "display_order"} for r in rows] == [
-        {"id": 1, "comparison_id": p[0], "mode": "pairwise", "choice": "A", "strength": "much",
-         "margin": 1.0, "rationale": "A is complete", "ranking": [[o[0][0]], [o[0][1]]],
-         "source": "human"},
-        {"id": 2, "comparison_id": p[1], "mode": "pairwise", "choice": "B",
-         "strength": "slightly", "margin": 0.33, "rationale": None,
-         "ranking": [[o[1][1]], [o[1][0]]], "source": "human"},
-        {"id": 4, "comparison_id": p[3], "mode": "pairwise", "choice": "both_bad",
-         "strength": None, "margin": None, "rationale": None, "ranking": [o[2]],
-         "source": "human"},
-        {"id": 5, "comparison_id": ids["kway"], "mode": "ranking", "choice": None,
-         "strength": None, "margin": None, "rationale": None,
-         "ranking": [[o[3][2], o[3][0]], [o[3][1]]], "source": "human"},
+        {
+            "id": 1,
+            "comparison_id": p[0],
+            "mode": "pairwise",
+            "choice": "A",
+            "strength": "much",
+            "margin": 1.0,
+            "rationale": "A is complete",
+            "ranking": [[o[0][0]], [o[0][1]]],
+            "source": "human",
+        },
+        {
+            "id": 2,
+            "comparison_id": p[1],
+            "mode": "pairwise",
+            "choice": "B",
+            "strength": "slightly",
+            "margin": 0.33,
+            "rationale": None,
+            "ranking": [[o[1][1]], [o[1][0]]],
+            "source": "human",
+        },
+        {
+            "id": 4,
+            "comparison_id": p[3],
+            "mode": "pairwise",
+            "choice": "both_bad",
+            "strength": None,
+            "margin": None,
+            "rationale": None,
+            "ranking": [o[2]],
+            "source": "human",
+        },
+        {
+            "id": 5,
+            "comparison_id": ids["kway"],
+            "mode": "ranking",
+            "choice": None,
+            "strength": None,
+            "margin": None,
+            "rationale": None,
+            "ranking": [[o[3][2], o[3][0]], [o[3][1]]],
+            "source": "human",
+        },
     ]
-    assert [(r["comparison_id"], r["reason"]) for r in store.db.query(
-        "select comparison_id, reason from skips s join annotators a on a.id = s.annotator_id "
-        "where a.name = 'ann' and reason != 'not this test''s'")] == [
-        (p[2], "I cannot judge this topic")]
+    assert [
+        (r["comparison_id"], r["reason"])
+        for r in store.db.query(
+            "select comparison_id, reason from skips s join annotators a on a.id = s.annotator_id "
+            "where a.name = 'ann' and reason != 'not this test''s'"
+        )
+    ] == [(p[2], "I cannot judge this topic")]
     (rev,) = list(store.db["label_revisions"].rows)
     assert (rev["label_id"], rev["comparison_id"], json.loads(rev["label"])["choice"]) == (
-        3, p[3], "tie")
+        3,
+        p[3],
+        "tie",
+    )
     assert json.loads(rev["label"])["request_id"] != store.db["labels"].get(4)["request_id"]
     store.close()
 
@@ -215,7 +269,7 @@ def test_markup_in_a_response_shows_as_text_and_runs_nothing(browser, server):
     responses = page.locator(".rl-response")
     expect(responses).to_have_count(2)
     hostile = responses.filter(has_text="Look:")
-    expect(hostile).to_contain_text('<script>window.__pwned=1</script>')
+    expect(hostile).to_contain_text("<script>window.__pwned=1</script>")
     expect(hostile).to_contain_text('<img src=x onerror="window.__pwned=2">')
     expect(hostile.locator("pre code")).to_have_text('print("<b>code</b>")\n')
     assert hostile.locator("script, img, a[href^='javascript']").count() == 0
@@ -232,7 +286,8 @@ def test_markup_in_a_response_shows_as_text_and_runs_nothing(browser, server):
     expect(page.locator("#rl-message")).to_contain_text("Flagged as broken.")
     store = Store.open(path)
     assert [(r["comparison_id"], r["kind"]) for r in store.db["flags"].rows] == [
-        (ids["hostile"], "broken")]
+        (ids["hostile"], "broken")
+    ]
     store.close()
 
 
@@ -259,9 +314,19 @@ def admin_server(tmp_path_factory):
     for name, role in (("eve", "annotator"), ("root", "admin")):
         store.add_annotator(name, role=role, secret=f"{name}-secret")
     eve = store.db.execute("select id from annotators where name = 'eve'").fetchone()[0]
-    flag_id = store.db["flags"].insert({"comparison_id": flagged, "annotator_id": eve,
-                                        "kind": "broken", "note": "garbled",
-                                        "created_at": "2026-01-01"}).last_pk
+    flag_id = (
+        store.db["flags"]
+        .insert(
+            {
+                "comparison_id": flagged,
+                "annotator_id": eve,
+                "kind": "broken",
+                "note": "garbled",
+                "created_at": "2026-01-01",
+            }
+        )
+        .last_pk
+    )
     store.db.conn.commit()
     store.close()
     with serving(path, folder) as url:
@@ -287,8 +352,10 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     page.click("#rl-resolve")
     expect(msg).to_contain_text(f"Flag {ids['flag']} resolved")
     s = db()
-    assert s.db["flags"].get(ids["flag"])["resolved_by"] == s.db.execute(
-        "select id from annotators where name = 'root'").fetchone()[0]
+    assert (
+        s.db["flags"].get(ids["flag"])["resolved_by"]
+        == s.db.execute("select id from annotators where name = 'root'").fetchone()[0]
+    )
     s.close()
     # Refresh: the open flag is gone from the summary.
     page.click("#rl-refresh")
@@ -303,8 +370,7 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     shown = page.locator("#rl-admin-comparison")
     expect(shown).to_contain_text(f"Response id {right}")
     expect(shown).to_contain_text("Gold me")
-    type_into(page.locator("#rl-gold-rank input, #rl-gold-rank textarea"),
-              f"{right} > {wrong}")
+    type_into(page.locator("#rl-gold-rank input, #rl-gold-rank textarea"), f"{right} > {wrong}")
     page.click("#rl-set-gold")
     expect(msg).to_contain_text(f"Comparison {ids['gold']} is gold")
     s = db()
@@ -329,7 +395,10 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     newbie_secret = msg.locator("code").inner_text()
     s = db()
     assert sorted((a.name, a.role) for a in s.annotators()) == [
-        ("eve", "annotator"), ("newbie", "annotator"), ("root", "admin")]
+        ("eve", "annotator"),
+        ("newbie", "annotator"),
+        ("root", "admin"),
+    ]
     s.close()
     accounts = page.locator("#rl-accounts")
     expect(accounts).to_contain_text("newbie")
@@ -342,11 +411,19 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
 
     account("#rl-disable", "Disabled eve (logged out everywhere; its labels stay).")
     expect(accounts).to_contain_text("disabled")
-    assert httpx.post(f"{url}login", data={"username": "eve", "password": "eve-secret"},
-                      timeout=30).status_code == 400
+    assert (
+        httpx.post(
+            f"{url}login", data={"username": "eve", "password": "eve-secret"}, timeout=30
+        ).status_code
+        == 400
+    )
     account("#rl-enable", "Enabled eve: it can log in again.")
-    assert httpx.post(f"{url}login", data={"username": "eve", "password": "eve-secret"},
-                      timeout=30).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}login", data={"username": "eve", "password": "eve-secret"}, timeout=30
+        ).status_code
+        == 200
+    )
     account("#rl-reset-secret", "New secret for eve (shown once; its sessions ended):")
     secret = msg.locator("code").inner_text()
     s = db()
@@ -357,7 +434,10 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     account("#rl-set-role", "eve is now an admin (logged out everywhere).")
     s = db()
     assert [(a.name, a.role, a.disabled) for a in s.annotators()] == [
-        ("eve", "admin", False), ("root", "admin", False), ("newbie", "annotator", False)]
+        ("eve", "admin", False),
+        ("root", "admin", False),
+        ("newbie", "annotator", False),
+    ]
     s.close()
 
     # Upload prompts.
@@ -376,10 +456,16 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     page.click("#rl-export")
     expect(msg).to_contain_text("Nothing exported: no labels to export")
     s = db()
-    s.add_label(Label(comparison_id=ids["flagged"], annotator_id=s.db.execute(
-        "select id from annotators where name = 'eve'").fetchone()[0],
-        ranking=((s.comparison(ids["flagged"]).response_ids[0],),
-                 (s.comparison(ids["flagged"]).response_ids[1],))))
+    s.add_label(
+        Label(
+            comparison_id=ids["flagged"],
+            annotator_id=s.db.execute("select id from annotators where name = 'eve'").fetchone()[0],
+            ranking=(
+                (s.comparison(ids["flagged"]).response_ids[0],),
+                (s.comparison(ids["flagged"]).response_ids[1],),
+            ),
+        )
+    )
     s.close()
     page.click("#rl-export")
     expect(msg).to_contain_text("Exported 1 preference pairs (jsonl)")
@@ -389,19 +475,22 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
     body = page.request.get(href).text()
     # Every label is in that file: an annotator who has its URL gets nothing (issue #13.9).
     newbie = httpx.Client(base_url=url, timeout=30)
-    assert newbie.post("login", data={"username": "newbie", "password": newbie_secret}
-                       ).status_code == 200
+    assert (
+        newbie.post("login", data={"username": "newbie", "password": newbie_secret}).status_code
+        == 200
+    )
     assert newbie.get(href.removeprefix(url.rstrip("/"))).status_code == 403
-    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in map(json.loads,
-                                                                 body.splitlines())] == [
-        ("Flag me", "one", "two")]
+    assert [
+        (r["prompt"], r["chosen"], r["rejected"]) for r in map(json.loads, body.splitlines())
+    ] == [("Flag me", "one", "two")]
 
     # Everything the team collected, zipped: one JSONL file per table.
     page.locator("#rl-export-format input").click()
     page.get_by_role("option", name="everything").click()
     page.click("#rl-export")
-    expect(msg).to_contain_text("Exported everything: 1 labels, 0 skips, 1 flags, 0 undone "
-                                "labels, 2 comparisons")
+    expect(msg).to_contain_text(
+        "Exported everything: 1 labels, 0 skips, 1 flags, 0 undone labels, 2 comparisons"
+    )
     expect(page.locator('#rl-export-file [aria-label="rankloop-everything.zip"]')).to_have_count(1)
     href = page.locator("#rl-export-file a[data-testid=download-link]").get_attribute("href")
     with zipfile.ZipFile(io.BytesIO(page.request.get(href).body())) as z:
@@ -415,10 +504,13 @@ def controls_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("controls-app")
     path = folder / "rankloop.db"
     store = Store.open(path)
-    ids = {"pairs": [store.add_comparison_texts(f"Pair {i}?", [f"P{i} one.", f"P{i} two."])
-                     for i in range(4)],
-           "kway": store.add_comparison_texts("Rank three", ["x1", "x2", "x3"]),
-           "flag": store.add_comparison_texts("Flag this", ["f1", "f2"])}
+    ids = {
+        "pairs": [
+            store.add_comparison_texts(f"Pair {i}?", [f"P{i} one.", f"P{i} two."]) for i in range(4)
+        ],
+        "kway": store.add_comparison_texts("Rank three", ["x1", "x2", "x3"]),
+        "flag": store.add_comparison_texts("Flag this", ["f1", "f2"]),
+    }
     store.add_annotator("kim", secret="kim-secret")
     store.close()
     with serving(path, folder) as url:
@@ -444,8 +536,13 @@ def test_every_other_control_and_shortcut_of_the_label_tab(browser, controls_ser
 
     def last_label():
         (r,) = rows("select * from labels order by id desc limit 1")
-        return (r["comparison_id"], r["choice"], r["strength"], json.loads(r["ranking"]),
-                json.loads(r["display_order"]))
+        return (
+            r["comparison_id"],
+            r["choice"],
+            r["strength"],
+            json.loads(r["ranking"]),
+            json.loads(r["display_order"]),
+        )
 
     def keys(*names):
         page.locator("body").click(position={"x": 5, "y": 5})  # out of any text box
@@ -478,7 +575,8 @@ def test_every_other_control_and_shortcut_of_the_label_tab(browser, controls_ser
     page.click("#rl-skip")
     expect(message).to_contain_text("Skipped.")
     assert [(r["comparison_id"], r["reason"]) for r in rows("select * from skips")] == [
-        (p[3], "too long to judge now")]
+        (p[3], "too long to judge now")
+    ]
 
     # The 3-way ranking with the mouse (rank, tie, clear buttons) and the c key.
     expect(prompt).to_contain_text("Rank three")
@@ -508,7 +606,8 @@ def test_every_other_control_and_shortcut_of_the_label_tab(browser, controls_ser
     page.click("#rl-flag")
     expect(message).to_contain_text("Flagged as unsafe.")
     assert [(r["comparison_id"], r["kind"], r["note"]) for r in rows("select * from flags")] == [
-        (ids["flag"], "unsafe", "asks for harm")]
+        (ids["flag"], "unsafe", "asks for harm")
+    ]
 
     # Nothing left: the idle page's undo button brings the last label back, prefilled.
     expect(page.locator("#rl-progress")).to_contain_text("left in the queue: 0")

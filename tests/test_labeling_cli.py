@@ -39,7 +39,8 @@ def test_annotator_disable_enable_reset_secret_and_set_role(tmp_path):
     old = run("annotator", "add", "ann", "--project", p).output.strip().splitlines()[-1]
     assert run("annotator", "disable", "ann", "--project", p).exit_code == 0
     assert run("annotator", "list", "--project", p).output == (
-        "boss\tadmin\tactive\nann\tannotator\tdisabled\n")
+        "boss\tadmin\tactive\nann\tannotator\tdisabled\n"
+    )
     store = Store.open(p / "rankloop.db")
     assert store.authenticate("ann", old) is None
     store.close()
@@ -48,19 +49,24 @@ def test_annotator_disable_enable_reset_secret_and_set_role(tmp_path):
     new = got.output.strip().splitlines()[-1]
     assert got.exit_code == 0 and new != old
     assert run("annotator", "set-role", "ann", "admin", "--project", p).output == (
-        "ann is now an admin.\n")
+        "ann is now an admin.\n"
+    )
     refused = run("annotator", "set-role", "boss", "annotator", "--project", p)
     assert refused.exit_code == 0  # ann is an admin now: boss need not stay one
     refused = run("annotator", "disable", "ann", "--project", p)
-    assert refused.exit_code == 1 and ("'ann' is the only enabled admin: make another account "
-                                       "admin first") in refused.output
+    assert (
+        refused.exit_code == 1
+        and ("'ann' is the only enabled admin: make another account admin first") in refused.output
+    )
     missing = run("annotator", "reset-secret", "ghost", "--project", p)
     assert missing.exit_code == 1 and "no account named 'ghost'" in missing.output
     store = Store.open(p / "rankloop.db")
     assert store.authenticate("ann", old) is None
     assert store.authenticate("ann", new).role == "admin"
     assert [(a.name, a.role, a.disabled) for a in store.annotators()] == [
-        ("boss", "annotator", False), ("ann", "admin", False)]
+        ("boss", "annotator", False),
+        ("ann", "admin", False),
+    ]
     assert boss.exit_code == 0
     store.close()
 

@@ -28,9 +28,12 @@ def free_port() -> int:
 def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path):
     path = tmp_path / "rankloop.db"
     store = Store.open(path)
-    cids = [store.add_comparison_texts(f"prompt {i}", [f"{i} left", f"{i} right"] +
-                                       ([f"{i} third"] if i % 4 == 0 else []))
-            for i in range(COMPARISONS)]
+    cids = [
+        store.add_comparison_texts(
+            f"prompt {i}", [f"{i} left", f"{i} right"] + ([f"{i} third"] if i % 4 == 0 else [])
+        )
+        for i in range(COMPARISONS)
+    ]
     for i in range(ANNOTATORS):
         store.add_annotator(f"a{i}", secret=f"s{i}")
     store.close()
@@ -45,8 +48,9 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
         try:
             # httpx's 5 s default: 32 clients starting at once on 2 busy cores can exceed it
             # (latency is bench/labeling.py's business; this test is about exactly-once)
-            client = Client(url, auth=(f"a{i}", f"s{i}"), verbose=False,
-                            httpx_kwargs={"timeout": 60})
+            client = Client(
+                url, auth=(f"a{i}", f"s{i}"), verbose=False, httpx_kwargs={"timeout": 60}
+            )
             task = client.predict(api_name="/next_task")
             while not errors:  # one failure stops everyone (its lease would stall the rest)
                 if task["comparison_id"] is None:
@@ -55,10 +59,17 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
                     time.sleep(0.05)  # the rest is leased to others: they will finish it
                     task = client.predict(api_name="/next_task")
                     continue
-                kw = ({"choice": rng.choice(["A", "B", "tie", "both_bad"])}
-                      if task["mode"] == "pairwise" else {"ranking": "C > A = B"})
-                args = dict(comparison_id=task["comparison_id"],
-                            request_id=task["request_id"], api_name="/label", **kw)
+                kw = (
+                    {"choice": rng.choice(["A", "B", "tie", "both_bad"])}
+                    if task["mode"] == "pairwise"
+                    else {"ranking": "C > A = B"}
+                )
+                args = dict(
+                    comparison_id=task["comparison_id"],
+                    request_id=task["request_id"],
+                    api_name="/label",
+                    **kw,
+                )
                 got = client.predict(**args)
                 if rng.random() < 0.25:  # a retried request (lost acknowledgment)
                     again = client.predict(**args)
@@ -68,17 +79,23 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
                 with lock:
                     acked.append((f"a{i}", task["comparison_id"], got["label_id"]))
                 task = got["next"]
-        except BaseException as e:  # surfaced in the main thread
+        except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
             errors.append(e)
 
     # Without a login every route that reads or writes labels is refused.
-    for route, body in (("run/next_task", {"data": []}),
-                        ("run/label", {"data": [cids[0], "x", "A", "", "", "", 0.0]}),
-                        ("queue/join", {"data": [], "fn_index": 0, "session_hash": "s"})):
+    for route, body in (
+        ("run/next_task", {"data": []}),
+        ("run/label", {"data": [cids[0], "x", "A", "", "", "", 0.0]}),
+        ("queue/join", {"data": [], "fn_index": 0, "session_hash": "s"}),
+    ):
         r = httpx.post(f"{url}gradio_api/{route}", json=body, timeout=30)
         assert r.status_code == 401, (route, r.status_code)
-    assert httpx.post(f"{url}login", data={"username": "a0", "password": "wrong"},
-                      timeout=30).status_code == 400
+    assert (
+        httpx.post(
+            f"{url}login", data={"username": "a0", "password": "wrong"}, timeout=30
+        ).status_code
+        == 400
+    )
 
     threads = [threading.Thread(target=annotate, args=(i,)) for i in range(ANNOTATORS)]
     try:
@@ -93,10 +110,12 @@ def test_32_annotators_over_http_label_each_comparison_exactly_n_times(tmp_path)
     store = Store.open(path)
     rows = store.db.execute(
         "select l.id, a.name, l.comparison_id from labels l "
-        "join annotators a on a.id = l.annotator_id order by l.id").fetchall()
+        "join annotators a on a.id = l.annotator_id order by l.id"
+    ).fetchall()
     per_comparison = store.db.execute(
         "select comparison_id, count(*), count(distinct annotator_id) from labels "
-        "group by comparison_id order by comparison_id").fetchall()
+        "group by comparison_id order by comparison_id"
+    ).fetchall()
     store.close()
     assert per_comparison == [(c, N, N) for c in cids]
     assert sorted((lid, name, cid) for name, cid, lid in acked) == [tuple(r) for r in rows]

@@ -11,7 +11,6 @@ import random
 import socket
 
 import httpx
-import pytest
 
 from rankloop.app.config import LabelingConfig
 from rankloop.app.labeling import Ctx, StorePool, build_app
@@ -42,8 +41,7 @@ def serving(tmp_path, clock=None):
         store.add_annotator(name, role=role, secret=f"{name}-secret")
     store.close()
     stores = StorePool.shared(Store.open(path), owned=True)
-    ctx = Ctx(stores=stores, config=LabelingConfig(), clock=clock or Clock(),
-              rng=random.Random(0))
+    ctx = Ctx(stores=stores, config=LabelingConfig(), clock=clock or Clock(), rng=random.Random(0))
     app = build_app(stores, ctx=ctx)
     url = app.launch(port=free_port(), block=False)
     try:
@@ -55,8 +53,10 @@ def serving(tmp_path, clock=None):
 def client(url: str, name: str | None = None) -> httpx.Client:
     c = httpx.Client(base_url=url, timeout=30)
     if name:
-        assert c.post("login", data={"username": name, "password": f"{name}-secret"}
-                      ).status_code == 200
+        assert (
+            c.post("login", data={"username": name, "password": f"{name}-secret"}).status_code
+            == 200
+        )
     return c
 
 
@@ -81,15 +81,20 @@ def test_throttle_waits_double_after_the_free_failures_and_forgets():
 def test_failed_logins_are_throttled_per_account_and_per_address(tmp_path):
     clock = Clock()
     with serving(tmp_path, clock) as (url, _, _):
+
         def login(name, secret):
-            return httpx.post(f"{url}login", data={"username": name, "password": secret},
-                              timeout=30)
+            return httpx.post(
+                f"{url}login", data={"username": name, "password": secret}, timeout=30
+            )
 
         # 30 wrong passwords in a row met no slowdown (issue #13.8): 5 free, then a wait.
         assert [login("ann", "wrong").status_code for _ in range(5)] == [400] * 5
         r = login("ann", "ann-secret")  # even the right secret waits its turn
         assert (r.status_code, r.json(), r.headers["retry-after"]) == (
-            429, {"detail": "Too many failed logins: try again in 1 s."}, "1")
+            429,
+            {"detail": "Too many failed logins: try again in 1 s."},
+            "1",
+        )
         assert login("root", "root-secret").status_code == 200  # other names are not held
         clock.t += 1
         assert login("ann", "wrong").status_code == 400
@@ -106,7 +111,8 @@ def test_failed_logins_are_throttled_per_account_and_per_address(tmp_path):
 
 
 def test_an_unknown_name_costs_one_hash_like_a_known_one_off_the_lock_and_loop(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     import hashlib
 
     seen = []
@@ -124,8 +130,12 @@ def test_an_unknown_name_costs_one_hash_like_a_known_one_off_the_lock_and_loop(
     with serving(tmp_path) as (url, _, app):
         monkeypatch.setattr("rankloop.data.store.hashlib.pbkdf2_hmac", spy)
         for name in ("ann", "nobody"):
-            assert httpx.post(f"{url}login", data={"username": name, "password": "wrong"},
-                              timeout=30).status_code == 400
+            assert (
+                httpx.post(
+                    f"{url}login", data={"username": name, "password": "wrong"}, timeout=30
+                ).status_code
+                == 400
+            )
     # one PBKDF2 each, of the same cost, with the store free and the event loop free
     assert seen == [(200_000, False, False)] * 2
 
@@ -155,8 +165,9 @@ def test_direct_calls_run_only_the_named_endpoint(tmp_path):
         for fn_index in app.blocks.fns:
             r = root.post("gradio_api/run/next_task", json={"data": [], "fn_index": fn_index})
             assert (r.status_code, r.text) == (
-                400, "/gradio_api/run/next_task runs the endpoint its URL names; leave fn_index "
-                     "out")
+                400,
+                ("/gradio_api/run/next_task runs the endpoint its URL names; leave fn_index out"),
+            )
         r = root.post("gradio_api/run/label", content=b'{"data": ["' + b"x" * (1 << 20) + b'"]}')
         assert r.status_code == 413
         assert root.post("gradio_api/run/next_task", json={"data": []}).status_code == 200
@@ -183,8 +194,11 @@ def test_label_api_refusals_are_4xx_with_the_message_and_no_traceback(tmp_path, 
         got = []
         for data, status, message in hostile:
             # json.dumps writes the lone surrogate as \ud800, as a hostile client would
-            r = ann.post("gradio_api/run/label", content=json.dumps({"data": data}),
-                         headers={"content-type": "application/json"})
+            r = ann.post(
+                "gradio_api/run/label",
+                content=json.dumps({"data": data}),
+                headers={"content-type": "application/json"},
+            )
             got.append(r.status_code)
             if message:
                 assert message in r.json()["error"]

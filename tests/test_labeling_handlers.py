@@ -17,9 +17,11 @@ from rankloop.app.labeling.store_pool import StorePool
 from rankloop.data.records import Message, Prompt
 from rankloop.data.store import StoreError
 
-HOSTILE = ('<script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> '
-           '[click](javascript:alert(1)) ![pixel](https://tracker.example/p.png)\n\n'
-           '```python\nif a < b:\n    print("<b>")\n```\n')
+HOSTILE = (
+    '<script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> '
+    "[click](javascript:alert(1)) ![pixel](https://tracker.example/p.png)\n\n"
+    '```python\nif a < b:\n    print("<b>")\n```\n'
+)
 
 
 class Clock:
@@ -35,16 +37,22 @@ def app(fresh_store, tmp_path):
     """3 pairwise comparisons (the first holding hostile markup), a 3-way one, two annotators
     and an admin."""
     s = fresh_store
-    cids = [s.add_comparison_texts(f"question {i}", [f"answer {i}a", f"answer {i}b"])
-            for i in range(3)]
+    cids = [
+        s.add_comparison_texts(f"question {i}", [f"answer {i}a", f"answer {i}b"]) for i in range(3)
+    ]
     s.add_responses([])  # no-op, keeps the store warm
     hostile = s.add_comparison_texts("Show HTML " + HOSTILE, ["plain", HOSTILE])
     kway = s.add_comparison_texts("rank three", ["one", "two", "three"])
     for name, role in (("ann", "annotator"), ("bob", "annotator"), ("root", "admin")):
         s.add_annotator(name, role=role, secret="pw")
     clock = Clock()
-    ctx = Ctx(stores=StorePool.shared(s), config=LabelingConfig(), clock=clock,
-              rng=random.Random(0), guidelines_path=tmp_path / "guidelines.md")
+    ctx = Ctx(
+        stores=StorePool.shared(s),
+        config=LabelingConfig(),
+        clock=clock,
+        rng=random.Random(0),
+        guidelines_path=tmp_path / "guidelines.md",
+    )
     return ctx, s, clock, {"pairs": cids, "hostile": hostile, "kway": kway}
 
 
@@ -52,24 +60,35 @@ def test_untrusted_markdown_is_escaped_and_code_still_renders():
     out = render.markdown_html(HOSTILE)
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in out
     assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in out
-    assert "<script" not in out and "<img" not in out and "onerror=\"" not in out
+    assert "<script" not in out and "<img" not in out and 'onerror="' not in out
     assert "javascript:" not in out.replace("[click](javascript:alert(1))", "")
     assert 'href="javascript' not in out
     # The javascript: link stays text; the image is off (a plain link, nothing is fetched).
     assert out.count("<a ") == 1 and '<a href="https://tracker.example/p.png"' in out
-    assert ('<pre><code class="language-python">if a &lt; b:\n'
-            '    print(&quot;&lt;b&gt;&quot;)') in out
+    assert (
+        '<pre><code class="language-python">if a &lt; b:\n    print(&quot;&lt;b&gt;&quot;)'
+    ) in out
     link = render.markdown_html("[docs](https://example.org)")
-    assert ('<a href="https://example.org" target="_blank" rel="noopener noreferrer nofollow">'
-            'docs</a>') in link
+    assert (
+        '<a href="https://example.org" target="_blank" rel="noopener noreferrer nofollow">docs</a>'
+    ) in link
 
 
 def test_a_conversation_renders_every_turn_with_its_role():
-    p = Prompt(messages=(Message("system", "Be brief."), Message("user", "Hi <b>there</b>"),
-                         Message("assistant", "Hello."), Message("user", "Bye?")))
+    p = Prompt(
+        messages=(
+            Message("system", "Be brief."),
+            Message("user", "Hi <b>there</b>"),
+            Message("assistant", "Hello."),
+            Message("user", "Bye?"),
+        )
+    )
     out = render.conversation_html(p.messages)
     assert [out.count(f'class="rl-turn rl-{r}"') for r in ("system", "user", "assistant")] == [
-        1, 2, 1]
+        1,
+        2,
+        1,
+    ]
     assert out.index("Be brief.") < out.index("Hi &lt;b&gt;there&lt;/b&gt;") < out.index("Bye?")
     assert "<b>there" not in out
 
@@ -89,7 +108,7 @@ def test_every_handler_needs_a_logged_in_account(app):
 
 
 def test_load_shows_a_pairwise_task_and_the_progress(app):
-    ctx, s, _, c = app
+    ctx, _s, _, c = app
     page = handlers.load(ctx, "ann")
     assert page.mode == "pairwise" and page.state["comparison_id"] == c["pairs"][0]
     assert page.state["k"] == 2 and len(page.responses_html) == 2
@@ -115,11 +134,30 @@ def test_submit_records_exactly_what_was_chosen_then_moves_on(app):
     assert len(order) == 2
     row = s.db["labels"].get(1)
     shown = json.loads(row["display_order"])
-    assert {k: row[k] for k in ("annotator_id", "comparison_id", "choice", "strength", "margin",
-                                "rationale", "seconds_spent", "mode", "source")} == {
-        "annotator_id": 1, "comparison_id": c["pairs"][0], "choice": "B", "strength": "much",
-        "margin": 1.0, "rationale": "B is right", "seconds_spent": 7.25, "mode": "pairwise",
-        "source": "human"}
+    assert {
+        k: row[k]
+        for k in (
+            "annotator_id",
+            "comparison_id",
+            "choice",
+            "strength",
+            "margin",
+            "rationale",
+            "seconds_spent",
+            "mode",
+            "source",
+        )
+    } == {
+        "annotator_id": 1,
+        "comparison_id": c["pairs"][0],
+        "choice": "B",
+        "strength": "much",
+        "margin": 1.0,
+        "rationale": "B is right",
+        "seconds_spent": 7.25,
+        "mode": "pairwise",
+        "source": "human",
+    }
     assert json.loads(row["ranking"]) == [[shown[1]], [shown[0]]]
     # A double click re-sends the old state: recorded once.
     again = handlers.submit(ctx, "ann", page.state, "B", "much", "", "")
@@ -139,8 +177,11 @@ def test_an_annotator_cannot_submit_on_another_annotators_task(app):
 def test_k_wise_ranking_from_the_ranking_box(app):
     ctx, s, _, c = app
     for cid in c["pairs"] + [c["hostile"]]:
-        s.db.execute("insert into skips (comparison_id, annotator_id, reason, created_at) "
-                     "values (?, 1, 'other', 'x')", [cid])
+        s.db.execute(
+            "insert into skips (comparison_id, annotator_id, reason, created_at) "
+            "values (?, 1, 'other', 'x')",
+            [cid],
+        )
     page = handlers.load(ctx, "ann")
     assert page.mode == "ranking" and len(page.responses_html) == 3
     text = "C > A = B"
@@ -151,24 +192,39 @@ def test_k_wise_ranking_from_the_ranking_box(app):
     assert json.loads(s.db["labels"].get(1)["ranking"]) == [[order[2]], [order[0], order[1]]]
 
 
-@pytest.mark.parametrize("text,k,expected", [
-    ("B > A", 2, [[1], [0]]), ("a=b", 2, [[0, 1]]), ("c > a = b > d", 4, [[2], [0, 1], [3]]),
-    (" C>A  =B ", 3, [[2], [0, 1]]),
-])
+@pytest.mark.parametrize(
+    "text,k,expected",
+    [
+        ("B > A", 2, [[1], [0]]),
+        ("a=b", 2, [[0, 1]]),
+        ("c > a = b > d", 4, [[2], [0, 1], [3]]),
+        (" C>A  =B ", 3, [[2], [0, 1]]),
+    ],
+)
 def test_parse_ranking(text, k, expected):
     assert handlers.parse_ranking(text, k) == expected
 
 
-@pytest.mark.parametrize("text,k,error", [
-    ("", 2, "rank the responses"), ("A > Z", 2, "unknown response 'Z'"),
-    ("A > > B", 2, "empty place"), ("A > A = B", 2, "A appear(s) twice"),
-    # Spaces and commas are not ties (they were: "C B A" and "C, A, B" became one tier).
-    ("C B A", 3, "put '>' (better) or '=' (tie) between two responses, not 'B': e.g. "
-                 "'A > B > C'"),
-    ("C, A, B", 3, "not ','"), ("AB > C", 3, "unknown response 'AB'"),
-    ("C > A =", 3, "the ranking ends with '=': name a response after it"),
-    ("A\ud800", 2, "half of a surrogate pair"), ("A > B" * 100, 2, "the limit is 200"),
-])
+@pytest.mark.parametrize(
+    "text,k,error",
+    [
+        ("", 2, "rank the responses"),
+        ("A > Z", 2, "unknown response 'Z'"),
+        ("A > > B", 2, "empty place"),
+        ("A > A = B", 2, "A appear(s) twice"),
+        # Spaces and commas are not ties (they were: "C B A" and "C, A, B" became one tier).
+        (
+            "C B A",
+            3,
+            ("put '>' (better) or '=' (tie) between two responses, not 'B': e.g. 'A > B > C'"),
+        ),
+        ("C, A, B", 3, "not ','"),
+        ("AB > C", 3, "unknown response 'AB'"),
+        ("C > A =", 3, "the ranking ends with '=': name a response after it"),
+        ("A\ud800", 2, "half of a surrogate pair"),
+        ("A > B" * 100, 2, "the limit is 200"),
+    ],
+)
 def test_parse_ranking_errors(text, k, error):
     with pytest.raises(StoreError, match=error.replace("(", r"\(").replace(")", r"\)")):
         handlers.parse_ranking(text, k)
@@ -177,24 +233,27 @@ def test_parse_ranking_errors(text, k, error):
 def test_skip_flag_and_undo(app):
     ctx, s, _, c = app
     p1 = handlers.load(ctx, "ann")
-    assert handlers.skip(ctx, "ann", p1.state, "").message == "Not skipped: say why you skip " \
-                                                             "(pick a reason)"
+    assert (
+        handlers.skip(ctx, "ann", p1.state, "").message == "Not skipped: say why you skip "
+        "(pick a reason)"
+    )
     p2 = handlers.skip(ctx, "ann", p1.state, "too long to judge now")
     assert p2.message == "Skipped." and p2.state["comparison_id"] == c["pairs"][1]
     p3 = handlers.flag(ctx, "ann", p2.state, "broken", "cut off")
     assert p3.message == "Flagged as broken." and p3.state["comparison_id"] == c["pairs"][2]
     assert [(r["annotator_id"], r["comparison_id"], r["reason"]) for r in s.db["skips"].rows] == [
-        (1, c["pairs"][0], "too long to judge now")]
+        (1, c["pairs"][0], "too long to judge now")
+    ]
     assert [(r["comparison_id"], r["kind"], r["note"]) for r in s.db["flags"].rows] == [
-        (c["pairs"][1], "broken", "cut off")]
+        (c["pairs"][1], "broken", "cut off")
+    ]
     p4 = handlers.submit(ctx, "ann", p3.state, "A", "slightly", "", "ok")
     assert s.db["labels"].get(1)["margin"] == 0.33
     assert handlers.undo(ctx, "bob", None).message == "Nothing to undo."
     p5 = handlers.undo(ctx, "ann", p4.state)
     assert p5.message == "Label #1 taken back: change it and submit again."
     assert p5.state["comparison_id"] == c["pairs"][2]
-    assert (p5.prefill.choice, p5.prefill.strength, p5.prefill.rationale) == ("A", "slightly",
-                                                                              "ok")
+    assert (p5.prefill.choice, p5.prefill.strength, p5.prefill.rationale) == ("A", "slightly", "ok")
     assert s.db["labels"].count == 0 and s.db["label_revisions"].count == 1
     handlers.submit(ctx, "ann", p5.state, "tie", "", "", "")
     assert [r["choice"] for r in s.db["labels"].rows] == ["tie"]
@@ -207,8 +266,9 @@ def test_idle_pages_say_why(app):
     handlers.load(ctx, "ann")
     held = handlers.load(ctx, "bob")
     assert held.mode == "idle" and held.state is None
-    assert held.message == ("The 1 comparison(s) left are being labeled by others right now; "
-                            "try again in a minute.")
+    assert held.message == (
+        "The 1 comparison(s) left are being labeled by others right now; try again in a minute."
+    )
     p = handlers.load(ctx, "ann")
     done = handlers.submit(ctx, "ann", p.state, "A", "", "", "")
     assert done.message == "Saved label #1. Nothing left to label: thank you!"
@@ -220,12 +280,14 @@ def test_api_next_and_label(app):
     assert (t["comparison_id"], t["mode"], t["left"]) == (c["pairs"][0], "pairwise", 5)
     assert t["prompt"] == [{"role": "user", "content": "question 0"}]
     got = handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"], choice="A")
-    assert got == handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"],
-                                     choice="A")
+    assert got == handlers.api_label(ctx, "ann", t["comparison_id"], t["request_id"], choice="A")
     assert got["label_id"] == 1 and got["next"]["comparison_id"] == c["pairs"][1]
     row = s.db["labels"].get(1)
-    assert json.loads(row["ranking"])[0] == [s.responses(prompt_id=1)[
-        [r.text for r in s.responses(prompt_id=1)].index(t["responses"][0])].id]
+    assert json.loads(row["ranking"])[0] == [
+        s.responses(prompt_id=1)[
+            [r.text for r in s.responses(prompt_id=1)].index(t["responses"][0])
+        ].id
+    ]
 
 
 def test_guidelines_are_kept_in_the_project_and_edited_by_an_admin(app):
@@ -233,8 +295,10 @@ def test_guidelines_are_kept_in_the_project_and_edited_by_an_admin(app):
     assert "Labeling guidelines" in handlers.guidelines_html(ctx)
     with pytest.raises(AccessDenied):
         admin.save_guidelines(ctx, "ann", "# Mine")
-    assert admin.save_guidelines(ctx, "root", "# Ours\n<script>x</script>") == \
-        "Guidelines saved to guidelines.md."
+    assert (
+        admin.save_guidelines(ctx, "root", "# Ours\n<script>x</script>")
+        == "Guidelines saved to guidelines.md."
+    )
     assert ctx.guidelines_path.read_text() == "# Ours\n<script>x</script>"
     assert handlers.guidelines_html(ctx) == "<h1>Ours</h1>\n<p>&lt;script&gt;x&lt;/script&gt;</p>\n"
 
@@ -252,8 +316,9 @@ def test_admin_dashboard_flags_gold_accounts(app):
     assert list(d.flags["kind"]) == ["unsafe"] and d.alpha is None
     assert list(d.per_day["labels"]) == [1, 1]
     fid = int(d.flags["id"][0])
-    assert admin.resolve_flag(ctx, "root", fid) == (f"Flag {fid} resolved: its comparison is "
-                                                    f"back in the queue.")
+    assert admin.resolve_flag(ctx, "root", fid) == (
+        f"Flag {fid} resolved: its comparison is back in the queue."
+    )
     assert admin.resolve_flag(ctx, "root", fid) == f"Not resolved: no open flag with id {fid}"
     r1, r2 = s.comparison(c["pairs"][2]).response_ids
     shown = admin.comparison_html(ctx, "root", c["hostile"])
@@ -282,7 +347,8 @@ def test_admin_upload_and_export(app, tmp_path):
     assert admin.upload(ctx, "root", str(bad)).startswith(f"Nothing imported: {bad}: line 2")
     assert s.db["prompts"].count == before
     assert admin.upload(ctx, "root", str(good)) == (
-        "Imported 2 rows: 2 new prompts, 2 responses, 1 comparisons, 0 labels.")
+        "Imported 2 rows: 2 new prompts, 2 responses, 1 comparisons, 0 labels."
+    )
     p = handlers.load(ctx, "ann")
     handlers.submit(ctx, "ann", p.state, "tie", "", "", "")
     path, msg = admin.export(ctx, "root", "jsonl", tmp_path / "out")
@@ -294,7 +360,8 @@ def test_admin_upload_and_export(app, tmp_path):
 
 
 def test_build_app_returns_the_page_and_its_context_and_close_removes_the_exports(
-        fresh_store, tmp_path, monkeypatch):
+    fresh_store, tmp_path, monkeypatch
+):
     import tempfile
 
     from rankloop.app.labeling import LabelingApp, build_app
@@ -321,15 +388,18 @@ def test_admin_disables_enables_resets_and_changes_roles_ending_sessions(app):
     with pytest.raises(AccessDenied, match="only an admin"):
         admin.disable_account(ctx, "ann", "bob")
     assert admin.disable_account(ctx, "root", " ann ") == (
-        "Disabled **ann** (logged out everywhere; its labels stay).")
+        "Disabled **ann** (logged out everywhere; its labels stay)."
+    )
     assert tokens == {"t2": "bob"}
     with pytest.raises(AccessDenied, match="the account 'ann' is disabled; ask an admin"):
         handlers.load(ctx, "ann")
     with pytest.raises(AccessDenied, match="disabled"):
         handlers.api_next(ctx, "ann")
     assert admin.accounts(ctx, "root").values.tolist() == [
-        ["ann", "annotator", "disabled"], ["bob", "annotator", "active"],
-        ["root", "admin", "active"]]
+        ["ann", "annotator", "disabled"],
+        ["bob", "annotator", "active"],
+        ["root", "admin", "active"],
+    ]
     assert admin.enable_account(ctx, "root", "ann") == "Enabled **ann**: it can log in again."
     assert handlers.load(ctx, "ann").mode == "pairwise"
 
@@ -340,16 +410,20 @@ def test_admin_disables_enables_resets_and_changes_roles_ending_sessions(app):
     assert s.authenticate("bob", secret).name == "bob"
 
     assert admin.set_role(ctx, "root", "bob", "admin") == (
-        "**bob** is now an admin (logged out everywhere).")
+        "**bob** is now an admin (logged out everywhere)."
+    )
     assert admin.dashboard(ctx, "bob").summary.startswith("**0** labels")
     assert admin.set_role(ctx, "root", "root", "annotator") == (
-        "**root** is now an annotator (logged out everywhere).")
+        "**root** is now an annotator (logged out everywhere)."
+    )
     with pytest.raises(AccessDenied, match="only an admin"):
         admin.dashboard(ctx, "root")
     assert admin.disable_account(ctx, "bob", "bob") == (
-        "Not changed: 'bob' is the only enabled admin: make another account admin first")
+        "Not changed: 'bob' is the only enabled admin: make another account admin first"
+    )
     assert admin.set_role(ctx, "bob", "ghost", "admin") == (
-        "Not changed: no account named 'ghost' (see `rankloop annotator list`)")
+        "Not changed: no account named 'ghost' (see `rankloop annotator list`)"
+    )
     assert admin.enable_account(ctx, "bob", "") == "Give the name of the account."
 
 
@@ -357,79 +431,126 @@ def held_task(ctx, s, k=2):
     """ann's leased task: a pairwise one, or the 3-way one (k=3)."""
     if k == 3:
         for cid in range(1, 5):
-            s.db.execute("insert into skips (comparison_id, annotator_id, reason, created_at) "
-                         "values (?, 1, 'other', 'x')", [cid])
+            s.db.execute(
+                "insert into skips (comparison_id, annotator_id, reason, created_at) "
+                "values (?, 1, 'other', 'x')",
+                [cid],
+            )
     return handlers.api_next(ctx, "ann")
 
 
 def label_state(s):
-    return (s.db["labels"].count, [tuple(r) for r in s.db.execute(
-        "select comparison_id, annotator_id, request_id from leases").fetchall()])
+    return (
+        s.db["labels"].count,
+        [
+            tuple(r)
+            for r in s.db.execute(
+                "select comparison_id, annotator_id, request_id from leases"
+            ).fetchall()
+        ],
+    )
 
 
-@pytest.mark.parametrize("k,fields,error", [
-    (2, {"seconds_spent": -5}, "seconds_spent is a number of seconds from 0 to 86,400; got -5"),
-    (2, {"seconds_spent": 1e308}, "got 1e+308"),
-    (2, {"seconds_spent": float("inf")}, "got inf"),
-    (2, {"seconds_spent": float("nan")}, "got nan"),
-    (2, {"seconds_spent": "abc"}, "got 'abc'"),
-    (2, {"seconds_spent": True}, "got True"),
-    (2, {"rationale": "x" * 10_000_000}, "the rationale is 10,000,000 characters long; the "
-                                         "limit is 10,000"),
-    (2, {"rationale": "why \ud800"}, "the rationale holds half of a surrogate pair"),
-    (2, {"rationale": ["not", "text"]}, "the rationale must be text, got list"),
-    (2, {"choice": "C"}, "a choice is one of A, B, tie, both_bad; got 'C'"),
-    (2, {"choice": 1}, "choice must be text, got int"),
-    (2, {"choice": "A", "strength": "hugely"}, "a strength is one of slightly, much"),
-    (2, {"choice": "tie", "strength": "much"}, "strength applies to 'A better' or 'B better'"),
-    (2, {"choice": "A", "ranking": "A > B"}, "give a choice (2 responses) or a ranking, not both"),
-    (2, {"comparison_id": "abc"}, "comparison_id must be a whole number; got 'abc'"),
-    (2, {"comparison_id": 1.5}, "got 1.5"), (2, {"comparison_id": None}, "got None"),
-    (2, {"comparison_id": 2**70}, "comparison_id must be a whole number"),
-    (2, {"comparison_id": 999}, "no comparison with id 999"),
-    (2, {"request_id": 5}, "the request id must be text, got int"),
-    (2, {"request_id": "x" * 65}, "the request id is 65 characters long; the limit is 64"),
-    (2, {"request_id": "forged"}, "is not assigned to you (or was already answered)"),
-    (3, {"ranking": "C B A"}, "put '>' (better) or '=' (tie) between two responses, not 'B'"),
-    (3, {"ranking": "C, A, B"}, "not ','"),
-    (3, {"ranking": "C > A > B", "strength": "much"}, "strength applies to 'A better' or "
-                                                      "'B better' only"),
-    (3, {"choice": "A", "ranking": ""}, "A / B / tie / both bad is for a comparison of 2 "
-                                       "responses"),
-])
+@pytest.mark.parametrize(
+    "k,fields,error",
+    [
+        (2, {"seconds_spent": -5}, "seconds_spent is a number of seconds from 0 to 86,400; got -5"),
+        (2, {"seconds_spent": 1e308}, "got 1e+308"),
+        (2, {"seconds_spent": float("inf")}, "got inf"),
+        (2, {"seconds_spent": float("nan")}, "got nan"),
+        (2, {"seconds_spent": "abc"}, "got 'abc'"),
+        (2, {"seconds_spent": True}, "got True"),
+        (
+            2,
+            {"rationale": "x" * 10_000_000},
+            ("the rationale is 10,000,000 characters long; the limit is 10,000"),
+        ),
+        (2, {"rationale": "why \ud800"}, "the rationale holds half of a surrogate pair"),
+        (2, {"rationale": ["not", "text"]}, "the rationale must be text, got list"),
+        (2, {"choice": "C"}, "a choice is one of A, B, tie, both_bad; got 'C'"),
+        (2, {"choice": 1}, "choice must be text, got int"),
+        (2, {"choice": "A", "strength": "hugely"}, "a strength is one of slightly, much"),
+        (2, {"choice": "tie", "strength": "much"}, "strength applies to 'A better' or 'B better'"),
+        (
+            2,
+            {"choice": "A", "ranking": "A > B"},
+            "give a choice (2 responses) or a ranking, not both",
+        ),
+        (2, {"comparison_id": "abc"}, "comparison_id must be a whole number; got 'abc'"),
+        (2, {"comparison_id": 1.5}, "got 1.5"),
+        (2, {"comparison_id": None}, "got None"),
+        (2, {"comparison_id": 2**70}, "comparison_id must be a whole number"),
+        (2, {"comparison_id": 999}, "no comparison with id 999"),
+        (2, {"request_id": 5}, "the request id must be text, got int"),
+        (2, {"request_id": "x" * 65}, "the request id is 65 characters long; the limit is 64"),
+        (2, {"request_id": "forged"}, "is not assigned to you (or was already answered)"),
+        (3, {"ranking": "C B A"}, "put '>' (better) or '=' (tie) between two responses, not 'B'"),
+        (3, {"ranking": "C, A, B"}, "not ','"),
+        (
+            3,
+            {"ranking": "C > A > B", "strength": "much"},
+            ("strength applies to 'A better' or 'B better' only"),
+        ),
+        (
+            3,
+            {"choice": "A", "ranking": ""},
+            ("A / B / tie / both bad is for a comparison of 2 responses"),
+        ),
+    ],
+)
 def test_the_label_api_refuses_every_bad_field_and_writes_nothing(app, k, fields, error):
     """Issue #13.6: each of these was stored (or crashed with a traceback) before."""
     ctx, s, _, _ = app
     t = held_task(ctx, s, k)
     before = label_state(s)
-    args = {"comparison_id": t["comparison_id"], "request_id": t["request_id"],
-            "choice": "A" if k == 2 else "", "ranking": "" if k == 2 else "A > B > C",
-            **fields}
+    args = {
+        "comparison_id": t["comparison_id"],
+        "request_id": t["request_id"],
+        "choice": "A" if k == 2 else "",
+        "ranking": "" if k == 2 else "A > B > C",
+        **fields,
+    }
     with pytest.raises(StoreError) as e:
         handlers.api_label(ctx, "ann", **args)
     assert error in str(e.value)
     assert label_state(s) == before
     # The same task, labeled properly, is still there to label.
     good = {**args, "comparison_id": t["comparison_id"], "request_id": t["request_id"]}
-    good.update({"seconds_spent": 12.5, "rationale": "ok", "strength": ""} if k == 2 else
-                {"seconds_spent": 12.5, "rationale": "ok", "strength": "", "choice": "",
-                 "ranking": "C > A = B"})
+    good.update(
+        {"seconds_spent": 12.5, "rationale": "ok", "strength": ""}
+        if k == 2
+        else {
+            "seconds_spent": 12.5,
+            "rationale": "ok",
+            "strength": "",
+            "choice": "",
+            "ranking": "C > A = B",
+        }
+    )
     if k == 2:
         good.update(choice="A", ranking="")
     assert handlers.api_label(ctx, "ann", **good)["label_id"] == 1
     assert [tuple(r) for r in s.db.execute("select seconds_spent, rationale from labels")] == [
-        (12.5, "ok")]
+        (12.5, "ok")
+    ]
 
 
-api_values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                       st.text(max_size=12), st.sampled_from(["A", "B", "tie", "both_bad", "much",
-                                                              "slightly", "A > B", "B = A",
-                                                              "\ud800", "x" * 20_000]),
-                       st.lists(st.integers(), max_size=2))
+api_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["A", "B", "tie", "both_bad", "much", "slightly", "A > B", "B = A", "\ud800", "x" * 20_000]
+    ),
+    st.lists(st.integers(), max_size=2),
+)
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_label_api_call_is_a_label_or_one_refusal(data, fresh_store):
     """Whatever a script sends, /label records a sane label or refuses with a StoreError, and
@@ -440,11 +561,14 @@ def test_any_label_api_call_is_a_label_or_one_refusal(data, fresh_store):
         s.add_annotator("ann", secret="pw")
     s.db.execute("delete from labels")
     s.db.execute("delete from leases")
-    ctx = Ctx(stores=StorePool.shared(s), config=LabelingConfig(), clock=Clock(),
-              rng=random.Random(0))
+    ctx = Ctx(
+        stores=StorePool.shared(s), config=LabelingConfig(), clock=Clock(), rng=random.Random(0)
+    )
     t = handlers.api_next(ctx, "ann")
-    fields = {name: data.draw(api_values, label=name)
-              for name in ("choice", "ranking", "strength", "rationale", "seconds_spent")}
+    fields = {
+        name: data.draw(api_values, label=name)
+        for name in ("choice", "ranking", "strength", "rationale", "seconds_spent")
+    }
     cid = data.draw(st.sampled_from([t["comparison_id"], "1", 2.0, -1, 7]), label="id")
     try:
         got = handlers.api_label(ctx, "ann", cid, t["request_id"], **fields)

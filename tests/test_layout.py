@@ -63,10 +63,13 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     (tmp_path / "lm" / "bad.py").write_text(
         "import rankloop.app.cli\n"
         "def f():\n    from rankloop.ppo import core\n"
-        "from rankloop.data import store\n")
+        "from rankloop.data import store\n"
+    )
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
-    assert violations("lm", ALLOWED["lm"]) == ["lm/bad.py imports rankloop.app.cli",
-                                               "lm/bad.py imports rankloop.ppo.core"]
+    assert violations("lm", ALLOWED["lm"]) == [
+        "lm/bad.py imports rankloop.app.cli",
+        "lm/bad.py imports rankloop.ppo.core",
+    ]
 
 
 def raw_sql(path: Path) -> list[int]:
@@ -75,9 +78,14 @@ def raw_sql(path: Path) -> list[int]:
     out = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         target = node.value if isinstance(node, (ast.Attribute, ast.Subscript)) else None
-        if (isinstance(target, ast.Attribute) and target.attr == "db"
-                and (isinstance(node, ast.Subscript)
-                     or node.attr in ("execute", "executescript", "query"))):
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "db"
+            and (
+                isinstance(node, ast.Subscript)
+                or node.attr in ("execute", "executescript", "query")
+            )
+        ):
             out.append(node.lineno)
     return sorted(set(out))
 
@@ -91,6 +99,8 @@ def test_the_app_calls_the_store_api_not_sql():
 
 def test_the_sql_checker_sees_raw_sql(tmp_path):
     f = tmp_path / "h.py"
-    f.write_text("def h(store):\n    store.db.execute('select 1')\n"
-                 "    store.db['labels'].insert({})\n    store.labels()\n")
+    f.write_text(
+        "def h(store):\n    store.db.execute('select 1')\n"
+        "    store.db['labels'].insert({})\n    store.labels()\n"
+    )
     assert raw_sql(f) == [2, 3]

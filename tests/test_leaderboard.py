@@ -66,14 +66,19 @@ def test_round_win_rates_over_the_previous_round_and_the_base_per_source():
     ms = [m(1, 1, 0, 1.0), m(1, 2, 1, 1.0), m(1, 2, 0, 0.5, "simulated"), m(2, 2, 0, 0.0)]
     rows = lb.round_win_rates(ms, n_boot=200)
     assert [(w.model, w.opponent, w.source, w.rate, w.n) for w in rows] == [
-        (1, 0, "all", 1.0, 1), (1, 0, "human", 1.0, 1),
-        (2, 1, "all", 1.0, 1), (2, 1, "human", 1.0, 1),
-        (2, 0, "all", 0.25, 2), (2, 0, "human", 0.0, 1), (2, 0, "simulated", 0.5, 1),
+        (1, 0, "all", 1.0, 1),
+        (1, 0, "human", 1.0, 1),
+        (2, 1, "all", 1.0, 1),
+        (2, 1, "human", 1.0, 1),
+        (2, 0, "all", 0.25, 2),
+        (2, 0, "human", 0.0, 1),
+        (2, 0, "simulated", 0.5, 1),
     ]
     assert [w.source for w in lb.round_win_rates(ms, n_boot=10, by_source=False)] == ["all"] * 3
 
 
 # ---- Bradley–Terry ---------------------------------------------------------------------------
+
 
 def random_matches(seed, n_models=4, n=300, separated=False):
     rng = np.random.default_rng(seed)
@@ -174,22 +179,27 @@ def test_leaderboard_matches_chatbot_arena_setup():
     arena_elo = 400 * arena.coef_[0] + 1000
     arena_elo += 1000 - arena_elo[0]
     board = lb.leaderboard(ms, reg=0.0, n_boot=20)
-    assert {r.model: r.elo for r in board.ratings} == pytest.approx(dict(enumerate(arena_elo)),
-                                                                    abs=1e-3)
+    assert {r.model: r.elo for r in board.ratings} == pytest.approx(
+        dict(enumerate(arena_elo)), abs=1e-3
+    )
 
 
 def chain():
     """Round 1 vs base: 2 wins, 1 loss, 1 tie (2.5 of 4); round 2 vs round 1: 3 wins, 1 loss.
     With only these two links the MLE is exact: θ1 − θ0 = logit(5/8) = ln(5/3) and
     θ2 − θ1 = logit(3/4) = ln 3, i.e. 400·log10(5/3) = 88.74 and 400·log10(3) = 190.85 Elo."""
-    return ([m(p, 1, 0, o) for p, o in enumerate([1.0, 1.0, 0.0, 0.5])]
-            + [m(10 + p, 2, 1, o) for p, o in enumerate([1.0, 1.0, 1.0, 0.0])])
+    return [m(p, 1, 0, o) for p, o in enumerate([1.0, 1.0, 0.0, 0.5])] + [
+        m(10 + p, 2, 1, o) for p, o in enumerate([1.0, 1.0, 1.0, 0.0])
+    ]
 
 
 def test_leaderboard_hand_computed_elo():
     board = lb.leaderboard(chain(), reg=0.0, n_boot=200)
-    expected = {0: 1000.0, 1: 1000 + 400 * math.log10(5 / 3),
-                2: 1000 + 400 * math.log10(5 / 3) + 400 * math.log10(3)}
+    expected = {
+        0: 1000.0,
+        1: 1000 + 400 * math.log10(5 / 3),
+        2: 1000 + 400 * math.log10(5 / 3) + 400 * math.log10(3),
+    }
     assert {r.model: r.elo for r in board.ratings} == pytest.approx(expected, abs=1e-6)
     assert [r.model for r in board.ratings] == [2, 1, 0]  # best first
     assert expected[1] == pytest.approx(1088.74, abs=0.01)
@@ -206,6 +216,7 @@ def test_leaderboard_ties_count_half_each_way():
     """Two ties weigh as one win and one loss (a tie is not dropped)."""
     ties = [m(0, 1, 0, 0.5), m(1, 1, 0, 0.5), m(2, 1, 0, 1.0)]
     split = [m(0, 1, 0, 1.0), m(1, 1, 0, 0.0), m(2, 1, 0, 1.0)]
+
     def elo(ms):
         return {r.model: r.elo for r in lb.leaderboard(ms, reg=0, n_boot=10).ratings}
 

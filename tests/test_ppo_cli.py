@@ -23,14 +23,19 @@ def run(*args, ok=True):
 
 @pytest.fixture
 def project(tmp_path, tiny_lm_dir, monkeypatch):
-    (tmp_path / "toy_rewards.py").write_text(textwrap.dedent("""
+    (tmp_path / "toy_rewards.py").write_text(
+        textwrap.dedent("""
         def brevity(prompts, responses):
             return [-len(r) / 10.0 for r in responses]
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "prompts.jsonl").write_text("".join(
-        json.dumps({"prompt": p}) + "\n" for p in ("hello", "write a poem", "explain gears",
-                                                    "good or bad")))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": p}) + "\n"
+            for p in ("hello", "write a poem", "explain gears", "good or bad")
+        )
+    )
     root = tmp_path / "proj"
     run("init", root, "--policy", tiny_lm_dir, "--reward-model", tiny_lm_dir)
     run("import", tmp_path / "prompts.jsonl", "--project", root)
@@ -38,13 +43,31 @@ def project(tmp_path, tiny_lm_dir, monkeypatch):
     sys.modules.pop("toy_rewards", None)
 
 
-SMALL = ("--batch-size", "4", "--mini-batch-size", "2", "--ppo-epochs", "1",
-         "--max-new-tokens", "6")
+SMALL = (
+    "--batch-size",
+    "4",
+    "--mini-batch-size",
+    "2",
+    "--ppo-epochs",
+    "1",
+    "--max-new-tokens",
+    "6",
+)
 
 
 def test_ppo_with_reward_fn_saves_policy_records_round_and_next_round_samples(project):
-    out = run("ppo", "--round", "0", "--steps", "2", "--reward-fn", "toy_rewards:brevity",
-              *SMALL, "--project", project).output
+    out = run(
+        "ppo",
+        "--round",
+        "0",
+        "--steps",
+        "2",
+        "--reward-fn",
+        "toy_rewards:brevity",
+        *SMALL,
+        "--project",
+        project,
+    ).output
     assert "Saved the policy to" in out
     policy = project / "rounds/0/policy"
     assert (policy / "adapter_config.json").exists()
@@ -62,22 +85,51 @@ def test_ppo_with_reward_fn_saves_policy_records_round_and_next_round_samples(pr
     assert len(responses) == 8 and {r.policy for r in responses} == {str(policy)}
     p.close()
     # --resume continues from the final checkpoint: asking for 3 steps runs one more
-    run("ppo", "--round", "0", "--steps", "3", "--reward-fn", "toy_rewards:brevity", *SMALL,
-        "--resume", "--project", project)
+    run(
+        "ppo",
+        "--round",
+        "0",
+        "--steps",
+        "3",
+        "--reward-fn",
+        "toy_rewards:brevity",
+        *SMALL,
+        "--resume",
+        "--project",
+        project,
+    )
     history = json.loads((policy / "ppo_history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3]
 
 
 def test_user_errors_are_one_line(project):
-    res = run("ppo", "--steps", "1", "--reward-fn", "nope_module:f", "--project", project,
-              ok=False)
+    res = run("ppo", "--steps", "1", "--reward-fn", "nope_module:f", "--project", project, ok=False)
     assert res.exit_code == 1 and "cannot import 'nope_module'" in res.output
     assert "Traceback" not in res.output
-    res = run("ppo", "--steps", "1", "--reward-fn", "toy_rewards:brevity", "--rto",
-              "--project", project, ok=False)
+    res = run(
+        "ppo",
+        "--steps",
+        "1",
+        "--reward-fn",
+        "toy_rewards:brevity",
+        "--rto",
+        "--project",
+        project,
+        ok=False,
+    )
     assert "run `rankloop train-dpo --round 0` first" in res.output
-    res = run("ppo", "--steps", "1", "--mini-batch-size", "3", "--reward-fn",
-              "toy_rewards:brevity", "--project", project, ok=False)
+    res = run(
+        "ppo",
+        "--steps",
+        "1",
+        "--mini-batch-size",
+        "3",
+        "--reward-fn",
+        "toy_rewards:brevity",
+        "--project",
+        project,
+        ok=False,
+    )
     assert "[ppo] mini_batch_size = 3: must divide batch_size" in res.output
     res = run("ppo", "--steps", "1", "--project", project, ok=False)
     assert "no round has a reward model yet" in res.output
@@ -101,8 +153,19 @@ def test_train_dpo_then_ppo_with_rto(project):
     p = Project.find(project)
     assert p.store.round(0).metrics["dpo/pairs"] == 3.0
     p.close()
-    run("ppo", "--round", "0", "--steps", "1", "--rto", "--reward-fn", "toy_rewards:brevity",
-        *SMALL, "--project", project)
+    run(
+        "ppo",
+        "--round",
+        "0",
+        "--steps",
+        "1",
+        "--rto",
+        "--reward-fn",
+        "toy_rewards:brevity",
+        *SMALL,
+        "--project",
+        project,
+    )
     history = json.loads((project / "rounds/0/policy/ppo_history.json").read_text())
     assert "objective/rto_reward" in history[0] and history[0]["objective/rto_reward"] != 0.0
 

@@ -150,7 +150,9 @@ def test_compute_rewards_exact_2x4():
     # k1 = lp - ref: row0 [0.5, -1, 0, (pad)], row1 [1, 0, 0, -0.5]
     # non_score = -0.1 * kl; score added at index 2 (row0) and 3 (row1)
     rewards, non_score, kl = compute_rewards(scores, lp, ref, mask, kl_coef=0.1)
-    torch.testing.assert_close(kl, torch.tensor([[0.5, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, -0.5]], dtype=D))
+    torch.testing.assert_close(
+        kl, torch.tensor([[0.5, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, -0.5]], dtype=D)
+    )
     torch.testing.assert_close(
         non_score, torch.tensor([[-0.05, 0.1, 0.0, 0.0], [-0.1, 0.0, 0.0, 0.05]], dtype=D)
     )
@@ -203,7 +205,9 @@ def _random_rollout(seed, T=7):
     return _fill_padding(values, mask, 123.0), _fill_padding(rewards, mask, -77.0), mask
 
 
-@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.95), (0.9, 1.0), (1.0, 1.0), (0.9, 0.0)])
+@pytest.mark.parametrize(
+    "gamma,lam", [(1.0, 0.95), (0.99, 0.95), (0.9, 1.0), (1.0, 1.0), (0.9, 0.0)]
+)
 def test_gae_matches_naive(gamma, lam):
     values, rewards, mask = _random_rollout(4)
     adv, ret = gae(values, rewards, mask, gamma, lam)
@@ -235,7 +239,7 @@ def test_gae_left_padding_equals_right_padding():
     adv_r, ret_r = gae(values, rewards, mask, 0.99, 0.95)
     # roll each row so its padding comes first
     shifts = [7 - n for n in LENGTHS]
-    roll = lambda x: torch.stack([torch.roll(row, s) for row, s in zip(x, shifts)])  # noqa: E731
+    roll = lambda x: torch.stack([torch.roll(row, s) for row, s in zip(x, shifts)])
     adv_l, ret_l = gae(roll(values), roll(rewards), roll(mask), 0.99, 0.95)
     torch.testing.assert_close(adv_l, roll(adv_r))
     torch.testing.assert_close(ret_l, roll(ret_r))
@@ -347,8 +351,12 @@ def test_explained_variance():
 def test_normalize_scores():
     s = torch.tensor([0.0, 2.0, 10.0, -10.0])
     # (s - 2) / 2 = [-1, 0, 4, -6] -> clip 3
-    torch.testing.assert_close(normalize_scores(s, 2.0, 2.0, 3.0), torch.tensor([-1.0, 0.0, 3.0, -3.0]))
-    torch.testing.assert_close(normalize_scores(s, 2.0, 2.0, None), torch.tensor([-1.0, 0.0, 4.0, -6.0]))
+    torch.testing.assert_close(
+        normalize_scores(s, 2.0, 2.0, 3.0), torch.tensor([-1.0, 0.0, 3.0, -3.0])
+    )
+    torch.testing.assert_close(
+        normalize_scores(s, 2.0, 2.0, None), torch.tensor([-1.0, 0.0, 4.0, -6.0])
+    )
     with pytest.raises(ValueError):
         normalize_scores(s, 0.0, 0.0, None)
 
@@ -380,7 +388,7 @@ def test_dpo_loss_hand_computed():
     assert stats["dpo/margin"].item() == pytest.approx((0.2 - 0.1) / 2)
     # cDPO: 0.9 * (-log sigma(z)) + 0.1 * (-log sigma(-z))
     loss_s, _ = dpo_loss(pc, pr, rc, rr, beta, label_smoothing=0.1)
-    nls = lambda z: math.log1p(math.exp(-z))  # noqa: E731
+    nls = lambda z: math.log1p(math.exp(-z))
     expected_s = sum(0.9 * nls(z) + 0.1 * nls(-z) for z in (0.2, -0.1)) / 2
     assert loss_s.item() == pytest.approx(expected_s)
 

@@ -19,9 +19,21 @@ def test_two_processes_stay_in_sync(tiny_lm_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     # the shipped config: two processes, DDP over gloo (no GPU here)
     config = HERE.parent / "docs" / "accelerate" / "cpu-ddp.yaml"
-    subprocess.run([accelerate, "launch", "--config_file", str(config),
-                    str(HERE / "ppo_ddp_worker.py"), str(tiny_lm_dir), str(tmp_path)],
-                   check=True, env=env, timeout=300, cwd=HERE)
+    subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(config),
+            str(HERE / "ppo_ddp_worker.py"),
+            str(tiny_lm_dir),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+        cwd=HERE,
+    )
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     # DDP averaged the gradients: both processes hold the same adapters and critic after

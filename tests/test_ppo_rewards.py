@@ -41,7 +41,8 @@ def test_scorer_reward_normalises_with_saved_stats_and_clips():
 
 @pytest.fixture
 def reward_module(tmp_path, monkeypatch):
-    (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_rewards.py").write_text(
+        textwrap.dedent("""
         def length(prompts, responses):
             return [float(len(r)) for r in responses]
 
@@ -55,7 +56,8 @@ def reward_module(tmp_path, monkeypatch):
             return [float("nan")] * len(responses)
 
         CONSTANT = 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for name in ("my_rewards",):

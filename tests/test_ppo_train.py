@@ -16,8 +16,10 @@ from rankloop.ppo.train import train_ppo
 
 from tiny import build_causal_lm, build_tokenizer
 
-PROMPTS = [Prompt.from_text(t) for t in
-           ("hello", "write a poem", "explain gears", "good or bad", "yes no maybe", "the fox")]
+PROMPTS = [
+    Prompt.from_text(t)
+    for t in ("hello", "write a poem", "explain gears", "good or bad", "yes no maybe", "the fox")
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,12 @@ def peaked_lm(tmp_path_factory) -> tuple[Path, str]:
         model.model.embed_tokens.weight.mul_(8)  # sharper softmax: p(target) ~ 5%, not 0.3%
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}],
-                                  add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hello"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         probs = torch.softmax(model(ids).logits[0, -1], -1)  # (V,)
     target = tok.decode([int(probs.topk(2).indices[1])])  # 2nd most likely: not the optimum yet
@@ -45,22 +50,43 @@ def peaked_lm(tmp_path_factory) -> tuple[Path, str]:
 def count_reward(target: str):
     def reward(prompts, responses):
         return torch.tensor([float(r.count(target)) for r in responses])
+
     return reward
 
 
 def cfg(**kw) -> PPOConfig:
     """Small runs; the drift levers (adaptive KL, held-out evaluation) are off unless a test
     turns them on, so every other test trains on all prompts with a fixed KL coefficient."""
-    base = dict(steps=3, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=8,
-                lr=5e-3, critic_lr=5e-3, kl_coef=0.01, log_samples=0, bf16="no", seed=0,
-                kl_target=0.0, eval_every=0)
+    base = {
+        "steps": 3,
+        "batch_size": 8,
+        "mini_batch_size": 4,
+        "ppo_epochs": 2,
+        "max_new_tokens": 8,
+        "lr": 5e-3,
+        "critic_lr": 5e-3,
+        "kl_coef": 0.01,
+        "log_samples": 0,
+        "bf16": "no",
+        "seed": 0,
+        "kl_target": 0.0,
+        "eval_every": 0,
+    }
     base.update(kw)
     return PPOConfig(**base)
 
 
 def run(config, lm, target, out, **kw):
-    return train_ppo(config, policy=str(lm), prompts=PROMPTS, reward_fn=count_reward(target),
-                     out_dir=out, progress=False, log=None, **kw)
+    return train_ppo(
+        config,
+        policy=str(lm),
+        prompts=PROMPTS,
+        reward_fn=count_reward(target),
+        out_dir=out,
+        progress=False,
+        log=None,
+        **kw,
+    )
 
 
 def test_toy_task_reward_rises_and_kl_stays_bounded(peaked_lm, tmp_path):
@@ -79,13 +105,16 @@ def test_toy_task_reward_rises_and_kl_stays_bounded(peaked_lm, tmp_path):
         assert r["objective/response_length"] <= 8
     assert res.summary["ppo/score_last"] > res.summary["ppo/score_first"]
     for r in res.history:  # the logged metrics hold the relations that define them
-        assert r["objective/non_score_reward"] == pytest.approx(-0.01 * r["objective/kl"],
-                                                                rel=1e-4, abs=1e-7)
+        assert r["objective/non_score_reward"] == pytest.approx(
+            -0.01 * r["objective/kl"], rel=1e-4, abs=1e-7
+        )
         assert r["objective/rlhf_reward"] == pytest.approx(
-            r["objective/scores"] + r["objective/non_score_reward"], rel=1e-5, abs=1e-6)
+            r["objective/scores"] + r["objective/non_score_reward"], rel=1e-5, abs=1e-6
+        )
         assert r["objective/kl_coef"] == pytest.approx(0.01)  # kl_target = 0: fixed
-        assert r["time/step"] == pytest.approx(sum(r[f"time/{p}"] for p in (
-            "rollout", "score", "reference", "update")))
+        assert r["time/step"] == pytest.approx(
+            sum(r[f"time/{p}"] for p in ("rollout", "score", "reference", "update"))
+        )
         assert r["objective/entropy"] > 0 and r["objective/perplexity"] > 1
         assert r["val/var_explained"] <= 1.0 and r["val/clipfrac"] >= 0.0
         # advantages are whitened over each rollout batch inside the loop
@@ -104,8 +133,15 @@ def test_whitening_and_value_clipping_act_inside_the_loop(peaked_lm, tmp_path):
         return count_reward(target)(prompts, responses) + 10.0
 
     def go(name, **kw):
-        return train_ppo(cfg(steps=2, critic_lr=5e-2, **kw), policy=str(lm), prompts=PROMPTS,
-                         reward_fn=offset, out_dir=tmp_path / name, progress=False, log=None)
+        return train_ppo(
+            cfg(steps=2, critic_lr=5e-2, **kw),
+            policy=str(lm),
+            prompts=PROMPTS,
+            reward_fn=offset,
+            out_dir=tmp_path / name,
+            progress=False,
+            log=None,
+        )
 
     raw = go("raw", whiten_advantages=False, cliprange_value=1e-4)
     white = go("white", whiten_advantages=True, cliprange_value=0.0)
@@ -121,8 +157,13 @@ def test_resume_continues_exactly(peaked_lm, tmp_path):
     """With the adaptive KL and an evaluation every step (one held-out prompt of six), a run
     resumed after step 2 computes what the uninterrupted run did, evaluations included."""
     lm, target = peaked_lm
-    levers = dict(checkpoint_every=1, kl_target=0.05, kl_horizon=16.0, eval_every=1,
-                  early_stop_patience=0)
+    levers = {
+        "checkpoint_every": 1,
+        "kl_target": 0.05,
+        "kl_horizon": 16.0,
+        "eval_every": 1,
+        "early_stop_patience": 0,
+    }
     full = run(cfg(steps=3, **levers), lm, target, tmp_path / "a")
     run(cfg(steps=2, **levers), lm, target, tmp_path / "b")
     resumed = run(cfg(steps=3, **levers), lm, target, tmp_path / "b", resume=True)
@@ -148,7 +189,7 @@ def test_adaptive_kl_bounds_the_drift_a_reward_pays_for(peaked_lm, tmp_path):
     KL keeps growing; with kl_target the coefficient rises with the excess and pulls the
     policy back below the target."""
     lm, target = peaked_lm
-    levers = dict(steps=12, lr=3e-3, critic_lr=1e-2, ppo_epochs=4, kl_coef=0.05)
+    levers = {"steps": 12, "lr": 3e-3, "critic_lr": 1e-2, "ppo_epochs": 4, "kl_coef": 0.05}
     fixed = run(cfg(**levers), lm, target, tmp_path / "fixed")
     adaptive = run(cfg(**levers, kl_target=0.5, kl_horizon=8.0), lm, target, tmp_path / "ada")
     kl_fixed = [r["objective/kl"] for r in fixed.history]
@@ -160,8 +201,9 @@ def test_adaptive_kl_bounds_the_drift_a_reward_pays_for(peaked_lm, tmp_path):
     coefs = [r["objective/kl_coef"] for r in adaptive.history]
     for kl, coef, nxt in zip(kl_ada, coefs, coefs[1:]):
         assert nxt == pytest.approx(max(0.05, coef + (kl - 0.5) * 8 / 8.0), rel=1e-5)
-    assert max(coefs) > 1.0 and set(r["objective/kl_coef"] for r in fixed.history) == {
-        fixed.history[0]["objective/kl_coef"]}
+    assert max(coefs) > 1.0 and {r["objective/kl_coef"] for r in fixed.history} == {
+        fixed.history[0]["objective/kl_coef"]
+    }
 
 
 def test_split_prompts_holds_out_a_seeded_share():
@@ -187,10 +229,17 @@ def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_l
         return torch.tensor([len(p.text) / 4.0 for p in prompts])
 
     prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
-    levers = dict(steps=20, lr=1e-2, eval_every=1, eval_prompts=2, early_stop_patience=2)
+    levers = {"steps": 20, "lr": 1e-2, "eval_every": 1, "eval_prompts": 2, "early_stop_patience": 2}
     said = []
-    res = train_ppo(cfg(**levers), policy=str(lm), prompts=prompts, reward_fn=flat,
-                    out_dir=tmp_path / "best", progress=False, log=said.append)
+    res = train_ppo(
+        cfg(**levers),
+        policy=str(lm),
+        prompts=prompts,
+        reward_fn=flat,
+        out_dir=tmp_path / "best",
+        progress=False,
+        log=said.append,
+    )
     assert [r["step"] for r in res.history] == [1, 2]
     assert [e["step"] for e in res.evaluations] == [0, 1, 2]
     assert res.evaluations[-1]["eval/kl"] > 0.01  # the policy did drift ...
@@ -206,10 +255,15 @@ def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_l
     saved = load_file(tmp_path / "best/adapter_model.safetensors")
     assert all(float(t.abs().max()) == 0.0 for n, t in saved.items() if "lora_B" in n)
     # keep_policy = 'last' saves the policy that drifted; patience 0 never stops
-    last = train_ppo(cfg(**{**levers, "steps": 3, "early_stop_patience": 0},
-                         keep_policy="last"),
-                     policy=str(lm), prompts=prompts, reward_fn=flat, out_dir=tmp_path / "last",
-                     progress=False, log=None)
+    last = train_ppo(
+        cfg(**{**levers, "steps": 3, "early_stop_patience": 0}, keep_policy="last"),
+        policy=str(lm),
+        prompts=prompts,
+        reward_fn=flat,
+        out_dir=tmp_path / "last",
+        progress=False,
+        log=None,
+    )
     assert len(last.history) == 3 and last.summary["ppo/stopped_early"] == 0.0
     assert last.summary["ppo/kept_step"] == 3.0
     assert last.summary["ppo/kl_final"] == last.evaluations[-1]["eval/kl"] > 0.01
@@ -219,7 +273,7 @@ def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peake
     """Two held-out prompts, 5 samples each, in rollouts of at most batch_size (4): the reward
     sees every prompt 5 times, the samples differ (each rollout its own random numbers), and
     the evaluation's mean and standard error are those of the 10 scores."""
-    lm, target = peaked_lm
+    lm, _target = peaked_lm
     prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
     calls = []
 
@@ -227,10 +281,23 @@ def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peake
         calls.append((tuple(p.text for p in prompts), tuple(responses)))
         return torch.tensor([float(len(r)) for r in responses])
 
-    res = train_ppo(cfg(steps=1, batch_size=4, mini_batch_size=2, eval_every=1,
-                        eval_prompts=2, eval_samples=5, max_new_tokens=12),
-                    policy=str(lm), prompts=prompts, reward_fn=length,
-                    out_dir=tmp_path / "p", progress=False, log=None)
+    res = train_ppo(
+        cfg(
+            steps=1,
+            batch_size=4,
+            mini_batch_size=2,
+            eval_every=1,
+            eval_prompts=2,
+            eval_samples=5,
+            max_new_tokens=12,
+        ),
+        policy=str(lm),
+        prompts=prompts,
+        reward_fn=length,
+        out_dir=tmp_path / "p",
+        progress=False,
+        log=None,
+    )
     first = calls[:3]  # the evaluation before training: rollouts of 4, 4 and 2
     assert [len(c[0]) for c in first] == [4, 4, 2]
     asked = [t for c in first for t in c[0]]
@@ -241,7 +308,7 @@ def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peake
     scores = torch.tensor([float(len(r)) for r in responses], dtype=torch.float64)
     ev = res.evaluations[0]
     assert ev["eval/scores"] == pytest.approx(float(scores.mean()))
-    assert ev["eval/score_se"] == pytest.approx(float(scores.std() / 10 ** 0.5))
+    assert ev["eval/score_se"] == pytest.approx(float(scores.std() / 10**0.5))
     assert [e["step"] for e in res.evaluations] == [0, 1]
 
 
@@ -258,10 +325,23 @@ def test_value_pretraining_moves_explained_variance_up_and_keeps_policy(peaked_l
         return torch.tensor([len(p.text) / 4.0 for p in prompts])
 
     # no value clipping: the clip caps how far values move per step, slowing pretraining
-    res = train_ppo(cfg(steps=1, value_pretrain_steps=8, critic_lr=1e-2, lam_critic=1.0,
-                        ppo_epochs=8, cliprange_value=0.0, max_grad_norm=0.0),
-                    policy=str(lm), prompts=PROMPTS, reward_fn=by_prompt,
-                    out_dir=tmp_path / "v", progress=False, log=None)
+    res = train_ppo(
+        cfg(
+            steps=1,
+            value_pretrain_steps=8,
+            critic_lr=1e-2,
+            lam_critic=1.0,
+            ppo_epochs=8,
+            cliprange_value=0.0,
+            max_grad_norm=0.0,
+        ),
+        policy=str(lm),
+        prompts=PROMPTS,
+        reward_fn=by_prompt,
+        out_dir=tmp_path / "v",
+        progress=False,
+        log=None,
+    )
     ev = [r["val/var_explained"] for r in res.history]
     assert ev[0] == pytest.approx(0.0, abs=1e-6)  # fresh zero head: V = 0 everywhere
     assert sum(ev[6:8]) / 2 > 0.3
@@ -293,13 +373,15 @@ def test_rto_token_rewards_are_wired_in(peaked_lm, tmp_path):
     lm, target = peaked_lm
     # a DPO model identical to the reference gives zero token rewards ...
     same = _dpo_adapter(lm, tmp_path / "dpo-same", perturb=False)
-    res = run(cfg(steps=1, rto=True, rto_beta=1.0), lm, target, tmp_path / "p1",
-              dpo_model=str(same))
+    res = run(
+        cfg(steps=1, rto=True, rto_beta=1.0), lm, target, tmp_path / "p1", dpo_model=str(same)
+    )
     assert res.history[0]["objective/rto_reward"] == pytest.approx(0.0, abs=1e-6)
     # ... a different one does, and they change the reward the policy sees
     other = _dpo_adapter(lm, tmp_path / "dpo-other", perturb=True)
-    res2 = run(cfg(steps=1, rto=True, rto_beta=1.0), lm, target, tmp_path / "p2",
-               dpo_model=str(other))
+    res2 = run(
+        cfg(steps=1, rto=True, rto_beta=1.0), lm, target, tmp_path / "p2", dpo_model=str(other)
+    )
     assert abs(res2.history[0]["objective/rto_reward"]) > 1e-2
     with pytest.raises(ValueError, match="DPO model"):
         run(cfg(steps=1, rto=True), lm, target, tmp_path / "p3")
@@ -325,8 +407,15 @@ def test_critic_initialised_from_reward_model_matches_its_scores(peaked_lm, tmp_
     lm, _ = peaked_lm
     rm_dir = _reward_model(lm, tmp_path / "rm")
     tok = AutoTokenizer.from_pretrained(lm)
-    critic = build_critic(reward_model=str(rm_dir), policy_path=str(lm), policy_tokenizer=tok,
-                          r=4, alpha=8, dropout=0.0, dtype=torch.float32)
+    critic = build_critic(
+        reward_model=str(rm_dir),
+        policy_path=str(lm),
+        policy_tokenizer=tok,
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        dtype=torch.float32,
+    )
     assert critic.origin == "reward model"
     ids = torch.tensor([tok("hello there, good dog")["input_ids"]])  # (1, L)
     with torch.no_grad():
@@ -338,9 +427,15 @@ def test_critic_initialised_from_reward_model_matches_its_scores(peaked_lm, tmp_
     assert float(values[0, -1]) == pytest.approx(float(score), abs=1e-5)
     # a reward model with another tokenizer cannot initialise the critic: fresh head instead
     other = build_tokenizer(vocab_size=300)
-    fallback = build_critic(reward_model=str(rm_dir), policy_path=str(lm),
-                            policy_tokenizer=other, r=4, alpha=8, dropout=0.0,
-                            dtype=torch.float32)
+    fallback = build_critic(
+        reward_model=str(rm_dir),
+        policy_path=str(lm),
+        policy_tokenizer=other,
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        dtype=torch.float32,
+    )
     assert "tokenizer differs" in fallback.origin
 
 
@@ -353,12 +448,19 @@ def test_ppo_with_reward_model_scorer_sharing_the_critics_weights(peaked_lm, tmp
 
     lm, _ = peaked_lm
     rm_dir = _reward_model(lm, tmp_path / "rm")
-    own = ScorerReward(RewardScorer.from_pretrained(rm_dir, device="cpu", bf16="no"),
-                       normalize=True, clip=5.0)
+    own = ScorerReward(
+        RewardScorer.from_pretrained(rm_dir, device="cpu", bf16="no"), normalize=True, clip=5.0
+    )
     shared = ScorerReward(path=str(rm_dir), normalize=True, clip=5.0, bf16="no")
-    critic = build_critic(reward_model=str(rm_dir), policy_path=str(lm),
-                          policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
-                          dropout=0.0, dtype=torch.float32)
+    critic = build_critic(
+        reward_model=str(rm_dir),
+        policy_path=str(lm),
+        policy_tokenizer=AutoTokenizer.from_pretrained(lm),
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        dtype=torch.float32,
+    )
     with torch.no_grad():  # a trained critic adapter must not change the reward
         for n, p in critic.named_parameters():
             if "lora_B" in n:
@@ -369,9 +471,16 @@ def test_ppo_with_reward_model_scorer_sharing_the_critics_weights(peaked_lm, tmp
     # normalised with reward_stats.json: (s - 0.5) / 2
     raw = own.scorer.score(prompts, responses)
     torch.testing.assert_close(own(prompts, responses), ((raw - 0.5) / 2).clamp(-5, 5))
-    res = train_ppo(cfg(steps=1), policy=str(lm), prompts=PROMPTS,
-                    reward_fn=ScorerReward(path=str(rm_dir), bf16="no"),
-                    out_dir=tmp_path / "p", reward_model=str(rm_dir), progress=False, log=None)
+    res = train_ppo(
+        cfg(steps=1),
+        policy=str(lm),
+        prompts=PROMPTS,
+        reward_fn=ScorerReward(path=str(rm_dir), bf16="no"),
+        out_dir=tmp_path / "p",
+        reward_model=str(rm_dir),
+        progress=False,
+        log=None,
+    )
     assert res.critic_origin == "reward model"
     assert abs(res.history[0]["objective/scores"]) <= 5.0
 
@@ -413,9 +522,16 @@ def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
     from rankloop.ppo.actor_critic import build_critic
 
     lm, target = peaked_lm
-    critic = build_critic(reward_model=None, policy_path=str(lm),
-                          policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
-                          dropout=0.0, dtype=torch.float32, top_layers=1)
+    critic = build_critic(
+        reward_model=None,
+        policy_path=str(lm),
+        policy_tokenizer=AutoTokenizer.from_pretrained(lm),
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        dtype=torch.float32,
+        top_layers=1,
+    )
     trained = [n for n, p in critic.named_parameters() if p.requires_grad]
     lora = [n for n in trained if "lora_" in n]
     assert lora and all(".layers.1." in n for n in lora)  # the tiny model has layers 0 and 1
@@ -423,8 +539,9 @@ def test_critic_lora_on_top_layers_only(peaked_lm, tmp_path):
     res = run(cfg(steps=1, critic_lora_layers=1), lm, target, tmp_path / "p")
     # the run trained that critic: its top block's adapter and its head left their start
     lora_b = [p for n, p in res.critic.named_parameters() if "lora_B" in n]
-    assert lora_b and all(".layers.1." in n for n, _ in res.critic.named_parameters()
-                          if "lora_" in n)
+    assert lora_b and all(
+        ".layers.1." in n for n, _ in res.critic.named_parameters() if "lora_" in n
+    )
     assert all(p.abs().max() > 0 for p in lora_b)  # peft starts lora_B at 0
     assert res.critic.head.weight.abs().max() > 0  # the fresh head starts at 0
 
@@ -433,9 +550,23 @@ def test_switches_ptx_entropy_early_stop_adaptive_kl(peaked_lm, tmp_path):
     lm, target = peaked_lm
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog.\nWrite a short poem.\n")
-    res = run(cfg(steps=3, ppo_epochs=4, ptx_coef=0.5, ptx_dataset=str(corpus),
-                  ptx_batch_size=2, entropy_coef=0.01, target_approxkl=1e-12, kl_target=0.01,
-                  kl_horizon=100.0, kl_coef=0.1), lm, target, tmp_path / "p")
+    res = run(
+        cfg(
+            steps=3,
+            ppo_epochs=4,
+            ptx_coef=0.5,
+            ptx_dataset=str(corpus),
+            ptx_batch_size=2,
+            entropy_coef=0.01,
+            target_approxkl=1e-12,
+            kl_target=0.01,
+            kl_horizon=100.0,
+            kl_coef=0.1,
+        ),
+        lm,
+        target,
+        tmp_path / "p",
+    )
     first, second, third = res.history
     # PPO-ptx: the LM loss of a random 400-token model on real text is about ln(400) = 6
     assert 3.0 < first["ptx/loss"] < 9.0 and first["ptx/tokens"] > 0
@@ -448,7 +579,8 @@ def test_switches_ptx_entropy_early_stop_adaptive_kl(peaked_lm, tmp_path):
     assert second["objective/kl_coef"] == pytest.approx(0.1)
     assert second["objective/kl"] > 0.01
     assert third["objective/kl_coef"] == pytest.approx(
-        0.1 + (second["objective/kl"] - 0.01) * 8 / 100.0, rel=1e-5)
+        0.1 + (second["objective/kl"] - 0.01) * 8 / 100.0, rel=1e-5
+    )
 
 
 def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypatch):
@@ -456,8 +588,9 @@ def test_missing_tracker_package_is_a_clear_error(peaked_lm, tmp_path, monkeypat
 
     lm, target = peaked_lm
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     with pytest.raises(ValueError, match=r"pip install 'rankloop\[wandb\]'"):
         run(cfg(steps=1, log_with="wandb"), lm, target, tmp_path / "p")
 
@@ -468,9 +601,16 @@ def test_critic_with_cached_lower_blocks_matches_the_full_forward(peaked_lm):
     from rankloop.ppo.actor_critic import build_critic
 
     lm, _ = peaked_lm
-    critic = build_critic(reward_model=None, policy_path=str(lm),
-                          policy_tokenizer=AutoTokenizer.from_pretrained(lm), r=4, alpha=8,
-                          dropout=0.0, dtype=torch.float32, top_layers=1)
+    critic = build_critic(
+        reward_model=None,
+        policy_path=str(lm),
+        policy_tokenizer=AutoTokenizer.from_pretrained(lm),
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        dtype=torch.float32,
+        top_layers=1,
+    )
     from rankloop.ppo.actor_critic import decoder_layers, first_adapted_block
 
     assert first_adapted_block(decoder_layers(critic.backbone)) == 1
@@ -545,7 +685,8 @@ def test_bf16_run_keeps_the_reference_weights_bit_for_bit(peaked_lm, tmp_path):
 
 @pytest.mark.parametrize("lora_layers", [0, 1])
 def test_update_on_trimmed_mini_batches_sees_the_rollouts_log_probs_and_values(
-        peaked_lm, tmp_path, lora_layers):
+    peaked_lm, tmp_path, lora_layers
+):
     """Prompts of very different lengths share a batch; each mini-batch drops the left padding
     it does not need. With a negligible learning rate the update must see exactly the rollout's
     log-probs (approximate KL ~ 0, ratio 1) and values (none outside a 1e-4 clip range)."""
@@ -553,10 +694,23 @@ def test_update_on_trimmed_mini_batches_sees_the_rollouts_log_probs_and_values(
     long = " ".join(["explain the gears of a bicycle and why they matter"] * 4)
     prompts = [Prompt.from_text(t) for t in ("hi", long, "ok", "yes", "no", long, "a", "b")]
     rows = []
-    res = train_ppo(cfg(steps=2, lr=1e-9, critic_lr=1e-9, lora_layers=lora_layers,
-                        cliprange_value=1e-4, kl_coef=0.0),
-                    policy=str(lm), prompts=prompts, reward_fn=count_reward(target),
-                    out_dir=tmp_path / "p", progress=False, log=None, on_step=rows.append)
+    res = train_ppo(
+        cfg(
+            steps=2,
+            lr=1e-9,
+            critic_lr=1e-9,
+            lora_layers=lora_layers,
+            cliprange_value=1e-4,
+            kl_coef=0.0,
+        ),
+        policy=str(lm),
+        prompts=prompts,
+        reward_fn=count_reward(target),
+        out_dir=tmp_path / "p",
+        progress=False,
+        log=None,
+        on_step=rows.append,
+    )
     assert rows == res.history  # on_step saw every step's metrics
     for r in res.history:
         assert r["policy/approxkl"] < 1e-9
@@ -580,8 +734,9 @@ def test_policy_and_critic_reach_accelerate_as_one_model_and_both_train(peaked_l
             assert len(models) <= 1, f"{len(models)} models in one prepare"
             for m in models:
                 prepared.append(m)
-                before.update({n: p.detach().clone() for n, p in m.named_parameters()
-                               if p.requires_grad})
+                before.update(
+                    {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+                )
             return super().prepare(*args, **kwargs)
 
     AcceleratorState._reset_state(reset_partial_state=False)

@@ -16,8 +16,10 @@ from rankloop.data.store import Store, StoreError
 
 def setup(store: Store, comparisons: int = 3, k: int = 2, annotators=("ann", "bob")):
     """`comparisons` prompts with k responses each, one comparison per prompt."""
-    cids = [store.add_comparison_texts(f"prompt {i}", [f"p{i} r{j}" for j in range(k)])
-            for i in range(comparisons)]
+    cids = [
+        store.add_comparison_texts(f"prompt {i}", [f"p{i} r{j}" for j in range(k)])
+        for i in range(comparisons)
+    ]
     ids = [store.add_annotator(name)[0].id for name in annotators]
     return cids, ids
 
@@ -33,11 +35,17 @@ def test_migration_0002_adds_queue_tables():
     assert migrate(db, upto="0002_labeling_queue") == ["0002_labeling_queue"]
     assert applied(db) == ["0001_initial", "0002_labeling_queue"] and schema_version(db) == 2
     assert db["leases"].columns_dict == {
-        "comparison_id": int, "annotator_id": int, "display_order": str, "request_id": str,
-        "issued_at": float, "expires_at": float}
+        "comparison_id": int,
+        "annotator_id": int,
+        "display_order": str,
+        "request_id": str,
+        "issued_at": float,
+        "expires_at": float,
+    }
     assert db["leases"].pks == ["comparison_id", "annotator_id"]
     assert {tuple(i.columns) for i in db["skips"].indexes if i.unique} == {
-        ("comparison_id", "annotator_id")}
+        ("comparison_id", "annotator_id")
+    }
     for table in ("flags", "label_revisions", "response_scores"):
         assert table in db.table_names()
     assert ["annotator_id", "created_at"] in [i.columns for i in db["labels"].indexes]
@@ -52,11 +60,13 @@ def test_migration_0003_backfills_label_counts_and_triggers_keep_them(tmp_path):
     cids = [old.add_comparison_texts(f"p{i}", ["x", "y"]) for i in range(3)]
     aid = old.add_annotator("ann")[0].id
     from rankloop.data.records import Label
+
     old.add_label(Label.pairwise(cids[1], aid, old.comparison(cids[1]).response_ids, "A"))
     assert migrate(db, upto="0003_queue_counts") == ["0003_queue_counts"]
     assert schema_version(db) == 3
-    counts = lambda: db.execute(  # noqa: E731
-        "select comparison_id, labels from comparison_queue order by 1").fetchall()
+    counts = lambda: db.execute(
+        "select comparison_id, labels from comparison_queue order by 1"
+    ).fetchall()
     assert counts() == [(cids[0], 0), (cids[1], 1), (cids[2], 0)]
     store = Store(db)
     c3 = store.add_comparison_texts("p3", ["x", "y"])
@@ -71,14 +81,17 @@ def test_migration_0003_backfills_label_counts_and_triggers_keep_them(tmp_path):
 
 
 def test_oldest_first_and_two_annotators_never_share_while_others_remain(fresh_store):
-    (c1, c2, c3), (a, b) = setup(fresh_store)
+    (c1, c2, _c3), (a, b) = setup(fresh_store)
     ta, tb = lease(fresh_store, a), lease(fresh_store, b)
     assert (ta.comparison.id, tb.comparison.id) == (c1, c2)
     assert sorted(ta.display_order) == sorted(fresh_store.comparison(c1).response_ids)
     # Asking again (a reloaded page) gives the same lease back, same order and request id.
     again = lease(fresh_store, a, now=5.0, seed=99)
     assert (again.comparison.id, again.display_order, again.request_id) == (
-        c1, ta.display_order, ta.request_id)
+        c1,
+        ta.display_order,
+        ta.request_id,
+    )
 
 
 def test_a_task_held_by_another_is_not_given_when_n_is_1(fresh_store):
@@ -102,24 +115,56 @@ def test_submit_pairwise_records_one_exact_row_and_is_idempotent(fresh_store):
     t = lease(fresh_store, a)
     first, second = t.display_order
     margins = {"slightly": 0.33, "much": 1.0}
-    lid = queue.submit(fresh_store, a, c1, t.request_id, choice="B", strength="much",
-                       margins=margins, rationale="  clearer  ", seconds_spent=4.5)
+    lid = queue.submit(
+        fresh_store,
+        a,
+        c1,
+        t.request_id,
+        choice="B",
+        strength="much",
+        margins=margins,
+        rationale="  clearer  ",
+        seconds_spent=4.5,
+    )
     again = queue.submit(fresh_store, a, c1, t.request_id, choice="A", margins=margins)
     assert again == lid
     row = fresh_store.db["labels"].get(lid)
-    assert {k: row[k] for k in ("comparison_id", "annotator_id", "mode", "ranking", "choice",
-                                "strength", "margin", "display_order", "rationale",
-                                "seconds_spent", "source", "request_id")} == {
-        "comparison_id": c1, "annotator_id": a, "mode": "pairwise",
-        "ranking": json.dumps([[second], [first]]), "choice": "B", "strength": "much",
-        "margin": 1.0, "display_order": json.dumps([first, second]), "rationale": "clearer",
-        "seconds_spent": 4.5, "source": "human", "request_id": t.request_id}
+    assert {
+        k: row[k]
+        for k in (
+            "comparison_id",
+            "annotator_id",
+            "mode",
+            "ranking",
+            "choice",
+            "strength",
+            "margin",
+            "display_order",
+            "rationale",
+            "seconds_spent",
+            "source",
+            "request_id",
+        )
+    } == {
+        "comparison_id": c1,
+        "annotator_id": a,
+        "mode": "pairwise",
+        "ranking": json.dumps([[second], [first]]),
+        "choice": "B",
+        "strength": "much",
+        "margin": 1.0,
+        "display_order": json.dumps([first, second]),
+        "rationale": "clearer",
+        "seconds_spent": 4.5,
+        "source": "human",
+        "request_id": t.request_id,
+    }
     assert fresh_store.db["labels"].count == 1 and fresh_store.db["leases"].count == 0
     assert lease(fresh_store, a).comparison.id == c2
 
 
 def test_submit_refuses_without_the_lease_and_leaves_the_db_unchanged(fresh_store):
-    (c1, c2, _), (a, b) = setup(fresh_store)
+    (c1, _c2, _), (a, b) = setup(fresh_store)
     t = lease(fresh_store, a)
     with pytest.raises(StoreError, match="not assigned to you"):
         queue.submit(fresh_store, b, c1, t.request_id, choice="A")  # someone else's task
@@ -138,8 +183,11 @@ def test_submit_k_wise_ranking_with_a_tie(fresh_store):
     assert t.mode == "ranking"
     o = t.display_order
     lid = queue.submit(fresh_store, a, c1, t.request_id, positions=[[2], [0, 3], [1]])
-    assert json.loads(fresh_store.db["labels"].get(lid)["ranking"]) == [[o[2]], [o[0], o[3]],
-                                                                        [o[1]]]
+    assert json.loads(fresh_store.db["labels"].get(lid)["ranking"]) == [
+        [o[2]],
+        [o[0], o[3]],
+        [o[1]],
+    ]
     t2 = lease(fresh_store, a)
     assert t2 is None
     with pytest.raises(StoreError, match="A / B / tie"):
@@ -154,16 +202,17 @@ def test_submit_k_wise_ranking_with_a_tie(fresh_store):
 
 def test_skip_is_per_annotator_and_flag_holds_for_everyone(fresh_store):
     (c1, c2, c3), (a, b) = setup(fresh_store)
-    t = lease(fresh_store, a)
+    lease(fresh_store, a)
     with pytest.raises(StoreError, match="say why"):
         queue.skip(fresh_store, a, c1, "  ")
     queue.skip(fresh_store, a, c1, "too long to judge now")
     assert lease(fresh_store, a).comparison.id == c2  # a skipped c1...
     assert lease(fresh_store, b).comparison.id == c1  # ...b still gets it
     fid = queue.flag(fresh_store, a, c2, "unsafe", "asks for a weapon")
-    assert [(f["id"], f["comparison_id"], f["annotator"], f["kind"], f["note"])
-            for f in queue.open_flags(fresh_store)] == [(fid, c2, "ann", "unsafe",
-                                                        "asks for a weapon")]
+    assert [
+        (f["id"], f["comparison_id"], f["annotator"], f["kind"], f["note"])
+        for f in queue.open_flags(fresh_store)
+    ] == [(fid, c2, "ann", "unsafe", "asks for a weapon")]
     with pytest.raises(StoreError, match="a flag is one of"):
         queue.flag(fresh_store, a, c3, "boring")
     assert lease(fresh_store, a).comparison.id == c3
@@ -175,7 +224,7 @@ def test_skip_is_per_annotator_and_flag_holds_for_everyone(fresh_store):
 
 
 def test_undo_keeps_the_label_and_hands_the_task_back_to_edit(fresh_store):
-    (c1, c2, _), (a, _) = setup(fresh_store)
+    (c1, _c2, _), (a, _) = setup(fresh_store)
     t = lease(fresh_store, a)
     lid = queue.submit(fresh_store, a, c1, t.request_id, choice="A", seconds_spent=2.0)
     lease(fresh_store, a)  # moved on to c2
@@ -184,8 +233,11 @@ def test_undo_keeps_the_label_and_hands_the_task_back_to_edit(fresh_store):
     assert redo.display_order == t.display_order and redo.request_id != t.request_id
     assert fresh_store.db["labels"].count == 0
     (rev,) = list(fresh_store.db["label_revisions"].rows)
-    assert (rev["label_id"], rev["action"], json.loads(rev["label"])["choice"]) == (lid, "undo",
-                                                                                   "A")
+    assert (rev["label_id"], rev["action"], json.loads(rev["label"])["choice"]) == (
+        lid,
+        "undo",
+        "A",
+    )
     assert lease(fresh_store, a, now=11.0).comparison.id == c1  # the redo, not c2
     new = queue.submit(fresh_store, a, c1, redo.request_id, choice="tie")
     assert fresh_store.db["labels"].get(new)["choice"] == "tie"
@@ -202,8 +254,7 @@ def test_gold_is_mixed_in_and_kept_out_of_the_regular_queue(fresh_store):
     assert queue.progress(fresh_store, a).left == 2
     t = lease(fresh_store, a, gold_rate=1.0)
     assert (t.comparison.id, t.gold) == (c3, True)
-    queue.submit(fresh_store, a, c3, t.request_id,
-                 choice="A" if t.display_order[0] == r2 else "B")
+    queue.submit(fresh_store, a, c3, t.request_id, choice="A" if t.display_order[0] == r2 else "B")
     # Gold answered once: the next draw falls back to the regular queue.
     assert lease(fresh_store, a, gold_rate=1.0).comparison.id == c1
     assert lease(fresh_store, b, gold_rate=0.0).comparison.id == c2
@@ -235,7 +286,7 @@ def test_uncertainty_order_serves_the_smallest_score_gap_first(fresh_store):
 
 
 def test_random_order_and_display_order_follow_the_rng(fresh_store):
-    cids, (a, b) = setup(fresh_store, comparisons=6)
+    _cids, (a, _b) = setup(fresh_store, comparisons=6)
     seen_orders = set()
     picks = []
     for seed in range(8):
@@ -250,7 +301,7 @@ def test_random_order_and_display_order_follow_the_rng(fresh_store):
 
 
 def test_progress_counts_today_and_total(fresh_store):
-    (c1, c2, c3), (a, _) = setup(fresh_store)
+    (_c1, _c2, _c3), (a, _) = setup(fresh_store)
     for _ in range(2):
         t = lease(fresh_store, a)
         queue.submit(fresh_store, a, t.comparison.id, t.request_id, choice="A")
@@ -276,9 +327,15 @@ def test_threads_with_own_connections_label_each_comparison_exactly_n_times(tmp_
                     if queue.progress(s, aid, n=n).left == 0:
                         return
                     continue
-                acked.append((aid, queue.submit(s, aid, t.comparison.id, t.request_id,
-                                                choice=rng.choice("AB"))))
-        except Exception as e:  # surfaced below
+                acked.append(
+                    (
+                        aid,
+                        queue.submit(
+                            s, aid, t.comparison.id, t.request_id, choice=rng.choice("AB")
+                        ),
+                    )
+                )
+        except Exception as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
         finally:
             s.close()
@@ -288,11 +345,14 @@ def test_threads_with_own_connections_label_each_comparison_exactly_n_times(tmp_
     [t.join() for t in threads]
     assert errors == []
     store = Store.open(path)
-    rows = store.db.execute("select comparison_id, count(*), count(distinct annotator_id) "
-                            "from labels group by comparison_id").fetchall()
+    rows = store.db.execute(
+        "select comparison_id, count(*), count(distinct annotator_id) "
+        "from labels group by comparison_id"
+    ).fetchall()
     assert sorted(rows) == [(c, n, n) for c in cids]
-    assert sorted(lid for _, lid in acked) == [r[0] for r in store.db.execute(
-        "select id from labels order by id")]
+    assert sorted(lid for _, lid in acked) == [
+        r[0] for r in store.db.execute("select id from labels order by id")
+    ]
     store.close()
 
 
@@ -302,12 +362,17 @@ def legacy_comparison(store: Store, k: int) -> int:
     from rankloop.data.records import Prompt, Response
 
     (pid,) = store.add_prompts([Prompt.from_text(f"{k} responses")])
-    rids = store.add_responses([Response(pid, f"r{j}", source="old", sample_index=j)
-                                for j in range(k)])
-    cid = store.db["comparisons"].insert({"prompt_id": pid, "hash": f"legacy-{k}", "round": 0,
-                                          "created_at": "x"}).last_pk
+    rids = store.add_responses(
+        [Response(pid, f"r{j}", source="old", sample_index=j) for j in range(k)]
+    )
+    cid = (
+        store.db["comparisons"]
+        .insert({"prompt_id": pid, "hash": f"legacy-{k}", "round": 0, "created_at": "x"})
+        .last_pk
+    )
     store.db["comparison_responses"].insert_all(
-        {"comparison_id": cid, "response_id": r, "position": i} for i, r in enumerate(rids))
+        {"comparison_id": cid, "response_id": r, "position": i} for i, r in enumerate(rids)
+    )
     return cid
 
 
@@ -316,16 +381,25 @@ def test_comparisons_the_page_cannot_show_are_refused_and_never_leased(fresh_sto
 
     s = fresh_store
     assert MAX_RESPONSES == 9
-    with pytest.raises(StoreError, match="10 responses in one comparison; the labeling page "
-                                         "shows at most 9"):
+    with pytest.raises(
+        StoreError, match="10 responses in one comparison; the labeling page shows at most 9"
+    ):
         s.add_comparison_texts("too many", [f"r{j}" for j in range(10)])
     assert s.prompts() == []  # nothing of it was written
     nine = s.add_comparison_texts("nine", [f"r{j}" for j in range(9)])
     big12, big30 = legacy_comparison(s, 12), legacy_comparison(s, 30)
     (ann,) = [s.add_annotator("ann")[0].id]
     # The 30-response one even holds a live lease (from before the upgrade): not shown again.
-    s.db["leases"].insert({"comparison_id": big30, "annotator_id": ann, "display_order": "[]",
-                           "request_id": "old", "issued_at": 0.0, "expires_at": 1e12})
+    s.db["leases"].insert(
+        {
+            "comparison_id": big30,
+            "annotator_id": ann,
+            "display_order": "[]",
+            "request_id": "old",
+            "issued_at": 0.0,
+            "expires_at": 1e12,
+        }
+    )
     assert queue.progress(s, ann).left == 1
     t = lease(s, ann, now=1.0)
     assert (t.comparison.id, len(t.responses)) == (nine, 9)
@@ -348,7 +422,20 @@ def test_scores_are_written_in_short_transactions_with_the_same_gaps(fresh_store
     assert queue.record_scores(fresh_store, "rm", scores) == 12
     fresh_store.db.conn.set_trace_callback(None)
     assert statements.count("BEGIN IMMEDIATE") == 3  # 5 + 5 + 2
-    expected = {c: min(abs(scores[i] - scores[j]) for i in fresh_store.comparison(c).response_ids
-                       for j in fresh_store.comparison(c).response_ids if i < j) for c in cids}
-    assert dict(fresh_store.db.execute("select comparison_id, gap from comparison_gaps "
-                                       "where reward_model = 'rm'").fetchall()) == expected
+    expected = {
+        c: min(
+            abs(scores[i] - scores[j])
+            for i in fresh_store.comparison(c).response_ids
+            for j in fresh_store.comparison(c).response_ids
+            if i < j
+        )
+        for c in cids
+    }
+    assert (
+        dict(
+            fresh_store.db.execute(
+                "select comparison_id, gap from comparison_gaps where reward_model = 'rm'"
+            ).fetchall()
+        )
+        == expected
+    )

@@ -18,7 +18,11 @@ def labeled_store(store):
     bob = store.add_annotator("bob")[0].id
     rid = {c: store.comparison(c).response_ids for c in cids}
     ann_labels = [  # (display order, choice)
-        ((0, 1), "A"), ((1, 0), "B"), ((1, 0), "A"), ((0, 1), "tie")]
+        ((0, 1), "A"),
+        ((1, 0), "B"),
+        ((1, 0), "A"),
+        ((0, 1), "tie"),
+    ]
     bob_labels = [((0, 1), "A"), ((0, 1), "B"), ((0, 1), "B"), ((1, 0), "tie")]
     for aid, labels, secs in ((ann, ann_labels, [2, 4, 6, 8]), (bob, bob_labels, [1, 1, 1, 1])):
         for c, (order, choice), s in zip(cids, labels, secs):
@@ -38,9 +42,11 @@ def test_cohen_kappa_matches_the_hand_computation(fresh_store):
 
 def test_krippendorff_alpha_over_the_pair_outcomes(fresh_store):
     labeled_store(fresh_store)
-    expected = krippendorff.alpha(reliability_data=np.array([[1, 1, -1, 0], [1, -1, -1, 0]],
-                                                            dtype=float),
-                                  value_domain=[-1, 0, 1], level_of_measurement="ordinal")
+    expected = krippendorff.alpha(
+        reliability_data=np.array([[1, 1, -1, 0], [1, -1, -1, 0]], dtype=float),
+        value_domain=[-1, 0, 1],
+        level_of_measurement="ordinal",
+    )
     assert agreement.krippendorff_alpha(fresh_store) == pytest.approx(expected)
     assert 0 < expected < 1
 
@@ -51,14 +57,15 @@ def test_alpha_is_one_on_full_agreement_and_none_without_overlap(fresh_store):
     assert agreement.krippendorff_alpha(fresh_store) is None
     for aid in ids:
         for c, ch in zip(cids, "ABA"):
-            fresh_store.add_label(Label.pairwise(c, aid, fresh_store.comparison(c).response_ids,
-                                                 ch))
+            fresh_store.add_label(
+                Label.pairwise(c, aid, fresh_store.comparison(c).response_ids, ch)
+            )
     assert agreement.krippendorff_alpha(fresh_store) == pytest.approx(1.0)
     assert agreement.pairwise_kappa(fresh_store) == [("u", "v", 3, pytest.approx(1.0))]
 
 
 def test_annotator_stats(fresh_store):
-    cids, ann, bob = labeled_store(fresh_store)
+    cids, _ann, _bob = labeled_store(fresh_store)
     r1, r2 = fresh_store.comparison(cids[0]).response_ids
     queue.set_gold(fresh_store, cids[0], [[r1], [r2]])  # ann and bob both said r1
     queue.set_gold(fresh_store, cids[1], [[r1 + 2], [r2 + 2]])  # the lower id better: bob wrong

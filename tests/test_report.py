@@ -28,13 +28,27 @@ def test_collect_gathers_each_round(two_rounds):
     got = report.collect(store, n_boot=200)
     r0, r1, r2 = got.rounds
     # ann [+1, -1, +1, +1] and bob [+1, -1, +1, -1] on round 0's four same-round comparisons
-    alpha = krippendorff.alpha(reliability_data=np.array([[1, -1, 1, 1], [1, -1, 1, -1]], float),
-                               value_domain=[-1, 0, 1], level_of_measurement="ordinal")
+    alpha = krippendorff.alpha(
+        reliability_data=np.array([[1, -1, 1, 1], [1, -1, 1, -1]], float),
+        value_domain=[-1, 0, 1],
+        level_of_measurement="ordinal",
+    )
     assert r0 == report.RoundRow(
-        number=0, labels={"human": 8}, alpha={"human": pytest.approx(alpha), "simulated": None},
-        reward_accuracy=0.7, reward_baseline=0.6, reward_ece=0.05, reward_eval_pairs=20,
-        ppo_steps=3, ppo_kept_step=None, ppo_score_first=0.1, ppo_score_last=0.4, ppo_kl=1.5, ppo_length=40.0,
-        seconds=None)
+        number=0,
+        labels={"human": 8},
+        alpha={"human": pytest.approx(alpha), "simulated": None},
+        reward_accuracy=0.7,
+        reward_baseline=0.6,
+        reward_ece=0.05,
+        reward_eval_pairs=20,
+        ppo_steps=3,
+        ppo_kept_step=None,
+        ppo_score_first=0.1,
+        ppo_score_last=0.4,
+        ppo_kl=1.5,
+        ppo_length=40.0,
+        seconds=None,
+    )
     assert 0 < alpha < 1
     # the kept policy's KL (kl_final) before the last steps' (kl_last); early stopping kept step 1
     assert (r1.labels, r1.ppo_kl, r1.ppo_steps, r1.ppo_kept_step) == ({"human": 6}, 1.25, 2, 1)
@@ -43,26 +57,35 @@ def test_collect_gathers_each_round(two_rounds):
     assert r2.reward_accuracy is None and r2.ppo_score_first is None
     assert got.current_round == 2 and got.match_sources == {"human": 18, "simulated": 6}
     assert [(w.model, w.opponent, w.source, w.rate) for w in got.win_rates] == [
-        (1, 0, "all", 0.75), (1, 0, "human", 0.75),
-        (2, 1, "all", pytest.approx(5 / 6)), (2, 1, "human", pytest.approx(5 / 6)),
-        (2, 0, "all", pytest.approx(11.5 / 12)), (2, 0, "human", pytest.approx(5.5 / 6)),
-        (2, 0, "simulated", 1.0)]
+        (1, 0, "all", 0.75),
+        (1, 0, "human", 0.75),
+        (2, 1, "all", pytest.approx(5 / 6)),
+        (2, 1, "human", pytest.approx(5 / 6)),
+        (2, 0, "all", pytest.approx(11.5 / 12)),
+        (2, 0, "human", pytest.approx(5.5 / 6)),
+        (2, 0, "simulated", 1.0),
+    ]
     assert [r.model for r in got.leaderboard.ratings] == [2, 1, 0]
     assert [(c.round, c.metric, c.values) for c in got.curves] == [
-        (0, "objective/kl", (0.0, 0.8, 1.5)), (0, "objective/response_length", (50, 45, 40)),
-        (0, "objective/scores", (0.1, 0.2, 0.4)), (1, "objective/kl", (0.0, 2.0)),
-        (1, "objective/response_length", (38, 35)), (1, "objective/scores", (0.3, 0.9))]
+        (0, "objective/kl", (0.0, 0.8, 1.5)),
+        (0, "objective/response_length", (50, 45, 40)),
+        (0, "objective/scores", (0.1, 0.2, 0.4)),
+        (1, "objective/kl", (0.0, 2.0)),
+        (1, "objective/response_length", (38, 35)),
+        (1, "objective/scores", (0.3, 0.9)),
+    ]
     # examples: the newest round against the one before, newest comparisons first
     assert [(e.prompt.id, e.newer, e.older, e.wins, e.ties, e.losses) for e in got.examples] == [
-        (ids["prompts"][5], 2, 1, 0, 0, 1), (ids["prompts"][4], 2, 1, 1, 0, 0),
-        (ids["prompts"][3], 2, 1, 1, 0, 0)]
+        (ids["prompts"][5], 2, 1, 0, 0, 1),
+        (ids["prompts"][4], 2, 1, 1, 0, 0),
+        (ids["prompts"][3], 2, 1, 1, 0, 0),
+    ]
 
 
 def test_collect_counts_only_the_sources_asked_for(two_rounds):
     store, _ = two_rounds
     got = report.collect(store, sources=["simulated"], n_boot=100)
-    assert [(w.model, w.opponent, w.source, w.rate) for w in got.win_rates] == \
-        [(2, 0, "all", 1.0)]
+    assert [(w.model, w.opponent, w.source, w.rate) for w in got.win_rates] == [(2, 0, "all", 1.0)]
     assert [r.model for r in got.leaderboard.ratings] == [2, 0]
     assert got.match_sources == {"simulated": 6} and got.sources == ("simulated",)
     assert "labels from simulated" in report.render_body(got)
@@ -92,8 +115,11 @@ def test_the_page_shows_the_numbers_and_escapes_model_text(two_rounds):
     assert "|1|6 / 0|–|–|0.800|0.650|0.040|2 (kept 1)|0.300 → 0.900|1.25|35.0|" in text
     assert page.count("<svg") == 5  # win-rates, Elo, and 3 PPO curves
     # model text (prompt 5 and round 2's answer to it are hostile) only ever as text
-    assert "<script" not in page and "<img" not in page and "onerror=" not in page.replace(
-        "onerror=&quot;", "")
+    assert (
+        "<script" not in page
+        and "<img" not in page
+        and "onerror=" not in page.replace("onerror=&quot;", "")
+    )
     assert page.count(html.escape(HOSTILE)) == 2  # the prompt, and round 2's answer
     # one file: nothing fetched (the only URL is the SVG namespace)
     assert set(re.findall(r"https?://[^\"' )]+", page)) == {"http://www.w3.org/2000/svg"}

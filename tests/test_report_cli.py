@@ -29,28 +29,62 @@ def two_rounds(project):
 
 
 def test_leaderboard_json(two_rounds):
-    out = json.loads(run("leaderboard", "--json", "--bootstrap", 200, "--project",
-                         two_rounds).output)
-    assert (out["matches"], out["prompts"], out["anchor"], out["anchor_elo"], out["sources"]) == \
-        (24, 6, 0, 1000.0, None)
+    out = json.loads(
+        run("leaderboard", "--json", "--bootstrap", 200, "--project", two_rounds).output
+    )
+    assert (out["matches"], out["prompts"], out["anchor"], out["anchor_elo"], out["sources"]) == (
+        24,
+        6,
+        0,
+        1000.0,
+        None,
+    )
     board = out["leaderboard"]
     assert [(r["rank"], r["round"], r["policy"], r["matches"]) for r in board] == [
-        (1, 2, "round 2", 18), (2, 1, "round 1", 12), (3, 0, "round 0 (base)", 18)]
+        (1, 2, "round 2", 18),
+        (2, 1, "round 1", 12),
+        (3, 0, "round 0 (base)", 18),
+    ]
     assert board[2]["elo"] == board[2]["low"] == board[2]["high"] == 1000.0
     assert board[0]["low"] < board[0]["elo"] < board[0]["high"]
     assert board[0]["score"] == pytest.approx(16.5 / 18)  # 5 + 5.5 + 6 of 18
     first = out["win_rates"][0]
-    assert {k: first[k] for k in ("model", "opponent", "source", "rate", "n", "prompts", "wins",
-                                  "ties", "losses", "policy", "opponent_policy")} == {
-        "model": 1, "opponent": 0, "source": "all", "rate": 0.75, "n": 6, "prompts": 6,
-        "wins": 4, "ties": 1, "losses": 1, "policy": "round 1",
-        "opponent_policy": "round 0 (base)"}
+    assert {
+        k: first[k]
+        for k in (
+            "model",
+            "opponent",
+            "source",
+            "rate",
+            "n",
+            "prompts",
+            "wins",
+            "ties",
+            "losses",
+            "policy",
+            "opponent_policy",
+        )
+    } == {
+        "model": 1,
+        "opponent": 0,
+        "source": "all",
+        "rate": 0.75,
+        "n": 6,
+        "prompts": 6,
+        "wins": 4,
+        "ties": 1,
+        "losses": 1,
+        "policy": "round 1",
+        "opponent_policy": "round 0 (base)",
+    }
     # the same seed gives the same intervals; the sources filter reaches the fit
-    again = json.loads(run("leaderboard", "--json", "--bootstrap", 200, "--project",
-                           two_rounds).output)
+    again = json.loads(
+        run("leaderboard", "--json", "--bootstrap", 200, "--project", two_rounds).output
+    )
     assert again == out
-    sim = json.loads(run("leaderboard", "--json", "--source", "simulated", "--project",
-                         two_rounds).output)
+    sim = json.loads(
+        run("leaderboard", "--json", "--source", "simulated", "--project", two_rounds).output
+    )
     assert sim["sources"] == ["simulated"] and sim["matches"] == 6
     assert [r["round"] for r in sim["leaderboard"]] == [2, 0]
     assert not any(isinstance(v, float) and math.isnan(v) for r in board for v in r.values())
@@ -60,9 +94,12 @@ def test_leaderboard_tables(two_rounds):
     out = run("leaderboard", "--bootstrap", 100, "--project", two_rounds).output
     assert "24 matches on 6 prompts, all label sources" in out
     assert re.search(r"│\s+3 │ round 0 \(base\)\s+│\s+1000 │\s+1000–1000 │\s+18 │\s+11% │", out)
-    assert re.search(r"│ round 2\s+│ base\s+│ simulated │\s+100% │\s+100–100% │\s+6 │\s+6 │\s+6/0/0 │",
-                     out)
-    assert re.search(r"│ round 1\s+│ base\s+│ all\s+│\s+75% │\s+\d+–100% │\s+6 │\s+6 │\s+4/1/1 │", out)
+    assert re.search(
+        r"│ round 2\s+│ base\s+│ simulated │\s+100% │\s+100–100% │\s+6 │\s+6 │\s+6/0/0 │", out
+    )
+    assert re.search(
+        r"│ round 1\s+│ base\s+│ all\s+│\s+75% │\s+\d+–100% │\s+6 │\s+6 │\s+4/1/1 │", out
+    )
 
 
 def test_leaderboard_without_cross_round_labels_says_what_to_do(project):
@@ -93,16 +130,34 @@ def test_report_writes_one_page(two_rounds, tmp_path):
 
 def test_rankloop_ppo_records_its_curve_for_the_report(tmp_path, tiny_lm_dir, monkeypatch):
     (tmp_path / "curve_rewards.py").write_text(
-        "def brevity(prompts, responses):\n    return [-len(r) / 10.0 for r in responses]\n")
+        "def brevity(prompts, responses):\n    return [-len(r) / 10.0 for r in responses]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "prompts.jsonl").write_text("".join(
-        json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(8)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(8))
+    )
     root = tmp_path / "proj"
     run("init", root, "--policy", tiny_lm_dir, "--reward-model", tiny_lm_dir)
     run("import", tmp_path / "prompts.jsonl", "--project", root)
-    run("ppo", "--round", "0", "--steps", "2", "--reward-fn", "curve_rewards:brevity",
-        "--batch-size", "4", "--mini-batch-size", "2", "--ppo-epochs", "1",
-        "--max-new-tokens", "6", "--project", root)
+    run(
+        "ppo",
+        "--round",
+        "0",
+        "--steps",
+        "2",
+        "--reward-fn",
+        "curve_rewards:brevity",
+        "--batch-size",
+        "4",
+        "--mini-batch-size",
+        "2",
+        "--ppo-epochs",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--project",
+        root,
+    )
     history = json.loads((root / "rounds/0/policy/ppo_history.json").read_text())
     p = Project.find(root)
     got = {c.metric: c for c in curves.curves(p.store, metrics=list(curves.PPO_CURVES))}

@@ -22,9 +22,17 @@ def test_migration_0020_adds_the_curve_table_to_an_older_project(tmp_path):
 
 
 def test_record_curve_keeps_numbers_per_step_and_a_rerun_replaces_it(fresh_store):
-    history = [{"step": 1, "objective/scores": 0.5, "objective/kl": 0.0, "note": "text",
-                "flag": True, "bad": math.nan},
-               {"step": 2, "objective/scores": 0.75, "objective/kl": 0.25, "bad": 1.0}]
+    history = [
+        {
+            "step": 1,
+            "objective/scores": 0.5,
+            "objective/kl": 0.0,
+            "note": "text",
+            "flag": True,
+            "bad": math.nan,
+        },
+        {"step": 2, "objective/scores": 0.75, "objective/kl": 0.25, "bad": 1.0},
+    ]
     assert curves.record_curve(fresh_store, 0, "ppo", history) == 2
     curves.record_curve(fresh_store, 1, "ppo", [{"objective/scores": 2.0}])  # no step: 1
     got = curves.curves(fresh_store)
@@ -34,12 +42,15 @@ def test_record_curve_keeps_numbers_per_step_and_a_rerun_replaces_it(fresh_store
         curves.Curve(0, "ppo", "objective/scores", (1, 2), (0.5, 0.75)),
         curves.Curve(1, "ppo", "objective/scores", (1,), (2.0,)),
     ]
-    assert [c.metric for c in curves.curves(fresh_store, metrics=["objective/kl"])] == \
-        ["objective/kl"]
+    assert [c.metric for c in curves.curves(fresh_store, metrics=["objective/kl"])] == [
+        "objective/kl"
+    ]
     # a resumed or repeated run of the stage replaces the round's curve, nothing doubled
     curves.record_curve(fresh_store, 0, "ppo", [{"step": 1, "objective/scores": 0.1}])
     assert [(c.round, c.metric, c.values) for c in curves.curves(fresh_store)] == [
-        (0, "objective/scores", (0.1,)), (1, "objective/scores", (2.0,))]
+        (0, "objective/scores", (0.1,)),
+        (1, "objective/scores", (2.0,)),
+    ]
     assert curves.curves(fresh_store, stage="reward") == []
 
 

@@ -35,17 +35,32 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
 
     simulate_labels(project.store, 24, seed=5)
     open_cid = project.store.add_comparison_texts("an open question", ["good sea", "lazy sea"])
-    out = run("train-reward", "--project", root, "--full", "--lr", "1e-3", "--eval-fraction",
-              "0.25", "--batch-size", "4")
+    out = run(
+        "train-reward",
+        "--project",
+        root,
+        "--full",
+        "--lr",
+        "1e-3",
+        "--eval-fraction",
+        "0.25",
+        "--batch-size",
+        "4",
+    )
     assert out.exit_code == 0, out.output
     # the open comparison's responses were scored by the new model for the uncertainty order
     rids = project.store.comparison(open_cid).response_ids
-    stored = dict(project.store.db.execute(
-        "select response_id, score from response_scores where reward_model = 'rounds/0/reward'"
-    ).fetchall())
+    stored = dict(
+        project.store.db.execute(
+            "select response_id, score from response_scores where reward_model = 'rounds/0/reward'"
+        ).fetchall()
+    )
     assert sorted(stored) == sorted(rids)
-    fresh = RewardScorer.from_pretrained(root / "rounds/0/reward").score(
-        ["an open question"] * 2, ["good sea", "lazy sea"]).tolist()
+    fresh = (
+        RewardScorer.from_pretrained(root / "rounds/0/reward")
+        .score(["an open question"] * 2, ["good sea", "lazy sea"])
+        .tolist()
+    )
     assert [stored[r] for r in rids] == pytest.approx(fresh, abs=1e-4)
     assert "Scored 2 responses of the open comparisons" in out.output
     assert "Round 0: reward model saved to" in out.output
@@ -53,9 +68,16 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
     r0 = project.store.round(0)
     assert r0.reward_model == "rounds/0/reward"
     assert (root / "rounds/0/reward/reward_stats.json").exists()
-    for name in ("reward/accuracy", "reward/accuracy_tie_aware", "reward/margin", "reward/ece",
-                 "reward/disagreement", "reward/accuracy/simulator", "reward/mean",
-                 "reward/std"):
+    for name in (
+        "reward/accuracy",
+        "reward/accuracy_tie_aware",
+        "reward/margin",
+        "reward/ece",
+        "reward/disagreement",
+        "reward/accuracy/simulator",
+        "reward/mean",
+        "reward/std",
+    ):
         assert name in r0.metrics
     assert r0.metrics["reward/eval_pairs"] == 6.0
     assert r0.metrics["reward/disagreement"] is None  # one annotator: undefined, stored as null
@@ -67,16 +89,21 @@ def test_train_reward_records_the_round_and_score_uses_it(project, tmp_path):
     assert project.store.round(1).reward_model == "rounds/1/reward"
     assert reward_model_of(Project.find(root)) == root / "rounds/1/reward"
 
-    rows = [{"prompt": "say something good", "response": "good fox", "id": 1},
-            {"prompt": [{"role": "user", "content": "hi"}], "response": "lazy dog", "id": 2}]
+    rows = [
+        {"prompt": "say something good", "response": "good fox", "id": 1},
+        {"prompt": [{"role": "user", "content": "hi"}], "response": "lazy dog", "id": 2},
+    ]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = run("score", src, "--output", tmp_path / "out.jsonl", "--round", 0, "--project", root)
     assert out.exit_code == 0, out.output
     scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [{k: v for k, v in r.items() if k != "score"} for r in scored] == rows
-    expect = RewardScorer.from_pretrained(root / "rounds/0/reward").score(
-        [r["prompt"] for r in rows], [r["response"] for r in rows]).tolist()
+    expect = (
+        RewardScorer.from_pretrained(root / "rounds/0/reward")
+        .score([r["prompt"] for r in rows], [r["response"] for r in rows])
+        .tolist()
+    )
     assert [r["score"] for r in scored] == pytest.approx(expect, abs=1e-5)
 
 
@@ -90,19 +117,27 @@ def test_score_rejects_bad_rows_and_missing_models(project, tmp_path):
     assert read_score_rows(odd) == [{"prompt": "p\x85q", "response": "r\u2028s"}]
     bad.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n')
     out = run("score", bad, "--output", tmp_path / "o.jsonl", "--project", project.root)
-    assert out.exit_code == 1 and "bad.jsonl: line 2: each row needs `prompt` and `response`" \
-        in out.output
-    bad.write_text('{"prompt": [{"role": "user", "content": "p"}, {"role": "assistant", '
-                   '"content": "a"}], "response": "r"}\n')
+    assert (
+        out.exit_code == 1
+        and "bad.jsonl: line 2: each row needs `prompt` and `response`" in out.output
+    )
+    bad.write_text(
+        '{"prompt": [{"role": "user", "content": "p"}, {"role": "assistant", '
+        '"content": "a"}], "response": "r"}\n'
+    )
     out = run("score", bad, "--output", tmp_path / "o.jsonl", "--project", project.root)
-    assert out.exit_code == 1 and "bad.jsonl: line 1: the conversation in 'prompt' must end " \
-        "with a user turn" in out.output
+    assert (
+        out.exit_code == 1
+        and "bad.jsonl: line 1: the conversation in 'prompt' must end with a user turn"
+        in out.output
+    )
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "p", "response": "r"}\n')
     out = run("score", good, "--output", tmp_path / "o.jsonl", "--project", project.root)
     assert out.exit_code == 1 and "no round has a reward model yet" in out.output
-    out = run("score", good, "--output", tmp_path / "o.jsonl", "--round", 3,
-              "--project", project.root)
+    out = run(
+        "score", good, "--output", tmp_path / "o.jsonl", "--round", 3, "--project", project.root
+    )
     assert out.exit_code == 1 and "round 3 has no reward model" in out.output
     assert not (tmp_path / "o.jsonl").exists()
 
@@ -117,8 +152,9 @@ def test_bad_option_names_the_setting(project):
         RewardConfig(pad_to_multiple_of=0).validate()
     with pytest.raises(ConfigError, match=r"\[reward\] compile must be 'auto', 'yes' or 'no'"):
         from_table(RewardConfig, {"compile": "sometimes"}, "reward")
-    assert [from_table(RewardConfig, {"compile": v}, "reward").compile
-            for v in (True, False, "no")] == ["yes", "no", "no"]
+    assert [
+        from_table(RewardConfig, {"compile": v}, "reward").compile for v in (True, False, "no")
+    ] == ["yes", "no", "no"]
 
 
 def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project):
@@ -130,14 +166,15 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
     from rankloop.data.records import Label
 
     store = project.store
-    sure = store.add_comparison_texts("Q1", ["great", "awful"])      # gap 5.0
-    unsure = store.add_comparison_texts("Q2", ["fine", "okay"])      # gap 0.1
-    middle = store.add_comparison_texts("Q3", ["good", "meh"])       # gap 1.0
+    sure = store.add_comparison_texts("Q1", ["great", "awful"])  # gap 5.0
+    unsure = store.add_comparison_texts("Q2", ["fine", "okay"])  # gap 0.1
+    middle = store.add_comparison_texts("Q3", ["good", "meh"])  # gap 1.0
     fake = {"great": 3.0, "awful": -2.0, "fine": 0.6, "okay": 0.5, "good": 1.0, "meh": 0.0}
 
     class FakeScorer:
         def score(self, prompts, responses):
             import torch
+
             return torch.tensor([fake[r] for r in responses])
 
     reward_dir = project.round_dir(0, "reward")
@@ -147,14 +184,15 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
     for _ in range(3):
         task = next_task(store, ann.id, order="uncertainty", now=0.0, rng=random.Random(0))
         order.append(task.comparison.id)
-        store.add_label(Label.pairwise(task.comparison.id, ann.id,
-                                       task.comparison.response_ids, "A"))
+        store.add_label(
+            Label.pairwise(task.comparison.id, ann.id, task.comparison.response_ids, "A")
+        )
         store.db.execute("delete from leases")
     assert order[0] == unsure and order[1] == middle and order[2] == sure
 
 
 def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
-    import rankloop.app.rounds as rounds
+    from rankloop.app import rounds
 
     seen = []
 
@@ -175,8 +213,9 @@ def test_heldout_summary_warns_when_the_probe_baseline_is_not_beaten():
     from rankloop.app.commands.reward import heldout_summary
 
     m = {"reward/accuracy": 0.75, "reward/eval_pairs": 40.0, "reward/probe_accuracy": 0.7}
-    assert heldout_summary(m) == ("held-out accuracy 0.750 (40 pairs); frozen-feature probe "
-                                  "baseline 0.700")
+    assert heldout_summary(m) == (
+        "held-out accuracy 0.750 (40 pairs); frozen-feature probe baseline 0.700"
+    )
     low = heldout_summary({**m, "reward/probe_accuracy": 0.75})
     assert low.splitlines()[1].startswith("  warning: the reward model does not beat a linear")
     assert heldout_summary({"reward/accuracy": float("nan")}).startswith("no held-out split")

@@ -15,16 +15,31 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.mark.slow
 def test_two_processes_follow_one_process_with_twice_the_batch(tiny_lm_dir, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(HERE))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(HERE)
+    )
     worker = str(HERE / "reward_ddp_worker.py")
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     config = HERE.parent / "docs" / "accelerate" / "cpu-ddp.yaml"
     two, one = tmp_path / "two", tmp_path / "one"
-    subprocess.run([accelerate, "launch", "--config_file", str(config), worker,
-                    str(tiny_lm_dir), str(two), "1"], check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, worker, str(tiny_lm_dir), str(one), "2"], check=True,
-                   env=env, timeout=600)
+    subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(config),
+            worker,
+            str(tiny_lm_dir),
+            str(two),
+            "1",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    subprocess.run(
+        [sys.executable, worker, str(tiny_lm_dir), str(one), "2"], check=True, env=env, timeout=600
+    )
     r0, r1 = (json.loads((two / f"rank-{r}.json").read_text()) for r in (0, 1))
     single = json.loads((one / "rank-0.json").read_text())
     assert (r0["world"], single["world"]) == (2, 1)

@@ -49,6 +49,7 @@ def sigmoid(x):
 # Bradley-Terry
 # ------------------------------------------------------------------------------------------
 
+
 def test_bt_hand_value():
     # r_c = 1, r_r = 0, m = 0: -log sigma(1) = log(1 + e^-1) = 0.3132616875...
     loss, stats = bradley_terry_loss(t(1.0), t(0.0))
@@ -119,20 +120,27 @@ def test_bt_is_stable_and_rejects_bad_weights():
 # Rao-Kupper
 # ------------------------------------------------------------------------------------------
 
+
 def test_rk_hand_value():
     # eps = exp(0) = 1. Win row x = 2: -log sigma(2 - 1) = sp(-1) = 0.313261688
     # Tie row x = 0: P(tie) = sigma(1) - sigma(-1) = tanh(1/2) = 0.462117157 -> 0.771936833
     # mean = 0.542599260
-    loss, stats = rao_kupper_loss(t(2.0, 0.5), t(0.0, 0.5), tie=torch.tensor([False, True]),
-                                  log_eps=t(0.0))
+    loss, stats = rao_kupper_loss(
+        t(2.0, 0.5), t(0.0, 0.5), tie=torch.tensor([False, True]), log_eps=t(0.0)
+    )
     assert close(loss, 0.5425992602117639)
     assert close(stats["reward/epsilon"], 1.0)
-    assert close(stats["reward/accuracy"], 1.0)      # the one non-tie row, 2 > 0
+    assert close(stats["reward/accuracy"], 1.0)  # the one non-tie row, 2 > 0
     assert close(stats["reward/margin"], 2.0)
     assert close(stats["reward/tie_prob_on_ties"], math.tanh(0.5))
     # weights: only the tie row counts
-    loss, _ = rao_kupper_loss(t(2.0, 0.5), t(0.0, 0.5), tie=torch.tensor([False, True]),
-                              log_eps=t(0.0), weight=t(0.0, 1.0))
+    loss, _ = rao_kupper_loss(
+        t(2.0, 0.5),
+        t(0.0, 0.5),
+        tie=torch.tensor([False, True]),
+        log_eps=t(0.0),
+        weight=t(0.0, 1.0),
+    )
     assert close(loss, 0.7719368329053048)
 
 
@@ -145,7 +153,7 @@ def test_rk_probabilities_sum_to_one_and_match_definition():
         total = la.exp() + lb.exp() + lt.exp()
         assert torch.allclose(total, torch.ones_like(total), atol=1e-12)
         eps, x = math.exp(log_eps), r_a - r_b
-        naive_tie = 1 - torch.sigmoid(x - eps) - torch.sigmoid(-x - eps)   # fine in float64 here
+        naive_tie = 1 - torch.sigmoid(x - eps) - torch.sigmoid(-x - eps)  # fine in float64 here
         assert torch.allclose(lt.exp(), naive_tie, atol=1e-12)
         assert torch.allclose(la.exp(), torch.sigmoid(x - eps), atol=1e-12)
 
@@ -158,7 +166,7 @@ def test_rk_eps_zero_is_bradley_terry():
     assert close(rk, bt, 1e-12)
     la, _, lt = rao_kupper_log_probs(r_a, r_b, -30.0)  # eps = 9e-14
     assert torch.allclose(la, torch.nn.functional.logsigmoid(r_a - r_b), atol=1e-12)
-    assert (lt < -28).all()                           # P(tie) ~ eps / (1 + cosh x) -> 0
+    assert (lt < -28).all()  # P(tie) ~ eps / (1 + cosh x) -> 0
 
 
 def test_rk_tie_probability_stable_for_large_gap():
@@ -198,6 +206,7 @@ def test_rk_learnable_log_eps_gradient_and_tiny_eps():
 # ------------------------------------------------------------------------------------------
 # Davidson
 # ------------------------------------------------------------------------------------------
+
 
 def test_davidson_hand_value():
     # nu = 1. Win row r_a = 2, r_b = 0: e^2 / (e^2 + 1 + e^1) = e / (e + e^-1 + 1) = 0.665241
@@ -241,6 +250,7 @@ def test_davidson_small_nu_is_bradley_terry():
 # Plackett-Luce
 # ------------------------------------------------------------------------------------------
 
+
 def test_pl_k2_strict_is_bradley_terry():
     g = torch.Generator().manual_seed(2)
     r = torch.randn(16, 2, generator=g, dtype=D)
@@ -251,8 +261,9 @@ def test_pl_k2_strict_is_bradley_terry():
     assert close(pl_stats["reward/accuracy"], bt_stats["reward/accuracy"])
     assert close(pl_stats["reward/margin"], bt_stats["reward/margin"], 1e-12)
     # and the hand value for a single pair (1, 0): sp(-1) = 0.313261688
-    assert close(plackett_luce_loss(t(1.0, 0.0)[None], torch.tensor([[0, 1]]))[0],
-                 0.31326168751822286)
+    assert close(
+        plackett_luce_loss(t(1.0, 0.0)[None], torch.tensor([[0, 1]]))[0], 0.31326168751822286
+    )
 
 
 def test_pl_k3_hand_value():
@@ -273,10 +284,10 @@ def test_pl_k3_hand_value():
 
 
 def test_pl_padding_is_ignored_and_gets_no_gradient():
-    r = torch.tensor([[2.0, 1.0, -1.0, float("nan")],
-                      [1.0, 0.0, 1e4, 5.0]], dtype=D, requires_grad=True)
-    tiers = torch.tensor([[0, 1, 2, -1],
-                          [0, 1, -1, -1]])
+    r = torch.tensor(
+        [[2.0, 1.0, -1.0, float("nan")], [1.0, 0.0, 1e4, 5.0]], dtype=D, requires_grad=True
+    )
+    tiers = torch.tensor([[0, 1, 2, -1], [0, 1, -1, -1]])
     loss, stats = plackett_luce_loss(r, tiers)
     # mean of the K=3 hand value and sp(-1) for the K=2 row
     assert close(loss, (0.23797011390557954 + 0.31326168751822286) / 2)
@@ -287,13 +298,13 @@ def test_pl_padding_is_ignored_and_gets_no_gradient():
 
 
 def test_pl_ties_breslow_hand_values():
-    lse_all = math.log(math.exp(2) + math.exp(1) + math.exp(-1))   # 2.349012217
+    lse_all = math.log(math.exp(2) + math.exp(1) + math.exp(-1))  # 2.349012217
     # a ~ b > c, rewards (2, 1, -1): a and b both get the denominator of {a, b, c}:
     #   log P = (2 - 2.349012217) + (1 - 2.349012217) + (-1 - (-1)) = -1.698024433 -> / 2
     loss, stats = plackett_luce_loss(t(2.0, 1.0, -1.0)[None], torch.tensor([[0, 0, 1]]))
     assert close(loss, -((2 - lse_all) + (1 - lse_all)) / 2)
     assert close(loss, 0.8490122167681866)
-    assert close(stats["reward/accuracy"], 1.0)     # pairs (a, c), (b, c) only
+    assert close(stats["reward/accuracy"], 1.0)  # pairs (a, c), (b, c) only
     # a > b ~ c: b and c both get the denominator of {b, c}:
     #   log P = (2 - 2.349012217) + (1 - 1.126928011) + (-1 - 1.126928011) -> 1.301434119
     loss, _ = plackett_luce_loss(t(2.0, 1.0, -1.0)[None], torch.tensor([[0, 1, 1]]))
@@ -301,7 +312,7 @@ def test_pl_ties_breslow_hand_values():
     # a 2-item tie: log sigma(x) + log sigma(-x); at x = 1: -(log sigma(1) + log sigma(-1))
     loss, stats = plackett_luce_loss(t(1.0, 0.0)[None], torch.tensor([[0, 0]]))
     assert close(loss, 0.31326168751822286 + 1.3132616875182228)
-    assert math.isnan(stats["reward/accuracy"])     # no strictly ordered pair
+    assert math.isnan(stats["reward/accuracy"])  # no strictly ordered pair
 
 
 def test_pl_weights_and_gradients():
@@ -321,14 +332,15 @@ def test_pl_weights_and_gradients():
 
 def test_pl_rejects_bad_input():
     with pytest.raises(ValueError):
-        plackett_luce_loss(t(1.0, 0.0)[None], torch.tensor([[0, -1]]))   # one real item
+        plackett_luce_loss(t(1.0, 0.0)[None], torch.tensor([[0, -1]]))  # one real item
     with pytest.raises(ValueError):
-        plackett_luce_loss(t(1.0, 0.0), torch.tensor([0, 1]))             # not (N, K)
+        plackett_luce_loss(t(1.0, 0.0), torch.tensor([0, 1]))  # not (N, K)
 
 
 # ------------------------------------------------------------------------------------------
 # centering
 # ------------------------------------------------------------------------------------------
+
 
 def test_centering_hand_value():
     # sums r_c + r_r = (1.5, 3): squares (2.25, 9), mean 5.625, * 0.1 = 0.5625
@@ -347,13 +359,15 @@ def test_centering_hand_value():
 # metrics
 # ------------------------------------------------------------------------------------------
 
+
 def test_pairwise_accuracy_excludes_ties():
     r_c, r_r = [1.0, 0.0, 2.0, 3.0], [0.0, 1.0, 5.0, 3.0]
     tie = [False, False, True, False]
     # non-tie rows: 1 > 0 yes, 0 > 1 no, 3 > 3 no (strict) -> 1/3; the tie row (2 < 5) is out
     assert close(pairwise_accuracy(r_c, r_r, tie), 1 / 3, 1e-12)
-    assert close(pairwise_accuracy(torch.tensor(r_c), torch.tensor(r_r), torch.tensor(tie)),
-                 1 / 3, 1e-12)
+    assert close(
+        pairwise_accuracy(torch.tensor(r_c), torch.tensor(r_r), torch.tensor(tie)), 1 / 3, 1e-12
+    )
     assert close(pairwise_accuracy(r_c, r_r, None), 1 / 4, 1e-12)
     assert math.isnan(pairwise_accuracy([1.0], [0.0], [True]))
     # mean margin over non-tie rows: (1 - 1 + 0) / 3 = 0
@@ -386,8 +400,11 @@ def test_ece_calibrated_and_miscalibrated():
     # overconfident: p = 0.9 five times, one success: |0.2 - 0.9| = 0.7
     assert close(expected_calibration_error([0.9] * 5, [1, 0, 0, 0, 0]), 0.7, 1e-12)
     # two bins of weight 1/2: |0.5 - 0.95| / 2 + |1 - 0.15| / 2 = 0.225 + 0.425 = 0.65
-    assert close(expected_calibration_error(torch.tensor([0.95, 0.95, 0.15, 0.15]),
-                                            np.array([0, 1, 1, 1])), 0.65, 1e-7)
+    assert close(
+        expected_calibration_error(torch.tensor([0.95, 0.95, 0.15, 0.15]), np.array([0, 1, 1, 1])),
+        0.65,
+        1e-7,
+    )
     # bins are right-closed as in Guo et al.: with 2 bins, 0.5 goes to (0, 0.5], 1.0 to (0.5, 1]
     #   |1 - 0.5| / 2 + |0 - 1| / 2 = 0.75  (one bin [0.5, 1] would give |0.5 - 0.75| = 0.25)
     assert close(expected_calibration_error([0.5, 1.0], [1, 0], n_bins=2), 0.75, 1e-12)

@@ -28,7 +28,7 @@ def _pairwise(store, prompt, a, b, who, choice, **kw):
 
 
 def test_pairwise_choice_strength_and_numeric_margin(fresh_store):
-    ann, = _annotators(fresh_store, "ann")
+    (ann,) = _annotators(fresh_store, "ann")
     _pairwise(fresh_store, "p1", "x", "y", ann, "B", strength="much")
     _pairwise(fresh_store, "p2", "u", "v", ann, "A", strength="slightly")
     _pairwise(fresh_store, "p3", "s", "t", ann, "A", margin=2.5)
@@ -46,7 +46,7 @@ def test_pairwise_choice_strength_and_numeric_margin(fresh_store):
 
 
 def test_kwise_ranking_keeps_all_pairs_in_one_example_with_ties(fresh_store):
-    ann, = _annotators(fresh_store, "ann")
+    (ann,) = _annotators(fresh_store, "ann")
     cid = fresh_store.add_comparison_texts("p", ["r0", "r1", "r2", "r3"])
     r0, r1, r2, r3 = fresh_store.comparison(cid).response_ids
     # r2 best; r0 and r3 tied; r1 worst
@@ -56,18 +56,18 @@ def test_kwise_ranking_keeps_all_pairs_in_one_example_with_ties(fresh_store):
     w = 1 / 6
     assert ex.tiers == (1, 2, 0, 1)
     assert ex.pairs == (
-        Pair(0, 1, False, 0.0, w),   # r0 > r1
-        Pair(2, 0, False, 0.0, w),   # r2 > r0
-        Pair(0, 3, True, 0.0, w),    # r0 = r3
-        Pair(2, 1, False, 0.0, w),   # r2 > r1
-        Pair(3, 1, False, 0.0, w),   # r3 > r1
-        Pair(2, 3, False, 0.0, w),   # r2 > r3
+        Pair(0, 1, False, 0.0, w),  # r0 > r1
+        Pair(2, 0, False, 0.0, w),  # r2 > r0
+        Pair(0, 3, True, 0.0, w),  # r0 = r3
+        Pair(2, 1, False, 0.0, w),  # r2 > r1
+        Pair(3, 1, False, 0.0, w),  # r3 > r1
+        Pair(2, 3, False, 0.0, w),  # r2 > r3
     )
     assert (data.pairs, data.ties) == (6, 1)
 
 
 def test_both_bad_dropped_or_kept_as_tie(fresh_store):
-    ann, = _annotators(fresh_store, "ann")
+    (ann,) = _annotators(fresh_store, "ann")
     _pairwise(fresh_store, "p1", "a", "b", ann, "both_bad")
     _pairwise(fresh_store, "p2", "c", "d", ann, "tie")
     _pairwise(fresh_store, "p3", "e", "f", ann, "A")
@@ -109,12 +109,13 @@ def test_majority_split_vote_is_a_tie(fresh_store):
 
 
 def test_round_filter(fresh_store):
-    ann, = _annotators(fresh_store, "ann")
+    (ann,) = _annotators(fresh_store, "ann")
     cid0 = fresh_store.add_comparison_texts("p0", ["a", "b"], round=0)
     cid1 = fresh_store.add_comparison_texts("p1", ["c", "d"], round=1)
     for cid in (cid0, cid1):
-        fresh_store.add_label(Label.pairwise(cid, ann, fresh_store.comparison(cid).response_ids,
-                                             "A"))
+        fresh_store.add_label(
+            Label.pairwise(cid, ann, fresh_store.comparison(cid).response_ids, "A")
+        )
     assert [e.comparison_id for e in build_examples(fresh_store, round=0).examples] == [cid0]
     assert len(build_examples(fresh_store, round=1).examples) == 2
 
@@ -123,8 +124,7 @@ def test_split_by_prompt_is_deterministic_and_disjoint(fresh_store):
     a, b = _annotators(fresh_store, "a", "b")
     for i in range(20):
         cid = _pairwise(fresh_store, f"prompt {i}", f"x{i}", f"y{i}", a, "A")
-        fresh_store.add_label(Label.pairwise(cid, b, fresh_store.comparison(cid).response_ids,
-                                             "B"))
+        fresh_store.add_label(Label.pairwise(cid, b, fresh_store.comparison(cid).response_ids, "B"))
     ex = build_examples(fresh_store).examples
     train, held = split_by_prompt(ex, 0.2, seed=3)
     assert len(held) == 8 and len(train) == 32  # 4 prompts x 2 annotators held out
@@ -143,7 +143,7 @@ def test_split_by_prompt_is_deterministic_and_disjoint(fresh_store):
 def test_errors_no_labels_single_class_too_few(fresh_store):
     with pytest.raises(RewardDataError, match="no labels up to round 0"):
         check_trainable(build_examples(fresh_store, round=0), 0)
-    ann, = _annotators(fresh_store, "ann")
+    (ann,) = _annotators(fresh_store, "ann")
     _pairwise(fresh_store, "p", "a", "b", ann, "both_bad")
     with pytest.raises(RewardDataError, match="'both bad'"):
         check_trainable(build_examples(fresh_store), None)

@@ -20,7 +20,7 @@ from rankloop.reward.train import RewardModule, length_grouped_batches, pack, tr
 from simulate import SimulatedTask, simulate_labels, simulate_pairs
 
 # tiny models: fp32 is faster, and compiling costs more than it saves
-FAST = dict(batch_size=16, warmup_ratio=0.0, eval_fraction=0.25, bf16="no", compile="no")
+FAST = {"batch_size": 16, "warmup_ratio": 0.0, "eval_fraction": 0.25, "bf16": "no", "compile": "no"}
 
 
 def labeled(store):
@@ -74,8 +74,9 @@ def test_saved_checkpoint_loads_with_from_pretrained_and_pipeline(keyword_run):
     assert model.config.pad_token_id is not None and model.config.num_labels == 1
     texts = [format_text(scorer.tokenizer, p, r) for p, r in zip(prompts, responses)]
     with torch.no_grad():
-        one_by_one = torch.stack([model(**scorer.tokenizer(t, return_tensors="pt")).logits[0, 0]
-                                  for t in texts])
+        one_by_one = torch.stack(
+            [model(**scorer.tokenizer(t, return_tensors="pt")).logits[0, 0] for t in texts]
+        )
     torch.testing.assert_close(scores, one_by_one, atol=1e-4, rtol=1e-4)
     pipe = pipeline("text-classification", model=str(path), device="cpu")
     piped = torch.tensor([out["score"] for out in pipe(texts)])
@@ -92,14 +93,21 @@ def test_saved_checkpoint_loads_with_from_pretrained_and_pipeline(keyword_run):
 def test_lora_head_trained_merged_and_adapter_save(tmp_path, tiny_lm_dir, fresh_store):
     simulate_labels(fresh_store, 48, seed=1)
     # bf16: the frozen base trains in bf16, the adapters and head in fp32, the merge in fp32
-    cfg = RewardConfig(lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=8, eval_fraction=0.25,
-                       bf16="yes")
-    merged = train_reward(labeled(fresh_store), cfg, tmp_path / "merged", base=str(tiny_lm_dir),
-                          progress=False)
+    cfg = RewardConfig(
+        lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=8, eval_fraction=0.25, bf16="yes"
+    )
+    merged = train_reward(
+        labeled(fresh_store), cfg, tmp_path / "merged", base=str(tiny_lm_dir), progress=False
+    )
     files = {p.name for p in merged.path.iterdir()}
     assert "adapter_config.json" not in files and "model.safetensors" in files
-    adapter = train_reward(labeled(fresh_store), RewardConfig(**{**cfg.__dict__, "merge_lora": False}),
-                           tmp_path / "adapter", base=str(tiny_lm_dir), progress=False)
+    adapter = train_reward(
+        labeled(fresh_store),
+        RewardConfig(**{**cfg.__dict__, "merge_lora": False}),
+        tmp_path / "adapter",
+        base=str(tiny_lm_dir),
+        progress=False,
+    )
     assert (adapter.path / "adapter_config.json").exists()
     texts = (["a prompt"] * 3, ["good day", "the sea", "no"])
     s_merged = RewardScorer.from_pretrained(merged.path, bf16="no").score(*texts)
@@ -125,19 +133,45 @@ def test_resume_continues_to_the_same_model(tmp_path, tiny_lm_dir, fresh_store):
     simulate_labels(fresh_store, 40, seed=2)
     # select_best stays on (the best weights so far travel in the checkpoint); patience 0
     # runs every step
-    cfg = RewardConfig(lora=False, lr=1e-3, epochs=1, batch_size=6, eval_fraction=0.2,
-                       checkpoint_every=2, bf16="no", patience=0)
+    cfg = RewardConfig(
+        lora=False,
+        lr=1e-3,
+        epochs=1,
+        batch_size=6,
+        eval_fraction=0.2,
+        checkpoint_every=2,
+        bf16="no",
+        patience=0,
+    )
     rows = []
-    straight = train_reward(labeled(fresh_store), cfg, tmp_path / "a", base=str(tiny_lm_dir),
-                            progress=False, on_step=rows.append)
+    straight = train_reward(
+        labeled(fresh_store),
+        cfg,
+        tmp_path / "a",
+        base=str(tiny_lm_dir),
+        progress=False,
+        on_step=rows.append,
+    )
     assert straight.steps == 6  # 32 training comparisons / 6 = 6 batches (last one short)
     assert rows == straight.history and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    stopped = train_reward(labeled(fresh_store), cfg, tmp_path / "b", base=str(tiny_lm_dir),
-                           progress=False, max_steps=3)
+    stopped = train_reward(
+        labeled(fresh_store),
+        cfg,
+        tmp_path / "b",
+        base=str(tiny_lm_dir),
+        progress=False,
+        max_steps=3,
+    )
     assert stopped.steps == 3
     assert [p.name for p in (tmp_path / "b-checkpoints").iterdir()] == ["step-2"]
-    resumed = train_reward(labeled(fresh_store), cfg, tmp_path / "b", base=str(tiny_lm_dir),
-                           progress=False, resume=True)
+    resumed = train_reward(
+        labeled(fresh_store),
+        cfg,
+        tmp_path / "b",
+        base=str(tiny_lm_dir),
+        progress=False,
+        resume=True,
+    )
     assert resumed.steps == 6 and [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
     assert not (tmp_path / "b-checkpoints").exists()  # spent once the run finished
     texts = (["p"] * 2, ["good fox", "lazy dog"])
@@ -164,8 +198,9 @@ def _ranked_with_ties(store, n, seed):
 def test_tie_models_and_rankings_learn(loss, tmp_path, tiny_lm_dir, fresh_store):
     _ranked_with_ties(fresh_store, 80, seed=3)
     cfg = RewardConfig(loss=loss, lora=False, lr=3e-3, epochs=4, **FAST)
-    m = train_reward(labeled(fresh_store), cfg, tmp_path / "rm", base=str(tiny_lm_dir),
-                     progress=False).metrics
+    m = train_reward(
+        labeled(fresh_store), cfg, tmp_path / "rm", base=str(tiny_lm_dir), progress=False
+    ).metrics
     assert m["reward/eval_pairs"] == 60.0 and m["reward/eval_ties"] == 20.0  # 3 pairs x 20
     assert m["reward/accuracy"] > 0.9  # a keyword response beats the one without
     if loss == "davidson":
@@ -176,10 +211,18 @@ def test_tie_models_and_rankings_learn(loss, tmp_path, tiny_lm_dir, fresh_store)
 
 def test_rao_kupper_learns_its_tie_threshold(tmp_path, tiny_lm_dir, fresh_store):
     _ranked_with_ties(fresh_store, 16, seed=4)
-    cfg = RewardConfig(loss="rao-kupper", lora=False, lr=0.05, epochs=3, batch_size=4,
-                       eval_fraction=0.25, warmup_ratio=0.0)
-    m = train_reward(labeled(fresh_store), cfg, tmp_path / "rm", base=str(tiny_lm_dir),
-                     progress=False).metrics
+    cfg = RewardConfig(
+        loss="rao-kupper",
+        lora=False,
+        lr=0.05,
+        epochs=3,
+        batch_size=4,
+        eval_fraction=0.25,
+        warmup_ratio=0.0,
+    )
+    m = train_reward(
+        labeled(fresh_store), cfg, tmp_path / "rm", base=str(tiny_lm_dir), progress=False
+    ).metrics
     # a third of the pairs are ties: eps grows from its start at 0.5
     assert m["reward/epsilon"] > 0.5
 
@@ -200,16 +243,17 @@ def test_clear_errors(tmp_path, tiny_lm_dir):
 def test_trains_on_records_that_never_saw_a_store(tmp_path, tiny_lm_dir):
     """Examples built from plain (prompt, chosen, rejected) data, a held-out list given: no
     Store anywhere, and the model learns the keyword task."""
-    pairs = [(p, a, b) if a_wins else (p, b, a)
-             for p, a, b, a_wins, _ in simulate_pairs(240, seed=7)]
+    pairs = [
+        (p, a, b) if a_wins else (p, b, a) for p, a, b, a_wins, _ in simulate_pairs(240, seed=7)
+    ]
     train = [pairwise_example(p, c, r) for p, c, r in pairs[:200]]
     # two held-out annotators: one labels as the task says, the other the opposite way round
     held = [pairwise_example(p, c, r, annotator="agrees") for p, c, r in pairs[200:220]]
     held += [pairwise_example(p, r, c, annotator="contrary") for p, c, r in pairs[220:]]
-    cfg = RewardConfig(lora=False, lr=3e-3, epochs=3, center_coef=0.01, select_best=False,
-                       **FAST)
-    result = train_reward(train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held,
-                          progress=False)
+    cfg = RewardConfig(lora=False, lr=3e-3, epochs=3, center_coef=0.01, select_best=False, **FAST)
+    result = train_reward(
+        train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held, progress=False
+    )
     m = result.metrics
     assert (result.train_examples, result.eval_examples) == (200, 40)
     assert m["reward/eval_pairs"] == 40.0 and m["reward/train_pairs"] == 200.0
@@ -217,12 +261,17 @@ def test_trains_on_records_that_never_saw_a_store(tmp_path, tiny_lm_dir):
     # agrees with the model on the pairs the simulation got wrong, no more
     assert m["reward/accuracy/agrees"] >= 0.8 and m["reward/accuracy/contrary"] <= 0.2
     assert m["reward/accuracy"] == pytest.approx(
-        (m["reward/accuracy/agrees"] + m["reward/accuracy/contrary"]) / 2)
+        (m["reward/accuracy/agrees"] + m["reward/accuracy/contrary"]) / 2
+    )
     # centering was part of every step's loss
     assert all(h["reward/centering_loss"] > 0 for h in result.history)
     scorer = RewardScorer.from_pretrained(result.path, bf16="no")
-    assert bool((scorer.score(["q"] * 2, ["good fox", "sea good"])
-                 > scorer.score(["q"] * 2, ["the fox", "sea wind"])).all())
+    assert bool(
+        (
+            scorer.score(["q"] * 2, ["good fox", "sea good"])
+            > scorer.score(["q"] * 2, ["the fox", "sea wind"])
+        ).all()
+    )
 
 
 def test_length_grouped_batches_cover_everything_once_with_little_padding():
@@ -239,27 +288,45 @@ def test_compiled_blocks_train_the_same_model(tmp_path, tiny_lm_dir, fresh_store
     simulate_labels(fresh_store, 24, seed=4)
     # a random head (no warm start): the probe's larger weights would magnify inductor's
     # reordered float arithmetic beyond the tolerance below
-    cfg = RewardConfig(lora=True, lora_r=4, lr=1e-2, epochs=1, batch_size=6, eval_fraction=0.0,
-                       bf16="no", warm_start=False)
-    eager = train_reward(labeled(fresh_store), cfg, tmp_path / "eager", base=str(tiny_lm_dir),
-                         progress=False)
-    compiled = train_reward(labeled(fresh_store), RewardConfig(**{**cfg.__dict__, "compile": True}),
-                            tmp_path / "compiled", base=str(tiny_lm_dir), progress=False)
+    cfg = RewardConfig(
+        lora=True,
+        lora_r=4,
+        lr=1e-2,
+        epochs=1,
+        batch_size=6,
+        eval_fraction=0.0,
+        bf16="no",
+        warm_start=False,
+    )
+    eager = train_reward(
+        labeled(fresh_store), cfg, tmp_path / "eager", base=str(tiny_lm_dir), progress=False
+    )
+    compiled = train_reward(
+        labeled(fresh_store),
+        RewardConfig(**{**cfg.__dict__, "compile": True}),
+        tmp_path / "compiled",
+        base=str(tiny_lm_dir),
+        progress=False,
+    )
     assert (eager.compiled, compiled.compiled) == (False, True)  # 4 steps: 'auto' stays eager
     losses = [[h["reward/loss"] for h in r.history] for r in (eager, compiled)]
     assert len(losses[0]) == 4
     assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
     texts = (["a prompt"] * 3, ["good day", "the sea", "no"])
-    torch.testing.assert_close(RewardScorer.from_pretrained(compiled.path, bf16="no").score(*texts),
-                               RewardScorer.from_pretrained(eager.path, bf16="no").score(*texts),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        RewardScorer.from_pretrained(compiled.path, bf16="no").score(*texts),
+        RewardScorer.from_pretrained(eager.path, bf16="no").score(*texts),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_auto_compiles_long_runs_where_torch_compile_works(monkeypatch):
     from rankloop.lm import kernels
 
-    assert kernels.compile_works("cpu") == (shutil.which("g++") is not None
-                                             or shutil.which("c++") is not None)
+    assert kernels.compile_works("cpu") == (
+        shutil.which("g++") is not None or shutil.which("c++") is not None
+    )
     monkeypatch.setattr(kernels, "compile_works", lambda device_type: True)
     assert [kernels.use_compile("auto", n, "cpu") for n in (31, 32)] == [False, True]
     assert kernels.use_compile("yes", 1, "cpu") and not kernels.use_compile("no", 99, "cpu")
@@ -287,8 +354,10 @@ def test_packed_rows_give_each_response_its_reward_alone(multiple, tiny_lm_dir):
 
     tok = load_reward_tokenizer(str(tiny_lm_dir), 64)
     model = load_backbone(str(tiny_lm_dir), tok).eval()
-    groups = [[[5, 6, 7, 8, 9], [5, 6, 7, 10]],  # prefix 5 6 7, then 8 9 / 10
-              [[5, 11, 12, 13], [5, 11, 14, 15, 16, 17], [5, 11, 18]]]  # prefix 5 11
+    groups = [
+        [[5, 6, 7, 8, 9], [5, 6, 7, 10]],  # prefix 5 6 7, then 8 9 / 10
+        [[5, 11, 12, 13], [5, 11, 14, 15, 16, 17], [5, 11, 18]],
+    ]  # prefix 5 11
     ids, pos, mask, ends, tokens = pack(groups, tok.pad_token_id, multiple)
     width = 9 if multiple == 1 else 16  # the second row: 2 + 2 + 4 + 1 tokens
     assert ids.shape == (2, width) and tokens == 6 + 9
@@ -296,8 +365,9 @@ def test_packed_rows_give_each_response_its_reward_alone(multiple, tiny_lm_dir):
     assert ends.tolist() == [4, 5, width + 3, width + 7, width + 8]
     with torch.no_grad():
         packed = RewardModule(model, 0.0)(ids, pos, mask, ends)
-        alone = torch.stack([model(input_ids=torch.tensor([s])).logits[0, 0]
-                             for g in groups for s in g])
+        alone = torch.stack(
+            [model(input_ids=torch.tensor([s])).logits[0, 0] for g in groups for s in g]
+        )
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
 
 
@@ -308,24 +378,30 @@ def test_batch_loss_applies_margins_and_centering_as_in_the_losses(tiny_lm_dir):
     from rankloop.reward.train import batch_loss, collate, encode
 
     tok = load_reward_tokenizer(str(tiny_lm_dir), 64)
-    items = encode(tok, [pairwise_example("p", "a", "b", margin=1.5),
-                         pairwise_example("q", "c", "d")], 64)
+    items = encode(
+        tok, [pairwise_example("p", "a", "b", margin=1.5), pairwise_example("q", "c", "d")], 64
+    )
     batch = collate(items, tok.pad_token_id)
     r = torch.tensor([2.0, 1.0, 0.5, 1.0])  # (S,): a, b, c, d
     cfg = RewardConfig(center_coef=0.1)
     loss, stats = batch_loss(cfg, r, batch, torch.tensor(0.0))
-    bt = (torch.nn.functional.softplus(-(torch.tensor(1.0) - 1.5))
-          + torch.nn.functional.softplus(-torch.tensor(-0.5))) / 2
-    centering = 0.1 * (3.0 ** 2 + 1.5 ** 2) / 2
+    bt = (
+        torch.nn.functional.softplus(-(torch.tensor(1.0) - 1.5))
+        + torch.nn.functional.softplus(-torch.tensor(-0.5))
+    ) / 2
+    centering = 0.1 * (3.0**2 + 1.5**2) / 2
     assert float(loss) == pytest.approx(float(bt) + centering, rel=1e-6)
     assert float(stats["reward/centering_loss"]) == pytest.approx(centering)
     assert float(stats["reward/accuracy"]) == 0.5
 
 
 def _keyword_examples(n, seed, annotator=""):
-    return [pairwise_example(p, a, b, annotator=annotator) if a_wins
-            else pairwise_example(p, b, a, annotator=annotator)
-            for p, a, b, a_wins, _ in simulate_pairs(n, seed=seed)]
+    return [
+        pairwise_example(p, a, b, annotator=annotator)
+        if a_wins
+        else pairwise_example(p, b, a, annotator=annotator)
+        for p, a, b, a_wins, _ in simulate_pairs(n, seed=seed)
+    ]
 
 
 def test_warm_start_makes_the_head_the_last_token_probe(tmp_path, tiny_lm_dir):
@@ -333,11 +409,17 @@ def test_warm_start_makes_the_head_the_last_token_probe(tmp_path, tiny_lm_dir):
     fitted on frozen features, which already ranks the keyword task; a random head does not."""
     train, held = _keyword_examples(160, seed=8), _keyword_examples(40, seed=9)
     cfg = RewardConfig(lora=False, lr=1e-12, epochs=1, select_best=False, **FAST)
-    warm = train_reward(train, cfg, tmp_path / "warm", base=str(tiny_lm_dir), held_out=held,
-                        progress=False).metrics
-    cold = train_reward(train, RewardConfig(**{**cfg.__dict__, "warm_start": False}),
-                        tmp_path / "cold", base=str(tiny_lm_dir), held_out=held,
-                        progress=False).metrics
+    warm = train_reward(
+        train, cfg, tmp_path / "warm", base=str(tiny_lm_dir), held_out=held, progress=False
+    ).metrics
+    cold = train_reward(
+        train,
+        RewardConfig(**{**cfg.__dict__, "warm_start": False}),
+        tmp_path / "cold",
+        base=str(tiny_lm_dir),
+        held_out=held,
+        progress=False,
+    ).metrics
     assert warm["reward/accuracy"] == pytest.approx(warm["reward/probe_last_accuracy"])
     assert warm["reward/accuracy"] >= 0.8 and cold["reward/accuracy"] <= 0.7
     assert warm["reward/probe_accuracy"] >= 0.8  # the mean-pooled baseline learns it too
@@ -348,42 +430,55 @@ def test_early_stopping_returns_the_best_checkpoint(tmp_path, tiny_lm_dir):
     accuracy worse, so the weights of step 0 are the ones saved, and the run stops after
     `patience` epochs without a better evaluation."""
     train = _keyword_examples(120, seed=10)
-    held = [pairwise_example(e.prompt, e.responses[1], e.responses[0])  # the other way round
-            for e in _keyword_examples(40, seed=11)]
-    cfg = RewardConfig(lora=False, lr=3e-3, epochs=4, warm_start=False, patience=2,
-                       select_best=True, **FAST)
-    result = train_reward(train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held,
-                          progress=False)
+    held = [
+        pairwise_example(e.prompt, e.responses[1], e.responses[0])  # the other way round
+        for e in _keyword_examples(40, seed=11)
+    ]
+    cfg = RewardConfig(
+        lora=False, lr=3e-3, epochs=4, warm_start=False, patience=2, select_best=True, **FAST
+    )
+    result = train_reward(
+        train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held, progress=False
+    )
     evals = [h["eval/accuracy"] for h in result.history if "eval/accuracy" in h]
     assert len(evals) == 2 and result.steps == 2 * 8  # 120 / 16 = 8 steps per epoch, 2 epochs
     assert result.metrics["reward/best_step"] == 0.0
     assert result.metrics["reward/accuracy"] > max(evals) + 0.2
-    plain = train_reward(train, RewardConfig(**{**cfg.__dict__, "select_best": False}),
-                         tmp_path / "plain", base=str(tiny_lm_dir), held_out=held,
-                         progress=False)
+    plain = train_reward(
+        train,
+        RewardConfig(**{**cfg.__dict__, "select_best": False}),
+        tmp_path / "plain",
+        base=str(tiny_lm_dir),
+        held_out=held,
+        progress=False,
+    )
     assert plain.steps == 4 * 8 and plain.metrics["reward/accuracy"] < 0.3
     # the default patience: the first epoch that does not beat the best ends the run (the saved
     # model is the same; on bench/reward_quality.py that cut a third to a half of the steps)
-    defaults = RewardConfig(lora=False, lr=3e-3, epochs=4, warm_start=False, select_best=True,
-                            **FAST)
-    quick = train_reward(train, defaults, tmp_path / "quick", base=str(tiny_lm_dir),
-                         held_out=held, progress=False)
+    defaults = RewardConfig(
+        lora=False, lr=3e-3, epochs=4, warm_start=False, select_best=True, **FAST
+    )
+    quick = train_reward(
+        train, defaults, tmp_path / "quick", base=str(tiny_lm_dir), held_out=held, progress=False
+    )
     assert quick.steps == 8 and quick.metrics["reward/best_step"] == 0.0
     assert quick.metrics["reward/accuracy"] == pytest.approx(result.metrics["reward/accuracy"])
 
 
-def test_by_default_every_epoch_trains_whatever_a_small_held_out_split_says(tmp_path,
-                                                                            tiny_lm_dir):
+def test_by_default_every_epoch_trains_whatever_a_small_held_out_split_says(tmp_path, tiny_lm_dir):
     """The defaults train their 2 epochs and save the last weights: on bench/reward_quality.py
     (300 pairs) choosing the epoch on the ~30-pair split kept the warm start on relevance at
     0.623 where training on gave 0.716 (docs/reward.md). Held-out labels that contradict the
     training ones would have stopped an early-stopping run after its first epoch at step 0."""
     train = _keyword_examples(120, seed=10)
-    held = [pairwise_example(e.prompt, e.responses[1], e.responses[0])
-            for e in _keyword_examples(40, seed=11)]
+    held = [
+        pairwise_example(e.prompt, e.responses[1], e.responses[0])
+        for e in _keyword_examples(40, seed=11)
+    ]
     cfg = RewardConfig(lora=False, lr=3e-3, warm_start=False, **FAST)
-    result = train_reward(train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held,
-                          progress=False)
+    result = train_reward(
+        train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held, progress=False
+    )
     assert result.steps == 2 * 8  # 120 / 16 = 8 steps per epoch, both epochs
     assert "reward/best_step" not in result.metrics
     assert result.metrics["reward/accuracy"] < 0.3  # trained on: the contradicting split says so

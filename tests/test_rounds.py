@@ -27,18 +27,26 @@ def letters(prompts, responses):
 def tiny_project(root, tiny_lm_dir, prompts: int = 16) -> Project:
     p = Project.init(root, policy=str(tiny_lm_dir), reward_model=str(tiny_lm_dir))
     c = p.config
-    for k, v in dict(n=2, max_new_tokens=4, bf16="no", batch_size=8).items():
+    for k, v in {"n": 2, "max_new_tokens": 4, "bf16": "no", "batch_size": 8}.items():
         setattr(c.generate, k, v)
-    for k, v in dict(bf16="no", compile="no", batch_size=4, eval_fraction=0.25).items():
+    for k, v in {"bf16": "no", "compile": "no", "batch_size": 4, "eval_fraction": 0.25}.items():
         setattr(c.reward, k, v)
-    for k, v in dict(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
-                     bf16="no", eval_every=0).items():
+    for k, v in {
+        "steps": 2,
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "ppo_epochs": 1,
+        "max_new_tokens": 4,
+        "bf16": "no",
+        "eval_every": 0,
+    }.items():
         setattr(c.ppo, k, v)
     c.rounds.eval_fraction = 0.25
     p.save_config()
     p = Project.find(root)
-    p.store.add_prompts([Prompt.from_text(f"write about the sea, number {i}")
-                         for i in range(prompts)])
+    p.store.add_prompts(
+        [Prompt.from_text(f"write about the sea, number {i}") for i in range(prompts)]
+    )
     return p
 
 
@@ -52,20 +60,28 @@ def labeled_round_0(root, tiny_lm_dir) -> Project:
 def rows(p: Project) -> dict:
     """The store's rows that a round writes, in a form two projects can be compared in
     (response texts and seeds depend on the folder the policy lives in)."""
+
     def rel(path):
         return str(path).replace(str(p.root), "<root>") if path else path
 
     resp = {r.id: r for r in p.store.responses()}
     return {
-        "responses": sorted((r.prompt_id, r.round, r.sample_index, r.source, rel(r.policy))
-                            for r in resp.values()),
-        "comparisons": sorted((c.prompt_id, c.round,
-                               tuple(sorted((resp[i].round, resp[i].sample_index)
-                                            for i in c.response_ids)))
-                              for c in p.store.comparisons()),
+        "responses": sorted(
+            (r.prompt_id, r.round, r.sample_index, r.source, rel(r.policy)) for r in resp.values()
+        ),
+        "comparisons": sorted(
+            (
+                c.prompt_id,
+                c.round,
+                tuple(sorted((resp[i].round, resp[i].sample_index) for i in c.response_ids)),
+            )
+            for c in p.store.comparisons()
+        ),
         "labels": len(p.store.labels()),
-        "rounds": [(r.number, rel(r.policy), r.reward_model, r.finished_at is not None)
-                   for r in p.store.rounds()],
+        "rounds": [
+            (r.number, rel(r.policy), r.reward_model, r.finished_at is not None)
+            for r in p.store.rounds()
+        ],
         "stages": sorted((s.round, s.stage) for s in p.store.stages()),
         "current": p.store.current_round(),
         "policy files": sorted(f.name for f in (p.root / "rounds/0/policy").iterdir()),
@@ -92,8 +108,9 @@ def kill_at(stage: str, nth: int = 1):
 
 
 def test_a_round_killed_in_each_stage_finishes_with_the_rows_of_an_uninterrupted_one(
-        tmp_path, tiny_lm_dir):
-    quiet = dict(log=lambda m: None, progress=False)
+    tmp_path, tiny_lm_dir
+):
+    quiet = {"log": lambda m: None, "progress": False}
     whole = labeled_round_0(tmp_path / "whole", tiny_lm_dir)
     summary = rounds.run_round(whole, rounds.RoundSettings.of(whole), **quiet)
     assert summary.round == 0 and whole.store.current_round() == 1
@@ -144,10 +161,12 @@ def test_errors_stop_the_round_before_it_writes_anything(tmp_path, tiny_lm_dir):
     # a policy that cannot be loaded (with --reward-fn no labels are needed)
     p.config.models.policy = str(tmp_path / "no-such-model")
     p.save_config()
-    res = runner.invoke(cli, ["round", "--reward-fn", "test_rounds:letters", "--project",
-                              str(p.root)])
-    assert res.exit_code == 1 and "cannot load policy" in res.output and "no-such-model" in \
-        res.output
+    res = runner.invoke(
+        cli, ["round", "--reward-fn", "test_rounds:letters", "--project", str(p.root)]
+    )
+    assert (
+        res.exit_code == 1 and "cannot load policy" in res.output and "no-such-model" in res.output
+    )
     assert dump() == before
     p.close()
 
@@ -157,20 +176,28 @@ def test_weak_reward_model_stops_the_round_before_ppo(tmp_path, tiny_lm_dir):
     p.config.rounds.weak_reward = "stop"
     # an accuracy at or below its baseline is weak; the check is one function
     assert rounds.reward_verdict({"reward/accuracy": 0.75, "reward/probe_accuracy": 0.5}) is None
-    assert "does not beat its baseline (chance: 0.500) on 8 held-out pairs" in \
-        rounds.reward_verdict({"reward/accuracy": 0.5, "reward/eval_pairs": 8.0})
-    assert "probe" in rounds.reward_verdict({"reward/accuracy": 0.6,
-                                             "reward/probe_accuracy": 0.7})
+    assert (
+        "does not beat its baseline (chance: 0.500) on 8 held-out pairs"
+        in rounds.reward_verdict({"reward/accuracy": 0.5, "reward/eval_pairs": 8.0})
+    )
+    assert "probe" in rounds.reward_verdict({"reward/accuracy": 0.6, "reward/probe_accuracy": 0.7})
+
     def stop_after_reward(name, info):
         if name == "reward" and info.get("done"):
             raise Killed(name)
 
     with pytest.raises(Killed):
-        rounds.run_round(p, rounds.RoundSettings.of(p), on_event=stop_after_reward,
-                         log=lambda m: None, progress=False)
+        rounds.run_round(
+            p,
+            rounds.RoundSettings.of(p),
+            on_event=stop_after_reward,
+            log=lambda m: None,
+            progress=False,
+        )
     # as if the reward model had come out weak
-    p.store.finish_stage(RoundStage(0, "reward", 1.0, {"reward/accuracy": 0.4,
-                                                       "reward/eval_pairs": 5.0}))
+    p.store.finish_stage(
+        RoundStage(0, "reward", 1.0, {"reward/accuracy": 0.4, "reward/eval_pairs": 5.0})
+    )
     with pytest.raises(rounds.RoundStopped, match="--redo reward"):
         rounds.run_round(p, rounds.RoundSettings.of(p), log=lambda m: None, progress=False)
     assert [s.stage for s in p.store.stages(0)] == ["reward"]  # PPO did not run
@@ -188,19 +215,36 @@ def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir)
     rounds.run_round(p, s, log=lambda m: None, progress=False)
     simulate(p.store, letters, p.config.labeling, annotators=1, noise=0.1, progress=False)
     before = (rows(p), p.store.db.execute("select count(*) from round_stages").fetchone())
-    res = CliRunner().invoke(cli, ["round", "--dry-run", "--reward-fn", "test_rounds:letters",
-                                   "--ppo-steps", "4", "--project", str(p.root)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "round",
+            "--dry-run",
+            "--reward-fn",
+            "test_rounds:letters",
+            "--ppo-steps",
+            "4",
+            "--project",
+            str(p.root),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "round 1: plan" in res.output and "4 PPO steps" in res.output
     assert re.search(r"Estimated time: \d+ s", res.output)
     # PPO's estimate: the last round's seconds per step, times 4 steps
-    plan = rounds.plan_round(p, rounds.RoundSettings(p.config.reward, p.config.ppo.__class__(
-        **{**p.config.ppo.__dict__, "steps": 4}), p.config.generate, ("test_rounds:letters",)))
+    plan = rounds.plan_round(
+        p,
+        rounds.RoundSettings(
+            p.config.reward,
+            p.config.ppo.__class__(**{**p.config.ppo.__dict__, "steps": 4}),
+            p.config.generate,
+            ("test_rounds:letters",),
+        ),
+    )
     last = {st.stage: st for st in p.store.stages(0)}
     ppo = next(st for st in plan.stages if st.stage == "ppo")
     assert ppo.estimate == pytest.approx(last["ppo"].seconds * 4 / 2)
-    assert (rows(p), p.store.db.execute("select count(*) from round_stages").fetchone()) == \
-        before
+    assert (rows(p), p.store.db.execute("select count(*) from round_stages").fetchone()) == before
     p.close()
 
 
@@ -229,6 +273,7 @@ def test_status_shows_a_per_step_metric_list_by_its_ends_not_whole(tmp_path, tin
     assert "0.21" not in res.output and "ppo/kl_last=0.39" in res.output
     p.close()
 
+
 def test_eval_prompts_are_held_out_from_ppo_by_a_stable_hash():
     prompts = [Prompt.from_text(f"prompt {i}") for i in range(400)]
     train, held = rounds.split_prompts(prompts, 0.2)
@@ -246,16 +291,20 @@ def test_cross_round_comparisons_pair_new_responses_with_rounds_r_and_0(fresh_st
     p1, p2, p3 = s.add_prompts([Prompt.from_text(t) for t in ("a", "b", "c")])
 
     def add(pid, rnd, i):
-        return s.add_responses([Response(pid, f"{pid}-{rnd}-{i}", round=rnd,
-                                         policy=f"pol{rnd}", sample_index=i)])[0]
+        return s.add_responses(
+            [Response(pid, f"{pid}-{rnd}-{i}", round=rnd, policy=f"pol{rnd}", sample_index=i)]
+        )[0]
 
-    r = {(pid, rnd, i): add(pid, rnd, i) for pid in (p1, p2) for rnd in (0, 1, 2)
-         for i in range(2)}
+    r = {(pid, rnd, i): add(pid, rnd, i) for pid in (p1, p2) for rnd in (0, 1, 2) for i in range(2)}
     add(p3, 2, 0)  # p3 has no earlier round: nothing to compare it with
     n = make_cross_round_comparisons(s, 2, (1, 0), [p1, p3], per_prompt=1, seed=0)
     got = sorted((c.prompt_id, tuple(sorted(c.response_ids))) for c in s.comparisons(round=2))
-    assert n == 2 and got == sorted([(p1, tuple(sorted((r[p1, 2, 0], r[p1, 1, 0])))),
-                                     (p1, tuple(sorted((r[p1, 2, 1], r[p1, 0, 0]))))])
+    assert n == 2 and got == sorted(
+        [
+            (p1, tuple(sorted((r[p1, 2, 0], r[p1, 1, 0])))),
+            (p1, tuple(sorted((r[p1, 2, 1], r[p1, 0, 0])))),
+        ]
+    )
     # the same call again makes nothing new; more per prompt makes the next pairs
     assert make_cross_round_comparisons(s, 2, (1, 0), [p1, p3], per_prompt=1, seed=0) == 0
     # two of each: new 0 vs round 1's 0 (there), new 1 vs round 1's 1, new 0 vs round 0's 0,
@@ -269,10 +318,12 @@ def test_cross_round_comparisons_pair_new_responses_with_rounds_r_and_0(fresh_st
 
 
 def test_generate_command_adds_cross_round_comparisons_and_makes_the_round_current(
-        tmp_path, tiny_lm_dir):
+    tmp_path, tiny_lm_dir
+):
     p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
-    rounds.run_round(p, rounds.RoundSettings.of(p, ["test_rounds:letters"]),
-                     log=lambda m: None, progress=False)
+    rounds.run_round(
+        p, rounds.RoundSettings.of(p, ["test_rounds:letters"]), log=lambda m: None, progress=False
+    )
     assert p.store.current_round() == 1
     p.close()
     res = CliRunner().invoke(cli, ["generate", "--n", "3", "--project", str(tmp_path / "p")])
@@ -288,8 +339,9 @@ def test_round_config_is_validated(tmp_path, tiny_lm_dir):
     p = tiny_project(tmp_path / "p", tiny_lm_dir)
     text = (p.root / "rankloop.toml").read_text()
     assert "[rounds]" in text and "eval_fraction = 0.25" in text
-    (p.root / "rankloop.toml").write_text(text.replace('weak_reward = "warn"',
-                                                       'weak_reward = "maybe"'))
+    (p.root / "rankloop.toml").write_text(
+        text.replace('weak_reward = "warn"', 'weak_reward = "maybe"')
+    )
     with pytest.raises(ConfigError, match=r"\[rounds\] weak_reward must be 'warn' or 'stop'"):
         Project.find(p.root)
     p.close()
@@ -309,18 +361,29 @@ def test_simulated_labels_train_the_reward_model_unless_told_not_to(tmp_path, ti
 
 
 def test_demo_runs_whole_rounds_and_ends_with_the_leaderboard_and_a_report(
-        tmp_path, tiny_lm_dir, monkeypatch):
+    tmp_path, tiny_lm_dir, monkeypatch
+):
     from rankloop.app.commands import rounds as commands
 
-    tiny = {"generate": {"n": 2, "max_new_tokens": 4, "bf16": "no"},
-            "reward": {"bf16": "no", "compile": "no", "batch_size": 8},
-            "ppo": {"steps": 1, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
-                    "max_new_tokens": 4, "bf16": "no", "eval_every": 0},
-            "rounds": {"eval_fraction": 0.25, "eval_comparisons": 2}}
+    tiny = {
+        "generate": {"n": 2, "max_new_tokens": 4, "bf16": "no"},
+        "reward": {"bf16": "no", "compile": "no", "batch_size": 8},
+        "ppo": {
+            "steps": 1,
+            "batch_size": 4,
+            "mini_batch_size": 2,
+            "ppo_epochs": 1,
+            "max_new_tokens": 4,
+            "bf16": "no",
+            "eval_every": 0,
+        },
+        "rounds": {"eval_fraction": 0.25, "eval_comparisons": 2},
+    }
     monkeypatch.setattr(commands, "DEMO_SETTINGS", tiny)
     out = tmp_path / "demo"
-    res = CliRunner().invoke(cli, ["demo", "--rounds", "1", "--dir", str(out), "--policy",
-                                   str(tiny_lm_dir)])
+    res = CliRunner().invoke(
+        cli, ["demo", "--rounds", "1", "--dir", str(out), "--policy", str(tiny_lm_dir)]
+    )
     assert res.exit_code == 0, res.output
     p = Project.find(out)
     assert p.store.current_round() == 1 and len(p.store.prompts()) == 84
@@ -328,8 +391,12 @@ def test_demo_runs_whole_rounds_and_ends_with_the_leaderboard_and_a_report(
     # round 1's candidates are labeled too, cross-round ones included: 2 per held-out prompt
     assert len(p.store.cross_round_outcomes()) == 2 * len(held)
     assert not queue_open(p)
-    for title in ("the oracle's mean score of each round's samples", "Leaderboard",
-                  "Win-rates", "Demo finished in"):
+    for title in (
+        "the oracle's mean score of each round's samples",
+        "Leaderboard",
+        "Win-rates",
+        "Demo finished in",
+    ):
         assert title in res.output
     assert (out / "report.html").exists()
     p.close()
@@ -345,8 +412,15 @@ def test_round_messages_print_setting_names_as_they_are(capsys):
     from rankloop.app.commands.rounds import plain, print_summary
 
     plain("PPO runs anyway ([rounds] weak_reward = 'warn')")
-    print_summary(rounds.RoundSummary(0, {"simulated": 3}, {"reward": 1.0}, {},
-                                      ["the reward model is weak ([rounds] weak_reward)"]))
+    print_summary(
+        rounds.RoundSummary(
+            0,
+            {"simulated": 3},
+            {"reward": 1.0},
+            {},
+            ["the reward model is weak ([rounds] weak_reward)"],
+        )
+    )
     out = capsys.readouterr().out
     assert "([rounds] weak_reward = 'warn')" in out  # rich markup would have eaten [rounds]
     assert "Warning: the reward model is weak ([rounds] weak_reward)" in out

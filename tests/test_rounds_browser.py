@@ -25,10 +25,12 @@ pytestmark = pytest.mark.browser
 ANSWERS = {
     "Name three primary colours.": (
         "Colours are nice. Colours are nice. Colours are nice. Colours are",
-        "Red, yellow and blue in painting; red, green and blue for light."),
+        "Red, yellow and blue in painting; red, green and blue for light.",
+    ),
     "What is the boiling point of water at sea level?": (
         "Water is a liquid that boils when it is heated, and the point at which",
-        "100 °C (212 °F) at standard sea-level pressure."),
+        "100 °C (212 °F) at standard sea-level pressure.",
+    ),
 }
 NEWER = {new for _, new in ANSWERS.values()}
 
@@ -49,8 +51,12 @@ def project_db(tmp_path_factory):
     two_round_store(store)
     for question, (old, new) in ANSWERS.items():
         (pid,) = store.add_prompts([Prompt.from_text(question)])
-        ids = store.add_responses([Response(pid, old, round=1, policy="policy-1"),
-                                   Response(pid, new, round=2, policy="policy-2")])
+        ids = store.add_responses(
+            [
+                Response(pid, old, round=1, policy="policy-1"),
+                Response(pid, new, round=2, policy="policy-2"),
+            ]
+        )
         store.add_comparison(pid, ids, round=2)
     for name, role in (("cy", "annotator"), ("dee", "annotator"), ("lead", "admin")):
         store.add_annotator(name, role=role, secret=f"{name}-secret")
@@ -96,12 +102,17 @@ def test_two_annotators_label_and_the_rounds_view_shows_it(browser, project_db, 
         page.context.close()
 
 
-def test_the_report_opens_offline_with_its_plots_and_no_script_runs(browser, project_db,  # noqa: F811
-                                                                     shots, tmp_path):
+def test_the_report_opens_offline_with_its_plots_and_no_script_runs(
+    browser,  # noqa: F811 - the fixture imported above
+    project_db,
+    shots,
+    tmp_path,
+):
     path, _ = project_db
     store = Store.open(path)
-    out = report.write_report(report.collect(store, n_boot=300, title="rankloop report: demo"),
-                              tmp_path / "report.html")
+    out = report.write_report(
+        report.collect(store, n_boot=300, title="rankloop report: demo"), tmp_path / "report.html"
+    )
     store.close()
     context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()

@@ -22,9 +22,9 @@ from rankloop.data.records import Prompt
 
 from tiny import build_causal_lm, build_tokenizer
 
-GOOD = "good yes thanks better".split()
-BAD = "bad no worse maybe".split()
-TOPICS = "sea wind dog fox poem bicycle gear words".split()
+GOOD = ["good", "yes", "thanks", "better"]
+BAD = ["bad", "no", "worse", "maybe"]
+TOPICS = ["sea", "wind", "dog", "fox", "poem", "bicycle", "gear", "words"]
 
 
 def share_of_good(prompts, responses):
@@ -46,15 +46,21 @@ def two_style_lm(folder, seed: int = 0, steps: int = 300):
         style = GOOD if rng.random() < 0.5 else BAD
         prompt = f"tell me about the {rng.choice(TOPICS)} ({rng.randrange(100)})"  # as asked
         reply = " ".join(rng.choice(style) for _ in range(rng.randint(2, 4)))
-        texts.append(tok.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-            tokenize=False))
+        texts.append(
+            tok.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+                tokenize=False,
+            )
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     torch.manual_seed(seed)
     for step in range(steps):
-        batch = tok([texts[(step * 32 + i) % len(texts)] for i in range(32)], padding=True,
-                    return_tensors="pt")
+        batch = tok(
+            [texts[(step * 32 + i) % len(texts)] for i in range(32)],
+            padding=True,
+            return_tensors="pt",
+        )
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -75,37 +81,75 @@ def small_project(root, policy, prompts: int = 48) -> Project:
     """A project on the tiny model with settings sized for it (fp32, no compile)."""
     p = Project.init(root, policy=str(policy), reward_model=str(policy))
     c = p.config
-    for k, v in dict(n=4, max_new_tokens=8, bf16="no", temperature=1.0, top_p=1.0).items():
+    for k, v in {
+        "n": 4,
+        "max_new_tokens": 8,
+        "bf16": "no",
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }.items():
         setattr(c.generate, k, v)
     c.labeling.k = 4
-    for k, v in dict(lora=False, lr=3e-3, epochs=3.0, bf16="no", compile="no",
-                     batch_size=8).items():
+    for k, v in {
+        "lora": False,
+        "lr": 3e-3,
+        "epochs": 3.0,
+        "bf16": "no",
+        "compile": "no",
+        "batch_size": 8,
+    }.items():
         setattr(c.reward, k, v)
     # lr 3e-4: at 3e-3 the tiny policy's LoRA moved 0.2-2.3 nats per token in one step (the
     # default model's steps move 0.004-0.02), its KL reached 23 nats and the score fell
-    for k, v in dict(steps=12, batch_size=8, mini_batch_size=4, max_new_tokens=8, bf16="no",
-                     lr=3e-4).items():
+    for k, v in {
+        "steps": 12,
+        "batch_size": 8,
+        "mini_batch_size": 4,
+        "max_new_tokens": 8,
+        "bf16": "no",
+        "lr": 3e-4,
+    }.items():
         setattr(c.ppo, k, v)
     c.rounds.eval_fraction = 0.5
     c.rounds.eval_comparisons = 4  # 4 per held-out prompt and opponent: a tighter win-rate
     p.save_config()
     p = Project.find(root)
-    p.store.add_prompts([Prompt.from_text(f"tell me about the {TOPICS[i % len(TOPICS)]} "
-                                          f"({i})") for i in range(prompts)])
+    p.store.add_prompts(
+        [
+            Prompt.from_text(f"tell me about the {TOPICS[i % len(TOPICS)]} ({i})")
+            for i in range(prompts)
+        ]
+    )
     return p
 
 
 def test_two_simulated_rounds_raise_the_oracle_score_and_win_over_round_0(tmp_path, style_lm):
     p = small_project(tmp_path / "proj", style_lm)
-    quiet = dict(log=lambda m: None, progress=False)
+    quiet = {"log": lambda m: None, "progress": False}
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
     for r in range(2):
-        simulate(p.store, share_of_good, p.config.labeling, annotators=2, noise=0.1, round_=r,
-                 seed=r, progress=False)
+        simulate(
+            p.store,
+            share_of_good,
+            p.config.labeling,
+            annotators=2,
+            noise=0.1,
+            round_=r,
+            seed=r,
+            progress=False,
+        )
         rounds.run_round(p, rounds.RoundSettings.of(p), **quiet)
     assert p.store.current_round() == 2
-    simulate(p.store, share_of_good, p.config.labeling, annotators=2, noise=0.1, round_=2,
-             seed=2, progress=False)
+    simulate(
+        p.store,
+        share_of_good,
+        p.config.labeling,
+        annotators=2,
+        noise=0.1,
+        round_=2,
+        seed=2,
+        progress=False,
+    )
     means = rounds.oracle_means(p, share_of_good)
     print({r: round(m[0], 3) for r, m in means.items()})
     held = rounds.split_prompts(p.store.prompts(), p.config.rounds.eval_fraction)[1]

@@ -33,8 +33,10 @@ def test_current_round_and_stage_records(fresh_store):
     s.finish_stage(RoundStage(3, "ppo", 40.0, {"ppo/kl_last": 1.5}, at(2)))
     s.finish_stage(RoundStage(2, "advance", 0.1, finished_at=at(3)))
     got = [(st.round, st.stage, st.seconds, st.metrics) for st in s.stages(3)]
-    assert got == [(3, "reward", 12.5, {"reward/accuracy": 0.75}),
-                   (3, "ppo", 40.0, {"ppo/kl_last": 1.5})]
+    assert got == [
+        (3, "reward", 12.5, {"reward/accuracy": 0.75}),
+        (3, "ppo", 40.0, {"ppo/kl_last": 1.5}),
+    ]
     s.finish_stage(RoundStage(3, "reward", 20.0, {"reward/accuracy": 0.8}, at(4)))  # replaces
     assert [(st.stage, st.seconds) for st in s.stages(3)] == [("ppo", 40.0), ("reward", 20.0)]
     s.forget_stage(3, "ppo")
@@ -44,17 +46,21 @@ def test_current_round_and_stage_records(fresh_store):
 
 def _responses(store, pid, texts_by_round):
     """{round: response id} for one generated response per round."""
-    return {rnd: store.add_responses([Response(pid, text, round=rnd, policy=f"policy-{rnd}",
-                                               sample_index=0)])[0]
-            for rnd, text in texts_by_round.items()}
+    return {
+        rnd: store.add_responses(
+            [Response(pid, text, round=rnd, policy=f"policy-{rnd}", sample_index=0)]
+        )[0]
+        for rnd, text in texts_by_round.items()
+    }
 
 
 def test_cross_round_outcomes_one_match_per_label_and_pair(fresh_store):
     s = fresh_store
     p1, p2 = s.add_prompts([Prompt.from_text("q1"), Prompt.from_text("q2")])
     r = _responses(s, p1, {0: "old", 1: "mid", 2: "new"})
-    other = s.add_responses([Response(p1, "new too", round=2, policy="policy-2",
-                                      sample_index=1)])[0]
+    other = s.add_responses([Response(p1, "new too", round=2, policy="policy-2", sample_index=1)])[
+        0
+    ]
     imported = s.add_responses([Response(p1, "from a file", round=1, source="import:x")])[0]
     r2 = _responses(s, p2, {0: "a", 2: "b"})
     ann, _ = s.add_annotator("ann")
@@ -65,15 +71,17 @@ def test_cross_round_outcomes_one_match_per_label_and_pair(fresh_store):
     c_tie = s.add_comparison(p2, [r2[2], r2[0]], round=2)
     c_bad = s.add_comparison(p1, [r[1], r[2]], round=2)
     c_import = s.add_comparison(p1, [imported, r[2]], round=2)  # imported: no round's policy
-    s.add_labels([
-        Label.pairwise(c_win, ann.id, (r[0], r[2]), "B"),
-        Label.pairwise(c_same, ann.id, (r[2], other), "A"),
-        # mid best; old and new tied below it
-        Label(c_three, ann.id, ranking=((r[1],), (r[0], r[2]))),
-        Label.pairwise(c_tie, sim.id, (r2[2], r2[0]), "tie", source="simulated"),
-        Label.pairwise(c_bad, ann.id, (r[1], r[2]), "both_bad"),
-        Label.pairwise(c_import, ann.id, (imported, r[2]), "A"),
-    ])
+    s.add_labels(
+        [
+            Label.pairwise(c_win, ann.id, (r[0], r[2]), "B"),
+            Label.pairwise(c_same, ann.id, (r[2], other), "A"),
+            # mid best; old and new tied below it
+            Label(c_three, ann.id, ranking=((r[1],), (r[0], r[2]))),
+            Label.pairwise(c_tie, sim.id, (r2[2], r2[0]), "tie", source="simulated"),
+            Label.pairwise(c_bad, ann.id, (r[1], r[2]), "both_bad"),
+            Label.pairwise(c_import, ann.id, (imported, r[2]), "A"),
+        ]
+    )
     lab = {label.comparison_id: label.id for label in s.labels()}
     got = s.cross_round_outcomes()
     assert got == [

@@ -31,8 +31,9 @@ def test_tidy_scores_endings_and_repetition():
     assert repetition("a b c d e f") == 0.0
     # "x y z w" looped: 12 words, 9 four-grams, 4 distinct: 1 - 4/9 of them repeat
     assert repetition("x y z w " * 3) == pytest.approx(1 - 4 / 9)
-    assert tidy([], ["It is blue.", "It is blue and", "", "x y z w " * 3 + "."]) == \
-        pytest.approx([2.0, 1.0, 0.0, 1.0 + 4 / 9])
+    assert tidy([], ["It is blue.", "It is blue and", "", "x y z w " * 3 + "."]) == pytest.approx(
+        [2.0, 1.0, 0.0, 1.0 + 4 / 9]
+    )
 
 
 def test_plackett_luce_draws_match_bradley_terry():
@@ -48,9 +49,12 @@ def test_plackett_luce_draws_match_bradley_terry():
 
 
 def comparisons(store, n: int, k: int = 2, round_: int = 0) -> list[int]:
-    return [store.add_comparison_texts(Prompt.from_text(f"q{round_}-{i}"),
-                                       [f"answer {j}" for j in range(k)], round=round_)
-            for i in range(n)]
+    return [
+        store.add_comparison_texts(
+            Prompt.from_text(f"q{round_}-{i}"), [f"answer {j}" for j in range(k)], round=round_
+        )
+        for i in range(n)
+    ]
 
 
 def test_simulated_annotators_label_through_the_queue(fresh_store):
@@ -130,8 +134,20 @@ def test_simulate_command(tmp_path, tiny_lm_dir):
     p = Project.init(tmp_path / "p", policy=str(tiny_lm_dir))
     comparisons(p.store, 3)
     p.close()
-    res = CliRunner().invoke(cli, ["simulate", "--oracle", "tidy", "--annotators", "2",
-                                   "--noise", "0.5", "--project", str(tmp_path / "p")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "simulate",
+            "--oracle",
+            "tidy",
+            "--annotators",
+            "2",
+            "--noise",
+            "0.5",
+            "--project",
+            str(tmp_path / "p"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "3 simulated labels (0 gold) by sim-1, sim-2" in res.output
     assert "Next: rankloop round" in res.output

@@ -18,18 +18,25 @@ from rankloop.settings import ConfigError
 def test_tracker_names_are_checked_with_the_setting_named():
     assert tracking.parse_trackers(" tensorboard, wandb ", "ppo") == ["tensorboard", "wandb"]
     assert tracking.parse_trackers("", "reward") == []
-    with pytest.raises(ConfigError, match=r"\[reward\] log_with = 'mlflow': 'mlflow' is not one "
-                                          r"of tensorboard, trackio, wandb"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\[reward\] log_with = 'mlflow': 'mlflow' is not one "
+        r"of tensorboard, trackio, wandb",
+    ):
         tracking.parse_trackers("mlflow", "reward")
 
 
 def test_a_missing_tracker_package_says_how_to_install_it(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "trackio" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a)
+    )
     tracking.check_installed(["tensorboard"])
-    with pytest.raises(ConfigError, match=r"needs the trackio package: pip install "
-                                          r"'rankloop\[trackio\]'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"needs the trackio package: pip install "
+        r"'rankloop\[trackio\]'",
+    ):
         tracking.check_installed(["tensorboard", "trackio"])
 
 
@@ -63,8 +70,10 @@ ALL = "tensorboard,trackio,wandb"
 
 
 def curves(history, keys):
-    return {k: [(h["step"], pytest.approx(h[k], rel=1e-5, abs=1e-6)) for h in history if k in h]
-            for k in keys}
+    return {
+        k: [(h["step"], pytest.approx(h[k], rel=1e-5, abs=1e-6)) for h in history if k in h]
+        for k in keys
+    }
 
 
 def read_all(log_dir: Path, project: str, keys, n):
@@ -73,8 +82,10 @@ def read_all(log_dir: Path, project: str, keys, n):
     tb = tensorboard_scalars(log_dir)
     wb = {k: wait_for(lambda: wandb_scalars(log_dir / "wandb"), k, n) for k in keys}
     tr = trackio_scalars(Path(os.environ["TRACKIO_DIR"]), project)
-    return {name: {k: got.get(k, [])[-n:] for k in keys}
-            for name, got in (("tensorboard", tb), ("wandb", wb), ("trackio", tr))}
+    return {
+        name: {k: got.get(k, [])[-n:] for k in keys}
+        for name, got in (("tensorboard", tb), ("wandb", wb), ("trackio", tr))
+    }
 
 
 def test_ppo_runs_write_the_documented_metrics_to_every_tracker(tmp_path, tiny_lm_dir):
@@ -84,13 +95,30 @@ def test_ppo_runs_write_the_documented_metrics_to_every_tracker(tmp_path, tiny_l
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.train import train_ppo
 
-    cfg = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
-                    log_samples=0, bf16="no", kl_target=0.0, eval_every=0, log_with=ALL)
+    cfg = PPOConfig(
+        steps=2,
+        batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
+        max_new_tokens=4,
+        log_samples=0,
+        bf16="no",
+        kl_target=0.0,
+        eval_every=0,
+        log_with=ALL,
+    )
     prompts = [Prompt.from_text(t) for t in ("hello", "a poem", "gears", "yes")]
     log_dir = tmp_path / "logs"
-    result = train_ppo(cfg, policy=str(tiny_lm_dir), prompts=prompts,
-                       reward_fn=lambda ps, rs: torch.tensor([len(r) / 10 for r in rs]),
-                       out_dir=tmp_path / "policy", progress=False, log=None, log_dir=log_dir)
+    result = train_ppo(
+        cfg,
+        policy=str(tiny_lm_dir),
+        prompts=prompts,
+        reward_fn=lambda ps, rs: torch.tensor([len(r) / 10 for r in rs]),
+        out_dir=tmp_path / "policy",
+        progress=False,
+        log=None,
+        log_dir=log_dir,
+    )
     keys = ("objective/scores", "objective/kl", "policy/clipfrac", "val/var_explained")
     want = curves(result.history, keys)
     assert all(len(v) == 2 for v in want.values())
@@ -106,13 +134,24 @@ def test_reward_runs_write_their_steps_to_every_tracker(tmp_path, tiny_lm_dir):
 
     from simulate import simulate_pairs
 
-    pairs = [pairwise_example(p, a, b) if win else pairwise_example(p, b, a)
-             for p, a, b, win, _ in simulate_pairs(24, seed=3)]
-    cfg = RewardConfig(lora=False, epochs=1, batch_size=8, eval_fraction=0.25, bf16="no",
-                       compile="no", warmup_ratio=0.0, log_with=ALL)
+    pairs = [
+        pairwise_example(p, a, b) if win else pairwise_example(p, b, a)
+        for p, a, b, win, _ in simulate_pairs(24, seed=3)
+    ]
+    cfg = RewardConfig(
+        lora=False,
+        epochs=1,
+        batch_size=8,
+        eval_fraction=0.25,
+        bf16="no",
+        compile="no",
+        warmup_ratio=0.0,
+        log_with=ALL,
+    )
     log_dir = tmp_path / "logs"
-    result = train_reward(pairs, cfg, tmp_path / "rm", base=str(tiny_lm_dir), progress=False,
-                          log_dir=log_dir)
+    result = train_reward(
+        pairs, cfg, tmp_path / "rm", base=str(tiny_lm_dir), progress=False, log_dir=log_dir
+    )
     keys = ("reward/loss", "reward/lr")
     want = curves(result.history, keys)
     n = len(result.history)
@@ -122,4 +161,5 @@ def test_reward_runs_write_their_steps_to_every_tracker(tmp_path, tiny_lm_dir):
     # the run ends with its held-out metrics at the last step
     final = read_all(log_dir, "rankloop-reward", ("reward/accuracy",), 1)
     assert {t: g["reward/accuracy"] for t, g in final.items()} == {
-        t: [(n, pytest.approx(result.metrics["reward/accuracy"]))] for t in final}
+        t: [(n, pytest.approx(result.metrics["reward/accuracy"]))] for t in final
+    }

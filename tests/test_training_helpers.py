@@ -24,7 +24,10 @@ class _Module:  # what transformers passes as `module`: the attention layer
 def _inputs(t=12, dtype=torch.bfloat16):
     torch.manual_seed(0)
     q = torch.randn(2, 6, t, 8, dtype=torch.float64)
-    k, v = torch.randn(2, 2, t, 8, dtype=torch.float64), torch.randn(2, 2, t, 8, dtype=torch.float64)
+    k, v = (
+        torch.randn(2, 2, t, 8, dtype=torch.float64),
+        torch.randn(2, 2, t, 8, dtype=torch.float64),
+    )
     mask = torch.ones(t, t, dtype=torch.bool).tril()[None, None].repeat(2, 1, 1, 1)
     mask[1, :, 6:, 2:6] = False  # a packed block: later tokens do not see tokens 2..5
     return q, k, v, mask
@@ -57,8 +60,9 @@ def test_rankloop_sdpa_matches_fp64_attention_and_beats_bf16_gradients():
     grads_bf16 = torch.autograd.grad(ob, xb, g.to(torch.bfloat16))
 
     def err(gs):
-        return max(float((a.double() - r).abs().max() / r.abs().max())
-                   for a, r in zip(gs, ref_grads))
+        return max(
+            float((a.double() - r).abs().max() / r.abs().max()) for a, r in zip(gs, ref_grads)
+        )
 
     assert err(grads) < 0.02
     assert err(grads) <= err(grads_bf16)
@@ -77,7 +81,7 @@ def test_rankloop_sdpa_without_grad_or_in_fp32_is_transformers_sdpa():
 
 
 def test_rankloop_sdpa_causal_without_a_mask():
-    q, k, v, mask = _inputs()
+    q, k, v, _mask = _inputs()
     xs = [x.float().requires_grad_() for x in (q, k, v)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = kernels.rankloop_sdpa(_Module(), *xs, None)
@@ -107,7 +111,7 @@ def test_use_training_attention_same_model_outputs_and_not_saved(tmp_path):
     loss_ref, grads_ref = _loss_and_grads(model, ids, mask, autocast=False)
     kernels.use_training_attention(model)
     assert model.config._attn_implementation == kernels.NAME
-    loss_fp32, grads_fp32 = _loss_and_grads(model, ids, mask, autocast=False)
+    loss_fp32, _grads_fp32 = _loss_and_grads(model, ids, mask, autocast=False)
     assert loss_fp32 == pytest.approx(loss_ref, rel=1e-6)  # fp32: transformers' own path
     loss_bf16, grads_bf16 = _loss_and_grads(model, ids, mask, autocast=True)
     assert loss_bf16 == pytest.approx(loss_ref, rel=2e-2)
@@ -129,7 +133,8 @@ def test_contiguous_lm_head_input_same_logits():
     contiguous_lm_head_input(model)
     seen = []
     model.get_output_embeddings().register_forward_pre_hook(
-        lambda _m, args: seen.append(args[0].is_contiguous()))
+        lambda _m, args: seen.append(args[0].is_contiguous())
+    )
     after = model(inputs_embeds=emb, logits_to_keep=4).logits
     assert seen == [True]
     assert torch.equal(before, after)
@@ -142,8 +147,10 @@ def test_merged_adapter_samples_merged_and_restores_weights_exactly():
 
     tok, model = _tiny()
     model = model.to(torch.bfloat16)
-    lm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                          init_lora_weights=False))
+    lm = get_peft_model(
+        model,
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     before = {n: p.detach().clone() for n, p in lm.named_parameters()}
     ids = torch.randint(3, len(tok), (2, 7))
     with torch.no_grad():
@@ -184,16 +191,21 @@ def test_adapter_inputs_stay_bf16_under_autocast():
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             x = args[0] if args else None
-            if (func is torch.ops.aten._to_copy.default and isinstance(x, torch.Tensor)
-                    and x.dtype == torch.bfloat16 and x.dim() == 3
-                    and kwargs.get("dtype") == torch.float32):
+            if (
+                func is torch.ops.aten._to_copy.default
+                and isinstance(x, torch.Tensor)
+                and x.dtype == torch.bfloat16
+                and x.dim() == 3
+                and kwargs.get("dtype") == torch.float32
+            ):
                 self.n += 1
             return func(*args, **kwargs)
 
     tok, model = _tiny()
-    lm = get_peft_model(model.to(torch.bfloat16),
-                        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                   init_lora_weights=False))
+    lm = get_peft_model(
+        model.to(torch.bfloat16),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     ids = torch.randint(3, len(tok), (2, 7))
 
     def run():
@@ -231,7 +243,8 @@ print(released, before - rss())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_release_freed_memory_hands_freed_heap_pages_back():
     # in a fresh interpreter: what a long test session did to the heap does not matter
-    out = subprocess.run([sys.executable, "-c", TRIM_CHECK], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", TRIM_CHECK], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == "True"
     assert int(out[1]) > 64 * 2**20, out  # most of the 125 MiB freed goes back to the OS

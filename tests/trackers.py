@@ -45,18 +45,20 @@ def wandb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
             if block - pos % block < 7:  # a block's tail too short for a header is padding
                 pos += block - pos % block
                 continue
-            _crc, length, kind = struct.unpack("<IHB", buf[pos:pos + 7])
+            _crc, length, kind = struct.unpack("<IHB", buf[pos : pos + 7])
             if kind == 0 and length == 0:
                 break
-            cur += buf[pos + 7:pos + 7 + length]
+            cur += buf[pos + 7 : pos + 7 + length]
             pos += 7 + length
             if kind in (1, 4):  # FULL or LAST: a whole record
                 rec = wandb_internal_pb2.Record()
                 rec.ParseFromString(cur)
                 cur = b""
                 if rec.WhichOneof("record_type") == "history":
-                    items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                             for i in rec.history.item}
+                    items = {
+                        i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                        for i in rec.history.item
+                    }
                     for k, v in items.items():
                         if not k.startswith("_") and isinstance(v, (int, float)):
                             out[k].append((items["_step"], float(v)))

@@ -13,8 +13,10 @@ from .common import console, open_project, project_option, user_errors
 
 def _rows(summary: archive.Summary) -> str:
     r = summary.rows
-    return (f"{r.get('labels', 0)} labels, {r.get('comparisons', 0)} comparisons, "
-            f"{r.get('prompts', 0)} prompts")
+    return (
+        f"{r.get('labels', 0)} labels, {r.get('comparisons', 0)} comparisons, "
+        f"{r.get('prompts', 0)} prompts"
+    )
 
 
 @click.command()
@@ -37,8 +39,10 @@ def backup(dest: Path, project_dir):
         s = archive.backup(project.store, dest)
     finally:
         project.close()
-    console.print(f"Backed up {_rows(s)} to {s.path} ({s.bytes / 1e6:.1f} MB, "
-                  f"{s.seconds:.1f} s); integrity check ok.")
+    console.print(
+        f"Backed up {_rows(s)} to {s.path} ({s.bytes / 1e6:.1f} MB, "
+        f"{s.seconds:.1f} s); integrity check ok."
+    )
 
 
 @click.command()
@@ -60,8 +64,7 @@ def restore(backup_file: Path, project_dir):
     db_path = project.root / "rankloop.db"
     project.close()
     s, saved = archive.restore(db_path, backup_file)
-    console.print(f"Restored {_rows(s)} from {backup_file}; the database as it was is in "
-                  f"{saved}.")
+    console.print(f"Restored {_rows(s)} from {backup_file}; the database as it was is in {saved}.")
 
 
 @click.command("export-all")
@@ -84,5 +87,7 @@ def export_all(out_dir: Path, project_dir):
         s = archive.export_all(project.store, out_dir)
     finally:
         project.close()
-    console.print(f"Exported {_rows(s)} (and every other table) to {s.path}/ as JSONL "
-                  f"({s.bytes / 1e6:.1f} MB).")
+    console.print(
+        f"Exported {_rows(s)} (and every other table) to {s.path}/ as JSONL "
+        f"({s.bytes / 1e6:.1f} MB)."
+    )

@@ -15,8 +15,14 @@ from rankloop.lm.loading import ModelLoadError
 from rankloop.reward.pairs import RewardDataError
 from rankloop.settings import ConfigError
 
-USER_ERRORS = (ConfigError, ImportFileError, ModelLoadError, ProjectError, RewardDataError,
-               StoreError)
+USER_ERRORS = (
+    ConfigError,
+    ImportFileError,
+    ModelLoadError,
+    ProjectError,
+    RewardDataError,
+    StoreError,
+)
 
 console = Console(soft_wrap=True)  # never hard-wrap paths and messages
 
@@ -35,9 +41,13 @@ def user_errors(fn):
 
 
 project_option = click.option(
-    "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Project folder (default: the current directory or its nearest parent holding "
-         "rankloop.toml).")
+    "rankloop.toml).",
+)
 
 
 def open_project(project_dir: Path | None) -> Project:

@@ -30,9 +30,13 @@ def annotator():
 
 @annotator.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(PERSON_ROLES),
-              default="annotator", show_default=True,
-              help="admin: also sees the admin view (statistics, flags, gold, upload, export).")
+@click.option(
+    "--role",
+    type=click.Choice(PERSON_ROLES),
+    default="annotator",
+    show_default=True,
+    help="admin: also sees the admin view (statistics, flags, gold, upload, export).",
+)
 @project_option
 @user_errors
 def annotator_add(name, role, project_dir):
@@ -45,8 +49,10 @@ def annotator_add(name, role, project_dir):
     project = open_project(project_dir)
     a, secret = project.store.add_annotator(name, role=role)
     project.close()
-    console.print(f"Created {a.role} [bold]{a.name}[/bold]. Secret (shown only now, give it to "
-                  f"them privately):")
+    console.print(
+        f"Created {a.role} [bold]{a.name}[/bold]. Secret (shown only now, give it to "
+        f"them privately):"
+    )
     click.echo(secret)
 
 
@@ -116,8 +122,9 @@ def annotator_reset_secret(name, project_dir):
     project = open_project(project_dir)
     secret = project.store.set_secret(name)
     project.close()
-    console.print(f"New secret for [bold]{name}[/bold] (shown only now, give it to them "
-                  f"privately):")
+    console.print(
+        f"New secret for [bold]{name}[/bold] (shown only now, give it to them privately):"
+    )
     click.echo(secret)
 
 
@@ -155,12 +162,19 @@ def port_free(host: str, port: int) -> bool:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0 exposes the app to the network: use HTTPS "
-                   "in front of it).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 exposes the app to the network: use HTTPS in front of it).",
+)
 @click.option("--port", type=int, default=7860, show_default=True)
-@click.option("--concurrency", type=int, default=None,
-              help="Handler calls run at once ([labeling] concurrency).")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Handler calls run at once ([labeling] concurrency).",
+)
 @project_option
 @user_errors
 def serve(host, port, concurrency, project_dir):
@@ -179,14 +193,19 @@ def serve(host, port, concurrency, project_dir):
     db_path = project.root / "rankloop.db"
     project.close()
     if not accounts:
-        raise click.ClickException("no annotator accounts yet: create one with `rankloop "
-                                   "annotator add NAME` (add --role admin for the admin view)")
+        raise click.ClickException(
+            "no annotator accounts yet: create one with `rankloop "
+            "annotator add NAME` (add --role admin for the admin view)"
+        )
     if not port_free(host, port):
-        raise click.ClickException(f"port {port} on {host} is in use: stop what runs there or "
-                                   f"pass --port")
+        raise click.ClickException(
+            f"port {port} on {host} is in use: stop what runs there or pass --port"
+        )
     app = build_app(db_path, config, guidelines_path=project.root / GUIDELINES_FILE)
-    console.print(f"Labeling app for {project.root} on http://{host}:{port} "
-                  f"({len(accounts)} accounts). Ctrl+C stops it.")
+    console.print(
+        f"Labeling app for {project.root} on http://{host}:{port} "
+        f"({len(accounts)} accounts). Ctrl+C stops it."
+    )
     try:
         app.launch(host=host, port=port)
     finally:

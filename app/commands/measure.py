@@ -17,13 +17,27 @@ from rankloop.data.records import LABEL_SOURCES
 from .common import console, open_project, project_option, user_errors
 
 source_option = click.option(
-    "--source", "sources", multiple=True, type=click.Choice(LABEL_SOURCES),
-    help="Count only labels from this source (repeat for several; default: all).")
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(LABEL_SOURCES),
+    help="Count only labels from this source (repeat for several; default: all).",
+)
 bootstrap_option = click.option(
-    "--bootstrap", "n_boot", type=click.IntRange(min=10), default=lb.N_BOOT, show_default=True,
-    help="Bootstrap resamples of the prompts for the 95% intervals.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
-                           help="Seed of the bootstrap (the same seed gives the same intervals).")
+    "--bootstrap",
+    "n_boot",
+    type=click.IntRange(min=10),
+    default=lb.N_BOOT,
+    show_default=True,
+    help="Bootstrap resamples of the prompts for the 95% intervals.",
+)
+seed_option = click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the bootstrap (the same seed gives the same intervals).",
+)
 
 
 def _num(x: float) -> float | None:
@@ -57,58 +71,109 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
     board = lb.leaderboard(ms, n_boot=n_boot, seed=seed)
     rates = lb.round_win_rates(ms, n_boot=n_boot, seed=seed)
     if as_json:
-        click.echo(json.dumps({
-            "sources": list(sources) or None, "matches": board.matches, "prompts": board.prompts,
-            "anchor": board.anchor, "anchor_elo": lb.ANCHOR_ELO,
-            "leaderboard": [{"rank": k, "round": r.model, "policy": lb.policy_name(r.model),
-                             "elo": r.elo, "low": _num(r.low), "high": _num(r.high),
-                             "matches": r.matches, "score": r.score}
-                            for k, r in enumerate(board.ratings, 1)],
-            "unconnected": board.unconnected,
-            "win_rates": [{**{k: _num(v) if isinstance(v, float) else v
-                              for k, v in dataclasses.asdict(w).items()},
-                           "policy": lb.policy_name(w.model),
-                           "opponent_policy": lb.policy_name(w.opponent)} for w in rates],
-        }, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "sources": list(sources) or None,
+                    "matches": board.matches,
+                    "prompts": board.prompts,
+                    "anchor": board.anchor,
+                    "anchor_elo": lb.ANCHOR_ELO,
+                    "leaderboard": [
+                        {
+                            "rank": k,
+                            "round": r.model,
+                            "policy": lb.policy_name(r.model),
+                            "elo": r.elo,
+                            "low": _num(r.low),
+                            "high": _num(r.high),
+                            "matches": r.matches,
+                            "score": r.score,
+                        }
+                        for k, r in enumerate(board.ratings, 1)
+                    ],
+                    "unconnected": board.unconnected,
+                    "win_rates": [
+                        {
+                            **{
+                                k: _num(v) if isinstance(v, float) else v
+                                for k, v in dataclasses.asdict(w).items()
+                            },
+                            "policy": lb.policy_name(w.model),
+                            "opponent_policy": lb.policy_name(w.opponent),
+                        }
+                        for w in rates
+                    ],
+                },
+                indent=1,
+            )
+        )
         return
     if not ms:
-        console.print("No labeled cross-round comparisons yet: from round 1 on, each evaluation "
-                      "prompt gets a new response against a round R-1 and a round-0 response "
-                      "(rankloop round, or rankloop generate --round R); label them in the app "
-                      "(rankloop serve) or simulate labels (rankloop simulate).")
+        console.print(
+            "No labeled cross-round comparisons yet: from round 1 on, each evaluation "
+            "prompt gets a new response against a round R-1 and a round-0 response "
+            "(rankloop round, or rankloop generate --round R); label them in the app "
+            "(rankloop serve) or simulate labels (rankloop simulate)."
+        )
         return
     which = "all label sources" if not sources else "labels from " + ", ".join(sources)
-    table = Table(title=f"Leaderboard: Bradley–Terry in Elo, {board.matches} matches on "
-                        f"{board.prompts} prompts, {which}")
+    table = Table(
+        title=f"Leaderboard: Bradley–Terry in Elo, {board.matches} matches on "
+        f"{board.prompts} prompts, {which}"
+    )
     for col in ("rank", "policy", "Elo", "95% interval", "matches", "score"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for k, r in enumerate(board.ratings, 1):
-        table.add_row(str(k), lb.policy_name(r.model), f"{r.elo:.0f}",
-                      f"{r.low:.0f}–{r.high:.0f}", str(r.matches), f"{100 * r.score:.0f}%")
+        table.add_row(
+            str(k),
+            lb.policy_name(r.model),
+            f"{r.elo:.0f}",
+            f"{r.low:.0f}–{r.high:.0f}",
+            str(r.matches),
+            f"{100 * r.score:.0f}%",
+        )
     console.print(table)
     if board.unconnected:
-        console.print("Not rated (no chain of matches to the base): "
-                      + ", ".join(lb.policy_name(r) for r in board.unconnected))
+        console.print(
+            "Not rated (no chain of matches to the base): "
+            + ", ".join(lb.policy_name(r) for r in board.unconnected)
+        )
     table = Table(title="Win-rates (ties count half; W/T/L: wins, ties, losses)")
     for col in ("policy", "vs", "labels", "win-rate", "95% CI", "n", "prompts", "W/T/L"):
         table.add_column(col, justify="left" if col in ("policy", "vs", "labels") else "right")
     for w in rates:
-        table.add_row(lb.policy_name(w.model), "base" if w.opponent == 0 else
-                      lb.policy_name(w.opponent), w.source, f"{100 * w.rate:.0f}%",
-                      f"{100 * w.low:.0f}–{100 * w.high:.0f}%", str(w.n), str(w.prompts),
-                      f"{w.wins}/{w.ties}/{w.losses}")
+        table.add_row(
+            lb.policy_name(w.model),
+            "base" if w.opponent == 0 else lb.policy_name(w.opponent),
+            w.source,
+            f"{100 * w.rate:.0f}%",
+            f"{100 * w.low:.0f}–{100 * w.high:.0f}%",
+            str(w.n),
+            str(w.prompts),
+            f"{w.wins}/{w.ties}/{w.losses}",
+        )
     console.print(table)
 
 
 @click.command("report")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default: report.html in the project folder).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="HTML file to write (default: report.html in the project folder).",
+)
 @source_option
 @bootstrap_option
 @seed_option
-@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Evaluation prompts to show with the newest round's and the previous "
-                   "round's responses.")
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Evaluation prompts to show with the newest round's and the previous round's responses.",
+)
 @project_option
 @user_errors
 def report_cmd(output, sources, n_boot, seed, examples, project_dir):
@@ -125,9 +190,14 @@ def report_cmd(output, sources, n_boot, seed, examples, project_dir):
       rankloop report --output /tmp/round2.html --source human
     """
     project = open_project(project_dir)
-    got = rounds_report.collect(project.store, sources=list(sources) or None, n_boot=n_boot,
-                                seed=seed, examples=examples,
-                                title=f"rankloop report: {project.root.name}")
+    got = rounds_report.collect(
+        project.store,
+        sources=list(sources) or None,
+        n_boot=n_boot,
+        seed=seed,
+        examples=examples,
+        title=f"rankloop report: {project.root.name}",
+    )
     path = rounds_report.write_report(got, output or project.root / "report.html")
     project.close()
     console.print(f"Wrote {path}\n  {rounds_report.headline(got)}", markup=False)

@@ -23,10 +23,14 @@ from .common import console, open_project, project_option, user_errors
 
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--policy", default=None, help="Base policy: local folder, hub id, or "
-              "'smollm2-135m-instruct' (default, embedded).")
-@click.option("--reward-model", default=None, help="Reward model backbone (default: the same "
-              "embedded model).")
+@click.option(
+    "--policy",
+    default=None,
+    help="Base policy: local folder, hub id, or 'smollm2-135m-instruct' (default, embedded).",
+)
+@click.option(
+    "--reward-model", default=None, help="Reward model backbone (default: the same embedded model)."
+)
 @user_errors
 def init(directory: Path, policy: str | None, reward_model: str | None):
     """Create a project: rankloop.toml (every setting, commented), rankloop.db and rounds/.
@@ -36,10 +40,12 @@ def init(directory: Path, policy: str | None, reward_model: str | None):
       rankloop init myproject --policy ./my-sft-checkpoint
     """
     project = Project.init(directory, policy=policy, reward_model=reward_model)
-    console.print(f"Created project in {project.root}\n"
-                  f"  settings: {project.root / 'rankloop.toml'}\n"
-                  f"  database: {project.root / 'rankloop.db'}\n"
-                  f"Next: rankloop import FILE (or --bundled), then rankloop generate.")
+    console.print(
+        f"Created project in {project.root}\n"
+        f"  settings: {project.root / 'rankloop.toml'}\n"
+        f"  database: {project.root / 'rankloop.db'}\n"
+        f"Next: rankloop import FILE (or --bundled), then rankloop generate."
+    )
     project.close()
 
 
@@ -47,20 +53,40 @@ def init(directory: Path, policy: str | None, reward_model: str | None):
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option("--bundled", is_flag=True, help="Import the prompts bundled with rankloop.")
 @click.option("--prompt-column", default="prompt", show_default=True)
-@click.option("--response-column", default="response", show_default=True,
-              help="Column holding one existing response.")
-@click.option("--responses-column", default="responses", show_default=True,
-              help="Column holding a list of existing responses.")
+@click.option(
+    "--response-column",
+    default="response",
+    show_default=True,
+    help="Column holding one existing response.",
+)
+@click.option(
+    "--responses-column",
+    default="responses",
+    show_default=True,
+    help="Column holding a list of existing responses.",
+)
 @click.option("--chosen-column", default="chosen", show_default=True)
 @click.option("--rejected-column", default="rejected", show_default=True)
 @click.option("--tie-column", default="tie", show_default=True)
 @click.option("--margin-column", default="margin", show_default=True)
-@click.option("--source", default=None, help="Name recorded as the rows' source "
-              "(default: import:FILENAME).")
+@click.option(
+    "--source", default=None, help="Name recorded as the rows' source (default: import:FILENAME)."
+)
 @project_option
 @user_errors
-def import_(file: Path | None, bundled: bool, prompt_column, response_column, responses_column,
-            chosen_column, rejected_column, tie_column, margin_column, source, project_dir):
+def import_(
+    file: Path | None,
+    bundled: bool,
+    prompt_column,
+    response_column,
+    responses_column,
+    chosen_column,
+    rejected_column,
+    tie_column,
+    margin_column,
+    source,
+    project_dir,
+):
     """Import prompts, existing responses, or preference data (TRL's prompt/chosen/rejected).
 
     FILE is JSONL, CSV, Parquet, or a folder written by datasets' save_to_disk. A prompt is a
@@ -77,23 +103,36 @@ def import_(file: Path | None, bundled: bool, prompt_column, response_column, re
         raise click.UsageError("give a FILE to import, or --bundled (not both)")
     path = bundled_prompts() if bundled else file
     project = open_project(project_dir)
-    cols = Columns(prompt=prompt_column, response=response_column,
-                   responses=responses_column, chosen=chosen_column, rejected=rejected_column,
-                   tie=tie_column, margin=margin_column)
-    report = import_file(project.store, path, cols,
-                         source="bundled" if bundled else source)
-    console.print(f"Imported {path.name}: {report.rows} rows -> {report.prompts_added} new "
-                  f"prompts, {report.responses_added} responses, {report.comparisons_added} "
-                  f"comparisons, {report.labels_added} labels")
+    cols = Columns(
+        prompt=prompt_column,
+        response=response_column,
+        responses=responses_column,
+        chosen=chosen_column,
+        rejected=rejected_column,
+        tie=tie_column,
+        margin=margin_column,
+    )
+    report = import_file(project.store, path, cols, source="bundled" if bundled else source)
+    console.print(
+        f"Imported {path.name}: {report.rows} rows -> {report.prompts_added} new "
+        f"prompts, {report.responses_added} responses, {report.comparisons_added} "
+        f"comparisons, {report.labels_added} labels"
+    )
     project.close()
 
 
 @click.command()
-@click.option("--n", "n", type=int, default=None, help="Responses per prompt "
-              "([generate] n, default 2).")
-@click.option("--round", "round_", type=int, default=None,
-              help="Round to generate for (default: the current round); round R samples from "
-              "the policy trained in R-1.")
+@click.option(
+    "--n", "n", type=int, default=None, help="Responses per prompt ([generate] n, default 2)."
+)
+@click.option(
+    "--round",
+    "round_",
+    type=int,
+    default=None,
+    help="Round to generate for (default: the current round); round R samples from "
+    "the policy trained in R-1.",
+)
 @click.option("--limit", type=int, default=None, help="Only the first N prompts.")
 @click.option("--batch-size", type=int, default=None, help="Prompts per batched forward.")
 @click.option("--max-new-tokens", type=int, default=None)
@@ -102,8 +141,7 @@ def import_(file: Path | None, bundled: bool, prompt_column, response_column, re
 @click.option("--seed", type=int, default=None)
 @project_option
 @user_errors
-def generate(n, round_, limit, batch_size, max_new_tokens, temperature, top_p, seed,
-             project_dir):
+def generate(n, round_, limit, batch_size, max_new_tokens, temperature, top_p, seed, project_dir):
     """Sample candidate responses from the round's policy and create comparisons to label.
 
     Killed midway and run again, it samples only what is missing. From round 1 on, the
@@ -116,25 +154,42 @@ def generate(n, round_, limit, batch_size, max_new_tokens, temperature, top_p, s
       rankloop generate --n 4 --limit 20
     """
     project = open_project(project_dir)
-    cfg = replace(project.config.generate, n=n, batch_size=batch_size,
-                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    report, cross = rounds.sample_candidates(project, rounds.resolve_round(project, round_), cfg,
-                                             limit=limit)
-    console.print(f"Round {report.round}, policy {report.policy}: {report.generated} new "
-                  f"responses for {report.prompts} prompts ({report.skipped_existing} already "
-                  f"there, {report.unfinished} cut at max_new_tokens); "
-                  f"{report.comparisons_created} new comparisons"
-                  + (f", {cross} across rounds" if cross else ""))
+    cfg = replace(
+        project.config.generate,
+        n=n,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
+    report, cross = rounds.sample_candidates(
+        project, rounds.resolve_round(project, round_), cfg, limit=limit
+    )
+    console.print(
+        f"Round {report.round}, policy {report.policy}: {report.generated} new "
+        f"responses for {report.prompts} prompts ({report.skipped_existing} already "
+        f"there, {report.unfinished} cut at max_new_tokens); "
+        f"{report.comparisons_created} new comparisons"
+        + (f", {cross} across rounds" if cross else "")
+    )
     project.close()
 
 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="trl",
-              show_default=True, help="trl: a datasets folder (load_from_disk); or one file.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(EXPORT_FORMATS),
+    default="trl",
+    show_default=True,
+    help="trl: a datasets folder (load_from_disk); or one file.",
+)
 @click.option("--round", "round_", type=int, default=None, help="Only labels up to this round.")
-@click.option("--drop-ties", is_flag=True, help="Leave out tied pairs (for trainers that do "
-              "not model ties).")
+@click.option(
+    "--drop-ties", is_flag=True, help="Leave out tied pairs (for trainers that do not model ties)."
+)
 @project_option
 @user_errors
 def export(out, fmt, round_, drop_ties, project_dir):

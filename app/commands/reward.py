@@ -17,40 +17,87 @@ from .common import console, open_project, project_option, user_errors
 
 
 @click.command("train-reward")
-@click.option("--round", "round_", type=int, default=None,
-              help="Round to train for (uses labels of rounds <= it; default: the current "
-                   "round).")
-@click.option("--base", default=None, help="Backbone: a sequence-classification model or a "
-              "causal LM (default: [reward] base, else [models] reward_model).")
-@click.option("--lora/--full", "lora", default=None, help="LoRA adapter + head (default) or "
-              "full fine-tuning.")
+@click.option(
+    "--round",
+    "round_",
+    type=int,
+    default=None,
+    help="Round to train for (uses labels of rounds <= it; default: the current round).",
+)
+@click.option(
+    "--base",
+    default=None,
+    help="Backbone: a sequence-classification model or a "
+    "causal LM (default: [reward] base, else [models] reward_model).",
+)
+@click.option(
+    "--lora/--full", "lora", default=None, help="LoRA adapter + head (default) or full fine-tuning."
+)
 @click.option("--epochs", type=float, default=None)
 @click.option("--batch-size", type=int, default=None, help="Comparisons per step.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--loss", type=click.Choice(LOSSES), default=None,
-              help="bt (ties as half wins), rao-kupper, davidson, plackett-luce.")
+@click.option(
+    "--loss",
+    type=click.Choice(LOSSES),
+    default=None,
+    help="bt (ties as half wins), rao-kupper, davidson, plackett-luce.",
+)
 @click.option("--both-bad", type=click.Choice(["drop", "tie"]), default=None)
-@click.option("--aggregate", type=click.Choice(["each", "majority"]), default=None,
-              help="Several annotators per comparison: keep each label or the majority.")
+@click.option(
+    "--aggregate",
+    type=click.Choice(["each", "majority"]),
+    default=None,
+    help="Several annotators per comparison: keep each label or the majority.",
+)
 @click.option("--eval-fraction", type=float, default=None, help="Share of prompts held out.")
 @click.option("--max-length", type=int, default=None)
 @click.option("--lora-r", type=int, default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint "
-              "every N steps.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-              help="Recompute activations in the backward pass: less memory, slower.")
-@click.option("--compile/--no-compile", "compile_", default=None,
-              help="torch.compile each transformer block: faster steps after a one-off compile "
-              "(default: auto, on from 32 steps where it works).")
-@click.option("--log-with", default=None, help="Trackers, comma-separated: tensorboard, "
-              "trackio, wandb (offline); runs go under the project's logs/.")
+@click.option(
+    "--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps."
+)
+@click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    default=None,
+    help="Recompute activations in the backward pass: less memory, slower.",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=None,
+    help="torch.compile each transformer block: faster steps after a one-off compile "
+    "(default: auto, on from 32 steps where it works).",
+)
+@click.option(
+    "--log-with",
+    default=None,
+    help="Trackers, comma-separated: tensorboard, "
+    "trackio, wandb (offline); runs go under the project's logs/.",
+)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
 @user_errors
-def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad, aggregate,
-                     eval_fraction, max_length, lora_r, seed, checkpoint_every,
-                     gradient_checkpointing, compile_, log_with, resume, project_dir):
+def train_reward_cmd(
+    round_,
+    base,
+    lora,
+    epochs,
+    batch_size,
+    lr,
+    loss,
+    both_bad,
+    aggregate,
+    eval_fraction,
+    max_length,
+    lora_r,
+    seed,
+    checkpoint_every,
+    gradient_checkpointing,
+    compile_,
+    log_with,
+    resume,
+    project_dir,
+):
     """Fit the reward model on every label up to the round; save it to rounds/R/reward/.
 
     Options override the [reward] section of rankloop.toml for this run. The model is saved
@@ -67,22 +114,37 @@ def train_reward_cmd(round_, base, lora, epochs, batch_size, lr, loss, both_bad,
     from rankloop.reward.pairs import RewardDataError
 
     project = open_project(project_dir)
-    cfg = replace(project.config.reward, lora=lora, epochs=epochs, batch_size=batch_size,
-                  lr=lr, loss=loss, both_bad=both_bad, aggregate=aggregate,
-                  eval_fraction=eval_fraction, max_length=max_length, lora_r=lora_r, seed=seed,
-                  checkpoint_every=checkpoint_every,
-                  gradient_checkpointing=gradient_checkpointing, compile=compile_,
-                  log_with=log_with)
+    cfg = replace(
+        project.config.reward,
+        lora=lora,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        both_bad=both_bad,
+        aggregate=aggregate,
+        eval_fraction=eval_fraction,
+        max_length=max_length,
+        lora_r=lora_r,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        gradient_checkpointing=gradient_checkpointing,
+        compile=compile_,
+        log_with=log_with,
+    )
     round_ = rounds.resolve_round(project, round_)
     try:
-        result = rounds.train_reward_stage(project, round_, cfg, base=base, resume=resume,
-                                           log=console.print)
+        result = rounds.train_reward_stage(
+            project, round_, cfg, base=base, resume=resume, log=console.print
+        )
     except RewardDataError as e:
         raise click.ClickException(str(e)) from None
-    console.print(f"Round {round_}: reward model saved to {result.path}\n"
-                  f"  {result.train_examples} training comparisons, {result.eval_examples} "
-                  f"held out; {result.steps} steps in {result.seconds:.0f} s, loop "
-                  f"{result.loop_seconds:.0f} s{' (compiled)' if result.compiled else ''}")
+    console.print(
+        f"Round {round_}: reward model saved to {result.path}\n"
+        f"  {result.train_examples} training comparisons, {result.eval_examples} "
+        f"held out; {result.steps} steps in {result.seconds:.0f} s, loop "
+        f"{result.loop_seconds:.0f} s{' (compiled)' if result.compiled else ''}"
+    )
     console.print(f"  {heldout_summary(result.metrics)}")
     project.close()
 
@@ -98,22 +160,43 @@ def heldout_summary(m: dict) -> str:
         return line
     line += f"; frozen-feature probe baseline {probe:.3f}"
     if acc <= probe:
-        line += ("\n  warning: the reward model does not beat a linear probe on frozen features; "
-                 "label more comparisons, or try more --epochs or another --lr")
+        line += (
+            "\n  warning: the reward model does not beat a linear probe on frozen features; "
+            "label more comparisons, or try more --epochs or another --lr"
+        )
     return line
 
 
 @click.command("score")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL file to write: the input rows with a `score` field.")
-@click.option("--round", "round_", type=int, default=None,
-              help="Use this round's reward model (default: the latest).")
-@click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
-              default=None, help="Score with this reward model folder instead.")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL file to write: the input rows with a `score` field.",
+)
+@click.option(
+    "--round",
+    "round_",
+    type=int,
+    default=None,
+    help="Use this round's reward model (default: the latest).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Score with this reward model folder instead.",
+)
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--device", default=None, help="Where to score: auto, cpu, cuda, cuda:N, mps "
-              "(default: the project's [runtime] device, else auto: a GPU when there is one).")
+@click.option(
+    "--device",
+    default=None,
+    help="Where to score: auto, cpu, cuda, cuda:N, mps "
+    "(default: the project's [runtime] device, else auto: a GPU when there is one).",
+)
 @project_option
 @user_errors
 def score_cmd(file, output, round_, model_path, batch_size, device, project_dir):
@@ -141,8 +224,9 @@ def score_cmd(file, output, round_, model_path, batch_size, device, project_dir)
             model_path = model_path or rounds.reward_model_of(project, round_)
             device = device or project.config.runtime.device
             project.close()
-    scorer = RewardScorer.from_pretrained(model_path, batch_size=batch_size,
-                                          device=device or "auto")
+    scorer = RewardScorer.from_pretrained(
+        model_path, batch_size=batch_size, device=device or "auto"
+    )
     scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
     tmp = output.with_name(output.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:

@@ -34,13 +34,20 @@ def print_plan(plan: rounds.RoundPlan) -> None:
     for col in ("stage", "status", "what", "estimate"):
         table.add_column(col)
     for st in plan.stages:
-        table.add_row(st.stage, "done" if st.done else "to run", escape(st.what),
-                      "-" if st.done else _seconds(st.estimate))
+        table.add_row(
+            st.stage,
+            "done" if st.done else "to run",
+            escape(st.what),
+            "-" if st.done else _seconds(st.estimate),
+        )
     console.print(table)
     total = plan.estimate
-    console.print(f"Estimated time: {_seconds(total)}" if total is not None else
-                  "Estimated time: unknown until a round has run (estimates come from the "
-                  "previous round's timings)")
+    console.print(
+        f"Estimated time: {_seconds(total)}"
+        if total is not None
+        else "Estimated time: unknown until a round has run (estimates come from the "
+        "previous round's timings)"
+    )
 
 
 def print_summary(s: rounds.RoundSummary) -> None:
@@ -48,25 +55,33 @@ def print_summary(s: rounds.RoundSummary) -> None:
     table = Table(title=f"round {s.round} done: round {s.round + 1} is current")
     table.add_column("what")
     table.add_column("value")
-    table.add_row("labels used", ", ".join(f"{v} {k}" for k, v in sorted(s.labels.items()))
-                  or "none")
+    table.add_row(
+        "labels used", ", ".join(f"{v} {k}" for k, v in sorted(s.labels.items())) or "none"
+    )
     if "reward/accuracy" in m:
         base = m.get("reward/probe_accuracy")
-        table.add_row("reward model, held-out accuracy",
-                      f"{m['reward/accuracy']:.3f} on {int(m.get('reward/eval_pairs', 0))} pairs"
-                      + (f" (frozen-feature probe {base:.3f})" if base is not None else ""))
+        table.add_row(
+            "reward model, held-out accuracy",
+            f"{m['reward/accuracy']:.3f} on {int(m.get('reward/eval_pairs', 0))} pairs"
+            + (f" (frozen-feature probe {base:.3f})" if base is not None else ""),
+        )
     elif m.get("reward/skipped"):
         table.add_row("reward model", "skipped (--reward-fn)")
     if "ppo/score_first" in m:
-        table.add_row("PPO mean score", f"{m['ppo/score_first']:.3f} -> {m['ppo/score_last']:.3f}"
-                      f" over {int(m.get('ppo/steps', 0))} steps")
+        table.add_row(
+            "PPO mean score",
+            f"{m['ppo/score_first']:.3f} -> {m['ppo/score_last']:.3f}"
+            f" over {int(m.get('ppo/steps', 0))} steps",
+        )
         kl = m.get("ppo/kl_final", m.get("ppo/kl_last"))
         table.add_row("PPO KL to the reference", f"{kl:.3f} nats per response")
     if "generate/responses" in m:
-        table.add_row(f"round {s.round + 1} candidates",
-                      f"{int(m['generate/responses'])} responses "
-                      f"({int(m.get('generate/unfinished', 0))} cut at max_new_tokens), "
-                      f"{int(m.get('generate/comparisons', 0))} comparisons")
+        table.add_row(
+            f"round {s.round + 1} candidates",
+            f"{int(m['generate/responses'])} responses "
+            f"({int(m.get('generate/unfinished', 0))} cut at max_new_tokens), "
+            f"{int(m.get('generate/comparisons', 0))} comparisons",
+        )
     if "compare/cross_round" in m:
         table.add_row("cross-round comparisons", str(int(m["compare/cross_round"])))
     table.add_row("time per stage", ", ".join(f"{k} {_seconds(v)}" for k, v in s.seconds.items()))
@@ -77,23 +92,43 @@ def print_summary(s: rounds.RoundSummary) -> None:
 
 @click.command("round")
 @click.option("--ppo-steps", type=int, default=None, help="PPO steps ([ppo] steps).")
-@click.option("--n", "n", type=int, default=None, help="Responses per prompt for the next "
-              "round ([generate] n).")
-@click.option("--reward-fn", "reward_fns", multiple=True, help="PPO optimises this Python "
-              "reward `[WEIGHT*]module:function` instead of a reward model (no reward stage).")
+@click.option(
+    "--n",
+    "n",
+    type=int,
+    default=None,
+    help="Responses per prompt for the next round ([generate] n).",
+)
+@click.option(
+    "--reward-fn",
+    "reward_fns",
+    multiple=True,
+    help="PPO optimises this Python "
+    "reward `[WEIGHT*]module:function` instead of a reward model (no reward stage).",
+)
 @click.option("--epochs", type=float, default=None, help="Reward model epochs.")
 @click.option("--lr", type=float, default=None, help="Reward model learning rate.")
 @click.option("--ppo-lr", type=float, default=None, help="Policy learning rate.")
-@click.option("--max-new-tokens", type=int, default=None, help="Longest new candidate "
-              "([generate] max_new_tokens).")
-@click.option("--redo", type=click.Choice(rounds.STAGES[:-1]), default=None,
-              help="Run this stage (and the later ones) of the current round again.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and its estimated time; change "
-              "nothing.")
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    help="Longest new candidate ([generate] max_new_tokens).",
+)
+@click.option(
+    "--redo",
+    type=click.Choice(rounds.STAGES[:-1]),
+    default=None,
+    help="Run this stage (and the later ones) of the current round again.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan and its estimated time; change nothing."
+)
 @project_option
 @user_errors
-def round_cmd(ppo_steps, n, reward_fns, epochs, lr, ppo_lr, max_new_tokens, redo, dry_run,
-              project_dir):
+def round_cmd(
+    ppo_steps, n, reward_fns, epochs, lr, ppo_lr, max_new_tokens, redo, dry_run, project_dir
+):
     """Run the current round R end to end: reward model -> PPO -> round R+1's candidates.
 
     Trains R's reward model on every label of rounds <= R, runs PPO from the policy of round
@@ -114,7 +149,8 @@ def round_cmd(ppo_steps, n, reward_fns, epochs, lr, ppo_lr, max_new_tokens, redo
         reward=replace(c.reward, epochs=epochs, lr=lr),
         ppo=replace(c.ppo, steps=ppo_steps, lr=ppo_lr),
         generate=replace(c.generate, n=n, max_new_tokens=max_new_tokens),
-        reward_fns=tuple(reward_fns))
+        reward_fns=tuple(reward_fns),
+    )
     if dry_run:
         if redo:
             console.print(f"(--redo {redo}: those stages would run again)")
@@ -132,17 +168,37 @@ def round_cmd(ppo_steps, n, reward_fns, epochs, lr, ppo_lr, max_new_tokens, redo
 
 
 @click.command("simulate")
-@click.option("--oracle", default="tidy", show_default=True, help="A built-in oracle (tidy) "
-              "or `module:function(prompts, responses) -> scores`, higher is better.")
-@click.option("--annotators", type=int, default=3, show_default=True,
-              help="Simulated accounts taking turns at the queue (sim-1, sim-2, ...).")
-@click.option("--noise", type=float, default=1.0, show_default=True,
-              help="T in P(i over j) = sigmoid((s_i - s_j) / T); 0 always picks the higher "
-              "score.")
+@click.option(
+    "--oracle",
+    default="tidy",
+    show_default=True,
+    help="A built-in oracle (tidy) "
+    "or `module:function(prompts, responses) -> scores`, higher is better.",
+)
+@click.option(
+    "--annotators",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Simulated accounts taking turns at the queue (sim-1, sim-2, ...).",
+)
+@click.option(
+    "--noise",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="T in P(i over j) = sigmoid((s_i - s_j) / T); 0 always picks the higher score.",
+)
 @click.option("--limit", type=int, default=None, help="Stop after M labels.")
-@click.option("--round", "round_", type=int, default=None, help="Label this round's "
-              "comparisons only (default: the current round's first, then leftovers, as the "
-              "app serves them).")
+@click.option(
+    "--round",
+    "round_",
+    type=int,
+    default=None,
+    help="Label this round's "
+    "comparisons only (default: the current round's first, then leftovers, as the "
+    "app serves them).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @project_option
 @user_errors
@@ -162,14 +218,27 @@ def simulate_cmd(oracle, annotators, noise, limit, round_, seed, project_dir):
 
     project = open_project(project_dir)
     fn = load_oracle(oracle)
-    first = project.store.current_round() if project.config.labeling.current_round_first \
-        else None
-    report = simulate(project.store, fn, project.config.labeling, annotators=annotators,
-                      noise=noise, limit=limit, round_=round_, first_round=first, seed=seed)
-    mean = f"; the oracle's mean score of what they saw: {report.mean_score:.3f}" \
-        if report.mean_score is not None else ""
-    console.print(f"{report.labels} simulated labels ({report.gold_labels} gold) by "
-                  f"{', '.join(report.annotators)}{mean}")
+    first = project.store.current_round() if project.config.labeling.current_round_first else None
+    report = simulate(
+        project.store,
+        fn,
+        project.config.labeling,
+        annotators=annotators,
+        noise=noise,
+        limit=limit,
+        round_=round_,
+        first_round=first,
+        seed=seed,
+    )
+    mean = (
+        f"; the oracle's mean score of what they saw: {report.mean_score:.3f}"
+        if report.mean_score is not None
+        else ""
+    )
+    console.print(
+        f"{report.labels} simulated labels ({report.gold_labels} gold) by "
+        f"{', '.join(report.annotators)}{mean}"
+    )
     console.print(f"Next: {rounds.next_step(project)}")
     project.close()
 
@@ -186,14 +255,23 @@ DEMO_SETTINGS = {
 
 @click.command("demo")
 @click.option("--rounds", "n_rounds", type=int, default=2, show_default=True)
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("demo-rounds"), show_default=True, help="The demo's project folder "
-              "(created; run again, it continues where it stopped).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-rounds"),
+    show_default=True,
+    help="The demo's project folder (created; run again, it continues where it stopped).",
+)
 @click.option("--oracle", default="tidy", show_default=True)
 @click.option("--annotators", type=int, default=3, show_default=True)
 @click.option("--noise", type=float, default=0.5, show_default=True)
-@click.option("--policy", default=None, help="Policy and reward backbone of a new demo project "
-              "(default: the embedded SmolLM2-135M-Instruct).")
+@click.option(
+    "--policy",
+    default=None,
+    help="Policy and reward backbone of a new demo project "
+    "(default: the embedded SmolLM2-135M-Instruct).",
+)
 def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
     """Run whole rounds on the default model with simulated annotators, then the leaderboard.
 
@@ -218,16 +296,25 @@ def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
             console.print(f"Round 0: {report.generated} responses from the base policy")
         while True:
             r = store.current_round()
-            got = simulate(store, fn, project.config.labeling, annotators=annotators,
-                           noise=noise, round_=r, seed=r)
+            got = simulate(
+                store,
+                fn,
+                project.config.labeling,
+                annotators=annotators,
+                noise=noise,
+                round_=r,
+                seed=r,
+            )
             console.print(f"Round {r}: {got.labels} simulated labels")
             if r >= n_rounds:
                 break
             summary = rounds.run_round(project, rounds.RoundSettings.of(project), log=plain)
             print_summary(summary)
         print_outcome(project, fn)
-        console.print(f"Demo finished in {_seconds(time.perf_counter() - t0)}; the project is "
-                      f"{project.root} (rankloop status --project {directory})")
+        console.print(
+            f"Demo finished in {_seconds(time.perf_counter() - t0)}; the project is "
+            f"{project.root} (rankloop status --project {directory})"
+        )
         project.close()
 
 
@@ -272,10 +359,14 @@ def print_outcome(project: Project, oracle) -> None:
     for col in ("policy", "all prompts", "evaluation prompts", "responses"):
         table.add_column(col)
     for r, (all_mean, eval_mean, n) in means.items():
-        table.add_row(policy_name(r), f"{all_mean:.3f}",
-                      f"{eval_mean:.3f}" if eval_mean is not None else "-", str(n))
+        table.add_row(
+            policy_name(r),
+            f"{all_mean:.3f}",
+            f"{eval_mean:.3f}" if eval_mean is not None else "-",
+            str(n),
+        )
     console.print(table)
     ctx = click.get_current_context()
-    common = dict(sources=(), n_boot=N_BOOT, seed=0, project_dir=project.root)
+    common = {"sources": (), "n_boot": N_BOOT, "seed": 0, "project_dir": project.root}
     ctx.invoke(leaderboard_cmd, as_json=False, **common)
     ctx.invoke(report_cmd, output=None, examples=3, **common)

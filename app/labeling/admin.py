@@ -28,9 +28,20 @@ from rankloop.data.store import Store, StoreError, new_secret
 from .handlers import AccessDenied, Ctx, annotator, guidelines_markdown
 from .render import conversation_html, markdown_html
 
-STATS_COLUMNS = ["annotator", "role", "labels", "labels/hour", "median s/label", "gold labels",
-                 "gold accuracy", "first-pick rate", "first-pick expected", "skips", "flags",
-                 "mean kappa"]
+STATS_COLUMNS = [
+    "annotator",
+    "role",
+    "labels",
+    "labels/hour",
+    "median s/label",
+    "gold labels",
+    "gold accuracy",
+    "first-pick rate",
+    "first-pick expected",
+    "skips",
+    "flags",
+    "mean kappa",
+]
 
 
 @dataclass(frozen=True)
@@ -73,31 +84,58 @@ def dashboard(ctx: Ctx, username: str | None) -> Dashboard:
         kappas = agreement.pairwise_kappa(store)
         alpha = agreement.krippendorff_alpha(store)
         per_day = agreement.labels_per_day(store)
-        rounds = [(r.number, k, float(v)) for r in store.rounds()
-                  for k, v in sorted(r.metrics.items())
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        rounds = [
+            (r.number, k, float(v))
+            for r in store.rounds()
+            for k, v in sorted(r.metrics.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         flags = queue.open_flags(store)
         status = store.status()
-    table = pd.DataFrame([[s.name, s.role, s.labels, _r(s.labels_per_hour, 1),
-                           _r(s.median_seconds, 1), s.gold_labels, _r(s.gold_accuracy),
-                           _r(s.first_pick_rate), _r(s.first_pick_expected), s.skips, s.flags,
-                           _r(s.mean_kappa)] for s in stats], columns=STATS_COLUMNS)
-    kappa = pd.DataFrame([[f"{a} / {b}", a, b, n, _r(k)] for a, b, n, k in kappas],
-                         columns=["pair", "a", "b", "items", "kappa"])
-    summary = (f"**{status.labels}** labels on **{status.comparisons_labeled}** of "
-               f"**{status.comparisons}** comparisons · **{len(flags)}** open flags · "
-               f"Krippendorff's alpha (ordinal, all annotators): "
-               f"**{'n/a' if alpha is None else f'{alpha:.3f}'}**")
+    table = pd.DataFrame(
+        [
+            [
+                s.name,
+                s.role,
+                s.labels,
+                _r(s.labels_per_hour, 1),
+                _r(s.median_seconds, 1),
+                s.gold_labels,
+                _r(s.gold_accuracy),
+                _r(s.first_pick_rate),
+                _r(s.first_pick_expected),
+                s.skips,
+                s.flags,
+                _r(s.mean_kappa),
+            ]
+            for s in stats
+        ],
+        columns=STATS_COLUMNS,
+    )
+    kappa = pd.DataFrame(
+        [[f"{a} / {b}", a, b, n, _r(k)] for a, b, n, k in kappas],
+        columns=["pair", "a", "b", "items", "kappa"],
+    )
+    summary = (
+        f"**{status.labels}** labels on **{status.comparisons_labeled}** of "
+        f"**{status.comparisons}** comparisons · **{len(flags)}** open flags · "
+        f"Krippendorff's alpha (ordinal, all annotators): "
+        f"**{'n/a' if alpha is None else f'{alpha:.3f}'}**"
+    )
     return Dashboard(
-        annotators=table, kappa=kappa, alpha=alpha,
+        annotators=table,
+        kappa=kappa,
+        alpha=alpha,
         per_day=pd.DataFrame(per_day, columns=["day", "annotator", "labels"]),
         rounds=pd.DataFrame(rounds, columns=["round", "metric", "value"]),
-        flags=pd.DataFrame(flags, columns=["id", "comparison_id", "annotator", "kind", "note",
-                                           "created_at"]),
-        summary=summary)
+        flags=pd.DataFrame(
+            flags, columns=["id", "comparison_id", "annotator", "kind", "note", "created_at"]
+        ),
+        summary=summary,
+    )
 
 
-def resolve_flag(ctx: Ctx, username: str | None, flag_id: int | float | None) -> str:
+def resolve_flag(ctx: Ctx, username: str | None, flag_id: float | None) -> str:
     with ctx.stores() as store:
         a = _admin(store, username)
         if flag_id is None:
@@ -109,7 +147,7 @@ def resolve_flag(ctx: Ctx, username: str | None, flag_id: int | float | None) ->
     return f"Flag {int(flag_id)} resolved: its comparison is back in the queue."
 
 
-def comparison_html(ctx: Ctx, username: str | None, comparison_id: int | float | None) -> str:
+def comparison_html(ctx: Ctx, username: str | None, comparison_id: float | None) -> str:
     """A comparison as the admin needs it to set gold: its prompt and each response under its
     id (rendered safely, like the annotator's page)."""
     with ctx.stores() as store:
@@ -123,17 +161,27 @@ def comparison_html(ctx: Ctx, username: str | None, comparison_id: int | float |
         prompt = store.prompt(comp.prompt_id)
         responses = store.responses(ids=list(comp.response_ids))
         n_labels = len(store.labels(comparison_id=comp.id))
-    gold = (" > ".join(" = ".join(str(r) for r in tier) for tier in comp.gold)
-            if comp.gold else "not gold")
-    parts = [f"<p>Comparison {comp.id}, round {comp.round}, {n_labels} label(s), gold: "
-             f"{html.escape(gold)}</p>", conversation_html(prompt.messages)]
-    parts += [f'<div class="rl-response"><div class="rl-letter">Response id {r.id}</div>'
-              f"{markdown_html(r.text)}</div>" for r in responses]
+    gold = (
+        " > ".join(" = ".join(str(r) for r in tier) for tier in comp.gold)
+        if comp.gold
+        else "not gold"
+    )
+    parts = [
+        (
+            f"<p>Comparison {comp.id}, round {comp.round}, {n_labels} label(s), gold: "
+            f"{html.escape(gold)}</p>"
+        ),
+        conversation_html(prompt.messages),
+    ]
+    parts += [
+        f'<div class="rl-response"><div class="rl-letter">Response id {r.id}</div>'
+        f"{markdown_html(r.text)}</div>"
+        for r in responses
+    ]
     return "".join(parts)
 
 
-def set_gold(ctx: Ctx, username: str | None, comparison_id: int | float | None,
-             ranking: str) -> str:
+def set_gold(ctx: Ctx, username: str | None, comparison_id: float | None, ranking: str) -> str:
     """`ranking` in response ids, best first: '12 > 13', ties with '=' ('12 = 13'); an empty
     ranking makes the comparison regular again."""
     with ctx.stores() as store:
@@ -144,14 +192,18 @@ def set_gold(ctx: Ctx, username: str | None, comparison_id: int | float | None,
         try:
             tiers = None
             if (ranking or "").strip():
-                tiers = [[int(x) for x in part.replace("=", " ").split()]
-                         for part in ranking.split(">")]
+                tiers = [
+                    [int(x) for x in part.replace("=", " ").split()] for part in ranking.split(">")
+                ]
             queue.set_gold(store, cid, tiers)
             ids = store.comparison(cid).response_ids
         except ValueError as e:  # StoreError is a ValueError; so is a non-number
             return f"Not set: {e} (the comparison's responses are listed by id in the export)"
-    return (f"Comparison {cid} is gold: {ranking.strip()}." if tiers else
-            f"Comparison {cid} is a regular comparison again (responses {list(ids)}).")
+    return (
+        f"Comparison {cid} is gold: {ranking.strip()}."
+        if tiers
+        else f"Comparison {cid} is a regular comparison again (responses {list(ids)})."
+    )
 
 
 def save_guidelines(ctx: Ctx, username: str | None, text: str) -> str:
@@ -197,8 +249,11 @@ def accounts(ctx: Ctx, username: str | None) -> pd.DataFrame:
     """The people's accounts: name, role, active or disabled (secrets are never shown)."""
     with ctx.stores() as store:
         _admin(store, username)
-        rows = [[a.name, a.role, "disabled" if a.disabled else "active"]
-                for a in store.annotators() if a.role in PERSON_ROLES]
+        rows = [
+            [a.name, a.role, "disabled" if a.disabled else "active"]
+            for a in store.annotators()
+            if a.role in PERSON_ROLES
+        ]
     return pd.DataFrame(rows, columns=ACCOUNT_COLUMNS)
 
 
@@ -219,27 +274,45 @@ def _account_change(ctx: Ctx, username: str | None, name: str, change, done: str
 
 def disable_account(ctx: Ctx, username: str | None, name: str) -> str:
     """Disable an account: it cannot log in, label or administer; its labels stay."""
-    return _account_change(ctx, username, name, lambda s, n: s.set_disabled(n, True),
-                           "Disabled **{name}** (logged out everywhere; its labels stay).")
+    return _account_change(
+        ctx,
+        username,
+        name,
+        lambda s, n: s.set_disabled(n, True),
+        "Disabled **{name}** (logged out everywhere; its labels stay).",
+    )
 
 
 def enable_account(ctx: Ctx, username: str | None, name: str) -> str:
-    return _account_change(ctx, username, name, lambda s, n: s.set_disabled(n, False),
-                           "Enabled **{name}**: it can log in again.")
+    return _account_change(
+        ctx,
+        username,
+        name,
+        lambda s, n: s.set_disabled(n, False),
+        "Enabled **{name}**: it can log in again.",
+    )
 
 
 def set_role(ctx: Ctx, username: str | None, name: str, role: str) -> str:
-    return _account_change(ctx, username, name, lambda s, n: s.set_role(n, role),
-                           f"**{{name}}** is now an {role} (logged out everywhere).")
+    return _account_change(
+        ctx,
+        username,
+        name,
+        lambda s, n: s.set_role(n, role),
+        f"**{{name}}** is now an {role} (logged out everywhere).",
+    )
 
 
 def reset_secret(ctx: Ctx, username: str | None, name: str) -> str:
     """A new secret for an account (the old one stops working); the message shows it once."""
     secret, hashed = new_secret()
-    return _account_change(ctx, username, name,
-                           lambda s, n: s.set_secret(n, secret_hash=hashed),
-                           "New secret for **{name}** (shown once; its sessions ended): "
-                           f"`{secret}`")
+    return _account_change(
+        ctx,
+        username,
+        name,
+        lambda s, n: s.set_secret(n, secret_hash=hashed),
+        f"New secret for **{{name}}** (shown once; its sessions ended): `{secret}`",
+    )
 
 
 def upload(ctx: Ctx, username: str | None, path: str | None) -> str:
@@ -250,13 +323,14 @@ def upload(ctx: Ctx, username: str | None, path: str | None) -> str:
     with ctx.stores() as store:
         _admin(store, username)
     try:
-        report = import_file(ctx.stores, Path(path), Columns(),
-                             source=f"upload:{Path(path).name}")
+        report = import_file(ctx.stores, Path(path), Columns(), source=f"upload:{Path(path).name}")
     except (ImportFileError, StoreError) as e:
         return f"Nothing imported: {e}"
-    return (f"Imported {report.rows} rows: {report.prompts_added} new prompts, "
-            f"{report.responses_added} responses, {report.comparisons_added} comparisons, "
-            f"{report.labels_added} labels.")
+    return (
+        f"Imported {report.rows} rows: {report.prompts_added} new prompts, "
+        f"{report.responses_added} responses, {report.comparisons_added} comparisons, "
+        f"{report.labels_added} labels."
+    )
 
 
 #: The admin tab's export formats: the preference pairs (as `rankloop export`), or everything
@@ -275,9 +349,11 @@ def export(ctx: Ctx, username: str | None, fmt: str, out_dir: Path) -> tuple[Pat
         if fmt == "everything":
             summary = archive.export_all(store, out_dir / "rankloop-everything")
             r = summary.rows
-            message = (f"Exported everything: {r['labels']} labels, {r['skips']} skips, "
-                       f"{r['flags']} flags, {r['label_revisions']} undone labels, "
-                       f"{r['comparisons']} comparisons (one JSONL file per table).")
+            message = (
+                f"Exported everything: {r['labels']} labels, {r['skips']} skips, "
+                f"{r['flags']} flags, {r['label_revisions']} undone labels, "
+                f"{r['comparisons']} comparisons (one JSONL file per table)."
+            )
             target = summary.path
         else:
             target = out_dir / ("preferences" if fmt == "trl" else f"preferences.{fmt}")

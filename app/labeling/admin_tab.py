@@ -46,8 +46,7 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
     stats = gr.Dataframe(label="Annotators", interactive=False, elem_id="rl-stats")
     with gr.Row():
         per_day = gr.BarPlot(x="day", y="labels", color="annotator", title="Labels per day")
-        kappa_plot = gr.BarPlot(x="pair", y="kappa",
-                                title="Cohen's kappa per pair of annotators")
+        kappa_plot = gr.BarPlot(x="pair", y="kappa", title="Cohen's kappa per pair of annotators")
     rounds_plot = gr.LinePlot(x="round", y="value", color="metric", title="Per-round metrics")
     kappa_table = gr.Dataframe(label="Agreement (Cohen's kappa)", interactive=False)
     flags_table = gr.Dataframe(label="Open flags", interactive=False)
@@ -61,8 +60,10 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
     with gr.Row():
         gold_cid = gr.Number(label="Comparison id", precision=0, elem_id="rl-gold-cid")
         show_btn = gr.Button("Show comparison", elem_id="rl-show")
-        gold_rank = gr.Textbox(label="Gold answer in response ids, best first ('12 > 13'; "
-                                     "empty = not gold)", elem_id="rl-gold-rank")
+        gold_rank = gr.Textbox(
+            label="Gold answer in response ids, best first ('12 > 13'; empty = not gold)",
+            elem_id="rl-gold-rank",
+        )
         gold_btn = gr.Button("Set gold", elem_id="rl-set-gold")
     admin_msg = gr.Markdown("", elem_id="rl-admin-msg")
     shown_comparison = gr.HTML("", elem_id="rl-admin-comparison")
@@ -73,56 +74,82 @@ def build_admin_tab(ctx: Ctx, tab: gr.Tab, export_root: Path) -> None:
         accounts = gr.Dataframe(label="Accounts", interactive=False, elem_id="rl-accounts")
         with gr.Row():
             new_name = gr.Textbox(label="Name", elem_id="rl-new-name")
-            new_role = gr.Dropdown(list(PERSON_ROLES), value="annotator", label="Role",
-                                   elem_id="rl-new-role")
+            new_role = gr.Dropdown(
+                list(PERSON_ROLES), value="annotator", label="Role", elem_id="rl-new-role"
+            )
             new_btn = gr.Button("Create account", elem_id="rl-new-account")
         with gr.Row():
             acct_name = gr.Textbox(label="Account", elem_id="rl-account-name")
             disable_btn = gr.Button("Disable", elem_id="rl-disable")
             enable_btn = gr.Button("Enable", elem_id="rl-enable")
             reset_btn = gr.Button("Reset secret", elem_id="rl-reset-secret")
-            acct_role = gr.Dropdown(list(PERSON_ROLES), value="annotator", label="Role",
-                                    elem_id="rl-account-role")
+            acct_role = gr.Dropdown(
+                list(PERSON_ROLES), value="annotator", label="Role", elem_id="rl-account-role"
+            )
             role_btn = gr.Button("Set role", elem_id="rl-set-role")
     with gr.Accordion("Upload prompts / export", open=False):
-        upload_file = gr.File(label="Prompts (JSONL, CSV or Parquet; as rankloop import)",
-                              type="filepath", elem_id="rl-upload-file")
+        upload_file = gr.File(
+            label="Prompts (JSONL, CSV or Parquet; as rankloop import)",
+            type="filepath",
+            elem_id="rl-upload-file",
+        )
         upload_btn = gr.Button("Import", elem_id="rl-upload")
         with gr.Row():
-            fmt = gr.Dropdown(list(admin.ADMIN_EXPORTS), value="jsonl", label="Format",
-                              elem_id="rl-export-format")
+            fmt = gr.Dropdown(
+                list(admin.ADMIN_EXPORTS), value="jsonl", label="Format", elem_id="rl-export-format"
+            )
             export_btn = gr.Button("Export", elem_id="rl-export")
         export_file = gr.File(label="Export", interactive=False, elem_id="rl-export-file")
 
-    outputs = [summary, stats, per_day, kappa_plot, rounds_plot, kappa_table, flags_table,
-               guide_edit, accounts]
+    outputs = [
+        summary,
+        stats,
+        per_day,
+        kappa_plot,
+        rounds_plot,
+        kappa_table,
+        flags_table,
+        guide_edit,
+        accounts,
+    ]
 
     def on_refresh(request: gr.Request):
         d = guarded(lambda: admin.dashboard(ctx, request.username))
-        return [d.summary, d.annotators, d.per_day, d.kappa, d.rounds, d.kappa, d.flags,
-                admin.current_guidelines(ctx, request.username),
-                admin.accounts(ctx, request.username)]
+        return [
+            d.summary,
+            d.annotators,
+            d.per_day,
+            d.kappa,
+            d.rounds,
+            d.kappa,
+            d.flags,
+            admin.current_guidelines(ctx, request.username),
+            admin.accounts(ctx, request.username),
+        ]
 
     refresh.click(on_refresh, None, outputs, **private)
     tab.select(on_refresh, None, outputs, **private)
 
     resolve_btn.click(_action(ctx, admin.resolve_flag), [flag_id], [admin_msg], **private)
     gold_btn.click(_action(ctx, admin.set_gold), [gold_cid, gold_rank], [admin_msg], **private)
-    show_btn.click(_action(ctx, admin.comparison_html), [gold_cid], [shown_comparison],
-                   **private)
+    show_btn.click(_action(ctx, admin.comparison_html), [gold_cid], [shown_comparison], **private)
     guide_save.click(_action(ctx, admin.save_guidelines), [guide_edit], [admin_msg], **private)
+
     # An account change shows its message, then the accounts table as it is now.
     def account_action(fn):
         def run(request: gr.Request, *args):
             msg = guarded(lambda: fn(ctx, request.username, *args))
             return msg, admin.accounts(ctx, request.username)
+
         return run
 
-    for btn, fn, inputs in ((new_btn, admin.add_account, [new_name, new_role]),
-                            (disable_btn, admin.disable_account, [acct_name]),
-                            (enable_btn, admin.enable_account, [acct_name]),
-                            (reset_btn, admin.reset_secret, [acct_name]),
-                            (role_btn, admin.set_role, [acct_name, acct_role])):
+    for btn, fn, inputs in (
+        (new_btn, admin.add_account, [new_name, new_role]),
+        (disable_btn, admin.disable_account, [acct_name]),
+        (enable_btn, admin.enable_account, [acct_name]),
+        (reset_btn, admin.reset_secret, [acct_name]),
+        (role_btn, admin.set_role, [acct_name, acct_role]),
+    ):
         btn.click(account_action(fn), inputs, [admin_msg, accounts], **private)
     upload_btn.click(_action(ctx, admin.upload), [upload_file], [admin_msg], **private)
 

@@ -38,15 +38,32 @@ def build_api(ctx: Ctx) -> None:
         (in the order to judge them: the first is A), left."""
         return _answer(lambda: handlers.api_next(ctx, request.username))
 
-    def label(comparison_id: int, request_id: str, choice: str = "", ranking: str = "",
-              strength: str = "", rationale: str = "", seconds_spent: float = 0.0,
-              request: gr.Request = None) -> dict:
+    def label(
+        comparison_id: int,
+        request_id: str,
+        choice: str = "",
+        ranking: str = "",
+        strength: str = "",
+        rationale: str = "",
+        seconds_spent: float = 0.0,
+        request: gr.Request = None,
+    ) -> dict:
         """Record a label on your leased comparison: choice A/B/tie/both_bad (pairwise) or
         ranking 'C > A = B'; retry with the same request_id safely. Returns label_id and
         next (your next task, as next_task returns it)."""
-        return _answer(lambda: handlers.api_label(
-            ctx, request.username, comparison_id, request_id, choice, ranking, strength,
-            rationale, seconds_spent))
+        return _answer(
+            lambda: handlers.api_label(
+                ctx,
+                request.username,
+                comparison_id,
+                request_id,
+                choice,
+                ranking,
+                strength,
+                rationale,
+                seconds_spent,
+            )
+        )
 
     gr.api(next_task, api_name="next_task", queue=False)
     gr.api(label, api_name="label", queue=False)

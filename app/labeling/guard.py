@@ -69,8 +69,8 @@ class Throttle:
         self._failures.pop(key, None)
 
 
-ACCOUNT_THROTTLE = dict(free=5)  # a person mistyping; a guesser gets ~12 tries an hour
-ADDRESS_THROTTLE = dict(free=20)  # one address trying many names (or a team behind one proxy)
+ACCOUNT_THROTTLE = {"free": 5}  # a person mistyping; a guesser gets ~12 tries an hour
+ADDRESS_THROTTLE = {"free": 20}  # one address trying many names (or a team behind one proxy)
 
 # Per request: its path and the status a refusal asks for (set by `refuse`).
 _REQUEST: contextvars.ContextVar[dict] = contextvars.ContextVar("rankloop_request")
@@ -127,16 +127,18 @@ class Guard:
             if path.startswith((f"{API}/upload", f"{API}/file=")):
                 if not await self._is_admin(scope):
                     return await PlainTextResponse(
-                        "only an admin may upload or download files", 403)(scope, receive, send)
+                        "only an admin may upload or download files", 403
+                    )(scope, receive, send)
             elif method == "POST" and path.startswith(f"{API}/run/"):
                 body = await _read_body(receive, MAX_BODY)
                 if body is None:
                     return await PlainTextResponse(
-                        f"the request body is over {MAX_BODY:,} bytes", 413)(scope, receive, send)
+                        f"the request body is over {MAX_BODY:,} bytes", 413
+                    )(scope, receive, send)
                 if _names_an_event(body):
                     return await PlainTextResponse(
-                        f"{path} runs the endpoint its URL names; leave fn_index out", 400)(
-                        scope, receive, send)
+                        f"{path} runs the endpoint its URL names; leave fn_index out", 400
+                    )(scope, receive, send)
                 receive = _replay(body, receive)
             return await self.app(scope, receive, _with_status(send, info))
         finally:
@@ -150,8 +152,10 @@ class Guard:
         wait = max(self.accounts.wait(name, now), self.addresses.wait(address, now))
         if wait > 0:
             return await JSONResponse(
-                {"detail": f"Too many failed logins: try again in {math.ceil(wait)} s."}, 429,
-                headers={"Retry-After": str(math.ceil(wait))})(scope, _replay(body, receive), send)
+                {"detail": f"Too many failed logins: try again in {math.ceil(wait)} s."},
+                429,
+                headers={"Retry-After": str(math.ceil(wait))},
+            )(scope, _replay(body, receive), send)
         status = {}
 
         async def watch(message):
@@ -174,8 +178,9 @@ class Guard:
         app = scope.get("app")
         cookies = Request(scope).cookies
         cookie_id = getattr(app, "cookie_id", "")
-        token = (cookies.get(f"access-token-{cookie_id}")
-                 or cookies.get(f"access-token-unsecure-{cookie_id}"))
+        token = cookies.get(f"access-token-{cookie_id}") or cookies.get(
+            f"access-token-unsecure-{cookie_id}"
+        )
         name = getattr(app, "tokens", {}).get(token)
         return bool(name) and await anyio.to_thread.run_sync(is_admin, self.ctx, name)
 

@@ -109,33 +109,63 @@ def annotator(store: Store, username: str | None) -> Annotator:
 
 def _progress_line(store: Store, ctx: Ctx, aid: int) -> str:
     p = queue.progress(store, aid, n=ctx.config.labels_per_comparison)
-    return (f"Labeled today: **{p.labeled_today}** · in total: **{p.labeled_total}** · "
-            f"left in the queue: **{p.left}**")
+    return (
+        f"Labeled today: **{p.labeled_today}** · in total: **{p.labeled_total}** · "
+        f"left in the queue: **{p.left}**"
+    )
 
 
-def _page(ctx: Ctx, store: Store, a: Annotator, task: queue.Task | None, message: str = "",
-          prefill: Prefill = Prefill(), prev: dict | None = None) -> Page:
+def _page(
+    ctx: Ctx,
+    store: Store,
+    a: Annotator,
+    task: queue.Task | None,
+    message: str = "",
+    prefill: Prefill = Prefill(),
+    prev: dict | None = None,
+) -> Page:
     progress = _progress_line(store, ctx, a.id)
     if task is None:
         left = queue.progress(store, a.id, n=ctx.config.labels_per_comparison).left
-        idle = ("Nothing left to label: thank you!" if left == 0 else
-                f"The {left} comparison(s) left are being labeled by others right now; "
-                f"try again in a minute.")
+        idle = (
+            "Nothing left to label: thank you!"
+            if left == 0
+            else f"The {left} comparison(s) left are being labeled by others right now; "
+            f"try again in a minute."
+        )
         return Page("idle", "", (), progress, (message + " " + idle).strip(), None, prefill)
     # The clock for seconds_spent starts when a task is first shown, not at a re-render.
     same = prev is not None and prev.get("request_id") == task.request_id
-    state = {"comparison_id": task.comparison.id, "request_id": task.request_id,
-             "shown_at": prev["shown_at"] if same else ctx.clock(), "k": len(task.responses)}
-    return Page(task.mode, conversation_html(task.prompt.messages),
-                tuple(response_html(i, r.text) for i, r in enumerate(task.responses)),
-                progress, message, state, prefill)
+    state = {
+        "comparison_id": task.comparison.id,
+        "request_id": task.request_id,
+        "shown_at": prev["shown_at"] if same else ctx.clock(),
+        "k": len(task.responses),
+    }
+    return Page(
+        task.mode,
+        conversation_html(task.prompt.messages),
+        tuple(response_html(i, r.text) for i, r in enumerate(task.responses)),
+        progress,
+        message,
+        state,
+        prefill,
+    )
 
 
 def _next(ctx: Ctx, store: Store, a: Annotator) -> queue.Task | None:
     c = ctx.config
-    return queue.next_task(store, a.id, n=c.labels_per_comparison, lease_seconds=c.lease_seconds,
-                           order=c.order, gold_rate=c.gold_rate, now=ctx.clock(), rng=ctx.rng,
-                           first_round=store.current_round() if c.current_round_first else None)
+    return queue.next_task(
+        store,
+        a.id,
+        n=c.labels_per_comparison,
+        lease_seconds=c.lease_seconds,
+        order=c.order,
+        gold_rate=c.gold_rate,
+        now=ctx.clock(),
+        rng=ctx.rng,
+        first_round=store.current_round() if c.current_round_first else None,
+    )
 
 
 def load(ctx: Ctx, username: str | None) -> Page:
@@ -145,13 +175,15 @@ def load(ctx: Ctx, username: str | None) -> Page:
         return _page(ctx, store, a, _next(ctx, store, a))
 
 
-def _same_task(ctx: Ctx, store: Store, a: Annotator, message: str, prefill: Prefill,
-               prev: dict | None = None) -> Page:
+def _same_task(
+    ctx: Ctx, store: Store, a: Annotator, message: str, prefill: Prefill, prev: dict | None = None
+) -> Page:
     """Show the held task again with an error message and the inputs as they were."""
     return _page(ctx, store, a, _next(ctx, store, a), message, prefill, prev)
 
 
 # -- the ranking box: "C > A = B" (built in the browser, checked here) ----------------------
+
 
 def parse_ranking(text: str, k: int) -> list[list[int]]:
     """'C > A = B' -> [[2], [0, 1]]: letters are display positions, '>' separates tiers (best
@@ -161,36 +193,45 @@ def parse_ranking(text: str, k: int) -> list[list[int]]:
     example = " > ".join(letters)
     tokens = re.findall(r"[A-Z]+|\S", check_text(text or "", "the ranking", 200).upper())
     if not tokens:
-        raise StoreError(f"rank the responses: type e.g. '{example}' or press their number "
-                         f"keys, best first")
+        raise StoreError(
+            f"rank the responses: type e.g. '{example}' or press their number keys, best first"
+        )
     tiers: list[list[int]] = [[]]
     for i, t in enumerate(tokens):
         if i % 2 == 0:  # a response
             if t in (">", "="):
-                raise StoreError("the ranking has an empty place: a response must come first, "
-                                 "last, and between two of '>' or '='")
+                raise StoreError(
+                    "the ranking has an empty place: a response must come first, "
+                    "last, and between two of '>' or '='"
+                )
             if t not in letters:
-                raise StoreError(f"unknown response {t!r} in the ranking; use "
-                                 f"{', '.join(letters)}")
+                raise StoreError(f"unknown response {t!r} in the ranking; use {', '.join(letters)}")
             tiers[-1].append(letters.index(t))
         elif t == ">":
             tiers.append([])
         elif t != "=":
-            raise StoreError(f"put '>' (better) or '=' (tie) between two responses, not {t!r}: "
-                             f"e.g. '{example}'")
+            raise StoreError(
+                f"put '>' (better) or '=' (tie) between two responses, not {t!r}: e.g. '{example}'"
+            )
     if len(tokens) % 2 == 0:
         raise StoreError(f"the ranking ends with {tokens[-1]!r}: name a response after it")
     flat = [p for tier in tiers for p in tier]
     if sorted(flat) != list(range(k)):
         missing = [letters[p] for p in range(k) if p not in flat]
         twice = sorted({letters[p] for p in flat if flat.count(p) > 1})
-        raise StoreError("rank every response exactly once: "
-                         + (f"missing {', '.join(missing)}" if missing else
-                            f"{', '.join(twice)} appear(s) twice"))
+        raise StoreError(
+            "rank every response exactly once: "
+            + (
+                f"missing {', '.join(missing)}"
+                if missing
+                else f"{', '.join(twice)} appear(s) twice"
+            )
+        )
     return tiers
 
 
 # -- actions ----------------------------------------------------------------------------------
+
 
 def _elapsed(ctx: Ctx, state: dict) -> float | None:
     """Seconds since the task was shown; none when the clock went back or over a day passed
@@ -199,8 +240,15 @@ def _elapsed(ctx: Ctx, state: dict) -> float | None:
     return seconds if 0 <= seconds <= queue.MAX_SECONDS else None
 
 
-def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | None,
-           strength: str | None, ranking: str | None, rationale: str | None) -> Page:
+def submit(
+    ctx: Ctx,
+    username: str | None,
+    state: dict | None,
+    choice: str | None,
+    strength: str | None,
+    ranking: str | None,
+    rationale: str | None,
+) -> Page:
     """Record the judgment of the task in `state`, then show the next task.
 
     A double click sends the same request id twice: the second returns the label the first
@@ -210,8 +258,7 @@ def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | Non
     with ctx.stores() as store:
         a = annotator(store, username)
         if not state:
-            return _same_task(ctx, store, a, "Nothing to submit: here is your next task.",
-                              prefill)
+            return _same_task(ctx, store, a, "Nothing to submit: here is your next task.", prefill)
         try:
             if state["k"] == 2:
                 kw = {"choice": choice or None}
@@ -222,11 +269,19 @@ def submit(ctx: Ctx, username: str | None, state: dict | None, choice: str | Non
             # The label and the next lease commit together: one transaction, one fsync.
             with store.transaction():
                 label_id = queue.submit(
-                    store, a.id, state["comparison_id"], state["request_id"],
-                    strength=strength or None, rationale=rationale,
-                    margins={"slightly": ctx.config.margin_slightly,
-                             "much": ctx.config.margin_much},
-                    seconds_spent=_elapsed(ctx, state), **kw)
+                    store,
+                    a.id,
+                    state["comparison_id"],
+                    state["request_id"],
+                    strength=strength or None,
+                    rationale=rationale,
+                    margins={
+                        "slightly": ctx.config.margin_slightly,
+                        "much": ctx.config.margin_much,
+                    },
+                    seconds_spent=_elapsed(ctx, state),
+                    **kw,
+                )
                 task = _next(ctx, store, a)
         except StoreError as e:
             return _same_task(ctx, store, a, f"Not saved: {e}", prefill, state)
@@ -246,8 +301,9 @@ def skip(ctx: Ctx, username: str | None, state: dict | None, reason: str | None)
         return _page(ctx, store, a, _next(ctx, store, a), "Skipped.")
 
 
-def flag(ctx: Ctx, username: str | None, state: dict | None, kind: str | None,
-         note: str | None) -> Page:
+def flag(
+    ctx: Ctx, username: str | None, state: dict | None, kind: str | None, note: str | None
+) -> Page:
     """Flag the current task for an admin; it leaves the queue until they resolve it."""
     with ctx.stores() as store:
         a = annotator(store, username)
@@ -264,18 +320,30 @@ def undo(ctx: Ctx, username: str | None, state: dict | None) -> Page:
     """Take back one's own last label and show that comparison again, filled in, to edit."""
     with ctx.stores() as store:
         a = annotator(store, username)
-        got = queue.undo_last(store, a.id, now=ctx.clock(), lease_seconds=ctx.config.lease_seconds,
-                              rng=ctx.rng)
+        got = queue.undo_last(
+            store, a.id, now=ctx.clock(), lease_seconds=ctx.config.lease_seconds, rng=ctx.rng
+        )
         if got is None:
             return _same_task(ctx, store, a, "Nothing to undo.", Prefill())
         label, task = got
         order = list(label.display_order)
-        ranking = " > ".join(" = ".join(LETTERS[order.index(r)] for r in tier)
-                             for tier in label.ranking)
-        prefill = Prefill(label.choice, label.strength or "",
-                          "" if label.mode == "pairwise" else ranking, label.rationale or "")
-        return _page(ctx, store, a, task, f"Label #{label.id} taken back: change it and submit "
-                                          f"again.", prefill)
+        ranking = " > ".join(
+            " = ".join(LETTERS[order.index(r)] for r in tier) for tier in label.ranking
+        )
+        prefill = Prefill(
+            label.choice,
+            label.strength or "",
+            "" if label.mode == "pairwise" else ranking,
+            label.rationale or "",
+        )
+        return _page(
+            ctx,
+            store,
+            a,
+            task,
+            f"Label #{label.id} taken back: change it and submit again.",
+            prefill,
+        )
 
 
 def guidelines_markdown(ctx: Ctx) -> str:
@@ -290,14 +358,20 @@ def guidelines_html(ctx: Ctx) -> str:
 
 # -- the HTTP API for scripted annotators (gradio_client) -------------------------------------
 
+
 def _task_data(ctx: Ctx, store: Store, a: Annotator) -> dict:
     task = _next(ctx, store, a)
     left = queue.progress(store, a.id, n=ctx.config.labels_per_comparison).left
     if task is None:
         return {"comparison_id": None, "left": left}
-    return {"comparison_id": task.comparison.id, "request_id": task.request_id,
-            "mode": task.mode, "prompt": task.prompt.as_chat(),
-            "responses": [r.text for r in task.responses], "left": left}
+    return {
+        "comparison_id": task.comparison.id,
+        "request_id": task.request_id,
+        "mode": task.mode,
+        "prompt": task.prompt.as_chat(),
+        "responses": [r.text for r in task.responses],
+        "left": left,
+    }
 
 
 def api_next(ctx: Ctx, username: str | None) -> dict:
@@ -306,8 +380,17 @@ def api_next(ctx: Ctx, username: str | None) -> dict:
         return _task_data(ctx, store, annotator(store, username))
 
 
-def api_label(ctx: Ctx, username: str | None, comparison_id, request_id, choice="",
-              ranking="", strength="", rationale="", seconds_spent=None) -> dict:
+def api_label(
+    ctx: Ctx,
+    username: str | None,
+    comparison_id,
+    request_id,
+    choice="",
+    ranking="",
+    strength="",
+    rationale="",
+    seconds_spent=None,
+) -> dict:
     """Record a label on the annotator's leased comparison; returns {"label_id": id, "next":
     the next task as `api_next` gives it} (submit-and-fetch-next in one request, as the page).
 
@@ -317,13 +400,17 @@ def api_label(ctx: Ctx, username: str | None, comparison_id, request_id, choice=
     grammar) and a bad one refused with a StoreError naming it, before anything is written.
     """
     comparison_id = _whole_number(comparison_id, "comparison_id")
-    choice, ranking, strength = (check_text(v if v is not None else "", name, 200)
-                                 for v, name in ((choice, "choice"), (ranking, "ranking"),
-                                                 (strength, "strength")))
+    choice, ranking, strength = (
+        check_text(v if v is not None else "", name, 200)
+        for v, name in ((choice, "choice"), (ranking, "ranking"), (strength, "strength"))
+    )
     if choice and ranking.strip():
         raise StoreError("give a choice (2 responses) or a ranking, not both")
-    if isinstance(seconds_spent, (int, float)) and not isinstance(seconds_spent, bool) \
-            and seconds_spent == 0:
+    if (
+        isinstance(seconds_spent, (int, float))
+        and not isinstance(seconds_spent, bool)
+        and seconds_spent == 0
+    ):
         seconds_spent = None  # the API's default: not measured
     with ctx.stores() as store:
         a = annotator(store, username)
@@ -331,16 +418,26 @@ def api_label(ctx: Ctx, username: str | None, comparison_id, request_id, choice=
         kw = {"choice": choice} if choice else {"positions": parse_ranking(ranking, k)}
         with store.transaction():  # the label and the next lease: one commit
             label_id = queue.submit(
-                store, a.id, comparison_id, request_id, strength=strength or None,
-                rationale=rationale, seconds_spent=seconds_spent,
+                store,
+                a.id,
+                comparison_id,
+                request_id,
+                strength=strength or None,
+                rationale=rationale,
+                seconds_spent=seconds_spent,
                 margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much},
-                **kw)
+                **kw,
+            )
             return {"label_id": label_id, "next": _task_data(ctx, store, a)}
 
 
 def _whole_number(value, name: str) -> int:
     """An id a script sent: an integer (or a float with no fraction, as JavaScript sends it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not value.is_integer()) or not 0 < value < 2**63:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+        or not 0 < value < 2**63
+    ):
         raise StoreError(f"{name} must be a whole number; got {queue.show_value(value)}")
     return int(value)

@@ -102,19 +102,31 @@ def build_label_tab(ctx: Ctx) -> LabelTab:
             for i in range(MAX_RESPONSES):
                 with gr.Column(visible=False, min_width=280) as col:
                     resp_html.append(gr.HTML("", elem_id=f"rl-response-{i}"))
-                    rank_btns.append(gr.Button(f"Rank {chr(65 + i)} next ({i + 1})", size="sm",
-                                               elem_id=f"rl-rank-{i}", visible=False))
+                    rank_btns.append(
+                        gr.Button(
+                            f"Rank {chr(65 + i)} next ({i + 1})",
+                            size="sm",
+                            elem_id=f"rl-rank-{i}",
+                            visible=False,
+                        )
+                    )
                 resp_cols.append(col)
         with gr.Row(visible=False, elem_id="rl-pairwise") as pair_row:
-            choice = gr.Radio([("A better", "A"), ("B better", "B"), ("Tie", "tie"),
-                               ("Both bad", "both_bad")], label="Which is better?",
-                              elem_id="rl-choice")
-            strength = gr.Radio([("not set", ""), ("slightly better", "slightly"),
-                                 ("much better", "much")], value="",
-                                label="How much better? (optional)", elem_id="rl-strength")
+            choice = gr.Radio(
+                [("A better", "A"), ("B better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")],
+                label="Which is better?",
+                elem_id="rl-choice",
+            )
+            strength = gr.Radio(
+                [("not set", ""), ("slightly better", "slightly"), ("much better", "much")],
+                value="",
+                label="How much better? (optional)",
+                elem_id="rl-strength",
+            )
         with gr.Row(visible=False, elem_id="rl-ranking-row") as rank_row:
-            ranking = gr.Textbox(label="Ranking, best first ('C > A = B')", elem_id="rl-ranking",
-                                 scale=3)
+            ranking = gr.Textbox(
+                label="Ranking, best first ('C > A = B')", elem_id="rl-ranking", scale=3
+            )
             tie_btn = gr.Button("Next ties with previous (t)", elem_id="rl-tie", size="sm")
             clear_btn = gr.Button("Clear (c)", elem_id="rl-clear", size="sm")
         rationale = gr.Textbox(label="Why? (optional)", lines=2, elem_id="rl-rationale")
@@ -122,31 +134,59 @@ def build_label_tab(ctx: Ctx) -> LabelTab:
             submit_btn = gr.Button("Submit (Enter)", variant="primary", elem_id="rl-submit")
             undo_btn = gr.Button("Undo last label (u)", elem_id="rl-undo")
         with gr.Row():
-            skip_reason = gr.Dropdown(list(SKIP_REASONS), value=SKIP_REASONS[0],
-                                      label="Skip reason", elem_id="rl-skip-reason")
+            skip_reason = gr.Dropdown(
+                list(SKIP_REASONS),
+                value=SKIP_REASONS[0],
+                label="Skip reason",
+                elem_id="rl-skip-reason",
+            )
             skip_btn = gr.Button("Skip (k)", elem_id="rl-skip")
-            flag_kind = gr.Dropdown(list(FLAG_KINDS), value=FLAG_KINDS[1], label="Flag as",
-                                    elem_id="rl-flag-kind")
+            flag_kind = gr.Dropdown(
+                list(FLAG_KINDS), value=FLAG_KINDS[1], label="Flag as", elem_id="rl-flag-kind"
+            )
             flag_note = gr.Textbox(label="Flag note (optional)", elem_id="rl-flag-note")
             flag_btn = gr.Button("Flag (f)", elem_id="rl-flag")
     idle_undo = gr.Button("Undo last label (u)", elem_id="rl-undo-idle", visible=False)
     gr.Markdown(SHORTCUTS)
 
-    outputs = [message, progress, task_area, prompt, *resp_cols, *resp_html, *rank_btns,
-               pair_row, rank_row, choice, strength, ranking, rationale, idle_undo, state]
+    outputs = [
+        message,
+        progress,
+        task_area,
+        prompt,
+        *resp_cols,
+        *resp_html,
+        *rank_btns,
+        pair_row,
+        rank_row,
+        choice,
+        strength,
+        ranking,
+        rationale,
+        idle_undo,
+        state,
+    ]
 
     def show(page: Page) -> list:
         k = len(page.responses_html)
         ranked = page.mode == "ranking"
-        return [page.message, page.progress, gr.update(visible=page.mode != "idle"),
-                page.prompt_html,
-                *[gr.update(visible=i < k) for i in range(MAX_RESPONSES)],
-                *[page.responses_html[i] if i < k else "" for i in range(MAX_RESPONSES)],
-                *[gr.update(visible=ranked and i < k) for i in range(MAX_RESPONSES)],
-                gr.update(visible=page.mode == "pairwise"), gr.update(visible=ranked),
-                gr.update(value=page.prefill.choice), gr.update(value=page.prefill.strength),
-                page.prefill.ranking, page.prefill.rationale,
-                gr.update(visible=page.mode == "idle"), page.state]
+        return [
+            page.message,
+            page.progress,
+            gr.update(visible=page.mode != "idle"),
+            page.prompt_html,
+            *[gr.update(visible=i < k) for i in range(MAX_RESPONSES)],
+            *[page.responses_html[i] if i < k else "" for i in range(MAX_RESPONSES)],
+            *[gr.update(visible=ranked and i < k) for i in range(MAX_RESPONSES)],
+            gr.update(visible=page.mode == "pairwise"),
+            gr.update(visible=ranked),
+            gr.update(value=page.prefill.choice),
+            gr.update(value=page.prefill.strength),
+            page.prefill.ranking,
+            page.prefill.rationale,
+            gr.update(visible=page.mode == "idle"),
+            page.state,
+        ]
 
     def on_submit(st, ch, sg, rk, ra, request: gr.Request):
         return show(guarded(lambda: handlers.submit(ctx, request.username, st, ch, sg, rk, ra)))

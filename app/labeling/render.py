@@ -49,14 +49,18 @@ def conversation_html(messages) -> str:
     turns = []
     for m in messages:
         role = ROLE_NAMES.get(m.role, "Turn")
-        turns.append(f'<div class="rl-turn rl-{html.escape(m.role)}">'
-                     f'<div class="rl-role">{role}</div>{markdown_html(m.content)}</div>')
+        turns.append(
+            f'<div class="rl-turn rl-{html.escape(m.role)}">'
+            f'<div class="rl-role">{role}</div>{markdown_html(m.content)}</div>'
+        )
     return '<div class="rl-prompt">' + "".join(turns) + "</div>"
 
 
 def response_html(position: int, text: str) -> str:
     """One response under its letter (A, B, ...); which policy or round wrote it is not shown."""
     letter = LETTERS[position]
-    return (f'<div class="rl-response" data-position="{position}">'
-            f'<div class="rl-letter">Response {letter} <span class="rl-key">(key {position + 1})'
-            f'</span></div>{markdown_html(text)}</div>')
+    return (
+        f'<div class="rl-response" data-position="{position}">'
+        f'<div class="rl-letter">Response {letter} <span class="rl-key">(key {position + 1})'
+        f"</span></div>{markdown_html(text)}</div>"
+    )

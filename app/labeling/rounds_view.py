@@ -19,8 +19,11 @@ from .events import guarded
 from .handlers import AccessDenied, Ctx
 
 #: The label sources the view can count, as the dropdown offers them.
-SOURCE_CHOICES = (("all labels", "all"), ("human labels", "human"),
-                  ("simulated labels", "simulated"))
+SOURCE_CHOICES = (
+    ("all labels", "all"),
+    ("human labels", "human"),
+    ("simulated labels", "simulated"),
+)
 
 
 def rounds_html(ctx: Ctx, username: str | None, source: str = "all") -> str:
@@ -36,11 +39,16 @@ def rounds_html(ctx: Ctx, username: str | None, source: str = "all") -> str:
 
 def build_rounds_view(ctx: Ctx) -> None:
     """The view's components and events, inside the admin tab (app/labeling/admin_tab.py)."""
-    with gr.Accordion("Rounds: did each round help?", open=False,
-                      elem_id="rl-rounds") as accordion:
+    with gr.Accordion("Rounds: did each round help?", open=False, elem_id="rl-rounds") as accordion:
         with gr.Row():
-            source = gr.Dropdown(list(SOURCE_CHOICES), value="all", label="Count",
-                                 elem_id="rl-rounds-source", scale=0, min_width=200)
+            source = gr.Dropdown(
+                list(SOURCE_CHOICES),
+                value="all",
+                label="Count",
+                elem_id="rl-rounds-source",
+                scale=0,
+                min_width=200,
+            )
             refresh = gr.Button("Refresh rounds", elem_id="rl-rounds-refresh", scale=0)
         view = gr.HTML("", elem_id="rl-rounds-view")
 

@@ -26,8 +26,9 @@ from rankloop.data.store import Store
 class StorePool:
     """Hands a handler the `Store` it may use on the current thread."""
 
-    def __init__(self, *, path: Path | None = None, store: Store | None = None,
-                 owned: bool = False):
+    def __init__(
+        self, *, path: Path | None = None, store: Store | None = None, owned: bool = False
+    ):
         if (path is None) == (store is None):
             raise ValueError("give a database path (per-thread) or one store (shared)")
         self.path = Path(path) if path is not None else None
@@ -37,14 +38,14 @@ class StorePool:
         self._opened: list[Store] = [store] if store is not None and owned else []
 
     @classmethod
-    def per_thread(cls, path: str | Path) -> "StorePool":
+    def per_thread(cls, path: str | Path) -> StorePool:
         stores = cls(path=Path(path))
-        with stores() as s:  # apply migrations once, up front, on this thread
+        with stores():  # apply migrations once, up front, on this thread
             pass
         return stores
 
     @classmethod
-    def shared(cls, store: Store, owned: bool = False) -> "StorePool":
+    def shared(cls, store: Store, owned: bool = False) -> StorePool:
         """One store for every thread; `owned`: `close()` closes it too."""
         return cls(store=store, owned=owned)
 

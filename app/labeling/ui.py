@@ -45,11 +45,20 @@ class LabelingApp:
         runs in a background thread (tests, benchmarks) until `close()`."""
         unknown_user_hash()  # made now, so the first login of an unknown name costs no more
         _, url, _ = self.blocks.launch(
-            server_name=host, server_port=port, auth=authenticator(self.ctx),
-            auth_message=AUTH_MESSAGE, show_error=True, quiet=True,
-            max_threads=max(40, 2 * self.ctx.config.concurrency), footer_links=[],
-            max_file_size=MAX_UPLOAD, prevent_thread_lock=True, head=HEAD, css=CSS,
-            app_kwargs={"middleware": [Middleware(Guard, ctx=self.ctx)]})
+            server_name=host,
+            server_port=port,
+            auth=authenticator(self.ctx),
+            auth_message=AUTH_MESSAGE,
+            show_error=True,
+            quiet=True,
+            max_threads=max(40, 2 * self.ctx.config.concurrency),
+            footer_links=[],
+            max_file_size=MAX_UPLOAD,
+            prevent_thread_lock=True,
+            head=HEAD,
+            css=CSS,
+            app_kwargs={"middleware": [Middleware(Guard, ctx=self.ctx)]},
+        )
         self.ctx.sessions.attach(self.blocks.server_app.tokens)
         if block:
             self.blocks.block_thread()
@@ -73,12 +82,20 @@ def _as_stores(source: StorePool | Store | str | Path) -> StorePool:
     return StorePool.shared(Store.open(source), owned=True)
 
 
-def build_app(source: StorePool | Store | str | Path, config: LabelingConfig | None = None, *,
-              guidelines_path: Path | None = None, ctx: Ctx | None = None) -> LabelingApp:
+def build_app(
+    source: StorePool | Store | str | Path,
+    config: LabelingConfig | None = None,
+    *,
+    guidelines_path: Path | None = None,
+    ctx: Ctx | None = None,
+) -> LabelingApp:
     """The labeling app over a database file, one `Store` (both: one connection shared behind a
     lock), or a `StorePool` (e.g. `StorePool.per_thread(path)`: a connection per worker thread)."""
-    ctx = ctx or Ctx(stores=_as_stores(source), config=config or LabelingConfig(),
-                     guidelines_path=guidelines_path)
+    ctx = ctx or Ctx(
+        stores=_as_stores(source),
+        config=config or LabelingConfig(),
+        guidelines_path=guidelines_path,
+    )
     export_dir = tempfile.TemporaryDirectory(prefix="rankloop-export-")
     # Gradio copies files it serves (uploads, exports) into its cache: delete_cache removes
     # this app's copies after an hour and when the server stops.
@@ -94,12 +111,19 @@ def build_app(source: StorePool | Store | str | Path, config: LabelingConfig | N
 
         def on_load(request: gr.Request):
             page = guarded(lambda: handlers.load(ctx, request.username))
-            return [*label.show(page), f"Logged in as **{request.username}**",
-                    handlers.guidelines_html(ctx),
-                    gr.update(visible=admin.is_admin(ctx, request.username))]
+            return [
+                *label.show(page),
+                f"Logged in as **{request.username}**",
+                handlers.guidelines_html(ctx),
+                gr.update(visible=admin.is_admin(ctx, request.username)),
+            ]
 
-        blocks.load(on_load, None, [*label.outputs, who, label.guidelines, admin_tab],
-                    api_visibility="private")
+        blocks.load(
+            on_load,
+            None,
+            [*label.outputs, who, label.guidelines, admin_tab],
+            api_visibility="private",
+        )
         build_api(ctx)
 
     blocks.queue(default_concurrency_limit=ctx.config.concurrency)
