@@ -54,7 +54,7 @@ def load_oracle(spec: str) -> Callable:
         raise ConfigError(
             f"--oracle {spec!r}: give a built-in oracle ({', '.join(ORACLES)}) or module:function"
         )
-    return load_callable(spec)
+    return load_callable(spec, option="--oracle")
 
 
 def simulated_accounts(store: Store, n: int) -> list[Annotator]:

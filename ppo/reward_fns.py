@@ -14,16 +14,13 @@ records, responses the decoded response texts (no special tokens). Sources here:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from rankloop.ppo.core import normalize_scores
-from rankloop.settings import ConfigError
+from rankloop.settings import ConfigError, load_function
 
 RewardFn = Callable[[Sequence, Sequence[str]], torch.Tensor]
 
@@ -162,31 +159,10 @@ def missing_eos_penalty(
     return scores - penalty * (~finished.bool()).to(scores.dtype)  # (N,)
 
 
-def load_callable(spec: str) -> RewardFn:
-    """`module:function` (or `path/to/file.py:function`) -> the function, with a clear error."""
-    if ":" not in spec:
-        raise ConfigError(
-            f"--reward-fn {spec!r}: expected module:function (e.g. my_rewards:length_bonus)"
-        )
-    module_name, func_name = spec.rsplit(":", 1)
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            if mod_spec is None or not path.exists():
-                raise ImportError(f"no file {path}")
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            if "" not in sys.path:  # `python -m` semantics: the current folder is importable
-                sys.path.insert(0, "")
-            module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"--reward-fn {spec!r}: cannot import {module_name!r}: {e}") from e
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise ConfigError(f"--reward-fn {spec!r}: {module_name} has no function {func_name!r}")
-    return CallableReward(fn, spec)
+def load_callable(spec: str, option: str = "--reward-fn") -> RewardFn:
+    """`module:function` (or `path/to/file.py:function`) -> a checked reward source; errors
+    name `option`, the flag the user gave."""
+    return CallableReward(load_function(spec, option), spec)
 
 
 def parse_reward_spec(specs: Sequence[str]) -> RewardFn:

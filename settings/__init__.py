@@ -11,16 +11,49 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import inspect
 import itertools
 import json
+import sys
 import textwrap
 import types
 import typing
+from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A bad setting; the message names the section, the field and what is allowed."""
+
+
+def load_function(spec: str, option: str):
+    """`module:function` (or `path/to/file.py:function`) -> the function it names.
+
+    The one loader of user code named on the command line (PPO's `--reward-fn`, simulate's
+    `--oracle`); `option` is the flag the user typed, so each error names it.
+    """
+    if ":" not in spec:
+        raise ConfigError(f"{option} {spec!r}: expected module:function (e.g. my_rewards:score)")
+    module_name, func_name = spec.rsplit(":", 1)
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if mod_spec is None or not path.exists():
+                raise ImportError(f"no file {path}")
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:  # `python -m` semantics: the current folder is importable
+                sys.path.insert(0, "")
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{option} {spec!r}: cannot import {module_name!r}: {e}") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ConfigError(f"{option} {spec!r}: {module_name} has no function {func_name!r}")
+    return fn
 
 
 @functools.cache

@@ -106,6 +106,20 @@ def test_simulate_round_limit_and_accounts(fresh_store):
     assert load_oracle("tidy")(["q"], ["Done."]).tolist() == [2.0]
 
 
+def test_an_oracle_that_cannot_load_is_named_by_the_option_the_user_gave(tmp_path):
+    # simulate shares PPO's loader of user code; its errors must say --oracle, not --reward-fn
+    (tmp_path / "judge.py").write_text("CONSTANT = 1\n")
+    for spec, why in [
+        ("no_such_module_xyz:score", "cannot import 'no_such_module_xyz'"),
+        (f"{tmp_path / 'judge.py'}:CONSTANT", "has no function 'CONSTANT'"),
+        (f"{tmp_path / 'absent.py'}:score", "cannot import"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_oracle(spec)
+        assert str(err.value).startswith(f"--oracle {spec!r}: ") and why in str(err.value)
+        assert "--reward-fn" not in str(err.value)
+
+
 def test_the_queue_serves_the_current_round_first(fresh_store):
     s = fresh_store
     old = comparisons(s, 2, round_=0)
