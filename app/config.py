@@ -104,10 +104,6 @@ class LabelingConfig:
     """Queue order: 'oldest' first, 'random', or 'uncertainty' (the comparisons the latest reward model is least sure about first; oldest first until one has scored responses)."""
     gold_rate: float = 0.0
     """Share of tasks drawn from the gold comparisons (known answers set by an admin), each shown once per annotator; 0 = none."""
-    margin_slightly: float = 0.33
-    """Margin recorded for 'slightly better' (Llama 2's margin scale: 1/3 for slightly better)."""
-    margin_much: float = 1.0
-    """Margin recorded for 'much better' (Llama 2's margin scale: 1 for significantly better)."""
     concurrency: int = 16
     """Page events the app handles at once (Gradio's queue concurrency limit); database writes still take turns."""
     current_round_first: bool = True
@@ -124,8 +120,6 @@ class LabelingConfig:
             raise ConfigError("[labeling] order must be 'oldest', 'random' or 'uncertainty'")
         if not 0 <= self.gold_rate <= 1:
             raise ConfigError("[labeling] gold_rate must be between 0 and 1")
-        if not 0 <= self.margin_slightly <= self.margin_much:
-            raise ConfigError("[labeling] margins must satisfy 0 <= margin_slightly <= margin_much")
         if self.concurrency < 1:
             raise ConfigError("[labeling] concurrency must be at least 1")
 
@@ -152,7 +146,16 @@ class RoundsConfig:
             raise ConfigError("[rounds] weak_reward must be 'warn' or 'stop'")
 
 
-MOVED = {"ppo.dpo_beta": "[dpo] beta", "ppo.dpo_epochs": "[dpo] epochs", "ppo.dpo_lr": "[dpo] lr"}
+MOVED = {
+    "ppo.dpo_beta": "[dpo] beta",
+    "ppo.dpo_epochs": "[dpo] epochs",
+    "ppo.dpo_lr": "[dpo] lr",
+    "labeling.margin_slightly": "[reward] margin_slightly",
+    "labeling.margin_much": "[reward] margin_much",
+}
+# Moved settings that `rankloop init` wrote into every project: at their old default they say
+# nothing the new setting's default does not, so they are dropped instead of refused.
+MOVED_AT_DEFAULT = {"labeling.margin_slightly": 0.33, "labeling.margin_much": 1.0}
 
 
 @dataclass
@@ -183,7 +186,11 @@ class ProjectConfig:
             )
         for key, new in MOVED.items():  # settings of older projects that now live elsewhere
             section, name = key.split(".")
-            if name in raw.get(section, {}):
+            if name not in raw.get(section, {}):
+                continue
+            if key in MOVED_AT_DEFAULT and raw[section][name] == MOVED_AT_DEFAULT[key]:
+                del raw[section][name]
+            else:
                 raise ConfigError(f"{path}: [{section}] {name} is now {new}: move it there")
         defaults = cls()
         parts = {s: from_table(type(getattr(defaults, s)), raw.get(s, {}), s) for s in cls.SECTIONS}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from rankloop.data import queue
-from rankloop.data.records import Annotator
+from rankloop.data.records import Annotator, Judgment
 from rankloop.data.store import Store, StoreError
 from rankloop.settings import ConfigError
 
@@ -135,25 +135,14 @@ def simulate(
                 got = oracle([task.prompt] * len(missing), [r.text for r in missing])
                 scores.update(zip((r.id for r in missing), (float(x) for x in got)))
             order = plackett_luce_order([scores[r.id] for r in task.responses], noise, rng)
-            if task.mode == "pairwise":
-                choice = "AB"[order[0]]
-                queue.submit(
-                    store,
-                    a.id,
-                    task.comparison.id,
-                    task.request_id,
-                    choice=choice,
-                    source="simulated",
-                )
-            else:
-                queue.submit(
-                    store,
-                    a.id,
-                    task.comparison.id,
-                    task.request_id,
-                    positions=[[p] for p in order],
-                    source="simulated",
-                )
+            judgment = (
+                Judgment(choice="AB"[order[0]])
+                if task.mode == "pairwise"
+                else Judgment(positions=tuple((p,) for p in order))
+            )
+            queue.submit(
+                store, a.id, task.comparison.id, task.request_id, judgment, source="simulated"
+            )
             labels += 1
             gold += task.gold
             bar.update(1)

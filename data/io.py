@@ -476,20 +476,28 @@ def _with_source(p: Prompt, source: str) -> Prompt:
 EXPORT_FORMATS = ("trl", "jsonl", "parquet")
 
 
-def preference_dataset(store: Store, round: int | None = None, drop_ties: bool = False):
+def preference_dataset(
+    store: Store,
+    round: int | None = None,
+    drop_ties: bool = False,
+    margins: tuple[float, float] | None = None,
+):
     """The labels as a `datasets.Dataset` in TRL's preference format, with metadata columns.
 
     Columns: `prompt`, `chosen`, `rejected` (conversational, i.e. lists of {role, content},
     when any prompt is a conversation), then `tie`, `both_bad`, `strength`, `margin`,
     `annotator`, `round`, `source`, `simulated`, `label_id`, `comparison_id`, `pairs_in_label`.
-    `margin` is the label's numeric margin, 0.0 when it has none (TRL's RewardTrainer subtracts
-    it inside the Bradley-Terry loss, and 0.0 leaves that loss plain); a pairwise strength stays
-    in `strength`. A tied pair has an arbitrary chosen/rejected order: trainers that do not model ties should
+    `margin` is the pair's margin as the reward trainer reads it (`rankings.label_margin`: an
+    imported number, else the strength through `margins` = ([reward] margin_slightly,
+    margin_much)), 0.0 when it has none (TRL's RewardTrainer subtracts it inside the
+    Bradley-Terry loss, and 0.0 leaves that loss plain); the strength stays in `strength`. A tied pair has an arbitrary chosen/rejected order: trainers that do not model ties should
     filter `tie == False` (or export with `drop_ties`).
     """
     import datasets
 
-    prefs = [p for p in store.preferences(round=round) if not (drop_ties and p.tie)]
+    prefs = [
+        p for p in store.preferences(round=round, margins=margins) if not (drop_ties and p.tie)
+    ]
     if not prefs:
         where = f" up to round {round}" if round is not None else ""
         raise StoreError(
@@ -549,11 +557,12 @@ def export_preferences(
     fmt: str = "trl",
     round: int | None = None,
     drop_ties: bool = False,
+    margins: tuple[float, float] | None = None,
 ) -> int:
     """Write the preferences to `out` (`trl`: a `save_to_disk` folder); returns the row count."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
-    ds = preference_dataset(store, round=round, drop_ties=drop_ties)
+    ds = preference_dataset(store, round=round, drop_ties=drop_ties, margins=margins)
     out = Path(out)
     if fmt == "trl":
         ds.save_to_disk(str(out))

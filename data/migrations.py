@@ -412,3 +412,14 @@ def m0020_round_curves(db: sqlite_utils.Database) -> None:
         pk=("round", "stage", "metric", "step"),
         not_null={"value"},
     )
+
+
+# -- 0030+: one rule for each decision --------------------------------------------------------
+
+
+@migration("0030_strength_not_margin")
+def m0030_strength_not_margin(db: sqlite_utils.Database) -> None:
+    """The app stored a margin from `[labeling] margin_*` with each strength; now a label keeps
+    the strength as said and `[reward] margin_*` maps it when the labels are read. Labels of
+    the app (source 'human' with a strength) lose the stored copy; imported margins stay."""
+    db.execute("update labels set margin = null where source = 'human' and strength is not null")

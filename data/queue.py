@@ -40,9 +40,11 @@ from .records import (
     MAX_RESPONSES,
     STRENGTHS,
     Comparison,
+    Judgment,
     Label,
     Prompt,
     Response,
+    mode_of,
     normalize_ranking,
     to_json,
 )
@@ -80,7 +82,7 @@ class Task:
 
     @property
     def mode(self) -> str:
-        return "pairwise" if len(self.responses) == 2 else "ranking"
+        return mode_of(len(self.responses))
 
 
 @dataclass(frozen=True)
@@ -409,25 +411,20 @@ def submit(
     annotator_id: int,
     comparison_id: int,
     request_id: str,
+    judgment: Judgment,
     *,
-    choice: str | None = None,
-    positions: Sequence[Sequence[int]] | None = None,
-    strength: str | None = None,
-    margins: dict[str, float] | None = None,
-    rationale: str | None = None,
-    seconds_spent: float | None = None,
     source: str = "human",
 ) -> int:
-    """Record the annotator's judgment of their leased comparison; returns the label id.
+    """Record the annotator's `judgment` of their leased comparison; returns the label id.
 
-    Pairwise: `choice` is A / B / tie / both_bad relative to the order shown, with an optional
-    `strength` (slightly / much) that `margins` turns into the label's margin. K-wise:
-    `positions` are display positions in tiers, best first (ties share a tier).
-    Idempotent on `request_id`: a retry returns the label already recorded. `source` is
-    'simulated' for `rankloop simulate`'s annotators.
+    A choice needs a pairwise comparison (`mode_of`); a ranking of display positions fits
+    any comparison. Its strength is stored as said (no margin: the
+    reward trainer maps strength to margin). Idempotent on `request_id`: a retry returns the
+    label already recorded. `source` is 'simulated' for `rankloop simulate`'s annotators.
     """
     check_text(request_id, "the request id", MAX_REQUEST_ID)
-    rationale = _check_judgment(choice, positions, strength, rationale, seconds_spent)
+    j = judgment
+    rationale = _check_judgment(j.choice, j.positions, j.strength, j.rationale, j.seconds_spent)
     with store.transaction():
         row = store.db.execute(
             "select id, annotator_id, comparison_id from labels where request_id = ?", [request_id]
@@ -443,30 +440,28 @@ def submit(
                 f"already answered): reload to get your next task"
             )
         order = tuple(json.loads(lease[0]))
-        margin = (margins or {}).get(strength) if strength else None
+        if j.mode == "pairwise" and mode_of(len(order)) != "pairwise":
+            raise StoreError(
+                "A / B / tie / both bad is for a comparison of 2 responses; "
+                "rank these responses instead"
+            )
         common = {
-            "strength": strength,
-            "margin": margin,
+            "strength": j.strength,
             "rationale": rationale,
-            "seconds_spent": seconds_spent,
+            "seconds_spent": j.seconds_spent,
             "source": source,
             "request_id": request_id,
         }
-        if choice is not None:
-            if len(order) != 2:
-                raise StoreError(
-                    "A / B / tie / both bad is for a comparison of 2 responses; "
-                    "rank these responses instead"
-                )
+        if j.mode == "pairwise":
             try:
-                label = Label.pairwise(comparison_id, annotator_id, order, choice, **common)
+                label = Label.pairwise(comparison_id, annotator_id, order, j.choice, **common)
             except ValueError as e:
                 raise StoreError(str(e)) from None
         else:
             label = Label(
                 comparison_id=comparison_id,
                 annotator_id=annotator_id,
-                ranking=ranking_from_positions(positions, order),
+                ranking=ranking_from_positions(j.positions, order),
                 mode="ranking",
                 display_order=order,
                 **common,

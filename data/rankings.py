@@ -1,8 +1,10 @@
 """A ranking's pairwise outcomes: the one reading of "is response a better than b" in rankloop.
 
 A ranking is tiers of response ids, best first, tied responses sharing a tier (the label schema
-of `records.Label`). The labeling queue (gold agreement), the admin's agreement statistics and
-the reward trainer's pairs all read a ranking through these functions.
+of `records.Label`). The labeling queue (gold agreement), the admin's agreement statistics, the
+reward trainer's pairs, the preference export and the leaderboard's cross-round matches all read
+a ranking through these functions, and a label's strength becomes a margin in `label_margin`
+only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,28 @@ def pair_outcomes(ranking: Sequence[Sequence[int]]) -> dict[tuple[int, int], int
     """Each pair (i, j) with i < j (response ids) -> `pair_outcome` of i against j."""
     tiers = tier_of(ranking)
     return {(i, j): pair_outcome(tiers, i, j) for i, j in itertools.combinations(sorted(tiers), 2)}
+
+
+def ranked_pairs(ranking: Sequence[Sequence[int]]) -> list[tuple[int, int, bool]]:
+    """Every pair of a ranking's responses as (higher, lower, tie), in ranking order: a ranking
+    of K gives C(K,2) pairs; the two of a tied pair stay in the order the tier lists them."""
+    order = [r for tier in ranking for r in tier]
+    tiers = tier_of(ranking)
+    return [(hi, lo, tiers[hi] == tiers[lo]) for hi, lo in itertools.combinations(order, 2)]
+
+
+def label_margin(
+    margin: float | None, strength: str | None, margin_slightly: float, margin_much: float
+) -> float:
+    """A label's Bradley-Terry margin: its numeric `margin` as imported, else from its strength
+    through the `[reward] margin_slightly` / `margin_much` settings, else 0.
+
+    The one place a strength becomes a margin: the app stores the strength as the annotator
+    said it, so changing the setting re-reads every label the same way (trainer and export).
+    """
+    if margin is not None:
+        return float(margin)
+    return {"slightly": margin_slightly, "much": margin_much}.get(strength or "", 0.0)
 
 
 def disagreement_rate(rankings_by_item: dict) -> float:

@@ -28,6 +28,15 @@ CHOICES: tuple[str, ...] = ("A", "B", "tie", "both_bad")
 Strength = Literal["slightly", "much"]
 STRENGTHS: tuple[str, ...] = ("slightly", "much")
 
+#: How a comparison is judged: A / B / tie / both bad for 2 responses, a ranking for 3 to 9.
+Mode = Literal["pairwise", "ranking"]
+
+
+def mode_of(k: int) -> Mode:
+    """The one rule for "is this task pairwise": a comparison of exactly 2 responses."""
+    return "pairwise" if k == 2 else "ranking"
+
+
 #: Where a label came from: a person in the app, an imported preference dataset, or a simulator.
 LabelSource = Literal["human", "external", "simulated"]
 LABEL_SOURCES: tuple[str, ...] = ("human", "external", "simulated")
@@ -178,7 +187,7 @@ class Label:
     comparison_id: int
     annotator_id: int
     ranking: Ranking
-    mode: Literal["pairwise", "ranking"] = "ranking"
+    mode: Mode = "ranking"
     choice: str | None = None
     strength: str | None = None
     margin: float | None = None  # a numeric margin from an external source (else from strength)
@@ -226,6 +235,28 @@ class Label:
             display_order=(a, b),
             **kw,
         )
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """What an annotator submits for the comparison leased to them, whatever sent it (the label
+    tab, the API, `rankloop simulate`): the queue turns it into a `Label`.
+
+    Exactly one of `choice` (pairwise, relative to the order shown: A = the first response) and
+    `positions` (a ranking: tiers of display positions, best first) is set; which one a task
+    takes is `mode_of(k)`. `strength` (slightly / much) is kept as said; the reward trainer's
+    `[reward] margin_*` settings turn it into a margin (`reward.pairs.label_margin`).
+    """
+
+    choice: str | None = None
+    positions: tuple[tuple[int, ...], ...] | None = None
+    strength: str | None = None
+    rationale: str | None = None
+    seconds_spent: float | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return "pairwise" if self.choice is not None else "ranking"
 
 
 @dataclass(frozen=True)

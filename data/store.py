@@ -24,6 +24,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .migrations import migrate, schema_version, write_transaction
+from .rankings import label_margin, pair_outcome, ranked_pairs, tier_of
 from .records import (
     MAX_RESPONSES,
     PERSON_ROLES,
@@ -671,11 +672,16 @@ class Store:
             ).fetchall()
         ]
 
-    def preferences(self, round: int | None = None) -> Iterator[Preference]:
-        """Every label (up to `round`) as pairs: a ranking of K yields its C(K,2) pairs.
+    def preferences(
+        self, round: int | None = None, margins: tuple[float, float] | None = None
+    ) -> Iterator[Preference]:
+        """Every label (up to `round`) as pairs: a ranking of K yields its C(K,2) pairs
+        (`rankings.ranked_pairs`, the reading the reward trainer and the leaderboard share).
 
-        Pairs inside one tier are ties (`tie=True`, in display order). Order is deterministic:
-        by label id, then by position in the ranking.
+        Pairs inside one tier are ties (`tie=True`, in display order). `margins` =
+        ([reward] margin_slightly, margin_much) turns a strength into each pair's margin as the
+        trainer does (`rankings.label_margin`); without it, the label's stored margin. Order is
+        deterministic: by label id, then by position in the ranking.
         """
         names = {a.id: a.name for a in self.annotators()}
         prompts: dict[int, Prompt] = {}
@@ -684,10 +690,11 @@ class Store:
             if comp.prompt_id not in prompts:
                 prompts[comp.prompt_id] = self.prompt(comp.prompt_id)
             texts = {r.id: r.text for r in self.responses(ids=list(comp.response_ids))}
-            order = [r for tier in lab.ranking for r in tier]
-            tier_of = {r: t for t, tier in enumerate(lab.ranking) for r in tier}
-            pairs = list(itertools.combinations(order, 2))
-            for hi, lo in pairs:
+            pairs = ranked_pairs(lab.ranking)
+            margin = (
+                lab.margin if margins is None else label_margin(lab.margin, lab.strength, *margins)
+            )
+            for hi, lo, tie in pairs:
                 yield Preference(
                     label_id=lab.id,
                     comparison_id=comp.id,
@@ -696,10 +703,10 @@ class Store:
                     rejected=texts[lo],
                     chosen_id=hi,
                     rejected_id=lo,
-                    tie=tier_of[hi] == tier_of[lo],
+                    tie=tie,
                     both_bad=lab.both_bad,
                     strength=lab.strength,
-                    margin=lab.margin,
+                    margin=None if tie else margin,
                     annotator=names[lab.annotator_id],
                     round=comp.round,
                     source=lab.source,
@@ -837,13 +844,13 @@ class Store:
         ).fetchall():
             if sources is not None and src not in sources:
                 continue
-            tier = {r: t for t, members in enumerate(json.loads(ranking)) for r in members}
-            for i, j in itertools.combinations(sorted(tier), 2):
+            tiers = tier_of(json.loads(ranking))
+            for i, j in itertools.combinations(sorted(tiers), 2):
                 if i not in rounds or j not in rounds or rounds[i] == rounds[j]:
                     continue
                 if rounds[i] < rounds[j]:  # the newer round is side a
                     i, j = j, i
-                outcome = 0.5 if tier[i] == tier[j] else float(tier[i] < tier[j])
+                outcome = (pair_outcome(tiers, i, j) + 1) / 2  # win 1, tie 0.5, loss 0
                 out.append(
                     Match(
                         prompt_id=pid,

@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rankloop.data import rankings
 from rankloop.data.rankings import disagreement_rate, pair_outcome, tier_of
 from rankloop.data.records import Label, Prompt
 from rankloop.data.store import Store
@@ -135,10 +136,9 @@ class PreferenceData:
 
 
 def label_margin(label: Label, margin_slightly: float, margin_much: float) -> float:
-    """The Bradley-Terry margin of a label: its numeric margin, else from its strength, else 0."""
-    if label.margin is not None:
-        return float(label.margin)
-    return {"slightly": margin_slightly, "much": margin_much}.get(label.strength, 0.0)
+    """The Bradley-Terry margin of a label (`rankings.label_margin`: its numeric margin, else
+    from its strength, else 0)."""
+    return rankings.label_margin(label.margin, label.strength, margin_slightly, margin_much)
 
 
 def _example(

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from rankloop.app.cli import cli
 from rankloop.app.project import Project
 from rankloop.data import archive, queue
+from rankloop.data.records import Judgment
 from rankloop.data.store import Store, StoreError
 
 
@@ -35,8 +36,10 @@ def label_all(store: Store, name: str, n: int | None = None) -> list[int]:
                 aid,
                 t.comparison.id,
                 t.request_id,
-                choice="A" if len(t.responses) == 2 else None,
-                positions=None if len(t.responses) == 2 else [[0], [1], [2]],
+                Judgment(
+                    choice="A" if len(t.responses) == 2 else None,
+                    positions=None if len(t.responses) == 2 else [[0], [1], [2]],
+                ),
             )
         )
     return ids
@@ -124,15 +127,13 @@ def test_export_all_writes_what_the_team_collected(tmp_path, fresh_store):
         ann.id,
         t.comparison.id,
         t.request_id,
-        choice="B",
-        strength="much",
-        margins={"much": 1.0},
-        rationale="B is right",
-        seconds_spent=7.5,
+        Judgment(choice="B", strength="much", rationale="B is right", seconds_spent=7.5),
     )
     queue.undo_last(s, ann.id, now=1, rng=rng)
     t = queue.next_task(s, ann.id, now=1, rng=rng)
-    queue.submit(s, ann.id, t.comparison.id, t.request_id, choice="tie", seconds_spent=3.0)
+    queue.submit(
+        s, ann.id, t.comparison.id, t.request_id, Judgment(choice="tie", seconds_spent=3.0)
+    )
     t = queue.next_task(s, ann.id, now=2, rng=rng)
     queue.skip(s, ann.id, t.comparison.id, "too long to judge now")
     t = queue.next_task(s, ann.id, now=3, rng=rng)

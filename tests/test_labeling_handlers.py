@@ -152,7 +152,7 @@ def test_submit_records_exactly_what_was_chosen_then_moves_on(app):
         "comparison_id": c["pairs"][0],
         "choice": "B",
         "strength": "much",
-        "margin": 1.0,
+        "margin": None,  # strength kept; [reward] margin_much maps it
         "rationale": "B is right",
         "seconds_spent": 7.25,
         "mode": "pairwise",
@@ -248,7 +248,7 @@ def test_skip_flag_and_undo(app):
         (c["pairs"][1], "broken", "cut off")
     ]
     p4 = handlers.submit(ctx, "ann", p3.state, "A", "slightly", "", "ok")
-    assert s.db["labels"].get(1)["margin"] == 0.33
+    assert s.db["labels"].get(1)["strength"] == "slightly"
     assert handlers.undo(ctx, "bob", None).message == "Nothing to undo."
     p5 = handlers.undo(ctx, "ann", p4.state)
     assert p5.message == "Label #1 taken back: change it and submit again."

@@ -11,6 +11,7 @@ import sqlite_utils
 
 from rankloop.data import queue
 from rankloop.data.migrations import applied, migrate, schema_version
+from rankloop.data.records import Judgment
 from rankloop.data.store import Store, StoreError
 
 
@@ -114,19 +115,14 @@ def test_submit_pairwise_records_one_exact_row_and_is_idempotent(fresh_store):
     (c1, c2, _), (a, _) = setup(fresh_store)
     t = lease(fresh_store, a)
     first, second = t.display_order
-    margins = {"slightly": 0.33, "much": 1.0}
     lid = queue.submit(
         fresh_store,
         a,
         c1,
         t.request_id,
-        choice="B",
-        strength="much",
-        margins=margins,
-        rationale="  clearer  ",
-        seconds_spent=4.5,
+        Judgment(choice="B", strength="much", rationale="  clearer  ", seconds_spent=4.5),
     )
-    again = queue.submit(fresh_store, a, c1, t.request_id, choice="A", margins=margins)
+    again = queue.submit(fresh_store, a, c1, t.request_id, Judgment(choice="A"))
     assert again == lid
     row = fresh_store.db["labels"].get(lid)
     assert {
@@ -152,7 +148,7 @@ def test_submit_pairwise_records_one_exact_row_and_is_idempotent(fresh_store):
         "ranking": json.dumps([[second], [first]]),
         "choice": "B",
         "strength": "much",
-        "margin": 1.0,
+        "margin": None,  # the reward trainer's [reward] margin_much applies (one setting)
         "display_order": json.dumps([first, second]),
         "rationale": "clearer",
         "seconds_spent": 4.5,
@@ -167,13 +163,13 @@ def test_submit_refuses_without_the_lease_and_leaves_the_db_unchanged(fresh_stor
     (c1, _c2, _), (a, b) = setup(fresh_store)
     t = lease(fresh_store, a)
     with pytest.raises(StoreError, match="not assigned to you"):
-        queue.submit(fresh_store, b, c1, t.request_id, choice="A")  # someone else's task
+        queue.submit(fresh_store, b, c1, t.request_id, Judgment(choice="A"))  # someone else's task
     with pytest.raises(StoreError, match="not assigned to you"):
-        queue.submit(fresh_store, a, c1, "forged", choice="A")
+        queue.submit(fresh_store, a, c1, "forged", Judgment(choice="A"))
     with pytest.raises(StoreError, match="strength applies"):
-        queue.submit(fresh_store, a, c1, t.request_id, choice="tie", strength="much")
+        queue.submit(fresh_store, a, c1, t.request_id, Judgment(choice="tie", strength="much"))
     with pytest.raises(StoreError, match="choose A or B"):
-        queue.submit(fresh_store, a, c1, t.request_id)
+        queue.submit(fresh_store, a, c1, t.request_id, Judgment())
     assert fresh_store.db["labels"].count == 0 and fresh_store.db["leases"].count == 1
 
 
@@ -182,7 +178,7 @@ def test_submit_k_wise_ranking_with_a_tie(fresh_store):
     t = lease(fresh_store, a)
     assert t.mode == "ranking"
     o = t.display_order
-    lid = queue.submit(fresh_store, a, c1, t.request_id, positions=[[2], [0, 3], [1]])
+    lid = queue.submit(fresh_store, a, c1, t.request_id, Judgment(positions=[[2], [0, 3], [1]]))
     assert json.loads(fresh_store.db["labels"].get(lid)["ranking"]) == [
         [o[2]],
         [o[0], o[3]],
@@ -193,11 +189,15 @@ def test_submit_k_wise_ranking_with_a_tie(fresh_store):
     with pytest.raises(StoreError, match="A / B / tie"):
         fresh_store.add_comparison_texts("x", ["1", "2", "3"])
         t3 = lease(fresh_store, a)
-        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, choice="A")
+        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, Judgment(choice="A"))
     with pytest.raises(StoreError, match="exactly once"):
-        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, positions=[[0], [1]])
+        queue.submit(
+            fresh_store, a, t3.comparison.id, t3.request_id, Judgment(positions=[[0], [1]])
+        )
     with pytest.raises(StoreError, match="positions 1..3"):
-        queue.submit(fresh_store, a, t3.comparison.id, t3.request_id, positions=[[0], [1], [7]])
+        queue.submit(
+            fresh_store, a, t3.comparison.id, t3.request_id, Judgment(positions=[[0], [1], [7]])
+        )
 
 
 def test_skip_is_per_annotator_and_flag_holds_for_everyone(fresh_store):
@@ -226,7 +226,7 @@ def test_skip_is_per_annotator_and_flag_holds_for_everyone(fresh_store):
 def test_undo_keeps_the_label_and_hands_the_task_back_to_edit(fresh_store):
     (c1, _c2, _), (a, _) = setup(fresh_store)
     t = lease(fresh_store, a)
-    lid = queue.submit(fresh_store, a, c1, t.request_id, choice="A", seconds_spent=2.0)
+    lid = queue.submit(fresh_store, a, c1, t.request_id, Judgment(choice="A", seconds_spent=2.0))
     lease(fresh_store, a)  # moved on to c2
     label, redo = queue.undo_last(fresh_store, a, now=10.0, rng=random.Random(1))
     assert (label.id, label.choice, redo.comparison.id) == (lid, "A", c1)
@@ -239,7 +239,7 @@ def test_undo_keeps_the_label_and_hands_the_task_back_to_edit(fresh_store):
         "A",
     )
     assert lease(fresh_store, a, now=11.0).comparison.id == c1  # the redo, not c2
-    new = queue.submit(fresh_store, a, c1, redo.request_id, choice="tie")
+    new = queue.submit(fresh_store, a, c1, redo.request_id, Judgment(choice="tie"))
     assert fresh_store.db["labels"].get(new)["choice"] == "tie"
     assert queue.undo_last(fresh_store, 999, now=0.0, rng=random.Random(0)) is None
 
@@ -254,7 +254,9 @@ def test_gold_is_mixed_in_and_kept_out_of_the_regular_queue(fresh_store):
     assert queue.progress(fresh_store, a).left == 2
     t = lease(fresh_store, a, gold_rate=1.0)
     assert (t.comparison.id, t.gold) == (c3, True)
-    queue.submit(fresh_store, a, c3, t.request_id, choice="A" if t.display_order[0] == r2 else "B")
+    queue.submit(
+        fresh_store, a, c3, t.request_id, Judgment(choice="A" if t.display_order[0] == r2 else "B")
+    )
     # Gold answered once: the next draw falls back to the regular queue.
     assert lease(fresh_store, a, gold_rate=1.0).comparison.id == c1
     assert lease(fresh_store, b, gold_rate=0.0).comparison.id == c2
@@ -281,7 +283,7 @@ def test_uncertainty_order_serves_the_smallest_score_gap_first(fresh_store):
     for _ in range(3):
         t = lease(fresh_store, a, order="uncertainty")
         got.append(t.comparison.id)
-        queue.submit(fresh_store, a, t.comparison.id, t.request_id, choice="tie")
+        queue.submit(fresh_store, a, t.comparison.id, t.request_id, Judgment(choice="tie"))
     assert got == [c2, c1, c3]
 
 
@@ -304,7 +306,7 @@ def test_progress_counts_today_and_total(fresh_store):
     (_c1, _c2, _c3), (a, _) = setup(fresh_store)
     for _ in range(2):
         t = lease(fresh_store, a)
-        queue.submit(fresh_store, a, t.comparison.id, t.request_id, choice="A")
+        queue.submit(fresh_store, a, t.comparison.id, t.request_id, Judgment(choice="A"))
     fresh_store.db.execute("update labels set created_at = '2020-01-01T00:00:00' where id = 1")
     p = queue.progress(fresh_store, a)
     assert (p.labeled_today, p.labeled_total, p.left) == (1, 2, 1)
@@ -331,7 +333,7 @@ def test_threads_with_own_connections_label_each_comparison_exactly_n_times(tmp_
                     (
                         aid,
                         queue.submit(
-                            s, aid, t.comparison.id, t.request_id, choice=rng.choice("AB")
+                            s, aid, t.comparison.id, t.request_id, Judgment(choice=rng.choice("AB"))
                         ),
                     )
                 )
@@ -403,7 +405,7 @@ def test_comparisons_the_page_cannot_show_are_refused_and_never_leased(fresh_sto
     assert queue.progress(s, ann).left == 1
     t = lease(s, ann, now=1.0)
     assert (t.comparison.id, len(t.responses)) == (nine, 9)
-    queue.submit(s, ann, nine, t.request_id, positions=[[p] for p in range(9)])
+    queue.submit(s, ann, nine, t.request_id, Judgment(positions=[[p] for p in range(9)]))
     assert lease(s, ann, now=2.0) is None and queue.progress(s, ann).left == 0
     s.db.execute("update comparisons set gold = '[[1]]' where id in (?, ?)", [big12, big30])
     assert lease(s, ann, now=3.0, gold_rate=1.0) is None  # nor as gold

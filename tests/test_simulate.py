@@ -14,7 +14,7 @@ from rankloop.app.config import LabelingConfig
 from rankloop.app.oracles import ends_cleanly, repetition, tidy
 from rankloop.app.simulate import load_oracle, plackett_luce_order, simulate
 from rankloop.data import agreement, queue
-from rankloop.data.records import Prompt
+from rankloop.data.records import Judgment, Prompt
 from rankloop.data.store import StoreError
 from rankloop.settings import ConfigError
 
@@ -130,15 +130,15 @@ def test_the_queue_serves_the_current_round_first(fresh_store):
     for _ in range(4):
         t = queue.next_task(s, a.id, now=0.0, rng=rng, first_round=1)
         order.append(t.comparison.id)
-        queue.submit(s, a.id, t.comparison.id, t.request_id, choice="A")
+        queue.submit(s, a.id, t.comparison.id, t.request_id, Judgment(choice="A"))
     assert order == new + old  # then the leftovers, oldest first
     b, _ = s.add_annotator("bob")  # a second label each (n = 2)
     t = queue.next_task(s, b.id, n=2, now=0.0, rng=rng)
     assert t.comparison.id == old[0]  # without first_round: oldest first
-    queue.submit(s, b.id, t.comparison.id, t.request_id, choice="A")
+    queue.submit(s, b.id, t.comparison.id, t.request_id, Judgment(choice="A"))
     t = queue.next_task(s, b.id, n=2, now=0.0, rng=rng, only_round=0)
     assert t.comparison.id == old[1]
-    queue.submit(s, b.id, t.comparison.id, t.request_id, choice="A")
+    queue.submit(s, b.id, t.comparison.id, t.request_id, Judgment(choice="A"))
     assert queue.next_task(s, b.id, n=2, now=0.0, rng=rng, only_round=0) is None
 
 

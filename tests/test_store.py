@@ -62,6 +62,7 @@ def test_migration_0004_label_ids_are_never_given_twice(tmp_path):
     import sqlite_utils
 
     from rankloop.data import queue
+    from rankloop.data.records import Judgment
 
     db = sqlite_utils.Database(tmp_path / "old.db")
     migrate(db, upto="0003_queue_counts")
@@ -107,10 +108,10 @@ def test_migration_0004_label_ids_are_never_given_twice(tmp_path):
     rng = random.Random(0)
     t = queue.next_task(store, 1, now=0, rng=rng)
     assert t.comparison.id == 3
-    assert queue.submit(store, 1, 3, t.request_id, choice="B") == 4  # not 3 again
+    assert queue.submit(store, 1, 3, t.request_id, Judgment(choice="B")) == 4  # not 3 again
     queue.undo_last(store, 1, now=0, rng=rng)
     t = queue.next_task(store, 1, now=0, rng=rng)
-    assert queue.submit(store, 1, 3, t.request_id, choice="tie") == 5  # not 4 again
+    assert queue.submit(store, 1, 3, t.request_id, Judgment(choice="tie")) == 5  # not 4 again
     assert rows(store, "select label_id from label_revisions order by id") == [(3,), (4,)]
     assert rows(store, "select comparison_id, labels from comparison_queue order by 1") == [
         (1, 1),

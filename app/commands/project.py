@@ -203,7 +203,15 @@ def export(out, fmt, round_, drop_ties, project_dir):
       rankloop export prefs.jsonl --format jsonl --drop-ties
     """
     project = open_project(project_dir)
-    rows = export_preferences(project.store, out, fmt, round=round_, drop_ties=drop_ties)
+    r = project.config.reward  # a strength's margin as the reward trainer reads it
+    rows = export_preferences(
+        project.store,
+        out,
+        fmt,
+        round=round_,
+        drop_ties=drop_ties,
+        margins=(r.margin_slightly, r.margin_much),
+    )
     console.print(f"Wrote {rows} preference pairs to {out} ({fmt})")
     project.close()
 

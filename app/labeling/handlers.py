@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rankloop.app.config import LabelingConfig
 from rankloop.data import queue
-from rankloop.data.records import PERSON_ROLES, Annotator
+from rankloop.data.records import PERSON_ROLES, Annotator, Judgment, mode_of
 from rankloop.data.store import Store, StoreError, check_text
 
 from .render import LETTERS, conversation_html, markdown_html, response_html
@@ -240,6 +240,31 @@ def _elapsed(ctx: Ctx, state: dict) -> float | None:
     return seconds if 0 <= seconds <= queue.MAX_SECONDS else None
 
 
+def judgment_of(
+    k: int,
+    choice: str | None,
+    ranking: str | None,
+    strength: str | None,
+    rationale: str | None,
+    seconds_spent: float | None,
+) -> Judgment:
+    """The page's or the API's fields as one `Judgment` for a task of `k` responses: a choice
+    where the task is pairwise (`mode_of`), else the ranking box parsed. An API caller may also
+    rank a pairwise task ('A > B')."""
+    positions = None
+    if not choice:
+        if mode_of(k) == "pairwise" and not (ranking or "").strip():
+            raise StoreError("choose A better, B better, tie or both bad first")
+        positions = tuple(tuple(tier) for tier in parse_ranking(ranking or "", k))
+    return Judgment(
+        choice=choice or None,
+        positions=positions,
+        strength=strength or None,
+        rationale=rationale,
+        seconds_spent=seconds_spent,
+    )
+
+
 def submit(
     ctx: Ctx,
     username: str | None,
@@ -260,27 +285,13 @@ def submit(
         if not state:
             return _same_task(ctx, store, a, "Nothing to submit: here is your next task.", prefill)
         try:
-            if state["k"] == 2:
-                kw = {"choice": choice or None}
-                if not choice:
-                    raise StoreError("choose A better, B better, tie or both bad first")
-            else:
-                kw = {"positions": parse_ranking(ranking, state["k"])}
+            judgment = judgment_of(
+                state["k"], choice, ranking, strength, rationale, _elapsed(ctx, state)
+            )
             # The label and the next lease commit together: one transaction, one fsync.
             with store.transaction():
                 label_id = queue.submit(
-                    store,
-                    a.id,
-                    state["comparison_id"],
-                    state["request_id"],
-                    strength=strength or None,
-                    rationale=rationale,
-                    margins={
-                        "slightly": ctx.config.margin_slightly,
-                        "much": ctx.config.margin_much,
-                    },
-                    seconds_spent=_elapsed(ctx, state),
-                    **kw,
+                    store, a.id, state["comparison_id"], state["request_id"], judgment
                 )
                 task = _next(ctx, store, a)
         except StoreError as e:
@@ -404,30 +415,20 @@ def api_label(
         check_text(v if v is not None else "", name, 200)
         for v, name in ((choice, "choice"), (ranking, "ranking"), (strength, "strength"))
     )
-    if choice and ranking.strip():
-        raise StoreError("give a choice (2 responses) or a ranking, not both")
     if (
         isinstance(seconds_spent, (int, float))
         and not isinstance(seconds_spent, bool)
         and seconds_spent == 0
     ):
         seconds_spent = None  # the API's default: not measured
+    if choice and ranking.strip():
+        raise StoreError("give a choice (2 responses) or a ranking, not both")
     with ctx.stores() as store:
         a = annotator(store, username)
         k = len(store.comparison(comparison_id).response_ids)
-        kw = {"choice": choice} if choice else {"positions": parse_ranking(ranking, k)}
+        judgment = judgment_of(k, choice, ranking, strength, rationale, seconds_spent)
         with store.transaction():  # the label and the next lease: one commit
-            label_id = queue.submit(
-                store,
-                a.id,
-                comparison_id,
-                request_id,
-                strength=strength or None,
-                rationale=rationale,
-                seconds_spent=seconds_spent,
-                margins={"slightly": ctx.config.margin_slightly, "much": ctx.config.margin_much},
-                **kw,
-            )
+            label_id = queue.submit(store, a.id, comparison_id, request_id, judgment)
             return {"label_id": label_id, "next": _task_data(ctx, store, a)}
 
 
