@@ -113,8 +113,12 @@ def generate(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
     device: str = "auto",
+    policy_name: str | None = None,
 ) -> GenerateReport:
     """Sample `config.n` responses per prompt (the first `limit` prompts) and make comparisons.
+
+    The responses record `policy_name` (default `policy`: the path it was loaded from); a
+    project passes the form its store keeps (`Project.stored`), so a moved project resumes.
 
     `model` / `tokenizer` may be passed in (tests pass a tiny random model); otherwise `policy`
     is loaded on `device` (`[runtime] device`: 'auto' is a GPU when there is one), or served by
@@ -122,7 +126,8 @@ def generate(
     with the responses written so far in this run.
     """
     prompts = store.prompts(limit=limit)
-    have = store.generated_counts(round, policy)
+    name = policy_name or policy
+    have = store.generated_counts(round, name)
     todo = [(p, i) for p in prompts for i in range(have.get(p.id, 0), config.n)]
     skipped = sum(min(have.get(p.id, 0), config.n) for p in prompts)
     unfinished = 0
@@ -166,7 +171,7 @@ def generate(
                     prompt_id=todo[i][0].id,
                     text=s.text,
                     round=round,
-                    policy=policy,
+                    policy=name,
                     source="generated",
                     sample_index=todo[i][1],
                     sampling=sampling,
@@ -196,7 +201,7 @@ def generate(
         bar.close()
     created = make_comparisons(store, round, k, prompt_ids={p.id for p in prompts})
     return GenerateReport(
-        policy=policy,
+        policy=name,
         round=round,
         prompts=len(prompts),
         generated=len(todo),

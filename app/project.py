@@ -80,6 +80,33 @@ class Project:
         """`rounds/N/reward` or `rounds/N/policy`."""
         return self.root / "rounds" / str(number) / part
 
+    def stored(self, path: str | Path) -> str:
+        """How the store keeps a model's path: relative to the project when it lies inside it,
+        so a project folder moved or copied elsewhere keeps working; else as given."""
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> str:
+        """A path the store kept (`stored`) as one to load from: a relative one is under the
+        project; an absolute `.../rounds/N/part` that is gone (a project written before paths
+        were relative, then moved) is looked up under this project; anything else (a hub id,
+        a base model's folder) is returned as it is."""
+        if not stored:
+            return stored
+        path = Path(stored)
+        if not path.is_absolute():
+            inside = self.root / path
+            return str(inside) if inside.exists() or path.parts[:1] == ("rounds",) else stored
+        parts = path.parts
+        if not path.exists() and "rounds" in parts:
+            i = len(parts) - 1 - parts[::-1].index("rounds")
+            tail = self.root.joinpath(*parts[i:])
+            if tail.exists():
+                return str(tail)
+        return stored
+
     def policy_for_round(self, number: int) -> str:
         """The policy that samples round N's candidates: the base for round 0, else the policy
         trained in round N-1 (recorded in the store by `rankloop ppo`)."""
@@ -92,7 +119,7 @@ class Project:
                 f"`rankloop ppo --round {number - 1}` first, or generate for "
                 f"round 0"
             )
-        return prev.policy
+        return self.resolve(prev.policy)
 
     def close(self) -> None:
         self.store.close()

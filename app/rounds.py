@@ -31,10 +31,10 @@ def reward_model_of(project: Project, round_: int | None = None) -> Path:
                 f"round {round_} has no reward model: run "
                 f"`rankloop train-reward --round {round_}` first"
             )
-        return project.root / r.reward_model
+        return Path(project.resolve(r.reward_model))
     for r in reversed(project.store.rounds()):
         if r.reward_model:
-            return project.root / r.reward_model
+            return Path(project.resolve(r.reward_model))
     raise ProjectError("no round has a reward model yet: run `rankloop train-reward` first")
 
 
@@ -44,7 +44,7 @@ def ppo_reward_model(project: Project, round_: int, given: str | None = None) ->
     if given is None:
         rec = project.store.round(round_)
         given = str(
-            project.root / rec.reward_model
+            project.resolve(rec.reward_model)
             if rec is not None and rec.reward_model
             else reward_model_of(project)
         )
@@ -103,9 +103,7 @@ def train_reward_stage(
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in result.metrics.items()
     }
-    project.store.save_round(
-        Round(round_, reward_model=str(out.relative_to(project.root)), metrics=clean)
-    )
+    project.store.save_round(Round(round_, reward_model=project.stored(out), metrics=clean))
     n = score_open_comparisons(project, out)
     if n and progress:
         log(
@@ -132,9 +130,7 @@ def score_open_comparisons(project: Project, reward_dir: Path, scorer=None) -> i
         str(reward_dir), device=project.config.runtime.device
     )
     scores = scorer.score([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
-    queue.record_scores(
-        store, str(reward_dir.relative_to(project.root)), dict(zip(rids, scores.tolist()))
-    )
+    queue.record_scores(store, project.stored(reward_dir), dict(zip(rids, scores.tolist())))
     return len(rids)
 
 
@@ -227,10 +223,12 @@ def generate_candidates(
     policy of round R-1) and group them into comparisons. Resumable: see `app/generate.py`."""
     from .generate import generate
 
+    policy = project.policy_for_round(round_)
     return generate(
         project.store,
-        project.policy_for_round(round_),
+        policy,
         cfg,
+        policy_name=project.stored(policy),
         round=round_,
         k=project.config.labeling.k,
         limit=limit,
@@ -696,7 +694,7 @@ def _ppo_stage(project: Project, r: int, s: RoundSettings, *, log, progress, eve
         shutil.rmtree(out)
     tmp.replace(out)
     with project.store.transaction():
-        project.store.save_round(Round(r, policy=str(out), metrics=result.summary))
+        project.store.save_round(Round(r, policy=project.stored(out), metrics=result.summary))
         record_curve(project.store, r, "ppo", result.history)
     return dict(result.summary)
 

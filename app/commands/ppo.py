@@ -213,7 +213,7 @@ def ppo_cmd(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     with project.store.transaction():  # the policy and its per-step curve land together
-        project.store.save_round(Round(round_, policy=str(out), metrics=result.summary))
+        project.store.save_round(Round(round_, policy=project.stored(out), metrics=result.summary))
         record_curve(project.store, round_, "ppo", result.history)
     console.print(
         f"Saved the policy to {out}: {describe(result.summary)}. "
