@@ -203,6 +203,13 @@ def test_label_api_refusals_are_4xx_with_the_message_and_no_traceback(tmp_path, 
             if message:
                 assert message in r.json()["error"]
         assert got == [s for _, s, _ in hostile]
+        for data, message in (  # too few inputs: a 400 naming them, not Gradio's 500
+            ([], "label needs comparison_id, request_id first in data; got 0"),
+            ([cid], "label needs comparison_id, request_id first in data; got 1"),
+            ("x", "data must be a list"),
+        ):
+            r = ann.post("gradio_api/run/label", json={"data": data})
+            assert (r.status_code, message in r.json()["error"]) == (400, True)
         r = client(url).post("gradio_api/run/label", json={"data": [cid, rid, "A"]})
         assert r.status_code == 401
     assert "Traceback" not in capfd.readouterr().err

@@ -37,6 +37,9 @@ from .handlers import Ctx
 
 MAX_BODY = 1 << 20  # bytes of a direct API call's body: a label with its longest rationale fits
 API = "/gradio_api"
+# The inputs a direct call must send, per endpoint (the rest have defaults): fewer would reach
+# Gradio's input count check, which answers 500.
+REQUIRED_INPUTS = {"label": ("comparison_id", "request_id"), "next_task": ()}
 
 
 @dataclass
@@ -139,6 +142,9 @@ class Guard:
                     return await PlainTextResponse(
                         f"{path} runs the endpoint its URL names; leave fn_index out", 400
                     )(scope, receive, send)
+                missing = _missing_inputs(path, body)
+                if missing:
+                    return await JSONResponse({"error": missing}, 400)(scope, receive, send)
                 receive = _replay(body, receive)
             return await self.app(scope, receive, _with_status(send, info))
         finally:
@@ -222,6 +228,28 @@ def _names_an_event(body: bytes) -> bool:
     except ValueError:
         return False  # not JSON: Gradio refuses it itself
     return isinstance(data, dict) and data.get("fn_index") is not None
+
+
+def _missing_inputs(path: str, body: bytes) -> str | None:
+    """The refusal of a direct call whose `data` lacks a required input (None when it has them,
+    or when it is no JSON object: Gradio answers that itself)."""
+    name = path[len(f"{API}/run/") :].strip("/")
+    required = REQUIRED_INPUTS.get(name)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if required is None or not isinstance(data, dict):
+        return None
+    given = data.get("data", [])
+    if not isinstance(given, list):
+        return f"data must be a list of the inputs of {name}: {', '.join(required) or 'none'}"
+    if len(given) < len(required):
+        return (
+            f"{name} needs {', '.join(required)} first in data; got {len(given)} of them "
+            f"(data: [{', '.join(required)}, ...])"
+        )
+    return None
 
 
 def _with_status(send, info: dict):
