@@ -7,3 +7,12 @@
 
 It imports `rankloop.data` and `rankloop.settings` only; `app`, `reward` and `ppo` import it.
 """
+
+import warnings
+
+# peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` each time it wraps
+# a model (every LoRA policy, critic and reward model): a user cannot act on it, so it is
+# silenced here, once, by its exact message. Drop this when peft reads the new name.
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)

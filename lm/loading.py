@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -26,20 +25,15 @@ class ModelLoadError(RuntimeError):
 
 @contextlib.contextmanager
 def quiet_loading():
-    """Silence what loading and wrapping a model prints that a user cannot act on:
-    transformers' LOAD REPORT for a head we add on purpose (a reward or value head on a causal
-    LM is new by design), and peft's call of transformers' deprecated `is_gradient_checkpointing`.
-    Real errors still raise."""
+    """Silence what loading a model prints that a user cannot act on: transformers' LOAD
+    REPORT for a head we add on purpose (a reward or value head on a causal LM is new by
+    design). Real errors still raise. (peft's deprecation warning: `rankloop.lm`.)"""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-            )
-            yield
+        yield
     finally:
         hf_logging.set_verbosity(level)
 

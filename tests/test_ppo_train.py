@@ -249,7 +249,7 @@ def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_l
     assert any("stopped early after step 2" in m for m in said)
     assert any("keeping the policy of step 0" in m for m in said)
     lora_b = [p for n, p in res.actor.named_parameters() if "lora_B" in n]
-    assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b)  # fresh adapter
+    assert lora_b and all(float(p.detach().abs().max()) == 0.0 for p in lora_b)  # fresh adapter
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "best/adapter_model.safetensors")

@@ -100,7 +100,7 @@ def _loss_and_grads(model, ids, mask, autocast):
         logits = model(input_ids=ids, attention_mask=mask).logits
     loss = logits.float().logsumexp(-1).mean()
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def test_use_training_attention_same_model_outputs_and_not_saved(tmp_path):
