@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-rounds test setup bench clean chromium lint hooks
+.PHONY: demo demo-rounds test setup bench clean chromium lint hooks docs
 
 # bench/<name>.py, each run on demand (results: docs/benchmarks.md); `make bench-reward` runs one.
 BENCHES := generation reward ppo ppo_drift rounds_loop labeling reliability attention report
@@ -71,3 +71,7 @@ bench-%: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo demo-rounds build *.egg-info
+
+# Rewrite the generated parts of docs/ (every command's options, every setting) from the code.
+docs: $(STAMP)
+	$(BIN)/python -m rankloop.app.reference
