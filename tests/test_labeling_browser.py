@@ -86,8 +86,11 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Every wait is on a condition; on a loaded machine (CI beside a training job) a condition
+    # may take far longer than Playwright's 5 s default to come true, so give each 60 s.
+    expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield b
@@ -110,13 +113,20 @@ def skip_for(path, name: str, comparison_ids) -> None:
     store.close()
 
 
+def settled(page) -> None:
+    """Wait until the page has rendered twice: Gradio (Svelte) applies a change to its state
+    in a scheduled update, not at once, and two animation frames come after it however slow
+    the machine is (a condition to wait on, not a guessed time)."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def type_into(locator, text: str) -> None:
     """Fill a text box and leave it, as a person would: Gradio syncs a box's value to the
-    event inputs a moment after the DOM changes, so a click right after `fill` can send the
-    old value (seen once in 4 runs here)."""
+    event inputs after the DOM changes, so a click right after `fill` could send the old value
+    (seen once in 4 runs here): wait until the page has settled."""
     locator.fill(text)
     locator.blur()
-    locator.page.wait_for_timeout(250)
+    settled(locator.page)
 
 
 def login(browser, url: str, name: str):
@@ -273,7 +283,7 @@ def test_markup_in_a_response_shows_as_text_and_runs_nothing(browser, server):
     expect(hostile).to_contain_text('<img src=x onerror="window.__pwned=2">')
     expect(hostile.locator("pre code")).to_have_text('print("<b>code</b>")\n')
     assert hostile.locator("script, img, a[href^='javascript']").count() == 0
-    page.wait_for_timeout(300)  # an onerror would have fired by now
+    settled(page)  # no such element exists (above), so nothing could fire after this
     assert page.evaluate("window.__pwned") is None
     # The Admin tab is not there for an annotator.
     assert page.get_by_role("tab", name="Admin").count() == 0
