@@ -11,14 +11,14 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
 from tqdm.auto import tqdm
 
 from rankloop.data.records import Comparison, Response, Sampling, content_hash
 from rankloop.data.store import Store
-from rankloop.lm.device import pick_device, use_bf16
+from rankloop.lm.device import pick_device, use_bf16, weights_dtype
 from rankloop.lm.loading import load_causal_lm, load_tokenizer
 from rankloop.lm.sampling import sample_many
+from rankloop.lm.seeds import derive_seed
 from rankloop.lm.vllm_engine import VLLMSampler
 
 from .config import GenerateConfig
@@ -143,7 +143,7 @@ def generate(
             else:
                 # Sampling reads every weight once per token: bf16 weights halve that traffic
                 # and use bf16 matmul units (autocast would re-cast the weights every step).
-                model = load_causal_lm(policy, dtype=torch.bfloat16 if bf16 else None).to(where)
+                model = load_causal_lm(policy, dtype=weights_dtype(bf16)).to(where)
         else:  # a caller's model is left as it is; sample_batch autocasts an fp32 one
             bf16 = use_bf16(config.bf16, next(model.parameters()).device)
         tokenizer.padding_side = "left"
@@ -153,8 +153,7 @@ def generate(
 
         def seed_for(batch):
             # not the policy's path: a project moved or rebuilt elsewhere draws the same numbers
-            key = content_hash(config.seed, round, [(todo[i][0].id, todo[i][1]) for i in batch])
-            return int(key[:8], 16)
+            return derive_seed(config.seed, round, [(todo[i][0].id, todo[i][1]) for i in batch])
 
         done = 0
 

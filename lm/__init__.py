@@ -5,7 +5,7 @@
 - `sampling`: batched sampling from a causal LM (candidates and PPO rollouts).
 - `kernels`: the trainers' speed helpers (attention, autocast of adapters, compile, memory).
 
-It imports `rankloop.settings` only (README.md's import table); `app`, `reward` and `ppo` import it.
+It imports `rankloop.data` (records) and `rankloop.settings` only (README.md's import table); `app`, `reward` and `ppo` import it.
 """
 
 import warnings

@@ -70,6 +70,27 @@ def use_bf16(setting: str, device) -> bool:
     return device.type == "cpu" and cpu_supports_bf16()
 
 
+def weights_dtype(bf16: bool):
+    """The dtype to load weights that are not trained in full (a frozen base under LoRA, a model
+    that only samples or scores): bf16 where bf16 runs (half the memory, the bf16 matmul units),
+    else fp32, never whatever dtype the checkpoint was saved in."""
+    import torch
+
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def autocast(device, enabled: bool):
+    """bf16 autocast on the device's type when `enabled`, else a no-op context: the one way
+    every stage runs mixed precision."""
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def new_accelerator(**kwargs):
     """An `accelerate.Accelerator` built from `kwargs`, even if this process already built one.
 

@@ -8,7 +8,6 @@ before batching so a batch carries little padding.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .device import autocast
+from .seeds import seed_everything
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -28,14 +30,6 @@ class Sample:
     text: str
     token_ids: tuple[int, ...]
     finished: bool  # True when the model emitted EOS before max_new_tokens
-
-
-def autocast(device: torch.device | str, enabled: bool):
-    """bf16 autocast on CPU or CUDA when `enabled`, else a no-op context."""
-    device = torch.device(device)
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 class InverseCDFSampler(LogitsProcessor):
@@ -123,7 +117,7 @@ def sample_batch(
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     sampling = sampling_kwargs(temperature, top_p)
     with autocast(device, bf16 and next(model.parameters()).dtype == torch.float32):
         out = model.generate(

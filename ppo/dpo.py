@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rankloop.lm.device import use_bf16
+from rankloop.lm.device import autocast, use_bf16, weights_dtype
 from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype
 from rankloop.lm.loading import adapter_base, load_tokenizer
-from rankloop.lm.sampling import autocast, encode_chats
+from rankloop.lm.sampling import encode_chats
+from rankloop.lm.seeds import seed_everything
 
 from . import core
 from .actor_critic import Actor, load_policy, save_policy
@@ -69,13 +70,13 @@ def train_dpo(
     tokenizer = load_tokenizer(base, padding_side="right")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = use_bf16(config.bf16, device)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     lm = load_policy(
         base,
         r=config.lora_r,
         alpha=config.lora_alpha,
         dropout=0.0,
-        dtype=torch.bfloat16 if bf16 else torch.float32,
+        dtype=weights_dtype(bf16),
         top_layers=config.lora_layers,
     )
     actor = Actor(lm, value_head=False).to(device)
