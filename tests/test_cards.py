@@ -3,6 +3,8 @@ the run that wrote them; `rankloop push` refuses cleanly offline or logged out."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 from huggingface_hub import DatasetCard, ModelCard
 
@@ -159,3 +161,48 @@ def test_a_ppo_run_leaves_a_policy_card_with_its_summary(tiny_lm_dir, tmp_path):
     assert r["config"]["kl_coef"] == 0.02 and r["trained_on"]["prompts"] == 4
     # a local base without a card: no license claimed
     assert card.data.license is None and card.data.base_model is None
+
+
+def test_push_uploads_the_hub_layout_with_the_card(tmp_path, monkeypatch, tiny_lm_dir):
+    """With a token and no HF_HUB_OFFLINE, push creates the repository and uploads the folder:
+    here HfApi's two calls are recorded instead of sent."""
+    from huggingface_hub import HfApi, constants
+
+    run("init", tmp_path / "p", "--policy", tiny_lm_dir)
+    from rankloop.app.project import Project
+
+    p = Project.find(tmp_path / "p")
+    ann, _ = p.store.add_annotator("ann")
+    c = p.store.add_comparison_texts("Say hi", ["Hi!", "Hello."])
+    p.store.add_label(Label.pairwise(c, ann.id, p.store.comparison(c).response_ids, "A"))
+    p.close()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    calls = []
+
+    def create_repo(self, repo_id, **kw):
+        calls.append(("create", repo_id, kw["repo_type"], kw["private"]))
+
+    def upload_folder(self, *, folder_path, repo_id, repo_type, commit_message):
+        files = sorted(str(f.relative_to(folder_path)) for f in Path(folder_path).rglob("*"))
+        card = DatasetCard.load(Path(folder_path) / "README.md")
+        calls.append(("upload", repo_id, repo_type, files, card.data.rankloop["pairs"]))
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    result = run("push", "preferences", "me/prefs", "--private", "--project", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        ("create", "me/prefs", "dataset", True),
+        (
+            "upload",
+            "me/prefs",
+            "dataset",
+            ["README.md", "data", "data/train-00000-of-00001.parquet"],
+            1,
+        ),
+    ]
+    assert "https://huggingface.co/datasets/me/prefs" in result.output
+    missing = run("push", "reward", "me/rm", "--project", tmp_path / "p")
+    assert missing.exit_code == 1
+    assert "no round has a reward model yet: run `rankloop train-reward` first" in missing.output

@@ -539,3 +539,39 @@ def test_read_items_orders_pairwise_choice_by_the_comparison(tmp_path):
         ("ann", "A", ((0,), (1,))),
         ("ben", "B", ((1,), (0,))),
     ]
+
+
+def test_admin_tab_exports_every_registered_format(fresh_store, tmp_path):
+    """The admin tab's formats are the registry's (plus everything); a folder comes zipped."""
+    import zipfile
+
+    from rankloop.app.config import LabelingConfig
+    from rankloop.app.labeling import admin, build_app
+
+    fresh_store.add_comparison_texts("q", ["a", "b"])
+    fresh_store.add_annotator("root", role="admin", secret="pw")
+    app = build_app(fresh_store, LabelingConfig())
+    assert admin.ADMIN_EXPORTS == (*EXPORT_FORMATS, "everything")
+    path, msg = admin.export(app.ctx, "root", "label-studio", tmp_path / "out")
+    assert msg == "Exported 1 tasks (label-studio)." and path.name == "label-studio.zip"
+    assert sorted(zipfile.ZipFile(path).namelist()) == ["labeling.xml", "tasks.json"]
+    path, msg = admin.export(app.ctx, "root", "argilla", tmp_path / "out")
+    assert msg == "Exported 1 records (argilla)."
+    assert sorted(zipfile.ZipFile(path).namelist()) == [
+        ".argilla/",
+        ".argilla/dataset.json",
+        ".argilla/settings.json",
+        "data/",
+        "data/train-00000-of-00001.parquet",
+    ]
+    app.close()
+
+
+def test_cli_import_reads_a_folder_rankloop_exported(tmp_path, tiny_lm_dir):
+    native = people_store(3)
+    export_preferences(native, tmp_path / "ls", "label-studio")
+    run("init", tmp_path / "p", "--policy", tiny_lm_dir)
+    out = run("import", tmp_path / "ls", "--from", "label-studio", "--project", tmp_path / "p")
+    assert "3 tasks -> 3 new prompts, 9 responses, 3 comparisons, 3 labels, 1 skips" in out.output
+    bundled = run("import", "--bundled", "--from", "argilla", "--project", tmp_path / "p", ok=False)
+    assert bundled.exit_code == 2 and "--bundled imports rankloop's own prompts" in bundled.output

@@ -11,9 +11,10 @@ import click
 
 from rankloop.app.project import Project
 from rankloop.app.rounds import reward_model_of
+from rankloop.data.cards import write_dataset_card
 from rankloop.data.interop import argilla, labelstudio
 from rankloop.data.interop.common import InteropError, InteropReport, write_items
-from rankloop.data.io import export_preferences
+from rankloop.data.io import preference_dataset
 
 from .common import console, open_project, project_option, user_errors
 
@@ -35,6 +36,12 @@ def import_from_tool(
     """Parse and check a whole export of `tool`, then store it in one transaction."""
     if not path.exists():
         raise InteropError(f"{path}: no such file or folder")
+    if tool == "label-studio" and path.is_dir():  # a folder `rankloop export` wrote
+        if ls_config is None and (path / labelstudio.CONFIG_FILE).exists():
+            ls_config = path / labelstudio.CONFIG_FILE
+        path = path / labelstudio.TASKS_FILE
+        if not path.exists():
+            raise InteropError(f"{path}: no such file (give the JSON export itself)")
     if tool == "label-studio":
         if ls_config is not None:
             if not ls_config.is_file():
@@ -131,9 +138,11 @@ def push_cmd(what, repo_id, round_, private, project_dir):
                     + ": run `rankloop ppo` (or `rankloop round`) first"
                 )
             folder, repo_type = project.round_dir(r, "policy"), "model"
-        else:
+        else:  # the Hub's dataset layout: data/*.parquet and the card
             folder, repo_type = Path(tmp) / "preferences", "dataset"
-            export_preferences(project.store, folder, "trl", round=round_)
+            ds = preference_dataset(project.store, round=round_)
+            ds.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+            write_dataset_card(project.store, folder, round=round_)
         api = HfApi(token=token)
         try:
             api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)

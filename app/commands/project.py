@@ -128,6 +128,8 @@ def import_(
     path = bundled_prompts() if bundled else file
     project = open_project(project_dir)
     if tool != "rankloop":
+        if bundled:
+            raise click.UsageError("--bundled imports rankloop's own prompts: drop --from")
         given = click.get_current_context().get_parameter_source("responses_column")
         fields = (
             tuple(f.strip() for f in responses_column.split(",") if f.strip())
