@@ -110,6 +110,13 @@ def model_card(
             "beside the frozen-feature probe's (a linear probe on the base model's features), "
             "which the trained model should beat."
         )
+    elif config.get("optimizer") == "DPO":
+        keys = [k for k in ("dpo/accuracy", "dpo/margin", "dpo/loss", "dpo/pairs") if k in metrics]
+        what = (
+            f"A policy adapter trained by rankloop with DPO on preference pairs (beta "
+            f"{_fmt(config.get('beta', 'n/a'))}: the strength of the implicit KL penalty to "
+            f"the base)."
+        )
     else:
         keys = [
             k
@@ -173,9 +180,15 @@ def write_reward_card(
 
 
 def write_policy_card(
-    out_dir: Path, *, base: str, config: dict, summary: dict, prompts: int, reward: str | None
+    out_dir: Path,
+    *,
+    base: str,
+    config: dict,
+    summary: dict,
+    trained_on: dict,
+    optimizer: str = "PPO",
 ) -> Path:
-    """The card of a saved policy (ppo/train.py calls this after saving)."""
+    """The card of a saved policy (ppo/train.py and ppo/dpo.py call this after saving)."""
     adapter = (Path(out_dir) / "adapter_config.json").exists()
     name = Path(out_dir).name
     load = (
@@ -188,8 +201,8 @@ def write_policy_card(
         kind="policy",
         base=base,
         metrics=summary,
-        config={"optimizer": "PPO", **config},
-        trained_on={"prompts": prompts, "reward": reward or "a reward function"},
+        config={**config, "optimizer": optimizer},
+        trained_on=trained_on,
         round=round_of(out_dir),
         library="peft" if adapter else "transformers",
         load=load,

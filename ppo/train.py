@@ -509,8 +509,7 @@ def train_ppo(
             base=policy,
             config=dataclasses.asdict(config),
             summary=summary,
-            prompts=len(prompts),
-            reward=reward_model,
+            trained_on={"prompts": len(prompts), "reward": reward_model or "a reward function"},
         )
     return PPOResult(
         out_dir,

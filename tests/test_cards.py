@@ -62,8 +62,7 @@ def test_policy_card_names_base_license_kl_and_optimiser(tmp_path):
         base="smollm2-135m-instruct",
         config={"kl_coef": 0.05, "kl_estimator": "k3", "lr": 1e-4},
         summary=summary,
-        prompts=40,
-        reward="rounds/2/reward",
+        trained_on={"prompts": 40, "reward": "rounds/2/reward"},
     )
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -206,3 +205,29 @@ def test_push_uploads_the_hub_layout_with_the_card(tmp_path, monkeypatch, tiny_l
     missing = run("push", "reward", "me/rm", "--project", tmp_path / "p")
     assert missing.exit_code == 1
     assert "no round has a reward model yet: run `rankloop train-reward` first" in missing.output
+
+
+def test_a_dpo_run_leaves_a_policy_card_naming_dpo(tiny_lm_dir, tmp_path):
+    from rankloop.ppo.config import DPOConfig
+    from rankloop.ppo.dpo import train_dpo
+
+    s = Store.memory()
+    ann, _ = s.add_annotator("ann")
+    for p, good, bad in [("hello", "good day", "no"), ("the sea", "yes", "bad")]:
+        c = s.add_comparison_texts(p, [good, bad])
+        s.add_label(Label.pairwise(c, ann.id, s.comparison(c).response_ids, "A"))
+    out = tmp_path / "rounds" / "0" / "dpo"
+    metrics = train_dpo(
+        DPOConfig(batch_size=2, epochs=1, bf16="no"),
+        policy=str(tiny_lm_dir),
+        preferences=list(s.preferences()),
+        out_dir=out,
+        progress=False,
+        log=None,
+    )
+    card = ModelCard.load(out / "README.md")
+    r = card.data.rankloop
+    assert (r["config"]["optimizer"], r["round"], card.data.library_name) == ("DPO", 0, "peft")
+    assert r["metrics"]["dpo/accuracy"] == metrics["dpo/accuracy"]
+    assert r["trained_on"] == {"preference pairs (ties left out)": 2}
+    assert "trained by rankloop with DPO" in card.text and "| `dpo/pairs` | 2 |" in card.text

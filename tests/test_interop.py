@@ -575,3 +575,40 @@ def test_cli_import_reads_a_folder_rankloop_exported(tmp_path, tiny_lm_dir):
     assert "3 tasks -> 3 new prompts, 9 responses, 3 comparisons, 3 labels, 1 skips" in out.output
     bundled = run("import", "--bundled", "--from", "argilla", "--project", tmp_path / "p", ok=False)
     assert bundled.exit_code == 2 and "--bundled imports rankloop's own prompts" in bundled.output
+
+
+def test_argilla_to_disk_records_json_reads_like_the_flat_rows(tmp_path):
+    """`Dataset.to_disk` writes nested records (fields, metadata, responses per question);
+    the same records as `to_datasets` rows import the same labels and skips."""
+    d = tmp_path / "disk"
+    shutil.copytree(FIX / "argilla-ranking" / ".argilla", d / ".argilla")
+    nested = []
+    for line in (FIX / "argilla-ranking" / "records.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        q = "preference"
+        nested.append(
+            {
+                "id": row["id"],
+                "status": row["status"],
+                "fields": {k: row[k] for k in ("instruction", "reply-1", "reply-2", "reply-3")},
+                "metadata": {},
+                "responses": {
+                    q: [
+                        {"value": v, "user_id": u, "status": st}
+                        for v, u, st in zip(
+                            row[f"{q}.responses"],
+                            row[f"{q}.responses.users"],
+                            row[f"{q}.responses.status"],
+                            strict=True,
+                        )
+                    ]
+                },
+                "suggestions": {},
+                "vectors": {},
+            }
+        )
+    (d / "records.json").write_text(json.dumps(nested))
+    flat, disk = Store.memory(), Store.memory()
+    import_argilla(flat, FIX / "argilla-ranking", prompt_field="instruction")
+    import_argilla(disk, d, prompt_field="instruction")
+    assert judged(disk) == judged(flat) and len(judged(disk)[0]) == 3
