@@ -1,4 +1,6 @@
-"""Import prompts, responses and preference data; export preferences as a `datasets` dataset.
+"""Import prompts, responses and preference data; export the labels in every format of one
+registry, `EXPORT_FORMATS` (TRL's preference format as a `datasets` dataset, JSONL, Parquet,
+Label Studio tasks, an Argilla dataset).
 
 Import reads JSONL, CSV, Parquet or a Hugging Face dataset saved with `save_to_disk`. Every row
 is checked before anything is written: a bad file imports nothing, and its error names the file,

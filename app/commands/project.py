@@ -125,11 +125,11 @@ def import_(
     """
     if bundled == (file is not None):
         raise click.UsageError("give a FILE to import, or --bundled (not both)")
+    if bundled and tool != "rankloop":
+        raise click.UsageError("--bundled imports rankloop's own prompts: drop --from")
     path = bundled_prompts() if bundled else file
     project = open_project(project_dir)
     if tool != "rankloop":
-        if bundled:
-            raise click.UsageError("--bundled imports rankloop's own prompts: drop --from")
         given = click.get_current_context().get_parameter_source("responses_column")
         fields = (
             tuple(f.strip() for f in responses_column.split(",") if f.strip())
