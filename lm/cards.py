@@ -26,7 +26,7 @@ DEFAULT_LICENSE = "apache-2.0"
 def base_of(base: str) -> tuple[str | None, str | None]:
     """(the base's hub id, its license), read without the network: the embedded default's
     are known; a local folder's come from its card (a rankloop folder names its own base)."""
-    if base in (DEFAULT_MODEL, "default") or Path(base).name == DEFAULT_MODEL:
+    if base in (DEFAULT_MODEL, "default", DEFAULT_HUB_ID) or Path(base).name == DEFAULT_MODEL:
         return DEFAULT_HUB_ID, DEFAULT_LICENSE
     card = Path(base) / CARD_FILE
     if Path(base).is_dir():

@@ -77,7 +77,9 @@ def test_policy_card_names_base_license_kl_and_optimiser(tmp_path):
 
 
 def test_base_of_without_network():
-    assert base_of("default") == ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
+    default = ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
+    assert base_of("default") == base_of("/cache/models/smollm2-135m-instruct") == default
+    assert base_of("HuggingFaceTB/SmolLM2-135M-Instruct") == default
     assert base_of("someone/some-model") == ("someone/some-model", None)
     assert base_of("/no/such/folder") == (None, None)
     assert round_of("/x/rounds/3/reward") == 3 and round_of("/x/models/reward") is None
