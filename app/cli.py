@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .commands import archive, labeling, measure, ppo, project, reward, rounds
+from .commands import archive, interop, labeling, measure, ppo, project, reward, rounds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,6 +38,7 @@ COMMANDS = (
     project.import_,
     project.generate,
     project.export,
+    interop.push_cmd,
     project.status,
     labeling.annotator,
     labeling.serve,

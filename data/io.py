@@ -1,4 +1,6 @@
-"""Import prompts, responses and preference data; export preferences as a `datasets` dataset.
+"""Import prompts, responses and preference data; export the labels in every format of one
+registry, `EXPORT_FORMATS` (TRL's preference format as a `datasets` dataset, JSONL, Parquet,
+Label Studio tasks, an Argilla dataset).
 
 Import reads JSONL, CSV, Parquet or a Hugging Face dataset saved with `save_to_disk`. Every row
 is checked before anything is written: a bad file imports nothing, and its error names the file,
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .rankings import DEFAULT_MARGINS
 from .records import MAX_RESPONSES, Comparison, Label, Message, Prompt, Response
 from .store import Store, StoreError, too_many_responses
 
@@ -473,14 +476,34 @@ def _with_source(p: Prompt, source: str) -> Prompt:
 
 # -- export -----------------------------------------------------------------------------------
 
-EXPORT_FORMATS = ("trl", "jsonl", "parquet")
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What every export format is given besides the store and the target path."""
+
+    round: int | None = None  # only comparisons (and their labels) of rounds <= this
+    drop_ties: bool = False  # leave out tied pairs (preference formats only)
+    # ([reward] margin_slightly, margin_much): a strength's margin as the trainer reads it
+    margins: tuple[float, float] = DEFAULT_MARGINS
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One way out of the store: the CLI's `--format` choices, the admin tab, the docs and
+    the tests all read `EXPORT_FORMATS`, so a format is added here and nowhere else."""
+
+    name: str
+    write: Callable[[Store, Path, ExportOptions], int]  # writes; returns the rows written
+    default_name: str  # the file or folder name the admin tab writes
+    help: str  # one line for `rankloop export --help` and docs/cli.md
+    unit: str = "preference pairs"  # what the count counts
 
 
 def preference_dataset(
     store: Store,
     round: int | None = None,
     drop_ties: bool = False,
-    margins: tuple[float, float] | None = None,
+    margins: tuple[float, float] = DEFAULT_MARGINS,
 ):
     """The labels as a `datasets.Dataset` in TRL's preference format, with metadata columns.
 
@@ -489,7 +512,7 @@ def preference_dataset(
     `annotator`, `round`, `source`, `simulated`, `label_id`, `comparison_id`, `pairs_in_label`.
     `margin` is the pair's margin as the reward trainer reads it (`rankings.label_margin`: an
     imported number, else the strength through `margins` = ([reward] margin_slightly,
-    margin_much)), 0.0 when it has none (TRL's RewardTrainer subtracts it inside the
+    margin_much), their defaults unless a project's are given), 0.0 when it has none (TRL's RewardTrainer subtracts it inside the
     Bradley-Terry loss, and 0.0 leaves that loss plain); the strength stays in `strength`. A tied pair has an arbitrary chosen/rejected order: trainers that do not model ties should
     filter `tie == False` (or export with `drop_ties`).
     """
@@ -551,23 +574,90 @@ def preference_dataset(
     return datasets.Dataset.from_list(rows, features=features)
 
 
+def _trl(store: Store, out: Path, o: ExportOptions) -> int:
+    ds = preference_dataset(store, round=o.round, drop_ties=o.drop_ties, margins=o.margins)
+    ds.save_to_disk(str(out))
+    from .cards import write_dataset_card
+
+    write_dataset_card(store, out, round=o.round)
+    return len(ds)
+
+
+def _jsonl(store: Store, out: Path, o: ExportOptions) -> int:
+    ds = preference_dataset(store, round=o.round, drop_ties=o.drop_ties, margins=o.margins)
+    ds.to_json(str(out), lines=True, force_ascii=False)
+    return len(ds)
+
+
+def _parquet(store: Store, out: Path, o: ExportOptions) -> int:
+    ds = preference_dataset(store, round=o.round, drop_ties=o.drop_ties, margins=o.margins)
+    ds.to_parquet(str(out))
+    return len(ds)
+
+
+def _interop_items(store: Store, o: ExportOptions):
+    from .interop.common import read_items
+
+    items = read_items(store, round=o.round)
+    if not items:
+        where = f" up to round {o.round}" if o.round is not None else ""
+        raise StoreError(f"no comparisons to export{where}: import or generate some first")
+    return items
+
+
+def _label_studio(store: Store, out: Path, o: ExportOptions) -> int:
+    from .interop import labelstudio
+
+    return labelstudio.write_export(_interop_items(store, o), out)
+
+
+def _argilla(store: Store, out: Path, o: ExportOptions) -> int:
+    from .interop import argilla
+
+    return argilla.write_export(_interop_items(store, o), out)
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "trl",
+            _trl,
+            "preferences",
+            "TRL's preference format as a datasets folder (load_from_disk), with a dataset card",
+        ),
+        ExportFormat("jsonl", _jsonl, "preferences.jsonl", "the same rows as one JSONL file"),
+        ExportFormat("parquet", _parquet, "preferences.parquet", "the same rows as Parquet"),
+        ExportFormat(
+            "label-studio",
+            _label_studio,
+            "label-studio",
+            "every comparison as Label Studio tasks (labels and skips as annotations) in "
+            "a folder, with labeling.xml beside",
+            unit="tasks",
+        ),
+        ExportFormat(
+            "argilla",
+            _argilla,
+            "argilla",
+            "every comparison as an Argilla v2 dataset folder with a RankingQuestion "
+            "(Hub layout: data/*.parquet, .argilla/settings.json)",
+            unit="records",
+        ),
+    )
+}
+
+
 def export_preferences(
     store: Store,
     out: str | Path,
     fmt: str = "trl",
     round: int | None = None,
     drop_ties: bool = False,
-    margins: tuple[float, float] | None = None,
+    margins: tuple[float, float] = DEFAULT_MARGINS,
 ) -> int:
-    """Write the preferences to `out` (`trl`: a `save_to_disk` folder); returns the row count."""
+    """Write the store's labels to `out` in format `fmt` (a name in `EXPORT_FORMATS`);
+    returns the count of what it wrote (the format's `unit`)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
-    ds = preference_dataset(store, round=round, drop_ties=drop_ties, margins=margins)
-    out = Path(out)
-    if fmt == "trl":
-        ds.save_to_disk(str(out))
-    elif fmt == "jsonl":
-        ds.to_json(str(out), lines=True, force_ascii=False)
-    else:
-        ds.to_parquet(str(out))
-    return len(ds)
+    return EXPORT_FORMATS[fmt].write(store, Path(out), ExportOptions(round, drop_ties, margins))

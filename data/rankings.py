@@ -37,6 +37,10 @@ def ranked_pairs(ranking: Sequence[Sequence[int]]) -> list[tuple[int, int, bool]
     return [(hi, lo, tiers[hi] == tiers[lo]) for hi, lo in itertools.combinations(order, 2)]
 
 
+#: ([reward] margin_slightly, margin_much) by default: Llama 2's margin scale (1/3, 1).
+DEFAULT_MARGINS: tuple[float, float] = (0.33, 1.0)
+
+
 def label_margin(
     margin: float | None, strength: str | None, margin_slightly: float, margin_much: float
 ) -> float:

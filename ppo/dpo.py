@@ -124,6 +124,16 @@ def train_dpo(
     metrics = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]}
     metrics["dpo/pairs"] = float(len(pairs))
     (Path(out_dir) / "dpo_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    from rankloop.lm.cards import write_policy_card
+
+    write_policy_card(
+        out_dir,
+        base=base,
+        config=dict(vars(config)),
+        summary=metrics,
+        trained_on={"preference pairs (ties left out)": len(pairs)},
+        optimizer="DPO",
+    )
     if log:
         log(
             f"DPO: {len(pairs)} pairs, {steps} steps, final loss {metrics['dpo/loss']:.4f}, "

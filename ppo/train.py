@@ -501,6 +501,16 @@ def train_ppo(
         stopped_early=stopper.should_stop,
         kl_coef=kl_ctl.value,
     )
+    if main:
+        from rankloop.lm.cards import write_policy_card
+
+        write_policy_card(
+            out_dir,
+            base=policy,
+            config=dataclasses.asdict(config),
+            summary=summary,
+            trained_on={"prompts": len(prompts), "reward": reward_model or "a reward function"},
+        )
     return PPOResult(
         out_dir,
         history,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rankloop.data.rankings import DEFAULT_MARGINS
 from rankloop.lm.tracking import parse_trackers
 from rankloop.settings import ConfigError
 
@@ -34,9 +35,9 @@ class RewardConfig:
     """'bt' (Bradley-Terry; a tie counts as half a win each way), 'rao-kupper' or 'davidson' (tie models, parameter learned), 'plackett-luce' (whole rankings)."""
     center_coef: float = 0.0
     """Reward-centering penalty coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 = off, 0.01 is typical."""
-    margin_slightly: float = 0.33
+    margin_slightly: float = DEFAULT_MARGINS[0]
     """Bradley-Terry margin for a 'slightly better' label (Llama 2's scale: 1/3); the one setting that turns an annotator's strength into a margin, for training and export alike."""
-    margin_much: float = 1.0
+    margin_much: float = DEFAULT_MARGINS[1]
     """Bradley-Terry margin for a 'much better' label (Llama 2's margin loss: 1 for significantly better)."""
     both_bad: str = "drop"
     """What a 'both bad' label becomes: 'drop' (it says nothing about which is better) or 'tie'."""

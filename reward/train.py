@@ -977,6 +977,16 @@ def train_reward(
     stopped_early = best.state is not None and cfg.patience and best.stale >= cfg.patience
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(loop.module).model, tokenizer, out_dir, cfg, stats)
+        from rankloop.lm.cards import write_reward_card
+
+        write_reward_card(
+            out_dir,
+            base=base,
+            config=asdict(cfg),
+            metrics=result_metrics,
+            examples=len(train_items),
+            eval_examples=len(eval_items),
+        )
         if ckpt_dir.exists() and (step >= loop.steps_total or stopped_early):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are spent
     accelerator.wait_for_everyone()

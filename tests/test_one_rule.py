@@ -153,3 +153,22 @@ def test_is_this_task_pairwise_is_decided_once(fresh_store, k):
             [task.display_order[2]],
             list(task.display_order[:2]),
         ]
+
+
+def test_every_export_reads_a_strength_with_the_reward_trainers_defaults(fresh_store):
+    from rankloop.data.rankings import DEFAULT_MARGINS
+    from rankloop.reward.config import RewardConfig
+
+    cfg = RewardConfig()
+    assert (cfg.margin_slightly, cfg.margin_much) == DEFAULT_MARGINS == (0.33, 1.0)
+    assert LabelingConfig() == LabelingConfig()  # no margin setting left in [labeling]
+    assert not hasattr(LabelingConfig(), "margin_slightly")
+    s = fresh_store
+    cid = s.add_comparison_texts("q", ["first", "second"])
+    aid = s.add_annotator("ann")[0].id
+    t = queue.next_task(s, aid, now=0.0, rng=random.Random(0))
+    queue.submit(s, aid, cid, t.request_id, Judgment(choice="B", strength="much"))
+    (row,) = preference_dataset(s).to_list()  # no project at hand: the defaults
+    assert row["margin"] == 1.0 and row["strength"] == "much"
+    ctx = handlers.Ctx(StorePool.shared(s), LabelingConfig())
+    assert ctx.margins == DEFAULT_MARGINS  # the admin tab's export, unless serve passes others

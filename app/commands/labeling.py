@@ -201,7 +201,13 @@ def serve(host, port, concurrency, project_dir):
         raise click.ClickException(
             f"port {port} on {host} is in use: stop what runs there or pass --port"
         )
-    app = build_app(db_path, config, guidelines_path=project.root / GUIDELINES_FILE)
+    rc = project.config.reward
+    app = build_app(
+        db_path,
+        config,
+        guidelines_path=project.root / GUIDELINES_FILE,
+        margins=(rc.margin_slightly, rc.margin_much),
+    )
     console.print(
         f"Labeling app for {project.root} on http://{host}:{port} "
         f"({len(accounts)} accounts). Ctrl+C stops it."

@@ -19,6 +19,7 @@ from rankloop.data.io import (
 from rankloop.settings import replace
 
 from .common import console, open_project, project_option, user_errors
+from .interop import TOOLS, describe, import_from_tool
 
 
 @click.command()
@@ -72,6 +73,24 @@ def init(directory: Path, policy: str | None, reward_model: str | None):
 @click.option(
     "--source", default=None, help="Name recorded as the rows' source (default: import:FILENAME)."
 )
+@click.option(
+    "--from",
+    "tool",
+    type=click.Choice(("rankloop", *TOOLS)),
+    default="rankloop",
+    show_default=True,
+    help="Whose export FILE is: rankloop's rows, a Label Studio JSON export, or an Argilla v2 "
+    "dataset (docs/interop.md).",
+)
+@click.option(
+    "--ls-config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Label Studio: the project's labeling configuration (XML), naming its fields.",
+)
+@click.option(
+    "--question", default=None, help="Argilla: the RankingQuestion (default: the only one)."
+)
 @project_option
 @user_errors
 def import_(
@@ -85,6 +104,9 @@ def import_(
     tie_column,
     margin_column,
     source,
+    tool,
+    ls_config,
+    question,
     project_dir,
 ):
     """Import prompts, existing responses, or preference data (TRL's prompt/chosen/rejected).
@@ -98,11 +120,35 @@ def import_(
       rankloop import prompts.jsonl
       rankloop import questions.csv --prompt-column question
       rankloop import ./hh-rlhf-sample --source hh-rlhf     # prompt/chosen/rejected rows
+      rankloop import export.json --from label-studio --ls-config labeling.xml
+      rankloop import ./argilla-prefs --from argilla
     """
     if bundled == (file is not None):
         raise click.UsageError("give a FILE to import, or --bundled (not both)")
+    if bundled and tool != "rankloop":
+        raise click.UsageError("--bundled imports rankloop's own prompts: drop --from")
     path = bundled_prompts() if bundled else file
     project = open_project(project_dir)
+    if tool != "rankloop":
+        given = click.get_current_context().get_parameter_source("responses_column")
+        fields = (
+            tuple(f.strip() for f in responses_column.split(",") if f.strip())
+            if given is not click.core.ParameterSource.DEFAULT
+            else None
+        )
+        report = import_from_tool(
+            project,
+            tool,
+            path,
+            ls_config=ls_config,
+            prompt_field=prompt_column,
+            responses=fields,
+            question=question,
+            source=source,
+        )
+        console.print(describe(path, report))
+        project.close()
+        return
     cols = Columns(
         prompt=prompt_column,
         response=response_column,
@@ -181,10 +227,10 @@ def generate(n, round_, limit, batch_size, max_new_tokens, temperature, top_p, s
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(EXPORT_FORMATS),
+    type=click.Choice(list(EXPORT_FORMATS)),
     default="trl",
     show_default=True,
-    help="trl: a datasets folder (load_from_disk); or one file.",
+    help="; ".join(f"{f.name}: {f.help}" for f in EXPORT_FORMATS.values()) + ".",
 )
 @click.option("--round", "round_", type=int, default=None, help="Only labels up to this round.")
 @click.option(
@@ -193,14 +239,18 @@ def generate(n, round_, limit, batch_size, max_new_tokens, temperature, top_p, s
 @project_option
 @user_errors
 def export(out, fmt, round_, drop_ties, project_dir):
-    """Export the preferences in TRL's format (prompt, chosen, rejected + metadata columns).
+    """Export the preferences in TRL's format (prompt, chosen, rejected + metadata columns),
+    or the comparisons and their labels for Label Studio or Argilla.
 
-    TRL's RewardTrainer and DPOTrainer load the result unchanged.
+    TRL's RewardTrainer and DPOTrainer load the TRL export unchanged; its folder holds a
+    dataset card (README.md).
 
     \b
     Examples:
       rankloop export prefs                       # then datasets.load_from_disk("prefs")
       rankloop export prefs.jsonl --format jsonl --drop-ties
+      rankloop export ls-tasks --format label-studio   # tasks.json + labeling.xml
+      rankloop export argilla-ds --format argilla
     """
     project = open_project(project_dir)
     r = project.config.reward  # a strength's margin as the reward trainer reads it
@@ -212,7 +262,7 @@ def export(out, fmt, round_, drop_ties, project_dir):
         drop_ties=drop_ties,
         margins=(r.margin_slightly, r.margin_much),
     )
-    console.print(f"Wrote {rows} preference pairs to {out} ({fmt})")
+    console.print(f"Wrote {rows} {EXPORT_FORMATS[fmt].unit} to {out} ({fmt})")
     project.close()
 
 

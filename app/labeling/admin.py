@@ -356,12 +356,12 @@ def export(ctx: Ctx, username: str | None, fmt: str, out_dir: Path) -> tuple[Pat
             )
             target = summary.path
         else:
-            target = out_dir / ("preferences" if fmt == "trl" else f"preferences.{fmt}")
+            target = out_dir / EXPORT_FORMATS[fmt].default_name
             try:
-                rows = export_preferences(store, target, fmt)
+                rows = export_preferences(store, target, fmt, margins=ctx.margins)
             except StoreError as e:
                 return None, f"Nothing exported: {e}"
-            message = f"Exported {rows} preference pairs ({fmt})."
+            message = f"Exported {rows} {EXPORT_FORMATS[fmt].unit} ({fmt})."
     if target.is_dir():
         target = Path(shutil.make_archive(str(target), "zip", root_dir=target))
     return target, message

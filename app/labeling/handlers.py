@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rankloop.app.config import LabelingConfig
 from rankloop.data import queue
+from rankloop.data.rankings import DEFAULT_MARGINS
 from rankloop.data.records import PERSON_ROLES, Annotator, Judgment, mode_of
 from rankloop.data.store import Store, StoreError, check_text
 
@@ -69,6 +70,8 @@ class Ctx:
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.SystemRandom)
     sessions: Sessions = field(default_factory=Sessions)  # the server's logins, once it serves
+    # ([reward] margin_slightly, margin_much): the admin's export reads strengths as training does
+    margins: tuple[float, float] = DEFAULT_MARGINS
 
 
 @dataclass(frozen=True)

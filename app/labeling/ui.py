@@ -87,14 +87,17 @@ def build_app(
     config: LabelingConfig | None = None,
     *,
     guidelines_path: Path | None = None,
+    margins: tuple[float, float] | None = None,
     ctx: Ctx | None = None,
 ) -> LabelingApp:
     """The labeling app over a database file, one `Store` (both: one connection shared behind a
-    lock), or a `StorePool` (e.g. `StorePool.per_thread(path)`: a connection per worker thread)."""
+    lock), or a `StorePool` (e.g. `StorePool.per_thread(path)`: a connection per worker thread).
+    `margins` = the project's ([reward] margin_slightly, margin_much), for the admin's export."""
     ctx = ctx or Ctx(
         stores=_as_stores(source),
         config=config or LabelingConfig(),
         guidelines_path=guidelines_path,
+        **({} if margins is None else {"margins": margins}),
     )
     export_dir = tempfile.TemporaryDirectory(prefix="rankloop-export-")
     # Gradio copies files it serves (uploads, exports) into its cache: delete_cache removes
