@@ -343,6 +343,11 @@ def interval_chart(
     vals = [v for _, est, lo, hi in rows for v in (est, lo, hi) if math.isfinite(v)]
     if reference is not None:
         vals.append(reference)
+    span = max(vals) - min(vals) or 1.0
+    if any(hi == math.inf for *_, hi in rows):  # room to show where an open interval runs
+        vals.append(max(vals) + span / 4)
+    if any(lo == -math.inf for *_, lo, _ in rows):
+        vals.append(min(vals) - span / 4)
     xt = nice_ticks(min(vals), max(vals))
     px = _scale(xt, left, width - right)
     y0 = height - bottom
