@@ -235,7 +235,9 @@ def win_rate(
     )
 
 
-def win_rate_flags(s: np.ndarray, n: np.ndarray, wins: int, ties: int, losses: int):
+def win_rate_flags(
+    s: np.ndarray, n: np.ndarray, wins: int, ties: int, losses: int
+) -> tuple[str, ...]:
     """The FLAGS of a win-rate whose prompts (score s_p of n_p matches) leave the bootstrap
     nothing to resample: one prompt, every match the same outcome, or every prompt the same
     rate. Its interval is then the exact one alone."""
