@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo demo-rounds test setup bench clean chromium lint hooks docs
 
 # bench/<name>.py, each run on demand (results: docs/benchmarks.md); `make bench-reward` runs one.
-BENCHES := generation reward ppo ppo_drift rounds_loop labeling reliability attention report interop
+BENCHES := generation reward ppo ppo_drift rounds_loop labeling reliability attention report \
+           interop leaderboard_coverage
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

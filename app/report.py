@@ -343,6 +343,11 @@ def interval_chart(
     vals = [v for _, est, lo, hi in rows for v in (est, lo, hi) if math.isfinite(v)]
     if reference is not None:
         vals.append(reference)
+    span = max(vals) - min(vals) or 1.0
+    if any(hi == math.inf for *_, hi in rows):  # room to show where an open interval runs
+        vals.append(max(vals) + span / 4)
+    if any(lo == -math.inf for *_, lo, _ in rows):
+        vals.append(min(vals) - span / 4)
     xt = nice_ticks(min(vals), max(vals))
     px = _scale(xt, left, width - right)
     y0 = height - bottom
@@ -366,16 +371,18 @@ def interval_chart(
     for k, (label, est, lo, hi) in enumerate(rows):
         y = top + row_height * k + row_height / 2
         body.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end">{_E(label)}</text>')
-        if math.isfinite(lo) and math.isfinite(hi):
+        if not (math.isnan(lo) or math.isnan(hi)):  # an unbounded end runs to the axis's end
+            x1, x2 = (px(min(max(v, xt[0]), xt[-1])) for v in (lo, hi))
             body.append(
-                f'<line x1="{px(lo):.1f}" y1="{y}" x2="{px(hi):.1f}" y2="{y}" '
+                f'<line x1="{x1:.1f}" y1="{y}" x2="{x2:.1f}" y2="{y}" '
                 f'stroke="{PALETTE[0]}" stroke-width="4" stroke-linecap="round"/>'
             )
-        body.append(
-            f'<circle cx="{px(est):.1f}" cy="{y}" r="4.5" fill="{PALETTE[5]}">'
-            f"<title>{_E(label)}: {_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]</title>"
-            f"</circle>"
-        )
+        if math.isfinite(est):  # an unbounded Elo has no estimate, only its bound
+            body.append(
+                f'<circle cx="{px(est):.1f}" cy="{y}" r="4.5" fill="{PALETTE[5]}">'
+                f"<title>{_E(label)}: {_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]</title>"
+                f"</circle>"
+            )
     return _frame(title, width, height, body)
 
 
@@ -423,6 +430,10 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str) -> str:
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>'
 
 
+def _flag(flags: Sequence[str]) -> str:
+    return f"⚠ {leaderboard.flag_notes(flags)}" if flags else ""
+
+
 def _vs(w: WinRate) -> str:
     return f"{policy_name(w.model)} vs {policy_name(w.opponent)}"
 
@@ -440,7 +451,7 @@ def headline(report: RoundsReport) -> str:
     parts = [
         f"{policy_name(w.model)} beats {policy_name(w.opponent)} {_pct(w.rate)} of the "
         f"time (95% interval {_pct(w.low)}–{_pct(w.high)}, n = {w.n} on {w.prompts} "
-        f"prompts)"
+        f"prompts{'; ' + _flag(w.flags) if w.flags else ''})"
         for w in rates
         if w.model == newest
     ]
@@ -463,7 +474,8 @@ def render_body(report: RoundsReport) -> str:
         f'<p class="rl-note">Current round: {report.current_round}. Win-rates and '
         f"leaderboard count {_E(src)} on the cross-round comparisons of the evaluation "
         f"prompts (held out from PPO): {_E(counts)} matches. Ties and 'both bad' count "
-        f"half; intervals are 95% bootstrap intervals that resample prompts.</p>"
+        f"half; intervals are 95% bootstrap intervals that resample prompts, widened to "
+        f"contain the exact (Clopper–Pearson) interval.</p>"
     )
 
     # win-rates
@@ -477,6 +489,7 @@ def render_body(report: RoundsReport) -> str:
             str(w.n),
             str(w.prompts),
             f"{w.wins} / {w.ties} / {w.losses}",
+            _flag(w.flags),
         ]
         for w in report.win_rates
     ]
@@ -490,6 +503,7 @@ def render_body(report: RoundsReport) -> str:
                 "n",
                 "prompts",
                 "wins / ties / losses",
+                "flag",
             ],
             rows,
             "rl-winrates",
@@ -514,16 +528,18 @@ def render_body(report: RoundsReport) -> str:
         [
             str(k),
             policy_name(r.model),
-            f"{r.elo:.0f}",
-            f"{r.low:.0f}–{r.high:.0f}",
+            *leaderboard.elo_cells(r),
             str(r.matches),
             _pct(r.score),
+            _flag(r.flags),
         ]
         for k, r in enumerate(board.ratings, 1)
     ]
     out.append(
         _table(
-            ["rank", "policy", "Elo", "95% interval", "matches", "score"], rows, "rl-leaderboard"
+            ["rank", "policy", "Elo", "95% interval", "matches", "score", "flag"],
+            rows,
+            "rl-leaderboard",
         )
     )
     out.append(
@@ -533,6 +549,14 @@ def render_body(report: RoundsReport) -> str:
         f"anchored at {leaderboard.ANCHOR_ELO:.0f}. Score: the share of its matches a "
         f"policy won, ties half.</p>"
     )
+    if any(r.flags for r in board.ratings) or any(w.flags for w in report.win_rates):
+        out.append(
+            '<p class="rl-note rl-flagged">⚠ Flagged rows: the data show no spread there '
+            "(every outcome alike, or one prompt), so the interval is the exact "
+            "(Clopper–Pearson) one; a policy that never lost (or never won) has no finite "
+            "Elo, only the one-sided exact bound shown. See docs/rounds.md (When the data say "
+            "nothing).</p>"
+        )
     if board.unconnected:
         out.append(
             '<p class="rl-note">Not rated (no chain of matches to the anchor): '
@@ -553,7 +577,9 @@ def render_body(report: RoundsReport) -> str:
 
     def result(r: int, opp: int) -> str:
         w = wr.get((r + 1, opp))
-        return "–" if w is None else f"{_pct(w.rate)} ({_pct(w.low)}–{_pct(w.high)})"
+        if w is None:
+            return "–"
+        return f"{_pct(w.rate)} ({_pct(w.low)}–{_pct(w.high)})" + (" ⚠" if w.flags else "")
 
     rows = []
     for r in report.rounds:

@@ -11,6 +11,12 @@ bad" answer is a tie). Everything here is a pure function of those matches.
 - `win_rate`: the mean outcome of one round against another (ties count half), with a 95%
   percentile bootstrap interval that resamples *prompts* with all their matches (the matches of
   one prompt share its responses, so they are not independent draws), and n.
+- Degenerate data (every outcome the same, one prompt) give the bootstrap nothing to resample:
+  its interval has zero width, and a policy that never lost has no finite Bradley–Terry rating.
+  `win_rate` widens its interval to contain the exact Clopper–Pearson interval on the effective
+  number of comparisons (`effective_trials`), always, and flags the degenerate cases;
+  `leaderboard` flags a rating the data leave unbounded and gives a one-sided exact bound instead
+  of the penalty's artefact (`FLAGS`, docs/rounds.md "When the data say nothing").
 - `leaderboard`: a Bradley–Terry model, P(i beats j) = σ(θ_i − θ_j) (Bradley & Terry 1952),
   fitted on every match with ties as half a win each way, the way Chatbot Arena does (Chiang et al.
   2024; FastChat's `rating_systems.compute_bt`), and scaled to Elo points: 400/ln 10 points per
@@ -27,7 +33,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import expit, log_expit
+from scipy.stats import beta
 
 from .records import Match
 
@@ -42,6 +50,20 @@ ANCHOR_ELO = 1000.0
 DEFAULT_REG = 0.01
 #: Bootstrap resamples for the intervals.
 N_BOOT = 1000
+
+#: What each flag on a win-rate (`WinRate.flags`) or a rating (`Rating.flags`) means, as the
+#: CLI, the JSON (the codes), the report and the Rounds view show it (docs/rounds.md).
+FLAGS = {
+    "never_lost": "never lost",  # every match won: the bootstrap interval alone would be [1, 1]
+    "never_won": "never won",
+    "all_ties": "all ties",
+    "one_prompt": "one prompt",  # one prompt says nothing about the others
+    "no_spread": "same on every prompt",  # every prompt the same rate: the bootstrap cannot vary
+    "unbounded_above": "unbounded: never lost",  # no finite rating: a one-sided bound instead
+    "unbounded_below": "unbounded: never won",
+    # it lost (or won) only against policies that are unbounded themselves
+    "unbounded_group": "unbounded: rated only through unbounded policies",
+}
 
 
 def policy_name(round_: int) -> str:
@@ -76,6 +98,72 @@ def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float
     return float(low), float(high)
 
 
+# ---- exact floors ----------------------------------------------------------------------------
+
+
+def clopper_pearson(successes: float, trials: float, level: float = 0.95) -> tuple[float, float]:
+    """The exact binomial interval of Clopper & Pearson (1934) for `successes` of `trials`:
+
+        low = B⁻¹(α/2; x, n − x + 1),  high = B⁻¹(1 − α/2; x + 1, n − x),  α = 1 − level,
+
+    with B⁻¹ the beta quantile, low = 0 at x = 0 and high = 1 at x = n. For whole x and n it is
+    scipy's `binomtest(x, n).proportion_ci(level, method="exact")` (tests/test_leaderboard.py);
+    here x and n may be fractional (a tie counts half a success, and `effective_trials` scales
+    both), where the same beta quantiles interpolate between the neighbouring whole counts.
+    """
+    if not 0 <= successes <= trials or trials <= 0:
+        raise ValueError(f"need 0 <= successes <= trials, trials > 0; got {successes} of {trials}")
+    tail = (1 - level) / 2
+    low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
+    high = (
+        1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1, trials - successes))
+    )
+    return low, high
+
+
+def effective_trials(s: np.ndarray, n: np.ndarray) -> float:
+    """How many independent comparisons the matches of P prompts are worth: prompt p scored s_p
+    of its n_p matches (ties half), N = Σ n_p, rate r = Σ s_p / N.
+
+        n_eff = r (1 − r) / v,  v = P / (P − 1) · Σ_p (s_p − r n_p)² / N²
+
+    v is the variance of r when prompts are the independent draws (the linearised variance of a
+    ratio estimator over clusters, Cochran 1977 §6; what the prompt bootstrap estimates), and
+    n_eff the number of independent 0/1 comparisons with that variance: N / (design effect,
+    Kish 1965). It is kept between P_eff = N² / Σ n_p² (the prompts, were the matches of a
+    prompt always alike) and N (every match independent). Where the data cannot tell (every
+    match won or every match lost, one prompt) it is P_eff: nothing shows that a prompt's
+    matches are more than one draw. Where every prompt had the same rate r (v = 0 with
+    0 < r < 1, e.g. all ties) it is N.
+    """
+    s, n = np.asarray(s, float), np.asarray(n, float)  # (P,), (P,)
+    total = n.sum()
+    prompts_eff = total**2 / (n**2).sum()
+    rate = s.sum() / total
+    if len(n) < 2 or rate in (0.0, 1.0):
+        return float(prompts_eff)
+    v = len(n) / (len(n) - 1) * ((s - rate * n) ** 2).sum() / total**2
+    if v <= 1e-15:
+        return float(total)
+    return float(np.clip(rate * (1 - rate) / v, prompts_eff, total))
+
+
+def exact_interval(s: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The Clopper–Pearson interval of the rate Σ s_p / Σ n_p on its `effective_trials`."""
+    trials = effective_trials(s, n)
+    rate = float(np.sum(s) / np.sum(n))
+    return clopper_pearson(rate * trials, trials, level)
+
+
+def bootstrap_interval(
+    s: np.ndarray, n: np.ndarray, *, n_boot: int, seed: int, level: float
+) -> tuple[float, float]:
+    """The percentile bootstrap interval of the rate Σ s_p / Σ n_p, resampling prompts: each
+    resample's rate is Σ c_p s_p / Σ c_p n_p for its draw counts c_p (`prompt_resamples`)."""
+    counts = prompt_resamples(len(s), n_boot, seed)  # (B, P)
+    return percentile_interval((counts @ s) / (counts @ n), level)
+
+
 # ---- win-rate --------------------------------------------------------------------------------
 
 
@@ -86,7 +174,7 @@ class WinRate:
     model: int
     opponent: int
     rate: float
-    low: float  # the 95% bootstrap interval (prompts resampled)
+    low: float  # the 95% interval: bootstrap (prompts resampled) widened to the exact one
     high: float
     n: int  # matches
     prompts: int
@@ -94,6 +182,8 @@ class WinRate:
     ties: int
     losses: int
     source: str = "all"  # the labels it counts: 'all', or one label source
+    n_eff: float = 0.0  # the independent comparisons the exact interval counts (effective_trials)
+    flags: tuple[str, ...] = ()  # codes of FLAGS: where the data cannot show a spread
 
 
 def win_rate(
@@ -110,6 +200,11 @@ def win_rate(
 
     rate = (wins + ties / 2) / n. The interval resamples prompts: with s_p the score and n_p the
     matches of prompt p, each resample's rate is Σ c_p s_p / Σ c_p n_p for its draw counts c_p.
+    It is then widened, where it is narrower, to contain the exact interval (`exact_interval`:
+    Clopper–Pearson on the effective number of comparisons, a tie half a win): the percentile
+    bootstrap has no spread to resample when every outcome agrees (10 wins of 10 would give
+    [100%, 100%]; the exact interval is [69.2%, 100%]) and is too narrow on few prompts.
+    Such cases are flagged (`win_rate_flags`).
     """
     per_prompt: dict[int, list[float]] = defaultdict(list)
     for m in ms:
@@ -120,21 +215,48 @@ def win_rate(
     scores = [s for ss in per_prompt.values() for s in ss]
     s = np.array([sum(ss) for ss in per_prompt.values()])  # (P,)
     n = np.array([len(ss) for ss in per_prompt.values()], dtype=float)  # (P,)
-    counts = prompt_resamples(len(s), n_boot, seed)  # (B, P)
-    low, high = percentile_interval((counts @ s) / (counts @ n), level)
+    low, high = bootstrap_interval(s, n, n_boot=n_boot, seed=seed, level=level)
+    exact_low, exact_high = exact_interval(s, n, level)
+    wins, ties, losses = scores.count(1.0), scores.count(0.5), scores.count(0.0)
     return WinRate(
         model=model,
         opponent=opponent,
         rate=float(s.sum() / n.sum()),
-        low=low,
-        high=high,
+        low=min(low, exact_low),
+        high=max(high, exact_high),
         n=len(scores),
         prompts=len(s),
-        wins=scores.count(1.0),
-        ties=scores.count(0.5),
-        losses=scores.count(0.0),
+        wins=wins,
+        ties=ties,
+        losses=losses,
         source=source,
+        n_eff=effective_trials(s, n),
+        flags=win_rate_flags(s, n, wins, ties, losses),
     )
+
+
+def win_rate_flags(
+    s: np.ndarray, n: np.ndarray, wins: int, ties: int, losses: int
+) -> tuple[str, ...]:
+    """The FLAGS of a win-rate whose prompts (score s_p of n_p matches) leave the bootstrap
+    nothing to resample: one prompt, every match the same outcome, or every prompt the same
+    rate. Its interval is then the exact one alone."""
+    total = wins + ties + losses
+    flags = ["one_prompt"] if len(s) == 1 else []
+    same = (
+        "never_lost"
+        if wins == total
+        else "never_won"
+        if losses == total
+        else "all_ties"
+        if ties == total
+        else None
+    )
+    if same:
+        flags.append(same)
+    elif len(s) > 1 and np.ptp(s / n) == 0:
+        flags.append("no_spread")
+    return tuple(flags)
 
 
 def round_win_rates(
@@ -232,6 +354,12 @@ def connected_to(pairs: np.ndarray, n_models: int, start: int) -> set[int]:
     for a, b in pairs.tolist():
         links[a].add(b)
         links[b].add(a)
+    return reachable(links, start)
+
+
+def reachable(links: dict[int, set[int]], start: int) -> set[int]:
+    """The nodes a chain of `links` (node -> its neighbours, a defaultdict) leads to from
+    `start`, `start` included."""
     seen, todo = {start}, [start]
     while todo:
         for other in links[todo.pop()] - seen:
@@ -240,16 +368,90 @@ def connected_to(pairs: np.ndarray, n_models: int, start: int) -> set[int]:
     return seen
 
 
+def unbounded(
+    pairs: np.ndarray, scores: np.ndarray, counts: np.ndarray, n_models: int, anchor: int
+) -> tuple[set[int], set[int]]:
+    """The models whose Bradley–Terry strength relative to `anchor`, θ_i − θ_anchor, the data
+    bound neither above (first set) nor below (second): without the penalty its maximum-
+    likelihood value would be +∞ or −∞ (Ford 1957), with it the value is the penalty's.
+
+    Row k (a = pairs[k, 0] against b = pairs[k, 1], a scored scores[k] of counts[k]): when b won
+    or tied at least once, θ_a − θ_b is bounded above (a link a → b); when a did, θ_b − θ_a is.
+    So θ_i − θ_anchor is bounded above iff a chain of links leads from i to the anchor, and
+    below iff one leads from the anchor to i. A policy that won every match has no link out:
+    unbounded above. Models without a chain of matches to the anchor are in neither set.
+    """
+    gave_up: dict[int, set[int]] = defaultdict(set)  # a -> the models that scored against a
+    took: dict[int, set[int]] = defaultdict(set)  # the reverse links
+    for (a, b), s, n in zip(pairs.tolist(), scores, counts):
+        if n > 0 and s < n:
+            gave_up[a].add(b)
+            took[b].add(a)
+        if n > 0 and s > 0:
+            gave_up[b].add(a)
+            took[a].add(b)
+    linked = connected_to(pairs[np.asarray(counts) > 0], n_models, anchor)
+    return linked - reachable(took, anchor), linked - reachable(gave_up, anchor)
+
+
+def elo_for_score(score: float, opponents: np.ndarray, counts: np.ndarray) -> float:
+    """The Elo E at which a policy's expected share of `counts[k]` matches against opponents
+    rated `opponents[k]` is `score`: Σ_k n_k / (1 + 10^((e_k − E) / 400)) = score · Σ_k n_k
+    (one root: the left side rises with E). −∞ at score 0, +∞ at score 1."""
+    if score <= 0:
+        return -math.inf
+    if score >= 1:
+        return math.inf
+    w = np.asarray(counts, float) / np.sum(counts)
+    e = np.asarray(opponents, float)
+    pad = ELO_PER_UNIT * (abs(math.log(score / (1 - score))) + 1)  # beyond it every term passes
+    return float(
+        brentq(
+            lambda x: float(w @ expit((x - e) / ELO_PER_UNIT)) - score,
+            e.min() - pad,
+            e.max() + pad,
+            xtol=1e-9,
+        )
+    )
+
+
+def exact_elo_interval(
+    ms: Sequence[Match], model: int, rated: dict[int, float], level: float = 0.95
+) -> tuple[float, float]:
+    """The Elo interval that `model`'s matches against the policies in `rated` (round -> Elo,
+    ratings the data bound) give on their own: the exact interval of its share of them
+    (`exact_interval`, prompts as the draws) mapped to Elo by `elo_for_score`, their ratings
+    taken as known. (NaN, NaN) without such matches. For a policy that won all ten of its matches
+    against the base: the share is at least 69.2%, so its Elo at least 1140."""
+    per_prompt: dict[int, list[float]] = defaultdict(list)
+    per_opponent: dict[int, int] = defaultdict(int)
+    for m in ms:
+        if model in (m.model_a, m.model_b):
+            other = m.model_b if m.model_a == model else m.model_a
+            if other in rated and other != model:
+                per_prompt[m.prompt_id].append(m.score(model))
+                per_opponent[other] += 1
+    if not per_prompt:
+        return math.nan, math.nan
+    s = np.array([sum(v) for v in per_prompt.values()])  # (P,)
+    n = np.array([len(v) for v in per_prompt.values()], float)  # (P,)
+    low, high = exact_interval(s, n, level)
+    opponents = np.array([rated[o] for o in per_opponent])
+    counts = np.array(list(per_opponent.values()), float)
+    return elo_for_score(low, opponents, counts), elo_for_score(high, opponents, counts)
+
+
 @dataclass(frozen=True)
 class Rating:
     """One policy's row of the leaderboard."""
 
     model: int  # the round whose policy wrote the responses
-    elo: float
-    low: float  # the 95% bootstrap interval (prompts resampled)
+    elo: float  # NaN where the data bound it on neither side or one (flags say which)
+    low: float  # the 95% bootstrap interval (prompts resampled); see `flags`
     high: float
     matches: int
     score: float  # mean outcome over its matches: its win-rate against everyone it met
+    flags: tuple[str, ...] = ()  # codes of FLAGS: a rating the data leave unbounded or thin
 
 
 @dataclass(frozen=True)
@@ -292,6 +494,42 @@ def match_tables(ms: Sequence[Match]) -> MatchTables:
     return MatchTables(models, prompts, np.array(keys, dtype=int).reshape(-1, 2), S, N)
 
 
+def rating_flags(
+    above: bool, below: bool, mine: Sequence[Match], scores: Sequence[float]
+) -> tuple[str, ...]:
+    """The FLAGS of a (non-anchor) policy's rating: unbounded above or below (`unbounded`)
+    because it never lost (never won), or because the policies it lost to (won against) are
+    unbounded themselves; every one of its matches on one prompt, or every one a tie."""
+    flags = []
+    if above:
+        flags.append("unbounded_above" if min(scores) == 1 else "unbounded_group")
+    if below:
+        flags.append("unbounded_below" if max(scores) == 0 else "unbounded_group")
+    flags = list(dict.fromkeys(flags))
+    if len({m.prompt_id for m in mine}) == 1:
+        flags.append("one_prompt")
+    if all(x == 0.5 for x in scores):
+        flags.append("all_ties")
+    return tuple(flags)
+
+
+def flag_notes(flags: Sequence[str]) -> str:
+    """The flags as the tables show them: 'unbounded: never lost; one prompt'."""
+    return "; ".join(FLAGS[f] for f in flags)
+
+
+def elo_cells(r: Rating) -> tuple[str, str]:
+    """A rating's Elo and interval as the tables show them; an unbounded one as its bound:
+    ('≥ 1140', '1140–∞') for a policy that never lost, ('unbounded', '–') with no bound."""
+    if math.isfinite(r.elo):
+        return f"{r.elo:.0f}", f"{r.low:.0f}–{r.high:.0f}"
+    if math.isfinite(r.low):
+        return f"≥ {r.low:.0f}", f"{r.low:.0f}–∞"
+    if math.isfinite(r.high):
+        return f"≤ {r.high:.0f}", f"−∞–{r.high:.0f}"
+    return "unbounded", "–"
+
+
 def leaderboard(
     ms: Sequence[Match],
     *,
@@ -305,6 +543,12 @@ def leaderboard(
 
     A resample in which a policy has no chain of matches to the anchor leaves it out of that
     resample's interval; a policy with no chain at all is listed in `unconnected`, unrated.
+
+    A policy the data rate only on one side of the anchor (`unbounded`: it, or the group it
+    traded wins with, never lost; or never won) is flagged, its `elo` is NaN and its interval
+    is one-sided: from the exact bound of its matches against the bounded policies
+    (`exact_elo_interval`) to ±∞. A policy whose matches are all on one prompt, or all ties,
+    is flagged and its interval widened to contain that exact interval. Nothing else changes.
     """
     models = models_of(ms)
     if not models:
@@ -327,24 +571,43 @@ def leaderboard(
     boot_s, boot_n = counts @ S, counts @ N  # (B, K)
     thetas = bradley_terry(pairs, boot_s, boot_n, len(models), reg=reg)  # (B, M)
     boot = np.array([elo(th, bn) for th, bn in zip(thetas, boot_n)])  # (B, M)
+    above, below = unbounded(pairs, total_s, total_n, len(models), index[anchor])
+    rated = {  # the ratings the data bound on both sides
+        r: float(point[index[r]])
+        for r in models
+        if not math.isnan(point[index[r]]) and index[r] not in above | below
+    }
     ratings = []
     for r in models:
         k = index[r]
         if math.isnan(point[k]):
             continue
-        mine = [m.score(r) for m in ms if r in (m.model_a, m.model_b)]
+        mine = [m for m in ms if r in (m.model_a, m.model_b)]
+        scores = [m.score(r) for m in mine]
         low, high = percentile_interval(boot[:, k], level)
+        elo_k = float(point[k])
+        flags = rating_flags(k in above, k in below, mine, scores) if r != anchor else ()
+        if flags:  # no bootstrap spread to trust: the exact bound from its matches instead
+            exact_low, exact_high = exact_elo_interval(ms, r, rated, level)
+            if k in above or k in below:
+                elo_k = math.nan
+                low = -math.inf if k in below else exact_low
+                high = math.inf if k in above else exact_high
+            else:
+                low, high = np.fmin(low, exact_low), np.fmax(high, exact_high)
         ratings.append(
             Rating(
                 model=r,
-                elo=float(point[k]),
-                low=low,
-                high=high,
+                elo=elo_k,
+                low=float(low),
+                high=float(high),
                 matches=len(mine),
-                score=float(np.mean(mine)),
+                score=float(np.mean(scores)),
+                flags=flags,
             )
         )
-    ratings.sort(key=lambda x: (-x.elo, x.model))
+    # the penalised fit orders the unbounded ones too (a policy that never lost goes first)
+    ratings.sort(key=lambda x: (-point[index[x.model]], x.model))
     return Leaderboard(
         ratings,
         anchor=anchor,

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression
 
 from rankloop.data import leaderboard as lb
@@ -33,8 +34,10 @@ def test_win_rate_counts_ties_half_and_reports_n():
     assert back.rate == pytest.approx(1 - wr.rate)
     assert (back.low, back.high) == pytest.approx((1 - wr.high, 1 - wr.low))
     assert lb.win_rate(ms, 2, 1) is None
+    # 5 of 5: the bootstrap alone would say [1, 1]; the exact floor is [0.025^(1/5), 1]
     everything = lb.win_rate([m(p, 1, 0, 1.0) for p in range(5)], 1, 0)
-    assert (everything.rate, everything.low, everything.high) == (1.0, 1.0, 1.0)
+    assert (everything.rate, everything.high, everything.flags) == (1.0, 1.0, ("never_lost",))
+    assert everything.low == pytest.approx(0.025 ** (1 / 5)) == pytest.approx(0.4782, abs=1e-4)
 
 
 def test_win_rate_interval_covers_the_true_rate_95_percent_of_the_time():
@@ -239,3 +242,153 @@ def test_leaderboard_intervals_and_unconnected_policies():
     # round 2's interval adds round 1's uncertainty to its own link's
     assert ratings[2].high - ratings[2].low > ratings[1].high - ratings[1].low
     assert lb.leaderboard([]) == lb.Leaderboard([], anchor=0, matches=0, prompts=0)
+
+
+# ---- when the data say nothing: exact floors and flags ---------------------------------------
+
+
+def test_clopper_pearson_is_scipys_exact_interval_and_ten_of_ten_is_69_to_100():
+    # 10 of 10: low = (α/2)^(1/n) = 0.025^(1/10) = 0.6915, high = 1
+    assert lb.clopper_pearson(10, 10) == (pytest.approx(0.6915029, abs=1e-7), 1.0)
+    assert lb.clopper_pearson(0, 10) == (0.0, pytest.approx(1 - 0.6915029, abs=1e-7))
+    for x, n in [(0, 3), (3, 17), (9, 17), (16, 17), (40, 50)]:
+        ci = binomtest(x, n).proportion_ci(0.95, method="exact")
+        assert lb.clopper_pearson(x, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    # a half success (a tie) falls between its whole neighbours
+    low, high = lb.clopper_pearson(7.5, 10)
+    assert lb.clopper_pearson(7, 10)[0] < low < lb.clopper_pearson(8, 10)[0]
+    assert lb.clopper_pearson(7, 10)[1] < high < lb.clopper_pearson(8, 10)[1]
+    with pytest.raises(ValueError):
+        lb.clopper_pearson(11, 10)
+
+
+def test_effective_trials_between_the_prompts_and_the_matches():
+    one_each = np.ones(10)
+    assert lb.effective_trials(np.array([1, 0] * 5, float), one_each) == 10  # = N
+    # every prompt's two matches agree, all won: nothing shows them independent -> the prompts
+    assert lb.effective_trials(np.full(5, 2.0), np.full(5, 2.0)) == 5
+    assert lb.effective_trials(np.array([4.0]), np.array([4.0])) == 1  # one prompt
+    assert lb.effective_trials(np.full(6, 1.0), np.full(6, 2.0)) == 12  # the same rate everywhere
+    # by hand: s = (2, 0, 1, 2) of n = 2 each; r = 5/8, Σ(s - r n)² = 2.75,
+    # v = 4/3 · 2.75 / 64, n_eff = r (1 - r) / v = 45/11 (between P = 4 and N = 8)
+    s, n = np.array([2.0, 0, 1, 2]), np.full(4, 2.0)
+    assert lb.effective_trials(s, n) == pytest.approx(45 / 11)
+    assert lb.exact_interval(s, n) == pytest.approx(lb.clopper_pearson(5 / 8 * 45 / 11, 45 / 11))
+
+
+def test_win_rate_of_ten_wins_of_ten_is_the_exact_interval_and_flagged():
+    ten = lb.win_rate([m(p, 1, 0, 1.0) for p in range(10)], 1, 0)
+    assert (ten.rate, ten.high, ten.n_eff, ten.flags) == (1.0, 1.0, 10, ("never_lost",))
+    assert round(100 * ten.low, 1) == 69.2
+    lost = lb.win_rate([m(p, 1, 0, 0.0) for p in range(10)], 1, 0)
+    assert (lost.low, lost.flags) == (0.0, ("never_won",))
+    assert round(100 * lost.high, 1) == 30.8
+
+
+@pytest.mark.parametrize(
+    "outcomes, flags",
+    [
+        ({0: [1.0], 1: [1.0], 2: [1.0]}, ("never_lost",)),
+        ({0: [0.0], 1: [0.0, 0.0]}, ("never_won",)),
+        ({0: [0.5], 1: [0.5], 2: [0.5]}, ("all_ties",)),
+        ({0: [1.0, 0.0, 1.0]}, ("one_prompt",)),
+        ({0: [1.0, 1.0]}, ("one_prompt", "never_lost")),
+        ({0: [1.0, 0.0], 1: [0.5, 0.5], 2: [0.0, 1.0]}, ("no_spread",)),
+        ({0: [1.0], 1: [0.5], 2: [1.0]}, ()),  # a tie: the prompts differ
+        ({0: [1.0, 0.0], 1: [1.0, 1.0]}, ()),
+    ],
+)
+def test_win_rate_flags_exactly_where_the_bootstrap_has_no_spread(outcomes, flags):
+    ms = [m(p, 1, 0, o) for p, os_ in outcomes.items() for o in os_]
+    wr = lb.win_rate(ms, 1, 0, n_boot=300)
+    assert wr.flags == flags
+    # flagged: the exact interval alone, around the rate
+    s = np.array([sum(v) for v in outcomes.values()])
+    n = np.array([len(v) for v in outcomes.values()], float)
+    low, high = lb.exact_interval(s, n)
+    assert wr.low <= low and high <= wr.high and wr.low <= wr.rate <= wr.high
+    if flags:
+        assert (wr.low, wr.high) == pytest.approx((low, high))
+
+
+def test_win_rate_never_narrower_than_the_exact_interval_nor_the_bootstrap():
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        ms = [m(p, 1, 0, float(rng.random() < 0.8)) for p in range(17)]
+        wr = lb.win_rate(ms, 1, 0, n_boot=300, seed=trial)
+        s = np.array([x.outcome for x in ms])
+        boot = lb.bootstrap_interval(s, np.ones(17), n_boot=300, seed=trial, level=0.95)
+        exact = lb.clopper_pearson(s.sum(), 17)
+        assert (wr.low, wr.high) == (min(boot[0], exact[0]), max(boot[1], exact[1]))
+
+
+def test_leaderboard_flags_nothing_where_the_data_bound_every_rating():
+    for seed in (3, 5):
+        board = lb.leaderboard(random_matches(seed), n_boot=50)
+        assert [r.flags for r in board.ratings] == [()] * 4
+        assert all(math.isfinite(x) for r in board.ratings for x in (r.elo, r.low, r.high))
+
+
+def test_a_policy_that_never_lost_gets_a_lower_bound_and_no_elo():
+    """10 wins of 10 over the base: P(win) >= 0.6915 (exact), so Elo >= 1000 + 400 log10(
+    0.6915 / 0.3085) = 1140.2; no upper bound; no point (the penalty's would be ~1400)."""
+    ms = [m(p, 1, 0, 1.0) for p in range(10)]
+    one, base = lb.leaderboard(ms, n_boot=100).ratings
+    q = 0.025 ** (1 / 10)
+    assert (one.model, one.flags, one.high, one.matches, one.score) == (
+        1,
+        ("unbounded_above",),
+        math.inf,
+        10,
+        1.0,
+    )
+    assert math.isnan(one.elo) and one.low == pytest.approx(1000 + 400 * math.log10(q / (1 - q)))
+    assert round(one.low, 1) == 1140.2
+    assert (base.elo, base.low, base.high, base.flags) == (1000.0, 1000.0, 1000.0, ())
+    assert lb.elo_cells(one) == ("≥ 1140", "1140–∞") and lb.elo_cells(base) == ("1000", "1000–1000")
+    # never won: the mirror image
+    lost, _ = lb.leaderboard([m(p, 1, 0, 0.0) for p in range(10)], n_boot=100).ratings[::-1]
+    assert (lost.flags, lost.low) == (("unbounded_below",), -math.inf)
+    assert lost.high == pytest.approx(2000 - one.low)
+    assert lb.elo_cells(lost) == ("≤ 860", "−∞–860")
+
+
+def test_a_group_that_never_lost_to_the_base_is_unbounded_as_a_whole():
+    """Round 1 won all 6 against the base; round 2 traded wins with round 1 only: neither
+    never lost, but both are unbounded above (the base never scored against either). Round 1
+    keeps the lower bound of its 6 wins over the base; round 2 has none (it never met a bounded
+    policy)."""
+    ms = [m(p, 1, 0, 1.0) for p in range(6)]
+    ms += [m(10 + p, 2, 1, o) for p, o in enumerate([1.0, 0.0, 1.0, 0.5, 1.0, 0.0])]
+    ratings = {r.model: r for r in lb.leaderboard(ms, n_boot=100).ratings}
+    assert {k: r.flags for k, r in ratings.items()} == {
+        0: (),
+        1: ("unbounded_group",),
+        2: ("unbounded_group",),
+    }
+    assert math.isnan(ratings[2].low) and ratings[2].high == math.inf
+    assert lb.elo_cells(ratings[2]) == ("unbounded", "–")
+    assert ratings[1].low == pytest.approx(1028.37, abs=0.01)  # 6 of 6: q = 0.025^(1/6)
+    # the random separated case: model 0 (the anchor) lost every match; the others traded
+    board = lb.leaderboard(random_matches(4, separated=True), n_boot=50)
+    assert [r.model for r in board.ratings][-1] == 0
+    assert {r.model: r.flags for r in board.ratings} == {
+        0: (),
+        1: ("unbounded_group",),
+        2: ("unbounded_group",),
+        3: ("unbounded_group",),
+    }
+
+
+def test_one_prompt_and_all_ties_ratings_are_flagged_and_widened():
+    ties = lb.leaderboard([m(p, 1, 0, 0.5) for p in range(6)], n_boot=100).ratings
+    one = next(r for r in ties if r.model == 1)
+    assert (one.elo, one.flags) == (pytest.approx(1000.0), ("all_ties",))
+    # 3 of 6 on its exact interval [0.118, 0.882], around the base at 1000
+    low, high = lb.clopper_pearson(3, 6)
+    assert (one.low, one.high) == pytest.approx(
+        (1000 + 400 * math.log10(low / (1 - low)), 1000 + 400 * math.log10(high / (1 - high)))
+    )
+    single = lb.leaderboard([m(7, 1, 0, o) for o in (1.0, 0.0, 1.0, 1.0)], n_boot=100).ratings
+    assert [r.flags for r in single] == [("one_prompt",), ()]
+    assert single[0].low < 1000 < single[0].elo < single[0].high  # one prompt: it could be worse

@@ -4,6 +4,7 @@ writes. The page in a real browser: tests/test_rounds_browser.py."""
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 
@@ -91,6 +92,36 @@ def test_collect_counts_only_the_sources_asked_for(two_rounds):
     assert "labels from simulated" in report.render_body(got)
 
 
+def test_the_page_flags_a_policy_that_never_lost(two_rounds):
+    """Counting sim-1's labels only, round 2 won all 6 of its matches against the base: its
+    win-rate's interval is the exact one, its Elo has only a lower bound, both flagged (in the
+    table, the headline, the rounds table and the plot, which draws no estimate for it)."""
+    store, _ = two_rounds
+    got = report.collect(store, sources=["simulated"], n_boot=100)
+    ((w,), (r2, r0)) = got.win_rates, got.leaderboard.ratings
+    assert (w.rate, w.low, w.high, w.flags) == (
+        1.0,
+        pytest.approx(0.025 ** (1 / 6)),
+        1.0,
+        ("never_lost",),
+    )
+    assert (r2.model, r2.flags, r2.high) == (2, ("unbounded_above",), math.inf) and math.isnan(
+        r2.elo
+    )
+    # P(win) >= 0.5407 against the base at 1000: 1000 + 400 log10(0.5407 / 0.4593) = 1028.4
+    assert r2.low == pytest.approx(
+        1000 + 400 * math.log10(0.025 ** (1 / 6) / (1 - 0.025 ** (1 / 6)))
+    )
+    assert (r0.model, r0.elo, r0.flags) == (0, 1000.0, ())
+    page = report.render_body(got)
+    text = re.sub(r"(<[^>]+>)+", "|", page)
+    assert "|1|round 2|≥ 1028|1028–∞|6|100%|⚠ unbounded: never lost|" in text
+    assert "|round 2 vs round 0 (base)|all|100%|54%–100%|6|6|6 / 0 / 0|⚠ never lost|" in text
+    assert "n = 6 on 6 prompts; ⚠ never lost)" in report.headline(got)
+    assert "|100% (54%–100%) ⚠|" in text  # round 1's row: R+1 vs 0
+    assert "<title>round 2:" not in page  # no dot for an estimate that does not exist
+
+
 def test_alpha_of_labels_counts_only_items_rated_twice(two_rounds):
     """ann and bob overlap only on round 0's comparisons: all human labels give round 0's alpha
     (an item with one rating is not pairable), and the simulated one changes it."""
@@ -108,7 +139,11 @@ def test_the_page_shows_the_numbers_and_escapes_model_text(two_rounds):
     page = report.render_html(report.collect(store, n_boot=200, title="demo <project>"))
     assert page.startswith("<!DOCTYPE html>") and "<title>demo &lt;project&gt;</title>" in page
     text = re.sub(r"(<[^>]+>)+", "|", page)
-    assert "|round 2 vs round 0 (base)|simulated|100%|100%–100%|6|6|6 / 0 / 0|" in text
+    # 6 of 6 by sim-1: the exact interval [0.025^(1/6), 1] = [54%, 100%], flagged
+    assert "|round 2 vs round 0 (base)|simulated|100%|54%–100%|6|6|6 / 0 / 0|⚠ never lost|" in text
+    assert "|round 2 vs round 0 (base)|human|92%|44%–100%|6|6|5 / 1 / 0|round 2" in text  # none
+    assert text.count("⚠") == 2  # that row, and the note under the leaderboard
+    assert "⚠ Flagged rows: the data show no spread there" in text
     assert "|round 1 vs round 0 (base)|all|75%|" in text
     assert "|1|round 2|" in text and "|3|round 0 (base)|1000|1000–1000|18|11%|" in text
     assert "|0|8 / 0|0.533|–|0.700|0.600|0.050|3|0.100 → 0.400|1.50|40.0|75% (" in text

@@ -88,15 +88,30 @@ def test_leaderboard_json(two_rounds):
     assert sim["sources"] == ["simulated"] and sim["matches"] == 6
     assert [r["round"] for r in sim["leaderboard"]] == [2, 0]
     assert not any(isinstance(v, float) and math.isnan(v) for r in board for v in r.values())
+    # no row of all the labels is degenerate; sim-1's alone: round 2 never lost to the base
+    assert [r["flags"] for r in board] == [[], [], []]
+    assert [w["flags"] for w in out["win_rates"]] == [[]] * 6 + [["never_lost"]]
+    assert [(r["round"], r["elo"], r["high"], r["flags"]) for r in sim["leaderboard"]] == [
+        (2, None, None, ["unbounded_above"]),
+        (0, 1000.0, 1000.0, []),
+    ]
+    assert sim["leaderboard"][0]["low"] == pytest.approx(1028.37, abs=0.01)
+    assert (sim["win_rates"][0]["low"], sim["win_rates"][0]["flags"]) == (
+        pytest.approx(0.025 ** (1 / 6)),
+        ["never_lost"],
+    )
 
 
 def test_leaderboard_tables(two_rounds):
     out = run("leaderboard", "--bootstrap", 100, "--project", two_rounds).output
     assert "24 matches on 6 prompts, all label sources" in out
     assert re.search(r"│\s+3 │ round 0 \(base\)\s+│\s+1000 │\s+1000–1000 │\s+18 │\s+11% │", out)
-    assert re.search(
-        r"│ round 2\s+│ base\s+│ simulated │\s+100% │\s+100–100% │\s+6 │\s+6 │\s+6/0/0 │", out
-    )
+    assert re.search(r"│ round 2\s+│ base\s+│ simulated │\s+100% │\s+54–100% ⚠ │\s+6 │\s+6 │", out)
+    assert "⚠ round 2 vs base (simulated): never lost\n⚠ marks a flagged row" in out
+    assert out.count("⚠") == 3  # the row, its note, the explanation
+    sim = run("leaderboard", "--source", "simulated", "--project", two_rounds).output
+    assert re.search(r"│\s+1 │ round 2\s+│ ≥ 1028 │\s+1028–∞ ⚠ │\s+6 │\s+100% │", sim)
+    assert "⚠ round 2: unbounded: never lost" in sim
     assert re.search(
         r"│ round 1\s+│ base\s+│ all\s+│\s+75% │\s+\d+–100% │\s+6 │\s+6 │\s+4/1/1 │", out
     )

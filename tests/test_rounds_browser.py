@@ -1,5 +1,6 @@
 """The rounds in a real browser: two annotators label cross-round comparisons (blind, like any
-other), the admin's Rounds view shows the new win-rates, and the static report opens offline.
+other), the admin's Rounds view shows the new win-rates (and flags a policy that never lost),
+and the static report opens offline.
 
 The screenshots in docs/rounds.md come from here: `RANKLOOP_SCREENSHOTS=docs/img .venv/bin/python
 -m pytest tests/test_rounds_browser.py` writes them there (otherwise to a temporary folder).
@@ -92,13 +93,25 @@ def test_two_annotators_label_and_the_rounds_view_shows_it(browser, project_db, 
         assert "n = 8 on 8 prompts" in text  # ann's 6 matches, cy's and dee's 2 new ones
         assert re.search(r"round 2 vs round 1\s+all\s+88%", text)
         assert view.locator("svg.rl-plot").count() == 5
+        # sim-1 always chose round 2: that row (per source) alone is flagged, its interval exact
+        assert re.findall(r"\n([^\n]*)\t⚠ never lost", text) == [
+            "round 2 vs round 0 (base)\tsimulated\t100%\t54%–100%\t6\t6\t6 / 0 / 0"
+        ]
         view.screenshot(path=shots / "rounds-view.png")
 
-        # counting simulated labels only: round 2 vs round 0 by sim-1
+        # counting simulated labels only: round 2 vs round 0 by sim-1, who always chose round 2
         page.locator("#rl-rounds-source input").click()
         page.get_by_role("option", name="simulated labels").click()
         expect(view).to_contain_text("labels from simulated", timeout=30_000)
-        assert "round 2 vs round 1" not in view.locator("table.rl-winrates").inner_text()
+        rates = view.locator("table.rl-winrates").inner_text()
+        assert "round 2 vs round 1" not in rates
+        assert re.search(
+            r"round 2 vs round 0 \(base\)\s+all\s+100%\s+54%–100%.*⚠ never lost", rates
+        )
+        board = view.locator("table.rl-leaderboard").inner_text()
+        assert re.search(r"round 2\s+≥ 1028\s+1028–∞\s+6\s+100%\s+⚠ unbounded: never lost", board)
+        expect(view.locator(".rl-flagged")).to_be_visible()
+        view.screenshot(path=shots / "rounds-view-flagged.png")
         page.context.close()
 
 

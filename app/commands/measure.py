@@ -41,8 +41,17 @@ seed_option = click.option(
 
 
 def _num(x: float) -> float | None:
-    """JSON has no NaN: an interval no resample could compute is null."""
-    return None if math.isnan(x) else x
+    """JSON has no NaN or infinity: an interval no resample could compute, an unbounded rating
+    or the open end of its interval is null (its `flags` say which)."""
+    return x if math.isfinite(x) else None
+
+
+#: Under the tables when a row is flagged.
+FLAGGED = (
+    "⚠ marks a flagged row: the data show no spread there (every outcome alike, or one prompt), so "
+    "the interval is the exact Clopper–Pearson one; an unbounded Elo is shown as its one-sided "
+    "exact bound. See docs/rounds.md (When the data say nothing)."
+)
 
 
 @click.command("leaderboard")
@@ -58,7 +67,10 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
     A Bradley–Terry fit on every match between two rounds' responses, in Elo points (400
     points = 10:1 odds, the base at 1000), ties counted half, as Chatbot Arena computes its
     leaderboard; then each round's win-rate over the round before it and over the base. The
-    95% intervals resample prompts. See docs/rounds.md ("Measuring the rounds").
+    95% intervals resample prompts and contain the exact (Clopper–Pearson) interval; rows
+    where the data show no spread (a policy that never lost, all ties, one prompt) are flagged
+    ("flags" in the JSON), an unbounded Elo is given as its one-sided bound. See
+    docs/rounds.md ("Measuring the rounds").
 
     \b
     Example:
@@ -84,11 +96,12 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
                             "rank": k,
                             "round": r.model,
                             "policy": lb.policy_name(r.model),
-                            "elo": r.elo,
+                            "elo": _num(r.elo),
                             "low": _num(r.low),
                             "high": _num(r.high),
                             "matches": r.matches,
                             "score": r.score,
+                            "flags": list(r.flags),
                         }
                         for k, r in enumerate(board.ratings, 1)
                     ],
@@ -124,16 +137,22 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
     )
     for col in ("rank", "policy", "Elo", "95% interval", "matches", "score"):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    flagged = []  # the notes of the flagged rows, printed under their table
     for k, r in enumerate(board.ratings, 1):
+        elo, interval = lb.elo_cells(r)
         table.add_row(
             str(k),
             lb.policy_name(r.model),
-            f"{r.elo:.0f}",
-            f"{r.low:.0f}–{r.high:.0f}",
+            elo,
+            interval + " ⚠" * bool(r.flags),
             str(r.matches),
             f"{100 * r.score:.0f}%",
         )
+        if r.flags:
+            flagged.append(f"⚠ {lb.policy_name(r.model)}: {lb.flag_notes(r.flags)}")
     console.print(table)
+    for note in flagged:
+        console.print(note, markup=False)
     if board.unconnected:
         console.print(
             "Not rated (no chain of matches to the base): "
@@ -142,18 +161,28 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
     table = Table(title="Win-rates (ties count half; W/T/L: wins, ties, losses)")
     for col in ("policy", "vs", "labels", "win-rate", "95% CI", "n", "prompts", "W/T/L"):
         table.add_column(col, justify="left" if col in ("policy", "vs", "labels") else "right")
+    notes = []
     for w in rates:
+        vs = "base" if w.opponent == 0 else lb.policy_name(w.opponent)
         table.add_row(
             lb.policy_name(w.model),
-            "base" if w.opponent == 0 else lb.policy_name(w.opponent),
+            vs,
             w.source,
             f"{100 * w.rate:.0f}%",
-            f"{100 * w.low:.0f}–{100 * w.high:.0f}%",
+            f"{100 * w.low:.0f}–{100 * w.high:.0f}%" + " ⚠" * bool(w.flags),
             str(w.n),
             str(w.prompts),
             f"{w.wins}/{w.ties}/{w.losses}",
         )
+        if w.flags:
+            notes.append(
+                f"⚠ {lb.policy_name(w.model)} vs {vs} ({w.source}): {lb.flag_notes(w.flags)}"
+            )
     console.print(table)
+    for note in notes:
+        console.print(note, markup=False)
+    if flagged or notes:
+        console.print(FLAGGED, markup=False)
 
 
 @click.command("report")
