@@ -35,9 +35,9 @@ class PPOConfig:
     batch_size: int = 8
     """Prompts per step on each process (rollout batch)."""
     mini_batch_size: int = 4
-    """Sequences per gradient step inside a PPO epoch; must divide batch_size."""
+    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each); must divide batch_size."""
     ppo_epochs: int = 4
-    """Passes over each rollout batch, in shuffled mini-batches."""
+    """Passes over each rollout batch, in shuffled mini-batches (RLOO with 1 epoch of one mini-batch is plain REINFORCE)."""
     max_new_tokens: int = 32
     """Longest response sampled during PPO, in tokens."""
     temperature: float = 1.0

@@ -302,12 +302,9 @@ def train_policy(
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
             raise ValueError(f"--resume: no checkpoint under {out_dir / CHECKPOINTS}")
-        state = load_checkpoint(ckpt, raw_actor, raw_critic, torch_optimizer, kl_ctl, rank)
-        if state.get("optimizer_name", "ppo") != optimizer:
-            raise ValueError(
-                f"--resume: {ckpt} was written by {state.get('optimizer_name', 'ppo')}, not "
-                f"{optimizer}: resume with that optimizer or start again without --resume"
-            )
+        state = load_checkpoint(
+            ckpt, raw_actor, raw_critic, torch_optimizer, kl_ctl, rank, optimizer_name=optimizer
+        )
         start_step, history = state["step"], list(state["history"])
         evaluations, best_state = list(state.get("evaluations", [])), state.get("best_actor")
         if state.get("early_stop"):
@@ -885,10 +882,19 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(folder, actor, critic, optimizer, kl_ctl, rank) -> dict:
+def load_checkpoint(
+    folder, actor, critic, optimizer, kl_ctl, rank, *, optimizer_name: str = "ppo"
+) -> dict:
     """Load a checkpoint into the modules, optimizers and KL controller; restore this process's
-    RNG states; return the saved state (step, history, early stopping's state)."""
+    RNG states; return the saved state (step, history, early stopping's state). A checkpoint
+    of another optimiser (`optimizer_name`; older ones are PPO's) is a clear error."""
     state = torch.load(Path(folder) / "state.pt", weights_only=False)
+    written_by = state.get("optimizer_name", "ppo")
+    if written_by != optimizer_name:
+        raise ValueError(
+            f"--resume: {folder} was written by {written_by}, not {optimizer_name}: resume "
+            f"with {written_by}, or start again without --resume"
+        )
     load_trainable_state(actor, state["actor"])
     if critic is not None and state["critic"] is not None:
         load_trainable_state(critic, state["critic"])
