@@ -67,6 +67,7 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
     """
     project = open_project(project_dir)
     ms = project.store.cross_round_outcomes(list(sources) or None)
+    by = lb.trained_by(project.store.rounds())
     project.close()
     board = lb.leaderboard(ms, n_boot=n_boot, seed=seed)
     rates = lb.round_win_rates(ms, n_boot=n_boot, seed=seed)
@@ -84,6 +85,7 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
                             "rank": k,
                             "round": r.model,
                             "policy": lb.policy_name(r.model),
+                            "trained_by": by.get(r.model),
                             "elo": r.elo,
                             "low": _num(r.low),
                             "high": _num(r.high),
@@ -122,8 +124,8 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
         title=f"Leaderboard: Bradley–Terry in Elo, {board.matches} matches on "
         f"{board.prompts} prompts, {which}"
     )
-    for col in ("rank", "policy", "Elo", "95% interval", "matches", "score"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+    for col in ("rank", "policy", "Elo", "95% interval", "matches", "score", "trained by"):
+        table.add_column(col, justify="left" if col in ("policy", "trained by") else "right")
     for k, r in enumerate(board.ratings, 1):
         table.add_row(
             str(k),
@@ -132,6 +134,7 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
             f"{r.low:.0f}–{r.high:.0f}",
             str(r.matches),
             f"{100 * r.score:.0f}%",
+            by.get(r.model, "base" if r.model == 0 else "-"),
         )
     console.print(table)
     if board.unconnected:
