@@ -34,6 +34,7 @@ class PPOUpdate:
     """PPO with a critic: one response per prompt, each token an action."""
 
     name = "ppo"
+    uses_critic = True
     samples_per_prompt = 1
 
     def __init__(self, config: PPOConfig, tokenizer):

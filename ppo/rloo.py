@@ -36,6 +36,7 @@ class RLOOUpdate:
     """RLOO: k responses per prompt, the others' mean reward as each one's baseline."""
 
     name = "rloo"
+    uses_critic = False
     frozen_policy_steps = 0
 
     def __init__(self, config: PPOConfig, tokenizer):

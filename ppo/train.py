@@ -169,11 +169,13 @@ class StepContext:
     rank: int
 
 
-def optimizer_update(name: str, config: PPOConfig, tokenizer):
-    """The update of optimiser `name` (`OPTIMIZERS`): one module each, imported here only, so
-    the scaffold knows no optimiser's internals. A new optimiser is a module with a class that
-    has `name`, `samples_per_prompt`, `critic` (bool), `frozen_policy_steps`, `check(config)`
-    and `step(ctx, step, batch, ref, rewards, scores) -> stats` (phases 5 and 6)."""
+def optimizer_update(name: str, config: PPOConfig):
+    """The update class of optimiser `name` (`OPTIMIZERS`), after its `check(config)`: one
+    module each, imported here only, so the scaffold knows no optimiser's internals. A new
+    optimiser is a module with a class that has `name`, `uses_critic` (the scaffold builds
+    PPO's critic or value head only when True), `check(config)`, `critic_origin(critic)`, and,
+    built with `(config, tokenizer)`, `samples_per_prompt`, `frozen_policy_steps` and
+    `step(ctx, step, batch, ref, rewards) -> stats` (phases 5 and 6)."""
     if name == "ppo":
         from .ppo import PPOUpdate as update
     elif name == "rloo":
@@ -181,7 +183,7 @@ def optimizer_update(name: str, config: PPOConfig, tokenizer):
     else:
         raise ValueError(f"optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     update.check(config)
-    return update(config, tokenizer)
+    return update
 
 
 def train_ppo(config: PPOConfig, **kwargs) -> PPOResult:
@@ -243,6 +245,7 @@ def train_policy(
     torch.manual_seed(config.seed)  # initial weights of fresh heads/adapters: same on every rank
 
     # ---- models, optimizer, the optimiser's update --------------------------------------------
+    update_class = optimizer_update(optimizer, config)
     tokenizer, actor, critic = build_models(
         config,
         policy,
@@ -252,9 +255,9 @@ def train_policy(
         device,
         bf16,
         say,
-        critic=optimizer == "ppo",
+        critic=update_class.uses_critic,
     )
-    update = optimizer_update(optimizer, config, tokenizer)
+    update = update_class(config, tokenizer)
     model, torch_optimizer = prepare_models(accelerator, actor, critic, config)
     raw = accelerator.unwrap_model(model)  # for the no-grad passes, checkpoints and saving
     raw_actor, raw_critic = raw.actor, raw.critic
