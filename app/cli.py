@@ -45,6 +45,7 @@ COMMANDS = (
     reward.train_reward_cmd,
     reward.score_cmd,
     ppo.ppo_cmd,
+    ppo.rloo_cmd,
     ppo.train_dpo_cmd,
     rounds.round_cmd,
     rounds.simulate_cmd,

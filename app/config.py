@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rankloop.lm.device import DEVICES
 from rankloop.lm.loading import DEFAULT_MODEL
-from rankloop.ppo.config import DPOConfig, PPOConfig
+from rankloop.ppo.config import OPTIMIZERS, DPOConfig, PPOConfig
 from rankloop.reward.config import RewardConfig
 from rankloop.settings import ConfigError, from_table, render_toml
 
@@ -136,6 +136,8 @@ class RoundsConfig:
     """When the reward model's held-out accuracy does not beat its baseline: 'warn' and go on, or 'stop' before PPO (label more, then `rankloop round --redo reward`)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
+    optimizer: str = "ppo"
+    """The policy stage's optimiser: 'ppo' (a critic, each token an action) or 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k). Both read the [ppo] section."""
 
     def validate(self) -> None:
         if not 0 <= self.eval_fraction < 1:
@@ -144,6 +146,10 @@ class RoundsConfig:
             raise ConfigError("[rounds] eval_comparisons must be >= 0")
         if self.weak_reward not in ("warn", "stop"):
             raise ConfigError("[rounds] weak_reward must be 'warn' or 'stop'")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"[rounds] optimizer = {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"
+            )
 
 
 MOVED = {

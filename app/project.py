@@ -77,7 +77,8 @@ class Project:
         (self.root / CONFIG_FILE).write_text(self.config.to_toml(), encoding="utf-8")
 
     def round_dir(self, number: int, part: str) -> Path:
-        """`rounds/N/reward` or `rounds/N/policy`."""
+        """`rounds/N/reward` or `rounds/N/policy`. Which model belongs to round N is
+        `app/rounds.py`'s to say (`start_policy`, `trained_policy`)."""
         return self.root / "rounds" / str(number) / part
 
     def stored(self, path: str | Path) -> str:
@@ -106,20 +107,6 @@ class Project:
             if tail.exists():
                 return str(tail)
         return stored
-
-    def policy_for_round(self, number: int) -> str:
-        """The policy that samples round N's candidates: the base for round 0, else the policy
-        trained in round N-1 (recorded in the store by `rankloop ppo`)."""
-        if number == 0:
-            return self.config.models.policy
-        prev = self.store.round(number - 1)
-        if prev is None or not prev.policy:
-            raise ProjectError(
-                f"round {number - 1} has no trained policy yet: run "
-                f"`rankloop ppo --round {number - 1}` first, or generate for "
-                f"round 0"
-            )
-        return self.resolve(prev.policy)
 
     def close(self) -> None:
         self.store.close()

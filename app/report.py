@@ -51,6 +51,7 @@ class RoundRow:
     ppo_kl: float | None  # KL of the saved policy to its reference (nats per response)
     ppo_length: float | None  # mean response length (tokens) at the end of PPO
     seconds: float | None  # the round's recorded stages, in all
+    optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo')
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def snapshot(
                 ppo_kl=_num(metrics, "ppo/kl_final", "ppo/kl_last"),
                 ppo_length=_num(metrics, "ppo/response_length_last"),
                 seconds=sum(st.seconds for st in stages[n]) if stages[n] else None,
+                optimizer=rounds[n].optimizer if n in rounds else None,
             )
         )
     match_sources: dict[str, int] = defaultdict(int)
@@ -603,6 +605,7 @@ def render_body(report: RoundsReport) -> str:
                 result(r.number, r.number),
                 result(r.number, 0) if r.number > 0 else "–",
                 "–" if r.seconds is None else f"{r.seconds / 60:.1f}",
+                (r.optimizer or "–").upper(),
             ]
         )
     out.append(
@@ -615,13 +618,14 @@ def render_body(report: RoundsReport) -> str:
                 "reward acc.",
                 "probe acc.",
                 "reward ECE",
-                "PPO steps",
-                "PPO score",
+                "policy steps",
+                "policy score",
                 "KL",
                 "length",
                 "R+1 vs R",
                 "R+1 vs 0",
                 "minutes",
+                "optimizer",
             ],
             rows,
             "rl-rounds",
@@ -629,13 +633,14 @@ def render_body(report: RoundsReport) -> str:
     )
     out.append(
         '<p class="rl-note">Round R trains its reward model on the labels of rounds ≤ R '
-        "and, by PPO, the policy that samples round R+1's candidates; its last two "
+        "and, by its optimizer, the policy that samples round R+1's candidates; its last two "
         "columns are that policy's win-rates. α: Krippendorff's alpha (ordinal) among "
         "the round's human, or simulated, labels. Reward acc.: pairwise accuracy on "
         "held-out prompts (probe: a linear probe on frozen features, the baseline to "
-        "beat); ECE: expected calibration error of σ(r_a − r_b). PPO steps: those run "
+        "beat); ECE: expected calibration error of σ(r_a − r_b). Optimizer: the policy "
+        "stage's (PPO or RLOO). Policy steps: those run "
         "(and the step whose policy was kept, when early stopping kept an earlier one). "
-        "PPO score: the reward model's mean score of the first and the last PPO "
+        "Policy score: the reward model's mean score of the first and the last "
         "batches; KL: the kept policy's KL to the reference, nats per response; "
         "length: tokens per response.</p>"
     )

@@ -1,8 +1,16 @@
 """Rounds: which models belong to round R, and the stages that run a round.
 
-The one place that answers "which reward model / policy belongs to round R" and that runs a
-stage and records it in the store. The CLI commands, the app and the tests call these; the
-trainers themselves know nothing of projects or rounds.
+The one place that answers "which reward model / policy belongs to round R" (`start_policy`,
+`trained_policy`, `reward_model_of`, `policy_reward_model`, `rto_adapter`, `round_optimizer`)
+and that runs a stage and records it in the store (`train_reward_stage`, `policy_stage`). The
+CLI commands, the app and the tests call these; the trainers themselves know nothing of
+projects or rounds.
+
+Round R's two policies, named so that neither can be read as the other:
+  start_policy(R)    what round R starts from: it samples round R's candidates, and round R's
+                     policy stage starts from it (the base policy for round 0)
+  trained_policy(R)  what round R's policy stage trained (rounds/R/policy), the start policy
+                     of round R + 1; `Round(R).policy` in the store
 """
 
 from __future__ import annotations
@@ -21,6 +29,56 @@ from rankloop.settings import ConfigError
 
 from .project import Project, ProjectError
 
+# ---------------------------------------------------------------------------------------------
+# which models belong to round R
+# ---------------------------------------------------------------------------------------------
+
+
+def trained_policy(project: Project, round_: int) -> str | None:
+    """The policy round R's policy stage trained and recorded (rounds/R/policy), or None; as a
+    path to load from (the store keeps it relative to the project: `Project.resolve`)."""
+    rec = project.store.round(round_)
+    return project.resolve(rec.policy) if rec is not None and rec.policy else None
+
+
+def start_policy(project: Project, round_: int) -> str:
+    """The policy round R starts from: the base policy for round 0, else the policy trained in
+    round R - 1. It samples round R's candidates and is where round R's policy stage begins."""
+    if round_ == 0:
+        return project.config.models.policy
+    trained = trained_policy(project, round_ - 1)
+    if trained is None:
+        raise ProjectError(
+            f"round {round_ - 1} has no trained policy yet: run "
+            f"`rankloop round` (or `rankloop ppo --round {round_ - 1}`) first, or "
+            f"generate for round 0"
+        )
+    return trained
+
+
+def round_optimizer(project: Project, given: str | None = None) -> str:
+    """The optimiser of the policy stage: the one given (`--optimizer`), else [rounds]
+    optimizer."""
+    from rankloop.ppo.config import OPTIMIZERS
+
+    name = given or project.config.rounds.optimizer
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def rto_adapter(project: Project, round_: int, cfg) -> str | None:
+    """The DPO adapter RTO's token rewards come from (with [ppo] rto): [ppo] rto_model, else
+    rounds/R/dpo from `rankloop train-dpo --round R`; None without rto."""
+    if not cfg.rto:
+        return None
+    dpo = cfg.rto_model or str(project.round_dir(round_, "dpo"))
+    if not (Path(dpo) / "adapter_config.json").exists():
+        raise ConfigError(
+            f"--rto needs a DPO adapter at {dpo}: run `rankloop train-dpo --round {round_}` first"
+        )
+    return dpo
+
 
 def reward_model_of(project: Project, round_: int | None = None) -> Path:
     """The reward model recorded for `round_`, or with None the latest round's that has one."""
@@ -38,9 +96,9 @@ def reward_model_of(project: Project, round_: int | None = None) -> Path:
     raise ProjectError("no round has a reward model yet: run `rankloop train-reward` first")
 
 
-def ppo_reward_model(project: Project, round_: int, given: str | None = None) -> str:
-    """The reward model PPO of round R optimises against: the one given, else round R's, else
-    the latest trained one."""
+def policy_reward_model(project: Project, round_: int, given: str | None = None) -> str:
+    """The reward model round R's policy stage optimises against: the one given, else round
+    R's, else the latest trained one."""
     if given is None:
         rec = project.store.round(round_)
         given = str(
@@ -219,11 +277,11 @@ def generate_candidates(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ):
-    """Sample round `round_`'s candidates from its policy (the base for round 0, else the
-    policy of round R-1) and group them into comparisons. Resumable: see `app/generate.py`."""
+    """Sample round `round_`'s candidates from its `start_policy` and group them into
+    comparisons. Resumable: see `app/generate.py`."""
     from .generate import generate
 
-    policy = project.policy_for_round(round_)
+    policy = start_policy(project, round_)
     return generate(
         project.store,
         policy,
@@ -297,12 +355,12 @@ def ppo_reward(
     reward_model: str | None = None,
 ):
     """(reward source, reward model folder or None) for PPO of round R: --reward-fn wins,
-    else the reward model of `ppo_reward_model`."""
+    else the reward model of `policy_reward_model`."""
     from rankloop.ppo.reward_fns import ScorerReward, parse_reward_spec
 
     if reward_fns:
         return parse_reward_spec(reward_fns), reward_model
-    reward_model = ppo_reward_model(project, round_, reward_model)
+    reward_model = policy_reward_model(project, round_, reward_model)
     # loaded lazily: with the default critic, scoring shares the critic's frozen weights
     return ScorerReward(
         None, cfg.normalize_scores, cfg.score_clip, path=reward_model, bf16=cfg.bf16
@@ -370,11 +428,15 @@ class RoundSettings:
     ppo: object  # PPOConfig
     generate: object  # GenerateConfig
     reward_fns: tuple[str, ...] = ()
+    optimizer: str | None = None
+    """The policy stage's optimiser (`--optimizer`); None: [rounds] optimizer."""
 
     @classmethod
-    def of(cls, project: Project, reward_fns: Sequence[str] = ()) -> RoundSettings:
+    def of(
+        cls, project: Project, reward_fns: Sequence[str] = (), optimizer: str | None = None
+    ) -> RoundSettings:
         c = project.config
-        return cls(c.reward, c.ppo, c.generate, tuple(reward_fns))
+        return cls(c.reward, c.ppo, c.generate, tuple(reward_fns), optimizer)
 
 
 @dataclass
@@ -409,6 +471,7 @@ class RoundSummary:
     seconds: dict[str, float]  # per stage, as recorded
     metrics: dict[str, float]  # the stages' metrics, merged
     warnings: list[str] = field(default_factory=list)
+    optimizer: str | None = None  # the policy stage's, once it ran
 
 
 def label_counts(project: Project, round_: int) -> dict[str, int]:
@@ -440,8 +503,10 @@ def _work(
         policy = "the base policy" if round_ == 0 else f"round {round_ - 1}'s policy"
         reward = " + ".join(s.reward_fns) if s.reward_fns else f"rounds/{round_}/reward"
         prompts = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[0])
+        optimizer = round_optimizer(project, s.optimizer)
+        each = f" x {s.ppo.rloo_k} samples" if optimizer == "rloo" else ""
         return float(s.ppo.steps), (
-            f"{s.ppo.steps} PPO steps of {s.ppo.batch_size} prompts "
+            f"{s.ppo.steps} {optimizer.upper()} steps of {s.ppo.batch_size} prompts{each} "
             f"(of {prompts} training prompts) from {policy} against "
             f"{reward} -> rounds/{round_}/policy"
         )
@@ -476,16 +541,22 @@ def plan_round(project: Project, s: RoundSettings, redo: str | None = None) -> R
     if "reward" not in done and not s.reward_fns:
         check_labels(project, r, s.reward)
     if "ppo" not in done:
-        check_loadable(project.policy_for_round(r))
+        check_loadable(start_policy(project, r))
         ppo_prompts(project)
         if "reward" in done and not s.reward_fns:
-            ppo_reward_model(project, r)
+            policy_reward_model(project, r)
     previous = {st.stage: st for st in project.store.stages(r - 1)} if r > 0 else {}
     prev_labels = sum(label_counts(project, r - 1).values()) if r > 0 else 0
     stages = []
     for stage in STAGES:
         work, what = _work(project, r, stage, s, labels)
         before = previous.get(stage)
+        if (
+            stage == "ppo"
+            and r > 0
+            and optimizer_of(project, r - 1) != round_optimizer(project, s.optimizer)
+        ):
+            before = None  # another optimiser's timing says nothing about this one's
         estimate = None
         if before is not None:
             prev_work = {"reward": prev_labels, "ppo": before.metrics.get("ppo/steps", 0.0)}.get(
@@ -611,6 +682,7 @@ def summarize_round(project: Project, round_: int, warnings=()) -> RoundSummary:
         {st.stage: st.seconds for st in stages},
         metrics,
         list(warnings),
+        optimizer_of(project, round_),
     )
 
 
@@ -658,45 +730,101 @@ def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, 
 
 
 def _ppo_stage(project: Project, r: int, s: RoundSettings, *, log, progress, event) -> dict:
-    """PPO into a temporary folder, renamed into rounds/R/policy when finished, so a killed
-    run never leaves a policy that looks finished; a rerun resumes from the temporary
-    folder's newest checkpoint ([ppo] checkpoint_every) or starts over."""
+    result = policy_stage(
+        project,
+        r,
+        s.ppo,
+        optimizer=s.optimizer,
+        reward_fns=s.reward_fns,
+        progress=progress,
+        log=log,
+        on_step=lambda row: event("ppo", row),
+    )
+    return dict(result.summary)
+
+
+def policy_stage(
+    project: Project,
+    r: int,
+    cfg,
+    *,
+    optimizer: str | None = None,
+    reward_fns: Sequence[str] = (),
+    reward_model: str | None = None,
+    limit: int | None = None,
+    resume: bool | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[dict], None] | None = None,
+):
+    """Round R's policy stage, the one wiring `rankloop round`, `rankloop ppo` and `rankloop
+    rloo` share: train from `start_policy(R)` with `optimizer` (default [rounds] optimizer)
+    against `reward_fns` or the round's reward model, on the training prompts (the first
+    `limit`), and record rounds/R/policy, the optimiser, its summary and its curve.
+
+    The run goes into rounds/R/policy.partial, renamed to rounds/R/policy when finished, so a
+    killed run never leaves a policy that looks finished. `resume`: None (the round) continues
+    from the partial folder's newest checkpoint ([ppo] checkpoint_every) when there is one;
+    True (`--resume`) continues from it, or from the finished policy's checkpoints to run
+    longer; False starts over. Returns the trainer's result."""
     import shutil
 
-    from rankloop.ppo.train import latest_checkpoint, train_ppo
+    from rankloop.ppo.train import latest_checkpoint, train_policy
 
-    policy = project.policy_for_round(r)
-    reward_fn, rm_path = ppo_reward(project, r, s.ppo, s.reward_fns)
+    optimizer = round_optimizer(project, optimizer)
+    policy = start_policy(project, r)
+    prompts = ppo_prompts(project, limit)  # the evaluation prompts are held out
+    reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model)
+    dpo = rto_adapter(project, r, cfg)
     out = project.round_dir(r, "policy")
     tmp = out.with_name("policy.partial")
-    resume = latest_checkpoint(tmp) is not None
+    if resume and latest_checkpoint(tmp) is None and latest_checkpoint(out) is not None:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(out, tmp)  # run a finished policy longer; it stays until this ends
+    if resume is None:
+        resume = latest_checkpoint(tmp) is not None
+    if not resume and tmp.exists():
+        shutil.rmtree(tmp)  # a killed run's leftovers: start over
     log(
-        f"PPO round {r}: policy {policy}, reward {getattr(reward_fn, 'name', rm_path)}"
+        f"{optimizer.upper()} round {r}: policy {policy}, reward "
+        f"{getattr(reward_fn, 'name', rm_path)}, {len(prompts)} prompts -> {out}"
         f"{', resuming' if resume else ''}"
     )
     try:
-        result = train_ppo(
-            s.ppo,
+        result = train_policy(
+            cfg,
+            optimizer=optimizer,
             policy=policy,
-            prompts=ppo_prompts(project),
+            prompts=prompts,
             reward_fn=reward_fn,
             out_dir=tmp,
             reward_model=rm_path,
+            dpo_model=dpo,
             resume=resume,
             progress=progress,
             log=log,
-            on_step=lambda row: event("ppo", row),
+            on_step=on_step,
             log_dir=project.root / "logs",
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if out.exists():  # a policy from an earlier, unrecorded run of this stage
+    if out.exists():  # a policy from an earlier run of this stage
         shutil.rmtree(out)
     tmp.replace(out)
-    with project.store.transaction():
-        project.store.save_round(Round(r, policy=project.stored(out), metrics=result.summary))
+    result.policy_path = out
+    with project.store.transaction():  # the policy, its optimiser and its curve land together
+        project.store.save_round(
+            Round(r, policy=project.stored(out), optimizer=optimizer, metrics=result.summary)
+        )
         record_curve(project.store, r, "ppo", result.history)
-    return dict(result.summary)
+    return result
+
+
+def optimizer_of(project: Project, round_: int) -> str | None:
+    """The optimiser round R's policy stage used, as recorded (None: no policy trained yet)."""
+    rec = project.store.round(round_)
+    return rec.optimizer if rec is not None else None
 
 
 def oracle_means(project: Project, oracle) -> dict[int, tuple[float, float | None, int]]:

@@ -1,7 +1,7 @@
 """Did a round help? Win-rates and a Bradley–Terry leaderboard over cross-round comparisons.
 
-Round R's responses are sampled by round R's policy: the base policy for round 0, the policy PPO
-trained in round R-1 otherwise (`Project.policy_for_round`). A *cross-round comparison* puts
+Round R's responses are sampled by round R's start policy: the base policy for round 0, the
+policy trained in round R-1 otherwise (`rankloop.app.rounds.start_policy`). A *cross-round comparison* puts
 generated responses of two or more rounds side by side for one prompt; annotators see it blind
 and shuffled like every other comparison. Each label on one gives a `Match` (data/records.py,
 from `Store.cross_round_outcomes`) for every pair of its responses written by two different
@@ -37,7 +37,7 @@ from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 from scipy.stats import beta
 
-from .records import Match
+from .records import Match, Round
 
 #: Elo points per natural Bradley–Terry unit: P(i beats j) = 1 / (1 + 10^(-(E_i - E_j) / 400)).
 ELO_PER_UNIT = 400 / math.log(10)
@@ -69,6 +69,12 @@ FLAGS = {
 def policy_name(round_: int) -> str:
     """How tables name the policy that wrote round R's responses."""
     return "round 0 (base)" if round_ == 0 else f"round {round_}"
+
+
+def trained_by(rounds: Iterable[Round]) -> dict[int, str]:
+    """model -> the optimiser that trained its policy ('ppo', 'rloo'), for the rounds that
+    recorded one: the policy that wrote round R's responses was trained in round R - 1."""
+    return {r.number + 1: r.optimizer for r in rounds if r.optimizer}
 
 
 def models_of(ms: Iterable[Match]) -> list[int]:

@@ -414,6 +414,14 @@ def m0020_round_curves(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration("0021_round_optimizer")
+def m0021_round_optimizer(db: sqlite_utils.Database) -> None:
+    """Which optimiser trained each round's policy ('ppo', 'rloo'). The rounds of an older
+    project that have a policy were trained by PPO, the only optimiser before this."""
+    db["rounds"].add_column("optimizer", str)
+    db.execute("update rounds set optimizer = 'ppo' where policy is not null")
+
+
 # -- 0030+: one rule for each decision --------------------------------------------------------
 
 

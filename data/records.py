@@ -279,10 +279,13 @@ class Round:
 
     number: int
     policy: str | None = None
+    """The policy this round's policy stage trained (rounds/N/policy)."""
     reward_model: str | None = None
     metrics: dict = field(default_factory=dict, compare=False)
     started_at: str | None = None
     finished_at: str | None = None
+    optimizer: str | None = None
+    """The optimiser that trained `policy` ('ppo', 'rloo'); None before it is trained."""
 
 
 @dataclass(frozen=True)

@@ -730,6 +730,7 @@ class Store:
                     "metrics": to_json(metrics),
                     "started_at": r.started_at or (old.started_at if old else None) or now(),
                     "finished_at": r.finished_at or (old.finished_at if old else None),
+                    "optimizer": r.optimizer or (old.optimizer if old else None),
                 },
                 pk="number",
             )
@@ -750,10 +751,11 @@ class Store:
                 metrics=json.loads(m or "{}"),
                 started_at=s,
                 finished_at=f,
+                optimizer=o,
             )
-            for n, p, rm, m, s, f in self.db.execute(
-                f"select number, policy, reward_model, metrics, started_at, finished_at "
-                f"from rounds {where}",
+            for n, p, rm, m, s, f, o in self.db.execute(
+                f"select number, policy, reward_model, metrics, started_at, finished_at, "
+                f"optimizer from rounds {where}",
                 params,
             ).fetchall()
         ]

@@ -19,20 +19,25 @@ from rankloop.settings import ConfigError
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KEEP_POLICY = ("best", "last")
+OPTIMIZERS = ("ppo", "rloo")
+"""The policy stage's optimisers ([rounds] optimizer): one update module each under ppo/."""
 
 
 @dataclass
 class PPOConfig:
-    """PPO: optimise the policy against the reward model (`rankloop ppo`)."""
+    """The policy stage: optimise the policy against the reward model (`rankloop ppo`,
+    `rankloop rloo`). One section for every optimiser: the rollout, KL, evaluation, LoRA and
+    checkpoint fields are the scaffold's; the critic, GAE and value fields are PPO's only,
+    `rloo_k` is RLOO's only."""
 
     steps: int = 100
     """PPO steps (one step = rollout of batch_size prompts, scoring, then ppo_epochs of updates)."""
     batch_size: int = 8
     """Prompts per step on each process (rollout batch)."""
     mini_batch_size: int = 4
-    """Sequences per gradient step inside a PPO epoch; must divide batch_size."""
+    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each); must divide batch_size."""
     ppo_epochs: int = 4
-    """Passes over each rollout batch, in shuffled mini-batches."""
+    """Passes over each rollout batch, in shuffled mini-batches (RLOO with 1 epoch of one mini-batch is plain REINFORCE)."""
     max_new_tokens: int = 32
     """Longest response sampled during PPO, in tokens."""
     temperature: float = 1.0
@@ -75,6 +80,8 @@ class PPOConfig:
     """Global gradient-norm clipping of policy and critic (0 = off)."""
     target_approxkl: float = 0.0
     """Stop a step's PPO epochs early when the mean approximate KL exceeds this (0 = never)."""
+    rloo_k: int = 4
+    """RLOO only: responses sampled per prompt each step (k >= 2); each one's baseline is the mean reward of the other k - 1, so a step trains on batch_size * k responses."""
     value_pretrain_steps: int = 0
     """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
     critic: str = "reward"
@@ -147,6 +154,8 @@ class PPOConfig:
         ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
+        if self.rloo_k < 2:
+            raise bad("rloo_k", "must be at least 2 (the baseline is the other samples' mean)")
         for name in (
             "value_pretrain_steps",
             "checkpoint_every",

@@ -8,6 +8,9 @@ number and diffed against the reference implementations it follows:
 * OpenAI lm-human-preferences (Ziegler et al. 2019) -- reward shaping, whitening.
 * CleanRL / TRL -- GAE loop (`lastgaelam`), clipped losses (`pg_losses`,
   `pg_losses2`, `vf_losses1`, `vf_losses2`), stats names.
+* Ahmadian et al. 2024 (RLOO) / TRL's RLOOTrainer -- the leave-one-out
+  baseline and the sequence-level clipped loss (`rloo_advantages`,
+  `rloo_policy_loss`).
 
 Conventions
 -----------
@@ -54,6 +57,8 @@ __all__ = [
     "masked_whiten",
     "normalize_scores",
     "policy_loss",
+    "rloo_advantages",
+    "rloo_policy_loss",
     "rto_token_rewards",
     "value_loss",
 ]
@@ -358,6 +363,63 @@ def policy_loss(
             "policy/clipfrac": pg_clipfrac,
             "policy/approxkl": approxkl,
             "policy/ratio_mean": masked_mean(ratio, m),
+        }
+    return pg_loss, stats
+
+
+def rloo_advantages(rewards: Tensor, k: int) -> Tensor:
+    """REINFORCE leave-one-out advantages (Ahmadian et al. 2024, arXiv:2402.14740, eq. 7).
+
+        A_i = R_i - 1/(k-1) * sum_{j != i} R_j  =  k/(k-1) * (R_i - mean_j R_j)
+
+    ``rewards`` (N,) holds the sequence rewards of N / k prompts, the k samples of each prompt
+    next to each other (rows ``p*k .. p*k+k-1``). Each sample's baseline is the mean reward of
+    the other k - 1 samples of its prompt, so it does not depend on the sample itself and the
+    gradient stays unbiased; the advantages of one prompt sum to 0. Returns (N,).
+    """
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got k = {k}")
+    if rewards.dim() != 1 or rewards.shape[0] % k:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} are not groups of k = {k}")
+    r = rewards.view(-1, k)  # (P, k)
+    baseline = (r.sum(-1, keepdim=True) - r) / (k - 1)  # (P, k) mean of the others
+    return (r - baseline).reshape(-1)  # (N,)
+
+
+def rloo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cliprange: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """RLOO's loss: the whole response is one action (Ahmadian et al. 2024, sec. 3.2),
+    optimised with the clipped surrogate of TRL's RLOOTrainer (REINFORCE when the update is
+    on-policy: one pass, one mini-batch, ratio = 1).
+
+        log_ratio  = sum_t mask * (logprobs - old_logprobs)        (per sequence)
+        ratio      = exp(log_ratio)
+        pg_losses  = -A * ratio
+        pg_losses2 = -A * clamp(ratio, 1 - c, 1 + c)
+        loss       = mean_i max(pg_losses, pg_losses2)
+
+    ``logprobs``, ``old_logprobs``, ``mask`` (B, T); ``advantages`` (B,) one per sequence.
+    With ratio = 1 the gradient is -mean_i A_i * grad sum_t log pi(y_it). Stats as
+    ``policy_loss`` but per sequence: policy/loss, policy/clipfrac, policy/approxkl
+    (0.5 * mean log_ratio^2), policy/ratio_mean.
+    """
+    m = mask.bool()
+    logratio = _where_mask(logprobs - old_logprobs, m).sum(-1)  # (B,)
+    ratio = torch.exp(logratio)  # (B,)
+    pg_losses = -advantages * ratio  # (B,)
+    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)  # (B,)
+    pg_loss = torch.max(pg_losses, pg_losses2).mean()  # ()
+    with torch.no_grad():
+        stats = {
+            "policy/loss": pg_loss.detach(),
+            "policy/clipfrac": (pg_losses2 > pg_losses).to(logratio.dtype).mean(),
+            "policy/approxkl": 0.5 * (logratio**2).mean(),
+            "policy/ratio_mean": ratio.mean(),
         }
     return pg_loss, stats
 

@@ -1,23 +1,27 @@
-"""The PPO loop for RLHF: `train_ppo` reads top to bottom, one numbered phase per block.
+"""The policy stage's scaffold: `train_policy` reads top to bottom, one numbered phase per
+block; the optimiser (`ppo/ppo.py`, `ppo/rloo.py`) supplies only phases 5 and 6.
 
 Each step:
-  1. rollout     sample a response to each of `batch_size` prompts (KV cache, stop at EOS)
+  1. rollout     sample `samples_per_prompt` responses (PPO 1, RLOO k) to each of
+                 `batch_size` prompts (KV cache, stop at EOS)
   2. score       the reward source scores the decoded (prompt, response) texts
-  3. reference   log-probs of the policy and of the reference (adapter disabled), values;
-                 RTO token rewards from the DPO adapter
+  3. reference   log-probs of the policy and of the reference (adapter disabled), PPO's
+                 values; RTO token rewards from the DPO adapter
   4. rewards     per-token KL to the reference, shaped rewards (score at the last token)
-  5. advantages  decoupled GAE, whitening
-  6. update      `ppo_epochs` passes over shuffled mini-batches (`minibatch_loss`: clipped
-                 policy and value losses, entropy bonus, PPO-ptx), global grad-norm clipping,
-                 approx-KL early stop; the adaptive KL coefficient moves toward `kl_target`
-  7. log         fixed metric names, decoded samples, trackers
+  5. advantages  the optimiser's: PPO decoupled GAE; RLOO the leave-one-out baseline
+  6. update      the optimiser's: PPO clipped policy and value losses over `ppo_epochs` of
+                 mini-batches; RLOO the sequence-level loss (`StepContext` gives it the
+                 model and the optimizer)
+  7. log         fixed metric names, decoded samples, trackers; the adaptive KL coefficient
+                 moves toward `kl_target`
   8. evaluate    every `eval_every` steps: score and KL on held-out prompts; stop early when
                  the score has stopped rising; checkpoint
-At the end the best evaluated (or the last) policy is saved.
+At the end the best evaluated (or the last) policy is saved (`save_trained_policy`).
 
 The math is in `ppo/core.py` (pure, tested functions); the modules in `ppo/actor_critic.py`.
 References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zheng et al. 2023
-(PPO-max); Yuan et al. 2025 (VC-PPO); Zhong et al. 2024 (RTO); Huang et al. 2024 (N+ details).
+(PPO-max); Yuan et al. 2025 (VC-PPO); Zhong et al. 2024 (RTO); Huang et al. 2024 (N+ details);
+Ahmadian et al. 2024 (RLOO).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from .actor_critic import (
     save_policy,
     trainable_state,
 )
-from .config import PPOConfig
+from .config import OPTIMIZERS, PPOConfig
 from .reward_fns import missing_eos_penalty
 
 CHECKPOINTS = "checkpoints"
@@ -77,6 +81,8 @@ class PPOResult:
     """The trained critic module, or None with a value head on the policy."""
     evaluations: list[dict[str, float]] = field(default_factory=list)
     """Each held-out evaluation: `step` (0 = the start policy) and the `eval/...` metrics."""
+    optimizer: str = "ppo"
+    """The optimiser whose update trained the policy (`OPTIMIZERS`)."""
 
 
 @dataclass
@@ -138,28 +144,6 @@ def split_prompts(n: int, config: PPOConfig, world: int) -> tuple[list[int], lis
     return [i for i in range(n) if i not in set(held_out)], held_out
 
 
-def load_ptx_texts(path: str) -> list[str]:
-    """Texts for the PPO-ptx loss: a .txt file (one per line), .jsonl ('text' field), or a
-    datasets folder / file with a 'text' column."""
-    import datasets
-
-    p = Path(path)
-    if p.is_dir():
-        ds = datasets.load_from_disk(str(p))
-    elif p.suffix in (".jsonl", ".json"):
-        ds = datasets.load_dataset("json", data_files=str(p), split="train")
-    elif p.suffix == ".parquet":
-        ds = datasets.load_dataset("parquet", data_files=str(p), split="train")
-    else:
-        ds = datasets.load_dataset("text", data_files=str(p), split="train")
-    if "text" not in ds.column_names:
-        raise ValueError(f"ptx dataset {path}: no 'text' column (found {ds.column_names})")
-    texts = [t for t in ds["text"] if t and t.strip()]
-    if not texts:
-        raise ValueError(f"ptx dataset {path} holds no text")
-    return texts
-
-
 def _sequence_logprobs(actor_out_logits, response, temperature):
     """Log-probs of the response tokens under logits / temperature. (B, T, V) -> (B, T)."""
     logits = actor_out_logits.float()  # (B, T, V)
@@ -168,9 +152,54 @@ def _sequence_logprobs(actor_out_logits, response, temperature):
     return core.logprobs_from_logits(logits, response), logits
 
 
-def train_ppo(
+@dataclass
+class StepContext:
+    """What an optimiser's update needs from the scaffold: the prepared model and optimizer
+    and the unwrapped modules (`raw_actor`, `raw_critic`), the process, the tokenizer."""
+
+    config: PPOConfig
+    accelerator: object
+    model: object  # the prepared ActorCritic
+    optimizer: torch.optim.Optimizer
+    raw_actor: Actor
+    raw_critic: object
+    tokenizer: object
+    device: torch.device
+    bf16: bool
+    rank: int
+
+
+def optimizer_update(name: str, config: PPOConfig):
+    """The update class of optimiser `name` (`OPTIMIZERS`), after its `check(config)`: one
+    module each, imported here only, so the scaffold knows no optimiser's internals. A new
+    optimiser is a module with a class that has `name`, `uses_critic` (the scaffold builds
+    PPO's critic or value head only when True), `check(config)`, `critic_origin(critic)`, and,
+    built with `(config, tokenizer)`, `samples_per_prompt`, `frozen_policy_steps` and
+    `step(ctx, step, batch, ref, rewards) -> stats` (phases 5 and 6)."""
+    if name == "ppo":
+        from .ppo import PPOUpdate as update
+    elif name == "rloo":
+        from .rloo import RLOOUpdate as update
+    else:
+        raise ValueError(f"optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    update.check(config)
+    return update
+
+
+def train_ppo(config: PPOConfig, **kwargs) -> PPOResult:
+    """`train_policy` with PPO's update (`ppo/ppo.py`)."""
+    return train_policy(config, optimizer="ppo", **kwargs)
+
+
+def train_rloo(config: PPOConfig, **kwargs) -> PPOResult:
+    """`train_policy` with RLOO's update (`ppo/rloo.py`)."""
+    return train_policy(config, optimizer="rloo", **kwargs)
+
+
+def train_policy(
     config: PPOConfig,
     *,
+    optimizer: str = "ppo",
     policy: str,
     prompts: Sequence[Prompt],
     reward_fn: Callable,
@@ -184,11 +213,12 @@ def train_ppo(
     on_step: Callable[[dict], None] | None = None,
     log_dir: Path | None = None,
 ) -> PPOResult:
-    """Run PPO and save the policy to `out_dir` (checkpoints under `out_dir/checkpoints/`).
+    """Optimise the policy with `optimizer` ('ppo' or 'rloo'), save it to `out_dir`
+    (checkpoints under `out_dir/checkpoints/`).
 
     `policy`: start checkpoint (plain or LoRA adapter folder). `reward_fn(prompts, responses)`
     gives one score per response (see `ppo/reward_fns.py`). `reward_model`: the reward model's
-    folder, used to initialise the critic (PPO-max) when config.critic == 'reward'.
+    folder, used to initialise PPO's critic (PPO-max) when config.critic == 'reward'.
     `dpo_model`: adapter folder from `train_dpo`, for RTO token rewards. `on_step(row)` is
     called with each step's metrics (the row `history` gets) once the step and its checkpoint
     are done, on every process. With `eval_every` > 0, `eval_prompts` of `prompts` are held
@@ -214,18 +244,31 @@ def train_ppo(
     bf16 = use_bf16(config.bf16, device)
     torch.manual_seed(config.seed)  # initial weights of fresh heads/adapters: same on every rank
 
-    # ---- models and optimizers ---------------------------------------------------------------
+    # ---- models, optimizer, the optimiser's update --------------------------------------------
+    update_class = optimizer_update(optimizer, config)
     tokenizer, actor, critic = build_models(
-        config, policy, reward_model, dpo_model, reward_fn, device, bf16, say
+        config,
+        policy,
+        reward_model,
+        dpo_model,
+        reward_fn,
+        device,
+        bf16,
+        say,
+        critic=update_class.uses_critic,
     )
-    model, optimizer = prepare_models(accelerator, actor, critic, config)
+    update = update_class(config, tokenizer)
+    model, torch_optimizer = prepare_models(accelerator, actor, critic, config)
     raw = accelerator.unwrap_model(model)  # for the no-grad passes, checkpoints and saving
     raw_actor, raw_critic = raw.actor, raw.critic
+    ctx = StepContext(
+        config, accelerator, model, torch_optimizer, raw_actor, raw_critic, tokenizer, device,
+        bf16, rank,
+    )  # fmt: skip
     if config.kl_target > 0:
         kl_ctl = core.KLConstraintController(config.kl_coef, config.kl_target, config.kl_horizon)
     else:
         kl_ctl = core.FixedKLController(config.kl_coef)
-    ptx_texts = load_ptx_texts(config.ptx_dataset) if config.ptx_coef > 0 else []
     query_ids = encode_chats(tokenizer, [p.as_chat() for p in prompts])  # a step picks rows
     train_idx, eval_idx = split_prompts(len(prompts), config, world)
     my_eval = eval_idx[rank::world]  # this process's share of the held-out prompts
@@ -262,7 +305,9 @@ def train_ppo(
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
             raise ValueError(f"--resume: no checkpoint under {out_dir / CHECKPOINTS}")
-        state = load_checkpoint(ckpt, raw_actor, raw_critic, optimizer, kl_ctl, rank)
+        state = load_checkpoint(
+            ckpt, raw_actor, raw_critic, torch_optimizer, kl_ctl, rank, optimizer_name=optimizer
+        )
         start_step, history = state["step"], list(state["history"])
         evaluations, best_state = list(state.get("evaluations", [])), state.get("best_actor")
         if state.get("early_stop"):
@@ -282,17 +327,34 @@ def train_ppo(
             init_kwargs=tracking.init_kwargs(trackers, log_dir),
         )
 
-    total = config.value_pretrain_steps + config.steps
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            out_dir,
+            step,
+            history,
+            raw_actor,
+            raw_critic,
+            torch_optimizer,
+            kl_ctl,
+            accelerator,
+            extra={**run_state(stopper, evaluations, best_state), "optimizer_name": optimizer},
+        )
+
+    k = update.samples_per_prompt
+    total = update.frozen_policy_steps + config.steps
     bar = tqdm(
-        total=total, initial=start_step, desc="ppo", unit="step", disable=not (progress and main)
+        total=total,
+        initial=start_step,
+        desc=optimizer,
+        unit="step",
+        disable=not (progress and main),
     )
     for step in range(start_step, total):
         if stopper.should_stop:  # a resumed run that had stopped early stays stopped
             break
-        pretraining_critic = step < config.value_pretrain_steps  # VC-PPO: policy frozen
         timing = {}
 
-        # ---- 1. rollout ----------------------------------------------------------------------
+        # ---- 1. rollout: k samples of each of batch_size prompts -----------------------------
         t0 = time.perf_counter()
         idx = [
             train_idx[j]
@@ -300,6 +362,7 @@ def train_ppo(
                 len(train_idx), config.batch_size, step, rank, world, config.seed
             )
         ]
+        idx = [i for i in idx for _ in range(k)]  # a prompt's k samples side by side
         batch = rollout(
             raw_actor.lm,
             tokenizer,
@@ -321,7 +384,7 @@ def train_ppo(
         scores = missing_eos_penalty(raw_scores, batch.finished, config.missing_eos_penalty)
         timing["time/score"] = time.perf_counter() - t0
 
-        # ---- 3. reference log-probs and values -----------------------------------------------
+        # ---- 3. reference log-probs (and the critic's values) --------------------------------
         t0 = time.perf_counter()
         ref = reference_pass(raw_actor, raw_critic, batch, config, device, bf16, rto=config.rto)
         timing["time/reference"] = time.perf_counter() - t0
@@ -338,84 +401,19 @@ def train_ppo(
                 ref.token_rewards,
             )  # (B, T) each
 
-        # ---- 5. advantages -------------------------------------------------------------------
-        with torch.no_grad():
-            advantages, returns = core.decoupled_gae(
-                ref.values, rewards, batch.mask, config.gamma, config.lam_actor, config.lam_critic
-            )  # (B, T) each
-            if config.whiten_advantages and batch.mask.sum() > 1:
-                advantages = core.masked_whiten(advantages, batch.mask)  # (B, T)
-
-        # ---- 6. update -----------------------------------------------------------------------
+        # ---- 5.-6. the optimiser's advantages and update (ppo/ppo.py, ppo/rloo.py) -----------
         t0 = time.perf_counter()
-        stats_sum: dict[str, Tensor] = {}
-        n_mb = epochs_run = 0
-        shuffle = torch.Generator().manual_seed(step_seed(config.seed, step, rank, "shuffle"))
-        for epoch in range(config.ppo_epochs):
-            perm = torch.randperm(B, generator=shuffle)
-            epoch_kl = []
-            for mb_start in range(0, B, config.mini_batch_size):
-                mb = perm[mb_start : mb_start + config.mini_batch_size].to(device)
-                ptx = None
-                if config.ptx_coef > 0 and not pretraining_critic:
-                    ptx = ptx_batch(tokenizer, ptx_texts, config, step, epoch, mb_start, device)
-                with autocast(device, bf16):
-                    loss, mb_stats = minibatch_loss(
-                        model,
-                        batch,
-                        ref,
-                        advantages,
-                        returns,
-                        mb,
-                        config,
-                        train_policy=not pretraining_critic,
-                        ptx=ptx,
-                    )
-                accelerator.backward(loss)
-                optimizer_step(
-                    accelerator,
-                    raw_actor,
-                    raw_critic,
-                    optimizer,
-                    config,
-                    train_policy=not pretraining_critic,
-                )
-                for k, v in mb_stats.items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
-                if "policy/approxkl" in mb_stats:
-                    epoch_kl.append(mb_stats["policy/approxkl"])
-                n_mb += 1
-            epochs_run += 1
-            if (
-                config.target_approxkl > 0
-                and epoch_kl
-                and float(torch.stack(epoch_kl).mean()) > config.target_approxkl
-            ):
-                break  # the policy moved far enough from the rollout policy for this batch
+        stats = update.step(ctx, step, batch, ref, rewards)
         timing["time/update"] = time.perf_counter() - t0
 
         # ---- 7. log --------------------------------------------------------------------------
-        stats = {k: v / n_mb for k, v in stats_sum.items()}
-        stats.update(
-            step_stats(
-                batch,
-                ref,
-                scores,
-                raw_scores,
-                non_score_reward,
-                kl,
-                advantages,
-                returns,
-                kl_ctl.value,
-                epochs_run,
-            )
-        )
+        stats.update(step_stats(batch, ref, scores, raw_scores, non_score_reward, kl, kl_ctl.value))
         keys = sorted(stats)
         flat = torch.stack([stats[k].float().to(device) for k in keys])
         flat = accelerator.reduce(flat, reduction="mean")  # mean over processes
         row = {k: float(v) for k, v in zip(keys, flat.tolist())}
         # samples = per-process batch x processes (lm-human-preferences counts episodes)
-        kl_ctl.update(row["objective/kl"], n_steps=config.batch_size * world)
+        kl_ctl.update(row["objective/kl"], n_steps=B * world)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if config.log_samples and main and (step + 1) % config.log_every == 0:
@@ -426,8 +424,12 @@ def train_ppo(
             )
 
         # ---- 8. evaluate on the held-out prompts, stop early, checkpoint ---------------------
-        ppo_step = step + 1 - config.value_pretrain_steps  # the policy moved this many steps
-        if my_eval and ppo_step > 0 and (ppo_step % config.eval_every == 0 or step + 1 == total):
+        policy_step = step + 1 - update.frozen_policy_steps  # the policy moved this many steps
+        if (
+            my_eval
+            and policy_step > 0
+            and (policy_step % config.eval_every == 0 or step + 1 == total)
+        ):
             t0 = time.perf_counter()
             row.update(evaluate(step + 1))
             timing["time/eval"] = time.perf_counter() - t0
@@ -436,20 +438,10 @@ def train_ppo(
         row["step"] = step + 1
         history.append(row)
         if (step + 1) % config.log_every == 0:
-            accelerator.log(row, step=step + 1)
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step + 1)
         stopping = stopper.should_stop
         if stopping or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
-            save_checkpoint(
-                out_dir,
-                step + 1,
-                history,
-                raw_actor,
-                raw_critic,
-                optimizer,
-                kl_ctl,
-                accelerator,
-                extra=run_state(stopper, evaluations, best_state),
-            )
+            checkpoint(step + 1)
         release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
         if on_step is not None:
             on_step(row)
@@ -469,17 +461,7 @@ def train_ppo(
         stopper.should_stop
         or (config.checkpoint_every and steps_run % config.checkpoint_every == 0)
     ):
-        save_checkpoint(
-            out_dir,
-            steps_run,
-            history,
-            raw_actor,
-            raw_critic,
-            optimizer,
-            kl_ctl,
-            accelerator,
-            extra=run_state(stopper, evaluations, best_state),
-        )
+        checkpoint(steps_run)
     kept = steps_run
     if config.keep_policy == "best" and best_state is not None and stopper.best_step != kept:
         load_trainable_state(raw_actor, best_state)  # after the checkpoint: resume goes on
@@ -487,10 +469,7 @@ def train_ppo(
         say(f"keeping the policy of step {kept} (best held-out score {stopper.best:.3f})")
     accelerator.wait_for_everyone()
     if main:
-        save_policy(raw_actor, tokenizer, out_dir, merge=config.merge_on_save)
-        save_critic(raw_critic, raw_actor, out_dir)
-        (out_dir / "ppo_history.json").write_text(json.dumps(history, indent=1) + "\n")
-        (out_dir / "ppo_evaluations.json").write_text(json.dumps(evaluations, indent=1) + "\n")
+        save_trained_policy(raw_actor, raw_critic, tokenizer, out_dir, config, history, evaluations)
     if trackers:
         accelerator.end_training()
     summary = summarize(
@@ -510,16 +489,30 @@ def train_ppo(
             config=dataclasses.asdict(config),
             summary=summary,
             trained_on={"prompts": len(prompts), "reward": reward_model or "a reward function"},
+            optimizer=optimizer.upper(),
         )
     return PPOResult(
         out_dir,
         history,
         summary,
-        raw_critic.origin if raw_critic is not None else "value head on the policy",
+        update.critic_origin(raw_critic),
         raw_actor,
         raw_critic,
         evaluations,
+        optimizer,
     )
+
+
+def save_trained_policy(
+    actor: Actor, critic, tokenizer, out_dir: Path, config: PPOConfig, history, evaluations
+) -> None:
+    """The one place the stage's result is written (main process): the LoRA adapter (or merged
+    weights), PPO's critic, the per-step history and the evaluations."""
+    save_policy(actor, tokenizer, out_dir, merge=config.merge_on_save)
+    if critic is not None or actor.value_head is not None:
+        save_critic(critic, actor, out_dir)
+    (out_dir / "ppo_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    (out_dir / "ppo_evaluations.json").write_text(json.dumps(evaluations, indent=1) + "\n")
 
 
 # ---- setup ---------------------------------------------------------------------------------
@@ -559,9 +552,12 @@ def build_models(
     device,
     bf16: bool,
     say,
+    *,
+    critic: bool = True,
 ):
     """(tokenizer, actor, critic or None): the LoRA policy (with a value head when critic =
-    'policy', with the DPO adapter beside it for RTO) and the separate critic."""
+    'policy', with the DPO adapter beside it for RTO) and the separate critic. `critic` False
+    (RLOO): neither value head nor critic."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     tokenizer = load_tokenizer(policy, padding_side="left")
     lm = load_policy(
@@ -575,6 +571,12 @@ def build_models(
     if dpo_model:  # RTO: the DPO adapter rides on the same base weights as a second adapter
         lm.load_adapter(dpo_model, adapter_name="dpo", is_trainable=False)
         lm.set_adapter("default")
+    if not critic:
+        actor = Actor(lm, value_head=False).to(device)
+        say("critic: none (the baseline is the other samples' mean reward)")
+        if bf16:
+            keep_adapter_inputs_in_autocast_dtype(actor, None)
+        return tokenizer, actor, None
     actor = Actor(lm, value_head=config.critic == "policy").to(device)
     critic = None
     if config.critic == "reward":
@@ -676,71 +678,25 @@ def reference_pass(
     )
 
 
-def minibatch_loss(
-    model,
-    batch: Rollout,
-    ref: Reference,
-    advantages: Tensor,
-    returns: Tensor,
-    mb: Tensor,
-    config: PPOConfig,
-    *,
-    train_policy: bool,
-    ptx: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Phase 6, one mini-batch (rows `mb` of the rollout): the summed loss and its stats.
-
-        loss = policy_loss + entropy_coef * (-entropy) + ptx_coef * lm_loss
-               + vf_coef * value_loss
-
-    (`core.policy_loss`, `core.value_loss`, `core.lm_loss`). With `train_policy` False (VC-PPO
-    value pretraining) only the value loss. `ptx`: (ids, attention mask) of PPO-ptx texts.
-    `model`: the prepared `ActorCritic` (one forward for logits and values).
-    """
+def forward_minibatch(
+    model, batch: Rollout, ref: Reference, mb: Tensor, *, policy: bool = True, value: bool = True
+) -> tuple[Tensor | None, Tensor | None]:
+    """Phase 6's forward on rows `mb` of the rollout: (logits, values) of the last T + 1
+    positions, from the lower blocks the reference pass kept. The left-padding columns no row
+    of this mini-batch needs are dropped first (prompts are left-padded to the longest of the
+    whole batch): less work, same result."""
     T = batch.response.shape[1]
-    mb_mask = batch.mask[mb]  # (b, T)
-    # drop the left-padding columns no row of this mini-batch needs (prompts are left-padded
-    # to the longest of the whole batch): less work, same result
     lo = int(batch.attention_mask[mb].any(0).int().argmax())
     ids, attn = batch.input_ids[mb, lo:], batch.attention_mask[mb, lo:]  # (b, L - lo)
-    loss = torch.zeros((), device=ids.device)
-    stats: dict[str, Tensor] = {}
-    logits, new_values = model(
+    return model(
         ids,
         attn,
         n_last=T + 1,
-        policy=train_policy,
+        policy=policy,
+        value=value,
         policy_lower=ref.policy_lower[mb, lo:] if ref.policy_lower is not None else None,
         critic_lower=ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None,
     )
-    if train_policy:
-        new_logprobs, logits = _sequence_logprobs(
-            logits[:, :-1], batch.response[mb], config.temperature
-        )
-    if train_policy:
-        pg_loss, pg_stats = core.policy_loss(
-            new_logprobs, ref.logprobs[mb], advantages[mb], mb_mask, config.cliprange
-        )
-        loss = loss + pg_loss
-        stats.update(pg_stats)
-        if config.entropy_coef > 0:
-            ent = core.masked_mean(core.entropy_from_logits(logits), mb_mask)
-            loss = loss - config.entropy_coef * ent
-            stats["policy/entropy"] = ent.detach()
-        if ptx is not None:
-            ptx_logits, _ = model(*ptx, value=False)
-            ptx_loss, ptx_stats = core.lm_loss(
-                ptx_logits[:, :-1].float(), ptx[0][:, 1:], ptx[1][:, 1:]
-            )
-            loss = loss + config.ptx_coef * ptx_loss
-            stats.update(ptx_stats)
-    new_values = new_values[:, :-1].float()  # (b, T)
-    vf_loss, vf_stats = core.value_loss(
-        new_values, ref.values[mb], returns[mb], mb_mask, config.cliprange_value or None
-    )
-    loss = loss + config.vf_coef * vf_loss
-    stats.update(vf_stats)
-    return loss, stats
 
 
 def optimizer_step(
@@ -761,21 +717,13 @@ def optimizer_step(
 
 
 def step_stats(
-    batch: Rollout,
-    ref: Reference,
-    scores,
-    raw_scores,
-    non_score_reward,
-    kl,
-    advantages,
-    returns,
-    kl_coef: float,
-    epochs_run: int,
+    batch: Rollout, ref: Reference, scores, raw_scores, non_score_reward, kl, kl_coef: float
 ) -> dict[str, Tensor]:
-    """Phase 7: the rollout's metrics (docs/ppo.md, "Metrics"), 0-dim tensors."""
+    """Phase 7: the rollout's metrics every optimiser shares (docs/ppo.md, "Metrics"), 0-dim
+    tensors; the optimiser's update adds its own (`policy/...`, PPO's `val/...`)."""
     with torch.no_grad():
         mask = batch.mask
-        stats = {
+        return {
             "objective/scores": scores.mean(),
             "objective/raw_scores": raw_scores.mean(),
             "objective/kl": kl.sum(-1).mean(),  # per sequence: the sum of its tokens' KL
@@ -786,17 +734,12 @@ def step_stats(
             "objective/perplexity": torch.exp(-core.masked_mean(ref.logprobs, mask)),
             "objective/response_length": mask.sum(-1).float().mean(),
             "objective/finished": batch.finished.float().mean(),
-            "val/var_explained": var_explained(ref.values, returns, mask),
-            "val/mean": core.masked_mean(ref.values, mask),
-            "policy/advantages_mean": core.masked_mean(advantages, mask),
-            "policy/advantages_std": core.masked_var(advantages, mask).sqrt()
-            if mask.sum() > 1
-            else torch.zeros(()),
-            "policy/epochs": torch.tensor(float(epochs_run)),
+            **(
+                {"objective/rto_reward": ref.token_rewards.sum(-1).mean()}
+                if ref.token_rewards is not None
+                else {}
+            ),
         }
-        if ref.token_rewards is not None:
-            stats["objective/rto_reward"] = ref.token_rewards.sum(-1).mean()
-    return stats
 
 
 def evaluate_policy(
@@ -847,32 +790,6 @@ def evaluate_policy(
         "eval/kl": k / n,
         "eval/response_length": length / n,
     }
-
-
-def ptx_batch(
-    tokenizer, texts: list[str], config: PPOConfig, step: int, epoch: int, mb_start: int, device
-) -> tuple[Tensor, Tensor]:
-    """PPO-ptx (InstructGPT): a deterministic slice of the text dataset, tokenised."""
-    n = config.ptx_batch_size
-    start = ((step * config.ppo_epochs + epoch) * 1000 + mb_start) * n
-    chunk = [texts[(start + j) % len(texts)] for j in range(n)]
-    enc = tokenizer(
-        chunk,
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=256,
-        padding_side="right",
-    )
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
-
-def var_explained(values, returns, mask) -> torch.Tensor:
-    """Explained variance of the critic; 0 where the returns do not vary (all scores equal),
-    where the ratio is undefined or dominated by rounding."""
-    if core.masked_var(returns, mask, unbiased=False) < 1e-8:
-        return torch.zeros(())
-    return core.explained_variance(values, returns, mask)
 
 
 def format_samples(step, prompts, texts, scores, seq_kl, n) -> str:
@@ -979,10 +896,19 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(folder, actor, critic, optimizer, kl_ctl, rank) -> dict:
+def load_checkpoint(
+    folder, actor, critic, optimizer, kl_ctl, rank, *, optimizer_name: str = "ppo"
+) -> dict:
     """Load a checkpoint into the modules, optimizers and KL controller; restore this process's
-    RNG states; return the saved state (step, history, early stopping's state)."""
+    RNG states; return the saved state (step, history, early stopping's state). A checkpoint
+    of another optimiser (`optimizer_name`; older ones are PPO's) is a clear error."""
     state = torch.load(Path(folder) / "state.pt", weights_only=False)
+    written_by = state.get("optimizer_name", "ppo")
+    if written_by != optimizer_name:
+        raise ValueError(
+            f"--resume: {folder} was written by {written_by}, not {optimizer_name}: resume "
+            f"with {written_by}, or start again without --resume"
+        )
     load_trainable_state(actor, state["actor"])
     if critic is not None and state["critic"] is not None:
         load_trainable_state(critic, state["critic"])

@@ -79,6 +79,7 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
     """
     project = open_project(project_dir)
     ms = project.store.cross_round_outcomes(list(sources) or None)
+    by = lb.trained_by(project.store.rounds())
     project.close()
     board = lb.leaderboard(ms, n_boot=n_boot, seed=seed)
     rates = lb.round_win_rates(ms, n_boot=n_boot, seed=seed)
@@ -96,6 +97,7 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
                             "rank": k,
                             "round": r.model,
                             "policy": lb.policy_name(r.model),
+                            "trained_by": by.get(r.model),
                             "elo": _num(r.elo),
                             "low": _num(r.low),
                             "high": _num(r.high),
@@ -135,8 +137,8 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
         title=f"Leaderboard: Bradley–Terry in Elo, {board.matches} matches on "
         f"{board.prompts} prompts, {which}"
     )
-    for col in ("rank", "policy", "Elo", "95% interval", "matches", "score"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+    for col in ("rank", "policy", "Elo", "95% interval", "matches", "score", "trained by"):
+        table.add_column(col, justify="left" if col in ("policy", "trained by") else "right")
     flagged = []  # the notes of the flagged rows, printed under their table
     for k, r in enumerate(board.ratings, 1):
         elo, interval = lb.elo_cells(r)
@@ -147,6 +149,7 @@ def leaderboard_cmd(sources, n_boot, seed, as_json, project_dir):
             interval + " ⚠" * bool(r.flags),
             str(r.matches),
             f"{100 * r.score:.0f}%",
+            by.get(r.model, "base" if r.model == 0 else "-"),
         )
         if r.flags:
             flagged.append(f"⚠ {lb.policy_name(r.model)}: {lb.flag_notes(r.flags)}")

@@ -1,13 +1,11 @@
-"""`rankloop ppo` and `rankloop train-dpo`: optimise the round's policy against its reward."""
+"""`rankloop ppo`, `rankloop rloo` and `rankloop train-dpo`: optimise the round's policy
+against its reward. The stage itself is `rounds.policy_stage`, the one `rankloop round` runs."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
 from rankloop.app import rounds
-from rankloop.data.curves import record_curve
 from rankloop.data.records import Round
 from rankloop.settings import ConfigError, replace
 
@@ -31,59 +29,119 @@ def describe(s: dict) -> str:
     return out
 
 
+def policy_options(f):
+    """The options `rankloop ppo` and `rankloop rloo` share: the round, the reward, the
+    scaffold's settings (rollout, KL, evaluation, saving) and the update's step sizes."""
+    options = [
+        click.option(
+            "--round",
+            "round_",
+            type=int,
+            default=None,
+            help="Round R (default: the current round): starts from policy R-1 (or the "
+            "base), writes rounds/R/policy.",
+        ),
+        click.option("--steps", type=int, default=None, help="Policy steps ([ppo] steps)."),
+        click.option("--batch-size", type=int, default=None, help="Prompts per step."),
+        click.option("--mini-batch-size", type=int, default=None, help="Prompts per update."),
+        click.option("--ppo-epochs", type=int, default=None, help="Passes over each rollout."),
+        click.option("--max-new-tokens", type=int, default=None),
+        click.option("--lr", type=float, default=None, help="Policy learning rate."),
+        click.option(
+            "--kl-coef",
+            type=float,
+            default=None,
+            help="KL penalty coefficient (the start value with --kl-target).",
+        ),
+        click.option(
+            "--kl-target",
+            type=float,
+            default=None,
+            help="Adaptive KL: target KL per response in nats (0 = fixed --kl-coef).",
+        ),
+        click.option(
+            "--eval-every",
+            type=int,
+            default=None,
+            help="Evaluate on held-out prompts "
+            "every N steps and stop early when the score stops rising (0 = off).",
+        ),
+        click.option(
+            "--keep-policy",
+            type=click.Choice(["best", "last"]),
+            default=None,
+            help="Save the best evaluated policy or the last one.",
+        ),
+        click.option(
+            "--reward-fn",
+            "reward_fns",
+            multiple=True,
+            help="Python reward "
+            "`[WEIGHT*]module:function(prompts, responses) -> scores` instead of the reward "
+            "model; repeat to sum several.",
+        ),
+        click.option(
+            "--reward-model",
+            default=None,
+            help="Reward model folder (default: the round's, else the latest trained one).",
+        ),
+        click.option(
+            "--rto/--no-rto",
+            default=None,
+            help="Add DPO token rewards (RTO); needs `rankloop train-dpo` first.",
+        ),
+        click.option(
+            "--merge/--no-merge",
+            "merge_on_save",
+            default=None,
+            help="Save merged full weights instead of a LoRA adapter.",
+        ),
+        click.option("--checkpoint-every", type=int, default=None),
+        click.option(
+            "--log-with",
+            default=None,
+            help="Trackers, comma-separated: tensorboard, "
+            "trackio, wandb (offline); runs go under the project's logs/.",
+        ),
+        click.option("--seed", type=int, default=None),
+        click.option("--limit", type=int, default=None, help="Only the first N prompts."),
+        click.option("--resume", is_flag=True, help="Continue exactly from the newest checkpoint."),
+        project_option,
+        user_errors,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def run_policy_stage(
+    optimizer: str, round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
+) -> None:
+    """Parse nothing, decide nothing: `rounds.policy_stage` wires the stage as `rankloop
+    round` does; this prints its result."""
+    project = open_project(project_dir)
+    cfg = replace(project.config.ppo, **overrides)
+    round_ = rounds.resolve_round(project, round_)
+    result = rounds.policy_stage(
+        project,
+        round_,
+        cfg,
+        optimizer=optimizer,
+        reward_fns=reward_fns,
+        reward_model=reward_model,
+        limit=limit,
+        resume=resume,
+        log=console.print,
+    )
+    console.print(
+        f"Saved the policy to {result.policy_path}: {describe(result.summary)}. "
+        f"Next: rankloop generate --round {round_ + 1}"
+    )
+    project.close()
+
+
 @click.command("ppo")
-@click.option(
-    "--round",
-    "round_",
-    type=int,
-    default=None,
-    help="Round R (default: the current round): starts from policy R-1 (or the "
-    "base), writes rounds/R/policy.",
-)
-@click.option("--steps", type=int, default=None, help="PPO steps ([ppo] steps).")
-@click.option("--batch-size", type=int, default=None, help="Prompts per step.")
-@click.option("--mini-batch-size", type=int, default=None)
-@click.option("--ppo-epochs", type=int, default=None)
-@click.option("--max-new-tokens", type=int, default=None)
-@click.option("--lr", type=float, default=None, help="Policy learning rate.")
-@click.option(
-    "--kl-coef",
-    type=float,
-    default=None,
-    help="KL penalty coefficient (the start value with --kl-target).",
-)
-@click.option(
-    "--kl-target",
-    type=float,
-    default=None,
-    help="Adaptive KL: target KL per response in nats (0 = fixed --kl-coef).",
-)
-@click.option(
-    "--eval-every",
-    type=int,
-    default=None,
-    help="Evaluate on held-out prompts "
-    "every N steps and stop early when the score stops rising (0 = off).",
-)
-@click.option(
-    "--keep-policy",
-    type=click.Choice(["best", "last"]),
-    default=None,
-    help="Save the best evaluated policy or the last one.",
-)
-@click.option(
-    "--reward-fn",
-    "reward_fns",
-    multiple=True,
-    help="Python reward "
-    "`[WEIGHT*]module:function(prompts, responses) -> scores` instead of the reward "
-    "model; repeat to sum several.",
-)
-@click.option(
-    "--reward-model",
-    default=None,
-    help="Reward model folder (default: the round's, else the latest trained one).",
-)
+@policy_options
 @click.option(
     "--critic",
     type=click.Choice(["reward", "policy"]),
@@ -96,60 +154,14 @@ def describe(s: dict) -> str:
     default=None,
     help="VC-PPO: train only the critic for N steps first.",
 )
-@click.option(
-    "--rto/--no-rto",
-    default=None,
-    help="Add DPO token rewards (RTO); needs `rankloop train-dpo` first.",
-)
-@click.option(
-    "--merge/--no-merge",
-    "merge_on_save",
-    default=None,
-    help="Save merged full weights instead of a LoRA adapter.",
-)
-@click.option("--checkpoint-every", type=int, default=None)
-@click.option(
-    "--log-with",
-    default=None,
-    help="Trackers, comma-separated: tensorboard, "
-    "trackio, wandb (offline); runs go under the project's logs/.",
-)
-@click.option("--seed", type=int, default=None)
-@click.option("--limit", type=int, default=None, help="Only the first N prompts.")
-@click.option("--resume", is_flag=True, help="Continue exactly from the newest checkpoint.")
-@project_option
-@user_errors
-def ppo_cmd(
-    round_,
-    steps,
-    batch_size,
-    mini_batch_size,
-    ppo_epochs,
-    max_new_tokens,
-    lr,
-    kl_coef,
-    kl_target,
-    eval_every,
-    keep_policy,
-    reward_fns,
-    reward_model,
-    critic,
-    value_pretrain_steps,
-    rto,
-    merge_on_save,
-    checkpoint_every,
-    log_with,
-    seed,
-    limit,
-    resume,
-    project_dir,
-):
+def ppo_cmd(round_, reward_fns, reward_model, limit, resume, project_dir, **overrides):
     """Optimise the round's policy with PPO against the reward model; save rounds/R/policy/.
 
     Starts from the policy of round R-1 (or the base policy for round 0), scores the policy's
     responses to the project's prompts with round R's reward model (or --reward-fn), and saves
     a LoRA adapter that `rankloop generate --round R+1` samples from. Options override the
     [ppo] section of rankloop.toml. Run it under `accelerate launch` for several processes.
+    The same stage as `rankloop round`'s, with PPO whatever [rounds] optimizer says.
 
     \b
     Example:
@@ -157,69 +169,35 @@ def ppo_cmd(
       rankloop ppo --steps 50 --reward-fn my_rewards:brevity --critic policy
       rankloop ppo --round 1 --rto --value-pretrain-steps 10 --resume
     """
-    from rankloop.ppo.train import train_ppo
+    run_policy_stage(
+        "ppo", round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
+    )
 
-    project = open_project(project_dir)
-    cfg = replace(
-        project.config.ppo,
-        steps=steps,
-        batch_size=batch_size,
-        mini_batch_size=mini_batch_size,
-        ppo_epochs=ppo_epochs,
-        max_new_tokens=max_new_tokens,
-        lr=lr,
-        kl_coef=kl_coef,
-        kl_target=kl_target,
-        eval_every=eval_every,
-        keep_policy=keep_policy,
-        critic=critic,
-        value_pretrain_steps=value_pretrain_steps,
-        rto=rto,
-        merge_on_save=merge_on_save,
-        checkpoint_every=checkpoint_every,
-        log_with=log_with,
-        seed=seed,
+
+@click.command("rloo")
+@policy_options
+@click.option(
+    "--rloo-k",
+    type=int,
+    default=None,
+    help="Responses sampled per prompt; each one's baseline is the others' mean ([ppo] rloo_k).",
+)
+def rloo_cmd(round_, reward_fns, reward_model, limit, resume, project_dir, **overrides):
+    """Optimise the round's policy with RLOO against the reward model; save rounds/R/policy/.
+
+    REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024): k responses per prompt,
+    each one's advantage its reward minus the mean reward of the other k-1, the KL to the
+    reference in the reward, no critic. The same stage as `rankloop ppo` (the [ppo] section
+    of rankloop.toml, the same rollouts, evaluation and checkpoints), with RLOO's update.
+
+    \b
+    Example:
+      rankloop rloo --round 0 --steps 100 --rloo-k 4
+      rankloop rloo --steps 30 --reward-fn my_rewards:brevity --resume
+    """
+    run_policy_stage(
+        "rloo", round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
     )
-    round_ = rounds.resolve_round(project, round_)
-    prompts = rounds.ppo_prompts(project, limit)  # the evaluation prompts are held out
-    policy = project.policy_for_round(round_)
-    reward_fn, rm_path = rounds.ppo_reward(project, round_, cfg, reward_fns, reward_model)
-    dpo = None
-    if cfg.rto:
-        dpo = cfg.rto_model or str(project.round_dir(round_, "dpo"))
-        if not (Path(dpo) / "adapter_config.json").exists():
-            raise ConfigError(
-                f"--rto needs a DPO adapter at {dpo}: run "
-                f"`rankloop train-dpo --round {round_}` first"
-            )
-    out = project.round_dir(round_, "policy")
-    console.print(
-        f"PPO round {round_}: policy {policy}, reward "
-        f"{getattr(reward_fn, 'name', rm_path)}, {len(prompts)} prompts -> {out}"
-    )
-    try:
-        result = train_ppo(
-            cfg,
-            policy=policy,
-            prompts=prompts,
-            reward_fn=reward_fn,
-            out_dir=out,
-            reward_model=rm_path,
-            dpo_model=dpo,
-            resume=resume,
-            log=console.print,
-            log_dir=project.root / "logs",
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    with project.store.transaction():  # the policy and its per-step curve land together
-        project.store.save_round(Round(round_, policy=project.stored(out), metrics=result.summary))
-        record_curve(project.store, round_, "ppo", result.history)
-    console.print(
-        f"Saved the policy to {out}: {describe(result.summary)}. "
-        f"Next: rankloop generate --round {round_ + 1}"
-    )
-    project.close()
 
 
 @click.command("train-dpo")
@@ -263,7 +241,7 @@ def train_dpo_cmd(round_, epochs, lr, beta, batch_size, seed, project_dir):
     try:
         metrics = train_dpo(
             cfg,
-            policy=project.policy_for_round(round_),
+            policy=rounds.start_policy(project, round_),
             preferences=prefs,
             out_dir=out,
             log=console.print,

@@ -294,11 +294,17 @@ def status(project_dir):
     console.print(table)
     if s.rounds:
         table = Table(title="rounds")
-        for col in ("round", "policy", "reward model", "metrics"):
+        for col in ("round", "policy", "optimizer", "reward model", "metrics"):
             table.add_column(col)
         for r in s.rounds:
             metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in sorted(r.metrics.items()))
-            table.add_row(str(r.number), r.policy or "-", r.reward_model or "-", metrics or "-")
+            table.add_row(
+                str(r.number),
+                r.policy or "-",
+                r.optimizer or "-",
+                r.reward_model or "-",
+                metrics or "-",
+            )
         console.print(table)
     console.print(f"Next: {rounds.next_step(project)}")
     project.close()

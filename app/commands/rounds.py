@@ -13,6 +13,7 @@ from rich.table import Table
 
 from rankloop.app import rounds
 from rankloop.app.project import Project
+from rankloop.ppo.config import OPTIMIZERS
 from rankloop.settings import replace
 
 from .common import console, open_project, project_option, user_errors
@@ -68,13 +69,14 @@ def print_summary(s: rounds.RoundSummary) -> None:
     elif m.get("reward/skipped"):
         table.add_row("reward model", "skipped (--reward-fn)")
     if "ppo/score_first" in m:
+        name = (s.optimizer or "ppo").upper()
         table.add_row(
-            "PPO mean score",
+            f"{name} mean score",
             f"{m['ppo/score_first']:.3f} -> {m['ppo/score_last']:.3f}"
             f" over {int(m.get('ppo/steps', 0))} steps",
         )
         kl = m.get("ppo/kl_final", m.get("ppo/kl_last"))
-        table.add_row("PPO KL to the reference", f"{kl:.3f} nats per response")
+        table.add_row(f"{name} KL to the reference", f"{kl:.3f} nats per response")
     if "generate/responses" in m:
         table.add_row(
             f"round {s.round + 1} candidates",
@@ -91,7 +93,13 @@ def print_summary(s: rounds.RoundSummary) -> None:
 
 
 @click.command("round")
-@click.option("--ppo-steps", type=int, default=None, help="PPO steps ([ppo] steps).")
+@click.option("--ppo-steps", type=int, default=None, help="Policy steps ([ppo] steps).")
+@click.option(
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    default=None,
+    help="The policy stage's optimiser ([rounds] optimizer).",
+)
 @click.option(
     "--n",
     "n",
@@ -127,12 +135,23 @@ def print_summary(s: rounds.RoundSummary) -> None:
 @project_option
 @user_errors
 def round_cmd(
-    ppo_steps, n, reward_fns, epochs, lr, ppo_lr, max_new_tokens, redo, dry_run, project_dir
+    ppo_steps,
+    optimizer,
+    n,
+    reward_fns,
+    epochs,
+    lr,
+    ppo_lr,
+    max_new_tokens,
+    redo,
+    dry_run,
+    project_dir,
 ):
-    """Run the current round R end to end: reward model -> PPO -> round R+1's candidates.
+    """Run the current round R end to end: reward model -> policy -> round R+1's candidates.
 
-    Trains R's reward model on every label of rounds <= R, runs PPO from the policy of round
-    R-1 (or the base) against it, samples round R+1's candidates from the new policy, builds
+    Trains R's reward model on every label of rounds <= R, optimises the policy of round R-1
+    (or the base) against it with [rounds] optimizer (PPO or RLOO; --optimizer), samples
+    round R+1's candidates from the new policy, builds
     their comparisons (with cross-round ones on the evaluation prompts), makes R+1 current and
     prints a summary. Each stage is recorded when it finishes: killed and run again, it
     continues with the unfinished stage.
@@ -141,6 +160,7 @@ def round_cmd(
     Example:
       rankloop round --dry-run
       rankloop round --ppo-steps 20 --n 2
+      rankloop round --optimizer rloo
       rankloop round --reward-fn my_rewards:helpful   # no reward model: PPO on a function
     """
     project = open_project(project_dir)
@@ -150,6 +170,7 @@ def round_cmd(
         ppo=replace(c.ppo, steps=ppo_steps, lr=ppo_lr),
         generate=replace(c.generate, n=n, max_new_tokens=max_new_tokens),
         reward_fns=tuple(reward_fns),
+        optimizer=optimizer,
     )
     if dry_run:
         if redo:
