@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rankloop.lm.sampling import autocast
+from rankloop.lm.device import autocast
 
 from . import core
 from .config import PPOConfig

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rankloop.lm.sampling import autocast
+from rankloop.lm.device import autocast
 from rankloop.settings import ConfigError
 
 from . import core

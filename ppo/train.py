@@ -40,12 +40,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rankloop.data.records import Prompt, content_hash
+from rankloop.data.records import Prompt
 from rankloop.lm import tracking
-from rankloop.lm.device import use_bf16
+from rankloop.lm.device import autocast, use_bf16, weights_dtype
 from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
 from rankloop.lm.loading import load_tokenizer
-from rankloop.lm.sampling import autocast, encode_chats, left_pad, sampling_kwargs
+from rankloop.lm.sampling import encode_chats, left_pad, sampling_kwargs
+from rankloop.lm.seeds import derive_seed, seed_everything
 
 from . import core
 from .actor_critic import (
@@ -112,8 +113,8 @@ class Reference:
 
 def step_seed(seed: int, step: int, rank: int, what: str) -> int:
     """A seed that depends only on (seed, step, process, purpose): a resumed run draws the same
-    prompts, samples and mini-batch order as an uninterrupted one."""
-    return int(content_hash(seed, step, rank, what)[:8], 16)
+    prompts, samples and mini-batch order as an uninterrupted one (`lm.seeds.derive_seed`)."""
+    return derive_seed(seed, step, rank, what)
 
 
 def prompts_for_step(
@@ -242,7 +243,7 @@ def train_policy(
     main = accelerator.is_main_process
     say = log if (log and main) else (lambda _msg: None)
     bf16 = use_bf16(config.bf16, device)
-    torch.manual_seed(config.seed)  # initial weights of fresh heads/adapters: same on every rank
+    seed_everything(config.seed)  # initial weights of fresh heads/adapters: same on every rank
 
     # ---- models, optimizer, the optimiser's update --------------------------------------------
     update_class = optimizer_update(optimizer, config)
@@ -558,7 +559,7 @@ def build_models(
     """(tokenizer, actor, critic or None): the LoRA policy (with a value head when critic =
     'policy', with the DPO adapter beside it for RTO) and the separate critic. `critic` False
     (RLOO): neither value head nor critic."""
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = weights_dtype(bf16)
     tokenizer = load_tokenizer(policy, padding_side="left")
     lm = load_policy(
         policy,
@@ -609,7 +610,7 @@ def rollout(
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     query, query_mask = left_pad(queries, pad_id)  # (B, Q)
     query, query_mask = query.to(device), query_mask.to(device)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     with torch.no_grad(), autocast(device, bf16), merged_adapter(lm):
         generated = lm.generate(
             input_ids=query,
