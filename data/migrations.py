@@ -412,3 +412,15 @@ def m0020_round_curves(db: sqlite_utils.Database) -> None:
         pk=("round", "stage", "metric", "step"),
         not_null={"value"},
     )
+
+
+# -- 0021+: reward ensembles --------------------------------------------------------------------
+
+
+@migration("0021_comparison_gap_spread")
+def m0021_comparison_gap_spread(db: sqlite_utils.Database) -> None:
+    """`comparison_gaps.spread`: an ensemble reward model's disagreement on a comparison (the
+    largest, over its response pairs, of the members' std of the score gap), written by
+    `queue.record_scores`; the 'uncertainty' order serves the largest first. NULL for a single
+    model, whose comparisons keep their gap order."""
+    db["comparison_gaps"].add_column("spread", float)
