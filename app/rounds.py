@@ -663,6 +663,9 @@ def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, 
         "reward/eval_pairs",
         "reward/train_accuracy",
         "reward/ece",
+        "reward/member_accuracy_min",
+        "reward/member_accuracy_max",
+        "reward/spread",
     ):
         v = result.metrics.get(key)
         if v is not None and not (isinstance(v, float) and math.isnan(v)):

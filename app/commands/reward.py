@@ -10,7 +10,7 @@ import click
 
 from rankloop.app import rounds
 from rankloop.app.project import ProjectError
-from rankloop.reward.config import LOSSES
+from rankloop.reward.config import ENSEMBLE_AGGREGATES, LOSSES
 from rankloop.settings import replace
 
 from .common import console, open_project, project_option, user_errors
@@ -74,6 +74,19 @@ from .common import console, open_project, project_option, user_errors
     help="Trackers, comma-separated: tensorboard, "
     "trackio, wandb (offline); runs go under the project's logs/.",
 )
+@click.option(
+    "--ensemble",
+    type=int,
+    default=None,
+    help="Members: N heads on one shared backbone, each on a bootstrap resample (1 = one model).",
+)
+@click.option(
+    "--ensemble-aggregate",
+    type=click.Choice(ENSEMBLE_AGGREGATES),
+    default=None,
+    help="What the policy stage optimises: the members' mean, mean - k std, or the worst.",
+)
+@click.option("--ensemble-k", type=float, default=None, help="k of mean_minus_std.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
 @user_errors
@@ -95,6 +108,9 @@ def train_reward_cmd(
     gradient_checkpointing,
     compile_,
     log_with,
+    ensemble,
+    ensemble_aggregate,
+    ensemble_k,
     resume,
     project_dir,
 ):
@@ -110,6 +126,7 @@ def train_reward_cmd(
       rankloop train-reward --epochs 2 --loss davidson
       rankloop train-reward --round 1 --full --lr 1e-5 --checkpoint-every 50
       rankloop train-reward --round 1 --resume
+      rankloop train-reward --ensemble 4 --ensemble-aggregate mean_minus_std --ensemble-k 1
     """
     from rankloop.reward.pairs import RewardDataError
 
@@ -131,6 +148,9 @@ def train_reward_cmd(
         gradient_checkpointing=gradient_checkpointing,
         compile=compile_,
         log_with=log_with,
+        ensemble=ensemble,
+        ensemble_aggregate=ensemble_aggregate,
+        ensemble_k=ensemble_k,
     )
     round_ = rounds.resolve_round(project, round_)
     try:
