@@ -143,3 +143,27 @@ def test_members_are_in_the_config_and_a_single_model_has_none(ensemble_run, tmp
     scorer = RewardScorer.from_pretrained(single.path, bf16="no")
     assert scorer.members == 1
     assert "reward/spread" not in single.metrics
+
+
+def test_a_scorer_around_a_wrapped_model_still_finds_the_members(ensemble_run):
+    """PPO's shared critic hands RewardScorer a wrapper holding the loaded model as `.model`
+    (ppo/reward_fns.py): the members come from that model's config all the same."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rankloop.reward.model import load_reward_tokenizer
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, **kwargs):
+            return self.model(**kwargs)
+
+    path = ensemble_run.path
+    plain = AutoModelForSequenceClassification.from_pretrained(path)
+    wrapped = RewardScorer(Wrapper(plain), load_reward_tokenizer(str(path)), torch.device("cpu"))
+    direct = RewardScorer.from_pretrained(path, bf16="no")
+    texts = (["a prompt", "another"], ["good words", "the sea"])
+    assert wrapped.members == 3 and wrapped.aggregate == "mean_minus_std"
+    torch.testing.assert_close(wrapped.score_members(*texts), direct.score_members(*texts))
