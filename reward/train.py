@@ -103,8 +103,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     compiled: bool = False  # the transformer blocks ran through torch.compile
     phases: dict[str, float] = field(default_factory=dict)
-    """Seconds per phase: load, probe (frozen features, probes, members' warm starts), loop,
-    scoring (training-set statistics and held-out evaluation), saving."""
+    """Seconds per phase: load, probe (the frozen features and the probes), ensemble (the
+    members' warm starts; an ensemble only), loop, scoring (training-set statistics and the
+    held-out evaluation), saving."""
 
 
 class RewardModule(torch.nn.Module):
@@ -599,6 +600,7 @@ class Probes:
 
     last: np.ndarray  # (M, H) weights on last-token features: each member's warm start
     metrics: dict[str, float]  # held-out accuracy of each probe
+    member_seconds: float = 0.0  # of it, fitting the ensemble members' warm starts
 
 
 @torch.no_grad()
@@ -640,6 +642,7 @@ def fit_probes(
             rb, rw, tie, _ = pair_rewards(eval_items, scores)
             out[name] = metrics.pairwise_accuracy(rb, rw, tie)
     last = weights["last"][None]  # (1, H)
+    t0 = time.perf_counter()
     if cfg.ensemble > 1:
         boot = ensemble.bootstrap_weights(len(train_items), cfg.ensemble, cfg.seed)  # (M, n)
         # the comparison each strict-pair row of pair_differences comes from
@@ -653,7 +656,7 @@ def fit_probes(
                 continue
             fits.append(probe.fit_probe(x[keep], (w * boot[m, rows])[keep], cfg.seed + m))
         last = np.stack(fits)  # (M, H)
-    return Probes(last=last, metrics=out)
+    return Probes(last=last, metrics=out, member_seconds=time.perf_counter() - t0)
 
 
 def warm_start_head(model, w: np.ndarray) -> None:
@@ -1032,17 +1035,19 @@ def train_reward(
     pad = tokenizer.pad_token_id
     phases = {"load": time.perf_counter() - t0}
     t_phase = time.perf_counter()
-    probe_metrics = {}
+    probe_metrics, member_seconds = {}, 0.0
     if (cfg.warm_start or eval_items) and not resume:
         probes = fit_probes(
             RewardModule(model, 0.0).to(device), train_items, eval_items, cfg, pad, device, bf16
         )
-        probe_metrics = probes.metrics
+        probe_metrics, member_seconds = probes.metrics, probes.member_seconds
         if cfg.warm_start:
             warm_start_head(model, probes.last)
     if cfg.ensemble > 1:  # no warm start, or resuming: the checkpoint's heads replace these
         widen_head(model, cfg.ensemble, cfg.seed)
-    phases["probe"] = time.perf_counter() - t_phase
+    phases["probe"] = time.perf_counter() - t_phase - member_seconds
+    if cfg.ensemble > 1:
+        phases["ensemble"] = member_seconds
     model = add_adapter(model, cfg, bf16)
     module = RewardModule(model, INITIAL_LOG_TIE)
     module.log_tie.requires_grad_(cfg.loss in ("rao-kupper", "davidson"))

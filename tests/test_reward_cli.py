@@ -302,3 +302,6 @@ def test_phase_line_lists_the_phases_in_run_order():
     assert phase_line(phases) == (
         "time: load 2.0 s, probe 3.0 s, loop 40.0 s, scoring 4.0 s, saving 1.2 s"
     )
+    assert phase_line({**phases, "ensemble": 0.5}) == (
+        "time: load 2.0 s, probe 3.0 s, ensemble 0.5 s, loop 40.0 s, scoring 4.0 s, saving 1.2 s"
+    )

@@ -125,7 +125,7 @@ def test_ensemble_reports_members_and_spread(ensemble_run):
     assert m["reward/spread"] > 0
     # the keyword task is learnable: the mean of the members ranks it well
     assert m["reward/accuracy"] >= 0.8
-    assert set(ensemble_run.phases) == {"load", "probe", "loop", "scoring", "saving"}
+    assert set(ensemble_run.phases) == {"load", "probe", "ensemble", "loop", "scoring", "saving"}
 
 
 def test_members_are_in_the_config_and_a_single_model_has_none(ensemble_run, tmp_path, tiny_lm_dir):
@@ -143,6 +143,7 @@ def test_members_are_in_the_config_and_a_single_model_has_none(ensemble_run, tmp
     scorer = RewardScorer.from_pretrained(single.path, bf16="no")
     assert scorer.members == 1
     assert "reward/spread" not in single.metrics
+    assert set(single.phases) == {"load", "probe", "loop", "scoring", "saving"}
 
 
 def test_a_scorer_around_a_wrapped_model_still_finds_the_members(ensemble_run):

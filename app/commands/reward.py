@@ -200,7 +200,7 @@ def heldout_summary(m: dict) -> str:
 
 def phase_line(phases: dict) -> str:
     """Where the command's time went: `TrainResult.phases` in seconds, in run order."""
-    order = ("load", "probe", "loop", "scoring", "saving")
+    order = ("load", "probe", "ensemble", "loop", "scoring", "saving")
     return "time: " + ", ".join(f"{k} {phases[k]:.1f} s" for k in order if k in phases)
 
 
