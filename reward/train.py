@@ -643,7 +643,7 @@ def fit_probes(
             out[name] = metrics.pairwise_accuracy(rb, rw, tie)
     last = weights["last"][None]  # (1, H)
     t0 = time.perf_counter()
-    if cfg.ensemble > 1:
+    if cfg.ensemble > 1 and cfg.warm_start:
         boot = ensemble.bootstrap_weights(len(train_items), cfg.ensemble, cfg.seed)  # (M, n)
         # the comparison each strict-pair row of pair_differences comes from
         rows = [i for i, it in enumerate(train_items) for p in it.example.pairs if not p.tie]

@@ -12,6 +12,7 @@ import torch
 from rankloop.reward.config import RewardConfig
 from rankloop.reward.ensemble import CONFIG_KEY, aggregate_scores, bootstrap_weights, gap_spread
 from rankloop.reward.model import format_text
+from rankloop.reward.pairs import pairwise_example
 from rankloop.reward.scoring import RewardScorer
 from rankloop.reward.train import train_reward
 from rankloop.settings import ConfigError
@@ -168,3 +169,27 @@ def test_a_scorer_around_a_wrapped_model_still_finds_the_members(ensemble_run):
     texts = (["a prompt", "another"], ["good words", "the sea"])
     assert wrapped.members == 3 and wrapped.aggregate == "mean_minus_std"
     torch.testing.assert_close(wrapped.score_members(*texts), direct.score_members(*texts))
+
+
+def test_ensemble_loss_is_the_members_mean_of_their_resampled_losses(tiny_lm_dir):
+    """Two comparisons (a > b, c > d), two members. Member 0 drew the first comparison twice and
+    the second never: its loss is softplus(-(r_a - r_b)) alone; member 1 drew each once: the
+    plain mean. The ensemble's loss is the mean of the two, computed by hand."""
+    from rankloop.reward.model import load_reward_tokenizer
+    from rankloop.reward.train import batch_loss, collate, encode, ensemble_loss
+
+    tok = load_reward_tokenizer(str(tiny_lm_dir), 64)
+    items = encode(tok, [pairwise_example("p", "a", "b"), pairwise_example("q", "c", "d")], 64)
+    batch = collate(items, tok.pad_token_id)
+    r = torch.tensor([[2.0, 1.0], [1.0, 1.5], [0.5, 0.0], [1.0, 1.0]])  # (S, M): a, b, c, d
+    boot = torch.tensor([[2.0, 0.0], [1.0, 1.0]])  # (M, E)
+    loss, stats = ensemble_loss(RewardConfig(), r, batch, torch.tensor(0.0), boot)
+    sp = torch.nn.functional.softplus
+    member0 = sp(-torch.tensor(1.0))  # r_a - r_b = 1 on member 0; c > d dropped
+    member1 = (sp(-torch.tensor(-0.5)) + sp(-torch.tensor(-1.0))) / 2  # gaps -0.5, -1
+    assert float(loss) == pytest.approx(float(member0 + member1) / 2, rel=1e-6)
+    # the progress bar's accuracy is over every pair of the batch: member 0 orders 1 of 2
+    assert float(stats["reward/accuracy"]) == pytest.approx((0.5 + 0.0) / 2)
+    # one member, no resampling: exactly batch_loss
+    one, _ = ensemble_loss(RewardConfig(), r[:, :1], batch, torch.tensor(0.0))
+    assert torch.equal(one, batch_loss(RewardConfig(), r[:, 0], batch, torch.tensor(0.0))[0])
