@@ -151,6 +151,11 @@ def best_achievable_accuracy(true_diffs) -> float:
     return float(np.mean(1.0 / (1.0 + np.exp(-d))))
 
 
+MIN_PAIRS_TO_STOP = 30
+"""Held-out pairs below which `baseline_verdict` never says 'lost': with fewer the standard
+error of an accuracy is above 0.09 (0.25 at 4 pairs) and one split's luck decides."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether a reward model is good enough to optimise: `baseline_verdict`'s answer."""
@@ -177,8 +182,8 @@ def baseline_verdict(m: dict) -> Verdict:
       1.000 (a tie at the ceiling says nothing against the model);
     * 'lost' when the baseline is ahead by more than one standard error of an accuracy on the
       n = `reward/eval_pairs` held-out pairs, SE = sqrt(p (1 - p) / n) at p = the mean of the
-      two accuracies (36 pairs at p = 0.5: SE = 0.083). Less than that is within the noise of
-      the split: 'weak';
+      two accuracies (36 pairs at p = 0.5: SE = 0.083), and n >= MIN_PAIRS_TO_STOP (30). Less
+      than that is within the noise of the split: 'weak';
     * 'weak' also when there is no held-out accuracy at all.
     """
     acc = m.get("reward/accuracy")
@@ -198,7 +203,7 @@ def baseline_verdict(m: dict) -> Verdict:
     if acc > base or acc == base == 1.0:
         return Verdict("ok", None, base, se)
     on = f" on {int(n)} held-out pairs" if n else ""
-    lost = n and base - acc > se
+    lost = n >= MIN_PAIRS_TO_STOP and base - acc > se
     why = (
         f"the reward model's held-out accuracy {acc:.3f} "
         f"{'loses to' if lost else 'does not beat'} its baseline ({name}: {base:.3f}){on}"

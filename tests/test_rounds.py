@@ -227,6 +227,11 @@ def test_a_reward_model_that_lost_to_its_probe_stops_the_round_unless_told_to_ru
         rounds.reward_gate(close, "stop", 2)
     ceiling = {"reward/accuracy": 1.0, "reward/probe_accuracy": 1.0, "reward/eval_pairs": 20.0}
     assert rounds.reward_gate(ceiling, "stop", 2).level == "ok"  # a tie at 1.000 is fine
+    # 0.25 against 0.75 on 4 pairs is 2 standard errors (0.25) below, but 4 pairs decide nothing
+    few = {"reward/accuracy": 0.25, "reward/probe_accuracy": 0.75, "reward/eval_pairs": 4.0}
+    assert rounds.reward_gate(few, "warn", 2).level == "weak"
+    with pytest.raises(rounds.RoundStopped, match="on 30 held-out pairs"):
+        rounds.reward_gate({**few, "reward/eval_pairs": 30.0}, "warn", 2)
 
 
 def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir):
