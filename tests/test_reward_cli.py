@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -305,3 +306,41 @@ def test_phase_line_lists_the_phases_in_run_order():
     assert phase_line({**phases, "ensemble": 0.5}) == (
         "time: load 2.0 s, probe 3.0 s, ensemble 0.5 s, loop 40.0 s, scoring 4.0 s, saving 1.2 s"
     )
+
+
+def test_train_reward_with_an_ensemble_prints_members_spread_and_phases(project):
+    simulate_labels(project.store, 40, seed=6)
+    open_cid = project.store.add_comparison_texts("an open question", ["good sea", "lazy sea"])
+    out = run(
+        "train-reward",
+        "--project",
+        project.root,
+        "--full",
+        "--lr",
+        "1e-3",
+        "--eval-fraction",
+        "0.25",
+        "--ensemble",
+        "3",
+        "--ensemble-aggregate",
+        "min",
+    )
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # the console wraps long lines
+    assert re.search(
+        r"held-out accuracy [\d.]+ \(10 pairs\), ensemble mean; members [\d.]+-[\d.]+, "
+        r"spread [\d.]+; frozen-feature probe baseline [\d.]+",
+        text,
+    )
+    assert re.search(
+        r"time: load [\d.]+ s, probe [\d.]+ s, ensemble [\d.]+ s, loop [\d.]+ s, "
+        r"scoring [\d.]+ s, saving [\d.]+ s$",
+        text,
+    )
+    scorer = RewardScorer.from_pretrained(project.round_dir(0, "reward"), bf16="no")
+    assert (scorer.members, scorer.aggregate) == (3, "min")
+    # the queue got the members' disagreement on the open comparison
+    spread = project.store.db.execute(
+        "select spread from comparison_gaps where comparison_id = ?", [open_cid]
+    ).fetchone()[0]
+    assert spread > 0
