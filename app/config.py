@@ -101,7 +101,7 @@ class LabelingConfig:
     lease_seconds: int = 900
     """How long a task stays reserved for the annotator it was shown to; after that an abandoned task returns to the queue."""
     order: str = "oldest"
-    """Queue order: 'oldest' first, 'random', or 'uncertainty' (the comparisons the latest reward model is least sure about first; oldest first until one has scored responses)."""
+    """Queue order: 'oldest' first, 'random', 'uncertainty' (the comparisons the latest reward model is least sure about first: an ensemble's largest disagreement, a single model's smallest score gap; oldest first until one has scored responses), or 'balanced' (uncertainty balanced across prompts: the prompts with the fewest labels first, the most uncertain of their comparisons first; docs/labeling.md)."""
     gold_rate: float = 0.0
     """Share of tasks drawn from the gold comparisons (known answers set by an admin), each shown once per annotator; 0 = none."""
     concurrency: int = 16
@@ -116,8 +116,10 @@ class LabelingConfig:
             raise ConfigError("[labeling] labels_per_comparison must be at least 1")
         if self.lease_seconds < 10:
             raise ConfigError("[labeling] lease_seconds must be at least 10")
-        if self.order not in ("oldest", "random", "uncertainty"):
-            raise ConfigError("[labeling] order must be 'oldest', 'random' or 'uncertainty'")
+        if self.order not in ("oldest", "random", "uncertainty", "balanced"):
+            raise ConfigError(
+                "[labeling] order must be 'oldest', 'random', 'uncertainty' or 'balanced'"
+            )
         if not 0 <= self.gold_rate <= 1:
             raise ConfigError("[labeling] gold_rate must be between 0 and 1")
         if self.concurrency < 1:
@@ -133,7 +135,7 @@ class RoundsConfig:
     eval_comparisons: int = 1
     """Cross-round comparisons per evaluation prompt and opponent: a new response against one of round R and one of round 0."""
     weak_reward: str = "warn"
-    """When the reward model's held-out accuracy does not beat its baseline: 'warn' and go on, or 'stop' before PPO (label more, then `rankloop round --redo reward`)."""
+    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before PPO (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round (docs/rounds.md)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
     optimizer: str = "ppo"
@@ -144,8 +146,8 @@ class RoundsConfig:
             raise ConfigError("[rounds] eval_fraction must be in [0, 1)")
         if self.eval_comparisons < 0:
             raise ConfigError("[rounds] eval_comparisons must be >= 0")
-        if self.weak_reward not in ("warn", "stop"):
-            raise ConfigError("[rounds] weak_reward must be 'warn' or 'stop'")
+        if self.weak_reward not in ("warn", "stop", "run"):
+            raise ConfigError("[rounds] weak_reward must be 'warn', 'stop' or 'run'")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"[rounds] optimizer = {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"

@@ -175,6 +175,7 @@ def score_open_comparisons(project: Project, reward_dir: Path, scorer=None) -> i
     """Score the responses of every comparison that still needs labels with the new reward
     model, so the labeling queue's 'uncertainty' order puts the comparisons it is least sure
     about first (active learning). Returns how many responses were scored."""
+    from rankloop.reward.ensemble import aggregate_scores
     from rankloop.reward.scoring import RewardScorer
 
     store = project.store
@@ -187,8 +188,15 @@ def score_open_comparisons(project: Project, reward_dir: Path, scorer=None) -> i
     scorer = scorer or RewardScorer.from_pretrained(
         str(reward_dir), device=project.config.runtime.device
     )
-    scores = scorer.score([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
-    queue.record_scores(store, project.stored(reward_dir), dict(zip(rids, scores.tolist())))
+    texts = ([prompts[r.prompt_id] for r in responses], [r.text for r in responses])
+    members = scorer.score_members(*texts)  # (N, M): an ensemble's disagreement orders the queue
+    scores = aggregate_scores(members, scorer.aggregate, scorer.k)
+    queue.record_scores(
+        store,
+        project.stored(reward_dir),
+        dict(zip(rids, scores.tolist())),
+        dict(zip(rids, members.tolist())) if members.shape[1] > 1 else None,
+    )
     return len(rids)
 
 
@@ -368,29 +376,35 @@ def ppo_reward(
 
 
 def reward_verdict(metrics: dict) -> str | None:
-    """None when the reward model's held-out accuracy beats its baseline, else why not.
+    """None when the reward model is good enough to optimise, else why not: the one rule of
+    `rankloop.reward.metrics.baseline_verdict` (beats its frozen-feature probe, else chance;
+    a tie at 1.000 is fine), which `rankloop train-reward`'s summary applies too. A reward
+    model that does not beat its baseline teaches PPO nothing real, and optimising it only moves
+    the policy away from its reference."""
+    from rankloop.reward.metrics import baseline_verdict
 
-    The baseline is the frozen-feature probe on the same split (`reward/probe_accuracy`) where
-    the trainer reports one, else chance (0.5). A reward model that does not beat it teaches
-    PPO nothing real, and optimising it only moves the policy away from its reference."""
-    acc = metrics.get("reward/accuracy")
-    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
-        return (
-            "the reward model has no held-out accuracy (no held-out split): nothing shows "
-            "that it learned the labels; set [reward] eval_fraction > 0"
+    return baseline_verdict(metrics).message
+
+
+def reward_gate(metrics: dict, weak_reward: str, round_: int):
+    """The verdict on round R's reward model (`baseline_verdict`), or RoundStopped: always
+    when it lost to its baseline by more than the standard error (unless [rounds] weak_reward
+    = 'run'), and when it is merely weak under weak_reward = 'stop'."""
+    from rankloop.reward.metrics import baseline_verdict
+
+    verdict = baseline_verdict(metrics)
+    redo = "label more comparisons, then run `rankloop round --redo reward`"
+    if verdict.level == "lost" and weak_reward != "run":
+        raise RoundStopped(
+            f"{verdict.message}. Round {round_} stops before PPO: {redo}; or set [rounds] "
+            f"weak_reward = 'run' in rankloop.toml to optimise it anyway"
         )
-    base = metrics.get("reward/probe_accuracy")
-    name = "a linear probe on frozen features"
-    if base is None or (isinstance(base, float) and math.isnan(base)):
-        base, name = 0.5, "chance"
-    if acc > base:
-        return None
-    pairs = metrics.get("reward/eval_pairs")
-    on = f" on {int(pairs)} held-out pairs" if pairs else ""
-    return (
-        f"the reward model's held-out accuracy {acc:.3f} does not beat its baseline "
-        f"({name}: {base:.3f}){on}"
-    )
+    if verdict.level != "ok" and weak_reward == "stop":
+        raise RoundStopped(
+            f"{verdict.message}. Round {round_} stops before PPO ([rounds] weak_reward = "
+            f"'stop'): {redo}"
+        )
+    return verdict
 
 
 def check_loadable(name: str) -> None:
@@ -623,15 +637,15 @@ def run_round(
         if step.done:
             continue
         if step.stage == "ppo" and not s.reward_fns:
-            why = reward_verdict(next(st.metrics for st in store.stages(r) if st.stage == "reward"))
-            if why and project.config.rounds.weak_reward == "stop":
-                raise RoundStopped(
-                    f"{why}. Round {r} stops before PPO ([rounds] weak_reward = "
-                    f"'stop'): label more comparisons, then run `rankloop round "
-                    f"--redo reward`"
-                )
+            verdict = reward_gate(
+                next(st.metrics for st in store.stages(r) if st.stage == "reward"),
+                project.config.rounds.weak_reward,
+                r,
+            )
+            why = verdict.message
             if why:
-                warnings.append(f"{why}; PPO runs anyway ([rounds] weak_reward = 'warn')")
+                setting = project.config.rounds.weak_reward
+                warnings.append(f"{why}; PPO runs anyway ([rounds] weak_reward = '{setting}')")
                 log(f"Warning: {warnings[-1]}")
         t0 = time.perf_counter()
         if step.stage == "reward":
@@ -721,6 +735,9 @@ def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, 
         "reward/eval_pairs",
         "reward/train_accuracy",
         "reward/ece",
+        "reward/member_accuracy_min",
+        "reward/member_accuracy_max",
+        "reward/spread",
     ):
         v = result.metrics.get(key)
         if v is not None and not (isinstance(v, float) and math.isnan(v)):

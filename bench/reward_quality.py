@@ -21,6 +21,8 @@ uses one fixed draw of held-out labels, each pair in both orientations.
 Systems, all on the same pairs in the same run:
   rankloop   rankloop.reward.train.train_reward with its defaults (it holds out 10% of the
              training prompts itself to pick its best epoch);
+  ensemble   the same with [reward] ensemble = --ensemble (4) members on one backbone, scored
+             by their mean (what plain transformers load);
   trl        TRL's RewardTrainer, LoRA r=16 on the same modules, its defaults otherwise
              (lr 1e-4, gradient checkpointing), --trl-epochs epochs;
   probe      logistic regression on frozen SmolLM2 features (mean-pooled last hidden states of
@@ -307,9 +309,16 @@ def fit_rankloop(train, seed: int, overrides: dict, base: str):
         "compiled": result.compiled,
         "loop_seconds": result.loop_seconds,
         "phases": {k: round(v, 1) for k, v in phases.items()},
+        "train_phases": {k: round(v, 1) for k, v in result.phases.items()},
         # the selection split's accuracy: the warm start's probe, then each epoch's end
         "probe_last_accuracy": result.metrics.get("reward/probe_last_accuracy"),
         "evals": [[h["step"], h["eval/accuracy"]] for h in result.history if "eval/accuracy" in h],
+        # an ensemble's members on the trainer's own held-out split
+        **{
+            k.split("/")[1]: result.metrics[k]
+            for k in ("reward/member_accuracy_min", "reward/member_accuracy_max", "reward/spread")
+            if k in result.metrics
+        },
     }
 
     def score(prompts, responses):
@@ -449,6 +458,9 @@ def run(args) -> list[dict]:
                 for system in args.systems:
                     if system == "rankloop":
                         fit = fit_rankloop(train, seed, overrides, args.base)
+                    elif system == "ensemble":
+                        members = {**overrides, "ensemble": args.ensemble}
+                        fit = fit_rankloop(train, seed, members, args.base)
                     elif system == "trl":
                         fit = fit_trl(train, seed, args.trl_epochs, args.base)
                     elif system == "probe":
@@ -467,6 +479,7 @@ def run(args) -> list[dict]:
                         **q,
                         **extra,
                         **({"settings": overrides} if system == "rankloop" else {}),
+                        **({"members": args.ensemble} if system == "ensemble" else {}),
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -479,7 +492,9 @@ def run(args) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Markdown: mean (± std over seeds) held-out accuracy per task and size, ECE and time."""
     systems = [
-        s for s in ("rankloop", "trl", "probe", "bow") if any(r["system"] == s for r in rows)
+        s
+        for s in ("rankloop", "ensemble", "trl", "probe", "bow")
+        if any(r["system"] == s for r in rows)
     ]
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     sizes = sorted({r["pairs"] for r in rows})
@@ -534,6 +549,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--systems", default="rankloop,trl,probe,bow")
     ap.add_argument("--trl-epochs", type=float, default=2.0)
+    ap.add_argument("--ensemble", type=int, default=4, help="Members of the 'ensemble' system.")
     ap.add_argument(
         "--base",
         default="smollm2-135m-instruct",

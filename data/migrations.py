@@ -422,6 +422,18 @@ def m0021_round_optimizer(db: sqlite_utils.Database) -> None:
     db.execute("update rounds set optimizer = 'ppo' where policy is not null")
 
 
+# -- 0022: reward ensembles ----------------------------------------------------------------------
+
+
+@migration("0022_comparison_gap_spread")
+def m0022_comparison_gap_spread(db: sqlite_utils.Database) -> None:
+    """`comparison_gaps.spread`: an ensemble reward model's disagreement on a comparison (the
+    largest, over its response pairs, of the members' std of the score gap), written by
+    `queue.record_scores`; the 'uncertainty' order serves the largest first. NULL for a single
+    model, whose comparisons keep their gap order."""
+    db["comparison_gaps"].add_column("spread", float)
+
+
 # -- 0030+: one rule for each decision --------------------------------------------------------
 
 

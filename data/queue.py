@@ -27,6 +27,7 @@ Every write is one `store.transaction()`, which begins IMMEDIATE (see there why)
 from __future__ import annotations
 
 import json
+import math
 import random
 import secrets
 import statistics
@@ -51,7 +52,7 @@ from .records import (
 from .store import Store, StoreError, check_text
 from .store import now as now_iso
 
-ORDERS: tuple[str, ...] = ("oldest", "random", "uncertainty")
+ORDERS: tuple[str, ...] = ("oldest", "random", "uncertainty", "balanced")
 MAX_RATIONALE = 10_000  # characters: a paragraph or ten, never a pasted file
 MAX_NOTE = 1_000  # characters of a skip reason or a flag note
 MAX_SECONDS = 86_400  # a judgment's seconds_spent; a task shown longer ago records none
@@ -115,6 +116,11 @@ _MINE = f"""
 # Live leases of the comparison held by other annotators.
 _HELD = """(select count(*) from leases s where s.comparison_id = q.comparison_id
             and s.annotator_id != :a and s.expires_at > :now)"""
+
+
+# Labels on all comparisons of the candidate's prompt (c: the candidate's comparisons row).
+_PROMPT_LABELS = """(select count(*) from labels l join comparisons c2 on c2.id = l.comparison_id
+            where c2.prompt_id = c.prompt_id)"""
 
 
 def _latest_scored_model(store: Store) -> str | None:
@@ -181,29 +187,21 @@ def _pick_regular_where(
         params["start"] = start
     else:
         params["start"] = 0
-    if order == "uncertainty":
-        rm = _latest_scored_model(store)
-        if rm is not None:
-            params["rm"] = rm
-            # Scored comparisons by gap, smallest first; then the unscored (newer samples).
-            ways = [
-                (
-                    "1",
-                    "g.gap, q.comparison_id",
-                    (
-                        "join comparison_gaps g on "
-                        "g.comparison_id = q.comparison_id and g.reward_model = :rm"
-                    ),
-                ),
-                (
-                    (
-                        "not exists (select 1 from comparison_gaps g where g.comparison_id = "
-                        "q.comparison_id and g.reward_model = :rm)"
-                    ),
-                    "q.comparison_id",
-                    "",
-                ),
-            ]
+    if order in ("uncertainty", "balanced"):
+        params["rm"] = _latest_scored_model(store)
+        scored = "g.comparison_id = q.comparison_id and g.reward_model = :rm"
+        # Most uncertain first: an ensemble's largest spread (members' std of the score gap),
+        # else (a single model: spread NULL) the smallest gap; unscored ones (newer samples)
+        # after the scored, oldest first.
+        uncertain = "g.comparison_id is null, -coalesce(g.spread, 0), g.gap, q.comparison_id"
+        join = f"left join comparison_gaps g on {scored}"
+        if order == "balanced":
+            # Uncertainty balanced across prompts (BAL-PM's idea, Melo et al. 2024): first the
+            # prompts whose comparisons have the fewest labels so far, so no prompt gets a
+            # second label before every prompt with an open comparison has had one.
+            uncertain = f"{_PROMPT_LABELS}, {uncertain}"
+            join = f"join comparisons c on c.id = q.comparison_id {join}"
+        ways = [("1", uncertain, join)]
     for held in (f"{_HELD} = 0", f"q.labels + {_HELD} < :n"):  # a task nobody holds first
         for where, order_by, join in ways:
             cid = _first(store, f"{where} and {held} and {restrict}", order_by, params, join)
@@ -635,7 +633,12 @@ def open_comparisons(store: Store, labels_per_comparison: int) -> list[Compariso
 SCORE_CHUNK = 2000  # responses per transaction: tens of milliseconds, so annotators never wait
 
 
-def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> int:
+def record_scores(
+    store: Store,
+    reward_model: str,
+    scores: dict[int, float],
+    members: dict[int, Sequence[float]] | None = None,
+) -> int:
     """Store a reward model's score of each response (id -> score), and the score gap of every
     comparison holding them, for the 'uncertainty' order; returns how many scores were written.
 
@@ -645,6 +648,12 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
     Written SCORE_CHUNK responses per transaction (a whole queue's scores in one would hold the
     write lock for seconds while annotators wait); a gap is recomputed whenever one of its
     responses is written, so once all are in, every gap is over all its scored pairs.
+
+    `members` (id -> each ensemble member's score) adds each comparison's spread: the largest,
+    over its response pairs, of the members' population std of the score gap r_m(i) - r_m(j),
+    where the members disagree most about the order (query by committee, Seung et al. 1992);
+    the 'uncertainty' order serves the largest spread first. Computed over the responses given
+    in this call.
     """
     stamp = now_iso()
     items = [(int(rid), float(s)) for rid, s in scores.items()]
@@ -672,7 +681,49 @@ def record_scores(store: Store, reward_model: str, scores: dict[int, float]) -> 
                 group by x1.comparison_id""",
                 {"rm": reward_model, "ids": json.dumps([rid for rid, _ in part])},
             )
+    if members:
+        spreads = _spreads(store, members)
+        for start in range(0, len(spreads), SCORE_CHUNK):
+            with store.transaction():
+                store.db.conn.executemany(
+                    "update comparison_gaps set spread = ? "
+                    "where comparison_id = ? and reward_model = ?",
+                    [(sp, cid, reward_model) for cid, sp in spreads[start : start + SCORE_CHUNK]],
+                )
     return len(items)
+
+
+def _spreads(store: Store, members: dict[int, Sequence[float]]) -> list[tuple[int, float]]:
+    """(comparison id, spread) of every comparison whose responses all have members' scores."""
+    ids = json.dumps(sorted(int(r) for r in members))
+    rows = store.db.execute(
+        """select comparison_id, response_id from comparison_responses where comparison_id in (
+               select comparison_id from comparison_responses
+               where response_id in (select value from json_each(?)))
+           order by comparison_id, position""",
+        [ids],
+    ).fetchall()
+    by_comp: dict[int, list[int]] = {}
+    for cid, rid in rows:
+        by_comp.setdefault(cid, []).append(rid)
+    out = []
+    for cid, rids in by_comp.items():
+        if not all(r in members for r in rids):
+            continue
+        pairs = [(a, b) for i, a in enumerate(rids) for b in rids[i + 1 :]]
+        out.append((cid, max(gap_spread(members[a], members[b]) for a, b in pairs)))
+    return out
+
+
+def gap_spread(members_a: Sequence[float], members_b: Sequence[float]) -> float:
+    """An ensemble's disagreement on a pair: the population std over members m of the score gap
+    d_m = r_m(a) - r_m(b), sqrt(mean_m (d_m - mean d)^2). 0 for one member or when every member
+    sees the same gap (an offset the two responses share cancels: only the order counts)."""
+    gaps = [float(x) - float(y) for x, y in zip(members_a, members_b, strict=True)]
+    if not gaps:
+        return 0.0
+    mean = sum(gaps) / len(gaps)
+    return math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
 
 
 def gold_agreement(label_ranking, gold_ranking) -> float:

@@ -13,6 +13,7 @@ from rankloop.lm.tracking import parse_trackers
 from rankloop.settings import ConfigError
 
 LOSSES = ("bt", "rao-kupper", "davidson", "plackett-luce")
+ENSEMBLE_AGGREGATES = ("mean", "mean_minus_std", "min")
 
 
 @dataclass
@@ -95,6 +96,16 @@ class RewardConfig:
     log_with: str = ""
     """Trackers, comma-separated: 'tensorboard', 'trackio', 'wandb' (offline), or '' for none;
     written under the project's logs/."""
+    ensemble: int = 1
+    """Members of the reward ensemble: 1 = one model; N > 1 = one shared backbone (one LoRA
+    adapter, one forward pass) with N linear heads, each warm-started on and trained with its own
+    bootstrap resample of the training comparisons (docs/reward.md)."""
+    ensemble_aggregate: str = "mean"
+    """What rankloop's scorer (and so the policy stage) reads from an ensemble: 'mean',
+    'mean_minus_std' (mean - ensemble_k * std of the members, Coste et al. 2023) or 'min' (the
+    worst member). Saved with the model; `from_pretrained` / pipeline always give the mean."""
+    ensemble_k: float = 1.0
+    """k in mean - k * std (ensemble_aggregate = 'mean_minus_std')."""
 
     def validate(self) -> None:
         if isinstance(self.compile, bool):  # compile = true / false
@@ -143,6 +154,20 @@ class RewardConfig:
             raise ConfigError("[reward] warmup_ratio must be in [0, 1)")
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError("[reward] eval_fraction must be in [0, 1)")
+        if self.ensemble < 1:
+            raise ConfigError("[reward] ensemble must be at least 1 (1 = a single model)")
+        if self.ensemble_aggregate not in ENSEMBLE_AGGREGATES:
+            raise ConfigError(
+                f"[reward] ensemble_aggregate must be one of {', '.join(ENSEMBLE_AGGREGATES)}, "
+                f"got {self.ensemble_aggregate!r}"
+            )
+        if not self.ensemble_k >= 0:
+            raise ConfigError("[reward] ensemble_k must be >= 0")
+        if self.ensemble > 1 and self.lora and not self.merge_lora:
+            raise ConfigError(
+                "[reward] ensemble > 1 needs merge_lora = true: an unmerged adapter folder "
+                "cannot carry the members' heads"
+            )
         if self.lora and not self.target_modules:
             raise ConfigError("[reward] lora_target_modules is empty: name the modules to adapt")
 

@@ -8,10 +8,15 @@ rows still logs. See docs/reward-losses.md.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 __all__ = [
+    "Verdict",
+    "baseline_verdict",
     "best_achievable_accuracy",
     "expected_calibration_error",
     "mean_margin",
@@ -144,3 +149,65 @@ def best_achievable_accuracy(true_diffs) -> float:
         return float("nan")
     # sigma(|d|) = 1 / (1 + exp(-|d|)): exp of a non-positive number, no overflow
     return float(np.mean(1.0 / (1.0 + np.exp(-d))))
+
+
+MIN_PAIRS_TO_STOP = 30
+"""Held-out pairs below which `baseline_verdict` never says 'lost': with fewer the standard
+error of an accuracy is above 0.09 (0.25 at 4 pairs) and one split's luck decides."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a reward model is good enough to optimise: `baseline_verdict`'s answer."""
+
+    level: str
+    """'ok' (it beats its baseline, or ties it at the ceiling of 1.000), 'weak' (it does not beat
+    it, or nothing shows either way), or 'lost' (it is below its baseline by more than the
+    held-out standard error: the policy stage must not optimise it unasked)."""
+    message: str | None
+    """Why it is not 'ok' (None when it is), one sentence without a final period."""
+    baseline: float = float("nan")
+    """The baseline's held-out accuracy: the frozen-feature probe's, else chance (0.5)."""
+    standard_error: float = float("nan")
+    """sqrt(p (1 - p) / n) at p = the mean of the two accuracies, n held-out pairs."""
+
+
+def baseline_verdict(m: dict) -> Verdict:
+    """Is the reward model good enough? The one rule that `rankloop train-reward`'s summary and
+    the round (`app/rounds.py`) both apply, from a training run's metrics:
+
+    * the baseline is the frozen-feature probe on the same held-out pairs
+      (`reward/probe_accuracy`), else chance (0.5);
+    * 'ok' when the held-out accuracy `reward/accuracy` beats the baseline, or when both are
+      1.000 (a tie at the ceiling says nothing against the model);
+    * 'lost' when the baseline is ahead by more than one standard error of an accuracy on the
+      n = `reward/eval_pairs` held-out pairs, SE = sqrt(p (1 - p) / n) at p = the mean of the
+      two accuracies (36 pairs at p = 0.5: SE = 0.083), and n >= MIN_PAIRS_TO_STOP (30). Less
+      than that is within the noise of the split: 'weak';
+    * 'weak' also when there is no held-out accuracy at all.
+    """
+    acc = m.get("reward/accuracy")
+    if acc is None or math.isnan(acc):
+        return Verdict(
+            "weak",
+            "the reward model has no held-out accuracy (no held-out split): nothing shows "
+            "that it learned the labels; set [reward] eval_fraction > 0",
+        )
+    base = m.get("reward/probe_accuracy")
+    name = "a linear probe on frozen features"
+    if base is None or math.isnan(base):
+        base, name = 0.5, "chance"
+    n = m.get("reward/eval_pairs") or 0
+    p = (acc + base) / 2
+    se = math.sqrt(p * (1 - p) / n) if n else float("nan")
+    if acc > base or acc == base == 1.0:
+        return Verdict("ok", None, base, se)
+    on = f" on {int(n)} held-out pairs" if n else ""
+    lost = n >= MIN_PAIRS_TO_STOP and base - acc > se
+    why = (
+        f"the reward model's held-out accuracy {acc:.3f} "
+        f"{'loses to' if lost else 'does not beat'} its baseline ({name}: {base:.3f}){on}"
+    )
+    if lost:
+        why += f", by more than the standard error {se:.3f}"
+    return Verdict("lost" if lost else "weak", why, base, se)

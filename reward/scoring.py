@@ -4,6 +4,11 @@
     r = scorer.score(prompts, responses)          # (N,) raw scores, float32, CPU
     r_norm = (r - scorer.mean) / scorer.std        # normalised with the training statistics
 
+An ensemble (`[reward] ensemble = N`) scores with every member: `score_members` gives (N, M)
+and `score` their aggregate, the one saved with the model (`[reward] ensemble_aggregate`: the
+mean, mean - k * std, or the worst member; `reward.ensemble`), so the policy stage optimises
+the conservative score without knowing about members; `mean` / `std` are the aggregate's.
+
 Prompts are `Prompt` records, strings (one user turn) or lists of {role, content} dicts;
 responses are decoded strings. The reward model formats each pair with its own tokenizer's chat
 template (`rankloop.reward.model.format_text`), exactly as in training, so the policy's
@@ -20,12 +25,12 @@ import torch
 
 from rankloop.lm.device import pick_device, use_bf16
 
+from .ensemble import aggregate_scores, unfold_members
 from .model import (
     PromptLike,
     format_text,
     load_reward_tokenizer,
     load_saved,
-    rewards,
     right_pad,
     tokenize,
 )
@@ -46,8 +51,17 @@ class RewardScorer:
         mean: float = 0.0,
         std: float = 1.0,
         max_length: int = 512,
+        aggregate: str | None = None,
+        k: float | None = None,
     ):
         self.model = model.to(device).eval()
+        entry = unfold_members(self.model) or {}  # an ensemble's members, from its config
+        self.members = int(entry.get("members", 1))
+        """Ensemble members (1: a single model)."""
+        self.aggregate = aggregate or entry.get("aggregate", "mean")
+        """How `score` combines the members: 'mean', 'mean_minus_std' or 'min'."""
+        self.k = float(entry.get("k", 1.0) if k is None else k)
+        """k of 'mean_minus_std'."""
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
@@ -80,23 +94,35 @@ class RewardScorer:
             model, tokenizer, device, batch_size, use_bf16(bf16, device), mean, std, max_length
         )
 
-    @torch.no_grad()
     def score(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
-        """Raw reward of each (prompt, response): a float32 CPU tensor (N,), in input order."""
+        """Raw reward of each (prompt, response): a float32 CPU tensor (N,), in input order; an
+        ensemble's aggregate of its members (`self.aggregate`)."""
+        return aggregate_scores(self.score_members(prompts, responses), self.aggregate, self.k)
+
+    @torch.no_grad()
+    def score_members(
+        self, prompts: Sequence[PromptLike], responses: Sequence[str]
+    ) -> torch.Tensor:
+        """Every member's raw reward of each (prompt, response): float32 CPU (N, M), M = 1 for
+        a single model."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not responses:
-            return torch.zeros(0)
+            return torch.zeros(0, self.members)
         texts = [format_text(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
         ids = tokenize(self.tokenizer, texts, self.max_length)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
-        out = torch.empty(len(ids))
+        out = torch.empty(len(ids), self.members)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             input_ids, mask = right_pad([ids[i] for i in idx], self.tokenizer.pad_token_id)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                r = rewards(self.model, input_ids.to(self.device), mask.to(self.device))  # (b,)
-            out[idx] = r.float().cpu()
+                logits = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    use_cache=False,
+                ).logits  # (b, M)
+            out[idx] = logits.float().cpu()
         return out
 
     def normalized(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:

@@ -40,7 +40,7 @@ from rankloop.lm.kernels import (
     use_training_attention,
 )
 
-from . import losses, metrics, probe
+from . import ensemble, losses, metrics, probe
 from .config import RewardConfig
 from .model import add_lora, format_text, head_name, load_backbone, load_reward_tokenizer, tokenize
 from .pairs import Example, RewardDataError, split_by_prompt
@@ -102,6 +102,10 @@ class TrainResult:
     loop_seconds: float = 0.0  # the optimisation loop alone (no loading, evaluation, saving)
     history: list[dict] = field(default_factory=list)
     compiled: bool = False  # the transformer blocks ran through torch.compile
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase: load, probe (the frozen features and the probes), ensemble (the
+    members' warm starts; an ensemble only), loop, scoring (training-set statistics and the
+    held-out evaluation), saving."""
 
 
 class RewardModule(torch.nn.Module):
@@ -131,10 +135,11 @@ class RewardModule(torch.nn.Module):
         ).last_hidden_state  # (E, T, H)
 
     def forward(self, input_ids, position_ids, mask, ends):
+        """Each response's reward from every member: (S, M), M = 1 for a single model."""
         hidden = self._hidden(input_ids, position_ids, mask)  # (E, T, H)
         last = hidden.reshape(-1, hidden.shape[-1])[ends]  # (S, H): last token of each response
         seq_model = self._seq_model()
-        return getattr(seq_model, head_name(seq_model))(last)[:, 0].float()  # (S,)
+        return getattr(seq_model, head_name(seq_model))(last).float()  # (S, M)
 
     def features(self, input_ids, position_ids, mask, ends):
         """(last, mean), each (S, H) float: each response's last-token hidden state (what the
@@ -192,6 +197,7 @@ class Batch:
     slots: torch.Tensor  # (E, Kmax) long: response index of each response of each example, -1 pad
     tiers: torch.Tensor  # (E, Kmax) long: Plackett-Luce tiers, -1 pad
     tokens: int  # real (non-padding) tokens
+    example: torch.Tensor  # (P,) long: the batch row (comparison) each pair comes from
 
     def to(self, device):
         for name in (
@@ -206,6 +212,7 @@ class Batch:
             "weight",
             "slots",
             "tiers",
+            "example",
         ):
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -249,7 +256,7 @@ def pack(groups: list[list[list[int]]], pad_id: int, multiple: int = 1):
 
 
 def collate(items: list[Encoded], pad_id: int, multiple: int = 1) -> Batch:
-    better, worse, tie, margin, weight = [], [], [], [], []
+    better, worse, tie, margin, weight, example = [], [], [], [], [], []
     kmax = max(len(it.ids) for it in items)
     slots = torch.full((len(items), kmax), -1, dtype=torch.long)
     tiers = torch.full((len(items), kmax), -1, dtype=torch.long)
@@ -264,6 +271,7 @@ def collate(items: list[Encoded], pad_id: int, multiple: int = 1) -> Batch:
             tie.append(p.tie)
             margin.append(p.margin)
             weight.append(p.weight)
+            example.append(e)
         base += k
     input_ids, position_ids, mask, ends, tokens = pack([it.ids for it in items], pad_id, multiple)
     return Batch(
@@ -279,6 +287,7 @@ def collate(items: list[Encoded], pad_id: int, multiple: int = 1) -> Batch:
         slots,
         tiers,
         tokens,
+        torch.tensor(example, dtype=torch.long),
     )
 
 
@@ -316,6 +325,34 @@ def batch_loss(
         c_loss, c_stats = losses.centering_loss(r_b, r_w, cfg.center_coef, b.weight)
         loss = loss + c_loss
         stats.update(c_stats)
+    return loss, stats
+
+
+def ensemble_loss(
+    cfg: RewardConfig,
+    r: torch.Tensor,
+    b: Batch,
+    log_tie: torch.Tensor,
+    boot: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean over members of `batch_loss`, member m's pairs weighted by its bootstrap counts
+    `boot[m]` (M, E) for the batch's comparisons (None: no resampling). r: (S, M). One member
+    without resampling is exactly `batch_loss`. Plackett-Luce takes no pair weights: there the
+        members differ only by their warm starts. Members whose resample has none of the batch's
+    comparisons sit the batch out. Stats are the members' means."""
+    parts = []
+    for j in range(r.shape[1]):
+        bj = b
+        if boot is not None:
+            w = b.weight * boot[j, b.example]  # (P,)
+            if not bool(w.sum() > 0):  # the resample drew none of this batch's comparisons
+                continue
+            bj = Batch(**{**b.__dict__, "weight": w})
+        parts.append(batch_loss(cfg, r[:, j], bj, log_tie))
+    if not parts:  # no member drew any of them (vanishingly rare): a step that changes nothing
+        return r.sum() * 0.0, {"reward/loss": r.new_zeros(()), "reward/accuracy": r.new_zeros(())}
+    loss = sum(p[0] for p in parts) / len(parts)
+    stats = {k: sum(p[1][k].detach() for p in parts) / len(parts) for k in parts[0][1]}
     return loss, stats
 
 
@@ -371,12 +408,15 @@ def score_encoded(
     bf16: bool,
     multiple: int = 1,
 ) -> list[torch.Tensor]:
-    """Rewards of every response of every item: a list of (K,) tensors, in item order."""
+    """Rewards of every response of every item from every member: a list of (K, M) tensors,
+    in item order (M = 1 for a single model)."""
     return run_batches(module, module, items, batch_size, pad_id, device, bf16, multiple)
 
 
 def pair_rewards(items: list[Encoded], scores: list[torch.Tensor]):
-    """Per pair: (r_better, r_worse, tie, annotator) as numpy arrays / a list."""
+    """Per pair: (r_better, r_worse, tie, annotator) as numpy arrays / a list. `scores`: (K,)
+    per item, or (K, M) members' scores (then r is their mean, the saved model's score)."""
+    scores = [s.mean(-1) if s.ndim == 2 else s for s in scores]
     rb, rw, tie, ann = [], [], [], []
     for it, s in zip(items, scores):
         for p in it.example.pairs:
@@ -423,6 +463,7 @@ def evaluate(
         f"{prefix}eval_pairs": float(len(rb)),
         f"{prefix}eval_ties": float(tie.sum()),
     }
+    out.update(member_metrics(items, scores, prefix))
     by_ann = defaultdict(list)
     for i, a in enumerate(ann):
         by_ann[a].append(i)
@@ -430,6 +471,29 @@ def evaluate(
         idx = np.array(idx)
         out[f"{prefix}accuracy/{a}"] = metrics.pairwise_accuracy(rb[idx], rw[idx], tie[idx])
     return out
+
+
+def member_metrics(items: list[Encoded], scores: list[torch.Tensor], prefix: str) -> dict:
+    """An ensemble's members on the held-out pairs (nothing for a single model):
+    `member_accuracy_min` / `_max` (the worst and best member's accuracy) and `spread` (the mean
+    over strict pairs of the members' std of the score gap, `ensemble.gap_spread`)."""
+    if not scores or scores[0].ndim != 2 or scores[0].shape[1] < 2:
+        return {}
+    accs = []
+    for m in range(scores[0].shape[1]):
+        rb, rw, tie, _ = pair_rewards(items, [s[:, m] for s in scores])
+        accs.append(metrics.pairwise_accuracy(rb, rw, tie))
+    spreads = [
+        ensemble.gap_spread(s[p.better], s[p.worse])
+        for it, s in zip(items, scores)
+        for p in it.example.pairs
+        if not p.tie
+    ]
+    return {
+        f"{prefix}member_accuracy_min": float(np.min(accs)),
+        f"{prefix}member_accuracy_max": float(np.max(accs)),
+        f"{prefix}spread": float(np.mean(spreads)) if spreads else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,8 +598,9 @@ def add_adapter(model, cfg: RewardConfig, bf16: bool):
 class Probes:
     """Frozen-feature probes fitted on the training split (see probe.py)."""
 
-    last: np.ndarray  # (H,) weights on last-token features: the head's warm start
+    last: np.ndarray  # (M, H) weights on last-token features: each member's warm start
     metrics: dict[str, float]  # held-out accuracy of each probe
+    member_seconds: float = 0.0  # of it, fitting the ensemble members' warm starts
 
 
 @torch.no_grad()
@@ -550,7 +615,9 @@ def fit_probes(
 ) -> Probes:
     """2c. Frozen features of every response (one forward, no gradient), a probe on each
     pooling, and their held-out accuracy: `reward/probe_accuracy` (mean pooling, the baseline
-    `rankloop train-reward` reports) and `reward/probe_last_accuracy`."""
+    `rankloop train-reward` reports) and `reward/probe_last_accuracy`. With an ensemble, each
+    member's warm start is the last-token probe refitted on its bootstrap resample (the same
+    features: no second pass)."""
     feats = {"last": ([], []), "mean": ([], [])}
     for items, side in ((train_items, 0), (eval_items, 1)):
         for f_last, f_mean in run_batches(
@@ -574,16 +641,48 @@ def fit_probes(
             name = "reward/probe_accuracy" if pooling == "mean" else "reward/probe_last_accuracy"
             rb, rw, tie, _ = pair_rewards(eval_items, scores)
             out[name] = metrics.pairwise_accuracy(rb, rw, tie)
-    return Probes(last=weights["last"], metrics=out)
+    last = weights["last"][None]  # (1, H)
+    t0 = time.perf_counter()
+    if cfg.ensemble > 1 and cfg.warm_start:
+        boot = ensemble.bootstrap_weights(len(train_items), cfg.ensemble, cfg.seed)  # (M, n)
+        # the comparison each strict-pair row of pair_differences comes from
+        rows = [i for i, it in enumerate(train_items) for p in it.example.pairs if not p.tie]
+        x, w = probe.pair_differences(feats["last"][0], [it.example.pairs for it in train_items])
+        fits = []
+        for m in range(cfg.ensemble):
+            keep = boot[m, rows] > 0
+            if keep.sum() < 2:  # a resample too small to fit: start from the full-data probe
+                fits.append(weights["last"])
+                continue
+            fits.append(probe.fit_probe(x[keep], (w * boot[m, rows])[keep], cfg.seed + m))
+        last = np.stack(fits)  # (M, H)
+    return Probes(last=last, metrics=out, member_seconds=time.perf_counter() - t0)
 
 
 def warm_start_head(model, w: np.ndarray) -> None:
-    """LP-FT: the scalar head starts as the last-token probe, r = w . h_last."""
+    """LP-FT: the scalar head starts as the last-token probe, r = w . h_last; `w` (M, H) gives
+    an M-output head, one row per ensemble member."""
     head = getattr(model, head_name(model))
+    if w.shape[0] > 1:
+        bias = None if head.bias is None else torch.zeros(w.shape[0])
+        ensemble.set_head(model, torch.as_tensor(w, dtype=torch.float32), bias)  # (M, H)
+        return
     with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(w, dtype=head.weight.dtype)[None])
+        head.weight.copy_(torch.as_tensor(w, dtype=head.weight.dtype))
         if getattr(head, "bias", None) is not None:
             head.bias.zero_()
+
+
+def widen_head(model, members: int, seed: int) -> None:
+    """An M-output head for an ensemble without a warm start (or resumed from a checkpoint, which
+    then overwrites it): the members start from different random heads."""
+    head = getattr(model, head_name(model))
+    if head.weight.shape[0] == members:
+        return
+    g = torch.Generator().manual_seed(seed)
+    std = getattr(model.config, "initializer_range", 0.02)
+    weight = torch.randn(members, head.weight.shape[1], generator=g) * std  # (M, H)
+    ensemble.set_head(model, weight, None if head.bias is None else torch.zeros(members))
 
 
 def batch_schedule(
@@ -659,6 +758,7 @@ class Loop:
     pad_id: int
     bf16: bool
     compiled: bool  # the transformer blocks run through torch.compile
+    boot: torch.Tensor | None = None  # (M, train items) bootstrap counts; None: one member
 
 
 def make_loop(
@@ -711,6 +811,17 @@ def make_loop(
         pad_id,
         bf16,
         compiled,
+        boot_counts(cfg, len(train_items)),
+    )
+
+
+def boot_counts(cfg: RewardConfig, n: int) -> torch.Tensor | None:
+    """Each member's bootstrap counts of the n training comparisons (M, n); None for one member
+    (then training is exactly the single model's)."""
+    if cfg.ensemble == 1:
+        return None
+    return torch.as_tensor(
+        ensemble.bootstrap_weights(n, cfg.ensemble, cfg.seed), dtype=torch.float32
     )
 
 
@@ -723,11 +834,13 @@ def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, floa
         batch = collate(
             [loop.train_items[i] for i in loop.schedule[k]], loop.pad_id, cfg.pad_to_multiple_of
         ).to(device)
+        boot = None if loop.boot is None else loop.boot[:, loop.schedule[k]].to(device)  # (M, E)
         tokens += batch.tokens
         with acc.accumulate(loop.module):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.bf16):
-                r = loop.module(batch.input_ids, batch.position_ids, batch.mask, batch.ends)  # (S,)
-            loss, stats = batch_loss(cfg, r.float(), batch, acc.unwrap_model(loop.module).log_tie)
+                r = loop.module(batch.input_ids, batch.position_ids, batch.mask, batch.ends)
+            log_tie = acc.unwrap_model(loop.module).log_tie
+            loss, stats = ensemble_loss(cfg, r.float(), batch, log_tie, boot)  # r: (S, M)
             acc.backward(loss)
             if acc.sync_gradients:
                 if cfg.max_grad_norm > 0:
@@ -836,7 +949,10 @@ def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict
         loop.bf16,
         cfg.pad_to_multiple_of,
     )
-    flat = torch.cat(train_scores)
+    # the statistics PPO normalises with are those of what the scorer returns: the aggregate
+    flat = ensemble.aggregate_scores(
+        torch.cat(train_scores), cfg.ensemble_aggregate, cfg.ensemble_k
+    )  # (N,)
     rb, rw, tie, _ = pair_rewards(loop.train_items, train_scores)
     threshold = fit_tie_threshold(rb, rw, tie)
     out = {
@@ -917,14 +1033,21 @@ def train_reward(
     train_items = encode(tokenizer, train_ex, cfg.max_length)
     eval_items = encode(tokenizer, eval_ex, cfg.max_length)
     pad = tokenizer.pad_token_id
-    probe_metrics = {}
+    phases = {"load": time.perf_counter() - t0}
+    t_phase = time.perf_counter()
+    probe_metrics, member_seconds = {}, 0.0
     if (cfg.warm_start or eval_items) and not resume:
         probes = fit_probes(
             RewardModule(model, 0.0).to(device), train_items, eval_items, cfg, pad, device, bf16
         )
-        probe_metrics = probes.metrics
+        probe_metrics, member_seconds = probes.metrics, probes.member_seconds
         if cfg.warm_start:
             warm_start_head(model, probes.last)
+    if cfg.ensemble > 1:  # no warm start, or resuming: the checkpoint's heads replace these
+        widen_head(model, cfg.ensemble, cfg.seed)
+    phases["probe"] = time.perf_counter() - t_phase - member_seconds
+    if cfg.ensemble > 1:
+        phases["ensemble"] = member_seconds
     model = add_adapter(model, cfg, bf16)
     module = RewardModule(model, INITIAL_LOG_TIE)
     module.log_tie.requires_grad_(cfg.loss in ("rao-kupper", "davidson"))
@@ -957,11 +1080,14 @@ def train_reward(
     )
     loop_seconds = time.perf_counter() - t_loop
     train_seconds = time.perf_counter() - t0
+    phases["loop"] = loop_seconds
     if best.state is not None:
         best.restore(accelerator.unwrap_model(loop.module))
 
     # 4. evaluation and reward statistics ------------------------------------------------------
+    t_phase = time.perf_counter()
     result_metrics, stats = final_metrics(loop, cfg)
+    phases["scoring"] = time.perf_counter() - t_phase
     result_metrics.update(probe_metrics)
     if best.state is not None:
         result_metrics["reward/best_step"] = float(best.step)
@@ -975,6 +1101,7 @@ def train_reward(
     # and the merge below needs room for an fp32 copy of the model
     release_freed_memory()
     stopped_early = best.state is not None and cfg.patience and best.stale >= cfg.patience
+    t_phase = time.perf_counter()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(loop.module).model, tokenizer, out_dir, cfg, stats)
         from rankloop.lm.cards import write_reward_card
@@ -990,6 +1117,7 @@ def train_reward(
         if ckpt_dir.exists() and (step >= loop.steps_total or stopped_early):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are spent
     accelerator.wait_for_everyone()
+    phases["saving"] = time.perf_counter() - t_phase
     return TrainResult(
         path=out_dir,
         metrics=result_metrics,
@@ -1001,11 +1129,15 @@ def train_reward(
         loop_seconds=loop_seconds,
         history=history,
         compiled=loop.compiled,
+        phases=phases,
     )
 
 
 def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) -> None:
     """A standard checkpoint (merged LoRA by default), its tokenizer and reward_stats.json.
+
+    An ensemble's M-output head is folded into the standard one-output head with the members'
+    mean weights, and the members go into config.json (`ensemble.fold_members`).
 
     Written to a temporary folder first and moved in place, so a killed save never leaves a
     half-written model where a finished one is expected.
@@ -1017,6 +1149,7 @@ def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) 
         # merged in fp32 (the base may have trained in bf16): W + BA rounded to bf16 would
         # score ~0.3% off the adapter it came from
         model = model.float().merge_and_unload()
+    ensemble.fold_members(model, cfg.ensemble_aggregate, cfg.ensemble_k)
     model.config.use_cache = True
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -93,3 +93,15 @@ def simulate_labels(
         diffs.append(d)
     store.add_labels(labels)
     return diffs
+
+
+def keyword_examples(n: int, seed: int, annotator: str = ""):
+    """`simulate_pairs` as training examples (the winner first), with no store in between."""
+    from rankloop.reward.pairs import pairwise_example
+
+    return [
+        pairwise_example(p, a, b, annotator=annotator)
+        if a_wins
+        else pairwise_example(p, b, a, annotator=annotator)
+        for p, a, b, a_wins, _ in simulate_pairs(n, seed=seed)
+    ]

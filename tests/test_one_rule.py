@@ -64,7 +64,7 @@ def test_an_imported_numeric_margin_wins_over_the_strength_everywhere(fresh_stor
 
 def test_migration_0030_drops_the_margin_the_app_baked_in_and_keeps_imported_ones(tmp_path):
     db = sqlite_utils.Database(tmp_path / "old.db")
-    migrate(db, upto="0021_round_optimizer")
+    migrate(db, upto="0022_comparison_gap_spread")
     rows = [  # (source, strength, margin) as the old app and an import wrote them
         ("human", "slightly", 0.33),
         ("human", None, None),

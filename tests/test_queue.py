@@ -441,3 +441,52 @@ def test_scores_are_written_in_short_transactions_with_the_same_gaps(fresh_store
         )
         == expected
     )
+
+
+def test_migration_0022_adds_the_spread_column_to_an_older_store():
+    db = sqlite_utils.Database(memory=True)
+    migrate(db, upto="0021_round_optimizer")
+    assert "spread" not in db["comparison_gaps"].columns_dict
+    assert migrate(db, upto="0022_comparison_gap_spread") == ["0022_comparison_gap_spread"]
+    assert db["comparison_gaps"].columns_dict["spread"] is float
+    assert migrate(db, upto="0022_comparison_gap_spread") == []  # never twice
+
+
+def test_record_scores_with_members_writes_each_comparisons_largest_spread(fresh_store):
+    cid = fresh_store.add_comparison_texts("q", ["a", "b", "c"])
+    ra, rb, rc = fresh_store.comparison(cid).response_ids
+    # gaps per member: a-b (1, 1) std 0; a-c (0, 4) std 2; b-c (-1, 3) std 2 -> spread 2
+    members = {ra: [1.0, 5.0], rb: [0.0, 4.0], rc: [1.0, 1.0]}
+    means = {r: sum(m) / 2 for r, m in members.items()}
+    assert queue.record_scores(fresh_store, "rm", means, members) == 3
+    row = fresh_store.db.execute("select gap, spread from comparison_gaps").fetchone()
+    # means a 3, b 2, c 1: the smallest gap 1; the members disagree most on a-c and b-c: 2
+    assert row == (pytest.approx(1.0), pytest.approx(2.0))
+    assert queue.gap_spread([2.0, 5.0], [1.0, 2.0]) == pytest.approx(1.0)  # gaps 1, 3
+
+
+def test_balanced_order_gives_every_prompt_a_label_before_any_prompt_gets_two(fresh_store):
+    """Prompt A holds the two most uncertain comparisons, B the least uncertain one: the
+    uncertainty order serves A, A, B; the balanced order A (the most uncertain), then B (A has
+    a label now, B none), then A's second."""
+    a1 = fresh_store.add_comparison_texts("prompt A", ["x1", "y1"])
+    a2 = fresh_store.add_comparison_texts("prompt A", ["x2", "y2"])
+    b1 = fresh_store.add_comparison_texts("prompt B", ["x3", "y3"])
+    assert fresh_store.comparison(a1).prompt_id == fresh_store.comparison(a2).prompt_id
+    gaps = {a1: 0.1, a2: 0.2, b1: 0.9}  # a single model: the smallest gap is the least sure
+    for cid, gap in gaps.items():
+        r1, r2 = fresh_store.comparison(cid).response_ids
+        queue.record_scores(fresh_store, "rm-1", {r1: 0.0, r2: gap})
+    aid = fresh_store.add_annotator("ann")[0].id
+
+    def served(order: str) -> list[int]:
+        got = []
+        for _ in range(3):
+            t = lease(fresh_store, aid, order=order)
+            got.append(t.comparison.id)
+            queue.submit(fresh_store, aid, t.comparison.id, t.request_id, Judgment(choice="tie"))
+        fresh_store.db.execute("delete from labels")
+        return got
+
+    assert served("uncertainty") == [a1, a2, b1]
+    assert served("balanced") == [a1, b1, a2]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 from click.testing import CliRunner
 
+from rankloop.app import rounds
 from rankloop.app.cli import cli
 from rankloop.app.project import Project
 from rankloop.app.rounds import reward_model_of
@@ -159,11 +162,8 @@ def test_bad_option_names_the_setting(project):
 
 def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project):
     """After training, the comparisons the reward model is least sure about are labeled first."""
-    import random
 
     from rankloop.app.rounds import score_open_comparisons
-    from rankloop.data.queue import next_task
-    from rankloop.data.records import Label
 
     store = project.store
     sure = store.add_comparison_texts("Q1", ["great", "awful"])  # gap 5.0
@@ -171,24 +171,66 @@ def test_train_reward_scores_open_comparisons_for_the_uncertainty_order(project)
     middle = store.add_comparison_texts("Q3", ["good", "meh"])  # gap 1.0
     fake = {"great": 3.0, "awful": -2.0, "fine": 0.6, "okay": 0.5, "good": 1.0, "meh": 0.0}
 
-    class FakeScorer:
-        def score(self, prompts, responses):
-            import torch
-
-            return torch.tensor([fake[r] for r in responses])
-
     reward_dir = project.round_dir(0, "reward")
-    assert score_open_comparisons(project, reward_dir, scorer=FakeScorer()) == 6
+    assert score_open_comparisons(project, reward_dir, scorer=FakeScorer(fake)) == 6
+    assert served_in_uncertainty_order(store, 3) == [unsure, middle, sure]
+
+
+def served_in_uncertainty_order(store, n: int) -> list[int]:
+    """The comparisons a new annotator is served, one after the other, in 'uncertainty' order."""
+    import random
+
+    from rankloop.data.queue import next_task
+    from rankloop.data.records import Label
+
     ann, _ = store.add_annotator("ann")
     order = []
-    for _ in range(3):
+    for _ in range(n):
         task = next_task(store, ann.id, order="uncertainty", now=0.0, rng=random.Random(0))
         order.append(task.comparison.id)
         store.add_label(
             Label.pairwise(task.comparison.id, ann.id, task.comparison.response_ids, "A")
         )
         store.db.execute("delete from leases")
-    assert order[0] == unsure and order[1] == middle and order[2] == sure
+    return order
+
+
+class FakeScorer:
+    """What score_open_comparisons asks of a RewardScorer: each member's score of a text."""
+
+    def __init__(self, table: dict[str, float | list[float]]):
+        self.table = {k: v if isinstance(v, list) else [v] for k, v in table.items()}
+        self.aggregate, self.k = "mean", 1.0
+
+    def score_members(self, prompts, responses):
+        import torch
+
+        return torch.tensor([self.table[r] for r in responses])  # (N, M)
+
+
+def test_with_an_ensemble_the_queue_serves_what_its_members_disagree_on_most(project):
+    """The members' std of the score gap orders the queue, not the mean's gap: Q1's mean gap
+    is the largest, but its members disagree most about it (gaps 4 and -2: std 3)."""
+
+    from rankloop.app.rounds import score_open_comparisons
+
+    store = project.store
+    split = store.add_comparison_texts("Q1", ["bold", "plain"])  # gaps 4, -2: mean 1, std 3
+    close = store.add_comparison_texts("Q2", ["fine", "okay"])  # gaps 0.2, 0: mean 0.1, std 0.1
+    agreed = store.add_comparison_texts("Q3", ["good", "meh"])  # gaps 1, 1: std 0
+    members = {
+        "bold": [4.0, -1.0],
+        "plain": [0.0, 1.0],
+        "fine": [0.7, 0.5],
+        "okay": [0.5, 0.5],
+        "good": [1.0, 2.0],
+        "meh": [0.0, 1.0],
+    }
+    reward_dir = project.round_dir(0, "reward")
+    assert score_open_comparisons(project, reward_dir, scorer=FakeScorer(members)) == 6
+    spread = dict(store.db.execute("select comparison_id, spread from comparison_gaps").fetchall())
+    assert spread == {split: pytest.approx(3.0), close: pytest.approx(0.1), agreed: 0.0}
+    assert served_in_uncertainty_order(store, 3) == [split, close, agreed]
 
 
 def test_speed_and_memory_switches_reach_the_config(project, monkeypatch):
@@ -217,5 +259,88 @@ def test_heldout_summary_warns_when_the_probe_baseline_is_not_beaten():
         "held-out accuracy 0.750 (40 pairs); frozen-feature probe baseline 0.700"
     )
     low = heldout_summary({**m, "reward/probe_accuracy": 0.75})
-    assert low.splitlines()[1].startswith("  warning: the reward model does not beat a linear")
+    assert low.splitlines()[1] == (
+        "  warning: the reward model's held-out accuracy 0.750 does not beat its baseline (a "
+        "linear probe on frozen features: 0.750) on 40 held-out pairs; label more comparisons, "
+        "or try more --epochs or another --lr"
+    )
     assert heldout_summary({"reward/accuracy": float("nan")}).startswith("no held-out split")
+    # a tie at the ceiling is no reason to warn
+    top = {"reward/accuracy": 1.0, "reward/eval_pairs": 30.0, "reward/probe_accuracy": 1.0}
+    assert "warning" not in heldout_summary(top)
+    ens = {**m, "reward/member_accuracy_min": 0.65, "reward/member_accuracy_max": 0.8}
+    assert heldout_summary({**ens, "reward/spread": 0.21}) == (
+        "held-out accuracy 0.750 (40 pairs), ensemble mean; members 0.650-0.800, spread 0.210; "
+        "frozen-feature probe baseline 0.700"
+    )
+
+
+def test_train_reward_summary_and_the_round_never_disagree():
+    """The summary warns exactly when the round would warn or stop: one rule, every case."""
+    import itertools
+
+    from rankloop.app.commands.reward import heldout_summary
+
+    nan = float("nan")
+    for acc, probe, pairs in itertools.product(
+        (nan, 0.3, 0.5, 0.62, 0.7, 1.0), (None, nan, 0.5, 0.7, 1.0), (None, 8.0, 36.0, 400.0)
+    ):
+        m = {"reward/accuracy": acc}
+        if probe is not None:
+            m["reward/probe_accuracy"] = probe
+        if pairs is not None:
+            m["reward/eval_pairs"] = pairs
+        if not math.isnan(acc) and pairs is None:
+            continue  # the trainer always reports the pairs with an accuracy
+        warns = "warning:" in heldout_summary(m)
+        assert warns == (rounds.reward_verdict(m) is not None), m
+
+
+def test_phase_line_lists_the_phases_in_run_order():
+    from rankloop.app.commands.reward import phase_line
+
+    phases = {"saving": 1.25, "load": 2.0, "probe": 3.0, "loop": 40.0, "scoring": 4.04}
+    assert phase_line(phases) == (
+        "time: load 2.0 s, probe 3.0 s, loop 40.0 s, scoring 4.0 s, saving 1.2 s"
+    )
+    assert phase_line({**phases, "ensemble": 0.5}) == (
+        "time: load 2.0 s, probe 3.0 s, ensemble 0.5 s, loop 40.0 s, scoring 4.0 s, saving 1.2 s"
+    )
+
+
+def test_train_reward_with_an_ensemble_prints_members_spread_and_phases(project):
+    simulate_labels(project.store, 40, seed=6)
+    open_cid = project.store.add_comparison_texts("an open question", ["good sea", "lazy sea"])
+    out = run(
+        "train-reward",
+        "--project",
+        project.root,
+        "--full",
+        "--lr",
+        "1e-3",
+        "--eval-fraction",
+        "0.25",
+        "--ensemble",
+        "3",
+        "--ensemble-aggregate",
+        "min",
+    )
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # the console wraps long lines
+    assert re.search(
+        r"held-out accuracy [\d.]+ \(10 pairs\), ensemble mean; members [\d.]+-[\d.]+, "
+        r"spread [\d.]+; frozen-feature probe baseline [\d.]+",
+        text,
+    )
+    assert re.search(
+        r"time: load [\d.]+ s, probe [\d.]+ s, ensemble [\d.]+ s, loop [\d.]+ s, "
+        r"scoring [\d.]+ s, saving [\d.]+ s$",
+        text,
+    )
+    scorer = RewardScorer.from_pretrained(project.round_dir(0, "reward"), bf16="no")
+    assert (scorer.members, scorer.aggregate) == (3, "min")
+    # the queue got the members' disagreement on the open comparison
+    spread = project.store.db.execute(
+        "select spread from comparison_gaps where comparison_id = ?", [open_cid]
+    ).fetchone()[0]
+    assert spread > 0

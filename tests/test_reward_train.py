@@ -17,7 +17,7 @@ from rankloop.reward.pairs import RewardDataError, build_examples, pairwise_exam
 from rankloop.reward.scoring import RewardScorer
 from rankloop.reward.train import RewardModule, length_grouped_batches, pack, train_reward
 
-from simulate import SimulatedTask, simulate_labels, simulate_pairs
+from simulate import SimulatedTask, keyword_examples, simulate_labels, simulate_pairs
 
 # tiny models: fp32 is faster, and compiling costs more than it saves
 FAST = {"batch_size": 16, "warmup_ratio": 0.0, "eval_fraction": 0.25, "bf16": "no", "compile": "no"}
@@ -364,7 +364,7 @@ def test_packed_rows_give_each_response_its_reward_alone(multiple, tiny_lm_dir):
     assert pos[1, :9].tolist() == [0, 1, 2, 3, 2, 3, 4, 5, 2]
     assert ends.tolist() == [4, 5, width + 3, width + 7, width + 8]
     with torch.no_grad():
-        packed = RewardModule(model, 0.0)(ids, pos, mask, ends)
+        packed = RewardModule(model, 0.0)(ids, pos, mask, ends)[:, 0]  # (S, 1): one member
         alone = torch.stack(
             [model(input_ids=torch.tensor([s])).logits[0, 0] for g in groups for s in g]
         )
@@ -395,19 +395,10 @@ def test_batch_loss_applies_margins_and_centering_as_in_the_losses(tiny_lm_dir):
     assert float(stats["reward/accuracy"]) == 0.5
 
 
-def _keyword_examples(n, seed, annotator=""):
-    return [
-        pairwise_example(p, a, b, annotator=annotator)
-        if a_wins
-        else pairwise_example(p, b, a, annotator=annotator)
-        for p, a, b, a_wins, _ in simulate_pairs(n, seed=seed)
-    ]
-
-
 def test_warm_start_makes_the_head_the_last_token_probe(tmp_path, tiny_lm_dir):
     """LP-FT: with a learning rate too small to move anything, the saved model is the head
     fitted on frozen features, which already ranks the keyword task; a random head does not."""
-    train, held = _keyword_examples(160, seed=8), _keyword_examples(40, seed=9)
+    train, held = keyword_examples(160, seed=8), keyword_examples(40, seed=9)
     cfg = RewardConfig(lora=False, lr=1e-12, epochs=1, select_best=False, **FAST)
     warm = train_reward(
         train, cfg, tmp_path / "warm", base=str(tiny_lm_dir), held_out=held, progress=False
@@ -429,10 +420,10 @@ def test_early_stopping_returns_the_best_checkpoint(tmp_path, tiny_lm_dir):
     """Held-out labels that contradict the training labels: every epoch makes the held-out
     accuracy worse, so the weights of step 0 are the ones saved, and the run stops after
     `patience` epochs without a better evaluation."""
-    train = _keyword_examples(120, seed=10)
+    train = keyword_examples(120, seed=10)
     held = [
         pairwise_example(e.prompt, e.responses[1], e.responses[0])  # the other way round
-        for e in _keyword_examples(40, seed=11)
+        for e in keyword_examples(40, seed=11)
     ]
     cfg = RewardConfig(
         lora=False, lr=3e-3, epochs=4, warm_start=False, patience=2, select_best=True, **FAST
@@ -470,10 +461,10 @@ def test_by_default_every_epoch_trains_whatever_a_small_held_out_split_says(tmp_
     (300 pairs) choosing the epoch on the ~30-pair split kept the warm start on relevance at
     0.623 where training on gave 0.716 (docs/reward.md). Held-out labels that contradict the
     training ones would have stopped an early-stopping run after its first epoch at step 0."""
-    train = _keyword_examples(120, seed=10)
+    train = keyword_examples(120, seed=10)
     held = [
         pairwise_example(e.prompt, e.responses[1], e.responses[0])
-        for e in _keyword_examples(40, seed=11)
+        for e in keyword_examples(40, seed=11)
     ]
     cfg = RewardConfig(lora=False, lr=3e-3, warm_start=False, **FAST)
     result = train_reward(

@@ -205,6 +205,35 @@ def test_weak_reward_model_stops_the_round_before_ppo(tmp_path, tiny_lm_dir):
     p.close()
 
 
+def test_a_reward_model_that_lost_to_its_probe_stops_the_round_unless_told_to_run():
+    """Issue 23 item 5: 0.333 against a probe's 0.528 on 36 held-out pairs is 0.195 below it,
+    more than the standard error sqrt(0.4305 * 0.5695 / 36) = 0.0825: the round stops even
+    under 'warn'; 'run' optimises it anyway. Within one standard error it only warns."""
+    lost = {"reward/accuracy": 0.333, "reward/probe_accuracy": 0.528, "reward/eval_pairs": 36.0}
+    with pytest.raises(rounds.RoundStopped) as e:
+        rounds.reward_gate(lost, "warn", 2)
+    assert str(e.value) == (
+        "the reward model's held-out accuracy 0.333 loses to its baseline (a linear probe on "
+        "frozen features: 0.528) on 36 held-out pairs, by more than the standard error 0.083. "
+        "Round 2 stops before PPO: label more comparisons, then run `rankloop round --redo "
+        "reward`; or set [rounds] weak_reward = 'run' in rankloop.toml to optimise it anyway"
+    )
+    v = rounds.reward_gate(lost, "run", 2)
+    assert v.level == "lost" and v.standard_error == pytest.approx(0.08253, abs=1e-5)
+    close = {**lost, "reward/accuracy": 0.46}  # 0.068 below: within one standard error
+    v = rounds.reward_gate(close, "warn", 2)
+    assert v.level == "weak" and "does not beat its baseline" in v.message
+    with pytest.raises(rounds.RoundStopped, match="weak_reward = 'stop'"):
+        rounds.reward_gate(close, "stop", 2)
+    ceiling = {"reward/accuracy": 1.0, "reward/probe_accuracy": 1.0, "reward/eval_pairs": 20.0}
+    assert rounds.reward_gate(ceiling, "stop", 2).level == "ok"  # a tie at 1.000 is fine
+    # 0.25 against 0.75 on 4 pairs is 2 standard errors (0.25) below, but 4 pairs decide nothing
+    few = {"reward/accuracy": 0.25, "reward/probe_accuracy": 0.75, "reward/eval_pairs": 4.0}
+    assert rounds.reward_gate(few, "warn", 2).level == "weak"
+    with pytest.raises(rounds.RoundStopped, match="on 30 held-out pairs"):
+        rounds.reward_gate({**few, "reward/eval_pairs": 30.0}, "warn", 2)
+
+
 def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir):
     p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
     s = rounds.RoundSettings.of(p, ["test_rounds:letters"])
@@ -342,7 +371,9 @@ def test_round_config_is_validated(tmp_path, tiny_lm_dir):
     (p.root / "rankloop.toml").write_text(
         text.replace('weak_reward = "warn"', 'weak_reward = "maybe"')
     )
-    with pytest.raises(ConfigError, match=r"\[rounds\] weak_reward must be 'warn' or 'stop'"):
+    with pytest.raises(
+        ConfigError, match=r"\[rounds\] weak_reward must be 'warn', 'stop' or 'run'"
+    ):
         Project.find(p.root)
     p.close()
 

@@ -112,6 +112,10 @@ def small_project(root, policy, prompts: int = 48) -> Project:
         setattr(c.ppo, k, v)
     c.rounds.eval_fraction = 0.5
     c.rounds.eval_comparisons = 4  # 4 per held-out prompt and opponent: a tighter win-rate
+    # PPO runs whatever the reward model's verdict: what these rounds measure is the loop. (In
+    # the two-round test, round 1's model, 0.613 against its probe's 0.738 on 80 held-out
+    # pairs, lost by more than the standard error, yet PPO on it raised the oracle's score.)
+    c.rounds.weak_reward = "run"
     p.save_config()
     p = Project.find(root)
     p.store.add_prompts(

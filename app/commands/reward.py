@@ -10,7 +10,7 @@ import click
 
 from rankloop.app import rounds
 from rankloop.app.project import ProjectError
-from rankloop.reward.config import LOSSES
+from rankloop.reward.config import ENSEMBLE_AGGREGATES, LOSSES
 from rankloop.settings import replace
 
 from .common import console, open_project, project_option, user_errors
@@ -74,6 +74,19 @@ from .common import console, open_project, project_option, user_errors
     help="Trackers, comma-separated: tensorboard, "
     "trackio, wandb (offline); runs go under the project's logs/.",
 )
+@click.option(
+    "--ensemble",
+    type=int,
+    default=None,
+    help="Members: N heads on one shared backbone, each on a bootstrap resample (1 = one model).",
+)
+@click.option(
+    "--ensemble-aggregate",
+    type=click.Choice(ENSEMBLE_AGGREGATES),
+    default=None,
+    help="What the policy stage optimises: the members' mean, mean - k std, or the worst.",
+)
+@click.option("--ensemble-k", type=float, default=None, help="k of mean_minus_std.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
 @project_option
 @user_errors
@@ -95,6 +108,9 @@ def train_reward_cmd(
     gradient_checkpointing,
     compile_,
     log_with,
+    ensemble,
+    ensemble_aggregate,
+    ensemble_k,
     resume,
     project_dir,
 ):
@@ -110,6 +126,7 @@ def train_reward_cmd(
       rankloop train-reward --epochs 2 --loss davidson
       rankloop train-reward --round 1 --full --lr 1e-5 --checkpoint-every 50
       rankloop train-reward --round 1 --resume
+      rankloop train-reward --ensemble 4 --ensemble-aggregate mean_minus_std --ensemble-k 1
     """
     from rankloop.reward.pairs import RewardDataError
 
@@ -131,6 +148,9 @@ def train_reward_cmd(
         gradient_checkpointing=gradient_checkpointing,
         compile=compile_,
         log_with=log_with,
+        ensemble=ensemble,
+        ensemble_aggregate=ensemble_aggregate,
+        ensemble_k=ensemble_k,
     )
     round_ = rounds.resolve_round(project, round_)
     try:
@@ -146,25 +166,42 @@ def train_reward_cmd(
         f"{result.loop_seconds:.0f} s{' (compiled)' if result.compiled else ''}"
     )
     console.print(f"  {heldout_summary(result.metrics)}")
+    console.print(f"  {phase_line(result.phases)}")
     project.close()
 
 
 def heldout_summary(m: dict) -> str:
-    """The held-out accuracy beside the frozen-feature probe's on the same split, with a warning
-    when the model does not beat that baseline (see docs/reward.md)."""
+    """The held-out accuracy (an ensemble's: its mean's, and the members' range and spread)
+    beside the frozen-feature probe's on the same split, with a warning when the model is not
+    good enough by `rankloop.reward.metrics.baseline_verdict`, the rule the round applies."""
+    from rankloop.reward.metrics import baseline_verdict
+
     acc, probe = m.get("reward/accuracy"), m.get("reward/probe_accuracy")
+    verdict = baseline_verdict(m)
     if acc is None or math.isnan(acc):
-        return "no held-out split (eval_fraction = 0): nothing to compare with"
-    line = f"held-out accuracy {acc:.3f} ({int(m['reward/eval_pairs'])} pairs)"
-    if probe is None or math.isnan(probe):
-        return line
-    line += f"; frozen-feature probe baseline {probe:.3f}"
-    if acc <= probe:
-        line += (
-            "\n  warning: the reward model does not beat a linear probe on frozen features; "
-            "label more comparisons, or try more --epochs or another --lr"
-        )
+        line = "no held-out split (eval_fraction = 0): nothing to compare with"
+    else:
+        line = f"held-out accuracy {acc:.3f} ({int(m['reward/eval_pairs'])} pairs)"
+        if "reward/spread" in m:
+            line += (
+                f", ensemble mean; members {m['reward/member_accuracy_min']:.3f}-"
+                f"{m['reward/member_accuracy_max']:.3f}, spread {m['reward/spread']:.3f}"
+            )
+        if probe is not None and not math.isnan(probe):
+            line += f"; frozen-feature probe baseline {probe:.3f}"
+    if verdict.message:
+        line += f"\n  warning: {verdict.message}; label more comparisons"
+        if verdict.level == "lost":
+            line += " (`rankloop round` will not run PPO on it: [rounds] weak_reward)"
+        elif acc is not None and not math.isnan(acc):
+            line += ", or try more --epochs or another --lr"
     return line
+
+
+def phase_line(phases: dict) -> str:
+    """Where the command's time went: `TrainResult.phases` in seconds, in run order."""
+    order = ("load", "probe", "ensemble", "loop", "scoring", "saving")
+    return "time: " + ", ".join(f"{k} {phases[k]:.1f} s" for k in order if k in phases)
 
 
 @click.command("score")
