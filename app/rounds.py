@@ -24,6 +24,7 @@ from rankloop.data import queue
 from rankloop.data.curves import record_curve
 from rankloop.data.records import Prompt, Round
 from rankloop.data.store import now as now_iso
+from rankloop.lm.checkpoints import checkpoint_dir
 from rankloop.lm.loading import ModelLoadError, adapter_base, resolve
 from rankloop.settings import ConfigError
 
@@ -717,7 +718,7 @@ def redo(project: Project, stage: str) -> list[str]:
 def _reward_stage(project: Project, r: int, s: RoundSettings, *, log, progress, event) -> dict:
     if s.reward_fns:
         return {"reward/skipped": 1.0}
-    ckpts = project.round_dir(r, "reward").with_name("reward-checkpoints")
+    ckpts = checkpoint_dir(project.round_dir(r, "reward"))
     result = train_reward_stage(
         project,
         r,

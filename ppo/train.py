@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from rankloop.data.records import Prompt
 from rankloop.lm import tracking
+from rankloop.lm.checkpoints import checkpoint_dir
 from rankloop.lm.device import autocast, use_bf16, weights_dtype
 from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
 from rankloop.lm.loading import load_tokenizer
@@ -62,8 +63,6 @@ from .actor_critic import (
 )
 from .config import OPTIMIZERS, PPOConfig
 from .reward_fns import missing_eos_penalty
-
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -305,7 +304,7 @@ def train_policy(
     if resume:
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
-            raise ValueError(f"--resume: no checkpoint under {out_dir / CHECKPOINTS}")
+            raise ValueError(f"--resume: no checkpoint under {checkpoint_dir(out_dir)}")
         state = load_checkpoint(
             ckpt, raw_actor, raw_critic, torch_optimizer, kl_ctl, rank, optimizer_name=optimizer
         )
@@ -848,7 +847,7 @@ def run_state(stopper: core.EarlyStopping, evaluations: list, best_state) -> dic
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    folder = Path(out_dir) / CHECKPOINTS
+    folder = checkpoint_dir(out_dir)
     steps = (
         sorted(
             (int(p.name.split("-")[1]), p)
@@ -867,7 +866,7 @@ def save_checkpoint(
     """Everything a resumed run needs to continue exactly: the trained tensors (adapters and
     heads, not the frozen base), the optimizer, the KL controller, the step counter, the
     history, early stopping's state (`extra`), and every process's RNG states."""
-    folder = Path(out_dir) / CHECKPOINTS / f"step-{step}"
+    folder = checkpoint_dir(out_dir) / f"step-{step}"
     rank = accelerator.process_index
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rankloop.lm.device import pick_device, use_bf16
+from rankloop.lm.device import autocast, pick_device, use_bf16
 
 from .ensemble import aggregate_scores, unfold_members
 from .model import (
@@ -116,7 +116,7 @@ class RewardScorer:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             input_ids, mask = right_pad([ids[i] for i in idx], self.tokenizer.pad_token_id)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with autocast(self.device, self.bf16):
                 logits = self.model(
                     input_ids=input_ids.to(self.device),
                     attention_mask=mask.to(self.device),

@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rankloop.lm import tracking
-from rankloop.lm.device import use_bf16
+from rankloop.lm.checkpoints import checkpoint_dir
+from rankloop.lm.device import autocast, use_bf16, weights_dtype
 from rankloop.lm.kernels import (
     compile_blocks,
     keep_adapter_inputs_in_autocast_dtype,
@@ -39,6 +40,7 @@ from rankloop.lm.kernels import (
     use_compile,
     use_training_attention,
 )
+from rankloop.lm.seeds import seed_everything
 
 from . import ensemble, losses, metrics, probe
 from .config import RewardConfig
@@ -386,7 +388,7 @@ def run_batches(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id, multiple)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, bf16):
             got = fn(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
         sizes = [len(items[i].ids) for i in idx]
         if isinstance(got, tuple):
@@ -569,7 +571,7 @@ def load_model(cfg: RewardConfig, base: str, bf16: bool):
     # Full fine-tuning: fp32 weights (the optimizer's) and bf16 autocast. LoRA under bf16:
     # the frozen base weights in bf16 (half the memory, no cast at every forward) and the
     # adapters and head in fp32 for the optimizer.
-    model = load_backbone(base, tokenizer, dtype=torch.bfloat16 if cfg.lora and bf16 else None)
+    model = load_backbone(base, tokenizer, dtype=weights_dtype(cfg.lora and bf16))
     use_training_attention(model)  # fp32 attention for short rows on the CPU (lm/kernels.py)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(
@@ -837,7 +839,7 @@ def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, floa
         boot = None if loop.boot is None else loop.boot[:, loop.schedule[k]].to(device)  # (M, E)
         tokens += batch.tokens
         with acc.accumulate(loop.module):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.bf16):
+            with autocast(device, loop.bf16):
                 r = loop.module(batch.input_ids, batch.position_ids, batch.mask, batch.ends)
             log_tie = acc.unwrap_model(loop.module).log_tie
             loss, stats = ensemble_loss(cfg, r.float(), batch, log_tie, boot)  # r: (S, M)
@@ -997,20 +999,19 @@ def train_reward(
     from plain data with `pairwise_example` / `ranking_example`) and save it to `out_dir`.
 
     `held_out` examples are the evaluation split; None splits `examples` by prompt
-    (`cfg.eval_fraction`). Checkpoints go to `out_dir` + "-checkpoints" (every
+    (`cfg.eval_fraction`). Checkpoints go to `checkpoint_dir(out_dir)`, `out_dir/checkpoints` (every
     `cfg.checkpoint_every` steps); `resume=True` continues from the newest one. `max_steps`
     stops early (for tests and benchmarks); the learning-rate schedule still spans the whole
     run. `on_step(row)` is called with each optimizer step's statistics (the row `history`
     gets) once the step, its evaluation and its checkpoint are done.
     """
-    from accelerate.utils import set_seed
 
     from rankloop.lm.device import new_accelerator
 
     cfg.validate()
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir.with_name(out_dir.name + "-checkpoints")
+    ckpt_dir = checkpoint_dir(out_dir)
 
     # 1. data ----------------------------------------------------------------------------------
     train_ex, eval_ex = split_examples(examples, held_out, cfg)
@@ -1026,7 +1027,7 @@ def train_reward(
         )
     device = accelerator.device
     bf16 = use_bf16(cfg.bf16, device)
-    set_seed(cfg.seed)
+    seed_everything(cfg.seed)
 
     # 2. model, frozen-feature probes, the head's warm start -----------------------------------
     tokenizer, model = load_model(cfg, base, bf16)
@@ -1157,6 +1158,8 @@ def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) 
     (tmp / "rankloop_reward.json").write_text(
         json.dumps({"config": asdict(cfg), "head": head_name(model)}, indent=1)
     )
+    if checkpoint_dir(out_dir).exists():  # an unfinished run's checkpoints stay for --resume
+        checkpoint_dir(out_dir).replace(checkpoint_dir(tmp))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)

@@ -123,3 +123,40 @@ def test_the_sql_checker_sees_raw_sql(tmp_path):
         "    store.db['labels'].insert({})\n    store.labels()\n"
     )
     assert raw_sql(f) == [2, 3]
+
+
+# One helper each (issue 20, point 6): code outside lm/ may not choose a dtype, autocast or seed
+# the global generators by itself; it calls lm.device / lm.seeds / lm.checkpoints.
+BYPASSES = {
+    "torch.autocast(": "lm.device.autocast",
+    "torch.manual_seed(": "lm.seeds.seed_everything",
+    "set_seed(": "lm.seeds.seed_everything",
+    "torch.bfloat16 if": "lm.device.weights_dtype",
+    '"-checkpoints"': "lm.checkpoints.checkpoint_dir",
+    '/ "checkpoints"': "lm.checkpoints.checkpoint_dir",
+}
+
+
+def bypasses(root: Path) -> list[str]:
+    found = []
+    for package in ("app", "reward", "ppo", "data"):
+        for path in sorted((root / package).rglob("*.py")):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                for text, helper in BYPASSES.items():
+                    if text in line and not line.lstrip().startswith("#"):
+                        found.append(f"{path.relative_to(root)}:{n} uses {text} (use {helper})")
+    return found
+
+
+def test_dtype_autocast_seeds_and_checkpoints_go_through_one_helper_each(tmp_path):
+    assert bypasses(ROOT) == []
+    (tmp_path / "reward").mkdir()
+    (tmp_path / "reward" / "bad.py").write_text(
+        "with torch.autocast('cpu'):\n    torch.manual_seed(0)\n"
+        'ckpt = out.with_name(out.name + "-checkpoints")\n'
+    )
+    assert [b.split(" uses ")[1] for b in bypasses(tmp_path)] == [
+        "torch.autocast( (use lm.device.autocast)",
+        "torch.manual_seed( (use lm.seeds.seed_everything)",
+        '"-checkpoints" (use lm.checkpoints.checkpoint_dir)',
+    ]

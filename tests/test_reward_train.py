@@ -163,7 +163,8 @@ def test_resume_continues_to_the_same_model(tmp_path, tiny_lm_dir, fresh_store):
         max_steps=3,
     )
     assert stopped.steps == 3
-    assert [p.name for p in (tmp_path / "b-checkpoints").iterdir()] == ["step-2"]
+    # the one checkpoint rule (lm.checkpoints): inside the run's folder, as the policy stage's
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-2"]
     resumed = train_reward(
         labeled(fresh_store),
         cfg,
@@ -173,7 +174,8 @@ def test_resume_continues_to_the_same_model(tmp_path, tiny_lm_dir, fresh_store):
         resume=True,
     )
     assert resumed.steps == 6 and [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
-    assert not (tmp_path / "b-checkpoints").exists()  # spent once the run finished
+    assert not (tmp_path / "b" / "checkpoints").exists()  # spent once the run finished
+    assert not (tmp_path / "b-checkpoints").exists()
     texts = (["p"] * 2, ["good fox", "lazy dog"])
     a = RewardScorer.from_pretrained(straight.path, bf16="no").score(*texts)
     b = RewardScorer.from_pretrained(resumed.path, bf16="no").score(*texts)
