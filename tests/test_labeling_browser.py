@@ -508,6 +508,25 @@ def test_every_admin_tool_works_in_the_page(browser, admin_server, tmp_path):
         assert (label["comparison_id"], label["annotator"]) == (ids["flagged"], "eve")
         assert "secret_hash" not in z.read("annotators.jsonl").decode()
 
+    # The two formats of other tools, zipped folders: every comparison, eve's label with it.
+    for fmt, unit, check in (
+        ("label-studio", "tasks", "tasks.json"),
+        ("argilla", "records", ".argilla/settings.json"),
+    ):
+        page.locator("#rl-export-format input").click()
+        page.get_by_role("option", name=fmt, exact=True).click()
+        page.click("#rl-export")
+        expect(msg).to_contain_text(f"Exported 2 {unit} ({fmt}).")
+        expect(page.locator(f'#rl-export-file [aria-label="{fmt}.zip"]')).to_have_count(1)
+        href = page.locator("#rl-export-file a[data-testid=download-link]").get_attribute("href")
+        with zipfile.ZipFile(io.BytesIO(page.request.get(href).body())) as z:
+            assert check in z.namelist()
+            if fmt == "label-studio":
+                tasks = json.loads(z.read("tasks.json"))
+                done = [t for t in tasks if t.get("annotations")]
+                assert len(tasks) == 2 and len(done) == 1
+                assert done[0]["data"]["rankloop_comparison_id"] == ids["flagged"]
+
 
 @pytest.fixture(scope="module")
 def controls_server(tmp_path_factory):
