@@ -71,16 +71,7 @@ def rloo_cfg(**kw):
 
 
 def run(config, lm, target, out, **kw):
-    return train_rloo(
-        config,
-        policy=str(lm),
-        prompts=PROMPTS,
-        reward_fn=count_reward(target),
-        out_dir=out,
-        progress=False,
-        log=None,
-        **kw,
-    )
+    return toy.run(config, lm, target, out, train=train_rloo, **kw)
 
 
 def test_rloo_raises_the_known_reward_without_a_critic(peaked_lm, tmp_path):
