@@ -160,10 +160,15 @@ MOVED = {
     "ppo.dpo_lr": "[dpo] lr",
     "labeling.margin_slightly": "[reward] margin_slightly",
     "labeling.margin_much": "[reward] margin_much",
+    "ppo.early_stop_min_delta": "[ppo] early_stop_drop (standard errors of a fall, not a rise)",
 }
 # Moved settings that `rankloop init` wrote into every project: at their old default they say
 # nothing the new setting's default does not, so they are dropped instead of refused.
-MOVED_AT_DEFAULT = {"labeling.margin_slightly": 0.33, "labeling.margin_much": 1.0}
+MOVED_AT_DEFAULT = {
+    "labeling.margin_slightly": 0.33,
+    "labeling.margin_much": 1.0,
+    "ppo.early_stop_min_delta": 0.5,
+}
 
 
 @dataclass

@@ -45,7 +45,7 @@ class RoundRow:
     reward_ece: float | None  # expected calibration error of σ(r_a − r_b) on held-out pairs
     reward_eval_pairs: int | None
     ppo_steps: int | None
-    ppo_kept_step: int | None  # the step whose policy was saved (early stopping keeps the best)
+    ppo_kept_step: int | None  # the step whose policy was saved (the last unless it fell)
     ppo_score_first: float | None  # mean reward-model score of the first PPO batch
     ppo_score_last: float | None  # ... of the last log_every steps
     ppo_kl: float | None  # KL of the saved policy to its reference (nats per response)

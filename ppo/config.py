@@ -18,7 +18,7 @@ from rankloop.settings import ConfigError
 
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")
-KEEP_POLICY = ("best", "last")
+KEEP_POLICY = ("guarded", "best", "last")
 OPTIMIZERS = ("ppo", "rloo")
 """The policy stage's optimisers ([rounds] optimizer): one update module each under ppo/."""
 
@@ -115,11 +115,11 @@ class PPOConfig:
     eval_samples: int = 4
     """Responses sampled per held-out prompt at each evaluation: the standard error falls with the square root of their number, so early stopping sees smaller gains, at the cost of more sampling."""
     early_stop_patience: int = 3
-    """Stop when this many evaluations in a row did not improve on the best held-out score (0 = never stop early)."""
-    early_stop_min_delta: float = 0.5
-    """An evaluation improves on the best only when its mean score is higher by more than this many standard errors of that mean (0 = any increase)."""
-    keep_policy: str = "best"
-    """Policy saved at the end: 'best' (the evaluated policy with the best held-out score, which may be the start) or 'last'."""
+    """Stop when this many evaluations in a row fell below the best held-out score by more than early_stop_drop standard errors (0 = never stop early)."""
+    early_stop_drop: float = 2.0
+    """How far below the best an evaluation's held-out score must be to count as a fall, in standard errors of the difference of the two means: a fall the evaluation's noise cannot explain."""
+    keep_policy: str = "guarded"
+    """Policy saved at the end: 'guarded' (the last, unless its held-out score fell by early_stop_drop standard errors below the best: then the best), 'best' (the best held-out score, often a lucky one) or 'last'."""
     seed: int = 0
     """Random seed (prompt order, sampling, mini-batch shuffling)."""
     checkpoint_every: int = 0
@@ -176,7 +176,7 @@ class PPOConfig:
             "eval_every",
             "eval_prompts",
             "early_stop_patience",
-            "early_stop_min_delta",
+            "early_stop_drop",
         ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")

@@ -272,7 +272,7 @@ def train_policy(
     query_ids = encode_chats(tokenizer, [p.as_chat() for p in prompts])  # a step picks rows
     train_idx, eval_idx = split_prompts(len(prompts), config, world)
     my_eval = eval_idx[rank::world]  # this process's share of the held-out prompts
-    stopper = core.EarlyStopping(config.early_stop_patience, config.early_stop_min_delta)
+    stopper = core.EarlyStopping(config.early_stop_patience, config.early_stop_drop)
     if config.eval_every and not eval_idx:
         say(
             f"evaluation off: {len(prompts)} prompts are too few to hold some out "
@@ -447,10 +447,10 @@ def train_policy(
             on_step(row)
         if stopping:
             say(
-                f"stopped early after step {step + 1}: the held-out score has not risen by "
-                f"more than {config.early_stop_min_delta:g} standard errors above its best "
-                f"({stopper.best:.3f}, step {stopper.best_step}) for "
-                f"{config.early_stop_patience} evaluations"
+                f"stopped early after step {step + 1}: the held-out score fell more than "
+                f"{config.early_stop_drop:g} standard errors below its best "
+                f"({stopper.best:.3f}, step {stopper.best_step}) in "
+                f"{config.early_stop_patience} evaluations in a row"
             )
             break
     bar.close()
@@ -462,11 +462,13 @@ def train_policy(
         or (config.checkpoint_every and steps_run % config.checkpoint_every == 0)
     ):
         checkpoint(steps_run)
-    kept = steps_run
-    if config.keep_policy == "best" and best_state is not None and stopper.best_step != kept:
+    kept = stopper.kept_step(steps_run, config.keep_policy) if evaluations else steps_run
+    if kept != steps_run and best_state is not None:
         load_trainable_state(raw_actor, best_state)  # after the checkpoint: resume goes on
-        kept = stopper.best_step
-        say(f"keeping the policy of step {kept} (best held-out score {stopper.best:.3f})")
+        why = "its best" if config.keep_policy == "best" else "the last one fell below it"
+        say(f"keeping the policy of step {kept} (held-out score {stopper.best:.3f}: {why})")
+    elif kept != steps_run:
+        kept = steps_run  # the best policy's weights are not at hand (an old checkpoint)
     accelerator.wait_for_everyone()
     if main:
         save_trained_policy(raw_actor, raw_critic, tokenizer, out_dir, config, history, evaluations)

@@ -452,24 +452,38 @@ def test_kl_target_counts_from_the_start_policy():
     assert (resumed.target, resumed.value) == (pytest.approx(3.84), pytest.approx(0.15))
 
 
-def test_early_stopping_patience_min_delta_in_standard_errors_and_resume():
-    stop = EarlyStopping(patience=2, min_delta=1.0)
+def test_early_stopping_counts_falls_in_standard_errors_of_the_difference_and_resumes():
+    stop = EarlyStopping(patience=2, drop=2.0)
     assert stop.update(0.5, se=0.1, step=0)  # the first evaluation is the first best
-    assert not stop.update(0.55, se=0.1, step=5)  # +0.05 < 1 standard error: no progress
-    assert stop.since_best == 1 and not stop.should_stop
-    assert stop.update(0.7, se=0.1, step=10)  # +0.2 > 0.1: the new best resets the count
-    assert (stop.best, stop.best_step, stop.since_best) == (0.7, 10, 0)
-    assert not stop.update(0.79, se=0.1, step=15)
-    other = EarlyStopping(patience=2, min_delta=1.0)
+    assert stop.update(0.55, se=0.1, step=5)  # any rise is the new best (no threshold)
+    # 0.3 > 0.55 - 2 * hypot(0.1, 0.1) = 0.267: a fall of 0.25 is within the noise
+    assert not stop.update(0.3, se=0.1, step=10)
+    assert (stop.falls, stop.last_fell, stop.kept_step(10)) == (0, False, 10)
+    # 0.2 < 0.267: a fall for sure; 'guarded' now keeps the best, 'last' the last
+    assert not stop.update(0.2, se=0.1, step=15)
+    assert (stop.falls, stop.last_fell) == (1, True) and not stop.should_stop
+    assert (stop.kept_step(15), stop.kept_step(15, "last"), stop.kept_step(15, "best")) == (
+        5,
+        15,
+        5,
+    )
+    other = EarlyStopping(patience=2, drop=2.0)
     other.load_state_dict(stop.state_dict())
-    assert not other.update(0.6, se=0.1, step=20)  # two in a row without progress
-    assert other.should_stop and other.best_step == 10
-    # min_delta 0: any increase counts; patience 0: never stops
-    never = EarlyStopping(patience=0, min_delta=0.0)
+    assert not other.update(0.1, se=0.1, step=20)  # two falls in a row: stop
+    assert other.should_stop and other.kept_step(20) == 5
+    # a fall, then a score back within the noise: the count starts again, the last is kept
+    back = EarlyStopping(patience=2, drop=2.0)
+    back.load_state_dict(stop.state_dict())
+    assert not back.update(0.4, se=0.1, step=20)
+    assert (back.falls, back.should_stop, back.kept_step(20)) == (0, False, 20)
+    # patience 0: never stops
+    never = EarlyStopping(patience=0, drop=0.0)
     for step, score in enumerate([1.0, 0.9, 0.8, 0.7]):
         never.update(score, se=0.0, step=step)
-    assert not never.should_stop and never.since_best == 3
+    assert not never.should_stop and never.falls == 3 and never.kept_step(3) == 0
     assert never.update(1.0 + 1e-9, se=0.0, step=4)
+    with pytest.raises(ValueError, match="older rankloop"):
+        EarlyStopping(2, 2.0).load_state_dict({"best": 1.0, "best_step": 0, "since_best": 1})
 
 
 def test_fixed_kl_controller():

@@ -220,34 +220,46 @@ def test_split_prompts_holds_out_a_seeded_share():
     assert split_prompts(10, cfg(eval_every=0), world=1) == (list(range(10)), [])
 
 
-def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_lm, tmp_path):
-    """A reward the policy cannot change (it depends on the prompt only): PPO still moves the
-    policy (whitened advantages of noise), the held-out score never rises, the run stops after
-    `early_stop_patience` evaluations and saves the policy it started from."""
-    lm, _ = peaked_lm
+def test_a_held_out_score_that_falls_for_sure_stops_the_run_and_keeps_the_best(peaked_lm, tmp_path):
+    """A reward that pays for the target token on the training prompts and charges for it on
+    the held-out ones, as a reward that does not carry over to new prompts: training raises
+    the token's share, the held-out score falls by more than `early_stop_drop` standard errors
+    of the difference in `early_stop_patience` evaluations in a row, the run stops and saves
+    the best evaluated policy, here the start."""
+    from rankloop.ppo.train import split_prompts
 
-    def flat(prompts, responses):
-        return torch.tensor([len(p.text) / 4.0 for p in prompts])
-
+    lm, target = peaked_lm
     prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
     levers = {"steps": 20, "lr": 1e-2, "eval_every": 1, "eval_prompts": 2, "early_stop_patience": 2}
+    held = {prompts[i].text for i in split_prompts(len(prompts), cfg(**levers), world=1)[1]}
+
+    def overfit(ps, responses):
+        sign = [-1.0 if p.text in held else 1.0 for p in ps]
+        return torch.tensor([s * r.count(target) for s, r in zip(sign, responses)])
+
     said = []
     res = train_ppo(
         cfg(**levers),
         policy=str(lm),
         prompts=prompts,
-        reward_fn=flat,
+        reward_fn=overfit,
         out_dir=tmp_path / "best",
         progress=False,
         log=said.append,
     )
-    assert [r["step"] for r in res.history] == [1, 2]
-    assert [e["step"] for e in res.evaluations] == [0, 1, 2]
-    assert res.evaluations[-1]["eval/kl"] > 0.01  # the policy did drift ...
-    assert res.summary["ppo/stopped_early"] == 1.0 and res.summary["ppo/kept_step"] == 0.0
-    assert res.summary["ppo/kl_final"] == 0.0  # ... but the start policy is what is saved
-    assert res.summary["ppo/eval_score_final"] == res.summary["ppo/eval_score_start"]
-    assert any("stopped early after step 2" in m for m in said)
+    scores = [e["eval/scores"] for e in res.evaluations]
+    stopped = int(res.summary["ppo/steps"])
+    assert res.summary["ppo/stopped_early"] == 1.0 and stopped < 20
+    assert [e["step"] for e in res.evaluations] == list(range(stopped + 1))
+    assert max(scores) == scores[0]  # the start is the best held-out score ...
+    for e in res.evaluations[-2:]:  # ... and the last two fell below it for sure
+        fall = scores[0] - e["eval/scores"]
+        assert (
+            fall > 2.0 * (res.evaluations[0]["eval/score_se"] ** 2 + e["eval/score_se"] ** 2) ** 0.5
+        )
+    assert res.summary["ppo/kept_step"] == 0.0 and res.summary["ppo/kl_final"] == 0.0
+    assert res.evaluations[-1]["eval/kl"] > 0.01  # the policy did drift, but is not saved
+    assert any(f"stopped early after step {stopped}" in m for m in said)
     assert any("keeping the policy of step 0" in m for m in said)
     lora_b = [p for n, p in res.actor.named_parameters() if "lora_B" in n]
     assert lora_b and all(float(p.detach().abs().max()) == 0.0 for p in lora_b)  # fresh adapter
@@ -260,7 +272,7 @@ def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_l
         cfg(**{**levers, "steps": 3, "early_stop_patience": 0}, keep_policy="last"),
         policy=str(lm),
         prompts=prompts,
-        reward_fn=flat,
+        reward_fn=overfit,
         out_dir=tmp_path / "last",
         progress=False,
         log=None,
@@ -268,6 +280,30 @@ def test_early_stop_when_the_score_does_not_rise_keeps_the_start_policy(peaked_l
     assert len(last.history) == 3 and last.summary["ppo/stopped_early"] == 0.0
     assert last.summary["ppo/kept_step"] == 3.0
     assert last.summary["ppo/kl_final"] == last.evaluations[-1]["eval/kl"] > 0.01
+
+
+def test_a_reward_the_policy_cannot_move_runs_every_step_and_keeps_the_last(peaked_lm, tmp_path):
+    """A reward of the prompt only: the held-out score never rises nor falls, so nothing says
+    the policy got worse; the run goes on to its last step and keeps it (the old rule stopped
+    here and kept the start, and with a real reward that rule stopped real gains)."""
+    lm, _ = peaked_lm
+
+    def flat(prompts, responses):
+        return torch.tensor([len(p.text) / 4.0 for p in prompts])
+
+    prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]
+    levers = {"steps": 4, "lr": 1e-2, "eval_every": 1, "eval_prompts": 2, "early_stop_patience": 2}
+    res = train_ppo(
+        cfg(**levers),
+        policy=str(lm),
+        prompts=prompts,
+        reward_fn=flat,
+        out_dir=tmp_path / "flat",
+        progress=False,
+        log=None,
+    )
+    assert len({e["eval/scores"] for e in res.evaluations}) == 1
+    assert res.summary["ppo/stopped_early"] == 0.0 and res.summary["ppo/kept_step"] == 4.0
 
 
 def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peaked_lm, tmp_path):

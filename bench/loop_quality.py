@@ -1,0 +1,288 @@
+"""Do rounds help? Two whole rounds per optimiser on the default model, four hidden oracles.
+
+Issue 22. Each run builds a project on the default model (SmolLM2-135M-Instruct) with the first
+`--prompts` (60) bundled prompts, samples 4 candidates per prompt, and twice: simulated
+annotators rank each prompt's 4 candidates (6 pairs each, 360 pairs a round) with labels that
+agree with the task's oracle on `--agreement` (70%) of pairs, then `rankloop round` trains the
+reward model and runs the policy stage with `--optimizer`, and samples the next round. Round 2 is
+labelled too. A quarter of the prompts are the round's evaluation prompts: never trained on,
+they carry the cross-round comparisons that the simulated annotators label.
+
+Tasks (each oracle scores (prompt, response); none is one the project's defaults were tuned on,
+except `tidy`, the demo's own):
+  tidy       ends on its own (a finished sentence) plus 1 - its share of repeated word 4-grams;
+  format     the prompt asks for a bulleted list (even prompts) or one paragraph (odd prompts);
+             the share of the response's lines that are bullets, or 1 minus it;
+  relevance  the share of the prompt's content words (4+ letters, not stop words) the
+             response uses: does it answer what was asked;
+  concise    1 - |words - 40| / 40, floored at 0: answers of about 40 words.
+
+Per row: the oracle's mean of each round's samples on the evaluation prompts, round 2's win-rate
+over the base from the simulated cross-round comparisons (95% bootstrap interval), the policy
+stages' held-out KL, the reward models' held-out accuracy (and their probe's), and the wall time
+of each stage. Best-of-n at inference (round 0's reward model choosing among n samples of the
+base policy, no training) is the reference a trained optimiser must beat: with `--best-of-n N`
+the row carries the oracle's mean of those choices on the evaluation prompts.
+
+Usage (one cell is ~20-40 min on the 2-core machine; run cells one at a time):
+  flock /tmp/rankloop-cpu.lock .venv/bin/python bench/loop_quality.py --tasks tidy \\
+      --optimizers ppo --seeds 0 --out bench/results/loop-quality.jsonl
+  .venv/bin/python bench/loop_quality.py --table bench/results/loop-quality.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_WORD = re.compile(r"[A-Za-z]+")
+STOP = {
+    "this",
+    "that",
+    "with",
+    "from",
+    "what",
+    "have",
+    "your",
+    "about",
+    "which",
+    "their",
+    "there",
+    "would",
+    "could",
+    "should",
+    "when",
+    "where",
+    "will",
+    "them",
+    "they",
+    "then",
+    "than",
+    "these",
+    "those",
+    "into",
+    "some",
+    "more",
+    "most",
+    "other",
+    "just",
+    "like",
+    "also",
+    "been",
+    "were",
+    "does",
+    "only",
+    "very",
+    "make",
+    "made",
+    "over",
+    "such",
+    "each",
+    "much",
+    "many",
+    "give",
+    "tell",
+    "write",
+    "explain",
+    "describe",
+}
+_BULLET = re.compile(r"^\s*([-*•]|\d+[.)])\s+")
+ASK = (" Answer as a bulleted list.", " Answer in one paragraph, without a list.")
+
+
+def prompt_text(p) -> str:
+    return p if isinstance(p, str) else p.text
+
+
+def tidy(prompts, responses):
+    from rankloop.app.oracles import tidy as t
+
+    return t(prompts, responses)
+
+
+def fmt(prompts, responses):
+    out = []
+    for p, r in zip(prompts, responses):
+        lines = [ln for ln in r.splitlines() if ln.strip()]
+        share = sum(bool(_BULLET.match(ln)) for ln in lines) / len(lines) if lines else 0.0
+        out.append(share if prompt_text(p).endswith(ASK[0]) else 1.0 - share)
+    return out
+
+
+def relevance(prompts, responses):
+    out = []
+    for p, r in zip(prompts, responses):
+        text = prompt_text(p)
+        for ask in ASK:
+            text = text.removesuffix(ask)
+        asked = {w.lower() for w in _WORD.findall(text) if len(w) >= 4} - STOP
+        said = {w.lower() for w in _WORD.findall(r)}
+        out.append(len(asked & said) / len(asked) if asked else 0.0)
+    return out
+
+
+def concise(prompts, responses):
+    return [max(0.0, 1.0 - abs(len(r.split()) - 40) / 40) for r in responses]
+
+
+TASKS = {"tidy": tidy, "format": fmt, "relevance": relevance, "concise": concise}
+
+
+def build_project(root: Path, task: str, n_prompts: int, seed: int, optimizer: str):
+    from rankloop.app.commands.rounds import DEMO_SETTINGS
+    from rankloop.app.project import Project
+    from rankloop.data.io import bundled_prompts
+    from rankloop.data.records import Prompt
+
+    p = Project.init(root)
+    for section, values in DEMO_SETTINGS.items():
+        for key, value in values.items():
+            setattr(getattr(p.config, section), key, value)
+    p.config.generate.n = 4  # 4 candidates ranked per prompt: 6 pairs each
+    p.config.labeling.k = 4
+    p.config.rounds.optimizer = optimizer
+    p.config.generate.seed = p.config.reward.seed = p.config.ppo.seed = seed
+    p.save_config()
+    rows = [json.loads(line) for line in bundled_prompts().read_text().splitlines() if line]
+    prompts = []
+    for i, r in enumerate(rows[:n_prompts]):
+        text = r["prompt"] if isinstance(r["prompt"], str) else None
+        if text is None:
+            continue  # the conversations at the end: one message keeps the format task simple
+        if task == "format":
+            text += ASK[i % 2]
+        prompts.append(Prompt.from_text(text))
+    p.store.add_prompts(prompts)
+    return Project.find(root)
+
+
+def one_run(task: str, optimizer: str, seed: int, args) -> dict:
+    from rankloop.app import rounds
+    from rankloop.app.simulate import simulate
+    from rankloop.data.leaderboard import win_rate
+
+    oracle = TASKS[task]
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f"loop-{task}-{optimizer}-"))
+    p = build_project(tmp / "proj", task, args.prompts, seed, optimizer)
+    times: dict[str, list[float]] = {}
+    rounds.sample_candidates(p, 0, p.config.generate, progress=False)
+    summaries, agreements = [], []
+    for r in range(3):
+        got = simulate(
+            p.store,
+            oracle,
+            p.config.labeling,
+            annotators=1,
+            agreement=args.agreement,
+            round_=r,
+            seed=r + 100 * seed,
+            progress=False,
+        )
+        agreements.append(getattr(got, "agreement", None))
+        if r == 2:
+            break
+        summary = rounds.run_round(
+            p,
+            rounds.RoundSettings.of(p),
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            progress=False,
+        )
+        summaries.append(summary)
+        for stage, seconds in (summary.seconds or {}).items():
+            times.setdefault(stage, []).append(round(seconds, 1))
+    means = rounds.oracle_means(p, oracle)
+    wr = win_rate(p.store.cross_round_outcomes(), 2, 0, seed=0)
+    row = {
+        "task": task,
+        "optimizer": optimizer,
+        "seed": seed,
+        "agreement_asked": args.agreement,
+        "agreement": agreements,
+        "eval_means": {r: m[1] for r, m in means.items()},
+        "all_means": {r: m[0] for r, m in means.items()},
+        "win_rate_2_over_0": [wr.rate, wr.low, wr.high, wr.n],
+        "kl": [s.metrics.get("ppo/kl_final") for s in summaries],
+        "kept": [s.metrics.get("ppo/kept_step") for s in summaries],
+        "reward_accuracy": [s.metrics.get("reward/accuracy") for s in summaries],
+        "probe_accuracy": [s.metrics.get("reward/probe_accuracy") for s in summaries],
+        "stage_seconds": times,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    p.close()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        (
+            "| task | optimiser | seed | label agreement | oracle (eval prompts) r0 -> r1 -> r2 "
+            "| round 2 over base | KL r0, r1 | reward acc. (probe) | minutes |"
+        ),
+        "| --- | --- | ---: | --- | --- | --- | --- | --- | ---: |",
+    ]
+    for r in rows:
+        m = r["eval_means"]
+        rate, low, high, n = r["win_rate_2_over_0"]
+        agree = ", ".join(f"{a:.0%}" for a in r["agreement"] if a is not None) or "-"
+        acc = ", ".join(
+            f"{a:.2f} ({b:.2f})"
+            for a, b in zip(r["reward_accuracy"], r["probe_accuracy"])
+            if a is not None and b is not None
+        )
+        kl = ", ".join(f"{k:.2f}" for k in r["kl"] if k is not None)
+        lines.append(
+            f"| {r['task']} | {r['optimizer']} | {r['seed']} | {agree} | "
+            f"{m['0']:.3f} -> {m['1']:.3f} -> {m['2']:.3f} | {rate:.0%} ({low:.0%}-{high:.0%}, "
+            f"n = {n}) | {kl} | {acc} | {r['seconds'] / 60:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--optimizers", default="ppo,rloo")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--prompts", type=int, default=60)
+    ap.add_argument("--agreement", type=float, default=0.7)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/loop-quality.jsonl"))
+    ap.add_argument("--table", nargs="*", help="print the table of these result files")
+    args = ap.parse_args()
+    if args.table is not None:
+        rows = [
+            json.loads(line)
+            for f in (args.table or [args.out])
+            for line in Path(f).read_text().splitlines()
+            if line.strip()
+        ]
+        for r in rows:  # JSON keys are strings
+            r["eval_means"] = {str(k): v for k, v in r["eval_means"].items()}
+        print(table(rows))
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for task in args.tasks.split(","):
+            for optimizer in args.optimizers.split(","):
+                row = one_run(task, optimizer, seed, args)
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                row["eval_means"] = {str(k): v for k, v in row["eval_means"].items()}
+                print(table([row]), flush=True)
+    _ = statistics  # the table's means per optimiser come with more cells
+
+
+if __name__ == "__main__":
+    main()

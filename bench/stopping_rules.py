@@ -1,0 +1,360 @@
+"""What do the policy stage's stopping and keeping rules cost on a good reward, and save on a bad?
+
+Issue 22: with a known-good reward, the old rules (keep the best of the noisy held-out
+evaluations, stop when none rose 0.5 standard errors above it for 3 evaluations) kept a lucky
+early step and stopped real progress. Here each rule is replayed on the same runs, so the
+rules differ by their decision only, not by the draw:
+
+1. one run per (reward, seed) with no rule at all: `--steps` steps (default 30) of the policy
+   stage with its defaults otherwise (held-out evaluation every 5 steps on 16 of the training
+   prompts x 4 samples), a checkpoint at every evaluation;
+2. each evaluated policy (step 0, 5, ..., 30) samples `--samples` (4) responses to each of the
+   24 test prompts the run never saw, with the same random numbers for every step, scored by
+   the oracle: the curve a rule chooses from;
+3. each rule reads the run's held-out evaluations in order, as training would, and says where
+   it would have stopped and which step it would have kept; its result is the oracle's mean of
+   that step's samples. The rules:
+     none     run every step, keep the last;
+     old      the rules before issue 22: stop after `patience` (3) evaluations without a rise of
+              more than 0.5 standard errors over the best; keep the best;
+     guarded  today's defaults (`ppo.core.EarlyStopping`): stop after `patience` evaluations in a
+              row that fell more than `early_stop_drop` (2) standard errors of the difference
+              below the best; keep the last unless it fell so, then the best.
+
+Rewards (the oracle is `bench/ppo_drift.py`'s: half for ending on its own, half for the share of
+distinct word trigrams; `tidy` is the project's own oracle):
+  oracle   the oracle itself: a known-good reward (the rules should cost nothing);
+  tidy     rankloop's `tidy` oracle as the reward, scored by itself;
+  weak     0.25 x oracle + a pseudo-random value fixed per text: a reward that hardly sees the
+           oracle, as a reward model fitted on too few labels;
+  rm       a reward model (rankloop's defaults) fitted on simulated labels of the oracle: 4
+           base-policy samples of each training prompt, their 6 pairs each (360), labels drawn
+           from Bradley-Terry noise calibrated so they agree with the oracle on 70% of pairs;
+  rm-ens   the same labels, `[reward] ensemble = 4` scored by mean - 1 x std (Coste et al.):
+           with `rm`, the over-optimisation curve (the oracle and the proxy along the run).
+
+Usage:  flock /tmp/rankloop-cpu.lock .venv/bin/python bench/stopping_rules.py \\
+            --rewards oracle,weak --seeds 0,1 --out bench/results/stopping-rules.jsonl
+        .venv/bin/python bench/stopping_rules.py --table bench/results/stopping-rules.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from ppo_drift import N_TRAIN, oracle, weak
+
+
+def tidy_reward(prompts, responses):
+    from rankloop.app.oracles import tidy
+
+    return tidy(prompts, responses)
+
+
+REWARDS = {"oracle": oracle, "weak": weak, "tidy": tidy_reward}
+# what each reward's run is judged by
+JUDGE = {"oracle": oracle, "weak": oracle, "tidy": tidy_reward, "rm": oracle, "rm-ens": oracle}
+RM_OVERRIDES = {"rm": {}, "rm-ens": {"ensemble": 4, "ensemble_aggregate": "mean_minus_std"}}
+AGREEMENT = 0.7
+
+
+def fit_proxy(reward: str, seed: int, train, base: str, work: Path):
+    """A reward model fitted on simulated labels of the oracle (see `rm` above)."""
+    import itertools
+    import random
+
+    import torch
+    from scipy.optimize import brentq
+
+    from rankloop.lm.loading import load_causal_lm, load_tokenizer
+    from rankloop.ppo.reward_fns import ScorerReward
+    from rankloop.reward.config import RewardConfig
+    from rankloop.reward.pairs import pairwise_example
+    from rankloop.reward.train import train_reward
+
+    class Plain(torch.nn.Module):  # sample_texts reads `.lm`
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+    tok = load_tokenizer(base)
+    texts = sample_texts(Plain(load_causal_lm(base)), tok, train, 4, 5000 + seed)
+    scores = oracle([p for p in train for _ in range(4)], texts)
+    pairs = []
+    for i, p in enumerate(train):
+        for a, b in itertools.combinations(range(4 * i, 4 * i + 4), 2):
+            if scores[a] != scores[b]:
+                pairs.append((p, a, b, abs(scores[a] - scores[b])))
+
+    def agreement(t):
+        return sum(1 / (1 + math.exp(-d / t)) for *_, d in pairs) / len(pairs) - AGREEMENT
+
+    temp = brentq(agreement, 1e-4, 100.0)
+    rng = random.Random(seed)
+    examples, agree = [], 0
+    for p, a, b, d in pairs:
+        better, worse = (a, b) if scores[a] > scores[b] else (b, a)
+        if rng.random() < 1 / (1 + math.exp(-d / temp)):
+            agree += 1
+        else:
+            better, worse = worse, better
+        examples.append(pairwise_example(p, texts[better], texts[worse]))
+    out = work / f"reward-{reward}"
+    result = train_reward(
+        examples, RewardConfig(seed=seed, **RM_OVERRIDES[reward]), out, base=base, progress=False
+    )
+    info = {
+        "pairs": len(examples),
+        "label_agreement": agree / len(examples),
+        "temperature": temp,
+        "accuracy": result.metrics.get("reward/accuracy"),
+        "probe_accuracy": result.metrics.get("reward/probe_accuracy"),
+        "spread": result.metrics.get("reward/spread"),
+    }
+    print(f"  proxy {reward}: {info}", file=sys.stderr, flush=True)
+    return ScorerReward(path=str(out)), info
+
+
+def bundled_prompts():
+    from rankloop.data.records import Message, Prompt
+
+    rows = [
+        json.loads(line)
+        for line in (HERE.parent / "data/prompts/default.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    return [
+        Prompt.from_text(r["prompt"])
+        if isinstance(r["prompt"], str)
+        else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
+        for r in rows
+    ]
+
+
+def sample_texts(actor, tok, prompts, n: int, seed: int) -> list[str]:
+    """`n` responses per prompt at `rankloop generate`'s settings, the same random numbers for
+    every call (so two policies' samples differ by the policy only)."""
+    import torch
+
+    from rankloop.lm.device import use_bf16
+    from rankloop.lm.sampling import sample_many
+
+    chats = [p.as_chat() for p in prompts for _ in range(n)]
+    texts = [None] * len(chats)
+
+    def keep(batch, samples, _seed):
+        for i, s in zip(batch, samples):
+            texts[i] = s.text
+
+    sample_many(
+        actor.lm,
+        tok,
+        chats,
+        temperature=0.7,
+        top_p=0.95,
+        max_new_tokens=64,
+        batch_size=16,
+        seed_for=lambda b: seed + b[0],
+        bf16=use_bf16("auto", torch.device("cpu")),
+        on_batch=keep,
+    )
+    return texts
+
+
+def one_run(reward: str, seed: int, args) -> dict:
+    import torch
+
+    from rankloop.lm.loading import default_model_path, load_tokenizer
+    from rankloop.ppo.actor_critic import load_trainable_state
+    from rankloop.ppo.config import PPOConfig
+    from rankloop.ppo.reward_fns import CallableReward
+    from rankloop.ppo.train import checkpoint_dir, train_policy
+
+    prompts = bundled_prompts()
+    train, test = prompts[:N_TRAIN], prompts[N_TRAIN:]
+    base = str(default_model_path())
+    cfg = PPOConfig(
+        steps=args.steps,
+        seed=seed,
+        log_samples=0,
+        checkpoint_every=5,
+        early_stop_patience=0,  # no rule: the rules are replayed on the evaluations below
+        keep_policy="last",
+    )
+    out = Path(tempfile.mkdtemp(prefix=f"stop-{reward}-{seed}-"))
+    proxy_info = None
+    if reward in RM_OVERRIDES:
+        reward_fn, proxy_info = fit_proxy(reward, seed, train, base, out)
+    else:
+        reward_fn = CallableReward(REWARDS[reward], reward)
+    t0 = time.perf_counter()
+    res = train_policy(
+        cfg,
+        optimizer=args.optimizer,
+        policy=base,
+        prompts=train,
+        reward_fn=reward_fn,
+        out_dir=out,
+        progress=False,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    train_seconds = time.perf_counter() - t0
+    tok = load_tokenizer(base)
+    judge = JUDGE[reward]
+    ps = [p for p in test for _ in range(args.samples)]
+    curve = {}
+    t0 = time.perf_counter()
+    for e in res.evaluations:
+        step = int(e["step"])
+        if step == 0:
+            with res.actor.lm.disable_adapter():  # the start policy: the base weights
+                texts = sample_texts(res.actor, tok, test, args.samples, 1000)
+        else:
+            state = torch.load(
+                checkpoint_dir(out) / f"step-{step}" / "state.pt", weights_only=False
+            )
+            load_trainable_state(res.actor, state["actor"])
+            texts = sample_texts(res.actor, tok, test, args.samples, 1000)
+        scores = judge(ps, texts)
+        curve[step] = {
+            "oracle": statistics.mean(scores),
+            "oracle_se": statistics.stdev(scores) / math.sqrt(len(scores)),
+            "proxy": float(reward_fn(ps, texts).float().mean()),  # the reward, on test prompts
+            "example": texts[0][:160],
+        }
+        print(f"  step {step:3d}: oracle {curve[step]['oracle']:.3f}", file=sys.stderr, flush=True)
+    shutil.rmtree(out)
+    return {
+        "reward": reward,
+        "seed": seed,
+        "optimizer": args.optimizer,
+        "steps": args.steps,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "train_seconds": train_seconds,
+        "sample_seconds": time.perf_counter() - t0,
+        "proxy": proxy_info,
+        "evaluations": res.evaluations,
+        "curve": {str(k): v for k, v in curve.items()},
+        "kl_per_step": [h["objective/kl"] for h in res.history],
+    }
+
+
+# ---- the rules, replayed on a run's evaluations ------------------------------------------------
+def rule_none(evals):
+    return evals[-1]["step"], evals[-1]["step"]
+
+
+def rule_old(evals, patience=3, min_delta=0.5):
+    """The rule before issue 22: a new best needs a rise of min_delta standard errors; stop after
+    `patience` evaluations without one; keep the best."""
+    best = best_step = None
+    since = 0
+    for e in evals:
+        s, se = e["eval/scores"], e["eval/score_se"]
+        if best is None or s > best + min_delta * se:
+            best, best_step, since = s, e["step"], 0
+        else:
+            since += 1
+        if since >= patience:
+            return e["step"], best_step
+    return evals[-1]["step"], best_step
+
+
+def rule_guarded(evals, patience=None, drop=None):
+    """Today's rule, as the scaffold runs it (`ppo.core.EarlyStopping`, its defaults)."""
+    from rankloop.ppo.config import PPOConfig
+    from rankloop.ppo.core import EarlyStopping
+
+    d = PPOConfig()
+    stop = EarlyStopping(
+        d.early_stop_patience if patience is None else patience,
+        d.early_stop_drop if drop is None else drop,
+    )
+    for e in evals:
+        stop.update(e["eval/scores"], e["eval/score_se"], e["step"])
+        if stop.should_stop:
+            break
+    return e["step"], stop.kept_step(e["step"], keep="guarded")
+
+
+RULES = {"none": rule_none, "old": rule_old, "guarded": rule_guarded}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| reward | seed | oracle (judge) at steps 0, 5, 10, ... | none | old | guarded |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
+    gains: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        curve = {int(k): v["oracle"] for k, v in r["curve"].items()}
+        start = curve[0]
+        cells = []
+        for name, rule in RULES.items():
+            stopped, kept = rule(r["evaluations"])
+            gain = curve[int(kept)] - start
+            gains.setdefault((r["reward"], name), []).append(gain)
+            cells.append(f"stop {int(stopped)}, keep {int(kept)}: {gain:+.3f}")
+        pts = ", ".join(f"{curve[k]:.3f}" for k in sorted(curve))
+        lines.append(f"| {r['reward']} | {r['seed']} | {pts} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("| reward | runs | mean gain: none | old | guarded | guarded's cost vs none |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for reward in sorted({r["reward"] for r in rows}):
+        g = {name: statistics.mean(gains[(reward, name)]) for name in RULES}
+        n = len(gains[(reward, "none")])
+        cost = (g["none"] - g["guarded"]) / g["none"] if g["none"] > 0 else float("nan")
+        lines.append(
+            f"| {reward} | {n} | {g['none']:+.3f} | {g['old']:+.3f} | {g['guarded']:+.3f} | "
+            f"{cost:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rewards", default="oracle,weak")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--optimizer", default="ppo")
+    ap.add_argument("--out", default=str(HERE / "results" / "stopping-rules.jsonl"))
+    ap.add_argument("--table", nargs="*", help="print the table of these result files")
+    args = ap.parse_args()
+    if args.table is not None:
+        rows = [
+            json.loads(line)
+            for f in (args.table or [args.out])
+            for line in Path(f).read_text().splitlines()
+            if line.strip()
+        ]
+        print(table(rows))
+        return
+    import torch
+
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for reward in args.rewards.split(","):
+            row = one_run(reward, seed, args)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(table([row]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
