@@ -422,6 +422,8 @@ def test_demo_runs_whole_rounds_and_ends_with_the_leaderboard_and_a_report(
     # round 1's candidates are labeled too, cross-round ones included: 2 per held-out prompt
     assert len(p.store.cross_round_outcomes()) == 2 * len(held)
     assert not queue_open(p)
+    # the demo's annotators are asked for people's agreement, and say what they reached
+    assert "Round 0: simulated " in res.output and "(asked 70%, " in res.output
     for title in (
         "the oracle's mean score of each round's samples",
         "Leaderboard",

@@ -12,10 +12,18 @@ from click.testing import CliRunner
 from rankloop.app.cli import cli
 from rankloop.app.config import LabelingConfig
 from rankloop.app.oracles import ends_cleanly, repetition, tidy
-from rankloop.app.simulate import load_oracle, plackett_luce_order, simulate
+from rankloop.app.simulate import (
+    calibrate_noise,
+    expected_agreement,
+    load_oracle,
+    order_agreement,
+    plackett_luce_order,
+    simulate,
+    untied_gaps,
+)
 from rankloop.data import agreement, queue
 from rankloop.data.records import Judgment, Prompt
-from rankloop.data.store import StoreError
+from rankloop.data.store import Store, StoreError
 from rankloop.settings import ConfigError
 
 
@@ -163,5 +171,161 @@ def test_simulate_command(tmp_path, tiny_lm_dir):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "3 simulated labels (0 gold) by sim-1, sim-2" in res.output
+    # tidy scores "answer 0" and "answer 1" alike: no pair to agree on
+    assert (
+        "simulated 3 labels by sim-1, sim-2: the oracle ties every pair they ordered (T = 0.5)"
+        in res.output
+    )
     assert "Next: rankloop round" in res.output
+
+
+# -- simulated labels stated as agreement (--agreement) -------------------------------------
+
+
+def test_calibrated_noise_by_hand():
+    # two responses a gap d apart: sigma(d / T) = A, so T = d / logit(A) = 1 / ln(7 / 3)
+    assert calibrate_noise([1.0], 0.7) == pytest.approx(1.1802225011438285, rel=1e-12)
+    assert calibrate_noise([2.0, 2.0], 0.7) == pytest.approx(2 * 1.1802225011438285, rel=1e-12)
+    # a ranking of three scored 0, 1, 3: gaps 1, 3, 2; at T = 1 the mean of sigma(1), sigma(2),
+    # sigma(3) is (0.731059 + 0.880797 + 0.952574) / 3 = 0.854810
+    gaps = untied_gaps([[0.0, 1.0, 3.0]])
+    assert sorted(gaps) == [1.0, 2.0, 3.0]
+    assert expected_agreement(gaps, 1.0) == pytest.approx(0.854810, abs=1e-6)
+    assert calibrate_noise(gaps, 0.8548099278101069) == pytest.approx(1.0, abs=1e-9)
+    # more agreement asks for less noise; T = 0 agrees on every pair
+    assert calibrate_noise(gaps, 0.9) < 1.0 < calibrate_noise(gaps, 0.6)
+    assert expected_agreement(gaps, 0.0) == 1.0
+    # ties in the oracle count nowhere: [0, 0, 1] leaves two gaps of 1, [2, 2] none
+    assert untied_gaps([[0.0, 0.0, 1.0], [2.0, 2.0]]) == [1.0, 1.0]
+    assert calibrate_noise(untied_gaps([[0.0, 0.0, 1.0]]), 0.7) == pytest.approx(1.18022250114)
+    with pytest.raises(ValueError, match="no oracle-untied pair"):
+        calibrate_noise([], 0.7)
+
+
+def test_order_agreement_counts_untied_pairs_of_a_drawn_order():
+    # scores best-first as drawn: 3 > 1 = 1 > 0 agrees on all 5 untied pairs (1 = 1 is a tie)
+    assert order_agreement([3.0, 1.0, 1.0, 0.0]) == (5, 5)
+    # 0 placed above two 1s: both pairs disagree, the tie counts nowhere
+    assert order_agreement([0.0, 1.0, 1.0]) == (0, 2)
+    assert order_agreement([2.0, 5.0]) == (0, 1) and order_agreement([5.0, 5.0]) == (0, 0)
+
+
+def rankings_of_four(store, n: int) -> None:
+    """n comparisons of 4 responses; by_number scores them 0..10 (some pairs tied)."""
+    for i in range(n):
+        texts = [f"r{j} answer {(i * 7 + j * 3 + (i * j) % 5) % 11}" for j in range(4)]
+        store.add_comparison_texts(Prompt.from_text(f"p{i}"), texts)
+
+
+def test_simulate_asked_for_an_agreement_reaches_it(fresh_store):
+    s = fresh_store
+    rankings_of_four(s, 100)
+    rep = simulate(
+        s, by_number, LabelingConfig(k=4), annotators=3, agreement=0.7, seed=2, progress=False
+    )
+    assert rep.labels == 100 and rep.asked == 0.7
+    # T solves the expected agreement over exactly these candidates (560 untied pairs)
+    score = {r.id: by_number([], [r.text])[0] for r in s.responses()}
+    gaps = untied_gaps([score[r] for r in c.response_ids] for c in s.comparisons())
+    assert len(gaps) == 560
+    assert expected_agreement(gaps, rep.noise) == pytest.approx(0.7, abs=1e-9)
+    assert rep.noise == pytest.approx(4.790134310, abs=1e-8)
+    # the labels as stored: their untied pairs counted again from the rankings in the store
+    agree = untied = 0
+    for lab in s.labels():
+        a, u = order_agreement([score[r] for tier in lab.ranking for r in tier])
+        agree, untied = agree + a, untied + u
+    assert (rep.agreeing, rep.pairs) == (agree, untied) == (391, 560)
+    assert abs(rep.agreement - 0.7) < 0.03  # 560 pairs: a standard error of 0.019
+    assert rep.summary() == (
+        "simulated 100 labels by sim-1, sim-2, sim-3: labels agree with the oracle on 69.8% of "
+        "560 pairs (asked 70%, T = 4.79)"
+    )
+    # asked for more or less, the labels follow (the same draws, another T)
+    for asked, agreeing in [(0.6, 342), (0.9, 498)]:
+        other = Store.memory()
+        rankings_of_four(other, 100)
+        rep = simulate(
+            other, by_number, LabelingConfig(k=4), agreement=asked, seed=2, progress=False
+        )
+        assert (rep.agreeing, rep.pairs) == (agreeing, 560)
+        other.close()
+
+
+def test_an_oracle_that_ties_every_pair_needs_no_noise(fresh_store):
+    s = fresh_store
+    comparisons(s, 3)
+    rep = simulate(s, lambda p, r: [1.0] * len(r), LabelingConfig(), agreement=0.7, progress=False)
+    assert rep.labels == 3 and rep.noise is None and rep.pairs == 0
+    assert rep.summary().endswith(
+        ": the oracle ties every pair they ordered (asked 70%, no untied pair to solve T on)"
+    )
+
+
+def snapshot(store) -> tuple:
+    return (
+        [a.name for a in store.annotators()],
+        [(lab.comparison_id, lab.ranking) for lab in store.labels()],
+        store.db.execute("select count(*) from leases").fetchone()[0],
+    )
+
+
+@pytest.mark.parametrize(
+    "noise, agreement, why",
+    [
+        (None, 0.5, "--agreement must lie strictly between 0.5 and 1 (got 0.5)"),
+        (None, 0.3, "--agreement must lie strictly between 0.5 and 1 (got 0.3)"),
+        (None, 1.0, "--agreement must lie strictly between 0.5 and 1 (got 1.0)"),
+        (None, float("nan"), "--agreement must lie strictly between 0.5 and 1 (got nan)"),
+        (0.5, 0.7, "give --noise or --agreement, not both"),
+        (-1.0, None, "--noise must be >= 0 (got -1.0)"),
+    ],
+)
+def test_bad_noise_settings_are_refused_before_anything_is_written(
+    fresh_store, noise, agreement, why
+):
+    s = fresh_store
+    comparisons(s, 3)
+    before = snapshot(s)
+    with pytest.raises(ConfigError) as err:
+        simulate(s, by_number, LabelingConfig(), noise=noise, agreement=agreement, progress=False)
+    assert str(err.value).startswith(why)
+    assert snapshot(s) == before
+
+
+def test_simulate_command_refuses_both_and_bad_agreement(tmp_path, tiny_lm_dir):
+    from rankloop.app.project import Project
+
+    p = Project.init(tmp_path / "p", policy=str(tiny_lm_dir))
+    comparisons(p.store, 3)
+    before = snapshot(p.store)
+    p.close()
+    for extra, why in [
+        (["--noise", "0.5", "--agreement", "0.7"], "Error: give --noise or --agreement, not both"),
+        (["--agreement", "1"], "Error: --agreement must lie strictly between 0.5 and 1 (got 1.0)"),
+    ]:
+        res = CliRunner().invoke(cli, ["simulate", *extra, "--project", str(tmp_path / "p")])
+        assert res.exit_code == 1
+        assert res.output.strip().splitlines() == [
+            why + (": 0.5 is a coin toss, 1 never errs (that is --noise 0)" if "1.0" in why else "")
+        ]
+    p = Project.find(tmp_path / "p")
+    assert snapshot(p.store) == before
+    res = CliRunner().invoke(
+        cli,
+        ["simulate", "--oracle", f"{__file__}:by_number", "--agreement", "0.7"]
+        + ["--project", str(tmp_path / "p")],
+    )
+    assert res.exit_code == 0, res.output
+    assert "simulated 3 labels by sim-1, sim-2, sim-3: labels agree with the oracle" in res.output
+    assert "(asked 70%, T = " in res.output
+    p.close()
+
+
+def test_demo_refuses_a_bad_agreement_before_making_its_folder(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--agreement", "0.5", "--dir", str(out)])
+    assert res.exit_code == 1 and "--agreement must lie strictly between 0.5 and 1" in res.output
+    res = CliRunner().invoke(cli, ["demo", "--noise", "1", "--agreement", "0.7", "--dir", str(out)])
+    assert res.exit_code == 1 and "give --noise or --agreement, not both" in res.output
+    assert not out.exists()

@@ -206,9 +206,17 @@ def round_cmd(
 @click.option(
     "--noise",
     type=float,
-    default=1.0,
-    show_default=True,
-    help="T in P(i over j) = sigmoid((s_i - s_j) / T); 0 always picks the higher score.",
+    default=None,
+    help="T in P(i over j) = sigmoid((s_i - s_j) / T); 0 always picks the higher score "
+    "(default 1.0 unless --agreement is given).",
+)
+@click.option(
+    "--agreement",
+    type=float,
+    default=None,
+    help="Instead of --noise: the share of pairs (the oracle's ties aside) the labels should "
+    "order as the oracle does, 0.5 < A < 1; T is solved on the candidates being labeled. "
+    "People agree with each other about 0.7 of the time.",
 )
 @click.option("--limit", type=int, default=None, help="Stop after M labels.")
 @click.option(
@@ -223,20 +231,24 @@ def round_cmd(
 @click.option("--seed", type=int, default=0, show_default=True)
 @project_option
 @user_errors
-def simulate_cmd(oracle, annotators, noise, limit, round_, seed, project_dir):
+def simulate_cmd(oracle, annotators, noise, agreement, limit, round_, seed, project_dir):
     """Label open comparisons with simulated annotators answering for an oracle.
 
     The accounts take tasks through the same queue as the app (leases, overlap, gold, order)
     and choose with Bradley-Terry noise around the oracle's scores; K-wise comparisons get a
-    Plackett-Luce ranking. Labels are stored with source 'simulated'.
+    Plackett-Luce ranking. `--agreement` states the noise as the share of pairs the labels
+    should order as the oracle does. Labels are stored with source 'simulated'; it prints the
+    agreement they reached and the T used.
 
     \b
     Example:
+      rankloop simulate --oracle tidy --annotators 3 --agreement 0.7
       rankloop simulate --oracle tidy --annotators 3 --noise 0.5
       rankloop simulate --oracle my_oracles:helpful --limit 100 --round 1
     """
-    from rankloop.app.simulate import load_oracle, simulate
+    from rankloop.app.simulate import load_oracle, noise_settings, simulate
 
+    noise_settings(noise, agreement)  # a bad setting stops here, before anything opens
     project = open_project(project_dir)
     fn = load_oracle(oracle)
     first = project.store.current_round() if project.config.labeling.current_round_first else None
@@ -246,23 +258,22 @@ def simulate_cmd(oracle, annotators, noise, limit, round_, seed, project_dir):
         project.config.labeling,
         annotators=annotators,
         noise=noise,
+        agreement=agreement,
         limit=limit,
         round_=round_,
         first_round=first,
         seed=seed,
     )
-    mean = (
-        f"; the oracle's mean score of what they saw: {report.mean_score:.3f}"
-        if report.mean_score is not None
-        else ""
-    )
-    console.print(
-        f"{report.labels} simulated labels ({report.gold_labels} gold) by "
-        f"{', '.join(report.annotators)}{mean}"
-    )
+    console.print(report.summary())
+    if report.mean_score is not None:
+        console.print(f"The oracle's mean score of what they saw: {report.mean_score:.3f}")
     console.print(f"Next: {rounds.next_step(project)}")
     project.close()
 
+
+# InstructGPT's labelers agreed with each other on about 73% of pairs (Ouyang et al. 2022): the
+# demo's simulated annotators err about as often as people do.
+DEMO_AGREEMENT = 0.7
 
 DEMO_SETTINGS = {
     # two rounds in under 20 minutes on the 2-core reference machine (docs/rounds.md has the
@@ -286,14 +297,26 @@ DEMO_SETTINGS = {
 )
 @click.option("--oracle", default="tidy", show_default=True)
 @click.option("--annotators", type=int, default=3, show_default=True)
-@click.option("--noise", type=float, default=0.5, show_default=True)
+@click.option(
+    "--agreement",
+    type=float,
+    default=None,
+    help="Share of pairs the simulated labels order as the oracle does "
+    "(default 0.7, about as often as people agree; T solved each round on its candidates).",
+)
+@click.option(
+    "--noise",
+    type=float,
+    default=None,
+    help="A fixed T in sigmoid((s_i - s_j) / T) instead of --agreement.",
+)
 @click.option(
     "--policy",
     default=None,
     help="Policy and reward backbone of a new demo project "
     "(default: the embedded SmolLM2-135M-Instruct).",
 )
-def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
+def demo_cmd(n_rounds, directory, oracle, annotators, agreement, noise, policy):
     """Run whole rounds on the default model with simulated annotators, then the leaderboard.
 
     Creates a project with the bundled prompts, samples round 0, and for each round: simulated
@@ -305,10 +328,13 @@ def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
     Example:
       rankloop demo --rounds 2 --dir demo-rounds
     """
-    from rankloop.app.simulate import load_oracle, simulate
+    from rankloop.app.simulate import load_oracle, noise_settings, simulate
 
     t0 = time.perf_counter()
     with user_errors_block():
+        if noise is None and agreement is None:
+            agreement = DEMO_AGREEMENT
+        noise, agreement = noise_settings(noise, agreement)  # before the folder is made
         project = demo_project(directory, policy)
         fn = load_oracle(oracle)
         store = project.store
@@ -323,10 +349,11 @@ def demo_cmd(n_rounds, directory, oracle, annotators, noise, policy):
                 project.config.labeling,
                 annotators=annotators,
                 noise=noise,
+                agreement=agreement,
                 round_=r,
                 seed=r,
             )
-            console.print(f"Round {r}: {got.labels} simulated labels")
+            console.print(f"Round {r}: {got.summary()}")
             if r >= n_rounds:
                 break
             summary = rounds.run_round(project, rounds.RoundSettings.of(project), log=plain)
