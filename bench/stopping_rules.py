@@ -146,10 +146,13 @@ def bundled_prompts():
 def sample_texts(actor, tok, prompts, n: int, seed: int) -> list[str]:
     """`n` responses per prompt at `rankloop generate`'s settings, the same random numbers for
     every call (so two policies' samples differ by the policy only)."""
+    import contextlib
+
     import torch
 
-    from rankloop.lm.device import use_bf16
+    from rankloop.lm.device import autocast, use_bf16
     from rankloop.lm.sampling import sample_many
+    from rankloop.ppo.actor_critic import merged_adapter
 
     chats = [p.as_chat() for p in prompts for _ in range(n)]
     texts = [None] * len(chats)
@@ -158,18 +161,22 @@ def sample_texts(actor, tok, prompts, n: int, seed: int) -> list[str]:
         for i, s in zip(batch, samples):
             texts[i] = s.text
 
-    sample_many(
-        actor.lm,
-        tok,
-        chats,
-        temperature=0.7,
-        top_p=0.95,
-        max_new_tokens=64,
-        batch_size=16,
-        seed_for=lambda b: seed + b[0],
-        bf16=use_bf16("auto", torch.device("cpu")),
-        on_batch=keep,
-    )
+    bf16 = use_bf16("auto", torch.device("cpu"))
+    adapter = merged_adapter(actor.lm) if hasattr(actor.lm, "disable_adapter") else None
+    with autocast(torch.device("cpu"), bf16), adapter or contextlib.nullcontext():
+        # as the policy stage samples: the adapter merged, under autocast
+        sample_many(
+            actor.lm,
+            tok,
+            chats,
+            temperature=0.7,
+            top_p=0.95,
+            max_new_tokens=64,
+            batch_size=16,
+            seed_for=lambda b: seed + b[0],
+            bf16=bf16,
+            on_batch=keep,
+        )
     return texts
 
 
@@ -177,7 +184,7 @@ def one_run(reward: str, seed: int, args) -> dict:
     import torch
 
     from rankloop.lm.loading import default_model_path, load_tokenizer
-    from rankloop.ppo.actor_critic import load_trainable_state
+    from rankloop.ppo.actor_critic import load_trainable_state, trainable_state
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.reward_fns import CallableReward
     from rankloop.ppo.train import checkpoint_dir, train_policy
@@ -218,15 +225,16 @@ def one_run(reward: str, seed: int, args) -> dict:
     t0 = time.perf_counter()
     for e in res.evaluations:
         step = int(e["step"])
-        if step == 0:
-            with res.actor.lm.disable_adapter():  # the start policy: the base weights
-                texts = sample_texts(res.actor, tok, test, args.samples, 1000)
+        if step == 0:  # the start policy: a LoRA adapter with B = 0 adds nothing
+            state = {
+                k: torch.zeros_like(v) if "lora_B" in k else v
+                for k, v in trainable_state(res.actor).items()
+            }
         else:
-            state = torch.load(
-                checkpoint_dir(out) / f"step-{step}" / "state.pt", weights_only=False
-            )
-            load_trainable_state(res.actor, state["actor"])
-            texts = sample_texts(res.actor, tok, test, args.samples, 1000)
+            path = checkpoint_dir(out) / f"step-{step}" / "state.pt"
+            state = torch.load(path, weights_only=False)["actor"]
+        load_trainable_state(res.actor, state)
+        texts = sample_texts(res.actor, tok, test, args.samples, 1000)
         scores = judge(ps, texts)
         curve[step] = {
             "oracle": statistics.mean(scores),
