@@ -99,7 +99,7 @@ def test_online_dpo_raises_the_known_reward(peaked_lm, tmp_path):
     first = res.history[0]  # policy = reference: every implicit reward is 0, loss log 2
     assert first["policy/pairs_kept"] > 0
     assert first["policy/dpo_loss"] == pytest.approx(0.6931472, abs=1e-5)
-    assert first["policy/odpo_margin"] == pytest.approx(0.0, abs=1e-6)
+    assert first["policy/dpo_margin"] == pytest.approx(0.0, abs=1e-6)
     for r in res.history:
         assert 0.0 <= r["policy/pairs_kept"] <= 1.0 and r["policy/label_pairs"] == 0.0
         assert r["policy/score_gap"] >= 0.0
