@@ -131,6 +131,10 @@ def test_round_optimizer_flag_overrides_the_setting_and_dry_run_says_it(project,
         "round", "--dry-run", "--optimizer", "rloo", "--reward-fn", spec, "--project", project
     ).output
     assert "100 RLOO steps of 8 prompts x 4 samples (of" in out
+    out = run(
+        "round", "--dry-run", "--optimizer", "odpo", "--reward-fn", spec, "--project", project
+    ).output
+    assert "100 ODPO steps of 8 prompts x 4 samples (of" in out
     res = run("round", "--optimizer", "sgd", "--project", project, ok=False)
     assert res.exit_code == 2 and "'sgd' is not one of 'ppo', 'rloo', 'odpo'" in res.output
 
