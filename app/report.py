@@ -51,7 +51,7 @@ class RoundRow:
     ppo_kl: float | None  # KL of the saved policy to its reference (nats per response)
     ppo_length: float | None  # mean response length (tokens) at the end of PPO
     seconds: float | None  # the round's recorded stages, in all
-    optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo')
+    optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo', 'odpo')
 
 
 @dataclass(frozen=True)

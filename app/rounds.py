@@ -1,7 +1,8 @@
 """Rounds: which models belong to round R, and the stages that run a round.
 
 The one place that answers "which reward model / policy belongs to round R" (`start_policy`,
-`trained_policy`, `reward_model_of`, `policy_reward_model`, `rto_adapter`, `round_optimizer`)
+`trained_policy`, `reward_model_of`, `policy_reward_model`, `rto_adapter`, `round_optimizer`,
+`round_label_pairs`)
 and that runs a stage and records it in the store (`train_reward_stage`, `policy_stage`). The
 CLI commands, the app and the tests call these; the trainers themselves know nothing of
 projects or rounds.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from rankloop.data import queue
 from rankloop.data.curves import record_curve
-from rankloop.data.records import Prompt, Round
+from rankloop.data.records import Preference, Prompt, Round
 from rankloop.data.store import now as now_iso
 from rankloop.lm.checkpoints import checkpoint_dir
 from rankloop.lm.loading import ModelLoadError, adapter_base, resolve
@@ -66,6 +67,29 @@ def round_optimizer(project: Project, given: str | None = None) -> str:
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     return name
+
+
+def round_label_pairs(project: Project, round_: int, prompts: Sequence[Prompt]) -> list[Preference]:
+    """The labelled pairs of round R's own candidates, for an optimiser that trains on labels
+    too (online DPO): the untied pairs of round R's labels (the sources reward training reads,
+    `label_sources`) whose two responses round R's start policy sampled, on the training
+    `prompts`. Imported responses, older rounds' and the evaluation prompts' are left out:
+    DPO's pairs should come from the policy it starts from, and the held-out prompts stay
+    unseen."""
+    train = {p.id for p in prompts}
+    sources = label_sources(project)
+    pairs = [
+        p
+        for p in project.store.preferences(round=round_)
+        if p.round == round_ and not p.tie and p.source in sources and p.prompt.id in train
+    ]
+    ids = sorted({i for p in pairs for i in (p.chosen_id, p.rejected_id)})
+    own = {
+        r.id
+        for r in (project.store.responses(ids=ids) if ids else [])
+        if r.source == "generated" and r.round == round_
+    }
+    return [p for p in pairs if p.chosen_id in own and p.rejected_id in own]
 
 
 def rto_adapter(project: Project, round_: int, cfg) -> str | None:
@@ -519,7 +543,8 @@ def _work(
         reward = " + ".join(s.reward_fns) if s.reward_fns else f"rounds/{round_}/reward"
         prompts = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[0])
         optimizer = round_optimizer(project, s.optimizer)
-        each = f" x {s.ppo.rloo_k} samples" if optimizer == "rloo" else ""
+        k = {"rloo": s.ppo.rloo_k, "odpo": s.ppo.odpo_k}.get(optimizer)
+        each = f" x {k} samples" if k else ""
         return float(s.ppo.steps), (
             f"{s.ppo.steps} {optimizer.upper()} steps of {s.ppo.batch_size} prompts{each} "
             f"(of {prompts} training prompts) from {policy} against "
@@ -778,7 +803,8 @@ def policy_stage(
     """Round R's policy stage, the one wiring `rankloop round`, `rankloop ppo` and `rankloop
     rloo` share: train from `start_policy(R)` with `optimizer` (default [rounds] optimizer)
     against `reward_fns` or the round's reward model, on the training prompts (the first
-    `limit`), and record rounds/R/policy, the optimiser, its summary and its curve.
+    `limit`), and record rounds/R/policy, the optimiser, its summary and its curve. An
+    optimiser that trains on labelled pairs too (online DPO) gets `round_label_pairs(R)`.
 
     The run goes into rounds/R/policy.partial, renamed to rounds/R/policy when finished, so a
     killed run never leaves a policy that looks finished. `resume`: None (the round) continues
@@ -787,11 +813,14 @@ def policy_stage(
     longer; False starts over. Returns the trainer's result."""
     import shutil
 
-    from rankloop.ppo.train import latest_checkpoint, train_policy
+    from rankloop.ppo.train import latest_checkpoint, optimizer_update, train_policy
 
     optimizer = round_optimizer(project, optimizer)
     policy = start_policy(project, r)
     prompts = ppo_prompts(project, limit)  # the evaluation prompts are held out
+    preferences = []
+    if getattr(optimizer_update(optimizer, cfg), "takes_preferences", False):
+        preferences = round_label_pairs(project, r, prompts)
     reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model)
     dpo = rto_adapter(project, r, cfg)
     out = project.round_dir(r, "policy")
@@ -809,6 +838,8 @@ def policy_stage(
         f"{getattr(reward_fn, 'name', rm_path)}, {len(prompts)} prompts -> {out}"
         f"{', resuming' if resume else ''}"
     )
+    if preferences:
+        log(f"{len(preferences)} labelled pairs of round {r}'s candidates join the update")
     try:
         result = train_policy(
             cfg,
@@ -824,6 +855,7 @@ def policy_stage(
             log=log,
             on_step=on_step,
             log_dir=project.root / "logs",
+            preferences=preferences,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -19,7 +19,7 @@ from rankloop.settings import ConfigError
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KEEP_POLICY = ("guarded", "best", "last")
-OPTIMIZERS = ("ppo", "rloo")
+OPTIMIZERS = ("ppo", "rloo", "odpo")
 """The policy stage's optimisers ([rounds] optimizer): one update module each under ppo/."""
 
 
@@ -28,14 +28,14 @@ class PPOConfig:
     """The policy stage: optimise the policy against the reward model (`rankloop ppo`,
     `rankloop rloo`). One section for every optimiser: the rollout, KL, evaluation, LoRA and
     checkpoint fields are the scaffold's; the critic, GAE and value fields are PPO's only,
-    `rloo_k` is RLOO's only."""
+    `rloo_k` is RLOO's only, the `odpo_*` fields online DPO's (`rankloop odpo`)."""
 
     steps: int = 100
     """PPO steps (one step = rollout of batch_size prompts, scoring, then ppo_epochs of updates)."""
     batch_size: int = 8
     """Prompts per step on each process (rollout batch)."""
     mini_batch_size: int = 4
-    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each); must divide batch_size."""
+    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each; online DPO: their pairs); must divide batch_size."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, in shuffled mini-batches (RLOO with 1 epoch of one mini-batch is plain REINFORCE)."""
     max_new_tokens: int = 32
@@ -82,6 +82,14 @@ class PPOConfig:
     """Stop a step's PPO epochs early when the mean approximate KL exceeds this (0 = never)."""
     rloo_k: int = 4
     """RLOO only: responses sampled per prompt each step (k >= 2); each one's baseline is the mean reward of the other k - 1, so a step trains on batch_size * k responses."""
+    odpo_k: int = 4
+    """Online DPO only: responses sampled per prompt each step (k >= 2); the best and the worst by the reward's score make the prompt's pair."""
+    odpo_beta: float = 0.1
+    """Online DPO only: beta of the DPO loss, the scale of its implicit reward beta * log(pi / pi_ref); larger keeps the policy closer to the reference (it replaces kl_coef, which online DPO's loss does not use)."""
+    odpo_margin: float = 0.5
+    """Online DPO only: a prompt's pair is kept when its best and worst samples' scores differ by at least this (in the reward's units: standard deviations of the reward model's scores with normalize_scores); alike samples teach only the reward's noise."""
+    odpo_label_pairs: int = 4
+    """Online DPO in a round: people's (and simulated annotators') labelled pairs of the round's candidates added to each step's update, cycled in a seeded order (0 = reward-model pairs only)."""
     value_pretrain_steps: int = 0
     """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
     critic: str = "reward"
@@ -156,6 +164,8 @@ class PPOConfig:
                 raise bad(name, "must be at least 1")
         if self.rloo_k < 2:
             raise bad("rloo_k", "must be at least 2 (the baseline is the other samples' mean)")
+        if self.odpo_k < 2:
+            raise bad("odpo_k", "must be at least 2 (a pair is the best and the worst sample)")
         for name in (
             "value_pretrain_steps",
             "checkpoint_every",
@@ -177,12 +187,22 @@ class PPOConfig:
             "eval_prompts",
             "early_stop_patience",
             "early_stop_drop",
+            "odpo_margin",
+            "odpo_label_pairs",
         ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if self.batch_size % self.mini_batch_size:
             raise bad("mini_batch_size", f"must divide batch_size ({self.batch_size})")
-        for name in ("lr", "critic_lr", "cliprange", "temperature", "kl_horizon", "rto_beta"):
+        for name in (
+            "lr",
+            "critic_lr",
+            "cliprange",
+            "temperature",
+            "kl_horizon",
+            "rto_beta",
+            "odpo_beta",
+        ):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
         for name in ("gamma", "lam_actor", "lam_critic"):

@@ -11,6 +11,9 @@ number and diffed against the reference implementations it follows:
 * Ahmadian et al. 2024 (RLOO) / TRL's RLOOTrainer -- the leave-one-out
   baseline and the sequence-level clipped loss (`rloo_advantages`,
   `rloo_policy_loss`).
+* Xiong et al. 2024 (online iterative DPO) / Rafailov et al. 2023 (DPO) --
+  the best-versus-worst pairs of each prompt's samples (`best_worst_pairs`)
+  and the DPO loss (`dpo_loss`).
 
 Conventions
 -----------
@@ -43,6 +46,7 @@ __all__ = [
     "EarlyStopping",
     "FixedKLController",
     "KLConstraintController",
+    "best_worst_pairs",
     "compute_rewards",
     "decoupled_gae",
     "dpo_loss",
@@ -522,6 +526,32 @@ def rto_token_rewards(
     ``compute_rewards`` (which adds the KL penalty and the sentence score).
     """
     return _where_mask(beta * (dpo_logprobs - ref_logprobs), mask)  # (B, T)
+
+
+def best_worst_pairs(
+    scores: Tensor, k: int, margin: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Online DPO's pairs (Xiong et al. 2024, arXiv:2312.11456, RLHFlow): of each prompt's k
+    scored samples, the best is chosen and the worst rejected,
+
+        chosen_p = argmax_j s_pj,  rejected_p = argmin_j s_pj,  gap_p = max_j s_pj - min_j s_pj
+        kept_p   = gap_p >= margin and gap_p > 0
+
+    A prompt whose samples score alike teaches nothing but the reward's noise, so its pair
+    is dropped (all-equal scores: never kept, even at margin 0). ``scores`` (N,) holds N / k
+    prompts' samples side by side (rows ``p*k .. p*k+k-1``), as ``rloo_advantages``. Ties
+    go to the first sample. Returns the flat row indices ``chosen`` (P,) and ``rejected``
+    (P,), ``gap`` (P,) and ``kept`` (P,) bool.
+    """
+    if k < 2:
+        raise ValueError(f"a DPO pair needs at least 2 samples per prompt, got k = {k}")
+    if scores.dim() != 1 or scores.shape[0] % k:
+        raise ValueError(f"scores of shape {tuple(scores.shape)} are not groups of k = {k}")
+    s = scores.view(-1, k)  # (P, k)
+    first = torch.arange(s.shape[0], device=scores.device) * k  # (P,) each prompt's first row
+    gap = s.max(-1).values - s.min(-1).values  # (P,)
+    kept = (gap > 0) & (gap >= margin)  # (P,)
+    return first + s.argmax(-1), first + s.argmin(-1), gap, kept
 
 
 def dpo_loss(

@@ -56,9 +56,16 @@ class PPOUpdate:
         return critic.origin if critic is not None else "value head on the policy"
 
     def step(
-        self, ctx: StepContext, step: int, batch: Rollout, ref: Reference, rewards: Tensor
+        self,
+        ctx: StepContext,
+        step: int,
+        batch: Rollout,
+        ref: Reference,
+        rewards: Tensor,
+        scores: Tensor,
     ) -> dict[str, Tensor]:
-        """Phases 5 and 6 on one rollout batch; returns their stats (0-dim tensors)."""
+        """Phases 5 and 6 on one rollout batch; returns their stats (0-dim tensors). `scores`
+        (B,) are in `rewards` already (at the last token)."""
         config, device = self.config, ctx.device
         B = batch.response.shape[0]
         pretraining_critic = step < config.value_pretrain_steps  # VC-PPO: policy frozen

@@ -58,9 +58,16 @@ class RLOOUpdate:
         return "none (leave-one-out baseline)"
 
     def step(
-        self, ctx: StepContext, step: int, batch: Rollout, ref: Reference, rewards: Tensor
+        self,
+        ctx: StepContext,
+        step: int,
+        batch: Rollout,
+        ref: Reference,
+        rewards: Tensor,
+        scores: Tensor,
     ) -> dict[str, Tensor]:
-        """Phases 5 and 6 on one rollout batch of B = prompts x k responses."""
+        """Phases 5 and 6 on one rollout batch of B = prompts x k responses (`scores` (B,)
+        are in `rewards` already)."""
         config, device, k = self.config, ctx.device, self.samples_per_prompt
         B = batch.response.shape[0]
 

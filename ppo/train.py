@@ -1,17 +1,19 @@
 """The policy stage's scaffold: `train_policy` reads top to bottom, one numbered phase per
-block; the optimiser (`ppo/ppo.py`, `ppo/rloo.py`) supplies only phases 5 and 6.
+block; the optimiser (`ppo/ppo.py`, `ppo/rloo.py`, `ppo/online_dpo.py`) supplies only phases 5
+and 6.
 
 Each step:
-  1. rollout     sample `samples_per_prompt` responses (PPO 1, RLOO k) to each of
+  1. rollout     sample `samples_per_prompt` responses (PPO 1, RLOO and online DPO k) to each of
                  `batch_size` prompts (KV cache, stop at EOS)
   2. score       the reward source scores the decoded (prompt, response) texts
   3. reference   log-probs of the policy and of the reference (adapter disabled), PPO's
                  values; RTO token rewards from the DPO adapter
   4. rewards     per-token KL to the reference, shaped rewards (score at the last token)
-  5. advantages  the optimiser's: PPO decoupled GAE; RLOO the leave-one-out baseline
+  5. advantages  the optimiser's: PPO decoupled GAE; RLOO the leave-one-out baseline;
+                 online DPO each prompt's best-versus-worst pair
   6. update      the optimiser's: PPO clipped policy and value losses over `ppo_epochs` of
-                 mini-batches; RLOO the sequence-level loss (`StepContext` gives it the
-                 model and the optimizer)
+                 mini-batches; RLOO the sequence-level loss; online DPO the DPO loss
+                 (`StepContext` gives it the model and the optimizer)
   7. log         fixed metric names, decoded samples, trackers; the adaptive KL coefficient
                  moves toward `kl_target`
   8. evaluate    every `eval_every` steps: score and KL on held-out prompts; stop early when
@@ -21,7 +23,7 @@ At the end the best evaluated (or the last) policy is saved (`save_trained_polic
 The math is in `ppo/core.py` (pure, tested functions); the modules in `ppo/actor_critic.py`.
 References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zheng et al. 2023
 (PPO-max); Yuan et al. 2025 (VC-PPO); Zhong et al. 2024 (RTO); Huang et al. 2024 (N+ details);
-Ahmadian et al. 2024 (RLOO).
+Ahmadian et al. 2024 (RLOO); Xiong et al. 2024 (online iterative DPO).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rankloop.data.records import Prompt
+from rankloop.data.records import Preference, Prompt
 from rankloop.lm import tracking
 from rankloop.lm.checkpoints import checkpoint_dir
 from rankloop.lm.device import autocast, use_bf16, weights_dtype
@@ -175,11 +177,15 @@ def optimizer_update(name: str, config: PPOConfig):
     optimiser is a module with a class that has `name`, `uses_critic` (the scaffold builds
     PPO's critic or value head only when True), `check(config)`, `critic_origin(critic)`, and,
     built with `(config, tokenizer)`, `samples_per_prompt`, `frozen_policy_steps` and
-    `step(ctx, step, batch, ref, rewards) -> stats` (phases 5 and 6)."""
+    `step(ctx, step, batch, ref, rewards, scores) -> stats` (phases 5 and 6). One with
+    `takes_preferences = True` is built with `preferences=` too: labelled pairs it trains on
+    beside its rollouts (online DPO)."""
     if name == "ppo":
         from .ppo import PPOUpdate as update
     elif name == "rloo":
         from .rloo import RLOOUpdate as update
+    elif name == "odpo":
+        from .online_dpo import OnlineDPOUpdate as update
     else:
         raise ValueError(f"optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     update.check(config)
@@ -194,6 +200,11 @@ def train_ppo(config: PPOConfig, **kwargs) -> PPOResult:
 def train_rloo(config: PPOConfig, **kwargs) -> PPOResult:
     """`train_policy` with RLOO's update (`ppo/rloo.py`)."""
     return train_policy(config, optimizer="rloo", **kwargs)
+
+
+def train_online_dpo(config: PPOConfig, **kwargs) -> PPOResult:
+    """`train_policy` with online DPO's update (`ppo/online_dpo.py`)."""
+    return train_policy(config, optimizer="odpo", **kwargs)
 
 
 def train_policy(
@@ -212,8 +223,9 @@ def train_policy(
     accelerator=None,
     on_step: Callable[[dict], None] | None = None,
     log_dir: Path | None = None,
+    preferences: Sequence[Preference] = (),
 ) -> PPOResult:
-    """Optimise the policy with `optimizer` ('ppo' or 'rloo'), save it to `out_dir`
+    """Optimise the policy with `optimizer` (`OPTIMIZERS`), save it to `out_dir`
     (checkpoints under `out_dir/checkpoints/`).
 
     `policy`: start checkpoint (plain or LoRA adapter folder). `reward_fn(prompts, responses)`
@@ -224,6 +236,8 @@ def train_policy(
     are done, on every process. With `eval_every` > 0, `eval_prompts` of `prompts` are held
     out from training to evaluate on (`split_prompts`). Trackers (`config.log_with`) write
     under `log_dir` (default `out_dir/logs`; the CLI passes the project's `logs/`).
+    `preferences`: labelled pairs for an optimiser that trains on them too (online DPO's
+    `takes_preferences`); another optimiser refuses them rather than ignore them.
     """
     from rankloop.lm.device import new_accelerator
 
@@ -246,6 +260,9 @@ def train_policy(
 
     # ---- models, optimizer, the optimiser's update --------------------------------------------
     update_class = optimizer_update(optimizer, config)
+    takes_preferences = getattr(update_class, "takes_preferences", False)
+    if preferences and not takes_preferences:
+        raise ValueError(f"{optimizer} trains on no labelled pairs: pass no preferences")
     tokenizer, actor, critic = build_models(
         config,
         policy,
@@ -257,7 +274,8 @@ def train_policy(
         say,
         critic=update_class.uses_critic,
     )
-    update = update_class(config, tokenizer)
+    extra = {"preferences": preferences} if takes_preferences else {}
+    update = update_class(config, tokenizer, **extra)
     model, torch_optimizer = prepare_models(accelerator, actor, critic, config)
     raw = accelerator.unwrap_model(model)  # for the no-grad passes, checkpoints and saving
     raw_actor, raw_critic = raw.actor, raw.critic
@@ -401,9 +419,9 @@ def train_policy(
                 ref.token_rewards,
             )  # (B, T) each
 
-        # ---- 5.-6. the optimiser's advantages and update (ppo/ppo.py, ppo/rloo.py) -----------
+        # ---- 5.-6. the optimiser's advantages and update (ppo/ppo.py, rloo.py, online_dpo.py)
         t0 = time.perf_counter()
-        stats = update.step(ctx, step, batch, ref, rewards)
+        stats = update.step(ctx, step, batch, ref, rewards, scores)
         timing["time/update"] = time.perf_counter() - t0
 
         # ---- 7. log --------------------------------------------------------------------------

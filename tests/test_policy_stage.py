@@ -131,14 +131,18 @@ def test_round_optimizer_flag_overrides_the_setting_and_dry_run_says_it(project,
         "round", "--dry-run", "--optimizer", "rloo", "--reward-fn", spec, "--project", project
     ).output
     assert "100 RLOO steps of 8 prompts x 4 samples (of" in out
+    out = run(
+        "round", "--dry-run", "--optimizer", "odpo", "--reward-fn", spec, "--project", project
+    ).output
+    assert "100 ODPO steps of 8 prompts x 4 samples (of" in out
     res = run("round", "--optimizer", "sgd", "--project", project, ok=False)
-    assert res.exit_code == 2 and "'sgd' is not one of 'ppo', 'rloo'" in res.output
+    assert res.exit_code == 2 and "'sgd' is not one of 'ppo', 'rloo', 'odpo'" in res.output
 
 
 def test_a_bad_optimizer_setting_is_one_clear_error(project):
     p = Project.find(project)
     p.config.rounds.optimizer = "sgd"
-    with pytest.raises(ConfigError, match="optimizer 'sgd': expected one of ppo, rloo"):
+    with pytest.raises(ConfigError, match="optimizer 'sgd': expected one of ppo, rloo, odpo"):
         rounds.round_optimizer(p)
     with pytest.raises(ConfigError, match=r"\[rounds\] optimizer = 'sgd'"):
         p.config.rounds.validate()
@@ -246,3 +250,58 @@ def test_migration_0021_records_ppo_for_the_older_rounds_with_a_policy(tmp_path)
     store.save_round(Round(1, policy="rounds/1/policy", optimizer="rloo"))
     store.save_round(Round(1, metrics={"x": 1.0}))  # a later update keeps the optimiser
     assert store.round(1).optimizer == "rloo" and store.round(1).metrics == {"x": 1.0}
+
+
+def test_online_dpo_gets_the_rounds_own_labelled_pairs(project, tmp_path, monkeypatch):
+    """`round_label_pairs`: round 0's untied pairs whose two responses round 0's policy
+    sampled, on training prompts; ties, imported and older responses, later rounds and the
+    evaluation prompts are left out. `rankloop odpo` hands exactly those to the trainer,
+    `rankloop rloo` none."""
+    from rankloop.data.records import Label, Response
+
+    p = Project.find(project)
+    store = p.store
+    store.add_prompts([Prompt.from_text(f"more {i}") for i in range(20)])  # some held out
+    train, held = rounds.split_prompts(store.prompts(), p.config.rounds.eval_fraction)
+    ann, _ = store.add_annotator("ann")
+
+    def responses(prompt, rnd, texts, source="generated"):
+        return store.add_responses(
+            Response(prompt.id, t, round=rnd, source=source, sample_index=i)
+            for i, t in enumerate(texts)
+        )
+
+    def label(prompt, rnd, ids, ranking, source="human"):
+        cid = store.add_comparison(prompt.id, ids, round=rnd)
+        store.add_label(Label(cid, ann.id, ranking, source=source))
+
+    a, b, c = responses(train[0], 0, ["a", "b", "c"])
+    label(train[0], 0, [a, b, c], ((b,), (a, c)))  # b > a, b > c, a = c (a tie)
+    d, e = responses(train[1], 0, ["d", "e"])
+    (imported,) = responses(train[1], 0, ["x"], source="upload")
+    label(train[1], 0, [d, e, imported], ((e,), (imported,), (d,)))  # only e > d is own
+    f, g = responses(held[0], 0, ["f", "g"])
+    label(held[0], 0, [f, g], ((f,), (g,)))  # an evaluation prompt: held out
+    h, i = responses(train[2], 1, ["h", "i"])
+    label(train[2], 1, [h, i], ((h,), (i,)))  # round 1's: not round 0's pairs
+    pairs = rounds.round_label_pairs(p, 0, train)
+    assert [(x.chosen, x.rejected) for x in pairs] == [("b", "a"), ("b", "c"), ("e", "d")]
+    assert len(rounds.round_label_pairs(p, 1, train)) == 1
+    p.close()
+
+    spec = f"{tmp_path / 'toy_rewards.py'}:brevity"
+    calls: list = []
+    record_trainer(monkeypatch, calls)
+    out = run("odpo", "--round", "0", "--reward-fn", spec, "--project", project).output
+    assert "ODPO round 0" in out and "3 labelled pairs of round 0's candidates" in out
+    run("rloo", "--round", "0", "--reward-fn", spec, "--project", project)
+    (_, odpo_kw), (_, rloo_kw) = calls
+    assert odpo_kw["optimizer"] == "odpo" and rloo_kw["preferences"] == []
+    assert [(x.chosen, x.rejected) for x in odpo_kw["preferences"]] == [
+        ("b", "a"),
+        ("b", "c"),
+        ("e", "d"),
+    ]
+    p = Project.find(project)
+    assert p.store.round(0).optimizer == "rloo"
+    p.close()

@@ -172,7 +172,7 @@ def test_train_dpo_then_ppo_with_rto(project):
 
 def test_dpo_settings_are_their_own_section(project):
     toml = (project / "rankloop.toml").read_text()
-    assert "\n[dpo]\n" in toml and "dpo_beta" not in toml
+    assert "\n[dpo]\n" in toml and "\ndpo_beta" not in toml  # [ppo] odpo_beta is another
     head, dpo = toml.split("\n[dpo]\n")
 
     def with_dpo(old: str, new: str) -> str:

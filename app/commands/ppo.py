@@ -1,4 +1,4 @@
-"""`rankloop ppo`, `rankloop rloo` and `rankloop train-dpo`: optimise the round's policy
+"""`rankloop ppo`, `rankloop rloo`, `rankloop odpo` and `rankloop train-dpo`: optimise the round's policy
 against its reward. The stage itself is `rounds.policy_stage`, the one `rankloop round` runs."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def describe(s: dict) -> str:
 
 
 def policy_options(f):
-    """The options `rankloop ppo` and `rankloop rloo` share: the round, the reward, the
+    """The options `rankloop ppo`, `rloo` and `odpo` share: the round, the reward, the
     scaffold's settings (rollout, KL, evaluation, saving) and the update's step sizes."""
     options = [
         click.option(
@@ -197,6 +197,47 @@ def rloo_cmd(round_, reward_fns, reward_model, limit, resume, project_dir, **ove
     """
     run_policy_stage(
         "rloo", round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
+    )
+
+
+@click.command("odpo")
+@policy_options
+@click.option(
+    "--odpo-k",
+    type=int,
+    default=None,
+    help="Responses sampled per prompt; the best and the worst make its pair ([ppo] odpo_k).",
+)
+@click.option("--odpo-beta", type=float, default=None, help="DPO beta ([ppo] odpo_beta).")
+@click.option(
+    "--odpo-margin",
+    type=float,
+    default=None,
+    help="Keep a prompt's pair when best and worst scores differ by this ([ppo] odpo_margin).",
+)
+@click.option(
+    "--odpo-label-pairs",
+    type=int,
+    default=None,
+    help="The round's labelled pairs added to each step (0 = none; [ppo] odpo_label_pairs).",
+)
+def odpo_cmd(round_, reward_fns, reward_model, limit, resume, project_dir, **overrides):
+    """Optimise the round's policy with online DPO; save rounds/R/policy/.
+
+    Online iterative DPO (Xiong et al. 2024): each step samples k responses per prompt from
+    the current policy; the reward model's (or --reward-fn's) best and worst make the
+    prompt's DPO pair when their scores differ by at least --odpo-margin, and the pairs
+    people labelled on round R's candidates join every step's update. The reference is the
+    base policy (the adapter disabled), as for PPO. The same stage as `rankloop ppo` (the
+    [ppo] section, rollouts, evaluation, checkpoints), with DPO's update.
+
+    \b
+    Example:
+      rankloop odpo --round 0 --steps 60 --odpo-k 4 --odpo-beta 0.1
+      rankloop odpo --steps 30 --reward-fn my_rewards:brevity --odpo-label-pairs 0
+    """
+    run_policy_stage(
+        "odpo", round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
     )
 
 
