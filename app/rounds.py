@@ -519,7 +519,8 @@ def _work(
         reward = " + ".join(s.reward_fns) if s.reward_fns else f"rounds/{round_}/reward"
         prompts = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[0])
         optimizer = round_optimizer(project, s.optimizer)
-        each = f" x {s.ppo.rloo_k} samples" if optimizer == "rloo" else ""
+        each = {"rloo": f" x {s.ppo.rloo_k} samples", "bon": f" x {s.ppo.bon_n} samples"}
+        each = each.get(optimizer, "")
         return float(s.ppo.steps), (
             f"{s.ppo.steps} {optimizer.upper()} steps of {s.ppo.batch_size} prompts{each} "
             f"(of {prompts} training prompts) from {policy} against "
@@ -775,8 +776,8 @@ def policy_stage(
     log: Callable[[str], None] = print,
     on_step: Callable[[dict], None] | None = None,
 ):
-    """Round R's policy stage, the one wiring `rankloop round`, `rankloop ppo` and `rankloop
-    rloo` share: train from `start_policy(R)` with `optimizer` (default [rounds] optimizer)
+    """Round R's policy stage, the one wiring `rankloop round`, `rankloop ppo`, `rankloop
+    rloo` and `rankloop bon` share: train from `start_policy(R)` with `optimizer` (default [rounds] optimizer)
     against `reward_fns` or the round's reward model, on the training prompts (the first
     `limit`), and record rounds/R/policy, the optimiser, its summary and its curve.
 

@@ -19,23 +19,23 @@ from rankloop.settings import ConfigError
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KEEP_POLICY = ("best", "last")
-OPTIMIZERS = ("ppo", "rloo")
+OPTIMIZERS = ("ppo", "rloo", "bon")
 """The policy stage's optimisers ([rounds] optimizer): one update module each under ppo/."""
 
 
 @dataclass
 class PPOConfig:
     """The policy stage: optimise the policy against the reward model (`rankloop ppo`,
-    `rankloop rloo`). One section for every optimiser: the rollout, KL, evaluation, LoRA and
-    checkpoint fields are the scaffold's; the critic, GAE and value fields are PPO's only,
-    `rloo_k` is RLOO's only."""
+    `rankloop rloo`, `rankloop bon`). One section for every optimiser: the rollout, KL,
+    evaluation, LoRA and checkpoint fields are the scaffold's; the critic, GAE and value fields
+    are PPO's only, `rloo_k` is RLOO's only, `bon_n` and `bon_margin` best-of-n's only."""
 
     steps: int = 100
     """PPO steps (one step = rollout of batch_size prompts, scoring, then ppo_epochs of updates)."""
     batch_size: int = 8
     """Prompts per step on each process (rollout batch)."""
     mini_batch_size: int = 4
-    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each); must divide batch_size."""
+    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each; best-of-n: kept responses); must divide batch_size."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, in shuffled mini-batches (RLOO with 1 epoch of one mini-batch is plain REINFORCE)."""
     max_new_tokens: int = 32
@@ -82,6 +82,10 @@ class PPOConfig:
     """Stop a step's PPO epochs early when the mean approximate KL exceeds this (0 = never)."""
     rloo_k: int = 4
     """RLOO only: responses sampled per prompt each step (k >= 2); each one's baseline is the mean reward of the other k - 1, so a step trains on batch_size * k responses."""
+    bon_n: int = 4
+    """Best-of-n only: responses sampled per prompt each step (n >= 2); the one with the highest shaped reward (score - KL term) is kept for the supervised step if it clears bon_margin."""
+    bon_margin: float = 0.5
+    """Best-of-n only: keep a prompt's best response only when its shaped reward beats the mean of the prompt's other responses by at least this many standard deviations of the step's rewards (0 = any strict best)."""
     value_pretrain_steps: int = 0
     """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
     critic: str = "reward"
@@ -156,6 +160,8 @@ class PPOConfig:
                 raise bad(name, "must be at least 1")
         if self.rloo_k < 2:
             raise bad("rloo_k", "must be at least 2 (the baseline is the other samples' mean)")
+        if self.bon_n < 2:
+            raise bad("bon_n", "must be at least 2 (the best is kept only if it beats the others)")
         for name in (
             "value_pretrain_steps",
             "checkpoint_every",
@@ -177,6 +183,7 @@ class PPOConfig:
             "eval_prompts",
             "early_stop_patience",
             "early_stop_min_delta",
+            "bon_margin",
         ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
