@@ -46,6 +46,7 @@ COMMANDS = (
     reward.score_cmd,
     ppo.ppo_cmd,
     ppo.rloo_cmd,
+    ppo.bon_cmd,
     ppo.odpo_cmd,
     ppo.train_dpo_cmd,
     rounds.round_cmd,

@@ -139,7 +139,7 @@ class RoundsConfig:
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
     optimizer: str = "ppo"
-    """The policy stage's optimiser: 'ppo' (a critic, each token an action), 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k) or 'odpo' (online DPO on each prompt's best and worst of k samples and the round's labelled pairs; [ppo] odpo_*). All read the [ppo] section."""
+    """The policy stage's optimiser: 'ppo' (a critic, each token an action), 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k), 'bon' (best-of-n fine-tuning: supervised steps on each prompt's best of n samples; [ppo] bon_n, bon_margin) or 'odpo' (online DPO on each prompt's best and worst of k samples and the round's labelled pairs; [ppo] odpo_*). All read the [ppo] section."""
 
     def validate(self) -> None:
         if not 0 <= self.eval_fraction < 1:

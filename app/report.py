@@ -51,7 +51,7 @@ class RoundRow:
     ppo_kl: float | None  # KL of the saved policy to its reference (nats per response)
     ppo_length: float | None  # mean response length (tokens) at the end of PPO
     seconds: float | None  # the round's recorded stages, in all
-    optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo', 'odpo')
+    optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo', 'bon', 'odpo')
 
 
 @dataclass(frozen=True)
@@ -638,7 +638,7 @@ def render_body(report: RoundsReport) -> str:
         "the round's human, or simulated, labels. Reward acc.: pairwise accuracy on "
         "held-out prompts (probe: a linear probe on frozen features, the baseline to "
         "beat); ECE: expected calibration error of σ(r_a − r_b). Optimizer: the policy "
-        "stage's (PPO or RLOO). Policy steps: those run "
+        "stage's (PPO, RLOO or BON, best-of-n fine-tuning). Policy steps: those run "
         "(and the step whose policy was kept, when early stopping kept an earlier one). "
         "Policy score: the reward model's mean score of the first and the last "
         "batches; KL: the kept policy's KL to the reference, nats per response; "

@@ -543,7 +543,7 @@ def _work(
         reward = " + ".join(s.reward_fns) if s.reward_fns else f"rounds/{round_}/reward"
         prompts = len(split_prompts(store.prompts(), project.config.rounds.eval_fraction)[0])
         optimizer = round_optimizer(project, s.optimizer)
-        k = {"rloo": s.ppo.rloo_k, "odpo": s.ppo.odpo_k}.get(optimizer)
+        k = {"rloo": s.ppo.rloo_k, "bon": s.ppo.bon_n, "odpo": s.ppo.odpo_k}.get(optimizer)
         each = f" x {k} samples" if k else ""
         return float(s.ppo.steps), (
             f"{s.ppo.steps} {optimizer.upper()} steps of {s.ppo.batch_size} prompts{each} "
@@ -800,8 +800,8 @@ def policy_stage(
     log: Callable[[str], None] = print,
     on_step: Callable[[dict], None] | None = None,
 ):
-    """Round R's policy stage, the one wiring `rankloop round`, `rankloop ppo` and `rankloop
-    rloo` share: train from `start_policy(R)` with `optimizer` (default [rounds] optimizer)
+    """Round R's policy stage, the one wiring `rankloop round`, `rankloop ppo`, `rankloop
+    rloo` and `rankloop bon` share: train from `start_policy(R)` with `optimizer` (default [rounds] optimizer)
     against `reward_fns` or the round's reward model, on the training prompts (the first
     `limit`), and record rounds/R/policy, the optimiser, its summary and its curve. An
     optimiser that trains on labelled pairs too (online DPO) gets `round_label_pairs(R)`.

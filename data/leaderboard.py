@@ -72,7 +72,7 @@ def policy_name(round_: int) -> str:
 
 
 def trained_by(rounds: Iterable[Round]) -> dict[int, str]:
-    """model -> the optimiser that trained its policy ('ppo', 'rloo'), for the rounds that
+    """model -> the optimiser that trained its policy ('ppo', 'rloo', 'bon'), for the rounds that
     recorded one: the policy that wrote round R's responses was trained in round R - 1."""
     return {r.number + 1: r.optimizer for r in rounds if r.optimizer}
 

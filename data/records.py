@@ -285,7 +285,7 @@ class Round:
     started_at: str | None = None
     finished_at: str | None = None
     optimizer: str | None = None
-    """The optimiser that trained `policy` ('ppo', 'rloo'); None before it is trained."""
+    """The optimiser that trained `policy` ('ppo', 'rloo', 'bon'); None before it is trained."""
 
 
 @dataclass(frozen=True)

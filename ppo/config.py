@@ -19,23 +19,24 @@ from rankloop.settings import ConfigError
 CRITICS = ("reward", "policy")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KEEP_POLICY = ("guarded", "best", "last")
-OPTIMIZERS = ("ppo", "rloo", "odpo")
+OPTIMIZERS = ("ppo", "rloo", "bon", "odpo")
 """The policy stage's optimisers ([rounds] optimizer): one update module each under ppo/."""
 
 
 @dataclass
 class PPOConfig:
     """The policy stage: optimise the policy against the reward model (`rankloop ppo`,
-    `rankloop rloo`). One section for every optimiser: the rollout, KL, evaluation, LoRA and
-    checkpoint fields are the scaffold's; the critic, GAE and value fields are PPO's only,
-    `rloo_k` is RLOO's only, the `odpo_*` fields online DPO's (`rankloop odpo`)."""
+    `rankloop rloo`, `rankloop bon`, `rankloop odpo`). One section for every optimiser: the
+    rollout, KL, evaluation, LoRA and checkpoint fields are the scaffold's; the critic, GAE and
+    value fields are PPO's only, `rloo_k` is RLOO's only, `bon_n` and `bon_margin` best-of-n's
+    only, the `odpo_*` fields online DPO's."""
 
     steps: int = 100
     """PPO steps (one step = rollout of batch_size prompts, scoring, then ppo_epochs of updates)."""
     batch_size: int = 8
     """Prompts per step on each process (rollout batch)."""
     mini_batch_size: int = 4
-    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each; online DPO: their pairs); must divide batch_size."""
+    """Prompts per gradient step inside an epoch (PPO: their responses; RLOO: their rloo_k responses each; best-of-n: kept responses; online DPO: their pairs); must divide batch_size."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, in shuffled mini-batches (RLOO with 1 epoch of one mini-batch is plain REINFORCE)."""
     max_new_tokens: int = 32
@@ -90,6 +91,10 @@ class PPOConfig:
     """Online DPO only: a prompt's pair is kept when its best and worst samples' scores differ by at least this (in the reward's units: standard deviations of the reward model's scores with normalize_scores); alike samples teach only the reward's noise."""
     odpo_label_pairs: int = 4
     """Online DPO in a round: people's (and simulated annotators') labelled pairs of the round's candidates added to each step's update, cycled in a seeded order (0 = reward-model pairs only)."""
+    bon_n: int = 4
+    """Best-of-n only: responses sampled per prompt each step (n >= 2); the one with the highest shaped reward (score - KL term) is kept for the supervised step if it clears bon_margin."""
+    bon_margin: float = 0.5
+    """Best-of-n only: keep a prompt's best response only when its shaped reward beats the mean of the prompt's other responses by at least this many standard deviations of the step's rewards (0 = any strict best)."""
     value_pretrain_steps: int = 0
     """Steps that train only the critic before the policy moves (VC-PPO value pretraining)."""
     critic: str = "reward"
@@ -166,6 +171,8 @@ class PPOConfig:
             raise bad("rloo_k", "must be at least 2 (the baseline is the other samples' mean)")
         if self.odpo_k < 2:
             raise bad("odpo_k", "must be at least 2 (a pair is the best and the worst sample)")
+        if self.bon_n < 2:
+            raise bad("bon_n", "must be at least 2 (the best is kept only if it beats the others)")
         for name in (
             "value_pretrain_steps",
             "checkpoint_every",
@@ -187,6 +194,7 @@ class PPOConfig:
             "eval_prompts",
             "early_stop_patience",
             "early_stop_drop",
+            "bon_margin",
             "odpo_margin",
             "odpo_label_pairs",
         ):

@@ -11,6 +11,9 @@ number and diffed against the reference implementations it follows:
 * Ahmadian et al. 2024 (RLOO) / TRL's RLOOTrainer -- the leave-one-out
   baseline and the sequence-level clipped loss (`rloo_advantages`,
   `rloo_policy_loss`).
+* Dubois et al. 2023 (AlpacaFarm) / Dong et al. 2023 (RAFT) -- best-of-n
+  selection with a margin rule and the supervised loss on the kept samples
+  (`bon_select`, `sft_loss`).
 * Xiong et al. 2024 (online iterative DPO) / Rafailov et al. 2023 (DPO) --
   the best-versus-worst pairs of each prompt's samples (`best_worst_pairs`)
   and the DPO loss (`dpo_loss`).
@@ -46,6 +49,7 @@ __all__ = [
     "EarlyStopping",
     "FixedKLController",
     "KLConstraintController",
+    "bon_select",
     "best_worst_pairs",
     "compute_rewards",
     "decoupled_gae",
@@ -64,6 +68,7 @@ __all__ = [
     "rloo_advantages",
     "rloo_policy_loss",
     "rto_token_rewards",
+    "sft_loss",
     "value_loss",
 ]
 
@@ -426,6 +431,43 @@ def rloo_policy_loss(
             "policy/ratio_mean": ratio.mean(),
         }
     return pg_loss, stats
+
+
+def bon_select(rewards: Tensor, k: int, margin: float) -> Tensor:
+    """Best-of-n selection with a margin rule (rejection sampling, AlpacaFarm / RAFT).
+
+        best_p   = max_j R_pj,    gap_p = best_p - 1/(k-1) * sum_{j != argmax} R_pj
+        keep p   iff  gap_p > 0  and  gap_p >= margin * std(R)
+
+    ``rewards`` (N,) holds N / k prompts' k samples side by side, as ``rloo_advantages``;
+    std is the sample standard deviation of all N rewards (0 when N = 1). A prompt whose
+    samples all score alike (gap 0) teaches nothing and is never kept, whatever the margin;
+    ties for the best keep the first. Returns the kept samples' row indices (K,), ascending.
+    """
+    if k < 2:
+        raise ValueError(f"best-of-n needs at least 2 samples per prompt, got n = {k}")
+    if rewards.dim() != 1 or rewards.shape[0] % k:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} are not groups of n = {k}")
+    r = rewards.view(-1, k)  # (P, k)
+    best, arg = r.max(-1)  # (P,) each
+    gap = best - (r.sum(-1) - best) / (k - 1)  # (P,) best minus the others' mean
+    scale = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+    keep = (gap > 0) & (gap >= margin * scale)  # (P,)
+    rows = torch.arange(r.shape[0], device=rewards.device) * k + arg  # (P,)
+    return rows[keep]  # (K,)
+
+
+def sft_loss(logprobs: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Supervised fine-tuning loss on sampled responses: the mean token NLL,
+
+        loss = -sum_{i,t} mask_it * logprobs_it / sum_{i,t} mask_it
+
+    ``logprobs`` (B, T) of the response tokens given their prompts (prompt tokens are not
+    in it), ``mask`` (B, T). Each token weighs the same, so a long kept response counts more
+    than a short one, as in ordinary SFT. An all-zero mask gives 0. Stats: policy/sft_loss.
+    """
+    loss = -masked_mean(logprobs, mask)  # ()
+    return loss, {"policy/sft_loss": loss.detach()}
 
 
 def value_loss(

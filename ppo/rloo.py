@@ -16,20 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rankloop.lm.device import autocast
-from rankloop.settings import ConfigError
-
 from . import core
 from .config import PPOConfig
-from .train import (
-    Reference,
-    Rollout,
-    StepContext,
-    _sequence_logprobs,
-    forward_minibatch,
-    optimizer_step,
-    step_seed,
-)
+from .train import Reference, Rollout, StepContext, minibatch_update, refuse_ppo_only
 
 
 class RLOOUpdate:
@@ -46,12 +35,7 @@ class RLOOUpdate:
     @staticmethod
     def check(config: PPOConfig) -> None:
         """PPO's critic-only levers mean nothing without a critic: refuse them."""
-        for name in ("value_pretrain_steps", "ptx_coef"):
-            if getattr(config, name):
-                raise ConfigError(
-                    f"[ppo] {name} = {getattr(config, name)!r}: PPO only; set it to 0 to "
-                    f"train with rloo"
-                )
+        refuse_ppo_only(config, "rloo")
 
     @staticmethod
     def critic_origin(critic) -> str:
@@ -68,7 +52,7 @@ class RLOOUpdate:
     ) -> dict[str, Tensor]:
         """Phases 5 and 6 on one rollout batch of B = prompts x k responses (`scores` (B,)
         are in `rewards` already)."""
-        config, device, k = self.config, ctx.device, self.samples_per_prompt
+        config, k = self.config, self.samples_per_prompt
         B = batch.response.shape[0]
 
         # ---- 5. advantages: the leave-one-out baseline -----------------------------------------
@@ -82,49 +66,14 @@ class RLOOUpdate:
                 ones = torch.ones_like(advantages, dtype=torch.bool)
                 advantages = core.masked_whiten(advantages, ones, shift_mean=False)  # (B,)
 
-        # ---- 6. update ---------------------------------------------------------------------------
-        stats_sum: dict[str, Tensor] = {}
-        n_mb = epochs_run = 0
-        shuffle = torch.Generator().manual_seed(step_seed(config.seed, step, ctx.rank, "shuffle"))
-        n_prompts = B // k
-        for _epoch in range(config.ppo_epochs):
-            perm = torch.randperm(n_prompts, generator=shuffle)
-            epoch_kl = []
-            # a mini-batch is mini_batch_size prompts with their k responses each
-            for mb_start in range(0, n_prompts, config.mini_batch_size):
-                chosen = perm[mb_start : mb_start + config.mini_batch_size]  # (p,)
-                mb = (chosen[:, None] * k + torch.arange(k)).reshape(-1).to(device)  # (p * k,)
-                with autocast(device, ctx.bf16):
-                    logits, _ = forward_minibatch(ctx.model, batch, ref, mb, value=False)
-                    new_logprobs, logits = _sequence_logprobs(
-                        logits[:, :-1], batch.response[mb], config.temperature
-                    )  # (b, T)
-                    loss, mb_stats = core.rloo_policy_loss(
-                        new_logprobs,
-                        ref.logprobs[mb],
-                        advantages[mb],
-                        batch.mask[mb],
-                        config.cliprange,
-                    )
-                    if config.entropy_coef > 0:
-                        ent = core.masked_mean(core.entropy_from_logits(logits), batch.mask[mb])
-                        loss = loss - config.entropy_coef * ent
-                        mb_stats["policy/entropy"] = ent.detach()
-                ctx.accelerator.backward(loss)
-                optimizer_step(
-                    ctx.accelerator, ctx.raw_actor, None, ctx.optimizer, config, train_policy=True
-                )
-                for name, v in mb_stats.items():
-                    stats_sum[name] = stats_sum.get(name, 0.0) + v.float()
-                epoch_kl.append(mb_stats["policy/approxkl"])
-                n_mb += 1
-            epochs_run += 1
-            if config.target_approxkl > 0 and float(torch.stack(epoch_kl).mean()) > (
-                config.target_approxkl
-            ):
-                break
+        # ---- 6. update: a mini-batch is mini_batch_size prompts with their k responses each ----
+        def loss_fn(mb: Tensor, new_logprobs: Tensor, mask: Tensor):
+            return core.rloo_policy_loss(
+                new_logprobs, ref.logprobs[mb], advantages[mb], mask, config.cliprange
+            )
 
-        stats = {name: v / n_mb for name, v in stats_sum.items()}
+        groups = torch.arange(B).view(-1, k)  # (prompts, k) a prompt's rows
+        stats, epochs_run = minibatch_update(ctx, step, batch, ref, groups, loss_fn)
         with torch.no_grad():
             stats.update(
                 {

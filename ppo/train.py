@@ -1,29 +1,33 @@
 """The policy stage's scaffold: `train_policy` reads top to bottom, one numbered phase per
-block; the optimiser (`ppo/ppo.py`, `ppo/rloo.py`, `ppo/online_dpo.py`) supplies only phases 5
-and 6.
+block; the optimiser (`ppo/ppo.py`, `ppo/rloo.py`, `ppo/bon.py`, `ppo/online_dpo.py`) supplies
+only phases 5 and 6.
 
 Each step:
-  1. rollout     sample `samples_per_prompt` responses (PPO 1, RLOO and online DPO k) to each of
-                 `batch_size` prompts (KV cache, stop at EOS)
+  1. rollout     sample `samples_per_prompt` responses (PPO 1, RLOO, best-of-n and online DPO
+                 k) to each of `batch_size` prompts (KV cache, stop at EOS)
   2. score       the reward source scores the decoded (prompt, response) texts
   3. reference   log-probs of the policy and of the reference (adapter disabled), PPO's
                  values; RTO token rewards from the DPO adapter
   4. rewards     per-token KL to the reference, shaped rewards (score at the last token)
   5. advantages  the optimiser's: PPO decoupled GAE; RLOO the leave-one-out baseline;
-                 online DPO each prompt's best-versus-worst pair
+                 best-of-n the selection of each prompt's best; online DPO each prompt's
+                 best-versus-worst pair
   6. update      the optimiser's: PPO clipped policy and value losses over `ppo_epochs` of
-                 mini-batches; RLOO the sequence-level loss; online DPO the DPO loss
-                 (`StepContext` gives it the model and the optimizer)
+                 mini-batches; RLOO the sequence-level loss; best-of-n supervised steps on the
+                 kept responses; online DPO the DPO loss (`StepContext` gives it the model and
+                 the optimizer)
   7. log         fixed metric names, decoded samples, trackers; the adaptive KL coefficient
                  moves toward `kl_target`
   8. evaluate    every `eval_every` steps: score and KL on held-out prompts; stop early when
-                 the score has stopped rising; checkpoint
-At the end the best evaluated (or the last) policy is saved (`save_trained_policy`).
+                 the score has fallen for sure (`core.EarlyStopping`); checkpoint
+At the end the last policy is saved, or the best evaluated one when the last fell for sure
+(`keep_policy`, `save_trained_policy`).
 
 The math is in `ppo/core.py` (pure, tested functions); the modules in `ppo/actor_critic.py`.
 References: Ziegler et al. 2019; Ouyang et al. 2022 (InstructGPT, PPO-ptx); Zheng et al. 2023
 (PPO-max); Yuan et al. 2025 (VC-PPO); Zhong et al. 2024 (RTO); Huang et al. 2024 (N+ details);
-Ahmadian et al. 2024 (RLOO); Xiong et al. 2024 (online iterative DPO).
+Ahmadian et al. 2024 (RLOO); Dubois et al. 2023 (AlpacaFarm, best-of-n); Xiong et al. 2024
+(online iterative DPO).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype, release_f
 from rankloop.lm.loading import load_tokenizer
 from rankloop.lm.sampling import encode_chats, left_pad, sampling_kwargs
 from rankloop.lm.seeds import derive_seed, seed_everything
+from rankloop.settings import ConfigError
 
 from . import core
 from .actor_critic import (
@@ -186,6 +191,8 @@ def optimizer_update(name: str, config: PPOConfig):
         from .rloo import RLOOUpdate as update
     elif name == "odpo":
         from .online_dpo import OnlineDPOUpdate as update
+    elif name == "bon":
+        from .bon import BestOfNUpdate as update
     else:
         raise ValueError(f"optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     update.check(config)
@@ -205,6 +212,11 @@ def train_rloo(config: PPOConfig, **kwargs) -> PPOResult:
 def train_online_dpo(config: PPOConfig, **kwargs) -> PPOResult:
     """`train_policy` with online DPO's update (`ppo/online_dpo.py`)."""
     return train_policy(config, optimizer="odpo", **kwargs)
+
+
+def train_bon(config: PPOConfig, **kwargs) -> PPOResult:
+    """`train_policy` with best-of-n fine-tuning's update (`ppo/bon.py`)."""
+    return train_policy(config, optimizer="bon", **kwargs)
 
 
 def train_policy(
@@ -274,6 +286,8 @@ def train_policy(
         say,
         critic=update_class.uses_critic,
     )
+    if not update_class.uses_critic:
+        say(f"critic: {update_class.critic_origin(None)}")
     extra = {"preferences": preferences} if takes_preferences else {}
     update = update_class(config, tokenizer, **extra)
     model, torch_optimizer = prepare_models(accelerator, actor, critic, config)
@@ -419,7 +433,7 @@ def train_policy(
                 ref.token_rewards,
             )  # (B, T) each
 
-        # ---- 5.-6. the optimiser's advantages and update (ppo/ppo.py, rloo.py, online_dpo.py)
+        # ---- 5.-6. the optimiser's advantages and update (ppo.py, rloo.py, bon.py, online_dpo.py)
         t0 = time.perf_counter()
         stats = update.step(ctx, step, batch, ref, rewards, scores)
         timing["time/update"] = time.perf_counter() - t0
@@ -593,7 +607,6 @@ def build_models(
         lm.set_adapter("default")
     if not critic:
         actor = Actor(lm, value_head=False).to(device)
-        say("critic: none (the baseline is the other samples' mean reward)")
         if bf16:
             keep_adapter_inputs_in_autocast_dtype(actor, None)
         return tokenizer, actor, None
@@ -734,6 +747,76 @@ def optimizer_step(
             p.grad = None
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def refuse_ppo_only(config: PPOConfig, optimizer: str) -> None:
+    """PPO's critic-only levers mean nothing without a critic: the critic-free optimisers'
+    `check` refuses them with one message naming the setting."""
+    for name in ("value_pretrain_steps", "ptx_coef"):
+        if getattr(config, name):
+            raise ConfigError(
+                f"[ppo] {name} = {getattr(config, name)!r}: PPO only; set it to 0 to "
+                f"train with {optimizer}"
+            )
+
+
+def minibatch_update(
+    ctx: StepContext,
+    step: int,
+    batch: Rollout,
+    ref: Reference,
+    groups: Tensor,
+    loss_fn: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]],
+    real: Tensor | None = None,
+) -> tuple[dict[str, Tensor], int]:
+    """Phase 6 of the optimisers without a critic (RLOO, best-of-n): `ppo_epochs` passes over
+    the G groups of rollout rows `groups` (G, g), in shuffled mini-batches of `mini_batch_size`
+    groups (a group's g rows stay together). Per mini-batch: the policy's forward on its rows
+    `mb`, `loss_fn(mb, new_logprobs, mask) -> (loss, stats)`, minus the entropy bonus, one
+    clipped optimizer step. `real` (G,) False marks padding groups (their tokens are masked
+    out: every process then runs as many mini-batches, as DDP needs). An epoch whose mean
+    `policy/approxkl` exceeds `target_approxkl` is the last. Returns the stats' means over the
+    mini-batches (empty with none) and the epochs run."""
+    config, device = ctx.config, ctx.device
+    G, g = groups.shape
+    stats_sum: dict[str, Tensor] = {}
+    n_mb = epochs_run = 0
+    shuffle = torch.Generator().manual_seed(step_seed(config.seed, step, ctx.rank, "shuffle"))
+    for _epoch in range(config.ppo_epochs):
+        if G == 0:
+            break
+        perm = torch.randperm(G, generator=shuffle)
+        epoch_kl = []
+        for mb_start in range(0, G, config.mini_batch_size):
+            chosen = perm[mb_start : mb_start + config.mini_batch_size]  # (p,)
+            mb = groups[chosen].reshape(-1).to(device)  # (p * g,)
+            mask = batch.mask[mb]  # (b, T)
+            if real is not None:
+                mask = mask & real[chosen].repeat_interleave(g)[:, None].to(device)
+            with autocast(device, ctx.bf16):
+                logits, _ = forward_minibatch(ctx.model, batch, ref, mb, value=False)
+                new_logprobs, logits = _sequence_logprobs(
+                    logits[:, :-1], batch.response[mb], config.temperature
+                )  # (b, T)
+                loss, mb_stats = loss_fn(mb, new_logprobs, mask)
+                if config.entropy_coef > 0:
+                    ent = core.masked_mean(core.entropy_from_logits(logits), mask)
+                    loss = loss - config.entropy_coef * ent
+                    mb_stats["policy/entropy"] = ent.detach()
+            ctx.accelerator.backward(loss)
+            optimizer_step(
+                ctx.accelerator, ctx.raw_actor, None, ctx.optimizer, config, train_policy=True
+            )
+            for name, v in mb_stats.items():
+                stats_sum[name] = stats_sum.get(name, 0.0) + v.float()
+            epoch_kl.append(mb_stats["policy/approxkl"])
+            n_mb += 1
+        epochs_run += 1
+        if config.target_approxkl > 0 and float(torch.stack(epoch_kl).mean()) > (
+            config.target_approxkl
+        ):
+            break
+    return {name: v / n_mb for name, v in stats_sum.items()}, epochs_run
 
 
 def step_stats(

@@ -8,10 +8,10 @@ import torch
 
 from rankloop.data.records import Prompt
 from rankloop.ppo.config import PPOConfig
-from rankloop.ppo.train import train_ppo
+from rankloop.ppo.train import train_bon, train_ppo
 
 
-def main(policy: str, out: str) -> None:
+def main(policy: str, out: str, optimizer: str = "ppo") -> None:
     from accelerate import PartialState
 
     prompts = [Prompt.from_text(t) for t in ("hello", "write a poem", "explain gears", "yes")]
@@ -32,9 +32,20 @@ def main(policy: str, out: str) -> None:
     def reward(ps, rs):
         return torch.tensor([float(len(r)) / 10 for r in rs])
 
-    # no accelerator passed: train_ppo builds its own, as `rankloop ppo` under
+    train = train_ppo
+    if optimizer == "bon":
+        # process 0's samples all score alike (no KL term to tell them apart), so it keeps
+        # none and must still run as many mini-batches as process 1, which keeps some
+        cfg.value_pretrain_steps, cfg.bon_n, cfg.bon_margin, train = 0, 2, 0.0, train_bon
+        cfg.kl_coef, cfg.kl_target = 0.0, 0.0
+
+        def reward(ps, rs):
+            rank = PartialState().process_index  # the trainer's accelerator set it up
+            return torch.tensor([float(len(r)) / 10 * rank for r in rs])
+
+    # no accelerator passed: the trainer builds its own, as `rankloop ppo` under
     # `accelerate launch --config_file docs/accelerate/cpu-ddp.yaml` does
-    res = train_ppo(
+    res = train(
         cfg,
         policy=policy,
         prompts=prompts,
@@ -47,6 +58,7 @@ def main(policy: str, out: str) -> None:
     state = {
         n: p.detach().double().sum().item()
         for module in (res.actor, res.critic)
+        if module is not None
         for n, p in module.named_parameters()
         if p.requires_grad
     }
@@ -56,4 +68,4 @@ def main(policy: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -1,4 +1,4 @@
-"""The policy stage as one function: `rankloop ppo`, `rankloop rloo` and `rankloop round` wire it
+"""The policy stage as one function: `rankloop ppo`, `rloo`, `bon` and `rankloop round` wire it
 the same way (`rounds.policy_stage`), the round's optimiser is chosen by config and recorded
 (migration 0021), and the models of round R have one rule (`start_policy`, `trained_policy`)."""
 
@@ -78,7 +78,7 @@ def comparable(config, kw: dict) -> dict:
     return {"config": dataclasses.asdict(config), **out}
 
 
-@pytest.mark.parametrize("optimizer", ["ppo", "rloo"])
+@pytest.mark.parametrize("optimizer", ["ppo", "rloo", "bon"])
 def test_the_command_and_the_round_wire_the_policy_stage_the_same_way(
     project, tmp_path, monkeypatch, optimizer
 ):
@@ -135,14 +135,30 @@ def test_round_optimizer_flag_overrides_the_setting_and_dry_run_says_it(project,
         "round", "--dry-run", "--optimizer", "odpo", "--reward-fn", spec, "--project", project
     ).output
     assert "100 ODPO steps of 8 prompts x 4 samples (of" in out
+    out = run(
+        "round", "--dry-run", "--optimizer", "bon", "--reward-fn", spec, "--project", project
+    ).output
+    assert "100 BON steps of 8 prompts x 4 samples (of" in out
     res = run("round", "--optimizer", "sgd", "--project", project, ok=False)
-    assert res.exit_code == 2 and "'sgd' is not one of 'ppo', 'rloo', 'odpo'" in res.output
+    assert res.exit_code == 2 and "'sgd' is not one of 'ppo', 'rloo', 'bon', 'odpo'" in res.output
+
+
+def test_bon_command_passes_its_own_settings(project, tmp_path, monkeypatch):
+    """`rankloop bon --bon-n --bon-margin` reach the trainer's config, beside the shared ones."""
+    calls: list = []
+    record_trainer(monkeypatch, calls)
+    spec = f"{tmp_path / 'toy_rewards.py'}:brevity"
+    run("bon", "--bon-n", "3", "--bon-margin", "1.5", "--steps", "7", "--reward-fn", spec,
+        "--project", project)  # fmt: skip
+    ((config, kw),) = calls
+    assert (config.bon_n, config.bon_margin, config.steps) == (3, 1.5, 7)
+    assert kw["optimizer"] == "bon"
 
 
 def test_a_bad_optimizer_setting_is_one_clear_error(project):
     p = Project.find(project)
     p.config.rounds.optimizer = "sgd"
-    with pytest.raises(ConfigError, match="optimizer 'sgd': expected one of ppo, rloo, odpo"):
+    with pytest.raises(ConfigError, match="optimizer 'sgd': expected one of ppo, rloo, bon, odpo"):
         rounds.round_optimizer(p)
     with pytest.raises(ConfigError, match=r"\[rounds\] optimizer = 'sgd'"):
         p.config.rounds.validate()

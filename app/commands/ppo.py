@@ -1,4 +1,4 @@
-"""`rankloop ppo`, `rankloop rloo`, `rankloop odpo` and `rankloop train-dpo`: optimise the round's policy
+"""`rankloop ppo`, `rankloop rloo`, `rankloop bon`, `rankloop odpo` and `rankloop train-dpo`: optimise the round's policy
 against its reward. The stage itself is `rounds.policy_stage`, the one `rankloop round` runs."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def describe(s: dict) -> str:
 
 
 def policy_options(f):
-    """The options `rankloop ppo`, `rloo` and `odpo` share: the round, the reward, the
+    """The options `rankloop ppo`, `rloo`, `bon` and `odpo` share: the round, the reward, the
     scaffold's settings (rollout, KL, evaluation, saving) and the update's step sizes."""
     options = [
         click.option(
@@ -197,6 +197,40 @@ def rloo_cmd(round_, reward_fns, reward_model, limit, resume, project_dir, **ove
     """
     run_policy_stage(
         "rloo", round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
+    )
+
+
+@click.command("bon")
+@policy_options
+@click.option(
+    "--bon-n",
+    type=int,
+    default=None,
+    help="Responses sampled per prompt; the best is trained on ([ppo] bon_n).",
+)
+@click.option(
+    "--bon-margin",
+    type=float,
+    default=None,
+    help="Keep a prompt's best only if it beats the others' mean by this many standard "
+    "deviations of the step's rewards ([ppo] bon_margin).",
+)
+def bon_cmd(round_, reward_fns, reward_model, limit, resume, project_dir, **overrides):
+    """Optimise the round's policy with best-of-n fine-tuning; save rounds/R/policy/.
+
+    Rejection-sampling fine-tuning (AlpacaFarm, RAFT): n responses per prompt, the one with
+    the highest reward (score less the KL term) kept when it beats the prompt's other
+    responses by the margin, then supervised LoRA steps on the kept responses. The same stage
+    as `rankloop ppo` (the [ppo] section of rankloop.toml, the same rollouts, evaluation and
+    checkpoints), with best-of-n's update.
+
+    \b
+    Example:
+      rankloop bon --round 0 --steps 50 --bon-n 4
+      rankloop bon --steps 30 --reward-fn my_rewards:brevity --bon-margin 1.0 --resume
+    """
+    run_policy_stage(
+        "bon", round_, reward_fns, reward_model, limit, resume, project_dir, **overrides
     )
 
 

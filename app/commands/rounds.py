@@ -150,7 +150,8 @@ def round_cmd(
     """Run the current round R end to end: reward model -> policy -> round R+1's candidates.
 
     Trains R's reward model on every label of rounds <= R, optimises the policy of round R-1
-    (or the base) against it with [rounds] optimizer (PPO, RLOO or online DPO; --optimizer),
+    (or the base) against it with [rounds] optimizer (PPO, RLOO, best-of-n or online DPO;
+    --optimizer),
     samples round R+1's candidates from the new policy, builds their comparisons (with
     cross-round ones on the evaluation prompts), makes R+1 current and prints a summary. Each stage is recorded when it finishes: killed and run again, it
     continues with the unfinished stage.
@@ -161,6 +162,7 @@ def round_cmd(
       rankloop round --ppo-steps 20 --n 2
       rankloop round --optimizer rloo
       rankloop round --optimizer odpo   # online DPO, with the round's labelled pairs
+      rankloop round --optimizer bon
       rankloop round --reward-fn my_rewards:helpful   # no reward model: PPO on a function
     """
     project = open_project(project_dir)
