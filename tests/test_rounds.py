@@ -484,3 +484,19 @@ def test_round_messages_print_setting_names_as_they_are(capsys):
     out = capsys.readouterr().out
     assert "([rounds] weak_reward = 'warn')" in out  # rich markup would have eaten [rounds]
     assert "Warning: the reward model is weak ([rounds] weak_reward)" in out
+
+
+def test_round_summary_shows_an_ensembles_members_and_spread(capsys, monkeypatch):
+    from rankloop.app.commands.common import console
+    from rankloop.app.commands.rounds import print_summary
+
+    monkeypatch.setattr(console, "width", 200)  # one line per row: no wrapped cells
+
+    m = {"reward/accuracy": 0.8, "reward/eval_pairs": 30.0, "reward/probe_accuracy": 0.65}
+    print_summary(rounds.RoundSummary(1, {"human": 6}, {"reward": 1.0}, m, []))
+    single = capsys.readouterr().out
+    assert "0.800 on 30 pairs (frozen-feature probe 0.650)" in single and "ensemble" not in single
+    ens = {**m, "reward/members": 4.0, "reward/spread": 0.125}
+    print_summary(rounds.RoundSummary(1, {"human": 6}, {"reward": 1.0}, ens, []))
+    out = capsys.readouterr().out
+    assert "0.800 on 30 pairs (frozen-feature probe 0.650); ensemble of 4, spread 0.125" in out
