@@ -144,7 +144,7 @@ def test_members_are_in_the_config_and_a_single_model_has_none(ensemble_run, tmp
     assert CONFIG_KEY not in json.loads((single.path / "config.json").read_text())
     scorer = RewardScorer.from_pretrained(single.path, bf16="no")
     assert scorer.members == 1
-    assert "reward/spread" not in single.metrics
+    assert "reward/spread" not in single.metrics and "reward/members" not in single.metrics
     assert set(single.phases) == {"load", "probe", "loop", "scoring", "saving"}
 
 
