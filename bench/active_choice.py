@@ -248,7 +248,7 @@ def table(rows: list[dict]) -> str:
         {(x["task"], x["pairs"], x["final"]) for x in rows},
         key=lambda k: (rq.TASKS.index(k[0]), k[1], k[2]),
     )
-    gains: dict[tuple[int, str], list[float]] = {}
+    gains: dict[tuple[int, str, str], list[float]] = {}  # (budget, final, rule)
     for task, n, final in keys:
         at = {
             r: sorted(
@@ -266,7 +266,7 @@ def table(rows: list[dict]) -> str:
         for r in others:
             base = {x["seed"]: x["accuracy"] for x in at["random"]}
             diff = [x["accuracy"] - base[x["seed"]] for x in at[r] if x["seed"] in base]
-            gains.setdefault((n, r), []).extend(diff)
+            gains.setdefault((n, final, r), []).extend(diff)
             out.append(f"{np.mean(diff):+.3f} (n={len(diff)})" if diff else "")
         out.append(
             ", ".join(
@@ -277,14 +277,14 @@ def table(rows: list[dict]) -> str:
             )
         )
         lines.append(f"| {task} | {n} | {final} | {ceil:.3f} | " + " | ".join(out) + " |")
-    for n in sorted({k[1] for k in keys}):
+    for n, final in sorted({(k[1], k[2]) for k in keys}):  # the paired gains over tasks
         if not others:
             break
         parts = [""] * len(rules) + [
-            f"{np.mean(gains[(n, r)]):+.3f} (n={len(gains[(n, r)])})" if (n, r) in gains else ""
+            f"{np.mean(g):+.3f} (n={len(g)})" if (g := gains.get((n, final, r))) else ""
             for r in others
         ]
-        lines.append(f"| **all** | {n} | | | " + " | ".join(parts) + " | |")
+        lines.append(f"| **all** | {n} | {final} | | " + " | ".join(parts) + " | |")
     return "\n".join(lines)
 
 

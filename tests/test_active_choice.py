@@ -67,4 +67,4 @@ def test_table_reports_each_seed_and_the_paired_gain_over_random():
         "| format | 100 | probe | 0.900 | 0.650 ± 0.050 (0.600, 0.700) | 0.725 ± 0.025 "
         "(0.700, 0.750) | +0.075 (n=2) | random 0.10 / 50, balanced 0.10 / 50 |"
     )
-    assert lines[3] == "| **all** | 100 | | |  |  | +0.075 (n=2) | |"
+    assert lines[3] == "| **all** | 100 | probe | |  |  | +0.075 (n=2) | |"
