@@ -52,6 +52,8 @@ class RoundRow:
     ppo_length: float | None  # mean response length (tokens) at the end of PPO
     seconds: float | None  # the round's recorded stages, in all
     optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo', 'bon', 'odpo')
+    reward_members: int | None = None  # an ensemble's members (None: a single model)
+    reward_spread: float | None = None  # their mean std of the score gap on held-out pairs
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ def snapshot(
                 ppo_length=_num(metrics, "ppo/response_length_last"),
                 seconds=sum(st.seconds for st in stages[n]) if stages[n] else None,
                 optimizer=rounds[n].optimizer if n in rounds else None,
+                reward_members=_int(_num(metrics, "reward/members")),
+                reward_spread=_num(metrics, "reward/spread"),
             )
         )
     match_sources: dict[str, int] = defaultdict(int)
@@ -426,6 +430,13 @@ def _steps(r: RoundRow) -> str:
     return str(r.ppo_steps)
 
 
+def _ensemble(r: RoundRow) -> str:
+    """An ensemble reward model's members and mean spread; '–' for a single model."""
+    if r.reward_members is None:
+        return "–"
+    return f"{r.reward_members} members, spread {_f(r.reward_spread)}"
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str) -> str:
     th = "".join(f"<th>{_E(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{_E(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -595,6 +606,7 @@ def render_body(report: RoundsReport) -> str:
                 _f(r.alpha["simulated"]),
                 _f(r.reward_accuracy),
                 _f(r.reward_baseline),
+                _ensemble(r),
                 _f(r.reward_ece),
                 _steps(r),
                 "–"
@@ -617,6 +629,7 @@ def render_body(report: RoundsReport) -> str:
                 "α simulated",
                 "reward acc.",
                 "probe acc.",
+                "ensemble",
                 "reward ECE",
                 "policy steps",
                 "policy score",
@@ -637,8 +650,10 @@ def render_body(report: RoundsReport) -> str:
         "columns are that policy's win-rates. α: Krippendorff's alpha (ordinal) among "
         "the round's human, or simulated, labels. Reward acc.: pairwise accuracy on "
         "held-out prompts (probe: a linear probe on frozen features, the baseline to "
-        "beat); ECE: expected calibration error of σ(r_a − r_b). Optimizer: the policy "
-        "stage's (PPO, RLOO or BON, best-of-n fine-tuning). Policy steps: those run "
+        "beat); ensemble: an ensemble reward model's members and their mean spread (std of "
+        "the score gap r_m(a) − r_m(b) over members) on the held-out pairs, – for a single "
+        "model; ECE: expected calibration error of σ(r_a − r_b). Optimizer: the policy "
+        "stage's (PPO, RLOO, BON: best-of-n fine-tuning, or ODPO: online DPO). Policy steps: those run "
         "(and the step whose policy was kept, when early stopping kept an earlier one). "
         "Policy score: the reward model's mean score of the first and the last "
         "batches; KL: the kept policy's KL to the reference, nats per response; "

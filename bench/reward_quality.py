@@ -376,6 +376,8 @@ class FrozenFeatures:
         from rankloop.reward.model import format_text, right_pad, tokenize
 
         todo = sorted({(p, r) for p, r in zip(prompts, responses)} - set(self.cache))
+        if not todo:  # all seen before (a tokenizer fails on an empty batch)
+            return np.stack([self.cache[(p, r)] for p, r in zip(prompts, responses)])
         ids = tokenize(self.tok, [format_text(self.tok, p, r) for p, r in todo], 512)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         backbone = getattr(self.model, self.model.base_model_prefix)

@@ -182,8 +182,10 @@ def baseline_verdict(m: dict) -> Verdict:
       1.000 (a tie at the ceiling says nothing against the model);
     * 'lost' when the baseline is ahead by more than one standard error of an accuracy on the
       n = `reward/eval_pairs` held-out pairs, SE = sqrt(p (1 - p) / n) at p = the mean of the
-      two accuracies (36 pairs at p = 0.5: SE = 0.083), and n >= MIN_PAIRS_TO_STOP (30). Less
-      than that is within the noise of the split: 'weak';
+      two accuracies (36 pairs at p = 0.5: SE = 0.083), by more than one pair (1 / n), and
+      n >= MIN_PAIRS_TO_STOP (30). Less than that is within the noise of the split: 'weak'
+      (near the ceiling the SE shrinks below one pair: 399 of 400 against 400 of 400 is
+      SE 0.0018, yet one pair decides nothing);
     * 'weak' also when there is no held-out accuracy at all.
     """
     acc = m.get("reward/accuracy")
@@ -200,10 +202,10 @@ def baseline_verdict(m: dict) -> Verdict:
     n = m.get("reward/eval_pairs") or 0
     p = (acc + base) / 2
     se = math.sqrt(p * (1 - p) / n) if n else float("nan")
-    if acc > base or acc == base == 1.0:
+    if acc > base or min(acc, base) >= 1.0 - 1e-9:  # both perfect (float noise aside)
         return Verdict("ok", None, base, se)
     on = f" on {int(n)} held-out pairs" if n else ""
-    lost = n >= MIN_PAIRS_TO_STOP and base - acc > se
+    lost = n >= MIN_PAIRS_TO_STOP and base - acc > max(se, 1.0 / n + 1e-9)
     why = (
         f"the reward model's held-out accuracy {acc:.3f} "
         f"{'loses to' if lost else 'does not beat'} its baseline ({name}: {base:.3f}){on}"

@@ -477,8 +477,9 @@ def evaluate(
 
 def member_metrics(items: list[Encoded], scores: list[torch.Tensor], prefix: str) -> dict:
     """An ensemble's members on the held-out pairs (nothing for a single model):
-    `member_accuracy_min` / `_max` (the worst and best member's accuracy) and `spread` (the mean
-    over strict pairs of the members' std of the score gap, `ensemble.gap_spread`)."""
+    `members` (how many), `member_accuracy_min` / `_max` (the worst and best member's accuracy)
+    and `spread` (the mean over strict pairs of the members' std of the score gap,
+    `ensemble.gap_spread`)."""
     if not scores or scores[0].ndim != 2 or scores[0].shape[1] < 2:
         return {}
     accs = []
@@ -492,6 +493,7 @@ def member_metrics(items: list[Encoded], scores: list[torch.Tensor], prefix: str
         if not p.tie
     ]
     return {
+        f"{prefix}members": float(len(accs)),
         f"{prefix}member_accuracy_min": float(np.min(accs)),
         f"{prefix}member_accuracy_max": float(np.max(accs)),
         f"{prefix}spread": float(np.mean(spreads)) if spreads else float("nan"),

@@ -10,7 +10,8 @@ comparison; the simulated `sim-1` labels round 2 vs 0 only. Outcomes from the ne
     round 2 vs 0: T W W W W W   (5.5 / 6) by ann, W W W W W W by sim-1
 
 Round 0 also has four same-round comparisons labeled by `ann` and `bob` (agreeing on three:
-Krippendorff's alpha among humans), round 0 and 1 have reward and PPO metrics and PPO curves.
+Krippendorff's alpha among humans), round 0 and 1 have reward and PPO metrics and PPO curves;
+round 1's reward model is an ensemble of four members.
 Prompt 5 and round 2's answer to it carry hostile HTML.
 """
 
@@ -44,6 +45,11 @@ ROUND_METRICS = {
         "reward/probe_accuracy": 0.65,
         "reward/ece": 0.04,
         "reward/eval_pairs": 30.0,
+        # an ensemble of four (round 0's reward model is a single one)
+        "reward/members": 4.0,
+        "reward/member_accuracy_min": 0.7,
+        "reward/member_accuracy_max": 0.8333333333333334,
+        "reward/spread": 0.125,
         "ppo/steps": 2.0,
         "ppo/score_first": 0.3,
         "ppo/score_last": 0.9,

@@ -53,6 +53,9 @@ def test_collect_gathers_each_round(two_rounds):
     assert 0 < alpha < 1
     # the kept policy's KL (kl_final) before the last steps' (kl_last); early stopping kept step 1
     assert (r1.labels, r1.ppo_kl, r1.ppo_steps, r1.ppo_kept_step) == ({"human": 6}, 1.25, 2, 1)
+    # round 1's reward model is an ensemble: its members and mean spread, as stored
+    assert (r0.reward_members, r0.reward_spread) == (None, None)
+    assert (r1.reward_members, r1.reward_spread) == (4, 0.125)
     assert r2.labels == {"human": 12, "simulated": 6}
     assert r2.alpha == {"human": None, "simulated": None}  # one annotator each: no overlap
     assert r2.reward_accuracy is None and r2.ppo_score_first is None
@@ -146,8 +149,11 @@ def test_the_page_shows_the_numbers_and_escapes_model_text(two_rounds):
     assert "⚠ Flagged rows: the data show no spread there" in text
     assert "|round 1 vs round 0 (base)|all|75%|" in text
     assert "|1|round 2|" in text and "|3|round 0 (base)|1000|1000–1000|18|11%|" in text
-    assert "|0|8 / 0|0.533|–|0.700|0.600|0.050|3|0.100 → 0.400|1.50|40.0|75% (" in text
-    assert "|1|6 / 0|–|–|0.800|0.650|0.040|2 (kept 1)|0.300 → 0.900|1.25|35.0|" in text
+    assert "|0|8 / 0|0.533|–|0.700|0.600|–|0.050|3|0.100 → 0.400|1.50|40.0|75% (" in text
+    assert (
+        "|1|6 / 0|–|–|0.800|0.650|4 members, spread 0.125|0.040|2 (kept 1)|0.300 → 0.900|1.25|"
+        "35.0|" in text
+    )
     assert page.count("<svg") == 5  # win-rates, Elo, and 3 PPO curves
     # model text (prompt 5 and round 2's answer to it are hostile) only ever as text
     assert (

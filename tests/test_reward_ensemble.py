@@ -122,6 +122,7 @@ def test_ensemble_saved_loads_both_ways_with_the_same_mean(ensemble_run):
 def test_ensemble_reports_members_and_spread(ensemble_run):
     m = ensemble_run.metrics
     assert m["reward/eval_pairs"] == 40.0
+    assert m["reward/members"] == 3.0
     assert m["reward/member_accuracy_min"] <= m["reward/member_accuracy_max"]
     assert m["reward/spread"] > 0
     # the keyword task is learnable: the mean of the members ranks it well
@@ -143,7 +144,7 @@ def test_members_are_in_the_config_and_a_single_model_has_none(ensemble_run, tmp
     assert CONFIG_KEY not in json.loads((single.path / "config.json").read_text())
     scorer = RewardScorer.from_pretrained(single.path, bf16="no")
     assert scorer.members == 1
-    assert "reward/spread" not in single.metrics
+    assert "reward/spread" not in single.metrics and "reward/members" not in single.metrics
     assert set(single.phases) == {"load", "probe", "loop", "scoring", "saving"}
 
 

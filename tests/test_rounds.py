@@ -234,6 +234,35 @@ def test_a_reward_model_that_lost_to_its_probe_stops_the_round_unless_told_to_ru
         rounds.reward_gate({**few, "reward/eval_pairs": 30.0}, "warn", 2)
 
 
+def test_at_the_ceiling_a_tie_neither_warns_nor_stops_and_one_pair_never_stops():
+    """Issue 23: model and probe both at 1.000 on the held-out pairs is no reason to warn, under
+    any [rounds] weak_reward, on 400 pairs as on 30, with an ensemble's keys too; 399 of 400
+    against 400 of 400 does not beat the probe (a warning) but one pair does not stop the round,
+    although it is 0.0025 below, more than SE sqrt(0.99875 * 0.00125 / 400) = 0.00177; four
+    pairs below (0.990) do."""
+    from rankloop.app.commands.reward import heldout_summary
+
+    top = {"reward/accuracy": 1.0, "reward/probe_accuracy": 1.0, "reward/eval_pairs": 400.0}
+    ens = {**top, "reward/members": 4.0, "reward/member_accuracy_min": 0.9975}
+    ens["reward/member_accuracy_max"] = 1.0
+    for m in (top, {**top, "reward/eval_pairs": 30.0}, {**ens, "reward/spread": 0.05}):
+        for weak in ("warn", "stop", "run"):
+            v = rounds.reward_gate(m, weak, 3)
+            assert (v.level, v.message, v.baseline) == ("ok", None, 1.0)
+        assert rounds.reward_verdict(m) is None and "warning" not in heldout_summary(m)
+    one_below = {**top, "reward/accuracy": 399 / 400}
+    v = rounds.reward_gate(one_below, "warn", 3)
+    assert v.level == "weak" and v.standard_error == pytest.approx(0.001767, abs=1e-6)
+    assert v.message == (
+        "the reward model's held-out accuracy 0.998 does not beat its baseline (a linear probe "
+        "on frozen features: 1.000) on 400 held-out pairs"
+    )
+    with pytest.raises(rounds.RoundStopped, match="weak_reward = 'stop'"):
+        rounds.reward_gate(one_below, "stop", 3)
+    with pytest.raises(rounds.RoundStopped, match="loses to its baseline"):
+        rounds.reward_gate({**top, "reward/accuracy": 396 / 400}, "warn", 3)
+
+
 def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir):
     p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
     s = rounds.RoundSettings.of(p, ["test_rounds:letters"])
@@ -457,3 +486,19 @@ def test_round_messages_print_setting_names_as_they_are(capsys):
     out = capsys.readouterr().out
     assert "([rounds] weak_reward = 'warn')" in out  # rich markup would have eaten [rounds]
     assert "Warning: the reward model is weak ([rounds] weak_reward)" in out
+
+
+def test_round_summary_shows_an_ensembles_members_and_spread(capsys, monkeypatch):
+    from rankloop.app.commands.common import console
+    from rankloop.app.commands.rounds import print_summary
+
+    monkeypatch.setattr(console, "width", 200)  # one line per row: no wrapped cells
+
+    m = {"reward/accuracy": 0.8, "reward/eval_pairs": 30.0, "reward/probe_accuracy": 0.65}
+    print_summary(rounds.RoundSummary(1, {"human": 6}, {"reward": 1.0}, m, []))
+    single = capsys.readouterr().out
+    assert "0.800 on 30 pairs (frozen-feature probe 0.650)" in single and "ensemble" not in single
+    ens = {**m, "reward/members": 4.0, "reward/spread": 0.125}
+    print_summary(rounds.RoundSummary(1, {"human": 6}, {"reward": 1.0}, ens, []))
+    out = capsys.readouterr().out
+    assert "0.800 on 30 pairs (frozen-feature probe 0.650); ensemble of 4, spread 0.125" in out

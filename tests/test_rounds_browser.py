@@ -93,6 +93,8 @@ def test_two_annotators_label_and_the_rounds_view_shows_it(browser, project_db, 
         assert "n = 8 on 8 prompts" in text  # ann's 6 matches, cy's and dee's 2 new ones
         assert re.search(r"round 2 vs round 1\s+all\s+88%", text)
         assert view.locator("svg.rl-plot").count() == 5
+        # round 1's reward model is an ensemble: its members and mean spread in its row
+        assert re.search(r"\n1\t6 / 0\t[^\n]*\t4 members, spread 0\.125\t", text)
         # sim-1 always chose round 2: that row (per source) alone is flagged, its interval exact
         assert re.findall(r"\n([^\n]*)\t⚠ never lost", text) == [
             "round 2 vs round 0 (base)\tsimulated\t100%\t54%–100%\t6\t6\t6 / 0 / 0"

@@ -64,7 +64,12 @@ def print_summary(s: rounds.RoundSummary) -> None:
         table.add_row(
             "reward model, held-out accuracy",
             f"{m['reward/accuracy']:.3f} on {int(m.get('reward/eval_pairs', 0))} pairs"
-            + (f" (frozen-feature probe {base:.3f})" if base is not None else ""),
+            + (f" (frozen-feature probe {base:.3f})" if base is not None else "")
+            + (
+                f"; ensemble of {int(m['reward/members'])}, spread {m['reward/spread']:.3f}"
+                if "reward/members" in m and "reward/spread" in m
+                else ""
+            ),
         )
     elif m.get("reward/skipped"):
         table.add_row("reward model", "skipped (--reward-fn)")
