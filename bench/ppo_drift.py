@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace  # sample_texts reads `.lm`
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -56,35 +57,59 @@ def weak(prompts, responses) -> list[float]:
     return [0.25 * o + n for o, n in zip(oracle(prompts, responses), noise)]
 
 
-def sample_scores(policy: str, prompts, seed: int = 0) -> dict:
-    """Oracle and weak-reward means of N_SAMPLES responses per prompt from `policy`."""
+def sample_texts(actor, tok, prompts, n: int, seed: int, with_finished: bool = False):
+    """`n` responses per prompt at `rankloop generate`'s settings, the same random numbers for
+    every call (so two policies' samples differ by the policy only)."""
+    import contextlib
+
     import torch
 
-    from rankloop.lm.device import use_bf16
-    from rankloop.lm.loading import load_causal_lm, load_tokenizer
+    from rankloop.lm.device import autocast, use_bf16
     from rankloop.lm.sampling import sample_many
+    from rankloop.ppo.actor_critic import merged_adapter
 
-    bf16 = use_bf16("auto", torch.device("cpu"))
-    model = load_causal_lm(policy, dtype=torch.bfloat16 if bf16 else None)
-    tok = load_tokenizer(policy)
-    chats = [p.as_chat() for p in prompts for _ in range(N_SAMPLES)]
+    chats = [p.as_chat() for p in prompts for _ in range(n)]
     texts, finished = [None] * len(chats), [None] * len(chats)
 
     def keep(batch, samples, _seed):
         for i, s in zip(batch, samples):
             texts[i], finished[i] = s.text, s.finished
 
-    sample_many(
-        model,
-        tok,
-        chats,
-        temperature=0.7,
-        top_p=0.95,
-        max_new_tokens=64,
-        batch_size=16,
-        seed_for=lambda b: seed + b[0],
-        bf16=bf16,
-        on_batch=keep,
+    bf16 = use_bf16("auto", torch.device("cpu"))
+    adapter = merged_adapter(actor.lm) if hasattr(actor.lm, "disable_adapter") else None
+    with autocast(torch.device("cpu"), bf16), adapter or contextlib.nullcontext():
+        # as the policy stage samples: the adapter merged, under autocast
+        sample_many(
+            actor.lm,
+            tok,
+            chats,
+            temperature=0.7,
+            top_p=0.95,
+            max_new_tokens=64,
+            batch_size=16,
+            seed_for=lambda b: seed + b[0],
+            bf16=bf16,
+            on_batch=keep,
+        )
+    return (texts, finished) if with_finished else texts
+
+
+def sample_scores(policy: str, prompts, seed: int = 0) -> dict:
+    """Oracle and weak-reward means of N_SAMPLES responses per prompt from `policy`."""
+    import torch
+
+    from rankloop.lm.device import use_bf16
+    from rankloop.lm.loading import load_causal_lm, load_tokenizer
+
+    bf16 = use_bf16("auto", torch.device("cpu"))
+    model = load_causal_lm(policy, dtype=torch.bfloat16 if bf16 else None)
+    texts, finished = sample_texts(
+        SimpleNamespace(lm=model),
+        load_tokenizer(policy),
+        prompts,
+        N_SAMPLES,
+        seed,
+        with_finished=True,
     )
     ps = [p for p in prompts for _ in range(N_SAMPLES)]
     return {

@@ -51,10 +51,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace  # sample_texts reads `.lm`
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ppo_drift import N_TRAIN, oracle, weak
+from ppo_drift import N_TRAIN, oracle, sample_texts, weak
 
 
 def tidy_reward(prompts, responses):
@@ -75,7 +76,6 @@ def fit_proxy(reward: str, seed: int, train, base: str, work: Path):
     import itertools
     import random
 
-    import torch
     from scipy.optimize import brentq
 
     from rankloop.lm.loading import load_causal_lm, load_tokenizer
@@ -84,13 +84,8 @@ def fit_proxy(reward: str, seed: int, train, base: str, work: Path):
     from rankloop.reward.pairs import pairwise_example
     from rankloop.reward.train import train_reward
 
-    class Plain(torch.nn.Module):  # sample_texts reads `.lm`
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
     tok = load_tokenizer(base)
-    texts = sample_texts(Plain(load_causal_lm(base)), tok, train, 4, 5000 + seed)
+    texts = sample_texts(SimpleNamespace(lm=load_causal_lm(base)), tok, train, 4, 5000 + seed)
     scores = oracle([p for p in train for _ in range(4)], texts)
     pairs = []
     for i, p in enumerate(train):
@@ -141,43 +136,6 @@ def bundled_prompts():
         else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
         for r in rows
     ]
-
-
-def sample_texts(actor, tok, prompts, n: int, seed: int) -> list[str]:
-    """`n` responses per prompt at `rankloop generate`'s settings, the same random numbers for
-    every call (so two policies' samples differ by the policy only)."""
-    import contextlib
-
-    import torch
-
-    from rankloop.lm.device import autocast, use_bf16
-    from rankloop.lm.sampling import sample_many
-    from rankloop.ppo.actor_critic import merged_adapter
-
-    chats = [p.as_chat() for p in prompts for _ in range(n)]
-    texts = [None] * len(chats)
-
-    def keep(batch, samples, _seed):
-        for i, s in zip(batch, samples):
-            texts[i] = s.text
-
-    bf16 = use_bf16("auto", torch.device("cpu"))
-    adapter = merged_adapter(actor.lm) if hasattr(actor.lm, "disable_adapter") else None
-    with autocast(torch.device("cpu"), bf16), adapter or contextlib.nullcontext():
-        # as the policy stage samples: the adapter merged, under autocast
-        sample_many(
-            actor.lm,
-            tok,
-            chats,
-            temperature=0.7,
-            top_p=0.95,
-            max_new_tokens=64,
-            batch_size=16,
-            seed_for=lambda b: seed + b[0],
-            bf16=bf16,
-            on_batch=keep,
-        )
-    return texts
 
 
 def one_run(reward: str, seed: int, args) -> dict:

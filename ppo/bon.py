@@ -17,25 +17,14 @@ import torch
 from torch import Tensor
 
 from . import core
-from .config import PPOConfig
-from .train import Reference, Rollout, StepContext, minibatch_update, refuse_ppo_only
+from .train import CriticFreeUpdate, Reference, Rollout, StepContext, minibatch_update
 
 
-class BestOfNUpdate:
+class BestOfNUpdate(CriticFreeUpdate):
     """Best-of-n fine-tuning: n responses per prompt, a supervised step on each prompt's best."""
 
     name = "bon"
-    uses_critic = False
-    frozen_policy_steps = 0
-
-    def __init__(self, config: PPOConfig, tokenizer):
-        self.config = config
-        self.samples_per_prompt = config.bon_n
-
-    @staticmethod
-    def check(config: PPOConfig) -> None:
-        """PPO's critic-only levers mean nothing without a critic: refuse them."""
-        refuse_ppo_only(config, "bon")
+    samples_field = "bon_n"
 
     @staticmethod
     def critic_origin(critic) -> str:

@@ -31,11 +31,11 @@ from rankloop.data.records import Preference
 from rankloop.lm.device import autocast
 from rankloop.lm.sampling import encode_chats, left_pad
 from rankloop.lm.seeds import derive_seed
-from rankloop.settings import ConfigError
 
 from . import core
 from .config import PPOConfig
 from .train import (
+    CriticFreeUpdate,
     Reference,
     Rollout,
     StepContext,
@@ -112,31 +112,20 @@ DPO_STATS = {
 """`core.dpo_loss`'s stats under the update's names (docs/ppo.md, "Metrics")."""
 
 
-class OnlineDPOUpdate:
+class OnlineDPOUpdate(CriticFreeUpdate):
     """Online DPO: k responses per prompt, DPO on the best-versus-worst pair of each, plus
     the round's labelled pairs."""
 
     name = "odpo"
-    uses_critic = False
-    frozen_policy_steps = 0
+    samples_field = "odpo_k"
     takes_preferences = True
+    # RTO's token rewards mean nothing to the DPO loss either
+    refused = (*CriticFreeUpdate.refused, "rto")
 
     def __init__(self, config: PPOConfig, tokenizer, preferences: Sequence[Preference] = ()):
-        self.config = config
-        self.samples_per_prompt = config.odpo_k
+        super().__init__(config, tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self.labels = encode_pairs(tokenizer, preferences)
-
-    @staticmethod
-    def check(config: PPOConfig) -> None:
-        """PPO's critic levers and RTO's token rewards mean nothing to the DPO loss: refuse
-        them rather than ignore them."""
-        for name in ("value_pretrain_steps", "ptx_coef", "rto"):
-            if getattr(config, name):
-                raise ConfigError(
-                    f"[ppo] {name} = {getattr(config, name)!r}: not used by online DPO; turn "
-                    f"it off to train with odpo"
-                )
 
     @staticmethod
     def critic_origin(critic) -> str:

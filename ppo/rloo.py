@@ -17,25 +17,14 @@ import torch
 from torch import Tensor
 
 from . import core
-from .config import PPOConfig
-from .train import Reference, Rollout, StepContext, minibatch_update, refuse_ppo_only
+from .train import CriticFreeUpdate, Reference, Rollout, StepContext, minibatch_update
 
 
-class RLOOUpdate:
+class RLOOUpdate(CriticFreeUpdate):
     """RLOO: k responses per prompt, the others' mean reward as each one's baseline."""
 
     name = "rloo"
-    uses_critic = False
-    frozen_policy_steps = 0
-
-    def __init__(self, config: PPOConfig, tokenizer):
-        self.config = config
-        self.samples_per_prompt = config.rloo_k
-
-    @staticmethod
-    def check(config: PPOConfig) -> None:
-        """PPO's critic-only levers mean nothing without a critic: refuse them."""
-        refuse_ppo_only(config, "rloo")
+    samples_field = "rloo_k"
 
     @staticmethod
     def critic_origin(critic) -> str:

@@ -749,15 +749,30 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def refuse_ppo_only(config: PPOConfig, optimizer: str) -> None:
-    """PPO's critic-only levers mean nothing without a critic: the critic-free optimisers'
-    `check` refuses them with one message naming the setting."""
-    for name in ("value_pretrain_steps", "ptx_coef"):
-        if getattr(config, name):
-            raise ConfigError(
-                f"[ppo] {name} = {getattr(config, name)!r}: PPO only; set it to 0 to "
-                f"train with {optimizer}"
-            )
+class CriticFreeUpdate:
+    """What RLOO's, best-of-n's and online DPO's updates share: no critic, no frozen policy
+    steps, `samples_field` ([ppo] setting) samples per prompt, and a `check` that refuses PPO's
+    critic-only levers. A subclass sets `name`, `samples_field` and supplies `step`."""
+
+    uses_critic = False
+    frozen_policy_steps = 0
+    takes_preferences = False
+    samples_field = ""
+    refused = ("value_pretrain_steps", "ptx_coef")
+
+    def __init__(self, config: PPOConfig, tokenizer):
+        self.config = config
+        self.samples_per_prompt = getattr(config, self.samples_field)
+
+    @classmethod
+    def check(cls, config: PPOConfig) -> None:
+        """Levers this optimiser does not use are refused, not ignored: one message naming it."""
+        for name in cls.refused:
+            if getattr(config, name):
+                raise ConfigError(
+                    f"[ppo] {name} = {getattr(config, name)!r}: not used by {cls.name}; turn "
+                    f"it off (0) to train with {cls.name}"
+                )
 
 
 def minibatch_update(

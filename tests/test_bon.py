@@ -165,7 +165,9 @@ def test_bon_resume_continues_exactly(peaked_lm, tmp_path):
 def test_bon_refuses_ppo_only_settings(peaked_lm, tmp_path, field, value):
     lm, target = peaked_lm
     extra = {"ptx_dataset": "x.txt"} if field == "ptx_coef" else {}
-    with pytest.raises(ConfigError, match=f"{field} = .*PPO only; set it to 0 to train with bon"):
+    with pytest.raises(
+        ConfigError, match=f"{field} = .*not used by bon; turn it off \\(0\\) to train with bon"
+    ):
         run(bon_cfg(**{field: value}, **extra), lm, target, tmp_path / "p")
 
 

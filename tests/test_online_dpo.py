@@ -245,7 +245,7 @@ def test_online_dpo_resume_continues_exactly(peaked_lm, tmp_path):
 def test_online_dpo_refuses_settings_its_loss_ignores(peaked_lm, tmp_path, field, value):
     lm, target = peaked_lm
     extra = {"ptx_dataset": "x.txt"} if field == "ptx_coef" else {}
-    with pytest.raises(ConfigError, match=f"{field} = .*not used by online DPO"):
+    with pytest.raises(ConfigError, match=f"{field} = .*not used by odpo"):
         run(odpo_cfg(**{field: value}, **extra), lm, target, tmp_path / "p")
 
 

@@ -164,5 +164,5 @@ def test_resume_with_another_optimizer_is_a_clear_error(peaked_lm, tmp_path):
 def test_rloo_refuses_ppo_only_settings(peaked_lm, tmp_path, field, value):
     lm, target = peaked_lm
     extra = {"ptx_dataset": "x.txt"} if field == "ptx_coef" else {}
-    with pytest.raises(ConfigError, match=f"{field} = .*PPO only"):
+    with pytest.raises(ConfigError, match=f"{field} = .*not used by rloo"):
         run(rloo_cfg(**{field: value}, **extra), lm, target, tmp_path / "p")
