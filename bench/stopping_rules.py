@@ -290,6 +290,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """The over-optimisation figure: the oracle's and the proxy's score of fresh samples along
+    each run, one line per reward, as one SVG (the report's line charts)."""
+    from rankloop.app.report import line_chart
+
+    charts = []
+    for what, title in (
+        ("oracle", "oracle (the truth)"),
+        ("proxy", "proxy (the reward optimised)"),
+    ):
+        series = []
+        for r in rows:
+            steps = sorted(int(k) for k in r["curve"])
+            ys = [r["curve"][str(k)][what] for k in steps]
+            series.append((f"{r['reward']} seed {r['seed']}", steps, ys))
+        charts.append(line_chart(title, series, x_label="PPO step", width=380, height=240))
+    style = (
+        "<style>.rl-axis{stroke:#444}.rl-grid{stroke:#ddd}text{font:11px sans-serif}"
+        ".rl-plot-title{font-weight:bold}</style>"
+    )
+    body = "".join(c.replace("<svg ", f'<svg x="{380 * i}" ', 1) for i, c in enumerate(charts))
+    path.write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="240" '
+        f'viewBox="0 0 760 240">{style}{body}</svg>\n'
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rewards", default="oracle,weak")
@@ -299,6 +326,7 @@ def main() -> None:
     ap.add_argument("--optimizer", default="ppo")
     ap.add_argument("--out", default=str(HERE / "results" / "stopping-rules.jsonl"))
     ap.add_argument("--table", nargs="*", help="print the table of these result files")
+    ap.add_argument("--plot", type=Path, help="with --table: draw their curves into this SVG")
     args = ap.parse_args()
     if args.table is not None:
         rows = [
@@ -308,6 +336,8 @@ def main() -> None:
             if line.strip()
         ]
         print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
         return
     import torch
 
