@@ -92,10 +92,7 @@ def test_bon_raises_the_known_reward_without_a_critic(peaked_lm, tmp_path):
         assert r["policy/kept_fraction"] * 4 == pytest.approx(round(r["policy/kept_fraction"] * 4))
         assert r["policy/sft_loss"] > 0.0 and r["policy/epochs"] == 2.0
         assert not any(k.startswith("val/") for k in r)
-    assert res.critic is None and res.actor.value_head is None
-    assert res.critic_origin == "none (supervised on the best of n)"
-    saved = tmp_path / "policy"
-    assert (saved / "adapter_model.safetensors").exists() and not (saved / "critic.pt").exists()
+    toy.assert_critic_free(res, tmp_path / "policy", "none (supervised on the best of n)")
     assert res.summary["ppo/score_last"] > res.summary["ppo/score_first"]
 
 

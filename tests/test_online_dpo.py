@@ -108,9 +108,7 @@ def test_online_dpo_raises_the_known_reward(peaked_lm, tmp_path):
         )
         assert not any(k.startswith("val/") for k in r)
     assert sum(r["policy/pairs_kept"] for r in res.history) > 0
-    assert res.critic is None and res.actor.value_head is None
-    saved = tmp_path / "policy"
-    assert (saved / "adapter_model.safetensors").exists() and not (saved / "critic.pt").exists()
+    toy.assert_critic_free(res, tmp_path / "policy")
 
 
 def label_pairs(target: str, n: int = 3) -> list[Preference]:

@@ -90,6 +90,14 @@ def run(config, lm, target, out, train=train_ppo, **kw):
     )
 
 
+def assert_critic_free(res, folder: Path, origin: str | None = None) -> None:
+    """A critic-free optimiser's run built no critic or value head and saved none."""
+    assert res.critic is None and res.actor.value_head is None
+    if origin is not None:
+        assert res.critic_origin == origin
+    assert (folder / "adapter_model.safetensors").exists() and not (folder / "critic.pt").exists()
+
+
 def test_toy_task_reward_rises_and_kl_stays_bounded(peaked_lm, tmp_path):
     lm, target = peaked_lm
     res = run(cfg(steps=10, lr=1e-2, ppo_epochs=4), lm, target, tmp_path / "policy")

@@ -97,10 +97,7 @@ def test_rloo_raises_the_known_reward_without_a_critic(peaked_lm, tmp_path):
             sum(r[f"time/{p}"] for p in ("rollout", "score", "reference", "update"))
         )
         assert not any(k.startswith("val/") for k in r)
-    assert res.critic is None and res.actor.value_head is None
-    assert res.critic_origin == "none (leave-one-out baseline)"
-    saved = tmp_path / "policy"
-    assert (saved / "adapter_model.safetensors").exists() and not (saved / "critic.pt").exists()
+    toy.assert_critic_free(res, tmp_path / "policy", "none (leave-one-out baseline)")
     assert res.summary["ppo/score_last"] > res.summary["ppo/score_first"]
 
 
