@@ -140,7 +140,7 @@ TASKS = {"tidy": tidy, "format": fmt, "relevance": relevance, "concise": concise
 def build_project(root: Path, task: str, n_prompts: int, seed: int, optimizer: str):
     from rankloop.app.commands.rounds import DEMO_SETTINGS
     from rankloop.app.project import Project
-    from rankloop.data.io import bundled_prompts
+    from rankloop.data.io import bundled_prompts, read_jsonl
     from rankloop.data.records import Prompt
 
     p = Project.init(root)
@@ -152,7 +152,7 @@ def build_project(root: Path, task: str, n_prompts: int, seed: int, optimizer: s
     p.config.rounds.optimizer = optimizer
     p.config.generate.seed = p.config.reward.seed = p.config.ppo.seed = seed
     p.save_config()
-    rows = [json.loads(line) for line in bundled_prompts().read_text().splitlines() if line]
+    rows = [row for _, row in read_jsonl(bundled_prompts())]
     prompts = []
     for i, r in enumerate(rows[:n_prompts]):
         text = r["prompt"] if isinstance(r["prompt"], str) else None
@@ -283,12 +283,9 @@ def main() -> None:
     ap.add_argument("--table", nargs="*", help="print the table of these result files")
     args = ap.parse_args()
     if args.table is not None:
-        rows = [
-            json.loads(line)
-            for f in (args.table or [args.out])
-            for line in Path(f).read_text().splitlines()
-            if line.strip()
-        ]
+        from rankloop.data.io import read_jsonl
+
+        rows = [row for f in (args.table or [args.out]) for _, row in read_jsonl(Path(f))]
         for r in rows:  # JSON keys are strings
             r["eval_means"] = {str(k): v for k, v in r["eval_means"].items()}
         print(table(rows))

@@ -120,6 +120,19 @@ def sample_scores(policy: str, prompts, seed: int = 0) -> dict:
     }
 
 
+def bundle_prompts() -> list:
+    """The bundled prompts (data/prompts/default.jsonl) as Prompt records, in file order."""
+    from rankloop.data.io import bundled_prompts, read_jsonl
+    from rankloop.data.records import Message, Prompt
+
+    return [
+        Prompt.from_text(r["prompt"])
+        if isinstance(r["prompt"], str)
+        else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
+        for _, r in read_jsonl(bundled_prompts())
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
@@ -129,7 +142,6 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from rankloop.data.records import Message, Prompt
     from rankloop.lm.loading import default_model_path
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.reward_fns import CallableReward
@@ -137,17 +149,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = [
-        json.loads(line)
-        for line in (HERE.parent / "data/prompts/default.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    prompts = [
-        Prompt.from_text(r["prompt"])
-        if isinstance(r["prompt"], str)
-        else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
-        for r in rows
-    ]  # the last ones are conversations
+    prompts = bundle_prompts()  # the last ones are conversations
     train, test = prompts[:N_TRAIN], prompts[N_TRAIN:]
     base = str(default_model_path())
     report = {

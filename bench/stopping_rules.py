@@ -55,7 +55,7 @@ from types import SimpleNamespace  # sample_texts reads `.lm`
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ppo_drift import N_TRAIN, oracle, sample_texts, weak
+from ppo_drift import N_TRAIN, bundle_prompts, oracle, sample_texts, weak
 
 
 def tidy_reward(prompts, responses):
@@ -122,22 +122,6 @@ def fit_proxy(reward: str, seed: int, train, base: str, work: Path):
     return ScorerReward(path=str(out)), info
 
 
-def bundled_prompts():
-    from rankloop.data.records import Message, Prompt
-
-    rows = [
-        json.loads(line)
-        for line in (HERE.parent / "data/prompts/default.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    return [
-        Prompt.from_text(r["prompt"])
-        if isinstance(r["prompt"], str)
-        else Prompt(messages=tuple(Message(m["role"], m["content"]) for m in r["prompt"]))
-        for r in rows
-    ]
-
-
 def one_run(reward: str, seed: int, args) -> dict:
     import torch
 
@@ -147,7 +131,7 @@ def one_run(reward: str, seed: int, args) -> dict:
     from rankloop.ppo.reward_fns import CallableReward
     from rankloop.ppo.train import checkpoint_dir, train_policy
 
-    prompts = bundled_prompts()
+    prompts = bundle_prompts()
     train, test = prompts[:N_TRAIN], prompts[N_TRAIN:]
     base = str(default_model_path())
     cfg = PPOConfig(
@@ -329,12 +313,9 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="with --table: draw their curves into this SVG")
     args = ap.parse_args()
     if args.table is not None:
-        rows = [
-            json.loads(line)
-            for f in (args.table or [args.out])
-            for line in Path(f).read_text().splitlines()
-            if line.strip()
-        ]
+        from rankloop.data.io import read_jsonl
+
+        rows = [row for f in (args.table or [args.out]) for _, row in read_jsonl(Path(f))]
         print(table(rows))
         if args.plot:
             plot(rows, args.plot)
