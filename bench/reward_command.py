@@ -2,19 +2,22 @@
 script that trains TRL's RewardTrainer on the same pairs for the same number of epochs.
 
 Both run as fresh processes (imports, model loading, tokenising, training, saving all counted),
-one after the other, on 256 pairs of the simulated keyword task of bench/reward.py, LoRA r=16.
-rankloop runs with its defaults (it holds out 10% of the prompts to pick its best epoch and may
-stop early; `--epochs` is the most it runs); TRL with its defaults (gradient checkpointing,
-lr 1e-4) and the same `--epochs`, saving its model at the end as a user's script would. Beside
-the wall time, each reports its inner loop: rankloop's optimisation loop, TRL's train_runtime.
+alternating A B A B (`--repeats` pairs) so that a drift in the machine's pace hits both alike,
+on 256 pairs of the simulated keyword task of bench/reward.py, LoRA r=16 on every linear layer,
+batch 8. rankloop runs with its defaults (10% of the prompts held out for the accuracy and the
+probe baseline, the probe's warm start, `stats_sample` comparisons scored for the statistics);
+TRL with its defaults (lr 1e-4) plus bf16 and gradient checkpointing, and the same `--epochs`,
+saving its model at the end as a user's script would. Beside the wall time, each reports its
+inner loop (rankloop's optimisation loop, TRL's train_runtime), and rankloop its phases.
 
-Usage:  flock /tmp/rankloop-cpu.lock .venv/bin/python bench/reward_command.py [--epochs 4]
+Usage:  flock /tmp/rankloop-cpu.lock .venv/bin/python bench/reward_command.py [--epochs 1] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -47,6 +50,7 @@ def main() -> None:
     ap.add_argument(
         "--base", default=None, help="Another backbone for both (a small local one to smoke-test)."
     )
+    ap.add_argument("--repeats", type=int, default=2, help="A-B pairs (TRL, then rankloop).")
     ap.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
     from rankloop.app.project import Project
@@ -65,66 +69,70 @@ def main() -> None:
     project.close()
     (tmp / "pairs.json").write_text(json.dumps(train))
     (tmp / "trl_script.py").write_text(TRL_SCRIPT)
-
-    t0 = time.perf_counter()
-    trl = subprocess.run(
-        check=False,
-        args=[
-            sys.executable,
-            str(tmp / "trl_script.py"),
-            str(tmp / "pairs.json"),
-            str(args.epochs),
-            str(tmp / "trl-out"),
-            str(Path(__file__).parent),
-            args.base or "",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    trl_wall = time.perf_counter() - t0
-    if trl.returncode:
-        sys.exit(trl.stderr[-3000:])
-    trl_res = json.loads(trl.stdout.split("RESULT ", 1)[1])
+    trl_args = [
+        sys.executable,
+        str(tmp / "trl_script.py"),
+        str(tmp / "pairs.json"),
+        str(args.epochs),
+        str(tmp / "trl-out"),
+        str(Path(__file__).parent),
+        args.base or "",
+    ]
     rankloop = shutil.which("rankloop") or str(Path(sys.executable).with_name("rankloop"))
-    t0 = time.perf_counter()
-    rl = subprocess.run(
-        check=False,
-        args=[
-            rankloop,
-            "train-reward",
-            "--project",
-            str(tmp / "proj"),
-            "--epochs",
-            str(args.epochs),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    rl_wall = time.perf_counter() - t0
-    if rl.returncode:
-        sys.exit(rl.stdout[-3000:] + rl.stderr[-3000:])
-    print(rl.stdout)
-    steps, loop = (
-        float(x) for x in re.search(r"(\d+) steps in \d+ s, loop (\d+) s", rl.stdout).groups()
-    )
-    res = {
-        "pairs": args.pairs,
-        "epochs": args.epochs,
-        "trl": {"wall_s": trl_wall, "loop_s": trl_res["train_runtime"], "steps": trl_res["steps"]},
-        "rankloop": {"wall_s": rl_wall, "loop_s": loop, "steps": steps},
-        "speedup_wall": trl_wall / rl_wall,
-    }
-    print(json.dumps(res, indent=1))
+    rows = []
+    for rep in range(args.repeats):  # A B A B: a drift in the machine's pace hits both alike
+        trl_wall, out = timed(trl_args)
+        trl_res = json.loads(out.split("RESULT ", 1)[1])
+        proj = tmp / f"proj-{rep}"  # a fresh copy: the command finds no earlier model
+        shutil.copytree(tmp / "proj", proj)
+        rl_wall, out = timed(
+            [rankloop, "train-reward", "--project", str(proj), "--epochs", str(args.epochs)]
+        )
+        print(out.strip().splitlines()[-5:], flush=True)
+        steps, loop = (
+            float(x) for x in re.search(r"(\d+) steps in \d+ s, loop (\d+) s", out).groups()
+        )
+        phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", out.split("time: ")[-1])}
+        rows.append(
+            {
+                "trl": {
+                    "wall_s": trl_wall,
+                    "loop_s": trl_res["train_runtime"],
+                    "steps": trl_res["steps"],
+                },
+                "rankloop": {"wall_s": rl_wall, "loop_s": loop, "steps": steps, "phases": phases},
+                "speedup_wall": trl_wall / rl_wall,
+            }
+        )
+        r = rows[-1]
+        print(
+            f"pair {rep + 1}: whole command rankloop {rl_wall:.0f} s, TRL script {trl_wall:.0f} s: "
+            f"{trl_wall / rl_wall:.2f}x; inner loops: rankloop {loop:.0f} s for {steps:.0f} "
+            f"steps ({steps * 8 / loop:.2f} pairs/s), TRL {trl_res['train_runtime']:.0f} s for "
+            f"{trl_res['steps']} steps ({trl_res['steps'] * 8 / trl_res['train_runtime']:.2f} "
+            f"pairs/s); rankloop's phases {phases}",
+            flush=True,
+        )
+    ratios = [r["speedup_wall"] for r in rows]
+    res = {"pairs": args.pairs, "epochs": args.epochs, "runs": rows, "speedup_wall": ratios}
     print(
-        f"whole command: rankloop {rl_wall:.0f} s, TRL script {trl_wall:.0f} s: "
-        f"{trl_wall / rl_wall:.2f}x; inner loops: rankloop {loop:.0f} s for {steps:.0f} steps "
-        f"({steps * 8 / loop:.2f} pairs/s), TRL {trl_res['train_runtime']:.0f} s for "
-        f"{trl_res['steps']} steps ({trl_res['steps'] * 8 / trl_res['train_runtime']:.2f} "
-        f"pairs/s)"
+        f"whole command, {len(ratios)} A-B pairs: "
+        + ", ".join(f"{x:.2f}x" for x in ratios)
+        + f" (geometric mean {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x)"
     )
     shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    """(seconds from start to exit, stdout) of a fresh process; its stderr if it fails."""
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if run.returncode:
+        sys.exit(run.stdout[-3000:] + run.stderr[-3000:])
+    return wall, run.stdout
 
 
 if __name__ == "__main__":

@@ -940,13 +940,23 @@ def run_loop(
     return step, tokens
 
 
+def stats_sample(items: list[Encoded], k: int, seed: int) -> list[Encoded]:
+    """The training items scored after the loop for the statistics: all of them, or `k` drawn
+    at random (the same `k` for the same seed), in their own order."""
+    if not k or len(items) <= k:
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
+
+
 def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict]:
     """4. (metrics, reward statistics): training-set statistics (the reward's mean and std for
-    PPO, the tie threshold) and the held-out metrics (docs/reward.md)."""
+    PPO, the tie threshold) on `stats_sample` training comparisons, and the held-out metrics
+    (docs/reward.md)."""
     acc = loop.accelerator
+    train_items = stats_sample(loop.train_items, cfg.stats_sample, cfg.seed)
     train_scores = score_encoded(
         loop.module,
-        loop.train_items,
+        train_items,
         2 * cfg.batch_size,
         loop.pad_id,
         acc.device,
@@ -957,7 +967,7 @@ def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict
     flat = ensemble.aggregate_scores(
         torch.cat(train_scores), cfg.ensemble_aggregate, cfg.ensemble_k
     )  # (N,)
-    rb, rw, tie, _ = pair_rewards(loop.train_items, train_scores)
+    rb, rw, tie, _ = pair_rewards(train_items, train_scores)
     threshold = fit_tie_threshold(rb, rw, tie)
     out = {
         "reward/train_pairs": float(len(rb)),

@@ -15,7 +15,13 @@ from rankloop.reward.metrics import best_achievable_accuracy
 from rankloop.reward.model import format_text
 from rankloop.reward.pairs import RewardDataError, build_examples, pairwise_example
 from rankloop.reward.scoring import RewardScorer
-from rankloop.reward.train import RewardModule, length_grouped_batches, pack, train_reward
+from rankloop.reward.train import (
+    RewardModule,
+    length_grouped_batches,
+    pack,
+    stats_sample,
+    train_reward,
+)
 
 from simulate import SimulatedTask, keyword_examples, simulate_labels, simulate_pairs
 
@@ -58,7 +64,8 @@ def test_saved_checkpoint_loads_with_from_pretrained_and_pipeline(keyword_run):
     _, _, result = keyword_run
     path = result.path
     stats = json.loads((path / "reward_stats.json").read_text())
-    assert set(stats) == {"mean", "std", "n"} and stats["n"] == 600  # 300 train pairs x 2
+    # stats_sample: 128 of the 300 training pairs, 2 responses each
+    assert set(stats) == {"mean", "std", "n"} and stats["n"] == 256
     assert stats["mean"] == pytest.approx(result.metrics["reward/mean"])
 
     task = SimulatedTask()
@@ -258,7 +265,20 @@ def test_trains_on_records_that_never_saw_a_store(tmp_path, tiny_lm_dir):
     )
     m = result.metrics
     assert (result.train_examples, result.eval_examples) == (200, 40)
-    assert m["reward/eval_pairs"] == 40.0 and m["reward/train_pairs"] == 200.0
+    # the training statistics come from stats_sample (128) of the 200 comparisons, scored by
+    # the final model: the saved model gives the same numbers on exactly those
+    assert m["reward/eval_pairs"] == 40.0 and m["reward/train_pairs"] == 128.0
+    picked = stats_sample(pairs[:200], 128, cfg.seed)
+    assert len(picked) == 128 and picked != pairs[:128]
+    saved = RewardScorer.from_pretrained(result.path, bf16="no")
+    got = saved.score(
+        [p for p, *_ in picked] * 2, [c for _, c, _ in picked] + [r for *_, r in picked]
+    )
+    assert m["reward/mean"] == pytest.approx(float(got.mean()), abs=1e-4)
+    assert m["reward/std"] == pytest.approx(float(got.std()), abs=1e-4)
+    assert m["reward/train_accuracy"] == pytest.approx(
+        float((got[:128] > got[128:]).float().mean())
+    )
     # simulated labels are right with probability sigma(3) = 0.95: the contrary annotator
     # agrees with the model on the pairs the simulation got wrong, no more
     assert m["reward/accuracy/agrees"] >= 0.8 and m["reward/accuracy/contrary"] <= 0.2
