@@ -104,7 +104,6 @@ def main() -> None:
                 "speedup_wall": trl_wall / rl_wall,
             }
         )
-        r = rows[-1]
         print(
             f"pair {rep + 1}: whole command rankloop {rl_wall:.0f} s, TRL script {trl_wall:.0f} s: "
             f"{trl_wall / rl_wall:.2f}x; inner loops: rankloop {loop:.0f} s for {steps:.0f} "

@@ -296,6 +296,15 @@ def test_trains_on_records_that_never_saw_a_store(tmp_path, tiny_lm_dir):
     )
 
 
+def test_stats_sample_takes_all_or_k_at_random_in_order():
+    items = list(range(10))
+    assert stats_sample(items, 0, seed=0) == items  # 0 = every comparison
+    assert stats_sample(items, 10, seed=0) == items and stats_sample(items, 50, seed=0) == items
+    picked = stats_sample(items, 4, seed=3)
+    assert len(picked) == 4 and picked == sorted(set(picked))
+    assert picked == stats_sample(items, 4, seed=3) != stats_sample(items, 4, seed=4)
+
+
 def test_length_grouped_batches_cover_everything_once_with_little_padding():
     lengths = [5, 50, 7, 52, 6, 51, 8, 49]
     batches = length_grouped_batches(lengths, 2, seed=0)
