@@ -188,26 +188,33 @@ class OnlineDPOUpdate(CriticFreeUpdate):
             labels = torch.randperm(n_labels, generator=shuffle).tensor_split(n_chunks)
             plan.append(list(zip(prompts, labels)))
         # a mini-batch no process has a pair for is skipped: a step on zero gradients would
-        # still move the adapter (AdamW's momentum and weight decay)
-        counts = torch.tensor(
-            [[int(kept[p].sum()) + len(lab) for p, lab in epoch] for epoch in plan],
+        # still move the adapter (AdamW's momentum and weight decay). Every process runs the
+        # same forwards (DDP's collectives must match): the sampled pairs' forward wherever any
+        # process kept a pair, on a stand-in pair at weight 0 where this one kept none; the
+        # labelled pairs' forward, whose count is the same on every process.
+        pair_counts = torch.tensor(
+            [[int(kept[p].sum()) for p, _ in epoch] for epoch in plan],
             dtype=torch.float32,
             device=device,
         )  # (epochs, chunks)
-        counts = ctx.accelerator.reduce(counts, reduction="sum")
+        pair_counts = ctx.accelerator.reduce(pair_counts, reduction="sum")
         stats_sum: dict[str, Tensor] = {}
         n_mb = 0
         for e, epoch in enumerate(plan):
             for c, (p, lab) in enumerate(epoch):
-                if counts[e, c] == 0:
+                if pair_counts[e, c] == 0 and len(lab) == 0:
                     continue
                 p = p.to(device)[kept[p.to(device)]]  # (p,) this mini-batch's kept prompts
-                idle = len(p) == 0 and len(lab) == 0  # another process has pairs here
-                if idle:  # run one pair at weight 0: every process runs forward and backward
-                    p = torch.zeros(1, dtype=torch.long, device=device)
+                stand_in = pair_counts[e, c] > 0 and len(p) == 0  # another process has pairs
+                idle = len(p) == 0 and len(lab) == 0  # nothing of this process's own to learn
                 pc, pr, rc, rr = [], [], [], []
+                keep_graph = None  # the stand-in pair's log-probs, weighted 0 in the loss
                 with autocast(device, ctx.bf16):
-                    if len(p):
+                    if stand_in:
+                        zero = torch.zeros(1, dtype=torch.long, device=device)
+                        rows = torch.cat([chosen[zero], rejected[zero]])  # (2,)
+                        keep_graph = self.policy_logps(ctx, batch, ref, rows).sum() * 0.0
+                    elif len(p):
                         rows = torch.cat([chosen[p], rejected[p]])  # (2p,)
                         pol = self.policy_logps(ctx, batch, ref, rows)  # (2p,)
                         pc.append(pol[: len(p)])
@@ -222,15 +229,18 @@ class OnlineDPOUpdate(CriticFreeUpdate):
                         pr.append(pol[len(lab) :])
                         rc.append(label_ref[lab])
                         rr.append(label_ref[lab + n_labels])
-                    loss, mb_stats = core.dpo_loss(
-                        torch.cat(pc),
-                        torch.cat(pr),
-                        torch.cat(rc),
-                        torch.cat(rr),
-                        config.odpo_beta,
-                    )
-                if idle:
-                    loss = loss * 0.0
+                    if idle:
+                        loss, mb_stats = keep_graph, {}
+                    else:
+                        loss, mb_stats = core.dpo_loss(
+                            torch.cat(pc),
+                            torch.cat(pr),
+                            torch.cat(rc),
+                            torch.cat(rr),
+                            config.odpo_beta,
+                        )
+                        if keep_graph is not None:
+                            loss = loss + keep_graph
                 ctx.accelerator.backward(loss)
                 optimizer_step(
                     ctx.accelerator, ctx.raw_actor, None, ctx.optimizer, config, train_policy=True

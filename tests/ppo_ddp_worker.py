@@ -8,7 +8,7 @@ import torch
 
 from rankloop.data.records import Prompt
 from rankloop.ppo.config import PPOConfig
-from rankloop.ppo.train import train_bon, train_ppo
+from rankloop.ppo.train import train_bon, train_online_dpo, train_ppo, train_rloo
 
 
 def main(policy: str, out: str, optimizer: str = "ppo") -> None:
@@ -43,6 +43,23 @@ def main(policy: str, out: str, optimizer: str = "ppo") -> None:
             rank = PartialState().process_index  # the trainer's accelerator set it up
             return torch.tensor([float(len(r)) / 10 * rank for r in rs])
 
+    preferences = []
+    if optimizer == "rloo":
+        cfg.value_pretrain_steps, cfg.rloo_k, train = 0, 2, train_rloo
+    if optimizer == "odpo":
+        # process 0's samples all tie, so it keeps no reward-model pair; both processes take
+        # labelled pairs, and the mini-batches run the same on both (a reduced count)
+        cfg.value_pretrain_steps, cfg.odpo_k, cfg.odpo_margin = 0, 2, 0.0
+        cfg.odpo_label_pairs, train = 1, train_online_dpo
+
+        def reward(ps, rs):
+            rank = PartialState().process_index
+            return torch.tensor([float(len(r)) / 10 * rank for r in rs])
+
+        from test_online_dpo import label_pairs  # this script runs from tests/
+
+        preferences = label_pairs("yes ", n=2)  # 2 pairs and a tie, which DPO leaves out
+
     # no accelerator passed: the trainer builds its own, as `rankloop ppo` under
     # `accelerate launch --config_file docs/accelerate/cpu-ddp.yaml` does
     res = train(
@@ -53,6 +70,7 @@ def main(policy: str, out: str, optimizer: str = "ppo") -> None:
         out_dir=Path(out),
         progress=False,
         log=None,
+        preferences=preferences,
     )
     acc = PartialState()
     state = {
