@@ -51,6 +51,9 @@ def main() -> None:
         "--base", default=None, help="Another backbone for both (a small local one to smoke-test)."
     )
     ap.add_argument("--repeats", type=int, default=2, help="A-B pairs (TRL, then rankloop).")
+    ap.add_argument(
+        "--rankloop-args", default="", help="More options for `rankloop train-reward` (one string)."
+    )
     ap.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
     from rankloop.app.project import Project
@@ -87,6 +90,7 @@ def main() -> None:
         shutil.copytree(tmp / "proj", proj)
         rl_wall, out = timed(
             [rankloop, "train-reward", "--project", str(proj), "--epochs", str(args.epochs)]
+            + args.rankloop_args.split()
         )
         print(out.strip().splitlines()[-5:], flush=True)
         steps, loop = (
@@ -113,7 +117,13 @@ def main() -> None:
             flush=True,
         )
     ratios = [r["speedup_wall"] for r in rows]
-    res = {"pairs": args.pairs, "epochs": args.epochs, "runs": rows, "speedup_wall": ratios}
+    res = {
+        "pairs": args.pairs,
+        "epochs": args.epochs,
+        "rankloop_args": args.rankloop_args,
+        "runs": rows,
+        "speedup_wall": ratios,
+    }
     print(
         f"whole command, {len(ratios)} A-B pairs: "
         + ", ".join(f"{x:.2f}x" for x in ratios)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rankloop.lm.blocks import SkipLowerBlocks, decoder_layers, first_adapted_block
 from rankloop.lm.kernels import use_training_attention
 from rankloop.lm.loading import ModelLoadError, adapter_base, quiet_loading, resolve
 
@@ -102,72 +103,6 @@ def load_policy(
             )
     lm.base_model_name = resolve(base_path or path)  # written into the saved adapter_config
     return lm.eval()  # no dropout anywhere: rollout and update log-probs must agree
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The list of decoder blocks of a (peft-wrapped) HF model, or None if it has none."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for cand in (
-        base,
-        getattr(base, "model", None),
-        base.get_decoder() if hasattr(base, "get_decoder") else None,
-    ):
-        layers = getattr(cand, "layers", None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    return None
-
-
-def first_adapted_block(layers: nn.ModuleList | None, adapter: str = "default") -> int:
-    """Index of the first block holding `adapter`'s LoRA weights: the blocks below it are
-    frozen and adapter-free, so their output can be computed once and reused. 0 = none."""
-    if layers is None:
-        return 0
-    for i, layer in enumerate(layers):
-        if any(f"lora_A.{adapter}." in n for n, _ in layer.named_parameters()):
-            return i
-    return 0
-
-
-class SkipLowerBlocks:
-    """Context manager for a forward pass that starts at block `split` from cached hidden
-    states `lower` (B, L, H): blocks below `split` become pass-throughs and the input of block
-    `split` is replaced. With `keep=True` instead, records the input of block `split` (the
-    output of the frozen blocks) into `.kept`."""
-
-    def __init__(self, layers, split: int, lower=None, keep: bool = False):
-        self.layers, self.split, self.lower, self.keep = layers, split, lower, keep
-        self.kept = None
-        self.handles, self.saved = [], []
-
-    def __enter__(self):
-        if not self.split:
-            return self
-        target = self.layers[self.split]
-        if self.keep:
-
-            def record(mod, args):
-                self.kept = args[0].detach()
-
-            self.handles.append(target.register_forward_pre_hook(record))
-        if self.lower is not None:
-            self.saved = [self.layers[i] for i in range(self.split)]
-            for i in range(self.split):
-                self.layers[i] = _Skip()
-            lower = self.lower
-            self.handles.append(
-                target.register_forward_pre_hook(
-                    lambda mod, args: (lower.to(args[0].dtype), *args[1:])
-                )
-            )
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        for i, layer in enumerate(self.saved):
-            self.layers[i] = layer
-        return False
 
 
 class Actor(nn.Module):
@@ -290,13 +225,6 @@ class ActorCritic(nn.Module):
         if value and self.critic is not None:
             values = self.critic(input_ids, attention_mask, n_last=n_last, lower=critic_lower)
         return logits, values
-
-
-class _Skip(nn.Module):
-    """A decoder block that passes its input through (its output is supplied from a cache)."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
 
 
 def same_tokenizer(a, b) -> bool:

@@ -32,6 +32,8 @@ class RewardConfig:
     """Dropout on the LoRA branch (0 keeps steps deterministic and a little faster)."""
     lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     """Comma-separated module names that get LoRA adapters (attention and MLP projections)."""
+    lora_layers: int = 0
+    """LoRA on the top this many decoder blocks only (0 = every block). The blocks below stay frozen, so their output for each comparison is computed once, in the frozen-feature pass, and every step and the scoring after the loop run the top blocks only (docs/reward.md)."""
     loss: str = "bt"
     """'bt' (Bradley-Terry; a tie counts as half a win each way), 'rao-kupper' or 'davidson' (tie models, parameter learned), 'plackett-luce' (whole rankings)."""
     center_coef: float = 0.0
@@ -149,6 +151,7 @@ class RewardConfig:
             "eval_every",
             "stats_sample",
             "patience",
+            "lora_layers",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[reward] {name} must be >= 0")

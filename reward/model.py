@@ -125,8 +125,22 @@ def head_name(model) -> str:
     raise ModelLoadError(f"{type(model).__name__} has no scalar head named one of {HEAD_NAMES}")
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
-    """Wrap the model with LoRA adapters on `target_modules`; the head is trained in full."""
+def top_blocks(model, top_layers: int) -> list[int]:
+    """Indices of the top `top_layers` decoder blocks (`[reward] lora_layers`)."""
+    n = model.config.num_hidden_layers
+    if not 0 < top_layers < n:
+        raise ModelLoadError(
+            f"[reward] lora_layers = {top_layers}, but {type(model).__name__} has {n} "
+            f"decoder blocks: set it between 1 and {n - 1} (0 = every block)"
+        )
+    return list(range(n - top_layers, n))
+
+
+def add_lora(
+    model, r: int, alpha: int, dropout: float, target_modules: list[str], top_layers: int = 0
+):
+    """Wrap the model with LoRA adapters on `target_modules` (of the top `top_layers` decoder
+    blocks only, when > 0); the head is trained in full."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -136,6 +150,9 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
             f"none of the LoRA target modules {target_modules} exist in "
             f"{type(model).__name__}; set [reward] lora_target_modules to its projection names"
         )
+    layers = {}
+    if top_layers:
+        layers = {"layers_pattern": "layers", "layers_to_transform": top_blocks(model, top_layers)}
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=r,
@@ -143,6 +160,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
         lora_dropout=dropout,
         target_modules=targets,
         modules_to_save=[head_name(model)],
+        **layers,
     )
     with quiet_loading():
         return get_peft_model(model, cfg)

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rankloop.lm import tracking
+from rankloop.lm.blocks import SkipLowerBlocks, decoder_layers, first_adapted_block
 from rankloop.lm.checkpoints import checkpoint_dir
 from rankloop.lm.device import autocast, use_bf16, weights_dtype
 from rankloop.lm.kernels import (
@@ -44,7 +45,15 @@ from rankloop.lm.seeds import seed_everything
 
 from . import ensemble, losses, metrics, probe
 from .config import RewardConfig
-from .model import add_lora, format_text, head_name, load_backbone, load_reward_tokenizer, tokenize
+from .model import (
+    add_lora,
+    format_text,
+    head_name,
+    load_backbone,
+    load_reward_tokenizer,
+    tokenize,
+    top_blocks,
+)
 from .pairs import Example, RewardDataError, split_by_prompt
 from .scoring import STATS_FILE
 
@@ -59,6 +68,9 @@ class Encoded:
 
     example: Example
     ids: list[list[int]]
+    # with [reward] lora_layers: the frozen blocks' output for the packed row (tokens, H), kept
+    # from the frozen-feature pass so that each step runs the adapted blocks only
+    lower: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> int:
@@ -129,24 +141,29 @@ class RewardModule(torch.nn.Module):
     def _seq_model(self):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def _hidden(self, input_ids, position_ids, mask):
+    def _hidden(self, input_ids, position_ids, mask, lower=None):
+        """The last hidden states (E, T, H); from block `first_adapted_block` on, given the
+        frozen blocks' output `lower` (E, T, H)."""
         seq_model = self._seq_model()
         backbone = getattr(seq_model, seq_model.base_model_prefix)
-        return backbone(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # (E, T, H)
+        layers = decoder_layers(backbone)
+        split = first_adapted_block(layers) if lower is not None else 0
+        with SkipLowerBlocks(layers, split, lower):
+            return backbone(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state  # (E, T, H)
 
-    def forward(self, input_ids, position_ids, mask, ends):
+    def forward(self, input_ids, position_ids, mask, ends, lower=None):
         """Each response's reward from every member: (S, M), M = 1 for a single model."""
-        hidden = self._hidden(input_ids, position_ids, mask)  # (E, T, H)
+        hidden = self._hidden(input_ids, position_ids, mask, lower)  # (E, T, H)
         last = hidden.reshape(-1, hidden.shape[-1])[ends]  # (S, H): last token of each response
         seq_model = self._seq_model()
         return getattr(seq_model, head_name(seq_model))(last).float()  # (S, M)
 
-    def features(self, input_ids, position_ids, mask, ends):
+    def features(self, input_ids, position_ids, mask, ends, lower=None):
         """(last, mean), each (S, H) float: each response's last-token hidden state (what the
         head reads) and the mean over the tokens it attends to (its prefix and itself)."""
-        hidden = self._hidden(input_ids, position_ids, mask).float()  # (E, T, H)
+        hidden = self._hidden(input_ids, position_ids, mask, lower).float()  # (E, T, H)
         t = hidden.shape[1]
         rows, cols = ends // t, ends % t  # (S,) each
         last = hidden[rows, cols]  # (S, H)
@@ -367,6 +384,18 @@ INITIAL_LOG_TIE = math.log(0.5)
 # ---------------------------------------------------------------------------------------------
 
 
+def stack_lower(items: list[Encoded], t: int, device) -> torch.Tensor | None:
+    """The items' kept frozen-block outputs as one right-padded batch (E, t, H), or None if
+    any item has none (then the forward runs every block)."""
+    if not items or any(it.lower is None for it in items):
+        return None
+    first = items[0].lower
+    out = first.new_zeros((len(items), t, first.shape[-1]))  # padding: zeros, seen by no token
+    for i, it in enumerate(items):
+        out[i, : it.lower.shape[0]] = it.lower
+    return out.to(device)
+
+
 @torch.no_grad()
 def run_batches(
     module,
@@ -377,19 +406,26 @@ def run_batches(
     device,
     bf16: bool,
     multiple: int = 1,
+    keep_lower: int = 0,
 ) -> list:
-    """`fn(input_ids, position_ids, mask, ends)` (the module's forward or `features`) over
-    packed batches of the items, shortest first (little padding), in eval mode. Returns, in
-    item order, each item's rows of fn's output (a tensor, or a tuple of them), on the CPU."""
+    """`fn(input_ids, position_ids, mask, ends, lower)` (the module's forward or `features`)
+    over packed batches of the items, shortest first (little padding), in eval mode. Returns,
+    in item order, each item's rows of fn's output (a tensor, or a tuple of them), on the CPU.
+    `keep_lower` > 0: also keep each item's input to that block (`Encoded.lower`)."""
     was_training = module.training
     module.eval()
     order = sorted(range(len(items)), key=lambda i: items[i].tokens)
     out: list = [None] * len(items)
+    layers = decoder_layers(module.model) if keep_lower else None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, pos, mask, ends, _ = pack([items[i].ids for i in idx], pad_id, multiple)
-        with autocast(device, bf16):
-            got = fn(ids.to(device), pos.to(device), mask.to(device), ends.to(device))
+        lower = stack_lower([items[i] for i in idx], ids.shape[1], device)
+        with autocast(device, bf16), SkipLowerBlocks(layers, keep_lower, keep=True) as kept:
+            got = fn(ids.to(device), pos.to(device), mask.to(device), ends.to(device), lower)
+        if keep_lower:
+            for j, i in enumerate(idx):
+                items[i].lower = kept.kept[j, : items[i].tokens].to("cpu", copy=True)
         sizes = [len(items[i].ids) for i in idx]
         if isinstance(got, tuple):
             parts = zip(*(g.float().cpu().split(sizes) for g in got))
@@ -589,13 +625,30 @@ def add_adapter(model, cfg: RewardConfig, bf16: bool):
         return model
     if cfg.gradient_checkpointing:  # frozen embeddings: the checkpointed input needs a grad
         model.enable_input_require_grads()
-    model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+    model = add_lora(
+        model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.lora_layers
+    )
     if bf16:
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
         keep_adapter_inputs_in_autocast_dtype(model)
     return model
+
+
+LOWER_CACHE_BYTES = 2 << 30
+"""The most memory the kept outputs of the frozen blocks may take ([reward] lora_layers); past it
+each step runs the frozen blocks again (still without their backward)."""
+
+
+def lower_split(model, cfg: RewardConfig, items: list[Encoded]) -> int:
+    """The first adapted block when the frozen blocks' outputs for `items` are to be kept
+    (LoRA on the top `lora_layers` blocks, and they fit LOWER_CACHE_BYTES); else 0."""
+    if not (cfg.lora and cfg.lora_layers):
+        return 0
+    split = top_blocks(model, cfg.lora_layers)[0]
+    size = next(model.parameters()).element_size() * model.config.hidden_size
+    return split if sum(it.tokens for it in items) * size <= LOWER_CACHE_BYTES else 0
 
 
 @dataclass
@@ -616,12 +669,14 @@ def fit_probes(
     pad_id: int,
     device,
     bf16: bool,
+    keep_lower: int = 0,
 ) -> Probes:
     """2c. Frozen features of every response (one forward, no gradient), a probe on each
     pooling, and their held-out accuracy: `reward/probe_accuracy` (mean pooling, the baseline
     `rankloop train-reward` reports) and `reward/probe_last_accuracy`. With an ensemble, each
     member's warm start is the last-token probe refitted on its bootstrap resample (the same
-    features: no second pass)."""
+    features: no second pass). `keep_lower` > 0: the same pass keeps each item's input to that
+    block (`Encoded.lower`, see `lower_split`)."""
     feats = {"last": ([], []), "mean": ([], [])}
     for items, side in ((train_items, 0), (eval_items, 1)):
         for f_last, f_mean in run_batches(
@@ -633,6 +688,7 @@ def fit_probes(
             device,
             bf16,
             cfg.pad_to_multiple_of,
+            keep_lower,
         ):
             feats["last"][side].append(f_last.numpy())
             feats["mean"][side].append(f_mean.numpy())
@@ -835,14 +891,14 @@ def train_step(loop: Loop, cfg: RewardConfig, step: int) -> tuple[dict[str, floa
     device, tokens = acc.device, 0
     for micro in range(cfg.grad_accum):
         k = (step * cfg.grad_accum + micro) * world + acc.process_index
-        batch = collate(
-            [loop.train_items[i] for i in loop.schedule[k]], loop.pad_id, cfg.pad_to_multiple_of
-        ).to(device)
+        items = [loop.train_items[i] for i in loop.schedule[k]]
+        batch = collate(items, loop.pad_id, cfg.pad_to_multiple_of).to(device)
+        lower = stack_lower(items, batch.input_ids.shape[1], device)  # None: every block runs
         boot = None if loop.boot is None else loop.boot[:, loop.schedule[k]].to(device)  # (M, E)
         tokens += batch.tokens
         with acc.accumulate(loop.module):
             with autocast(device, loop.bf16):
-                r = loop.module(batch.input_ids, batch.position_ids, batch.mask, batch.ends)
+                r = loop.module(batch.input_ids, batch.position_ids, batch.mask, batch.ends, lower)
             log_tie = acc.unwrap_model(loop.module).log_tie
             loss, stats = ensemble_loss(cfg, r.float(), batch, log_tie, boot)  # r: (S, M)
             acc.backward(loss)
@@ -1049,13 +1105,28 @@ def train_reward(
     phases = {"load": time.perf_counter() - t0}
     t_phase = time.perf_counter()
     probe_metrics, member_seconds = {}, 0.0
+    keep_lower = lower_split(model, cfg, train_items + eval_items)
+    frozen = RewardModule(model, 0.0).to(device)
     if (cfg.warm_start or eval_items) and not resume:
         probes = fit_probes(
-            RewardModule(model, 0.0).to(device), train_items, eval_items, cfg, pad, device, bf16
+            frozen, train_items, eval_items, cfg, pad, device, bf16, keep_lower=keep_lower
         )
         probe_metrics, member_seconds = probes.metrics, probes.member_seconds
         if cfg.warm_start:
             warm_start_head(model, probes.last)
+    elif keep_lower:  # no probes (resuming, or nothing needs them): the frozen pass alone
+        for items in (train_items, eval_items):
+            run_batches(
+                frozen,
+                frozen.features,
+                items,
+                2 * cfg.batch_size,
+                pad,
+                device,
+                bf16,
+                cfg.pad_to_multiple_of,
+                keep_lower,
+            )
     if cfg.ensemble > 1:  # no warm start, or resuming: the checkpoint's heads replace these
         widen_head(model, cfg.ensemble, cfg.seed)
     phases["probe"] = time.perf_counter() - t_phase - member_seconds

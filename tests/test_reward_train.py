@@ -136,6 +136,69 @@ def test_lora_head_trained_merged_and_adapter_save(tmp_path, tiny_lm_dir, fresh_
     assert not torch.allclose(trained, fresh_head(), atol=1e-3)
 
 
+def test_lora_on_top_blocks_reuses_the_frozen_blocks_output(
+    tmp_path, tiny_lm_dir, fresh_store, monkeypatch
+):
+    """[reward] lora_layers = 1 of the tiny model's 2 blocks: adapters on block 1 only; block
+    0's output, kept from the frozen-feature pass, gives the same steps, held-out metrics and
+    saved model as running both blocks at every step (the cache turned off)."""
+    from safetensors.torch import load_file
+
+    from rankloop.reward import train as reward_train
+
+    simulate_labels(fresh_store, 48, seed=1)
+    cfg = RewardConfig(
+        lora=True,
+        lora_r=4,
+        lr=1e-2,
+        epochs=2,
+        batch_size=8,
+        eval_fraction=0.25,
+        bf16="no",
+        compile="no",
+        lora_layers=1,
+        merge_lora=False,
+    )
+    used = []  # per forward with packed items: did it start from kept outputs?
+    stack = reward_train.stack_lower
+    monkeypatch.setattr(
+        reward_train,
+        "stack_lower",
+        lambda *a: used.append(stack(*a) is not None) or stack(*a),
+    )
+    kept = train_reward(labeled(fresh_store), cfg, tmp_path / "kept", base=str(tiny_lm_dir))
+    assert used and all(used[used.index(True) :])  # after the frozen pass, every forward
+    used.clear()
+    monkeypatch.setattr(reward_train, "LOWER_CACHE_BYTES", 0)
+    every = train_reward(labeled(fresh_store), cfg, tmp_path / "every", base=str(tiny_lm_dir))
+    assert used and not any(used)
+    adapted = load_file(kept.path / "adapter_model.safetensors")
+    lora = [n for n in adapted if "lora_" in n]
+    assert lora and all(".layers.1." in n for n in lora)
+    assert len(kept.history) == len(every.history) == kept.steps
+    for a, b in zip(kept.history, every.history):
+        assert a["reward/loss"] == pytest.approx(b["reward/loss"], rel=1e-5, abs=1e-6)
+    for name in ("reward/accuracy", "reward/eval_pairs", "reward/probe_accuracy"):
+        assert kept.metrics[name] == every.metrics[name]
+    assert kept.metrics["reward/mean"] == pytest.approx(every.metrics["reward/mean"], abs=1e-5)
+    texts = (["a prompt"] * 3, ["good day", "the sea", "no"])
+    torch.testing.assert_close(
+        RewardScorer.from_pretrained(kept.path, bf16="no").score(*texts),
+        RewardScorer.from_pretrained(every.path, bf16="no").score(*texts),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_lora_layers_beyond_the_model_is_a_clear_error(tmp_path, tiny_lm_dir, fresh_store):
+    from rankloop.lm.loading import ModelLoadError
+
+    simulate_labels(fresh_store, 8, seed=1)
+    cfg = RewardConfig(lora_layers=2, bf16="no", compile="no")
+    with pytest.raises(ModelLoadError, match="lora_layers = 2, but .* has 2 decoder blocks"):
+        train_reward(labeled(fresh_store), cfg, tmp_path / "r", base=str(tiny_lm_dir))
+
+
 def test_resume_continues_to_the_same_model(tmp_path, tiny_lm_dir, fresh_store):
     simulate_labels(fresh_store, 40, seed=2)
     # select_best stays on (the best weights so far travel in the checkpoint); patience 0

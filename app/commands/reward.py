@@ -52,6 +52,12 @@ from .common import console, open_project, project_option, user_errors
 @click.option("--eval-fraction", type=float, default=None, help="Share of prompts held out.")
 @click.option("--max-length", type=int, default=None)
 @click.option("--lora-r", type=int, default=None)
+@click.option(
+    "--lora-layers",
+    type=int,
+    default=None,
+    help="LoRA on the top N decoder blocks only (0 = all): steps run those blocks only.",
+)
 @click.option("--seed", type=int, default=None)
 @click.option(
     "--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps."
@@ -103,6 +109,7 @@ def train_reward_cmd(
     eval_fraction,
     max_length,
     lora_r,
+    lora_layers,
     seed,
     checkpoint_every,
     gradient_checkpointing,
@@ -143,6 +150,7 @@ def train_reward_cmd(
         eval_fraction=eval_fraction,
         max_length=max_length,
         lora_r=lora_r,
+        lora_layers=lora_layers,
         seed=seed,
         checkpoint_every=checkpoint_every,
         gradient_checkpointing=gradient_checkpointing,
