@@ -6,7 +6,8 @@ annotators rank each prompt's 4 candidates (6 pairs each, 360 pairs a round) wit
 agree with the task's oracle on `--agreement` (70%) of pairs, then `rankloop round` trains the
 reward model and runs the policy stage with `--optimizer`, and samples the next round. Round 2 is
 labelled too. A quarter of the prompts are the round's evaluation prompts: never trained on,
-they carry the cross-round comparisons that the simulated annotators label.
+they carry the cross-round comparisons that the simulated annotators label
+(`--eval-comparisons` (4) per prompt and opponent).
 
 Tasks (each oracle scores (prompt, response); none is one the project's defaults were tuned on,
 except `tidy`, the demo's own):
@@ -24,7 +25,7 @@ of each stage. Best-of-n at inference (round 0's reward model choosing among n s
 base policy, no training) is the reference a trained optimiser must beat: with `--best-of-n N`
 the row carries the oracle's mean of those choices on the evaluation prompts.
 
-Usage (one cell is ~20-40 min on the 2-core machine; run cells one at a time):
+Usage (one cell is ~40 min on the 2-core machine; run cells one at a time):
   flock /tmp/rankloop-cpu.lock .venv/bin/python bench/loop_quality.py --tasks tidy \\
       --optimizers ppo --seeds 0 --out bench/results/loop-quality.jsonl
   .venv/bin/python bench/loop_quality.py --table bench/results/loop-quality.jsonl
@@ -137,7 +138,9 @@ def concise(prompts, responses):
 TASKS = {"tidy": tidy, "format": fmt, "relevance": relevance, "concise": concise}
 
 
-def build_project(root: Path, task: str, n_prompts: int, seed: int, optimizer: str):
+def build_project(
+    root: Path, task: str, n_prompts: int, seed: int, optimizer: str, eval_comparisons: int
+):
     from rankloop.app.commands.rounds import DEMO_SETTINGS
     from rankloop.app.project import Project
     from rankloop.data.io import bundled_prompts, read_jsonl
@@ -150,6 +153,10 @@ def build_project(root: Path, task: str, n_prompts: int, seed: int, optimizer: s
     p.config.generate.n = 4  # 4 candidates ranked per prompt: 6 pairs each
     p.config.labeling.k = 4
     p.config.rounds.optimizer = optimizer
+    # the win-rate's comparisons: each evaluation prompt's new response against this many of
+    # round 0's (and of the round before); ~15 evaluation prompts x 2 gave n = 20, an interval
+    # of +-0.23
+    p.config.rounds.eval_comparisons = eval_comparisons
     p.config.generate.seed = p.config.reward.seed = p.config.ppo.seed = seed
     p.save_config()
     rows = [row for _, row in read_jsonl(bundled_prompts())]
@@ -188,7 +195,7 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
     oracle = TASKS[task]
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"loop-{task}-{optimizer}-"))
-    p = build_project(tmp / "proj", task, args.prompts, seed, optimizer)
+    p = build_project(tmp / "proj", task, args.prompts, seed, optimizer, args.eval_comparisons)
     times: dict[str, list[float]] = {}
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
     summaries, agreements, bon = [], [], None
@@ -224,6 +231,8 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         "optimizer": optimizer,
         "seed": seed,
         "agreement_asked": args.agreement,
+        "prompts": args.prompts,
+        "eval_comparisons": args.eval_comparisons,
         "agreement": agreements,
         "eval_means": {r: m[1] for r, m in means.items()},
         "all_means": {r: m[0] for r, m in means.items()},
@@ -278,6 +287,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--prompts", type=int, default=60)
     ap.add_argument("--agreement", type=float, default=0.7)
+    ap.add_argument(
+        "--eval-comparisons",
+        type=int,
+        default=4,
+        help="[rounds] eval_comparisons: cross-round comparisons per evaluation prompt",
+    )
     ap.add_argument("--best-of-n", type=int, default=4, help="n of the reference (0 = none)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/loop-quality.jsonl"))
     ap.add_argument("--table", nargs="*", help="print the table of these result files")
