@@ -492,12 +492,17 @@ def run(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: mean (± std over seeds) held-out accuracy per task and size, ECE and time."""
-    systems = [
-        s
-        for s in ("rankloop", "ensemble", "trl", "probe", "bow")
-        if any(r["system"] == s for r in rows)
+    """Markdown: mean (± std over seeds) held-out accuracy per task and size, ECE and time. A
+    row run with `--set` overrides is a system of its own (`rankloop lora_layers=8`)."""
+    rows = [
+        {**r, "system": " ".join([r["system"], *(f"{k}={v}" for k, v in r["settings"].items())])}
+        if r.get("settings")
+        else r
+        for r in rows
     ]
+    named = ("rankloop", "ensemble", "trl", "probe", "bow")
+    systems = [s for s in named if any(r["system"] == s for r in rows)]
+    systems[1:1] = sorted({r["system"] for r in rows} - set(named))
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     sizes = sorted({r["pairs"] for r in rows})
     lines = [
