@@ -40,6 +40,12 @@ the other system's turns left out.
              sample is trained on once, as TRL's `num_iterations=1` does (2 optimizer steps of
              16 completions where TRL takes 1 of 32): the same training work per step as the
              anchor, for reference.
+  rankloop, `--epochs 1+ckpt`: one epoch with `[ppo] gradient_checkpointing = true` (each
+             adapted block keeps only its input and is recomputed in the backward, as TRL's
+             default gradient checkpointing does): the memory lever, at its cost in time.
+  rankloop, `--epochs 1+top16`: one epoch with the policy's LoRA on its top 16 of 30 blocks
+             (`[ppo] lora_layers = 16`): the lower blocks run once per rollout, for the policy's
+             and the reference's pass alike, and the update runs the top 16 only.
 
 Before timing, both stacks load the policy (fp32, each its own way: rankloop's loader, TRL's
 `create_model_from_path`) and compute its logits on the same input; the run stops if they
@@ -127,7 +133,13 @@ def worker_rankloop(args) -> dict:
         log_samples=0,
     )
     default_epochs = cfg.ppo_epochs
-    cfg.ppo_epochs = int(args.epochs) or default_epochs
+    epochs, *variant = args.epochs.split("+")
+    cfg.ppo_epochs = int(epochs) or default_epochs
+    for flag in variant:  # ckpt: gradient checkpointing; topN: policy LoRA on the top N blocks
+        if flag == "ckpt":
+            cfg.gradient_checkpointing = True
+        else:
+            cfg.lora_layers = int(flag.removeprefix("top"))
     texts = prompts_texts(PROMPTS * args.steps)
     res = train_rloo(
         cfg,
@@ -137,7 +149,7 @@ def worker_rankloop(args) -> dict:
         reward_fn=ScorerReward(
             None, cfg.normalize_scores, cfg.score_clip, path=str(RM), bf16=cfg.bf16
         ),
-        out_dir=RESULTS / f"rloo-rankloop-e{cfg.ppo_epochs}",
+        out_dir=RESULTS / f"rloo-rankloop-e{args.epochs}",
         reward_model=str(RM),
         progress=False,
         log=None,
@@ -148,7 +160,10 @@ def worker_rankloop(args) -> dict:
         "system": "rankloop RLOO ("
         + ("defaults" if cfg.ppo_epochs == default_epochs else f"ppo_epochs = {cfg.ppo_epochs}")
         + f": {cfg.ppo_epochs} epoch{'s' * (cfg.ppo_epochs != 1)} x "
-        + f"{cfg.batch_size // cfg.mini_batch_size} mini-batches)",
+        + f"{cfg.batch_size // cfg.mini_batch_size} mini-batches"
+        + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
+        + (f", LoRA on the top {cfg.lora_layers} blocks" if cfg.lora_layers else "")
+        + ")",
         **clock.report(),
         "rollout_s": phase("time/rollout"),
         "scoring_s": phase("time/score"),
@@ -286,7 +301,9 @@ def main() -> None:
         "--epochs",
         default="0,1",
         help="rankloop systems to run, by [ppo] ppo_epochs (0 = rankloop's default, 4; the "
-        "first is the one the goals judge; 1 = each sample trained on once, as TRL does)",
+        "first is the one the goals judge; 1 = each sample trained on once, as TRL does); "
+        "'+ckpt' after one adds [ppo] gradient_checkpointing = true, '+top16' lora_layers = 16 "
+        "(e.g. 1+ckpt, 1+top16)",
     )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

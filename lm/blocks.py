@@ -4,6 +4,10 @@ With LoRA on the top blocks only, the blocks below are frozen and adapter-free: 
 for a given input never changes while the adapters train. PPO's critic keeps it for a rollout
 batch's epochs; the reward trainer keeps it for every training comparison from its frozen-feature
 pass. A forward then runs the top blocks only, and the backward stops there as well.
+
+The adapted blocks themselves can keep less: `CheckpointBlocks` has each of them save only its
+input during a forward with gradients and recompute the rest in the backward (activation
+checkpointing), for the policy stage's `[ppo] gradient_checkpointing`.
 """
 
 from __future__ import annotations
@@ -89,3 +93,40 @@ class _Inject(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         return self.lower.to(hidden_states.dtype)
+
+
+class CheckpointBlocks:
+    """Context manager for a forward pass whose backward recomputes each block's activations:
+    blocks `start` and up are swapped for wrappers that run them under
+    `torch.utils.checkpoint` (non-reentrant: keyword arguments, autocast and RNG state are
+    kept), so a block holds only its input until the backward instead of every intermediate.
+    Inactive (`on` False) or without gradients it changes nothing. The swap ends with the
+    context; the backward may come later, as the recomputation calls the block it saved."""
+
+    def __init__(self, layers, start: int = 0, on: bool = True):
+        self.layers, self.start = layers, start
+        self.on = on and layers is not None and torch.is_grad_enabled()
+        self.saved: list[nn.Module] = []
+
+    def __enter__(self):
+        if self.on:
+            self.saved = [self.layers[i] for i in range(self.start, len(self.layers))]
+            for i, block in enumerate(self.saved, self.start):
+                self.layers[i] = _Checkpointed(block)
+        return self
+
+    def __exit__(self, *exc):
+        for i, block in enumerate(self.saved, self.start):
+            self.layers[i] = block
+        return False
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)

@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankloop.lm.blocks import SkipLowerBlocks, decoder_layers, first_adapted_block
+from rankloop.lm.blocks import (
+    CheckpointBlocks,
+    SkipLowerBlocks,
+    decoder_layers,
+    first_adapted_block,
+)
 from rankloop.lm.kernels import use_training_attention
 from rankloop.lm.loading import ModelLoadError, adapter_base, quiet_loading, resolve
 
@@ -106,7 +111,11 @@ def load_policy(
 
 
 class Actor(nn.Module):
-    """The LoRA policy, plus a value head on its last hidden state when critic = 'policy'."""
+    """The LoRA policy, plus a value head on its last hidden state when critic = 'policy'.
+    `checkpoint` True: a forward with gradients recomputes the adapted blocks' activations in
+    the backward (`[ppo] gradient_checkpointing`)."""
+
+    checkpoint = False
 
     def __init__(self, lm, value_head: bool):
         super().__init__()
@@ -132,7 +141,10 @@ class Actor(nn.Module):
         """
         layers = decoder_layers(self.lm)
         split = first_adapted_block(layers)
-        with SkipLowerBlocks(layers, split, lower, keep_lower) as skip:
+        with (
+            SkipLowerBlocks(layers, split, lower, keep_lower) as skip,
+            CheckpointBlocks(layers, split, self.checkpoint),
+        ):
             out = self.lm(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -159,7 +171,10 @@ class Critic(nn.Module):
     adapter-free, so their output for a rollout batch never changes during the PPO epochs:
     `forward(..., keep_lower=True)` returns it once, and `forward(..., lower=...)` runs only
     the top blocks on it. The update then costs a few blocks instead of the whole model.
+    `checkpoint`: as `Actor`'s.
     """
+
+    checkpoint = False
 
     def __init__(self, backbone, head: nn.Linear, origin: str):
         super().__init__()
@@ -177,7 +192,11 @@ class Critic(nn.Module):
     ):
         """Values (B, n_last); with `keep_lower`, also the input of the first adapted block."""
         layers = decoder_layers(self.backbone)
-        with SkipLowerBlocks(layers, first_adapted_block(layers), lower, keep_lower) as skip:
+        split = first_adapted_block(layers)
+        with (
+            SkipLowerBlocks(layers, split, lower, keep_lower) as skip,
+            CheckpointBlocks(layers, split, self.checkpoint),
+        ):
             out = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

@@ -103,6 +103,8 @@ class PPOConfig:
     """LoRA only on the policy's last N blocks (0 = all blocks): the frozen blocks below run once per rollout, and the update only runs the top N (much faster, less capacity)."""
     critic_lora_layers: int = 4
     """LoRA only on the critic's last N blocks (0 = all blocks): its backward stops there, so the critic's update costs about a forward pass."""
+    gradient_checkpointing: bool = False
+    """Recompute the adapted blocks' activations in the backward instead of keeping them (policy and critic): less peak memory for a longer update (measured in docs/benchmarks.md)."""
     lora_r: int = 16
     """LoRA rank of the policy and critic adapters."""
     lora_alpha: int = 32

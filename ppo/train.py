@@ -607,6 +607,7 @@ def build_models(
         lm.set_adapter("default")
     if not critic:
         actor = Actor(lm, value_head=False).to(device)
+        actor.checkpoint = config.gradient_checkpointing
         if bf16:
             keep_adapter_inputs_in_autocast_dtype(actor, None)
         return tokenizer, actor, None
@@ -628,6 +629,9 @@ def build_models(
             say("reward model: scoring with the critic's frozen weights (no second copy)")
     else:
         say("critic: value head on the policy")
+    actor.checkpoint = config.gradient_checkpointing
+    if critic is not None:
+        critic.checkpoint = config.gradient_checkpointing
     if bf16:  # under autocast peft's fp32 copy of each adapter input is wasted work
         keep_adapter_inputs_in_autocast_dtype(actor, critic)
     return tokenizer, actor, critic

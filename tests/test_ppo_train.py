@@ -743,6 +743,61 @@ def test_bf16_run_keeps_the_reference_weights_bit_for_bit(peaked_lm, tmp_path):
     assert all(torch.isfinite(torch.tensor(h["objective/scores"])) for h in res.history)
 
 
+@pytest.mark.parametrize("top_layers", [0, 1])
+def test_gradient_checkpointing_recomputes_the_adapted_blocks_same_gradients(peaked_lm, top_layers):
+    from rankloop.ppo.actor_critic import Actor, decoder_layers, load_policy
+
+    lm, _ = peaked_lm
+    policy = load_policy(
+        str(lm), r=4, alpha=8, dropout=0.0, dtype=torch.float32, top_layers=top_layers
+    )
+    actor = Actor(policy, value_head=True)
+    with torch.no_grad():
+        for n, p in actor.named_parameters():
+            if "lora_B" in n or "value_head" in n:
+                p.normal_(0, 0.3)
+    layers = decoder_layers(policy)
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):  # a pre-hook: the recomputation stops early, mid-block
+        layer.register_forward_pre_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+    ids = torch.randint(5, 300, (2, 7))
+    mask = torch.ones_like(ids)
+
+    def grads(checkpoint: bool):
+        actor.checkpoint = checkpoint
+        calls[:] = [0] * len(layers)
+        actor.zero_grad(set_to_none=True)
+        logits, values = actor(ids, mask, n_last=4)
+        (logits.float().logsumexp(-1).mean() + values.pow(2).mean()).backward()
+        return {n: p.grad.clone() for n, p in actor.named_parameters() if p.requires_grad}, calls[:]
+
+    plain, plain_calls = grads(False)
+    ckpt, ckpt_calls = grads(True)
+    assert plain_calls == [1] * len(layers)
+    # each adapted block ran again in the backward; the frozen ones below did not
+    split = len(layers) - top_layers if top_layers else 0
+    assert ckpt_calls == [1] * split + [2] * (len(layers) - split)
+    assert plain.keys() == ckpt.keys() and len(plain) > 2
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-5, atol=1e-7)
+    assert all(isinstance(layer, type(layers[0])) for layer in layers)  # the swap was undone
+    with torch.no_grad():  # no gradients: nothing to recompute, nothing swapped
+        calls[:] = [0] * len(layers)
+        actor(ids, mask, n_last=4)
+    assert calls == [1] * len(layers)
+
+
+def test_gradient_checkpointing_run_matches_the_plain_run(peaked_lm, tmp_path):
+    lm, target = peaked_lm
+    plain = run(cfg(steps=2), lm, target, tmp_path / "a")
+    ckpt = run(cfg(steps=2, gradient_checkpointing=True), lm, target, tmp_path / "b")
+    assert plain.actor.checkpoint is False and ckpt.actor.checkpoint is True
+    assert ckpt.critic.checkpoint is True
+    for a, b in zip(plain.history, ckpt.history):
+        for key in ("objective/scores", "objective/kl", "policy/approxkl", "val/loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize("lora_layers", [0, 1])
 def test_update_on_trimmed_mini_batches_sees_the_rollouts_log_probs_and_values(
     peaked_lm, tmp_path, lora_layers
