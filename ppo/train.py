@@ -418,7 +418,10 @@ def train_policy(
 
         # ---- 3. reference log-probs (and the critic's values) --------------------------------
         t0 = time.perf_counter()
-        ref = reference_pass(raw_actor, raw_critic, batch, config, device, bf16, rto=config.rto)
+        ref = reference_pass(
+            raw_actor, raw_critic, batch, config, device, bf16, config.rto,
+            rows=config.mini_batch_size * k,
+        )  # fmt: skip
         timing["time/reference"] = time.perf_counter() - t0
 
         # ---- 4. KL to the reference and shaped rewards ---------------------------------------
@@ -678,24 +681,52 @@ def rollout(
 
 
 def reference_pass(
-    actor: Actor, critic, batch: Rollout, config: PPOConfig, device, bf16: bool, rto: bool
+    actor: Actor,
+    critic,
+    batch: Rollout,
+    config: PPOConfig,
+    device,
+    bf16: bool,
+    rto: bool,
+    rows: int = 0,
 ) -> Reference:
     """Phase 3: the policy's and the reference's log-probs of the sampled tokens, the policy's
-    entropy, the values, and with `rto` the DPO adapter's token rewards."""
+    entropy, the values, and with `rto` the DPO adapter's token rewards. `rows` > 0: in chunks
+    of that many sequences (the scaffold passes the update's mini-batch): the same numbers (a
+    row's forward does not depend on its neighbours; a matmul may block its sums differently
+    for fewer rows, a last-bit difference), with a chunk's full-vocabulary logits in memory at
+    a time instead of the whole batch's."""
+    B = batch.response.shape[0]
+    step = rows if 0 < rows < B else B
+    parts = [
+        _reference_rows(actor, critic, batch, slice(i, i + step), config, device, bf16, rto)
+        for i in range(0, B, step)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    fields = zip(*([getattr(p, f.name) for f in dataclasses.fields(Reference)] for p in parts))
+    return Reference(*(None if f[0] is None else torch.cat(f) for f in fields))
+
+
+def _reference_rows(
+    actor: Actor, critic, batch: Rollout, rows: slice, config: PPOConfig, device, bf16, rto
+) -> Reference:
+    """`reference_pass` on rows `rows` of the batch."""
     T = batch.response.shape[1]
-    ids, attn, response = batch.input_ids, batch.attention_mask, batch.response
+    ids, attn = batch.input_ids[rows], batch.attention_mask[rows]
+    response = batch.response[rows]
     with torch.no_grad(), autocast(device, bf16):
         # LoRA on the top blocks only: the frozen lower blocks run once here, their output
         # serves the reference pass and every update
         logits, values, policy_lower = actor(ids, attn, n_last=T + 1, keep_lower=True)
         logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
-        entropy = core.entropy_from_logits(logits)  # (B, T)
+        entropy = core.entropy_from_logits(logits)  # (b, T)
         del logits
         critic_lower = None
         if critic is not None:
             values, critic_lower = critic(ids, attn, n_last=T + 1, keep_lower=True)
         if values is not None:
-            values = values[:, :-1].float()  # (B, T) V(s_t) before emitting token t
+            values = values[:, :-1].float()  # (b, T) V(s_t) before emitting token t
         with actor.lm.disable_adapter():
             ref_logits, _ = actor(ids, attn, n_last=T + 1, lower=policy_lower)
         ref_logprobs, _ = _sequence_logprobs(ref_logits[:, :-1], response, config.temperature)
@@ -708,8 +739,8 @@ def reference_pass(
             dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response, config.temperature)
             del dpo_logits
             token_rewards = core.rto_token_rewards(
-                dpo_logprobs, ref_logprobs, batch.mask, config.rto_beta
-            )  # (B, T)
+                dpo_logprobs, ref_logprobs, batch.mask[rows], config.rto_beta
+            )  # (b, T)
     return Reference(
         logprobs, ref_logprobs, entropy, values, token_rewards, policy_lower, critic_lower
     )

@@ -787,6 +787,45 @@ def test_gradient_checkpointing_recomputes_the_adapted_blocks_same_gradients(pea
     assert calls == [1] * len(layers)
 
 
+@pytest.mark.parametrize("lora_layers", [0, 1])
+def test_reference_pass_in_row_chunks_gives_the_same_numbers(peaked_lm, lora_layers):
+    """The scaffold runs phase 3 in chunks of the update's mini-batch: every output (log-probs,
+    entropy, values, the kept lower blocks) equals the whole batch's (to the last bits of a
+    float sum: a matmul may block its sums differently for fewer rows)."""
+    from rankloop.lm.loading import load_tokenizer
+    from rankloop.lm.sampling import encode_chats
+    from rankloop.ppo.actor_critic import Actor, build_critic, load_policy
+    from rankloop.ppo.train import reference_pass, rollout
+
+    lm, _ = peaked_lm
+    config = cfg(lora_layers=lora_layers, critic_lora_layers=1)
+    tok = load_tokenizer(str(lm), padding_side="left")
+    policy = load_policy(
+        str(lm), r=4, alpha=8, dropout=0.0, dtype=torch.float32, top_layers=lora_layers
+    )
+    actor = Actor(policy, value_head=False)
+    critic = build_critic(
+        reward_model=None, policy_path=str(lm), policy_tokenizer=tok, r=4, alpha=8,
+        dropout=0.0, dtype=torch.float32, top_layers=1,
+    )  # fmt: skip
+    with torch.no_grad():
+        for n, p in [*actor.named_parameters(), *critic.named_parameters()]:
+            if "lora_B" in n or "head" in n:
+                p.normal_(0, 0.3)
+    queries = encode_chats(tok, [p.as_chat() for p in PROMPTS + PROMPTS[:1]])  # 7 rows
+    batch = rollout(actor.lm, tok, queries, config, "cpu", False, seed=3)
+    whole = reference_pass(actor, critic, batch, config, "cpu", False, False)
+    chunked = reference_pass(actor, critic, batch, config, "cpu", False, False, rows=3)
+    for f in ("logprobs", "ref_logprobs", "entropy", "values", "critic_lower"):
+        torch.testing.assert_close(getattr(chunked, f), getattr(whole, f), rtol=1e-6, atol=1e-6)
+    assert whole.values.shape == batch.response.shape and whole.critic_lower is not None
+    if lora_layers:
+        torch.testing.assert_close(chunked.policy_lower, whole.policy_lower, rtol=1e-6, atol=1e-6)
+    else:
+        assert whole.policy_lower is None and chunked.policy_lower is None
+    assert whole.token_rewards is None and chunked.token_rewards is None
+
+
 def test_gradient_checkpointing_run_matches_the_plain_run(peaked_lm, tmp_path):
     lm, target = peaked_lm
     plain = run(cfg(steps=2), lm, target, tmp_path / "a")
