@@ -138,8 +138,8 @@ class RoundsConfig:
     """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before PPO (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round (docs/rounds.md)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
-    optimizer: str = "ppo"
-    """The policy stage's optimiser: 'ppo' (a critic, each token an action), 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k), 'bon' (best-of-n fine-tuning: supervised steps on each prompt's best of n samples; [ppo] bon_n, bon_margin) or 'odpo' (online DPO on each prompt's best and worst of k samples and the round's labelled pairs; [ppo] odpo_*). All read the [ppo] section."""
+    optimizer: str = "bon"
+    """The policy stage's optimiser (default 'bon': it won the loop benchmark's head-to-head, docs/benchmarks.md): 'ppo' (a critic, each token an action), 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k), 'bon' (best-of-n fine-tuning: supervised steps on each prompt's best of n samples; [ppo] bon_n, bon_margin) or 'odpo' (online DPO on each prompt's best and worst of k samples and the round's labelled pairs; [ppo] odpo_*). All read the [ppo] section."""
 
     def validate(self) -> None:
         if not 0 <= self.eval_fraction < 1:

@@ -198,7 +198,7 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
     p = build_project(tmp / "proj", task, args.prompts, seed, optimizer, args.eval_comparisons)
     times: dict[str, list[float]] = {}
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
-    summaries, agreements, bon = [], [], None
+    summaries, agreements, bon, stopped = [], [], None, None
     for r in range(3):
         got = simulate(
             p.store,
@@ -213,19 +213,23 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         agreements.append(getattr(got, "agreement", None))
         if r == 2:
             break
-        summary = rounds.run_round(
-            p,
-            rounds.RoundSettings.of(p),
-            log=lambda m: print(m, file=sys.stderr, flush=True),
-            progress=False,
-        )
+        try:
+            summary = rounds.run_round(
+                p,
+                rounds.RoundSettings.of(p),
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+                progress=False,
+            )
+        except rounds.RoundStopped as e:  # the reward gate: a row, not a crash
+            stopped = {"round": r, "why": str(e)}
+            break
         summaries.append(summary)
         for stage, seconds in (summary.seconds or {}).items():
             times.setdefault(stage, []).append(round(seconds, 1))
         if r == 0 and args.best_of_n:
             bon = best_of_n_reference(p, oracle, args.best_of_n, seed)
     means = rounds.oracle_means(p, oracle)
-    wr = win_rate(p.store.cross_round_outcomes(), 2, 0, seed=0)
+    wr = win_rate(p.store.cross_round_outcomes(), 2, 0, seed=0) if stopped is None else None
     row = {
         "task": task,
         "optimizer": optimizer,
@@ -236,7 +240,8 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         "agreement": agreements,
         "eval_means": {r: m[1] for r, m in means.items()},
         "all_means": {r: m[0] for r, m in means.items()},
-        "win_rate_2_over_0": [wr.rate, wr.low, wr.high, wr.n],
+        "win_rate_2_over_0": [wr.rate, wr.low, wr.high, wr.n] if wr else None,
+        "stopped": stopped,
         "best_of_n": bon,
         "kl": [s.metrics.get("ppo/kl_final") for s in summaries],
         "kept": [s.metrics.get("ppo/kept_step") for s in summaries],
@@ -262,6 +267,13 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         m = r["eval_means"]
+        if r.get("stopped"):  # the reward gate stopped round R before its policy stage
+            lines.append(
+                f"| {r['task']} | {r['optimizer']} | {r['seed']} | - | {m['0']:.3f} | round "
+                f"{r['stopped']['round']} stopped: its reward model lost to its probe | - | - | - "
+                f"| {r['seconds'] / 60:.0f} |"
+            )
+            continue
         rate, low, high, n = r["win_rate_2_over_0"]
         agree = ", ".join(f"{a:.0%}" for a in r["agreement"] if a is not None) or "-"
         acc = ", ".join(

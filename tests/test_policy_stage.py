@@ -126,6 +126,10 @@ def test_round_optimizer_flag_overrides_the_setting_and_dry_run_says_it(project,
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
     p.close()
     out = run("round", "--dry-run", "--reward-fn", spec, "--project", project).output
+    assert "100 BON steps of 8 prompts x 4 samples (of" in out  # the default
+    out = run(
+        "round", "--dry-run", "--optimizer", "ppo", "--reward-fn", spec, "--project", project
+    ).output
     assert "100 PPO steps of 8 prompts (of" in out
     out = run(
         "round", "--dry-run", "--optimizer", "rloo", "--reward-fn", spec, "--project", project

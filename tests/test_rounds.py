@@ -287,9 +287,9 @@ def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir)
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "round 1: plan" in res.output and "4 PPO steps" in res.output
+    assert "round 1: plan" in res.output and "4 BON steps" in res.output
     assert re.search(r"Estimated time: \d+ s", res.output)
-    # PPO's estimate: the last round's seconds per step, times 4 steps
+    # the policy stage's estimate: the last round's seconds per step, times 4 steps
     plan = rounds.plan_round(
         p,
         rounds.RoundSettings(
