@@ -135,7 +135,7 @@ class RoundsConfig:
     eval_comparisons: int = 1
     """Cross-round comparisons per evaluation prompt and opponent: a new response against one of round R and one of round 0."""
     weak_reward: str = "warn"
-    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before PPO (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round (docs/rounds.md)."""
+    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before the policy stage (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round (docs/rounds.md)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
     optimizer: str = "bon"

@@ -421,13 +421,13 @@ def reward_gate(metrics: dict, weak_reward: str, round_: int):
     redo = "label more comparisons, then run `rankloop round --redo reward`"
     if verdict.level == "lost" and weak_reward != "run":
         raise RoundStopped(
-            f"{verdict.message}. Round {round_} stops before PPO: {redo}; or set [rounds] "
-            f"weak_reward = 'run' in rankloop.toml to optimise it anyway"
+            f"{verdict.message}. Round {round_} stops before its policy stage: {redo}; or set "
+            f"[rounds] weak_reward = 'run' in rankloop.toml to optimise it anyway"
         )
     if verdict.level != "ok" and weak_reward == "stop":
         raise RoundStopped(
-            f"{verdict.message}. Round {round_} stops before PPO ([rounds] weak_reward = "
-            f"'stop'): {redo}"
+            f"{verdict.message}. Round {round_} stops before its policy stage ([rounds] "
+            f"weak_reward = 'stop'): {redo}"
         )
     return verdict
 
@@ -671,7 +671,9 @@ def run_round(
             why = verdict.message
             if why:
                 setting = project.config.rounds.weak_reward
-                warnings.append(f"{why}; PPO runs anyway ([rounds] weak_reward = '{setting}')")
+                warnings.append(
+                    f"{why}; the policy stage runs anyway ([rounds] weak_reward = '{setting}')"
+                )
                 log(f"Warning: {warnings[-1]}")
         t0 = time.perf_counter()
         if step.stage == "reward":

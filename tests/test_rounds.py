@@ -215,8 +215,9 @@ def test_a_reward_model_that_lost_to_its_probe_stops_the_round_unless_told_to_ru
     assert str(e.value) == (
         "the reward model's held-out accuracy 0.333 loses to its baseline (a linear probe on "
         "frozen features: 0.528) on 36 held-out pairs, by more than the standard error 0.083. "
-        "Round 2 stops before PPO: label more comparisons, then run `rankloop round --redo "
-        "reward`; or set [rounds] weak_reward = 'run' in rankloop.toml to optimise it anyway"
+        "Round 2 stops before its policy stage: label more comparisons, then run `rankloop "
+        "round --redo reward`; or set [rounds] weak_reward = 'run' in rankloop.toml to optimise "
+        "it anyway"
     )
     v = rounds.reward_gate(lost, "run", 2)
     assert v.level == "lost" and v.standard_error == pytest.approx(0.08253, abs=1e-5)
@@ -473,7 +474,7 @@ def queue_open(p: Project) -> list:
 def test_round_messages_print_setting_names_as_they_are(capsys):
     from rankloop.app.commands.rounds import plain, print_summary
 
-    plain("PPO runs anyway ([rounds] weak_reward = 'warn')")
+    plain("the policy stage runs anyway ([rounds] weak_reward = 'warn')")
     print_summary(
         rounds.RoundSummary(
             0,
