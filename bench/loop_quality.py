@@ -150,6 +150,8 @@ def build_project(
     for section, values in DEMO_SETTINGS.items():
         for key, value in values.items():
             setattr(getattr(p.config, section), key, value)
+    # the policy stage the first rows ran with (the demo's settings then): rows stay comparable
+    p.config.ppo.steps, p.config.ppo.eval_every = 10, 5
     p.config.generate.n = 4  # 4 candidates ranked per prompt: 6 pairs each
     p.config.labeling.k = 4
     p.config.rounds.optimizer = optimizer

@@ -284,10 +284,11 @@ DEMO_AGREEMENT = 0.7
 
 DEMO_SETTINGS = {
     # two rounds in under 20 minutes on the 2-core reference machine (docs/rounds.md has the
-    # measured time): shorter candidates, 2 reward epochs, 10 PPO steps with 3 evaluations
+    # measured time): shorter candidates, 2 reward epochs, 6 policy steps with 3 evaluations
+    # (best-of-n samples 4 responses a prompt each step: 10 steps took 23.4 minutes)
     "generate": {"n": 2, "max_new_tokens": 64},
     "reward": {"epochs": 2.0},
-    "ppo": {"steps": 10, "max_new_tokens": 48, "eval_every": 5},
+    "ppo": {"steps": 6, "max_new_tokens": 48, "eval_every": 3},
     "rounds": {"eval_fraction": 0.25, "eval_comparisons": 2},
 }
 
