@@ -135,7 +135,7 @@ class RoundsConfig:
     eval_comparisons: int = 1
     """Cross-round comparisons per evaluation prompt and opponent: a new response against one of round R and one of round 0."""
     weak_reward: str = "warn"
-    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before the policy stage (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round (docs/rounds.md)."""
+    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before the policy stage (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round; under 'probe' such a round's policy stage optimises the probe instead (docs/rounds.md)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
     optimizer: str = "bon"
@@ -146,8 +146,8 @@ class RoundsConfig:
             raise ConfigError("[rounds] eval_fraction must be in [0, 1)")
         if self.eval_comparisons < 0:
             raise ConfigError("[rounds] eval_comparisons must be >= 0")
-        if self.weak_reward not in ("warn", "stop", "run"):
-            raise ConfigError("[rounds] weak_reward must be 'warn', 'stop' or 'run'")
+        if self.weak_reward not in ("warn", "stop", "run", "probe"):
+            raise ConfigError("[rounds] weak_reward must be 'warn', 'stop', 'run' or 'probe'")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"[rounds] optimizer = {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"

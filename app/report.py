@@ -54,6 +54,7 @@ class RoundRow:
     optimizer: str | None = None  # the optimiser of its policy stage ('ppo', 'rloo', 'bon', 'odpo')
     reward_members: int | None = None  # an ensemble's members (None: a single model)
     reward_spread: float | None = None  # their mean std of the score gap on held-out pairs
+    optimised_probe: bool = False  # the policy stage optimised the reward model's probe
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def snapshot(
                 optimizer=rounds[n].optimizer if n in rounds else None,
                 reward_members=_int(_num(metrics, "reward/members")),
                 reward_spread=_num(metrics, "reward/spread"),
+                optimised_probe=bool(_num(metrics, "ppo/optimised_probe")),
             )
         )
     match_sources: dict[str, int] = defaultdict(int)
@@ -617,7 +619,7 @@ def render_body(report: RoundsReport) -> str:
                 result(r.number, r.number),
                 result(r.number, 0) if r.number > 0 else "–",
                 "–" if r.seconds is None else f"{r.seconds / 60:.1f}",
-                (r.optimizer or "–").upper(),
+                (r.optimizer or "–").upper() + (" · probe" if r.optimised_probe else ""),
             ]
         )
     out.append(
@@ -653,7 +655,8 @@ def render_body(report: RoundsReport) -> str:
         "beat); ensemble: an ensemble reward model's members and their mean spread (std of "
         "the score gap r_m(a) − r_m(b) over members) on the held-out pairs, – for a single "
         "model; ECE: expected calibration error of σ(r_a − r_b). Optimizer: the policy "
-        "stage's (PPO, RLOO, BON: best-of-n fine-tuning, or ODPO: online DPO). Policy steps: those run "
+        "stage's (PPO, RLOO, BON: best-of-n fine-tuning, or ODPO: online DPO; · probe: it "
+        "optimised the probe, the reward model having lost to it). Policy steps: those run "
         "(and the step whose policy was kept, when early stopping kept an earlier one). "
         "Policy score: the reward model's mean score of the first and the last "
         "batches; KL: the kept policy's KL to the reference, nats per response; "

@@ -386,14 +386,27 @@ def ppo_reward(
     cfg,
     reward_fns: Sequence[str] = (),
     reward_model: str | None = None,
+    probe: bool = False,
 ):
     """(reward source, reward model folder or None) for PPO of round R: --reward-fn wins,
-    else the reward model of `policy_reward_model`."""
+    else the reward model of `policy_reward_model`, or its frozen-feature probe (`probe`, see
+    `optimises_probe`)."""
     from rankloop.ppo.reward_fns import ScorerReward, parse_reward_spec
 
     if reward_fns:
         return parse_reward_spec(reward_fns), reward_model
     reward_model = policy_reward_model(project, round_, reward_model)
+    if probe:
+        from rankloop.reward.scoring import ProbeScorer
+
+        source = ScorerReward(
+            ProbeScorer.from_pretrained(reward_model, device=project.config.runtime.device),
+            cfg.normalize_scores,
+            cfg.score_clip,
+        )
+        source.name = f"probe:{reward_model}"
+        # no critic shares it: a PPO critic starts from the reward model, not from the probe
+        return source, reward_model
     # loaded lazily: with the default critic, scoring shares the critic's frozen weights
     return ScorerReward(
         None, cfg.normalize_scores, cfg.score_clip, path=reward_model, bf16=cfg.bf16
@@ -411,14 +424,24 @@ def reward_verdict(metrics: dict) -> str | None:
     return baseline_verdict(metrics).message
 
 
-def reward_gate(metrics: dict, weak_reward: str, round_: int):
+def reward_gate(metrics: dict, weak_reward: str, round_: int, has_probe: bool = True):
     """The verdict on round R's reward model (`baseline_verdict`), or RoundStopped: always
     when it lost to its baseline by more than the standard error (unless [rounds] weak_reward
-    = 'run'), and when it is merely weak under weak_reward = 'stop'."""
+    = 'run', or 'probe' and the model has its probe saved: then the probe is optimised), and
+    when it is merely weak under weak_reward = 'stop'."""
     from rankloop.reward.metrics import baseline_verdict
 
     verdict = baseline_verdict(metrics)
     redo = "label more comparisons, then run `rankloop round --redo reward`"
+    lost_to_probe = verdict.level == "lost" and "reward/probe_accuracy" in metrics
+    if lost_to_probe and weak_reward == "probe" and not has_probe:
+        raise RoundStopped(
+            f"{verdict.message}. Round {round_} stops before its policy stage: [rounds] "
+            f"weak_reward = 'probe' but the reward model has no saved probe (probe.json; it "
+            f"was resumed or trained by an older rankloop): run `rankloop round --redo reward`"
+        )
+    if verdict.level == "lost" and weak_reward == "probe" and lost_to_probe:
+        return verdict
     if verdict.level == "lost" and weak_reward != "run":
         raise RoundStopped(
             f"{verdict.message}. Round {round_} stops before its policy stage: {redo}; or set "
@@ -430,6 +453,21 @@ def reward_gate(metrics: dict, weak_reward: str, round_: int):
             f"weak_reward = 'stop'): {redo}"
         )
     return verdict
+
+
+def optimises_probe(project: Project, round_: int) -> bool:
+    """True when round R's policy stage optimises its reward model's frozen-feature probe
+    instead of the model: [rounds] weak_reward = 'probe' and the model, as recorded by the
+    round's reward stage, lost to that probe by more than the held-out standard error
+    (`reward_gate`)."""
+    from rankloop.reward.metrics import baseline_verdict
+
+    if project.config.rounds.weak_reward != "probe":
+        return False
+    stage = next((st for st in project.store.stages(round_) if st.stage == "reward"), None)
+    if stage is None or "reward/probe_accuracy" not in stage.metrics:
+        return False
+    return baseline_verdict(stage.metrics).level == "lost"
 
 
 def check_loadable(name: str) -> None:
@@ -663,17 +701,23 @@ def run_round(
         if step.done:
             continue
         if step.stage == "ppo" and not s.reward_fns:
+            from rankloop.reward.scoring import PROBE_FILE
+
             verdict = reward_gate(
                 next(st.metrics for st in store.stages(r) if st.stage == "reward"),
                 project.config.rounds.weak_reward,
                 r,
+                has_probe=(reward_model_of(project, r) / PROBE_FILE).exists(),
             )
             why = verdict.message
             if why:
                 setting = project.config.rounds.weak_reward
-                warnings.append(
-                    f"{why}; the policy stage runs anyway ([rounds] weak_reward = '{setting}')"
+                what = (
+                    "the policy stage optimises its probe instead"
+                    if optimises_probe(project, r)
+                    else "the policy stage runs anyway"
                 )
+                warnings.append(f"{why}; {what} ([rounds] weak_reward = '{setting}')")
                 log(f"Warning: {warnings[-1]}")
         t0 = time.perf_counter()
         if step.stage == "reward":
@@ -824,7 +868,8 @@ def policy_stage(
     preferences = []
     if getattr(optimizer_update(optimizer, cfg), "takes_preferences", False):
         preferences = round_label_pairs(project, r, prompts)
-    reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model)
+    probe = not reward_fns and reward_model is None and optimises_probe(project, r)
+    reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model, probe=probe)
     dpo = rto_adapter(project, r, cfg)
     out = project.round_dir(r, "policy")
     tmp = out.with_name("policy.partial")
@@ -866,6 +911,8 @@ def policy_stage(
         shutil.rmtree(out)
     tmp.replace(out)
     result.policy_path = out
+    if probe:  # the record says what was optimised
+        result.summary["ppo/optimised_probe"] = 1.0
     with project.store.transaction():  # the policy, its optimiser and its curve land together
         project.store.save_round(
             Round(r, policy=project.stored(out), optimizer=optimizer, metrics=result.summary)

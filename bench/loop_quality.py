@@ -25,6 +25,9 @@ of each stage. Best-of-n at inference (round 0's reward model choosing among n s
 base policy, no training) is the reference a trained optimiser must beat: with `--best-of-n N`
 the row carries the oracle's mean of those choices on the evaluation prompts.
 
+`--weak-reward probe`: a round whose reward model lost to its frozen-feature probe optimises the
+probe instead of stopping (issue 23 item 5); the table marks those rounds.
+
 Usage (one cell is ~40 min on the 2-core machine; run cells one at a time):
   flock /tmp/rankloop-cpu.lock .venv/bin/python bench/loop_quality.py --tasks tidy \\
       --optimizers ppo --seeds 0 --out bench/results/loop-quality.jsonl
@@ -139,7 +142,13 @@ TASKS = {"tidy": tidy, "format": fmt, "relevance": relevance, "concise": concise
 
 
 def build_project(
-    root: Path, task: str, n_prompts: int, seed: int, optimizer: str, eval_comparisons: int
+    root: Path,
+    task: str,
+    n_prompts: int,
+    seed: int,
+    optimizer: str,
+    eval_comparisons: int,
+    weak_reward: str | None = None,
 ):
     from rankloop.app.commands.rounds import DEMO_SETTINGS
     from rankloop.app.project import Project
@@ -155,6 +164,8 @@ def build_project(
     p.config.generate.n = 4  # 4 candidates ranked per prompt: 6 pairs each
     p.config.labeling.k = 4
     p.config.rounds.optimizer = optimizer
+    if weak_reward:
+        p.config.rounds.weak_reward = weak_reward
     # the win-rate's comparisons: each evaluation prompt's new response against this many of
     # round 0's (and of the round before); ~15 evaluation prompts x 2 gave n = 20, an interval
     # of +-0.23
@@ -182,7 +193,8 @@ def best_of_n_reference(p, oracle, n: int, seed: int) -> dict:
     from rankloop.ppo.best_of_n import best_of_n
 
     held = rounds.split_prompts(p.store.prompts(), p.config.rounds.eval_fraction)[1]
-    reward_fn, _ = rounds.ppo_reward(p, 0, p.config.ppo)
+    # the reward round 0's policy stage optimised: the model, or the probe it lost to
+    reward_fn, _ = rounds.ppo_reward(p, 0, p.config.ppo, probe=rounds.optimises_probe(p, 0))
     t0 = time.perf_counter()
     picks = best_of_n(rounds.start_policy(p, 0), held, reward_fn, n, p.config.ppo, seed=seed)
     scores = oracle(held, [text for text, _ in picks])
@@ -197,7 +209,15 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
     oracle = TASKS[task]
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"loop-{task}-{optimizer}-"))
-    p = build_project(tmp / "proj", task, args.prompts, seed, optimizer, args.eval_comparisons)
+    p = build_project(
+        tmp / "proj",
+        task,
+        args.prompts,
+        seed,
+        optimizer,
+        args.eval_comparisons,
+        args.weak_reward,
+    )
     times: dict[str, list[float]] = {}
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
     summaries, agreements, bon, stopped = [], [], None, None
@@ -237,6 +257,8 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         "optimizer": optimizer,
         "seed": seed,
         "agreement_asked": args.agreement,
+        "weak_reward": p.config.rounds.weak_reward,
+        "optimised_probe": [bool(s.metrics.get("ppo/optimised_probe")) for s in summaries],
         "prompts": args.prompts,
         "eval_comparisons": args.eval_comparisons,
         "agreement": agreements,
@@ -286,8 +308,10 @@ def table(rows: list[dict]) -> str:
         kl = ", ".join(f"{k:.2f}" for k in r["kl"] if k is not None)
         b = r.get("best_of_n")
         bon = f"{b['oracle']:.3f} (n = {b['n']})" if b else "-"
+        probe = [str(i) for i, x in enumerate(r.get("optimised_probe") or []) if x]
+        opt = r["optimizer"] + (f" (probe in r{', r'.join(probe)})" if probe else "")
         lines.append(
-            f"| {r['task']} | {r['optimizer']} | {r['seed']} | {agree} | "
+            f"| {r['task']} | {opt} | {r['seed']} | {agree} | "
             f"{m['0']:.3f} -> {m['1']:.3f} -> {m['2']:.3f} | {rate:.0%} ({low:.0%}-{high:.0%}, "
             f"n = {n}) | {bon} | {kl} | {acc} | {r['seconds'] / 60:.0f} |"
         )
@@ -306,6 +330,11 @@ def main() -> None:
         type=int,
         default=4,
         help="[rounds] eval_comparisons: cross-round comparisons per evaluation prompt",
+    )
+    ap.add_argument(
+        "--weak-reward",
+        choices=("warn", "stop", "run", "probe"),
+        help="[rounds] weak_reward (default: the project's default)",
     )
     ap.add_argument("--best-of-n", type=int, default=4, help="n of the reference (0 = none)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/loop-quality.jsonl"))

@@ -244,32 +244,40 @@ RULES = {"none": rule_none, "old": rule_old, "guarded": rule_guarded}
 
 
 def table(rows: list[dict]) -> str:
+    """Each run's curve and what each rule makes of it, then the mean gains per (reward,
+    optimiser): the optimisers' rows differ by their runs, the rules' by their decision."""
     lines = [
-        "| reward | seed | oracle (judge) at steps 0, 5, 10, ... | none | old | guarded |",
-        "| --- | ---: | --- | --- | --- | --- |",
+        (
+            "| reward | optimiser | seed | oracle (judge) at steps 0, 5, 10, ... | none | old "
+            "| guarded |"
+        ),
+        "| --- | --- | ---: | --- | --- | --- | --- |",
     ]
-    gains: dict[tuple[str, str], list[float]] = {}
+    gains: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
+        opt = r.get("optimizer", "ppo")
         curve = {int(k): v["oracle"] for k, v in r["curve"].items()}
         start = curve[0]
         cells = []
         for name, rule in RULES.items():
             stopped, kept = rule(r["evaluations"])
             gain = curve[int(kept)] - start
-            gains.setdefault((r["reward"], name), []).append(gain)
+            gains.setdefault((r["reward"], opt, name), []).append(gain)
             cells.append(f"stop {int(stopped)}, keep {int(kept)}: {gain:+.3f}")
         pts = ", ".join(f"{curve[k]:.3f}" for k in sorted(curve))
-        lines.append(f"| {r['reward']} | {r['seed']} | {pts} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['reward']} | {opt} | {r['seed']} | {pts} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("| reward | runs | mean gain: none | old | guarded | guarded's cost vs none |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for reward in sorted({r["reward"] for r in rows}):
-        g = {name: statistics.mean(gains[(reward, name)]) for name in RULES}
-        n = len(gains[(reward, "none")])
+    lines.append(
+        "| reward | optimiser | runs | mean gain: none | old | guarded | guarded's cost vs none |"
+    )
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for reward, opt in sorted({(k[0], k[1]) for k in gains}):
+        g = {name: statistics.mean(gains[(reward, opt, name)]) for name in RULES}
+        n = len(gains[(reward, opt, "none")])
         cost = (g["none"] - g["guarded"]) / g["none"] if g["none"] > 0 else float("nan")
         lines.append(
-            f"| {reward} | {n} | {g['none']:+.3f} | {g['old']:+.3f} | {g['guarded']:+.3f} | "
-            f"{cost:.0%} |"
+            f"| {reward} | {opt} | {n} | {g['none']:+.3f} | {g['old']:+.3f} | "
+            f"{g['guarded']:+.3f} | {cost:.0%} |"
         )
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from .ensemble import aggregate_scores, unfold_members
 from .model import (
     PromptLike,
     format_text,
+    load_backbone,
     load_reward_tokenizer,
     load_saved,
     right_pad,
@@ -36,6 +37,7 @@ from .model import (
 )
 
 STATS_FILE = "reward_stats.json"
+PROBE_FILE = "probe.json"
 
 
 class RewardScorer:
@@ -128,6 +130,77 @@ class RewardScorer:
     def normalized(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
         """(score - mean) / std with the training statistics (N,)."""
         return (self.score(prompts, responses) - self.mean) / self.std
+
+
+class ProbeScorer:
+    """A reward model's frozen-feature probe as a reward: r = w . mean of the base model's last
+    hidden states over the formatted (prompt, response) tokens, the baseline `rankloop
+    train-reward` reports (`reward/probe_accuracy`), with the same `score` / `mean` / `std`
+    contract as `RewardScorer`. The base model is the one the reward model was trained from
+    (probe.json's `base`), without the reward model's fine-tuning."""
+
+    members = 1
+
+    def __init__(
+        self, backbone, tokenizer, w, device, batch_size=16, bf16=False, mean=0.0, std=1.0
+    ):
+        self.backbone = backbone.to(device).eval()
+        self.tokenizer = tokenizer
+        self.w = torch.as_tensor(w, dtype=torch.float32, device=device)  # (H,)
+        self.device = device
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.mean = mean
+        self.std = std
+        self.max_length = min(tokenizer.model_max_length, 1 << 16)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device=None, batch_size: int = 16) -> ProbeScorer:
+        """The probe saved with the reward model in `path` (probe.json); a clear error when the
+        folder has none (a model trained before probes were saved, or resumed)."""
+        f = Path(path) / PROBE_FILE
+        if not f.exists():
+            raise FileNotFoundError(
+                f"{path} has no {PROBE_FILE}: the reward model was trained without its probe "
+                f"(resumed, or by an older rankloop); train it again to optimise the probe"
+            )
+        spec = json.loads(f.read_text())
+        device = pick_device(str(device) if device is not None else "auto")
+        bf16 = bool(spec.get("bf16")) and use_bf16("auto", device)
+        tokenizer = load_reward_tokenizer(str(path))
+        model = load_backbone(spec["base"], tokenizer, dtype=torch.bfloat16 if bf16 else None)
+        backbone = getattr(model, model.base_model_prefix)
+        return cls(
+            backbone, tokenizer, spec["w"], device, batch_size, bf16, spec["mean"], spec["std"]
+        )
+
+    def score(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        """The probe's raw score of each (prompt, response): float32 CPU (N,), in input order."""
+        return self.score_members(prompts, responses)[:, 0]
+
+    @torch.no_grad()
+    def score_members(
+        self, prompts: Sequence[PromptLike], responses: Sequence[str]
+    ) -> torch.Tensor:
+        """(N, 1): the probe is one member."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        texts = [format_text(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        ids = tokenize(self.tokenizer, texts, self.max_length)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
+        out = torch.empty(len(ids), 1)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            input_ids, mask = right_pad([ids[i] for i in idx], self.tokenizer.pad_token_id)
+            mask = mask.to(self.device)
+            with autocast(self.device, self.bf16):
+                hidden = self.backbone(
+                    input_ids=input_ids.to(self.device), attention_mask=mask, use_cache=False
+                ).last_hidden_state  # (b, T, H)
+            m = mask.to(torch.float32)  # (b, T)
+            pooled = torch.einsum("bt,bth->bh", m, hidden.float()) / m.sum(1, keepdim=True)
+            out[idx, 0] = (pooled @ self.w).cpu()
+        return out
 
 
 def read_stats(path: str | Path) -> tuple[float, float]:

@@ -55,7 +55,7 @@ from .model import (
     top_blocks,
 )
 from .pairs import Example, RewardDataError, split_by_prompt
-from .scoring import STATS_FILE
+from .scoring import PROBE_FILE, STATS_FILE
 
 CKPT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -658,6 +658,9 @@ class Probes:
     last: np.ndarray  # (M, H) weights on last-token features: each member's warm start
     metrics: dict[str, float]  # held-out accuracy of each probe
     member_seconds: float = 0.0  # of it, fitting the ensemble members' warm starts
+    reward: dict | None = None
+    """The mean-pooling probe as a reward (saved as probe.json, `scoring.ProbeScorer`): its
+    weights `w` and its score's mean and std over the training responses."""
 
 
 @torch.no_grad()
@@ -701,6 +704,12 @@ def fit_probes(
             name = "reward/probe_accuracy" if pooling == "mean" else "reward/probe_last_accuracy"
             rb, rw, tie, _ = pair_rewards(eval_items, scores)
             out[name] = metrics.pairwise_accuracy(rb, rw, tie)
+    train_scores = np.concatenate([f @ weights["mean"] for f in feats["mean"][0]])  # (S,)
+    reward = {
+        "w": weights["mean"].tolist(),
+        "mean": float(train_scores.mean()),
+        "std": float(train_scores.std()) or 1.0,
+    }
     last = weights["last"][None]  # (1, H)
     t0 = time.perf_counter()
     if cfg.ensemble > 1 and cfg.warm_start:
@@ -716,7 +725,7 @@ def fit_probes(
                 continue
             fits.append(probe.fit_probe(x[keep], (w * boot[m, rows])[keep], cfg.seed + m))
         last = np.stack(fits)  # (M, H)
-    return Probes(last=last, metrics=out, member_seconds=time.perf_counter() - t0)
+    return Probes(last=last, metrics=out, member_seconds=time.perf_counter() - t0, reward=reward)
 
 
 def warm_start_head(model, w: np.ndarray) -> None:
@@ -1104,7 +1113,7 @@ def train_reward(
     pad = tokenizer.pad_token_id
     phases = {"load": time.perf_counter() - t0}
     t_phase = time.perf_counter()
-    probe_metrics, member_seconds = {}, 0.0
+    probe_metrics, member_seconds, probe_reward = {}, 0.0, None
     keep_lower = lower_split(model, cfg, train_items + eval_items)
     frozen = RewardModule(model, 0.0).to(device)
     if (cfg.warm_start or eval_items) and not resume:
@@ -1112,6 +1121,13 @@ def train_reward(
             frozen, train_items, eval_items, cfg, pad, device, bf16, keep_lower=keep_lower
         )
         probe_metrics, member_seconds = probes.metrics, probes.member_seconds
+        probe_reward = {
+            "base": base,
+            "pooling": "mean",
+            "bf16": bf16,
+            "accuracy": probes.metrics.get("reward/probe_accuracy"),
+            **probes.reward,
+        }
         if cfg.warm_start:
             warm_start_head(model, probes.last)
     elif keep_lower:  # no probes (resuming, or nothing needs them): the frozen pass alone
@@ -1187,7 +1203,14 @@ def train_reward(
     stopped_early = best.state is not None and cfg.patience and best.stale >= cfg.patience
     t_phase = time.perf_counter()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(loop.module).model, tokenizer, out_dir, cfg, stats)
+        save_model(
+            accelerator.unwrap_model(loop.module).model,
+            tokenizer,
+            out_dir,
+            cfg,
+            stats,
+            probe=probe_reward,
+        )
         from rankloop.lm.cards import write_reward_card
 
         write_reward_card(
@@ -1217,8 +1240,11 @@ def train_reward(
     )
 
 
-def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) -> None:
-    """A standard checkpoint (merged LoRA by default), its tokenizer and reward_stats.json.
+def save_model(
+    model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict, probe: dict | None = None
+) -> None:
+    """A standard checkpoint (merged LoRA by default), its tokenizer, reward_stats.json and,
+    when the probes were fitted, the frozen-feature probe as a reward (probe.json).
 
     An ensemble's M-output head is folded into the standard one-output head with the members'
     mean weights, and the members go into config.json (`ensemble.fold_members`).
@@ -1238,6 +1264,8 @@ def save_model(model, tokenizer, out_dir: Path, cfg: RewardConfig, stats: dict) 
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / STATS_FILE).write_text(json.dumps(stats))
+    if probe is not None:
+        (tmp / PROBE_FILE).write_text(json.dumps(probe))
     (tmp / "rankloop_reward.json").write_text(
         json.dumps({"config": asdict(cfg), "head": head_name(model)}, indent=1)
     )

@@ -510,6 +510,49 @@ def test_warm_start_makes_the_head_the_last_token_probe(tmp_path, tiny_lm_dir):
     assert warm["reward/probe_accuracy"] >= 0.8  # the mean-pooled baseline learns it too
 
 
+def test_the_saved_probe_scores_as_the_probe_baseline_was_measured(tmp_path, tiny_lm_dir):
+    """Issue 23 item 5: probe.json is the mean-pooled probe `train-reward` reports as its
+    baseline, and `ProbeScorer` reproduces it from the text alone: its scores rank the held-out
+    pairs exactly as `reward/probe_accuracy` says, and its saved mean and std are those of its
+    scores on the training responses."""
+    import json
+
+    from rankloop.reward.metrics import pairwise_accuracy
+    from rankloop.reward.scoring import ProbeScorer
+
+    train, held = keyword_examples(120, seed=8), keyword_examples(40, seed=9)
+    cfg = RewardConfig(lora=False, lr=1e-12, epochs=1, select_best=False, **FAST)
+    res = train_reward(
+        train, cfg, tmp_path / "rm", base=str(tiny_lm_dir), held_out=held, progress=False
+    )
+    spec = json.loads((tmp_path / "rm" / "probe.json").read_text())
+    assert spec["base"] == str(tiny_lm_dir) and spec["pooling"] == "mean"
+    assert spec["accuracy"] == res.metrics["reward/probe_accuracy"]
+    scorer = ProbeScorer.from_pretrained(tmp_path / "rm", device="cpu")
+    assert scorer.w.shape == (tiny_lm_config_hidden(tiny_lm_dir),)
+
+    def scores(examples):
+        out = []
+        for e in examples:
+            out.append(scorer.score([e.prompt] * len(e.responses), list(e.responses)))
+        return out
+
+    held_scores = scores(held)  # the winner is responses[0]
+    acc = pairwise_accuracy(
+        torch.stack([s[0] for s in held_scores]), torch.stack([s[1] for s in held_scores])
+    )
+    assert acc == res.metrics["reward/probe_accuracy"] and acc >= 0.8
+    train_scores = torch.cat(scores(train))
+    assert float(train_scores.mean()) == pytest.approx(scorer.mean, abs=1e-4)
+    assert float(train_scores.std(unbiased=False)) == pytest.approx(scorer.std, rel=1e-4)
+
+
+def tiny_lm_config_hidden(path) -> int:
+    import json
+
+    return json.loads((path / "config.json").read_text())["hidden_size"]
+
+
 def test_early_stopping_returns_the_best_checkpoint(tmp_path, tiny_lm_dir):
     """Held-out labels that contradict the training labels: every epoch makes the held-out
     accuracy worse, so the weights of step 0 are the ones saved, and the run stops after

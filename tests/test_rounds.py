@@ -205,6 +205,66 @@ def test_weak_reward_model_stops_the_round_before_ppo(tmp_path, tiny_lm_dir):
     p.close()
 
 
+def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
+    tmp_path, tiny_lm_dir
+):
+    """[rounds] weak_reward = 'probe': a reward model that lost to its frozen-feature probe by
+    more than the standard error does not stop the round; its policy stage optimises the probe
+    saved with it (probe.json), says so, and records it; the report's optimizer column too."""
+    from rankloop.app.report import snapshot
+
+    p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
+    p.config.rounds.weak_reward = "probe"
+    p.save_config()
+
+    def stop_after(stage):
+        def event(name, info):
+            if name == stage and info.get("done"):
+                raise Killed(name)
+
+        return event
+
+    with pytest.raises(Killed):
+        rounds.run_round(
+            p,
+            rounds.RoundSettings.of(p),
+            on_event=stop_after("reward"),
+            log=lambda m: None,
+            progress=False,
+        )
+    assert (rounds.reward_model_of(p, 0) / "probe.json").exists()
+    assert not rounds.optimises_probe(p, 0)  # as trained: no verdict of "lost" yet
+    lost = {"reward/accuracy": 0.2, "reward/probe_accuracy": 0.9, "reward/eval_pairs": 40.0}
+    p.store.finish_stage(RoundStage(0, "reward", 1.0, lost))  # as if it had lost
+    assert rounds.optimises_probe(p, 0)
+    said = []
+    with pytest.raises(Killed):
+        rounds.run_round(
+            p,
+            rounds.RoundSettings.of(p),
+            on_event=stop_after("ppo"),
+            log=said.append,
+            progress=False,
+        )
+    rm = rounds.reward_model_of(p, 0)
+    assert any(f"reward probe:{rm}," in m for m in said)
+    assert any(
+        m.startswith("Warning: the reward model's held-out accuracy 0.200 loses to its baseline")
+        and m.endswith(
+            "the policy stage optimises its probe instead ([rounds] weak_reward = 'probe')"
+        )
+        for m in said
+    )
+    ppo = next(st for st in p.store.stages(0) if st.stage == "ppo")
+    assert ppo.metrics["ppo/optimised_probe"] == 1.0
+    assert snapshot(p.store).rounds[0].optimised_probe
+    # a model without its probe (an older rankloop's) stops the round with what to do
+    (rm / "probe.json").unlink()
+    with pytest.raises(rounds.RoundStopped, match="no saved probe"):
+        rounds.reward_gate(lost, "probe", 0, has_probe=False)
+    p.close()
+
+
 def test_a_reward_model_that_lost_to_its_probe_stops_the_round_unless_told_to_run():
     """Issue 23 item 5: 0.333 against a probe's 0.528 on 36 held-out pairs is 0.195 below it,
     more than the standard error sqrt(0.4305 * 0.5695 / 36) = 0.0825: the round stops even
@@ -221,6 +281,10 @@ def test_a_reward_model_that_lost_to_its_probe_stops_the_round_unless_told_to_ru
     )
     v = rounds.reward_gate(lost, "run", 2)
     assert v.level == "lost" and v.standard_error == pytest.approx(0.08253, abs=1e-5)
+    assert rounds.reward_gate(lost, "probe", 2).level == "lost"  # its probe is optimised
+    chance = {"reward/accuracy": 0.2, "reward/eval_pairs": 40.0}  # no probe: nothing to optimise
+    with pytest.raises(rounds.RoundStopped, match="weak_reward = 'run'"):
+        rounds.reward_gate(chance, "probe", 2)
     close = {**lost, "reward/accuracy": 0.46}  # 0.068 below: within one standard error
     v = rounds.reward_gate(close, "warn", 2)
     assert v.level == "weak" and "does not beat its baseline" in v.message
@@ -402,7 +466,7 @@ def test_round_config_is_validated(tmp_path, tiny_lm_dir):
         text.replace('weak_reward = "warn"', 'weak_reward = "maybe"')
     )
     with pytest.raises(
-        ConfigError, match=r"\[rounds\] weak_reward must be 'warn', 'stop' or 'run'"
+        ConfigError, match=r"\[rounds\] weak_reward must be 'warn', 'stop', 'run' or 'probe'"
     ):
         Project.find(p.root)
     p.close()
