@@ -186,19 +186,27 @@ def build_project(
 
 
 def best_of_n_reference(p, oracle, n: int, seed: int) -> dict:
-    """Best-of-n at inference: round 0's reward model picks the best of `n` samples of the base
-    policy on each evaluation prompt, no training; the oracle's mean of its picks (and of all
-    the samples, for the gain selection alone brings)."""
+    """Best-of-n at inference: the reward round 0's policy stage optimised picks the best of `n`
+    samples of the base policy on each evaluation prompt, no training; the oracle's mean of its
+    picks, and of all the samples (the same sampling as the policy stage's, unchosen: the
+    like-for-like baseline, as the policy stage's `max_new_tokens` may differ from the
+    candidates')."""
     from rankloop.app import rounds
-    from rankloop.ppo.best_of_n import best_of_n
+    from rankloop.ppo.best_of_n import scored_samples
 
     held = rounds.split_prompts(p.store.prompts(), p.config.rounds.eval_fraction)[1]
     # the reward round 0's policy stage optimised: the model, or the probe it lost to
     reward_fn, _ = rounds.ppo_reward(p, 0, p.config.ppo, probe=rounds.optimises_probe(p, 0))
     t0 = time.perf_counter()
-    picks = best_of_n(rounds.start_policy(p, 0), held, reward_fn, n, p.config.ppo, seed=seed)
-    scores = oracle(held, [text for text, _ in picks])
-    return {"n": n, "oracle": statistics.mean(scores), "seconds": time.perf_counter() - t0}
+    samples = scored_samples(rounds.start_policy(p, 0), held, reward_fn, n, p.config.ppo, seed)
+    picks = [max(range(n), key=lambda k: (s[k][1], -k)) for s in samples]
+    every = oracle([q for q in held for _ in range(n)], [t for s in samples for t, _ in s])
+    return {
+        "n": n,
+        "oracle": statistics.mean(every[i * n + k] for i, k in enumerate(picks)),
+        "oracle_all": statistics.mean(every),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def one_run(task: str, optimizer: str, seed: int, args) -> dict:
@@ -307,7 +315,10 @@ def table(rows: list[dict]) -> str:
         )
         kl = ", ".join(f"{k:.2f}" for k in r["kl"] if k is not None)
         b = r.get("best_of_n")
-        bon = f"{b['oracle']:.3f} (n = {b['n']})" if b else "-"
+        bon = "-"
+        if b:  # the picks' mean, and all n samples' (the same sampling) when recorded
+            every = f", all {b['oracle_all']:.3f}" if "oracle_all" in b else ""
+            bon = f"{b['oracle']:.3f} (n = {b['n']}{every})"
         probe = [str(i) for i, x in enumerate(r.get("optimised_probe") or []) if x]
         opt = r["optimizer"] + (f" (probe in r{', r'.join(probe)})" if probe else "")
         lines.append(

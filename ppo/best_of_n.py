@@ -27,6 +27,21 @@ from .train import rollout, step_seed
 
 
 def best_of_n(
+    policy: str, prompts: Sequence[Prompt], reward_fn: Callable, n: int, *args, **kwargs
+) -> list[tuple[str, float]]:
+    """Per prompt, the best of `n` sampled responses of `policy` (a checkpoint or a LoRA
+    adapter folder) and its score: `[(text, score)]` in the order of `prompts`. Ties keep the
+    first sampled. The rest are `scored_samples`'s: `config` gives the sampling settings
+    (`temperature`, `max_new_tokens`, `missing_eos_penalty`, `batch_size` prompts per rollout,
+    `bf16`; default `PPOConfig()`); the same `seed` draws the same samples."""
+    out = []
+    for samples in scored_samples(policy, prompts, reward_fn, n, *args, **kwargs):
+        best = max(range(n), key=lambda k: (samples[k][1], -k))  # the first of the ties
+        out.append(samples[best])
+    return out
+
+
+def scored_samples(
     policy: str,
     prompts: Sequence[Prompt],
     reward_fn: Callable,
@@ -34,12 +49,9 @@ def best_of_n(
     config: PPOConfig | None = None,
     seed: int = 0,
     device: str = "auto",
-) -> list[tuple[str, float]]:
-    """Per prompt, the best of `n` sampled responses of `policy` (a checkpoint or a LoRA
-    adapter folder) and its score: `[(text, score)]` in the order of `prompts`. Ties keep the
-    first sampled. `config` gives the sampling settings (`temperature`, `max_new_tokens`,
-    `missing_eos_penalty`, `batch_size` prompts per rollout, `bf16`; default `PPOConfig()`);
-    the same `seed` draws the same samples."""
+) -> list[list[tuple[str, float]]]:
+    """Per prompt, all `n` sampled responses and their scores, in sampling order: what best-of-n
+    chooses from, and the like-for-like baseline of its choice (the same sampling, unchosen)."""
     config = config or PPOConfig()
     config.validate()
     if n < 1:
@@ -56,7 +68,7 @@ def best_of_n(
         top_layers=config.lora_layers,
     ).to(device)  # a fresh adapter on a plain checkpoint is zero: the checkpoint itself
     query_ids = encode_chats(tokenizer, [p.as_chat() for p in prompts])
-    out: list[tuple[str, float]] = []
+    out: list[list[tuple[str, float]]] = []
     for i, start in enumerate(range(0, len(prompts), config.batch_size)):
         part = range(start, min(start + config.batch_size, len(prompts)))
         rows = [j for j in part for _ in range(n)]  # a prompt's n samples side by side
@@ -71,7 +83,6 @@ def best_of_n(
         )
         raw = reward_fn([prompts[j] for j in rows], batch.texts).to(torch.float32).cpu()
         scores = missing_eos_penalty(raw, batch.finished.cpu(), config.missing_eos_penalty)
-        best = scores.view(-1, n).argmax(-1)  # (p,) first of the ties
-        for p, b in enumerate(best.tolist()):
-            out.append((batch.texts[p * n + b], float(scores[p * n + b])))
+        for p in range(len(part)):
+            out.append([(batch.texts[p * n + k], float(scores[p * n + k])) for k in range(n)])
     return out

@@ -10,7 +10,7 @@ import pytest
 import test_ppo_train as toy
 import torch
 
-from rankloop.ppo.best_of_n import best_of_n
+from rankloop.ppo.best_of_n import best_of_n, scored_samples
 from rankloop.ppo.config import PPOConfig
 from rankloop.ppo.core import bon_select, sft_loss
 from rankloop.ppo.train import train_bon
@@ -203,3 +203,6 @@ def test_best_of_n_at_inference_returns_each_prompts_best_sample(peaked_lm):
     assert best_of_n(str(lm), PROMPTS, count_reward(target), 4, config, seed=3) == got
     one = best_of_n(str(lm), PROMPTS, count_reward(target), 1, config, seed=3)
     assert len(one) == 6 and sum(s for _, s in one) / 6 <= mean_best
+    # every sample, in sampling order: what the choice was made from
+    every = scored_samples(str(lm), PROMPTS, count_reward(target), 4, config, seed=3)
+    assert every == [[(t, s) for q, t, s in seen if q == p.text] for p in PROMPTS]
