@@ -134,8 +134,8 @@ class RoundsConfig:
     """Share of prompts held out from PPO (chosen by prompt hash, stable as prompts are added); their new samples also get cross-round comparisons, the human win-rate's matches."""
     eval_comparisons: int = 1
     """Cross-round comparisons per evaluation prompt and opponent: a new response against one of round R and one of round 0."""
-    weak_reward: str = "warn"
-    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'warn' and go on, 'stop' before the policy stage (label more, then `rankloop round --redo reward`), or 'run' anyway. Under 'warn' a model that loses to its baseline by more than the held-out standard error still stops the round; under 'probe' such a round's policy stage optimises the probe instead (docs/rounds.md)."""
+    weak_reward: str = "probe"
+    """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'probe' (the default) warns and goes on, and when the model lost to its probe by more than the held-out standard error the policy stage optimises the probe instead (measured: docs/benchmarks.md); 'warn' warns and goes on but stops the round on such a loss; 'stop' stops before the policy stage whenever the model does not beat its baseline (label more, then `rankloop round --redo reward`); 'run' optimises the model anyway (docs/rounds.md)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
     optimizer: str = "bon"

@@ -463,7 +463,7 @@ def test_round_config_is_validated(tmp_path, tiny_lm_dir):
     text = (p.root / "rankloop.toml").read_text()
     assert "[rounds]" in text and "eval_fraction = 0.25" in text
     (p.root / "rankloop.toml").write_text(
-        text.replace('weak_reward = "warn"', 'weak_reward = "maybe"')
+        text.replace('weak_reward = "probe"', 'weak_reward = "maybe"')
     )
     with pytest.raises(
         ConfigError, match=r"\[rounds\] weak_reward must be 'warn', 'stop', 'run' or 'probe'"

@@ -200,7 +200,10 @@ def heldout_summary(m: dict) -> str:
     if verdict.message:
         line += f"\n  warning: {verdict.message}; label more comparisons"
         if verdict.level == "lost":
-            line += " (`rankloop round` will not run PPO on it: [rounds] weak_reward)"
+            line += (
+                " (`rankloop round` will not optimise it: it optimises the probe instead or "
+                "stops, [rounds] weak_reward)"
+            )
         elif acc is not None and not math.isnan(acc):
             line += ", or try more --epochs or another --lr"
     return line
