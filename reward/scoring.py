@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rankloop.lm.device import autocast, pick_device, use_bf16
+from rankloop.lm.device import autocast, pick_device, use_bf16, weights_dtype
 
 from .ensemble import aggregate_scores, unfold_members
 from .model import (
@@ -168,7 +168,7 @@ class ProbeScorer:
         device = pick_device(str(device) if device is not None else "auto")
         bf16 = bool(spec.get("bf16")) and use_bf16("auto", device)
         tokenizer = load_reward_tokenizer(str(path))
-        model = load_backbone(spec["base"], tokenizer, dtype=torch.bfloat16 if bf16 else None)
+        model = load_backbone(spec["base"], tokenizer, dtype=weights_dtype(bf16))
         backbone = getattr(model, model.base_model_prefix)
         return cls(
             backbone, tokenizer, spec["w"], device, batch_size, bf16, spec["mean"], spec["std"]
