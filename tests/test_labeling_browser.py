@@ -123,7 +123,10 @@ def settled(page) -> None:
 def type_into(locator, text: str) -> None:
     """Fill a text box and leave it, as a person would: Gradio syncs a box's value to the
     event inputs after the DOM changes, so a click right after `fill` could send the old value
-    (seen once in 4 runs here): wait until the page has settled."""
+    (seen once in 4 runs here): wait until the page has settled. Settled before the fill too: a
+    box just shown (an accordion opened) can still take its value from the app's state after
+    the first frame, over what was typed (seen once, on the guidelines editor)."""
+    settled(locator.page)
     locator.fill(text)
     locator.blur()
     settled(locator.page)
