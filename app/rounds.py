@@ -433,15 +433,14 @@ def reward_gate(metrics: dict, weak_reward: str, round_: int, has_probe: bool = 
 
     verdict = baseline_verdict(metrics)
     redo = "label more comparisons, then run `rankloop round --redo reward`"
-    lost_to_probe = verdict.level == "lost" and "reward/probe_accuracy" in metrics
-    if lost_to_probe and weak_reward == "probe" and not has_probe:
+    if weak_reward == "probe" and lost_to_probe(metrics):
+        if has_probe:
+            return verdict
         raise RoundStopped(
             f"{verdict.message}. Round {round_} stops before its policy stage: [rounds] "
             f"weak_reward = 'probe' but the reward model has no saved probe (probe.json; it "
             f"was resumed or trained by an older rankloop): run `rankloop round --redo reward`"
         )
-    if verdict.level == "lost" and weak_reward == "probe" and lost_to_probe:
-        return verdict
     if verdict.level == "lost" and weak_reward != "run":
         raise RoundStopped(
             f"{verdict.message}. Round {round_} stops before its policy stage: {redo}; or set "
@@ -455,19 +454,22 @@ def reward_gate(metrics: dict, weak_reward: str, round_: int, has_probe: bool = 
     return verdict
 
 
+def lost_to_probe(metrics: dict) -> bool:
+    """The reward model's held-out accuracy lost to its frozen-feature probe (not to chance) by
+    more than the standard error: `baseline_verdict`'s "lost" with a probe measured."""
+    from rankloop.reward.metrics import baseline_verdict
+
+    return "reward/probe_accuracy" in metrics and baseline_verdict(metrics).level == "lost"
+
+
 def optimises_probe(project: Project, round_: int) -> bool:
     """True when round R's policy stage optimises its reward model's frozen-feature probe
     instead of the model: [rounds] weak_reward = 'probe' and the model, as recorded by the
-    round's reward stage, lost to that probe by more than the held-out standard error
-    (`reward_gate`)."""
-    from rankloop.reward.metrics import baseline_verdict
-
+    round's reward stage, lost to that probe (`lost_to_probe`, the rule `reward_gate` applies)."""
     if project.config.rounds.weak_reward != "probe":
         return False
     stage = next((st for st in project.store.stages(round_) if st.stage == "reward"), None)
-    if stage is None or "reward/probe_accuracy" not in stage.metrics:
-        return False
-    return baseline_verdict(stage.metrics).level == "lost"
+    return stage is not None and lost_to_probe(stage.metrics)
 
 
 def check_loadable(name: str) -> None:
