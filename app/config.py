@@ -138,8 +138,8 @@ class RoundsConfig:
     """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'probe' (the default) warns and goes on, and when the model lost to its probe by more than the held-out standard error the policy stage optimises the probe instead (measured: docs/benchmarks.md); 'warn' warns and goes on but stops the round on such a loss; 'stop' stops before the policy stage whenever the model does not beat its baseline (label more, then `rankloop round --redo reward`); 'run' optimises the model anyway (docs/rounds.md)."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
-    optimizer: str = "bon"
-    """The policy stage's optimiser (default 'bon': it won the loop benchmark's head-to-head, docs/benchmarks.md): 'ppo' (a critic, each token an action), 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k), 'bon' (best-of-n fine-tuning: supervised steps on each prompt's best of n samples; [ppo] bon_n, bon_margin) or 'odpo' (online DPO on each prompt's best and worst of k samples and the round's labelled pairs; [ppo] odpo_*). All read the [ppo] section."""
+    optimizer: str = "auto"
+    """The policy stage's optimiser. 'auto' (the default) is 'ppo' against a trusted reward function (`--reward-fn`: twice best-of-n's gain on a known-good reward) and 'bon' against a learned reward model (it won the loop benchmark's head-to-head), docs/benchmarks.md. Or: 'ppo' (a critic, each token an action), 'rloo' (k samples per prompt, leave-one-out baseline, no critic; [ppo] rloo_k), 'bon' (best-of-n fine-tuning: supervised steps on each prompt's best of n samples; [ppo] bon_n, bon_margin) or 'odpo' (online DPO on each prompt's best and worst of k samples and the round's labelled pairs; [ppo] odpo_*). All read the [ppo] section."""
 
     def validate(self) -> None:
         if not 0 <= self.eval_fraction < 1:
@@ -148,9 +148,10 @@ class RoundsConfig:
             raise ConfigError("[rounds] eval_comparisons must be >= 0")
         if self.weak_reward not in ("warn", "stop", "run", "probe"):
             raise ConfigError("[rounds] weak_reward must be 'warn', 'stop', 'run' or 'probe'")
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer != "auto" and self.optimizer not in OPTIMIZERS:
             raise ConfigError(
-                f"[rounds] optimizer = {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"
+                f"[rounds] optimizer = {self.optimizer!r}: expected 'auto' or one of "
+                f"{', '.join(OPTIMIZERS)}"
             )
 
 

@@ -126,11 +126,7 @@ def test_round_optimizer_flag_overrides_the_setting_and_dry_run_says_it(project,
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
     p.close()
     out = run("round", "--dry-run", "--reward-fn", spec, "--project", project).output
-    assert "100 BON steps of 8 prompts x 4 samples (of" in out  # the default
-    out = run(
-        "round", "--dry-run", "--optimizer", "ppo", "--reward-fn", spec, "--project", project
-    ).output
-    assert "100 PPO steps of 8 prompts (of" in out
+    assert "100 PPO steps of 8 prompts (of" in out  # the default, auto: PPO on a reward fn
     out = run(
         "round", "--dry-run", "--optimizer", "rloo", "--reward-fn", spec, "--project", project
     ).output
@@ -144,7 +140,9 @@ def test_round_optimizer_flag_overrides_the_setting_and_dry_run_says_it(project,
     ).output
     assert "100 BON steps of 8 prompts x 4 samples (of" in out
     res = run("round", "--optimizer", "sgd", "--project", project, ok=False)
-    assert res.exit_code == 2 and "'sgd' is not one of 'ppo', 'rloo', 'bon', 'odpo'" in res.output
+    assert res.exit_code == 2 and "'sgd' is not one of 'auto', 'ppo', 'rloo', 'bon', 'odpo'" in (
+        res.output
+    )
 
 
 def test_bon_command_passes_its_own_settings(project, tmp_path, monkeypatch):
@@ -159,10 +157,24 @@ def test_bon_command_passes_its_own_settings(project, tmp_path, monkeypatch):
     assert kw["optimizer"] == "bon"
 
 
+def test_auto_picks_ppo_for_a_reward_function_and_best_of_n_for_a_reward_model(project):
+    p = Project.find(project)
+    assert p.config.rounds.optimizer == "auto"
+    assert rounds.round_optimizer(p) == "bon"
+    assert rounds.round_optimizer(p, None, ["toy_rewards.py:brevity"]) == "ppo"
+    assert rounds.round_optimizer(p, "auto", ["toy_rewards.py:brevity"]) == "ppo"
+    assert rounds.round_optimizer(p, "rloo", ["toy_rewards.py:brevity"]) == "rloo"  # given wins
+    p.config.rounds.optimizer = "odpo"
+    assert rounds.round_optimizer(p, None, ["toy_rewards.py:brevity"]) == "odpo"
+    p.close()
+
+
 def test_a_bad_optimizer_setting_is_one_clear_error(project):
     p = Project.find(project)
     p.config.rounds.optimizer = "sgd"
-    with pytest.raises(ConfigError, match="optimizer 'sgd': expected one of ppo, rloo, bon, odpo"):
+    with pytest.raises(
+        ConfigError, match="optimizer 'sgd': expected 'auto' or one of ppo, rloo, bon, odpo"
+    ):
         rounds.round_optimizer(p)
     with pytest.raises(ConfigError, match=r"\[rounds\] optimizer = 'sgd'"):
         p.config.rounds.validate()

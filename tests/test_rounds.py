@@ -334,7 +334,9 @@ def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir)
     plan = rounds.plan_round(p, s)
     assert [st.stage for st in plan.stages] == list(rounds.STAGES)
     assert not any(st.done for st in plan.stages) and plan.estimate is None  # no timing yet
-    assert "skipped: PPO optimises --reward-fn test_rounds:letters" in plan.stages[0].what
+    assert (
+        "skipped: the policy stage optimises --reward-fn test_rounds:letters" in plan.stages[0].what
+    )
     rounds.run_round(p, s, log=lambda m: None, progress=False)
     simulate(p.store, letters, p.config.labeling, annotators=1, noise=0.1, progress=False)
     before = (rows(p), p.store.db.execute("select count(*) from round_stages").fetchone())
@@ -352,7 +354,7 @@ def test_dry_run_plans_with_estimates_and_changes_nothing(tmp_path, tiny_lm_dir)
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "round 1: plan" in res.output and "4 BON steps" in res.output
+    assert "round 1: plan" in res.output and "4 PPO steps" in res.output
     assert re.search(r"Estimated time: \d+ s", res.output)
     # the policy stage's estimate: the last round's seconds per step, times 4 steps
     plan = rounds.plan_round(

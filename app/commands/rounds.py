@@ -101,9 +101,10 @@ def print_summary(s: rounds.RoundSummary) -> None:
 @click.option("--ppo-steps", type=int, default=None, help="Policy steps ([ppo] steps).")
 @click.option(
     "--optimizer",
-    type=click.Choice(OPTIMIZERS),
+    type=click.Choice(("auto", *OPTIMIZERS)),
     default=None,
-    help="The policy stage's optimiser ([rounds] optimizer).",
+    help="The policy stage's optimiser ([rounds] optimizer; auto: PPO with --reward-fn, else "
+    "best-of-n).",
 )
 @click.option(
     "--n",
@@ -116,8 +117,8 @@ def print_summary(s: rounds.RoundSummary) -> None:
     "--reward-fn",
     "reward_fns",
     multiple=True,
-    help="PPO optimises this Python "
-    "reward `[WEIGHT*]module:function` instead of a reward model (no reward stage).",
+    help="The policy stage optimises this Python reward `[WEIGHT*]module:function` instead "
+    "of a reward model (no reward stage; PPO unless --optimizer says otherwise).",
 )
 @click.option("--epochs", type=float, default=None, help="Reward model epochs.")
 @click.option("--lr", type=float, default=None, help="Reward model learning rate.")
@@ -155,11 +156,12 @@ def round_cmd(
     """Run the current round R end to end: reward model -> policy -> round R+1's candidates.
 
     Trains R's reward model on every label of rounds <= R, optimises the policy of round R-1
-    (or the base) against it with [rounds] optimizer (PPO, RLOO, best-of-n or online DPO;
-    --optimizer),
+    (or the base) against it with [rounds] optimizer (auto: best-of-n fine-tuning against a
+    reward model, PPO against --reward-fn; or PPO, RLOO, best-of-n or online DPO; --optimizer),
     samples round R+1's candidates from the new policy, builds their comparisons (with
-    cross-round ones on the evaluation prompts), makes R+1 current and prints a summary. Each stage is recorded when it finishes: killed and run again, it
-    continues with the unfinished stage.
+    cross-round ones on the evaluation prompts), makes R+1 current and prints a summary. Each
+    stage is recorded when it finishes: killed and run again, it continues with the unfinished
+    stage.
 
     \b
     Example:
