@@ -95,8 +95,12 @@ class ScorerReward:
 
     def __call__(self, prompts, responses) -> torch.Tensor:
         if self.scorer is None:
+            from rankloop.lm.kernels import release_freed_memory
             from rankloop.reward.scoring import RewardScorer
 
+            # loading peaks at the file's pages plus the weights: on top of what the rollout
+            # left in malloc's heaps, it set the optimiser's peak memory (docs/benchmarks.md)
+            release_freed_memory()
             self.scorer = RewardScorer.from_pretrained(self.path, bf16=self.bf16)
         raw = as_scores(
             self.scorer.score(list(prompts), list(responses)), len(responses), self.name

@@ -179,9 +179,9 @@ def load_saved(path: str | Path, dtype=None):
             from peft import AutoPeftModelForSequenceClassification
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(
-                str(path), num_labels=1, dtype=dtype
-            )
-            return model.merge_and_unload().eval()
+                str(path), num_labels=1
+            )  # merged at the saved precision, then cast: a bf16 merge would round the update
+            return model.merge_and_unload().to(dtype=dtype).eval()
         return AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype).eval()
     except Exception as e:
         raise ModelLoadError(
