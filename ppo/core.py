@@ -68,6 +68,7 @@ __all__ = [
     "rloo_advantages",
     "rloo_policy_loss",
     "rto_token_rewards",
+    "sampled_logprobs",
     "sft_loss",
     "value_loss",
 ]
@@ -176,6 +177,53 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
         row_logp = F.log_softmax(row_logits, dim=-1)  # (T, V)
         out.append(row_logp.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1))  # (T,)
     return torch.stack(out)  # (B, T)
+
+
+class _SampledLogprobs(torch.autograd.Function):
+    """`logprobs_from_logits(logits.float() / temperature, labels)`, the same numbers forward
+    and backward, one batch row at a time in both: autograd's graph of that expression keeps
+    the fp32 copy of the logits and builds two fp32 (B, T, V) gradients; this keeps only the
+    logits as they came (bf16 under autocast) and one row's fp32 work at a time."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+        out = torch.empty(labels.shape, dtype=torch.float32, device=logits.device)  # (B, T)
+        for b in range(logits.shape[0]):
+            x = logits[b].float()  # (T, V)
+            if temperature != 1.0:
+                x = x / temperature
+            selected = torch.gather(x, -1, labels[b].unsqueeze(-1)).squeeze(-1)  # (T,)
+            out[b] = selected - torch.logsumexp(x, dim=-1)
+        ctx.save_for_backward(logits, labels)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, labels = ctx.saved_tensors
+        t = ctx.temperature
+        grad_logits = torch.empty_like(logits)  # (B, T, V) in the logits' dtype
+        for b in range(logits.shape[0]):
+            x = logits[b].float()  # (T, V)
+            if t != 1.0:
+                x = x / t
+            g = grad[b].float().unsqueeze(-1)  # (T, 1)
+            # d/dx (x[y] - logsumexp(x)) = onehot(y) - softmax(x), in autograd's own order
+            gx = (-g) * (x - torch.logsumexp(x, dim=-1, keepdim=True)).exp()  # (T, V)
+            gx.scatter_add_(-1, labels[b].unsqueeze(-1), g)
+            if t != 1.0:
+                gx = gx / t
+            grad_logits[b] = gx
+        return grad_logits, None, None
+
+
+def sampled_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probabilities of the sampled tokens `labels` (B, T) under `logits` (B, T, V) /
+    `temperature`, in fp32: what the optimisers train on. The values and gradients of
+    `logprobs_from_logits(logits.float() / temperature, labels)`, with the update's memory for
+    the vocabulary cut from about five fp32 (B, T, V) tensors to the logits and their gradient
+    (docs/benchmarks.md, RLOO against TRL)."""
+    return _SampledLogprobs.apply(logits, labels, float(temperature))
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

@@ -149,7 +149,7 @@ class OnlineDPOUpdate(CriticFreeUpdate):
         """Sequence log-probs (b,) of rows `rows` under the policy, with gradient."""
         logits, _ = forward_minibatch(ctx.model, batch, ref, rows, value=False)
         logprobs, _ = _sequence_logprobs(
-            logits[:, :-1], batch.response[rows], self.config.temperature
+            logits[:, :-1], batch.response[rows], self.config.temperature, keep_logits=False
         )  # (b, T)
         return sequence_logps(logprobs, batch.mask[rows])  # (b,)
 

@@ -158,8 +158,9 @@ def minibatch_loss(
     logits, new_values = forward_minibatch(model, batch, ref, mb, policy=train_policy)
     if train_policy:
         new_logprobs, logits = _sequence_logprobs(
-            logits[:, :-1], batch.response[mb], config.temperature
-        )
+            logits[:, :-1], batch.response[mb], config.temperature,
+            keep_logits=config.entropy_coef > 0,
+        )  # fmt: skip
     if train_policy:
         pg_loss, pg_stats = core.policy_loss(
             new_logprobs, ref.logprobs[mb], advantages[mb], mb_mask, config.cliprange

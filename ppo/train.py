@@ -151,8 +151,12 @@ def split_prompts(n: int, config: PPOConfig, world: int) -> tuple[list[int], lis
     return [i for i in range(n) if i not in set(held_out)], held_out
 
 
-def _sequence_logprobs(actor_out_logits, response, temperature):
-    """Log-probs of the response tokens under logits / temperature. (B, T, V) -> (B, T)."""
+def _sequence_logprobs(actor_out_logits, response, temperature, keep_logits: bool = True):
+    """Log-probs of the response tokens under logits / temperature. (B, T, V) -> (B, T), and
+    the fp32 logits / temperature; without `keep_logits` (None in their place) the update's
+    memory-lean path, the same numbers (`core.sampled_logprobs`)."""
+    if not keep_logits:
+        return core.sampled_logprobs(actor_out_logits, response, temperature), None
     logits = actor_out_logits.float()  # (B, T, V)
     if temperature != 1.0:
         logits = logits / temperature
@@ -846,8 +850,9 @@ def minibatch_update(
             with autocast(device, ctx.bf16):
                 logits, _ = forward_minibatch(ctx.model, batch, ref, mb, value=False)
                 new_logprobs, logits = _sequence_logprobs(
-                    logits[:, :-1], batch.response[mb], config.temperature
-                )  # (b, T)
+                    logits[:, :-1], batch.response[mb], config.temperature,
+                    keep_logits=config.entropy_coef > 0,
+                )  # fmt: skip
                 loss, mb_stats = loss_fn(mb, new_logprobs, mask)
                 if config.entropy_coef > 0:
                     ent = core.masked_mean(core.entropy_from_logits(logits), mask)

@@ -18,6 +18,7 @@ from rankloop.ppo.core import (
     kl_penalty,
     lm_loss,
     logprobs_from_logits,
+    sampled_logprobs,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -96,6 +97,36 @@ def test_logprobs_bf16_path_close_to_fp32():
     out = logprobs_from_logits(logits.bfloat16(), labels)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_equal_the_autograd_expression_bit_for_bit(dtype, temperature):
+    """The update's lean path gives the very numbers of the expression it replaces, forward
+    and backward (so PPO's results did not move when it came in)."""
+    torch.manual_seed(0)
+    base = (torch.randn(3, 6, 50) * 3).to(dtype)  # (B, T+1, V), as the actor returns them
+    labels = torch.randint(0, 50, (3, 5))  # (B, T)
+    weights = torch.randn(3, 5)  # a loss that weighs every position differently
+
+    a = base.clone().requires_grad_()
+    logits = a[:, :-1].float()
+    expected = logprobs_from_logits(logits / temperature if temperature != 1.0 else logits, labels)
+    (expected * weights).sum().backward()
+
+    b = base.clone().requires_grad_()
+    out = sampled_logprobs(b[:, :-1], labels, temperature)
+    (out * weights).sum().backward()
+
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert b.grad.dtype == dtype and torch.equal(b.grad, a.grad)
+    # and what they are: log-softmax at the sampled token; gradient onehot - softmax
+    x = base[:, :-1].float() / temperature
+    torch.testing.assert_close(out, torch.log_softmax(x, -1).gather(-1, labels[..., None])[..., 0])
+    onehot = torch.nn.functional.one_hot(labels, 50).float()
+    hand = weights[..., None] * (onehot - torch.softmax(x, -1)) / temperature
+    torch.testing.assert_close(b.grad[:, :-1].float(), hand, atol=2e-2, rtol=2e-2)
+    assert torch.equal(b.grad[:, -1], torch.zeros_like(b.grad[:, -1]))
 
 
 def test_entropy_with_minus_inf_logits():
