@@ -52,7 +52,12 @@ from rankloop.lm.checkpoints import checkpoint_dir
 from rankloop.lm.device import autocast, use_bf16, weights_dtype
 from rankloop.lm.kernels import keep_adapter_inputs_in_autocast_dtype, release_freed_memory
 from rankloop.lm.loading import load_tokenizer
-from rankloop.lm.sampling import encode_chats, left_pad, sampling_kwargs
+from rankloop.lm.sampling import (
+    encode_chats,
+    generate_shared_prompts,
+    left_pad,
+    sampling_kwargs,
+)
 from rankloop.lm.seeds import derive_seed, seed_everything
 from rankloop.settings import ConfigError
 
@@ -655,7 +660,8 @@ def rollout(
     query, query_mask = query.to(device), query_mask.to(device)
     seed_everything(seed)
     with torch.no_grad(), autocast(device, bf16), merged_adapter(lm):
-        generated = lm.generate(
+        generated = generate_shared_prompts(
+            lm,
             input_ids=query,
             attention_mask=query_mask,
             **sampling_kwargs(config.temperature),

@@ -9,8 +9,10 @@ from rankloop.lm.loading import ModelLoadError, load_causal_lm, load_tokenizer
 from rankloop.lm.sampling import (
     InverseCDFSampler,
     encode_chats,
+    generate_shared_prompts,
     left_pad,
     plan_batches,
+    repeats_of,
     sample_batch,
     sampling_kwargs,
 )
@@ -101,6 +103,33 @@ def test_batched_greedy_equals_one_at_a_time(tiny):
     batched = sample_batch(model, tok, ids, **kw)
     alone = [sample_batch(model, tok, [i], **kw)[0] for i in ids]
     assert [s.token_ids for s in batched] == [s.token_ids for s in alone]
+
+
+def test_repeats_of_finds_runs_of_identical_rows():
+    a, b = [5, 6, 7], [8, 9]
+    for rows, r in [([a, a, b, b], 2), ([a] * 4, 4), ([a, b], 1), ([a, a, b], 1),
+                    ([a, b, a, b], 1), ([a, a, a, b, b, b], 3), ([a], 1)]:  # fmt: skip
+        ids, mask = left_pad(rows, 0)
+        assert repeats_of(ids, mask) == r, rows
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prompts_sample_what_generate_samples(tiny, temperature):
+    """Each prompt's KV cache computed once for its k rows: the same tokens as plain
+    `generate` (fp32 here; in bf16 a differently shaped matmul may round apart)."""
+    model, tok = tiny
+    ids = encode_chats(tok, [p.as_chat() for p in PROMPTS])
+    rows = [i for i in ids for _ in range(3)]  # each prompt's 3 samples side by side
+    input_ids, mask = left_pad(rows, tok.pad_token_id)
+    kw = {"max_new_tokens": 10, "pad_token_id": tok.pad_token_id, "use_cache": True}
+    kw |= {"eos_token_id": tok.eos_token_id, **sampling_kwargs(temperature)}
+    torch.manual_seed(7)
+    plain = model.generate(input_ids=input_ids, attention_mask=mask, **kw)
+    torch.manual_seed(7)
+    shared = generate_shared_prompts(model, input_ids=input_ids, attention_mask=mask, **kw)
+    assert torch.equal(shared, plain)
+    if temperature:  # the draw is random: a prompt's rows differ
+        assert any(not torch.equal(shared[3 * j], shared[3 * j + 1]) for j in range(4))
 
 
 def test_generate_records_n_responses_with_sampling_and_comparisons(tiny):
