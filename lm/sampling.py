@@ -136,9 +136,7 @@ def generate_shared_prompts(model, input_ids, attention_mask, **kwargs) -> torch
             logits_to_keep=1,
         ).cache
     cache.batch_repeat_interleave(r)  # (B, ...): each prompt's cache for its r rows
-    return model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs
-    )
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
 
 
 @torch.inference_mode()

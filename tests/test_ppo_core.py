@@ -18,13 +18,13 @@ from rankloop.ppo.core import (
     kl_penalty,
     lm_loss,
     logprobs_from_logits,
-    sampled_logprobs,
     masked_mean,
     masked_var,
     masked_whiten,
     normalize_scores,
     policy_loss,
     rto_token_rewards,
+    sampled_logprobs,
     value_loss,
 )
 
