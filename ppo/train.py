@@ -925,13 +925,18 @@ def evaluate_policy(
     queries = [q for q in queries for _ in range(config.eval_samples)]
     prompts = [p for p in prompts for _ in range(config.eval_samples)]
     sums = torch.zeros(5, dtype=torch.float64, device=device)
-    # in rollouts of batch_size, as training samples: the evaluation needs no more memory
-    for i, start in enumerate(range(0, len(queries), config.batch_size)):
-        part = slice(start, start + config.batch_size)
+    # in rollouts of batch_size prompts with their samples, as RLOO's and best-of-n's training
+    # rollouts (decoding 32 rows costs little more than 8 on a CPU; a prompt's prefix runs
+    # once), and the reference pass in chunks of batch_size rows: no more memory than training
+    rows = config.batch_size * config.eval_samples
+    for i, start in enumerate(range(0, len(queries), rows)):
+        part = slice(start, start + rows)
         batch = rollout(actor.lm, tokenizer, queries[part], config, device, bf16, seed + i)
         raw = reward_fn(prompts[part], batch.texts).to(device=device, dtype=torch.float32)
         scores = missing_eos_penalty(raw, batch.finished, config.missing_eos_penalty)  # (B,)
-        ref = reference_pass(actor, None, batch, config, device, bf16, rto=False)
+        ref = reference_pass(
+            actor, None, batch, config, device, bf16, rto=False, rows=config.batch_size
+        )
         seq_kl = core.masked_mean(
             core.kl_penalty(ref.logprobs, ref.ref_logprobs, config.kl_estimator), batch.mask, dim=-1
         )

@@ -330,9 +330,9 @@ def test_a_reward_the_policy_cannot_move_runs_every_step_and_keeps_the_last(peak
 
 
 def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peaked_lm, tmp_path):
-    """Two held-out prompts, 5 samples each, in rollouts of at most batch_size (4): the reward
-    sees every prompt 5 times, the samples differ (each rollout its own random numbers), and
-    the evaluation's mean and standard error are those of the 10 scores."""
+    """Two held-out prompts, 5 samples each, in rollouts of batch_size (1) prompts with their
+    samples: the reward sees every prompt 5 times, in one rollout each, the samples differ,
+    and the evaluation's mean and standard error are those of the 10 scores."""
     lm, _target = peaked_lm
     prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
     calls = []
@@ -344,8 +344,8 @@ def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peake
     res = train_ppo(
         cfg(
             steps=1,
-            batch_size=4,
-            mini_batch_size=2,
+            batch_size=1,
+            mini_batch_size=1,
             eval_every=1,
             eval_prompts=2,
             eval_samples=5,
@@ -358,8 +358,9 @@ def test_each_evaluation_scores_eval_samples_responses_per_held_out_prompt(peake
         progress=False,
         log=None,
     )
-    first = calls[:3]  # the evaluation before training: rollouts of 4, 4 and 2
-    assert [len(c[0]) for c in first] == [4, 4, 2]
+    first = calls[:2]  # the evaluation before training: one rollout per held-out prompt
+    assert [len(c[0]) for c in first] == [5, 5]
+    assert all(len(set(c[0])) == 1 for c in first)  # a prompt's samples side by side
     asked = [t for c in first for t in c[0]]
     held = sorted(set(asked))
     assert len(held) == 2 and all(asked.count(t) == 5 for t in held)
