@@ -27,6 +27,7 @@ from rankloop.lm.blocks import (
 )
 from rankloop.lm.kernels import use_training_attention
 from rankloop.lm.loading import ModelLoadError, adapter_base, quiet_loading, resolve
+from rankloop.lm.prefix import SharedPrefixCache, runs_share_prompt
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -133,26 +134,38 @@ class Actor(nn.Module):
         n_last: int | None = None,
         lower: torch.Tensor | None = None,
         keep_lower: bool = False,
+        runs: int = 1,
     ):
         """Logits (B, n, V) and values (B, n) or None for the last `n_last` positions.
 
         `keep_lower`: also return the output of the frozen, adapter-free lower blocks (when
         LoRA sits on the top blocks only); `lower`: start from that output (see `Critic`).
+        `runs` > 1: the rows come in runs of `runs` with the same prompt (the tokens before
+        the last `n_last` - 1): each prompt runs once (`lm.prefix`), the same numbers up to
+        the rounding of differently shaped matmuls. Without a value head only; rows laid out
+        otherwise take the whole-row forward.
         """
-        layers = decoder_layers(self.lm)
-        split = first_adapted_block(layers)
-        with (
-            SkipLowerBlocks(layers, split, lower, keep_lower) as skip,
-            CheckpointBlocks(layers, split, self.checkpoint),
+        T = (n_last or 0) - 1
+        Q = input_ids.shape[1] - T
+        if (
+            runs > 1
+            and T > 0
+            and self.value_head is None
+            and runs_share_prompt(input_ids, attention_mask, Q, runs)
         ):
-            out = self.lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids_for(attention_mask),
-                use_cache=False,
-                logits_to_keep=n_last or 0,
-                output_hidden_states=self.value_head is not None,
+            return self._shared_prompt_forward(
+                input_ids, attention_mask, Q, runs, lower, keep_lower
             )
+        out, kept = self._run(
+            lower,
+            keep_lower,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            use_cache=False,
+            logits_to_keep=n_last or 0,
+            output_hidden_states=self.value_head is not None,
+        )
         values = None
         if self.value_head is not None:
             h = out.hidden_states[-1]  # (B, L, H)
@@ -160,8 +173,57 @@ class Actor(nn.Module):
                 h = h[:, -n_last:]
             values = self.value_head(h.float()).squeeze(-1)  # (B, n)
         if keep_lower:
-            return out.logits, values, skip.kept
+            return out.logits, values, kept
         return out.logits, values
+
+    def _run(self, lower, keep_lower: bool, **inputs):
+        """One call of the language model with the lower blocks skipped or recorded and the
+        adapted ones checkpointed as configured: (its output, the recorded lower output)."""
+        layers = decoder_layers(self.lm)
+        split = first_adapted_block(layers)
+        with (
+            SkipLowerBlocks(layers, split, lower, keep_lower) as skip,
+            CheckpointBlocks(layers, split, self.checkpoint),
+        ):
+            out = self.lm(**inputs)
+        return out, skip.kept
+
+    def _shared_prompt_forward(self, input_ids, attention_mask, Q: int, r: int, lower, keep):
+        """`forward` for rows in runs of r sharing their first Q tokens: the P = B / r
+        prompts, then the B responses on their prompt's keys and values. The lower blocks'
+        output, kept or given, has the whole rows' layout (B, L, H)."""
+        cache = SharedPrefixCache()
+        prompt_mask = attention_mask[::r, :Q]  # (P, Q)
+        prompt_lower = lower[::r, :Q] if lower is not None else None
+        out, kept_prompt = self._run(
+            prompt_lower,
+            keep,
+            input_ids=input_ids[::r, :Q],
+            attention_mask=prompt_mask,
+            position_ids=position_ids_for(prompt_mask),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first = out.logits.repeat_interleave(r, 0)  # (B, 1, V) predicts the first response token
+        cache.extend(Q, r)
+        out, kept_response = self._run(
+            lower[:, Q:] if lower is not None else None,
+            keep,
+            input_ids=input_ids[:, Q:],
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask)[:, Q:],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=input_ids.shape[1] - Q,
+        )
+        logits = torch.cat([first, out.logits], 1)  # (B, T + 1, V)
+        if not keep:
+            return logits, None
+        kept = None
+        if kept_prompt is not None:
+            kept = torch.cat([kept_prompt.repeat_interleave(r, 0), kept_response], 1)
+        return logits, None, kept
 
 
 class Critic(nn.Module):
@@ -232,14 +294,15 @@ class ActorCritic(nn.Module):
         value: bool = True,
         policy_lower=None,
         critic_lower=None,
+        runs: int = 1,
     ):
         """(logits or None, values or None) of the last `n_last` positions; `policy` / `value`
         say which of the two forwards to run (the value head on the policy comes with its
-        logits)."""
+        logits); `runs`: as `Actor`'s."""
         logits = values = None
         if policy or (value and self.critic is None):
             logits, values = self.actor(
-                input_ids, attention_mask, n_last=n_last, lower=policy_lower
+                input_ids, attention_mask, n_last=n_last, lower=policy_lower, runs=runs
             )
         if value and self.critic is not None:
             values = self.critic(input_ids, attention_mask, n_last=n_last, lower=critic_lower)

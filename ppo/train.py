@@ -429,7 +429,7 @@ def train_policy(
         t0 = time.perf_counter()
         ref = reference_pass(
             raw_actor, raw_critic, batch, config, device, bf16, config.rto,
-            rows=config.mini_batch_size * k,
+            rows=config.mini_batch_size * k, runs=k,
         )  # fmt: skip
         timing["time/reference"] = time.perf_counter() - t0
 
@@ -699,17 +699,19 @@ def reference_pass(
     bf16: bool,
     rto: bool,
     rows: int = 0,
+    runs: int = 1,
 ) -> Reference:
     """Phase 3: the policy's and the reference's log-probs of the sampled tokens, the policy's
     entropy, the values, and with `rto` the DPO adapter's token rewards. `rows` > 0: in chunks
     of that many sequences (the scaffold passes the update's mini-batch): the same numbers (a
     row's forward does not depend on its neighbours; a matmul may block its sums differently
     for fewer rows, a last-bit difference), with a chunk's full-vocabulary logits in memory at
-    a time instead of the whole batch's."""
+    a time instead of the whole batch's. `runs` > 1: a prompt's `runs` samples lie side by
+    side, and the policy's passes run each prompt once (`Actor.forward`)."""
     B = batch.response.shape[0]
     step = rows if 0 < rows < B else B
     parts = [
-        _reference_rows(actor, critic, batch, slice(i, i + step), config, device, bf16, rto)
+        _reference_rows(actor, critic, batch, slice(i, i + step), config, device, bf16, rto, runs)
         for i in range(0, B, step)
     ]
     if len(parts) == 1:
@@ -719,7 +721,7 @@ def reference_pass(
 
 
 def _reference_rows(
-    actor: Actor, critic, batch: Rollout, rows: slice, config: PPOConfig, device, bf16, rto
+    actor: Actor, critic, batch: Rollout, rows: slice, config: PPOConfig, device, bf16, rto, runs
 ) -> Reference:
     """`reference_pass` on rows `rows` of the batch."""
     T = batch.response.shape[1]
@@ -728,7 +730,7 @@ def _reference_rows(
     with torch.no_grad(), autocast(device, bf16):
         # LoRA on the top blocks only: the frozen lower blocks run once here, their output
         # serves the reference pass and every update
-        logits, values, policy_lower = actor(ids, attn, n_last=T + 1, keep_lower=True)
+        logits, values, policy_lower = actor(ids, attn, n_last=T + 1, keep_lower=True, runs=runs)
         logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
         entropy = core.entropy_from_logits(logits)  # (b, T)
         del logits
@@ -738,13 +740,13 @@ def _reference_rows(
         if values is not None:
             values = values[:, :-1].float()  # (b, T) V(s_t) before emitting token t
         with actor.lm.disable_adapter():
-            ref_logits, _ = actor(ids, attn, n_last=T + 1, lower=policy_lower)
+            ref_logits, _ = actor(ids, attn, n_last=T + 1, lower=policy_lower, runs=runs)
         ref_logprobs, _ = _sequence_logprobs(ref_logits[:, :-1], response, config.temperature)
         del ref_logits
         token_rewards = None
         if rto:
             actor.lm.set_adapter("dpo")
-            dpo_logits, _ = actor(ids, attn, n_last=T + 1)
+            dpo_logits, _ = actor(ids, attn, n_last=T + 1, runs=runs)
             actor.lm.set_adapter("default")
             dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response, config.temperature)
             del dpo_logits
@@ -757,12 +759,20 @@ def _reference_rows(
 
 
 def forward_minibatch(
-    model, batch: Rollout, ref: Reference, mb: Tensor, *, policy: bool = True, value: bool = True
+    model,
+    batch: Rollout,
+    ref: Reference,
+    mb: Tensor,
+    *,
+    policy: bool = True,
+    value: bool = True,
+    runs: int = 1,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Phase 6's forward on rows `mb` of the rollout: (logits, values) of the last T + 1
     positions, from the lower blocks the reference pass kept. The left-padding columns no row
     of this mini-batch needs are dropped first (prompts are left-padded to the longest of the
-    whole batch): less work, same result."""
+    whole batch): less work, same result. `runs` > 1: `mb` lists a prompt's `runs` samples
+    side by side, and each prompt runs once (`Actor.forward`)."""
     T = batch.response.shape[1]
     lo = int(batch.attention_mask[mb].any(0).int().argmax())
     ids, attn = batch.input_ids[mb, lo:], batch.attention_mask[mb, lo:]  # (b, L - lo)
@@ -774,6 +784,7 @@ def forward_minibatch(
         value=value,
         policy_lower=ref.policy_lower[mb, lo:] if ref.policy_lower is not None else None,
         critic_lower=ref.critic_lower[mb, lo:] if ref.critic_lower is not None else None,
+        runs=runs,
     )
 
 
@@ -854,7 +865,7 @@ def minibatch_update(
             if real is not None:
                 mask = mask & real[chosen].repeat_interleave(g)[:, None].to(device)
             with autocast(device, ctx.bf16):
-                logits, _ = forward_minibatch(ctx.model, batch, ref, mb, value=False)
+                logits, _ = forward_minibatch(ctx.model, batch, ref, mb, value=False, runs=g)
                 new_logprobs, logits = _sequence_logprobs(
                     logits[:, :-1], batch.response[mb], config.temperature,
                     keep_logits=config.entropy_coef > 0,
@@ -935,8 +946,9 @@ def evaluate_policy(
         raw = reward_fn(prompts[part], batch.texts).to(device=device, dtype=torch.float32)
         scores = missing_eos_penalty(raw, batch.finished, config.missing_eos_penalty)  # (B,)
         ref = reference_pass(
-            actor, None, batch, config, device, bf16, rto=False, rows=config.batch_size
-        )
+            actor, None, batch, config, device, bf16, rto=False, rows=config.batch_size,
+            runs=config.eval_samples,
+        )  # fmt: skip
         seq_kl = core.masked_mean(
             core.kl_penalty(ref.logprobs, ref.ref_logprobs, config.kl_estimator), batch.mask, dim=-1
         )

@@ -33,11 +33,22 @@ from .model import (
     load_reward_tokenizer,
     load_saved,
     right_pad,
+    to_chat,
     tokenize,
 )
 
 STATS_FILE = "reward_stats.json"
 PROBE_FILE = "probe.json"
+PACK_MAX = 8  # responses packed in one row at most: its attention grows with the square
+
+
+def prompt_runs(prompts: Sequence[PromptLike], most: int) -> list[list[int]]:
+    """Indices grouped by identical prompt, in order of first appearance, in runs of at most
+    `most` (each run becomes one packed row)."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(json.dumps(to_chat(p), sort_keys=True), []).append(i)
+    return [g[j : j + most] for g in groups.values() for j in range(0, len(g), most)]
 
 
 class RewardScorer:
@@ -114,6 +125,9 @@ class RewardScorer:
             return torch.zeros(0, self.members)
         texts = [format_text(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
         ids = tokenize(self.tokenizer, texts, self.max_length)
+        runs = prompt_runs(prompts, PACK_MAX)
+        if max(len(r) for r in runs) > 1 and self._decoder_only():
+            return self._score_packed(ids, runs)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
         out = torch.empty(len(ids), self.members)
         for start in range(0, len(order), self.batch_size):
@@ -126,6 +140,46 @@ class RewardScorer:
                     use_cache=False,
                 ).logits  # (b, M)
             out[idx] = logits.float().cpu()
+        return out
+
+    def _decoder_only(self) -> bool:
+        """A causal (decoder-only) architecture: a response then sees only what precedes it,
+        so packing a prompt's responses in one row gives each its score alone."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        config = getattr(
+            self.model, "config", None
+        )  # None: a wrapper (ScorerReward's shared critic)
+        return getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    def _score_packed(self, ids: list[list[int]], runs: list[list[int]]) -> torch.Tensor:
+        """Scores (N, M) with each run of a prompt's responses packed in one row, as the
+        reward trainer packs a comparison (`reward.train.pack`): the formatted prompt once,
+        then each response, a block mask, positions continuing from the prompt. The prompt
+        runs once instead of once per response (policy stages score k samples of a prompt);
+        each score is what the response gets alone, up to the rounding of other shapes."""
+        from .train import RewardModule, pack
+
+        module = RewardModule(self.model, 0.0)
+        rows = sorted(runs, key=lambda run: sum(len(ids[i]) for i in run))  # similar lengths
+        out = torch.empty(len(ids), self.members)
+        batch: list[list[int]] = []
+        for n, run in enumerate(rows):
+            batch.append(run)
+            if n + 1 < len(rows) and sum(map(len, batch)) + len(rows[n + 1]) <= self.batch_size:
+                continue
+            input_ids, position_ids, mask, ends, _ = pack(
+                [[ids[i] for i in r] for r in batch], self.tokenizer.pad_token_id
+            )
+            with autocast(self.device, self.bf16):
+                scores = module(
+                    input_ids.to(self.device),
+                    position_ids.to(self.device),
+                    mask.to(self.device),
+                    ends.to(self.device),
+                )  # (S, M) in the order of the runs' responses
+            out[[i for r in batch for i in r]] = scores.float().cpu()
+            batch = []
         return out
 
     def normalized(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:

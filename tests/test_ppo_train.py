@@ -4,6 +4,7 @@ levers that bound the drift (adaptive KL, early stopping on held-out prompts).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -905,3 +906,92 @@ def test_policy_and_critic_reach_accelerate_as_one_model_and_both_train(peaked_l
     moved = {n for n, p in before.items() if not torch.equal(p, after[n])}
     assert any(n.startswith("actor.") for n in moved)
     assert any(n.startswith("critic.") for n in moved)
+
+
+@pytest.mark.parametrize("top_layers, checkpoint", [(0, False), (1, False), (1, True)])
+def test_shared_prompt_forward_gives_the_whole_rows_numbers_and_gradients(
+    peaked_lm, top_layers, checkpoint
+):
+    """Rows in runs of 3 samples of one prompt (left-padded prompts of different lengths,
+    responses padded after EOS): the forward that runs each prompt once gives the logits, the
+    kept lower blocks and the adapters' gradients of the whole rows' forward; rows whose
+    prompts differ within a run take the whole-row forward."""
+    from rankloop.lm.loading import load_tokenizer
+    from rankloop.lm.sampling import encode_chats
+    from rankloop.ppo.actor_critic import Actor, decoder_layers, load_policy
+    from rankloop.ppo.train import reference_pass, rollout
+
+    lm, _ = peaked_lm
+    config = cfg(max_new_tokens=6)
+    tok = load_tokenizer(str(lm), padding_side="left")
+    policy = load_policy(
+        str(lm), r=4, alpha=8, dropout=0.0, dtype=torch.float32, top_layers=top_layers
+    )
+    actor = Actor(policy, value_head=False)
+    actor.checkpoint = checkpoint
+    with torch.no_grad():
+        for n, p in actor.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    queries = encode_chats(tok, [p.as_chat() for p in PROMPTS[:3] for _ in range(3)])  # (9,)
+    batch = rollout(actor.lm, tok, queries, config, "cpu", False, seed=4)
+    T = batch.response.shape[1]
+    # two responses end early (as after an EOS): padding after them as well as before prompts
+    ended = batch.mask.clone()
+    ended[1, 2:], ended[5, 4:] = False, False
+    pad = torch.full_like(batch.response, tok.pad_token_id)
+    response = torch.where(ended, batch.response, pad)
+    Q = batch.input_ids.shape[1] - T
+    batch = dataclasses.replace(
+        batch,
+        input_ids=torch.cat([batch.input_ids[:, :Q], response], 1),
+        attention_mask=torch.cat([batch.attention_mask[:, :Q], ended.long()], 1),
+        response=response,
+        mask=ended,
+    )
+    ids, mask = batch.input_ids, batch.attention_mask
+    assert len({len(q) for q in queries}) > 1  # left padding of different widths
+    layers = decoder_layers(policy)
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    def forward(runs: int):
+        calls[:] = [0] * len(layers)
+        actor.zero_grad(set_to_none=True)
+        logits, _ = actor(ids, mask, n_last=T + 1, runs=runs)
+        picked = logits[:, :-1].log_softmax(-1).gather(-1, batch.response[..., None])[..., 0]
+        (picked * batch.mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in actor.named_parameters() if p.requires_grad}
+        return logits.detach(), grads, calls[:]
+
+    whole, whole_grads, whole_calls = forward(1)
+    shared, shared_grads, shared_calls = forward(3)
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    assert whole_grads.keys() == shared_grads.keys() and len(whole_grads) > 2
+    for n in whole_grads:
+        torch.testing.assert_close(shared_grads[n], whole_grads[n], rtol=1e-4, atol=1e-6)
+    per_pass = 2 if checkpoint else 1  # an adapted block runs again in the backward
+    split = len(layers) - top_layers if top_layers else 0
+    assert whole_calls == [1] * split + [per_pass] * (len(layers) - split)
+    assert shared_calls == [2] * split + [2 * per_pass] * (len(layers) - split)  # two calls
+    mixed = torch.cat([ids[1:], ids[:1]])  # runs that straddle two prompts
+    mixed_mask = torch.cat([mask[1:], mask[:1]])
+    with torch.no_grad():
+        calls[:] = [0] * len(layers)
+        actor(mixed, mixed_mask, n_last=T + 1, runs=3)
+    assert calls == [1] * len(layers)  # the whole-row forward
+
+    whole_ref = reference_pass(actor, None, batch, config, "cpu", False, False, rows=6)
+    shared_ref = reference_pass(actor, None, batch, config, "cpu", False, False, rows=6, runs=3)
+    for f in ("logprobs", "ref_logprobs", "entropy"):
+        torch.testing.assert_close(
+            getattr(shared_ref, f), getattr(whole_ref, f), rtol=1e-5, atol=1e-5
+        )
+    if top_layers:  # the kept lower blocks, laid out as the whole rows', feed the update
+        torch.testing.assert_close(
+            shared_ref.policy_lower, whole_ref.policy_lower, rtol=1e-5, atol=1e-5
+        )
+        with torch.no_grad():
+            again, _ = actor(ids, mask, n_last=T + 1, lower=shared_ref.policy_lower, runs=3)
+        torch.testing.assert_close(again, whole, rtol=1e-5, atol=1e-5)

@@ -97,6 +97,37 @@ def test_saved_checkpoint_loads_with_from_pretrained_and_pipeline(keyword_run):
     assert bool((with_kw > without).all())
 
 
+def test_a_prompts_responses_score_packed_in_one_row_as_alone(keyword_run, monkeypatch):
+    """Responses that share a prompt (a policy stage's k samples) are scored packed, the
+    prompt once per row of at most PACK_MAX: each score is the one the response gets alone,
+    in input order, with interleaved prompts and a run longer than PACK_MAX."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rankloop.reward import scoring, train
+
+    _, _, result = keyword_run
+    scorer = RewardScorer.from_pretrained(result.path, bf16="no", batch_size=4)
+    prompts = ["q"] * 3 + ["another prompt", "q", "another prompt"] + ["third"] * 10
+    responses = [f"{w} fox {i}" for i, w in enumerate(["good", "the", "sea"] * 5 + ["no"])]
+    packed_rows = []
+    real_pack = train.pack
+    monkeypatch.setattr(
+        train,
+        "pack",
+        lambda groups, *a: packed_rows.extend(map(len, groups)) or real_pack(groups, *a),
+    )
+    scores = scorer.score(prompts, responses)
+    assert sorted(packed_rows) == [2, 2, 4, 8]  # q x4, another x2, third x10 as 8 + 2
+    assert scoring.prompt_runs(prompts, 8)[0] == [0, 1, 2, 4]
+    model = AutoModelForSequenceClassification.from_pretrained(result.path).eval()
+    texts = [format_text(scorer.tokenizer, p, r) for p, r in zip(prompts, responses)]
+    with torch.no_grad():
+        alone = torch.stack(
+            [model(**scorer.tokenizer(t, return_tensors="pt")).logits[0, 0] for t in texts]
+        )
+    torch.testing.assert_close(scores, alone, atol=1e-4, rtol=1e-4)
+
+
 def test_lora_head_trained_merged_and_adapter_save(tmp_path, tiny_lm_dir, fresh_store):
     simulate_labels(fresh_store, 48, seed=1)
     # bf16: the frozen base trains in bf16, the adapters and head in fp32, the merge in fp32
