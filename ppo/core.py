@@ -226,6 +226,33 @@ def sampled_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0) -
     return _SampledLogprobs.apply(logits, labels, float(temperature))
 
 
+def logprobs_and_entropy(
+    logits: Tensor, labels: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """`sampled_logprobs(logits, labels, temperature)` and the entropy of
+    softmax(logits / temperature) at every position, (B, T) each in fp32, without gradients:
+    one batch row's fp32 logits at a time and one logsumexp for both (the log-probs are the
+    same numbers; the entropy is `entropy_from_logits`'s up to rounding,
+
+        H_t = lse_t - sum_v exp(z_t,v - lse_t) * z_t,v
+
+    ). The reference pass's: no (B, T, V) fp32 copy, two passes over the vocabulary fewer."""
+    logp = torch.empty(labels.shape, dtype=torch.float32, device=logits.device)  # (B, T)
+    entropy = torch.empty_like(logp)
+    with torch.no_grad():
+        for b in range(logits.shape[0]):
+            x = logits[b].float()  # (T, V)
+            if temperature != 1.0:
+                x = x / temperature
+            lse = torch.logsumexp(x, dim=-1)  # (T,)
+            logp[b] = torch.gather(x, -1, labels[b].unsqueeze(-1)).squeeze(-1) - lse
+            p = (x - lse.unsqueeze(-1)).exp_()  # (T, V)
+            # p * z is 0 * -inf = nan for logits masked to -inf (top-k); its limit is 0
+            p_z = torch.where(p == 0, torch.zeros_like(x), p.mul_(x))
+            entropy[b] = lse - p_z.sum(-1)
+    return logp, entropy
+
+
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of ``softmax(logits)`` at every position.
 

@@ -731,8 +731,9 @@ def _reference_rows(
         # LoRA on the top blocks only: the frozen lower blocks run once here, their output
         # serves the reference pass and every update
         logits, values, policy_lower = actor(ids, attn, n_last=T + 1, keep_lower=True, runs=runs)
-        logprobs, logits = _sequence_logprobs(logits[:, :-1], response, config.temperature)
-        entropy = core.entropy_from_logits(logits)  # (b, T)
+        logprobs, entropy = core.logprobs_and_entropy(
+            logits[:, :-1], response, config.temperature
+        )  # (b, T) each
         del logits
         critic_lower = None
         if critic is not None:
@@ -741,14 +742,18 @@ def _reference_rows(
             values = values[:, :-1].float()  # (b, T) V(s_t) before emitting token t
         with actor.lm.disable_adapter():
             ref_logits, _ = actor(ids, attn, n_last=T + 1, lower=policy_lower, runs=runs)
-        ref_logprobs, _ = _sequence_logprobs(ref_logits[:, :-1], response, config.temperature)
+        ref_logprobs, _ = _sequence_logprobs(
+            ref_logits[:, :-1], response, config.temperature, keep_logits=False
+        )
         del ref_logits
         token_rewards = None
         if rto:
             actor.lm.set_adapter("dpo")
             dpo_logits, _ = actor(ids, attn, n_last=T + 1, runs=runs)
             actor.lm.set_adapter("default")
-            dpo_logprobs, _ = _sequence_logprobs(dpo_logits[:, :-1], response, config.temperature)
+            dpo_logprobs, _ = _sequence_logprobs(
+                dpo_logits[:, :-1], response, config.temperature, keep_logits=False
+            )
             del dpo_logits
             token_rewards = core.rto_token_rewards(
                 dpo_logprobs, ref_logprobs, batch.mask[rows], config.rto_beta

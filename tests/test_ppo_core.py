@@ -17,6 +17,7 @@ from rankloop.ppo.core import (
     gae,
     kl_penalty,
     lm_loss,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_var,
@@ -127,6 +128,27 @@ def test_sampled_logprobs_equal_the_autograd_expression_bit_for_bit(dtype, tempe
     hand = weights[..., None] * (onehot - torch.softmax(x, -1)) / temperature
     torch.testing.assert_close(b.grad[:, :-1].float(), hand, atol=2e-2, rtol=2e-2)
     assert torch.equal(b.grad[:, -1], torch.zeros_like(b.grad[:, -1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_reference_pass_log_probs_and_entropy_in_one_pass(dtype, temperature):
+    """The reference pass's fused path: the update's log-probs bit for bit (the ratio starts
+    at exactly 1), the entropy of the tempered distribution, -inf logits included."""
+    torch.manual_seed(3)
+    logits = (torch.randn(3, 5, 40) * 3).to(dtype)
+    logits[0, 1, :38] = -math.inf  # two tokens left: entropy log 2 at equal logits
+    logits[0, 1, 38:] = 1.0
+    labels = torch.randint(38, 40, (3, 5))
+    logp, entropy = logprobs_and_entropy(logits, labels, temperature)
+    assert logp.dtype == entropy.dtype == torch.float32
+    assert torch.equal(logp, sampled_logprobs(logits, labels, temperature))
+    x = logits.float() / temperature
+    dist = torch.distributions.Categorical(logits=x)
+    torch.testing.assert_close(logp, dist.log_prob(labels))
+    torch.testing.assert_close(entropy, entropy_from_logits(x))
+    assert entropy[0, 1].item() == pytest.approx(math.log(2))
+    assert torch.isfinite(entropy).all()
 
 
 def test_entropy_with_minus_inf_logits():
