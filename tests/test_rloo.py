@@ -163,3 +163,34 @@ def test_rloo_refuses_ppo_only_settings(peaked_lm, tmp_path, field, value):
     extra = {"ptx_dataset": "x.txt"} if field == "ptx_coef" else {}
     with pytest.raises(ConfigError, match=f"{field} = .*not used by rloo"):
         run(rloo_cfg(**{field: value}, **extra), lm, target, tmp_path / "p")
+
+
+def test_reference_pass_and_update_run_each_prompt_once(peaked_lm, tmp_path, monkeypatch):
+    """With k samples per prompt, the reference pass and the update run a prompt once for its
+    k rows (`lm.prefix.SharedPrefixCache`): the decoder's first block sees the prompts' calls
+    (P rows) and the responses' (P * k rows of max_new_tokens)."""
+    from rankloop.lm.blocks import decoder_layers
+    from rankloop.lm.prefix import SharedPrefixCache
+    from rankloop.ppo import actor_critic
+
+    lm, target = peaked_lm
+    seen: list[tuple[int, int]] = []  # (rows, tokens) of the shared-prompt calls of block 0
+    real_init = actor_critic.Actor.__init__
+
+    def record(_module, args, kwargs):
+        if isinstance(kwargs.get("cache"), SharedPrefixCache):
+            seen.append(tuple(args[0].shape[:2]))
+
+    def init(self, lm_, value_head):
+        real_init(self, lm_, value_head)
+        decoder_layers(lm_)[0].register_forward_pre_hook(record, with_kwargs=True)
+
+    monkeypatch.setattr(actor_critic.Actor, "__init__", init)
+    config = toy.cfg(steps=1, rloo_k=2, batch_size=4, mini_batch_size=2, ppo_epochs=1)
+    toy.run(config, lm, target, tmp_path / "r", train=train_rloo)
+    T = config.max_new_tokens
+    # reference pass in chunks of 2 prompts x 2 samples (policy, then the reference), then the
+    # update's 2 mini-batches of 2 prompts: each a prompts' call and a responses' call
+    responses = [s for s in seen if s == (4, T)]
+    prompts = [s for s in seen if s[0] == 2 and s[1] != T]
+    assert len(responses) == 6 and len(prompts) == 6, seen
