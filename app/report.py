@@ -55,6 +55,7 @@ class RoundRow:
     reward_members: int | None = None  # an ensemble's members (None: a single model)
     reward_spread: float | None = None  # their mean std of the score gap on held-out pairs
     optimised_probe: bool = False  # the policy stage optimised the reward model's probe
+    over_kl_budget: bool = False  # the policy stage stopped at [ppo] kl_budget
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def snapshot(
                 reward_eval_pairs=_int(_num(metrics, "reward/eval_pairs")),
                 ppo_steps=_int(_num(metrics, "ppo/steps")),
                 ppo_kept_step=_int(_num(metrics, "ppo/kept_step")),
+                over_kl_budget=_num(metrics, "ppo/over_kl_budget") == 1.0,
                 ppo_score_first=_num(metrics, "ppo/score_first"),
                 ppo_score_last=_num(metrics, "ppo/score_last"),
                 ppo_kl=_num(metrics, "ppo/kl_final", "ppo/kl_last"),
@@ -424,11 +426,13 @@ def _f(x: float | None, digits: int = 3) -> str:
 
 
 def _steps(r: RoundRow) -> str:
-    """PPO's steps, and the step it kept when that was an earlier one."""
+    """PPO's steps, and the step it kept when that was an earlier one (and why, when the KL
+    budget stopped it)."""
     if r.ppo_steps is None:
         return "–"
     if r.ppo_kept_step is not None and r.ppo_kept_step != r.ppo_steps:
-        return f"{r.ppo_steps} (kept {r.ppo_kept_step})"
+        why = "KL budget, " if r.over_kl_budget else ""
+        return f"{r.ppo_steps} ({why}kept {r.ppo_kept_step})"
     return str(r.ppo_steps)
 
 

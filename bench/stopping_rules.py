@@ -17,9 +17,12 @@ rules differ by their decision only, not by the draw:
      none     run every step, keep the last;
      old      the rules before issue 22: stop after `patience` (3) evaluations without a rise of
               more than 0.5 standard errors over the best; keep the best;
-     guarded  today's defaults (`ppo.core.EarlyStopping`): stop after `patience` evaluations in a
+     guarded  issue 22's rule (`ppo.core.EarlyStopping`): stop after `patience` evaluations in a
               row that fell more than `early_stop_drop` (2) standard errors of the difference
-              below the best; keep the last unless it fell so, then the best.
+              below the best; keep the last unless it fell so, then the best;
+     budget   today's defaults: `guarded` plus the KL budget (`kl_budget`, 6 nats): stop at the
+              first evaluation whose held-out KL rose more than the budget past step 0's, keep
+              among the steps within it.
 
 Rewards (the oracle is `bench/ppo_drift.py`'s: half for ending on its own, half for the share of
 distinct word trigrams; `tidy` is the project's own oracle):
@@ -27,6 +30,8 @@ distinct word trigrams; `tidy` is the project's own oracle):
   tidy     rankloop's `tidy` oracle as the reward, scored by itself;
   weak     0.25 x oracle + a pseudo-random value fixed per text: a reward that hardly sees the
            oracle, as a reward model fitted on too few labels;
+  away     minus the oracle: a reward that points away from the truth, whose held-out score
+           rises exactly as the truth falls (no rule that reads the reward can see it);
   rm       a reward model (rankloop's defaults) fitted on simulated labels of the oracle: 4
            base-policy samples of each training prompt, their 6 pairs each (360), labels drawn
            from Bradley-Terry noise calibrated so they agree with the oracle on 70% of pairs;
@@ -64,9 +69,20 @@ def tidy_reward(prompts, responses):
     return tidy(prompts, responses)
 
 
-REWARDS = {"oracle": oracle, "weak": weak, "tidy": tidy_reward}
+def away(prompts, responses) -> list[float]:
+    return [-o for o in oracle(prompts, responses)]
+
+
+REWARDS = {"oracle": oracle, "weak": weak, "tidy": tidy_reward, "away": away}
 # what each reward's run is judged by
-JUDGE = {"oracle": oracle, "weak": oracle, "tidy": tidy_reward, "rm": oracle, "rm-ens": oracle}
+JUDGE = {
+    "oracle": oracle,
+    "weak": oracle,
+    "tidy": tidy_reward,
+    "away": oracle,
+    "rm": oracle,
+    "rm-ens": oracle,
+}
 RM_OVERRIDES = {"rm": {}, "rm-ens": {"ensemble": 4, "ensemble_aggregate": "mean_minus_std"}}
 AGREEMENT = 0.7
 
@@ -140,6 +156,7 @@ def one_run(reward: str, seed: int, args) -> dict:
         log_samples=0,
         checkpoint_every=5,
         early_stop_patience=0,  # no rule: the rules are replayed on the evaluations below
+        kl_budget=0.0,
         keep_policy="last",
     )
     out = Path(tempfile.mkdtemp(prefix=f"stop-{reward}-{seed}-"))
@@ -223,24 +240,29 @@ def rule_old(evals, patience=3, min_delta=0.5):
     return evals[-1]["step"], best_step
 
 
-def rule_guarded(evals, patience=None, drop=None):
-    """Today's rule, as the scaffold runs it (`ppo.core.EarlyStopping`, its defaults)."""
+def rule_guarded(evals, kl_budget=0.0):
+    """Issue 22's rule as the scaffold runs it (`ppo.core.EarlyStopping`, its defaults), with a
+    KL budget when `kl_budget` > 0."""
     from rankloop.ppo.config import PPOConfig
     from rankloop.ppo.core import EarlyStopping
 
     d = PPOConfig()
-    stop = EarlyStopping(
-        d.early_stop_patience if patience is None else patience,
-        d.early_stop_drop if drop is None else drop,
-    )
+    stop = EarlyStopping(d.early_stop_patience, d.early_stop_drop, kl_budget)
     for e in evals:
-        stop.update(e["eval/scores"], e["eval/score_se"], e["step"])
+        stop.update(e["eval/scores"], e["eval/score_se"], e["step"], kl=e["eval/kl"])
         if stop.should_stop:
             break
     return e["step"], stop.kept_step(e["step"], keep="guarded")
 
 
-RULES = {"none": rule_none, "old": rule_old, "guarded": rule_guarded}
+def rule_budget(evals):
+    """Today's defaults: the guarded rule and the KL budget."""
+    from rankloop.ppo.config import PPOConfig
+
+    return rule_guarded(evals, kl_budget=PPOConfig().kl_budget)
+
+
+RULES = {"none": rule_none, "old": rule_old, "guarded": rule_guarded, "budget": rule_budget}
 
 
 def table(rows: list[dict]) -> str:
@@ -249,9 +271,9 @@ def table(rows: list[dict]) -> str:
     lines = [
         (
             "| reward | optimiser | seed | oracle (judge) at steps 0, 5, 10, ... | none | old "
-            "| guarded |"
+            "| guarded | budget |"
         ),
-        "| --- | --- | ---: | --- | --- | --- | --- |",
+        "| --- | --- | ---: | --- | --- | --- | --- | --- |",
     ]
     gains: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
@@ -268,16 +290,17 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['reward']} | {opt} | {r['seed']} | {pts} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        "| reward | optimiser | runs | mean gain: none | old | guarded | guarded's cost vs none |"
+        "| reward | optimiser | runs | mean gain: none | old | guarded | budget "
+        "| budget's cost vs none |"
     )
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for reward, opt in sorted({(k[0], k[1]) for k in gains}):
         g = {name: statistics.mean(gains[(reward, opt, name)]) for name in RULES}
         n = len(gains[(reward, opt, "none")])
-        cost = (g["none"] - g["guarded"]) / g["none"] if g["none"] > 0 else float("nan")
+        cost = (g["none"] - g["budget"]) / g["none"] if g["none"] > 0 else float("nan")
         lines.append(
             f"| {reward} | {opt} | {n} | {g['none']:+.3f} | {g['old']:+.3f} | "
-            f"{g['guarded']:+.3f} | {cost:.0%} |"
+            f"{g['guarded']:+.3f} | {g['budget']:+.3f} | {cost:.0%} |"
         )
     return "\n".join(lines)
 

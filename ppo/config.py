@@ -133,6 +133,8 @@ class PPOConfig:
     """Stop when this many evaluations in a row fell below the best held-out score by more than early_stop_drop standard errors (0 = never stop early)."""
     early_stop_drop: float = 2.0
     """How far below the best an evaluation's held-out score must be to count as a fall, in standard errors of the difference of the two means: a fall the evaluation's noise cannot explain."""
+    kl_budget: float = 6.0
+    """Stop when a held-out evaluation's KL to the reference has risen this many nats per response past the stage's start (its step-0 evaluation), and keep the last evaluated policy within it (0 = no budget): a bound on how far a stage may move that holds whatever the reward says, since no rule reading the reward can see that the reward is wrong."""
     keep_policy: str = "guarded"
     """Policy saved at the end: 'guarded' (the last, unless its held-out score fell by early_stop_drop standard errors below the best: then the best), 'best' (the best held-out score, often a lucky one) or 'last'."""
     seed: int = 0
@@ -196,6 +198,7 @@ class PPOConfig:
             "eval_prompts",
             "early_stop_patience",
             "early_stop_drop",
+            "kl_budget",
             "bon_margin",
             "odpo_margin",
             "odpo_label_pairs",

@@ -823,6 +823,11 @@ class EarlyStopping:
         kept     = 'guarded': the last policy, unless its evaluation fell, then the best;
                    'best': the best; 'last': the last
 
+    With a ``kl_budget`` > 0 and each evaluation's KL to the reference given, an evaluation
+    whose KL rose more than ``kl_budget`` past the first one's stops the run at once, and the
+    policies past the budget are out of the running: the rule above picks among the rest
+    (``last_step`` is then the last evaluated step within the budget).
+
     ``se`` is the standard error of the evaluation's mean score, so ``drop`` counts standard
     errors of the difference of two evaluations and needs no tuning to the reward's scale.
     Why not "stop when it stops rising, keep the best" (the rule before issue 22): the best of
@@ -833,20 +838,34 @@ class EarlyStopping:
     sent back to its best, only when its held-out score has fallen for sure.
     """
 
-    def __init__(self, patience: int, drop: float):
-        if patience < 0 or drop < 0:
-            raise ValueError(f"patience and drop must be >= 0, got {patience}, {drop}")
+    def __init__(self, patience: int, drop: float, kl_budget: float = 0.0):
+        if patience < 0 or drop < 0 or kl_budget < 0:
+            raise ValueError(
+                f"patience, drop and kl_budget must be >= 0, got {patience}, {drop}, {kl_budget}"
+            )
         self.patience = int(patience)
         self.drop = float(drop)
+        self.kl_budget = float(kl_budget)
         self.best: float | None = None
         self.best_se = 0.0
         self.best_step: int | None = None
         self.falls = 0  # evaluations in a row that fell below the best
         self.last_fell = False
+        self.kl_start: float | None = None  # the first evaluation's KL to the reference
+        self.last_step: int | None = None  # the last evaluated step within the KL budget
+        self.over_budget = False
 
-    def update(self, score: float, se: float, step: int) -> bool:
-        """Record the evaluation of the policy after ``step`` steps; True if it is the new best."""
+    def update(self, score: float, se: float, step: int, kl: float | None = None) -> bool:
+        """Record the evaluation of the policy after ``step`` steps (``kl``: its KL to the
+        reference); True if it is the new best."""
         score, se = float(score), float(se)
+        if kl is not None:
+            if self.kl_start is None:
+                self.kl_start = float(kl)
+            elif self.kl_budget > 0 and float(kl) - self.kl_start > self.kl_budget:
+                self.over_budget = True
+                return False
+        self.last_step = int(step)
         if self.best is None or score > self.best:
             self.best, self.best_se, self.best_step = score, se, int(step)
             self.falls, self.last_fell = 0, False
@@ -857,10 +876,12 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.patience > 0 and self.falls >= self.patience
+        return self.over_budget or (self.patience > 0 and self.falls >= self.patience)
 
     def kept_step(self, last_step: int, keep: str = "guarded") -> int:
         """The step whose policy to save, of a run whose last evaluated step is `last_step`."""
+        if self.over_budget:
+            last_step = self.last_step
         if self.best_step is None or keep == "last":
             return int(last_step)
         if keep == "best" or self.last_fell:
@@ -874,6 +895,9 @@ class EarlyStopping:
             "best_step": self.best_step,
             "falls": self.falls,
             "last_fell": self.last_fell,
+            "kl_start": self.kl_start,
+            "last_step": self.last_step,
+            "over_budget": self.over_budget,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -885,3 +909,7 @@ class EarlyStopping:
             )
         self.best_se = float(state["best_se"])
         self.falls, self.last_fell = int(state["falls"]), bool(state["last_fell"])
+        # checkpoints from before the KL budget lack these: train_policy fills kl_start in
+        self.kl_start = state.get("kl_start")
+        self.last_step = state.get("last_step", self.best_step)
+        self.over_budget = bool(state.get("over_budget", False))

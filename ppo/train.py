@@ -313,7 +313,9 @@ def train_policy(
     query_ids = encode_chats(tokenizer, [p.as_chat() for p in prompts])  # a step picks rows
     train_idx, eval_idx = split_prompts(len(prompts), config, world)
     my_eval = eval_idx[rank::world]  # this process's share of the held-out prompts
-    stopper = core.EarlyStopping(config.early_stop_patience, config.early_stop_drop)
+    stopper = core.EarlyStopping(
+        config.early_stop_patience, config.early_stop_drop, config.kl_budget
+    )
     if config.eval_every and not eval_idx:
         say(
             f"evaluation off: {len(prompts)} prompts are too few to hold some out "
@@ -333,15 +335,17 @@ def train_policy(
             accelerator,
             step_seed(config.seed, 0, rank, "eval"),
         )
-        if stopper.update(row["eval/scores"], row["eval/score_se"], step):
-            nonlocal best_state  # the adapters and heads only: a few MB
+        nonlocal best_state, within_state  # the adapters and heads only: a few MB
+        if stopper.update(row["eval/scores"], row["eval/score_se"], step, kl=row["eval/kl"]):
             best_state = trainable_state(raw_actor)
+        elif config.kl_budget and stopper.last_step == step:
+            within_state = trainable_state(raw_actor)  # kept if the next one passes the budget
         row["eval/best_step"] = float(stopper.best_step)
         evaluations.append({"step": step, **row})
         return row
 
     # ---- resume, or evaluate the start policy --------------------------------------------------
-    start_step, history, evaluations, best_state = 0, [], [], None
+    start_step, history, evaluations, best_state, within_state = 0, [], [], None, None
     if resume:
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
@@ -351,8 +355,11 @@ def train_policy(
         )
         start_step, history = state["step"], list(state["history"])
         evaluations, best_state = list(state.get("evaluations", [])), state.get("best_actor")
+        within_state = state.get("within_actor")
         if state.get("early_stop"):
             stopper.load_state_dict(state["early_stop"])
+        if stopper.kl_start is None and evaluations:  # a checkpoint from before the KL budget
+            stopper.kl_start = evaluations[0]["eval/kl"]
         say(f"resumed from {ckpt} at step {start_step}")
     elif eval_idx:
         ev = evaluate(0)
@@ -378,7 +385,10 @@ def train_policy(
             torch_optimizer,
             kl_ctl,
             accelerator,
-            extra={**run_state(stopper, evaluations, best_state), "optimizer_name": optimizer},
+            extra={
+                **run_state(stopper, evaluations, best_state, within_state),
+                "optimizer_name": optimizer,
+            },
         )
 
     k = update.samples_per_prompt
@@ -489,6 +499,13 @@ def train_policy(
         release_freed_memory()  # see lm/kernels.py: keeps the resident memory from creeping
         if on_step is not None:
             on_step(row)
+        if stopping and stopper.over_budget:
+            say(
+                f"stopped after step {step + 1}: the held-out KL to the reference "
+                f"({evaluations[-1]['eval/kl']:.2f}) rose more than kl_budget = "
+                f"{config.kl_budget:g} nats past its start ({stopper.kl_start:.2f})"
+            )
+            break
         if stopping:
             say(
                 f"stopped early after step {step + 1}: the held-out score fell more than "
@@ -507,12 +524,16 @@ def train_policy(
     ):
         checkpoint(steps_run)
     kept = stopper.kept_step(steps_run, config.keep_policy) if evaluations else steps_run
-    if kept != steps_run and best_state is not None:
-        load_trainable_state(raw_actor, best_state)  # after the checkpoint: resume goes on
-        why = "its best" if config.keep_policy == "best" else "the last one fell below it"
-        say(f"keeping the policy of step {kept} (held-out score {stopper.best:.3f}: {why})")
+    state = best_state if kept == stopper.best_step else within_state
+    if kept != steps_run and state is not None:
+        load_trainable_state(raw_actor, state)  # after the checkpoint: resume goes on
+        if kept == stopper.best_step:
+            why = "its best" if config.keep_policy == "best" else "the last one fell below it"
+            say(f"keeping the policy of step {kept} (held-out score {stopper.best:.3f}: {why})")
+        else:
+            say(f"keeping the policy of step {kept}, the last one within the KL budget")
     elif kept != steps_run:
-        kept = steps_run  # the best policy's weights are not at hand (an old checkpoint)
+        kept = steps_run  # the kept policy's weights are not at hand (an old checkpoint)
     accelerator.wait_for_everyone()
     if main:
         save_trained_policy(raw_actor, raw_critic, tokenizer, out_dir, config, history, evaluations)
@@ -525,6 +546,7 @@ def train_policy(
         kept_step=kept,
         stopped_early=stopper.should_stop,
         kl_coef=kl_ctl.value,
+        over_kl_budget=stopper.over_budget,
     )
     if main:
         from rankloop.lm.cards import write_policy_card
@@ -993,6 +1015,7 @@ def summarize(
     kept_step: int | None = None,
     stopped_early: bool = False,
     kl_coef: float | None = None,
+    over_kl_budget: bool = False,
 ) -> dict[str, float | list[float]]:
     """The round's summary metrics for the store (names in docs/ppo.md, "Metrics")."""
     if not history:
@@ -1009,6 +1032,7 @@ def summarize(
         "ppo/response_length_last": mean("objective/response_length", tail),
         "ppo/seconds_per_step": mean("time/step", history),
         "ppo/stopped_early": float(stopped_early),
+        "ppo/over_kl_budget": float(over_kl_budget),
         "ppo/kept_step": float(kept_step if kept_step is not None else history[-1]["step"]),
     }
     # the KL of the policy that was saved: measured on held-out prompts where there are some
@@ -1023,12 +1047,16 @@ def summarize(
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
-def run_state(stopper: core.EarlyStopping, evaluations: list, best_state) -> dict:
-    """What early stopping needs to resume: its counters, the evaluations, the best policy."""
+def run_state(
+    stopper: core.EarlyStopping, evaluations: list, best_state, within_state=None
+) -> dict:
+    """What early stopping needs to resume: its counters, the evaluations, the best policy and
+    (with a KL budget) the last one evaluated within it."""
     return {
         "early_stop": stopper.state_dict(),
         "evaluations": evaluations,
         "best_actor": best_state,
+        "within_actor": within_state,
     }
 
 

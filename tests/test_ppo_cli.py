@@ -194,3 +194,26 @@ def test_dpo_settings_are_their_own_section(project):
     res = run("train-dpo", "--project", project, ok=False)
     assert res.exit_code == 1 and "[ppo] dpo_beta is now [dpo] beta" in res.output
     assert "Traceback" not in res.output
+
+
+def test_the_closing_line_says_what_stopped_the_run():
+    from rankloop.app.commands.ppo import describe
+
+    s = {
+        "ppo/score_first": 0.1,
+        "ppo/score_last": 0.5,
+        "ppo/seconds_per_step": 2.0,
+        "ppo/eval_score_start": 0.2,
+        "ppo/eval_score_final": 0.4,
+        "ppo/kept_step": 10.0,
+        "ppo/kl_final": 3.0,
+        "ppo/steps": 15.0,
+        "ppo/stopped_early": 1.0,
+        "ppo/over_kl_budget": 1.0,
+    }
+    head = (
+        "training score 0.100 -> 0.500, 2.00 s/step; held-out score 0.200 -> 0.400; saved the "
+        "policy of step 10 (KL 3.000), stopped "
+    )
+    assert describe(s) == head + "at the KL budget ([ppo] kl_budget) after 15 steps"
+    assert describe({**s, "ppo/over_kl_budget": 0.0}) == head + "early after 15 steps"

@@ -539,6 +539,40 @@ def test_early_stopping_counts_falls_in_standard_errors_of_the_difference_and_re
         EarlyStopping(2, 2.0).load_state_dict({"best": 1.0, "best_step": 0, "since_best": 1})
 
 
+def test_a_kl_budget_stops_at_once_and_keeps_the_last_policy_within_it():
+    """kl_budget 6 from the first evaluation's KL (1.5): step 10 (KL 7.4, 5.9 past) is within,
+    step 15 (KL 7.6, 6.1 past) is not, whatever its score; the rule picks among steps 0-10."""
+    stop = EarlyStopping(patience=3, drop=2.0, kl_budget=6.0)
+    assert stop.update(0.5, se=0.1, step=0, kl=1.5)
+    assert stop.update(0.6, se=0.1, step=5, kl=4.0)
+    assert not stop.update(0.55, se=0.1, step=10, kl=7.4)  # within the noise of 0.6: no fall
+    assert not stop.should_stop and stop.last_step == 10
+    assert not stop.update(9.9, se=0.1, step=15, kl=7.6)  # past the budget: not even a best
+    assert stop.should_stop and stop.over_budget and stop.best == 0.6
+    assert (stop.kept_step(15), stop.kept_step(15, "last"), stop.kept_step(15, "best")) == (
+        10,
+        10,
+        5,
+    )
+    resumed = EarlyStopping(patience=3, drop=2.0, kl_budget=6.0)
+    resumed.load_state_dict(stop.state_dict())
+    assert resumed.should_stop and resumed.kept_step(15) == 10 and resumed.kl_start == 1.5
+    # the last within the budget fell for sure (0.1 < 0.6 - 2 * hypot(0.1, 0.1)): the best
+    fell = EarlyStopping(patience=3, drop=2.0, kl_budget=6.0)
+    for step, (score, kl) in enumerate([(0.5, 0.0), (0.6, 1.0), (0.1, 2.0), (0.9, 6.5)]):
+        fell.update(score, se=0.1, step=step, kl=kl)
+    assert fell.over_budget and fell.kept_step(3) == 1
+    # no budget (0), or no KL given: the KL never stops a run
+    free = EarlyStopping(patience=3, drop=2.0, kl_budget=0.0)
+    blind = EarlyStopping(patience=3, drop=2.0, kl_budget=6.0)
+    for step, kl in enumerate([0.0, 50.0, 100.0]):
+        free.update(1.0 + step, se=0.1, step=step, kl=kl)
+        blind.update(1.0 + step, se=0.1, step=step)
+    assert not free.should_stop and not blind.should_stop and free.kept_step(2) == 2
+    with pytest.raises(ValueError, match="kl_budget"):
+        EarlyStopping(3, 2.0, kl_budget=-1.0)
+
+
 def test_fixed_kl_controller():
     ctl = FixedKLController(0.05)
     ctl.update(100.0, 1000)

@@ -56,8 +56,9 @@ def count_reward(target: str):
 
 
 def cfg(**kw) -> PPOConfig:
-    """Small runs; the drift levers (adaptive KL, held-out evaluation) are off unless a test
-    turns them on, so every other test trains on all prompts with a fixed KL coefficient."""
+    """Small runs; the drift levers (adaptive KL, held-out evaluation, the KL budget) are off
+    unless a test turns them on, so every other test trains on all prompts with a fixed KL
+    coefficient, and a toy policy that moves many nats is stopped by what the test is about."""
     base = {
         "steps": 3,
         "batch_size": 8,
@@ -72,6 +73,7 @@ def cfg(**kw) -> PPOConfig:
         "seed": 0,
         "kl_target": 0.0,
         "eval_every": 0,
+        "kl_budget": 0.0,
     }
     base.update(kw)
     return PPOConfig(**base)
@@ -304,6 +306,59 @@ def test_a_held_out_score_that_falls_for_sure_stops_the_run_and_keeps_the_best(p
     assert len(last.history) == 3 and last.summary["ppo/stopped_early"] == 0.0
     assert last.summary["ppo/kept_step"] == 3.0
     assert last.summary["ppo/kl_final"] == last.evaluations[-1]["eval/kl"] > 0.01
+
+
+def test_a_kl_budget_stops_a_run_the_reward_keeps_pushing_and_keeps_the_step_within(
+    peaked_lm, tmp_path
+):
+    """The held-out score keeps rising (the reward counts the target everywhere), so nothing
+    but the KL budget stops the run: at the first evaluation past kl_budget it stops, and the
+    saved policy is the last one within the budget, the same weights as a run that stopped
+    there; a resumed run stays stopped with the same choice."""
+    from safetensors.torch import load_file
+
+    lm, target = peaked_lm
+    prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
+    levers = {
+        "steps": 12,
+        "lr": 1e-2,
+        "eval_every": 1,
+        "eval_prompts": 2,
+        "early_stop_patience": 0,
+        "kl_budget": 2.5,
+        "checkpoint_every": 1,
+    }
+
+    def go(out: str, log=None, resume=False, **over):
+        res = train_ppo(
+            cfg(**{**levers, **over}),
+            policy=str(lm),
+            prompts=prompts,
+            reward_fn=count_reward(target),
+            out_dir=tmp_path / out,
+            resume=resume,
+            progress=False,
+            log=log,
+        )
+        return res, load_file(tmp_path / out / "adapter_model.safetensors")
+
+    said = []
+    res, saved = go("budget", log=said.append)
+    kls = [e["eval/kl"] for e in res.evaluations]
+    stopped = int(res.summary["ppo/steps"])
+    assert stopped < 12 and kls[-1] - kls[0] > 2.5  # stopped at the first one past the budget
+    assert all(k - kls[0] <= 2.5 for k in kls[:-1])
+    kept = stopped - 1  # every step is evaluated: the last within is the one before
+    assert res.summary["ppo/over_kl_budget"] == 1.0 and res.summary["ppo/stopped_early"] == 1.0
+    assert res.summary["ppo/kept_step"] == kept and res.summary["ppo/kl_final"] == kls[kept]
+    assert any(f"stopped after step {stopped}: the held-out KL" in m for m in said)
+    assert any(f"keeping the policy of step {kept}" in m for m in said)
+    there, same = go("there", steps=kept, kl_budget=0.0)  # the same run, told to stop there
+    assert there.summary["ppo/kept_step"] == kept and saved.keys() == same.keys()
+    assert all(torch.equal(saved[k], same[k]) for k in saved)
+    again, resaved = go("budget", resume=True)
+    assert len(again.history) == stopped and again.summary["ppo/kept_step"] == kept
+    assert all(torch.equal(saved[k], resaved[k]) for k in saved)
 
 
 def test_a_reward_the_policy_cannot_move_runs_every_step_and_keeps_the_last(peaked_lm, tmp_path):

@@ -3,6 +3,7 @@ writes. The page in a real browser: tests/test_rounds_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import os
@@ -155,6 +156,9 @@ def test_the_page_shows_the_numbers_and_escapes_model_text(two_rounds):
         "35.0|" in text
     )
     assert page.count("<svg") == 5  # win-rates, Elo, and 3 PPO curves
+    got = report.collect(store, n_boot=200)
+    budget = dataclasses.replace(got.rounds[1], over_kl_budget=True)
+    assert report._steps(budget) == "2 (KL budget, kept 1)"
     # model text (prompt 5 and round 2's answer to it are hostile) only ever as text
     assert (
         "<script" not in page

@@ -24,7 +24,9 @@ def describe(s: dict) -> str:
             f"{s.get('ppo/eval_score_final', float('nan')):.3f}"
         )
     out += f"; saved the policy of step {int(s['ppo/kept_step'])} (KL {s['ppo/kl_final']:.3f})"
-    if s["ppo/stopped_early"]:
+    if s.get("ppo/over_kl_budget"):
+        out += f", stopped at the KL budget ([ppo] kl_budget) after {int(s['ppo/steps'])} steps"
+    elif s["ppo/stopped_early"]:
         out += f", stopped early after {int(s['ppo/steps'])} steps"
     return out
 
