@@ -55,6 +55,7 @@ class RoundRow:
     reward_members: int | None = None  # an ensemble's members (None: a single model)
     reward_spread: float | None = None  # their mean std of the score gap on held-out pairs
     optimised_probe: bool = False  # the policy stage optimised the reward model's probe
+    optimised_mix: bool = False  # ... the mean of the model's and its probe's scores
     over_kl_budget: bool = False  # the policy stage stopped at [ppo] kl_budget
 
 
@@ -166,6 +167,7 @@ def snapshot(
                 reward_members=_int(_num(metrics, "reward/members")),
                 reward_spread=_num(metrics, "reward/spread"),
                 optimised_probe=bool(_num(metrics, "ppo/optimised_probe")),
+                optimised_mix=bool(_num(metrics, "ppo/optimised_mix")),
             )
         )
     match_sources: dict[str, int] = defaultdict(int)
@@ -623,7 +625,9 @@ def render_body(report: RoundsReport) -> str:
                 result(r.number, r.number),
                 result(r.number, 0) if r.number > 0 else "–",
                 "–" if r.seconds is None else f"{r.seconds / 60:.1f}",
-                (r.optimizer or "–").upper() + (" · probe" if r.optimised_probe else ""),
+                (r.optimizer or "–").upper()
+                + (" · probe" if r.optimised_probe else "")
+                + (" · model+probe" if r.optimised_mix else ""),
             ]
         )
     out.append(

@@ -393,30 +393,37 @@ def ppo_reward(
     reward_fns: Sequence[str] = (),
     reward_model: str | None = None,
     probe: bool = False,
+    mix: bool = False,
 ):
     """(reward source, reward model folder or None) for PPO of round R: --reward-fn wins,
     else the reward model of `policy_reward_model`, or its frozen-feature probe (`probe`, see
-    `optimises_probe`)."""
-    from rankloop.ppo.reward_fns import ScorerReward, parse_reward_spec
+    `optimises_probe`), or the mean of the two normalised scores (`mix`: [rounds] reward =
+    'model+probe')."""
+    from rankloop.ppo.reward_fns import ScorerReward, WeightedSum, parse_reward_spec
 
     if reward_fns:
         return parse_reward_spec(reward_fns), reward_model
     reward_model = policy_reward_model(project, round_, reward_model)
-    if probe:
-        from rankloop.reward.scoring import ProbeScorer
-
-        source = ScorerReward(
-            ProbeScorer.from_pretrained(reward_model, device=project.config.runtime.device),
-            cfg.normalize_scores,
-            cfg.score_clip,
-        )
-        source.name = f"probe:{reward_model}"
-        # no critic shares it: a PPO critic starts from the reward model, not from the probe
-        return source, reward_model
     # loaded lazily: with the default critic, scoring shares the critic's frozen weights
-    return ScorerReward(
+    model = ScorerReward(
         None, cfg.normalize_scores, cfg.score_clip, path=reward_model, bf16=cfg.bf16
-    ), reward_model
+    )
+    if not (probe or mix):
+        return model, reward_model
+    from rankloop.reward.scoring import ProbeScorer
+
+    try:
+        scorer = ProbeScorer.from_pretrained(reward_model, device=project.config.runtime.device)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{e} (or set [rounds] reward = 'model')") from None
+    # no critic shares the probe: a PPO critic starts from the reward model, not from it
+    probe_source = ScorerReward(scorer, cfg.normalize_scores, cfg.score_clip)
+    probe_source.name = f"probe:{reward_model}"
+    if probe:
+        return probe_source, reward_model
+    source = WeightedSum([(0.5, model), (0.5, probe_source)])
+    source.name = f"model+probe:{reward_model}"
+    return source, reward_model
 
 
 def reward_verdict(metrics: dict) -> str | None:
@@ -879,7 +886,8 @@ def policy_stage(
     if getattr(optimizer_update(optimizer, cfg), "takes_preferences", False):
         preferences = round_label_pairs(project, r, prompts)
     probe = not reward_fns and reward_model is None and optimises_probe(project, r)
-    reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model, probe=probe)
+    mix = not (reward_fns or probe) and project.config.rounds.reward == "model+probe"
+    reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model, probe=probe, mix=mix)
     dpo = rto_adapter(project, r, cfg)
     out = project.round_dir(r, "policy")
     tmp = out.with_name("policy.partial")
@@ -923,6 +931,8 @@ def policy_stage(
     result.policy_path = out
     if probe:  # the record says what was optimised
         result.summary["ppo/optimised_probe"] = 1.0
+    if mix:
+        result.summary["ppo/optimised_mix"] = 1.0
     with project.store.transaction():  # the policy, its optimiser and its curve land together
         project.store.save_round(
             Round(r, policy=project.stored(out), optimizer=optimizer, metrics=result.summary)

@@ -143,6 +143,11 @@ class WeightedSum:
         self.parts = list(parts)
         self.name = " + ".join(f"{w:g}*{getattr(s, 'name', 'fn')}" for w, s in self.parts)
 
+    def share_critic(self, critic) -> bool:
+        """Let each part that can score with the critic's frozen weights do so (ScorerReward)."""
+        shared = [s.share_critic(critic) for _, s in self.parts if hasattr(s, "share_critic")]
+        return any(shared)
+
     def __call__(self, prompts, responses) -> torch.Tensor:
         total = torch.zeros(len(responses))  # (N,)
         for weight, source in self.parts:

@@ -8,6 +8,7 @@ import re
 import sqlite3
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rankloop.app import rounds
@@ -205,6 +206,16 @@ def test_weak_reward_model_stops_the_round_before_ppo(tmp_path, tiny_lm_dir):
     p.close()
 
 
+def stop_after(stage):
+    """An on_event that kills the round once `stage` is done."""
+
+    def event(name, info):
+        if name == stage and info.get("done"):
+            raise Killed(name)
+
+    return event
+
+
 def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
     tmp_path, tiny_lm_dir
 ):
@@ -216,13 +227,6 @@ def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
     p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
     p.config.rounds.weak_reward = "probe"
     p.save_config()
-
-    def stop_after(stage):
-        def event(name, info):
-            if name == stage and info.get("done"):
-                raise Killed(name)
-
-        return event
 
     with pytest.raises(Killed):
         rounds.run_round(
@@ -262,6 +266,52 @@ def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
     (rm / "probe.json").unlink()
     with pytest.raises(rounds.RoundStopped, match="no saved probe"):
         rounds.reward_gate(lost, "probe", 0, has_probe=False)
+    p.close()
+
+
+def test_reward_model_plus_probe_optimises_the_mean_of_the_two_normalised_scores(
+    tmp_path, tiny_lm_dir
+):
+    """[rounds] reward = 'model+probe': the policy stage's reward is 0.5 * (the model's
+    normalised score + the probe's), each by its own training statistics and clip; the stage
+    says so and the record and the report carry it. A bad value is refused by name."""
+    from rankloop.app.report import snapshot
+    from rankloop.reward.scoring import ProbeScorer, RewardScorer
+
+    p = labeled_round_0(tmp_path / "p", tiny_lm_dir)
+    p.config.rounds.reward = "model+probe"
+    p.save_config()
+
+    with pytest.raises(Killed):
+        rounds.run_round(
+            p, rounds.RoundSettings.of(p), on_event=stop_after("reward"), log=lambda m: None,
+            progress=False,
+        )  # fmt: skip
+    rm = rounds.reward_model_of(p, 0)
+    cfg = p.config.ppo
+    source, _ = rounds.ppo_reward(p, 0, cfg, mix=True)
+    prompts, responses = ["say hi", "say hi", "a poem"], ["hi there", "no", "roses are red"]
+    model = RewardScorer.from_pretrained(rm, bf16=cfg.bf16)  # as the stage loads it
+    probe = ProbeScorer.from_pretrained(rm)
+
+    def z(scorer):
+        raw = scorer.score(prompts, responses)
+        return ((raw - scorer.mean) / scorer.std).clamp(-cfg.score_clip, cfg.score_clip)
+
+    assert torch.allclose(source(prompts, responses), 0.5 * (z(model) + z(probe)), atol=1e-5)
+    said = []
+    with pytest.raises(Killed):
+        rounds.run_round(
+            p, rounds.RoundSettings.of(p), on_event=stop_after("ppo"), log=said.append,
+            progress=False,
+        )  # fmt: skip
+    assert any(f"reward model+probe:{rm}," in m for m in said)
+    ppo = next(st for st in p.store.stages(0) if st.stage == "ppo")
+    assert ppo.metrics["ppo/optimised_mix"] == 1.0 and "ppo/optimised_probe" not in ppo.metrics
+    assert snapshot(p.store).rounds[0].optimised_mix
+    p.config.rounds.reward = "probe+model"
+    with pytest.raises(ConfigError, match=r"\[rounds\] reward = 'probe\+model'"):
+        p.config.rounds.validate()
     p.close()
 
 
