@@ -21,6 +21,12 @@ uses one fixed draw of held-out labels, each pair in both orientations.
 Systems, all on the same pairs in the same run:
   rankloop   rankloop.reward.train.train_reward with its defaults (it holds out 10% of the
              training prompts itself to pick its best epoch);
+  round      what a round's policy stage optimises under the defaults, from the same training
+             as `rankloop`: the model, or its saved frozen-feature probe (probe.json) when the
+             model lost to that probe on its own held-out split ([rounds] weak_reward = 'probe',
+             app.rounds.lost_to_probe); the row records both accuracies and the decision;
+  mix        from the same training too: the model's and its saved probe's scores, each
+             standardised by its own training statistics, summed (an ensemble of two views);
   ensemble   the same with [reward] ensemble = --ensemble (4) members on one backbone, scored
              by their mean (what plain transformers load);
   trl        TRL's RewardTrainer, LoRA r=16 on the same modules, its defaults otherwise
@@ -324,7 +330,47 @@ def fit_rankloop(train, seed: int, overrides: dict, base: str):
     def score(prompts, responses):
         return scorer.score(prompts, responses).numpy()
 
+    extra["metrics"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    extra["model_dir"] = str(out)
+    extra["score_stats"] = [float(scorer.mean), float(scorer.std)]
     return score, seconds, extra, lambda: shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def derived_rows(model_row: dict, model_scores, held, beta: float, systems) -> list[dict]:
+    """The `round` and `mix` systems from a `rankloop` fit (`model_scores`: its (r_a, r_b) on
+    the held-out pairs): the reward the round's gate hands its policy stage (the model, or its
+    probe when the model lost to it), and the sum of the two standardised scores."""
+    from rankloop.app.rounds import lost_to_probe
+    from rankloop.reward.scoring import ProbeScorer
+
+    probe = ProbeScorer.from_pretrained(model_row["model_dir"], batch_size=32)
+    probe_scores = score_pairs(lambda p, r: probe.score(p, r).numpy(), held)
+    q_probe = quality(*probe_scores, held, beta)
+    same = {k: model_row[k] for k in ("task", "pairs", "seed", "seconds")}
+    rows = []
+    if "round" in systems:
+        lost = lost_to_probe(model_row["metrics"])
+        chosen = q_probe if lost else {k: model_row[k] for k in q_probe}
+        rows.append(
+            {
+                **same,
+                "system": "round",
+                **chosen,
+                "optimises_probe": lost,
+                "model_accuracy": model_row["accuracy"],
+                "saved_probe_accuracy": q_probe["accuracy"],
+                "split_accuracy": model_row["metrics"].get("reward/accuracy"),
+                "split_probe_accuracy": model_row["metrics"].get("reward/probe_accuracy"),
+            }
+        )
+    if "mix" in systems:
+        m_mean, m_std = model_row["score_stats"]
+        z = [
+            (m - m_mean) / m_std + (q - probe.mean) / probe.std
+            for m, q in zip(model_scores, probe_scores)
+        ]
+        rows.append({**same, "system": "mix", **quality(*z, held, beta)})
+    return rows
 
 
 def fit_trl(train, seed: int, epochs: float, base: str):
@@ -458,6 +504,8 @@ def run(args) -> list[dict]:
                 pairs = draw(train_prompts, n, task, texts, random.Random(f"{task}:{n}:{seed}"))
                 train = noisy_labels(pairs, beta, random.Random(f"noise:{task}:{n}:{seed}"))
                 for system in args.systems:
+                    if system in ("round", "mix"):
+                        continue  # rows beside each rankloop row, from the same fit
                     if system == "rankloop":
                         fit = fit_rankloop(train, seed, overrides, args.base)
                     elif system == "ensemble":
@@ -470,8 +518,8 @@ def run(args) -> list[dict]:
                     else:
                         fit = fit_bow(train, seed)
                     score, seconds, extra, cleanup = fit
-                    q = quality(*score_pairs(score, held), held, beta)
-                    cleanup()
+                    scores = score_pairs(score, held)
+                    q = quality(*scores, held, beta)
                     row = {
                         "task": task,
                         "pairs": n,
@@ -483,11 +531,18 @@ def run(args) -> list[dict]:
                         **({"settings": overrides} if system == "rankloop" else {}),
                         **({"members": args.ensemble} if system == "ensemble" else {}),
                     }
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    if args.out:  # row by row: a run killed later keeps what it measured
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                    more = [row]
+                    if system == "rankloop" and {"round", "mix"} & set(args.systems):
+                        more += derived_rows(row, scores, held, beta, args.systems)
+                    cleanup()
+                    for row in more:
+                        row.pop("model_dir", None)
+                        row.pop("score_stats", None)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                        if args.out:  # row by row: a run killed later keeps what it measured
+                            with open(args.out, "a") as f:
+                                f.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -500,7 +555,7 @@ def table(rows: list[dict]) -> str:
         else r
         for r in rows
     ]
-    named = ("rankloop", "ensemble", "trl", "probe", "bow")
+    named = ("rankloop", "round", "mix", "ensemble", "trl", "probe", "bow")
     systems = [s for s in named if any(r["system"] == s for r in rows)]
     systems[1:1] = sorted({r["system"] for r in rows} - set(named))
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
@@ -525,9 +580,12 @@ def table(rows: list[dict]) -> str:
                     out.append("")
                     continue
                 spread = f" ± {np.std(acc):.3f}" if len(acc) > 1 else ""
+                # the round's reward: how often its gate handed the policy stage the probe
+                probe = sum(bool(r.get("optimises_probe")) for r in cell[s])
+                chose = f", probe {probe}/{len(acc)}" if s == "round" else ""
                 out.append(
                     f"{np.mean(acc):.3f}{spread} (ECE {np.mean([r['ece'] for r in cell[s]]):.2f},"
-                    f" {np.mean([r['seconds'] for r in cell[s]]):.0f} s, n={len(acc)})"
+                    f" {np.mean([r['seconds'] for r in cell[s]]):.0f} s, n={len(acc)}{chose})"
                 )
             lines.append(f"| {t} | {n} | {ceil:.3f} | " + " | ".join(out) + " |")
     for n in sizes:
@@ -585,6 +643,8 @@ def main() -> None:
     args.sizes = [int(x) for x in args.sizes.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
     args.systems = args.systems.split(",")
+    if {"round", "mix"} & set(args.systems) and "rankloop" not in args.systems:
+        ap.error("--systems round and mix come from the rankloop fit: ask for rankloop too")
     print(table(run(args)))
 
 
