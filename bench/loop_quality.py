@@ -26,7 +26,9 @@ base policy, no training) is the reference a trained optimiser must beat: with `
 the row carries the oracle's mean of those choices on the evaluation prompts.
 
 `--weak-reward probe`: a round whose reward model lost to its frozen-feature probe optimises the
-probe instead of stopping (issue 23 item 5); the table marks those rounds.
+probe instead of stopping (issue 23 item 5); the table marks those rounds. `--reward model+probe`:
+every policy stage optimises the mean of the model's and its probe's normalised scores
+(`[rounds] reward`); the table marks the row.
 
 Usage (one cell is ~40 min on the 2-core machine; run cells one at a time):
   flock /tmp/rankloop-cpu.lock .venv/bin/python bench/loop_quality.py --tasks tidy \\
@@ -149,6 +151,7 @@ def build_project(
     optimizer: str,
     eval_comparisons: int,
     weak_reward: str | None = None,
+    reward: str | None = None,
 ):
     from rankloop.app.commands.rounds import DEMO_SETTINGS
     from rankloop.app.project import Project
@@ -166,6 +169,8 @@ def build_project(
     p.config.rounds.optimizer = optimizer
     if weak_reward:
         p.config.rounds.weak_reward = weak_reward
+    if reward:
+        p.config.rounds.reward = reward
     # the win-rate's comparisons: each evaluation prompt's new response against this many of
     # round 0's (and of the round before); ~15 evaluation prompts x 2 gave n = 20, an interval
     # of +-0.23
@@ -225,6 +230,7 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         optimizer,
         args.eval_comparisons,
         args.weak_reward,
+        args.reward,
     )
     times: dict[str, list[float]] = {}
     rounds.sample_candidates(p, 0, p.config.generate, progress=False)
@@ -266,6 +272,7 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         "seed": seed,
         "agreement_asked": args.agreement,
         "weak_reward": p.config.rounds.weak_reward,
+        "reward": p.config.rounds.reward,
         "optimised_probe": [bool(s.metrics.get("ppo/optimised_probe")) for s in summaries],
         "prompts": args.prompts,
         "eval_comparisons": args.eval_comparisons,
@@ -321,6 +328,8 @@ def table(rows: list[dict]) -> str:
             bon = f"{b['oracle']:.3f} (n = {b['n']}{every})"
         probe = [str(i) for i, x in enumerate(r.get("optimised_probe") or []) if x]
         opt = r["optimizer"] + (f" (probe in r{', r'.join(probe)})" if probe else "")
+        if r.get("reward", "model") != "model":
+            opt += f", {r['reward']}"
         lines.append(
             f"| {r['task']} | {opt} | {r['seed']} | {agree} | "
             f"{m['0']:.3f} -> {m['1']:.3f} -> {m['2']:.3f} | {rate:.0%} ({low:.0%}-{high:.0%}, "
@@ -346,6 +355,11 @@ def main() -> None:
         "--weak-reward",
         choices=("warn", "stop", "run", "probe"),
         help="[rounds] weak_reward (default: the project's default)",
+    )
+    ap.add_argument(
+        "--reward",
+        choices=("model", "model+probe"),
+        help="[rounds] reward (default: the project's default)",
     )
     ap.add_argument("--best-of-n", type=int, default=4, help="n of the reference (0 = none)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/loop-quality.jsonl"))
