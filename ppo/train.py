@@ -527,11 +527,11 @@ def train_policy(
     state = best_state if kept == stopper.best_step else within_state
     if kept != steps_run and state is not None:
         load_trainable_state(raw_actor, state)  # after the checkpoint: resume goes on
-        if kept == stopper.best_step:
+        if stopper.over_budget and kept == stopper.last_step:
+            say(f"keeping the policy of step {kept}, the last one within the KL budget")
+        else:
             why = "its best" if config.keep_policy == "best" else "the last one fell below it"
             say(f"keeping the policy of step {kept} (held-out score {stopper.best:.3f}: {why})")
-        else:
-            say(f"keeping the policy of step {kept}, the last one within the KL budget")
     elif kept != steps_run:
         kept = steps_run  # the kept policy's weights are not at hand (an old checkpoint)
     accelerator.wait_for_everyone()
