@@ -308,33 +308,47 @@ def test_a_held_out_score_that_falls_for_sure_stops_the_run_and_keeps_the_best(p
     assert last.summary["ppo/kl_final"] == last.evaluations[-1]["eval/kl"] > 0.01
 
 
+@pytest.mark.parametrize("held_out", ["rising", "peaked"])
 def test_a_kl_budget_stops_a_run_the_reward_keeps_pushing_and_keeps_the_step_within(
-    peaked_lm, tmp_path
+    peaked_lm, tmp_path, held_out
 ):
-    """The held-out score keeps rising (the reward counts the target everywhere), so nothing
-    but the KL budget stops the run: at the first evaluation past kl_budget it stops, and the
-    saved policy is the last one within the budget, the same weights as a run that stopped
-    there; a resumed run stays stopped with the same choice."""
+    """The training reward counts the target, so nothing but the KL budget stops the run: at
+    the first evaluation past kl_budget it stops, and the saved policy is the last one within
+    the budget, the same weights as a run that stopped there; a resumed run stays stopped with
+    the same choice. "rising": the held-out score counts the target too, so the kept step is
+    also the best; "peaked": it peaks at one target a response, so the best is an earlier step
+    and the kept weights come from the snapshot of the last step within the budget."""
     from safetensors.torch import load_file
 
+    from rankloop.ppo.train import split_prompts
+
     lm, target = peaked_lm
-    prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]  # 2 held out
+    prompts = PROMPTS + [Prompt.from_text(t) for t in ("one more", "and two")]
     levers = {
         "steps": 12,
         "lr": 1e-2,
         "eval_every": 1,
         "eval_prompts": 2,
         "early_stop_patience": 0,
+        "early_stop_drop": 100.0,  # no evaluation "fell": the guarded rule keeps the last
         "kl_budget": 2.5,
         "checkpoint_every": 1,
     }
+    held = {prompts[i].text for i in split_prompts(len(prompts), cfg(**levers), 1)[1]}
+
+    def reward(batch, responses):
+        counts = count_reward(target)(batch, responses)
+        if held_out == "rising":
+            return counts
+        peak = torch.tensor([p.text in held for p in batch])
+        return torch.where(peak, -(counts - 1).abs(), counts)
 
     def go(out: str, log=None, resume=False, **over):
         res = train_ppo(
             cfg(**{**levers, **over}),
             policy=str(lm),
             prompts=prompts,
-            reward_fn=count_reward(target),
+            reward_fn=reward,
             out_dir=tmp_path / out,
             resume=resume,
             progress=False,
@@ -353,6 +367,8 @@ def test_a_kl_budget_stops_a_run_the_reward_keeps_pushing_and_keeps_the_step_wit
     assert res.summary["ppo/kept_step"] == kept and res.summary["ppo/kl_final"] == kls[kept]
     assert any(f"stopped after step {stopped}: the held-out KL" in m for m in said)
     assert any(f"keeping the policy of step {kept}" in m for m in said)
+    best = int(res.evaluations[-1]["eval/best_step"])
+    assert best == kept if held_out == "rising" else best < kept
     there, same = go("there", steps=kept, kl_budget=0.0)  # the same run, told to stop there
     assert there.summary["ppo/kept_step"] == kept and saved.keys() == same.keys()
     assert all(torch.equal(saved[k], same[k]) for k in saved)
