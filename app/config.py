@@ -137,7 +137,7 @@ class RoundsConfig:
     weak_reward: str = "probe"
     """When the reward model's held-out accuracy does not beat its baseline (its frozen-feature probe, else chance): 'probe' (the default) warns and goes on, and when the model lost to its probe by more than the held-out standard error the policy stage optimises the probe instead (measured: docs/benchmarks.md); 'warn' warns and goes on but stops the round on such a loss; 'stop' stops before the policy stage whenever the model does not beat its baseline (label more, then `rankloop round --redo reward`); 'run' optimises the model anyway (docs/rounds.md)."""
     reward: str = "model"
-    """What the policy stage optimises when no --reward-fn is given: 'model' (the round's reward model) or 'model+probe' (the mean of the model's and its frozen-feature probe's scores, each normalised by its own training statistics: two views of the labels, measured in docs/benchmarks.md). Under weak_reward = 'probe' a model that lost to its probe still hands the stage the probe alone."""
+    """What the policy stage optimises when no --reward-fn is given: 'model' (the round's reward model), 'model+probe' (the mean of the model's and its frozen-feature probe's scores, each normalised by its own training statistics: two views of the labels, measured in docs/benchmarks.md) or 'auto' ('model+probe' when the probe ranks the round's training labels above chance with 95% confidence, cross-validated; a probe at chance would only add noise; else 'model'). Under weak_reward = 'probe' a model that lost to its probe still hands the stage the probe alone."""
     simulated_labels: bool = True
     """Reward training (`round`, `train-reward`) uses the labels of simulated annotators (`rankloop simulate`); false = people's and imported labels only."""
     optimizer: str = "auto"
@@ -150,9 +150,9 @@ class RoundsConfig:
             raise ConfigError("[rounds] eval_comparisons must be >= 0")
         if self.weak_reward not in ("warn", "stop", "run", "probe"):
             raise ConfigError("[rounds] weak_reward must be 'warn', 'stop', 'run' or 'probe'")
-        if self.reward not in ("model", "model+probe"):
+        if self.reward not in ("model", "model+probe", "auto"):
             raise ConfigError(
-                f"[rounds] reward = {self.reward!r}: expected 'model' or 'model+probe'"
+                f"[rounds] reward = {self.reward!r}: expected 'model', 'model+probe' or 'auto'"
             )
         if self.optimizer != "auto" and self.optimizer not in OPTIMIZERS:
             raise ConfigError(

@@ -16,6 +16,7 @@ Round R's two policies, named so that neither can be read as the other:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -424,6 +425,32 @@ def ppo_reward(
     source = WeightedSum([(0.5, model), (0.5, probe_source)])
     source.name = f"model+probe:{reward_model}"
     return source, reward_model
+
+
+def mixes_probe(project: Project, round_: int, reward_model: str | None = None, log=None) -> bool:
+    """Does round R's policy stage optimise the mean of its reward model's and its probe's
+    normalised scores? [rounds] reward = 'model+probe': yes; 'model': no; 'auto': when the
+    probe ranks the round's training labels above chance with 95% confidence, cross-validated
+    (`reward.probe.informative`, from probe.json): a probe at chance only adds noise to the
+    model's score. `log` hears the decision under 'auto'."""
+    setting = project.config.rounds.reward
+    if setting != "auto":
+        return setting == "model+probe"
+    from rankloop.reward.probe import informative
+    from rankloop.reward.scoring import PROBE_FILE
+
+    f = Path(policy_reward_model(project, round_, reward_model)) / PROBE_FILE
+    spec = json.loads(f.read_text()) if f.exists() else {}
+    acc, se = spec.get("cv_accuracy"), spec.get("cv_se")
+    mix = informative(acc, se)
+    if log is not None:
+        how = "no cross-validated accuracy saved" if acc is None else f"{acc:.3f} +- {se:.3f}"
+        log(
+            f"reward: the model {'and its probe' if mix else 'alone'} ([rounds] reward = 'auto': "
+            f"the probe ranks the training labels at {how}, cross-validated, "
+            f"{'above' if mix else 'not above'} chance)"
+        )
+    return mix
 
 
 def reward_verdict(metrics: dict) -> str | None:
@@ -886,7 +913,7 @@ def policy_stage(
     if getattr(optimizer_update(optimizer, cfg), "takes_preferences", False):
         preferences = round_label_pairs(project, r, prompts)
     probe = not reward_fns and reward_model is None and optimises_probe(project, r)
-    mix = not (reward_fns or probe) and project.config.rounds.reward == "model+probe"
+    mix = not (reward_fns or probe) and mixes_probe(project, r, reward_model, log)
     reward_fn, rm_path = ppo_reward(project, r, cfg, reward_fns, reward_model, probe=probe, mix=mix)
     dpo = rto_adapter(project, r, cfg)
     out = project.round_dir(r, "policy")

@@ -358,7 +358,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--reward",
-        choices=("model", "model+probe"),
+        choices=("model", "model+probe", "auto"),
         help="[rounds] reward (default: the project's default)",
     )
     ap.add_argument("--best-of-n", type=int, default=4, help="n of the reference (0 = none)")

@@ -27,6 +27,8 @@ Systems, all on the same pairs in the same run:
              app.rounds.lost_to_probe); the row records both accuracies and the decision;
   mix        from the same training too: the model's and its saved probe's scores, each
              standardised by its own training statistics, summed (an ensemble of two views);
+  auto       from the same training: `mix` when the probe ranks the training labels above
+             chance, cross-validated (probe.json, [rounds] reward = 'auto'), else the model;
   ensemble   the same with [reward] ensemble = --ensemble (4) members on one backbone, scored
              by their mean (what plain transformers load);
   trl        TRL's RewardTrainer, LoRA r=16 on the same modules, its defaults otherwise
@@ -336,8 +338,11 @@ def fit_rankloop(train, seed: int, overrides: dict, base: str):
     return score, seconds, extra, lambda: shutil.rmtree(out.parent, ignore_errors=True)
 
 
+DERIVED = {"round", "mix", "auto"}  # rows from the rankloop fit, not fits of their own
+
+
 def derived_rows(model_row: dict, model_scores, held, beta: float, systems) -> list[dict]:
-    """The `round` and `mix` systems from a `rankloop` fit (`model_scores`: its (r_a, r_b) on
+    """The `round`, `mix` and `auto` systems from a `rankloop` fit (`model_scores`: its (r_a, r_b) on
     the held-out pairs): the reward the round's gate hands its policy stage (the model, or its
     probe when the model lost to it), and the sum of the two standardised scores."""
     from rankloop.app.rounds import lost_to_probe
@@ -363,13 +368,24 @@ def derived_rows(model_row: dict, model_scores, held, beta: float, systems) -> l
                 "split_probe_accuracy": model_row["metrics"].get("reward/probe_accuracy"),
             }
         )
+    m_mean, m_std = model_row["score_stats"]
+    z = [
+        (m - m_mean) / m_std + (q - probe.mean) / probe.std
+        for m, q in zip(model_scores, probe_scores)
+    ]
     if "mix" in systems:
-        m_mean, m_std = model_row["score_stats"]
-        z = [
-            (m - m_mean) / m_std + (q - probe.mean) / probe.std
-            for m, q in zip(model_scores, probe_scores)
-        ]
         rows.append({**same, "system": "mix", **quality(*z, held, beta)})
+    if "auto" in systems:
+        from rankloop.reward.probe import informative
+        from rankloop.reward.scoring import PROBE_FILE
+
+        spec = json.loads((Path(model_row["model_dir"]) / PROBE_FILE).read_text())
+        cv = spec.get("cv_accuracy"), spec.get("cv_se")
+        mixed = informative(*cv)
+        chosen = quality(*z, held, beta) if mixed else {k: model_row[k] for k in q_probe}
+        rows.append(
+            {**same, "system": "auto", **chosen, "mixes_probe": mixed, "probe_cv": list(cv)}
+        )
     return rows
 
 
@@ -504,7 +520,7 @@ def run(args) -> list[dict]:
                 pairs = draw(train_prompts, n, task, texts, random.Random(f"{task}:{n}:{seed}"))
                 train = noisy_labels(pairs, beta, random.Random(f"noise:{task}:{n}:{seed}"))
                 for system in args.systems:
-                    if system in ("round", "mix"):
+                    if system in DERIVED:
                         continue  # rows beside each rankloop row, from the same fit
                     if system == "rankloop":
                         fit = fit_rankloop(train, seed, overrides, args.base)
@@ -532,7 +548,7 @@ def run(args) -> list[dict]:
                         **({"members": args.ensemble} if system == "ensemble" else {}),
                     }
                     more = [row]
-                    if system == "rankloop" and {"round", "mix"} & set(args.systems):
+                    if system == "rankloop" and DERIVED & set(args.systems):
                         more += derived_rows(row, scores, held, beta, args.systems)
                     cleanup()
                     for row in more:
@@ -555,7 +571,7 @@ def table(rows: list[dict]) -> str:
         else r
         for r in rows
     ]
-    named = ("rankloop", "round", "mix", "ensemble", "trl", "probe", "bow")
+    named = ("rankloop", "round", "mix", "auto", "ensemble", "trl", "probe", "bow")
     systems = [s for s in named if any(r["system"] == s for r in rows)]
     systems[1:1] = sorted({r["system"] for r in rows} - set(named))
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
@@ -582,7 +598,12 @@ def table(rows: list[dict]) -> str:
                 spread = f" ± {np.std(acc):.3f}" if len(acc) > 1 else ""
                 # the round's reward: how often its gate handed the policy stage the probe
                 probe = sum(bool(r.get("optimises_probe")) for r in cell[s])
-                chose = f", probe {probe}/{len(acc)}" if s == "round" else ""
+                mixed = sum(bool(r.get("mixes_probe")) for r in cell[s])
+                chose = {
+                    "round": f", probe {probe}/{len(acc)}",
+                    "auto": f", mix {mixed}/{len(acc)}",
+                }
+                chose = chose.get(s, "")
                 out.append(
                     f"{np.mean(acc):.3f}{spread} (ECE {np.mean([r['ece'] for r in cell[s]]):.2f},"
                     f" {np.mean([r['seconds'] for r in cell[s]]):.0f} s, n={len(acc)}{chose})"
@@ -643,8 +664,8 @@ def main() -> None:
     args.sizes = [int(x) for x in args.sizes.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
     args.systems = args.systems.split(",")
-    if {"round", "mix"} & set(args.systems) and "rankloop" not in args.systems:
-        ap.error("--systems round and mix come from the rankloop fit: ask for rankloop too")
+    if DERIVED & set(args.systems) and "rankloop" not in args.systems:
+        ap.error("--systems round, mix and auto come from the rankloop fit: ask for rankloop too")
     print(table(run(args)))
 
 

@@ -70,3 +70,46 @@ def fit_probe(x: np.ndarray, weight: np.ndarray | None = None, seed: int = 0) ->
         )
     clf.fit(xs, y, sample_weight=w * len(w) / w.sum())
     return clf.coef_[0] / scale
+
+
+def cross_validated_accuracy(
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    groups: np.ndarray,
+    seed: int = 0,
+    folds: int = 5,
+) -> tuple[float, float]:
+    """(accuracy, standard error) of the probe on rows it was not fitted on: `folds`-fold
+    cross-validation over the training rows, whole groups (a comparison's pairs share their
+    responses) in one fold. Accuracy is the weighted share of rows d = f_better - f_worse with
+    w . d > 0 (a zero counts a half); the standard error is cluster-robust over the groups,
+    sqrt(sum_g (c_g - p n_g)^2) / N with c_g, n_g group g's weighted correct and count. With
+    fewer than `folds` groups: (nan, nan), nothing to hold out."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    w = np.ones(len(x)) if weight is None else np.asarray(weight, dtype=np.float64)
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        return float("nan"), float("nan")
+    correct = np.zeros(len(x))
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(x, groups=groups):
+        margin = x[test] @ fit_probe(x[train], w[train], seed)
+        correct[test] = (margin > 0) + 0.5 * (margin == 0)
+    total = w.sum()
+    p = float((w * correct).sum() / total)
+    _, g = np.unique(groups, return_inverse=True)
+    c_g = np.bincount(g, weights=w * correct)
+    n_g = np.bincount(g, weights=w)
+    se = float(np.sqrt(((c_g - p * n_g) ** 2).sum()) / total)
+    return p, se
+
+
+def informative(cv_accuracy: float | None, cv_se: float | None, z: float = 1.645) -> bool:
+    """Does the probe rank the training labels better than chance, with one-sided 95%
+    confidence: cv_accuracy - z * cv_se > 0.5? A probe that does not adds only noise to a mix
+    (`[rounds] reward = "auto"`); unknown (no cross-validation) counts as no."""
+    if cv_accuracy is None or cv_se is None or np.isnan(cv_accuracy) or np.isnan(cv_se):
+        return False
+    return bool(cv_accuracy - z * cv_se > 0.5)

@@ -705,10 +705,19 @@ def fit_probes(
             rb, rw, tie, _ = pair_rewards(eval_items, scores)
             out[name] = metrics.pairwise_accuracy(rb, rw, tie)
     train_scores = np.concatenate([f @ weights["mean"] for f in feats["mean"][0]])  # (S,)
+    # how well the mean-pooling probe ranks labels it was not fitted on: whether it is worth
+    # mixing into the round's reward ([rounds] reward = "auto", probe.informative)
+    pairs = [it.example.pairs for it in train_items]
+    x, w = probe.pair_differences(feats["mean"][0], pairs)
+    groups = np.asarray([i for i, ps in enumerate(pairs) for p in ps if not p.tie])
+    cv = dict(zip(("cv_accuracy", "cv_se"), probe.cross_validated_accuracy(x, w, groups, cfg.seed)))
+    cv = {k: v for k, v in cv.items() if not np.isnan(v)}  # nan: too few comparisons to tell
+    out.update({f"reward/probe_{k}": v for k, v in cv.items()})
     reward = {
         "w": weights["mean"].tolist(),
         "mean": float(train_scores.mean()),
         "std": float(train_scores.std()) or 1.0,
+        **cv,
     }
     last = weights["last"][None]  # (1, H)
     t0 = time.perf_counter()

@@ -545,7 +545,8 @@ def test_the_saved_probe_scores_as_the_probe_baseline_was_measured(tmp_path, tin
     """Issue 23 item 5: probe.json is the mean-pooled probe `train-reward` reports as its
     baseline, and `ProbeScorer` reproduces it from the text alone: its scores rank the held-out
     pairs exactly as `reward/probe_accuracy` says, and its saved mean and std are those of its
-    scores on the training responses."""
+    scores on the training responses; its cross-validated accuracy on the training labels is
+    saved and reported."""
     import json
 
     from rankloop.reward.metrics import pairwise_accuracy
@@ -559,6 +560,9 @@ def test_the_saved_probe_scores_as_the_probe_baseline_was_measured(tmp_path, tin
     spec = json.loads((tmp_path / "rm" / "probe.json").read_text())
     assert spec["base"] == str(tiny_lm_dir) and spec["pooling"] == "mean"
     assert spec["accuracy"] == res.metrics["reward/probe_accuracy"]
+    # its accuracy on training labels it was not fitted on: the keyword is easy to find
+    assert spec["cv_accuracy"] == res.metrics["reward/probe_cv_accuracy"] >= 0.8
+    assert spec["cv_se"] == res.metrics["reward/probe_cv_se"] > 0
     scorer = ProbeScorer.from_pretrained(tmp_path / "rm", device="cpu")
     assert scorer.w.shape == (tiny_lm_config_hidden(tiny_lm_dir),)
 

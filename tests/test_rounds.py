@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,6 +310,19 @@ def test_reward_model_plus_probe_optimises_the_mean_of_the_two_normalised_scores
     ppo = next(st for st in p.store.stages(0) if st.stage == "ppo")
     assert ppo.metrics["ppo/optimised_mix"] == 1.0 and "ppo/optimised_probe" not in ppo.metrics
     assert snapshot(p.store).rounds[0].optimised_mix
+    # 'auto': the probe joins when its cross-validated accuracy (probe.json) clears chance
+    p.config.rounds.reward = "auto"
+    f = Path(rm) / "probe.json"
+    spec = json.loads(f.read_text())
+    assert "cv_accuracy" in spec and "cv_se" in spec
+    for acc, se, mixed in ((0.9, 0.05, True), (0.55, 0.05, False), (None, None, False)):
+        f.write_text(json.dumps({**spec, "cv_accuracy": acc, "cv_se": se}))
+        heard = []
+        assert rounds.mixes_probe(p, 0, log=heard.append) is mixed
+        assert ("the model and its probe" in heard[0]) is mixed
+    assert "no cross-validated accuracy saved" in heard[0]
+    p.config.rounds.reward = "model"
+    assert not rounds.mixes_probe(p, 0)
     p.config.rounds.reward = "probe+model"
     with pytest.raises(ConfigError, match=r"\[rounds\] reward = 'probe\+model'"):
         p.config.rounds.validate()

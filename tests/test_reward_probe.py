@@ -1,0 +1,55 @@
+"""The frozen-feature probe's cross-validated accuracy: whether it is worth mixing into the
+round's reward ([rounds] reward = 'auto')."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rankloop.reward.probe import cross_validated_accuracy, informative
+
+
+def test_cross_validated_accuracy_and_its_cluster_standard_error_by_hand():
+    """10 comparisons of 2 pairs each; every pair's feature difference points along +e0 except
+    comparison 0's two, which point against it (its labels disagree with the rest). Every fold's
+    probe learns w0 > 0 from the others, so 18 of 20 rows are right: p = 0.9, and the
+    cluster-robust SE is sqrt((0 - 0.9 * 2)^2 + 9 (2 - 0.9 * 2)^2) / 20 = sqrt(3.6) / 20."""
+    x = np.zeros((20, 2))
+    x[:, 0] = 1.0
+    x[:2, 0] = -1.0
+    groups = np.repeat(np.arange(10), 2)
+    acc, se = cross_validated_accuracy(x, None, groups, seed=0)
+    assert acc == pytest.approx(0.9)
+    assert se == pytest.approx(math.sqrt(3.6) / 20)
+    # weights count rows: comparison 0 weighted 3x is 6 wrong of 24
+    w = np.where(groups == 0, 3.0, 1.0)
+    acc_w, se_w = cross_validated_accuracy(x, w, groups, seed=0)
+    assert acc_w == pytest.approx(18 / 24)
+    assert se_w == pytest.approx(math.sqrt((0 - 0.75 * 6) ** 2 + 9 * (2 - 0.75 * 2) ** 2) / 24)
+
+
+def test_too_few_comparisons_to_cross_validate_give_nan():
+    acc, se = cross_validated_accuracy(np.ones((8, 3)), None, np.arange(8) // 2)  # 4 groups
+    assert math.isnan(acc) and math.isnan(se)
+
+
+def test_informative_means_above_chance_with_one_sided_95_percent_confidence():
+    assert informative(0.6, 0.05)  # 0.6 - 1.645 * 0.05 = 0.518
+    assert not informative(0.58, 0.05)  # 0.498
+    assert not informative(None, None) and not informative(float("nan"), 0.1)
+
+
+def test_a_probe_with_signal_is_informative_and_one_on_random_labels_is_not():
+    """Feature differences with a direction the labels follow (90 pairs, 30 comparisons) against
+    the same features with labels drawn at random."""
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(90, 16))
+    d[:, 3] += 1.0  # the better response is higher along feature 3
+    groups = np.repeat(np.arange(30), 3)
+    acc, se = cross_validated_accuracy(d, None, groups, seed=0)
+    assert acc > 0.75 and informative(acc, se)
+    flip = np.where(rng.random(90) < 0.5, 1.0, -1.0)[:, None]  # labels that ignore feature 3
+    acc0, se0 = cross_validated_accuracy(d * flip, None, groups, seed=0)
+    assert abs(acc0 - 0.5) < 0.15 and not informative(acc0, se0)
