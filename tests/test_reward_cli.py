@@ -273,6 +273,11 @@ def test_heldout_summary_warns_when_the_probe_baseline_is_not_beaten():
         "held-out accuracy 0.750 (40 pairs), ensemble mean; members 0.650-0.800, spread 0.210; "
         "frozen-feature probe baseline 0.700"
     )
+    cv = {**m, "reward/probe_cv_accuracy": 0.6125, "reward/probe_cv_se": 0.04}
+    assert heldout_summary(cv) == (
+        "held-out accuracy 0.750 (40 pairs); frozen-feature probe baseline 0.700 (0.613 +- "
+        "0.040 cross-validated on the training labels)"
+    )
 
 
 def test_train_reward_summary_and_the_round_never_disagree():

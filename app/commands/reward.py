@@ -197,6 +197,11 @@ def heldout_summary(m: dict) -> str:
             )
         if probe is not None and not math.isnan(probe):
             line += f"; frozen-feature probe baseline {probe:.3f}"
+            if "reward/probe_cv_accuracy" in m:  # what [rounds] reward = 'auto' decides on
+                line += (
+                    f" ({m['reward/probe_cv_accuracy']:.3f} +- {m['reward/probe_cv_se']:.3f} "
+                    f"cross-validated on the training labels)"
+                )
     if verdict.message:
         line += f"\n  warning: {verdict.message}; label more comparisons"
         if verdict.level == "lost":
