@@ -274,6 +274,8 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         "weak_reward": p.config.rounds.weak_reward,
         "reward": p.config.rounds.reward,
         "optimised_probe": [bool(s.metrics.get("ppo/optimised_probe")) for s in summaries],
+        "optimised_mix": [bool(s.metrics.get("ppo/optimised_mix")) for s in summaries],
+        "probe_cv": [s.metrics.get("reward/probe_cv_accuracy") for s in summaries],
         "prompts": args.prompts,
         "eval_comparisons": args.eval_comparisons,
         "agreement": agreements,
@@ -330,6 +332,9 @@ def table(rows: list[dict]) -> str:
         opt = r["optimizer"] + (f" (probe in r{', r'.join(probe)})" if probe else "")
         if r.get("reward", "model") != "model":
             opt += f", {r['reward']}"
+        mixed = [str(i) for i, x in enumerate(r.get("optimised_mix") or []) if x]
+        if r.get("reward") == "auto":  # which rounds 'auto' mixed the probe in
+            opt += f" (mix in r{', r'.join(mixed)})" if mixed else " (model only)"
         lines.append(
             f"| {r['task']} | {opt} | {r['seed']} | {agree} | "
             f"{m['0']:.3f} -> {m['1']:.3f} -> {m['2']:.3f} | {rate:.0%} ({low:.0%}-{high:.0%}, "
