@@ -506,6 +506,52 @@ def parse_value(text: str):
         return text
 
 
+def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
+    """`auto` rows for recorded `rankloop` fits that have their `mix` row, without training
+    again: the decision needs only the probe's cross-validated accuracy, which the trainer
+    computes in its frozen-feature pass before the loop, so one step of `train_reward` on the
+    same draw (same pairs, labels, seed and settings: same split and features) gives it; the
+    row then takes the recorded model's or mix's accuracy. Marked `replayed`."""
+    from rankloop.reward.config import RewardConfig
+    from rankloop.reward.pairs import pairwise_example
+    from rankloop.reward.probe import informative
+    from rankloop.reward.train import train_reward
+
+    recorded = [json.loads(x) for f in files for x in Path(f).read_text().split("\n") if x.strip()]
+    by = {(r["task"], r["pairs"], r["seed"], r["system"]): r for r in recorded}
+    texts = load()
+    train_prompts, _ = split_prompts(len(texts))
+    rows = []
+    for (task, n, seed, system), model_row in sorted(by.items()):
+        mix_row = by.get((task, n, seed, "mix"))
+        if system != "rankloop" or mix_row is None or (task, n, seed, "auto") in by:
+            continue
+        pairs = draw(train_prompts, n, task, texts, random.Random(f"{task}:{n}:{seed}"))
+        train = noisy_labels(pairs, BETA[task], random.Random(f"noise:{task}:{n}:{seed}"))
+        cfg = RewardConfig(seed=seed, **model_row.get("settings", {}))
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train_reward(
+                [pairwise_example(p, c, r) for p, c, r in train],
+                cfg,
+                Path(tmp) / "reward",
+                base=base,
+                progress=False,
+                max_steps=1,
+            )
+        cv = res.metrics.get("reward/probe_cv_accuracy"), res.metrics.get("reward/probe_cv_se")
+        mixed = informative(*cv)
+        chosen = mix_row if mixed else model_row
+        keys = ("task", "pairs", "seed", "seconds", "accuracy", "ceiling", "oracle_accuracy", "ece")
+        row = {**{k: chosen[k] for k in keys}, "system": "auto", "mixes_probe": mixed}
+        row.update(probe_cv=list(cv), replayed=True)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
+
+
 def run(args) -> list[dict]:
     texts = load()
     train_prompts, held_prompts = split_prompts(len(texts))
@@ -650,7 +696,16 @@ def main() -> None:
     )
     ap.add_argument("--out", default=None, help="Append the rows as JSON lines here.")
     ap.add_argument("--table", nargs="*", default=None, help="Print the table of result files.")
+    ap.add_argument(
+        "--replay-auto",
+        nargs="*",
+        default=None,
+        help="Add `auto` rows to recorded rankloop + mix rows of these files (see replay_auto).",
+    )
     args = ap.parse_args()
+    if args.replay_auto is not None:
+        print(table(replay_auto(args.replay_auto, args.base, args.out)))
+        return
     if args.table is not None:
         rows = [
             json.loads(line)
