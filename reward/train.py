@@ -695,9 +695,11 @@ def fit_probes(
         ):
             feats["last"][side].append(f_last.numpy())
             feats["mean"][side].append(f_mean.numpy())
-    weights, out = {}, {}
+    pairs = [it.example.pairs for it in train_items]
+    rows = [i for i, ps in enumerate(pairs) for p in ps if not p.tie]  # each row's comparison
+    weights, diffs, out = {}, {}, {}
     for pooling, (train_f, eval_f) in feats.items():
-        x, w = probe.pair_differences(train_f, [it.example.pairs for it in train_items])
+        diffs[pooling] = x, w = probe.pair_differences(train_f, pairs)
         weights[pooling] = probe.fit_probe(x, w, cfg.seed)
         if eval_items:
             scores = [torch.from_numpy(f @ weights[pooling]) for f in eval_f]
@@ -707,10 +709,8 @@ def fit_probes(
     train_scores = np.concatenate([f @ weights["mean"] for f in feats["mean"][0]])  # (S,)
     # how well the mean-pooling probe ranks labels it was not fitted on: whether it is worth
     # mixing into the round's reward ([rounds] reward = "auto", probe.informative)
-    pairs = [it.example.pairs for it in train_items]
-    x, w = probe.pair_differences(feats["mean"][0], pairs)
-    groups = np.asarray([i for i, ps in enumerate(pairs) for p in ps if not p.tie])
-    cv = dict(zip(("cv_accuracy", "cv_se"), probe.cross_validated_accuracy(x, w, groups, cfg.seed)))
+    x, w = diffs["mean"]
+    cv = dict(zip(("cv_accuracy", "cv_se"), probe.cross_validated_accuracy(x, w, rows, cfg.seed)))
     cv = {k: v for k, v in cv.items() if not np.isnan(v)}  # nan: too few comparisons to tell
     out.update({f"reward/probe_{k}": v for k, v in cv.items()})
     reward = {
@@ -723,9 +723,7 @@ def fit_probes(
     t0 = time.perf_counter()
     if cfg.ensemble > 1 and cfg.warm_start:
         boot = ensemble.bootstrap_weights(len(train_items), cfg.ensemble, cfg.seed)  # (M, n)
-        # the comparison each strict-pair row of pair_differences comes from
-        rows = [i for i, it in enumerate(train_items) for p in it.example.pairs if not p.tie]
-        x, w = probe.pair_differences(feats["last"][0], [it.example.pairs for it in train_items])
+        x, w = diffs["last"]
         fits = []
         for m in range(cfg.ensemble):
             keep = boot[m, rows] > 0
