@@ -430,25 +430,22 @@ def ppo_reward(
 def mixes_probe(project: Project, round_: int, reward_model: str | None = None, log=None) -> bool:
     """Does round R's policy stage optimise the mean of its reward model's and its probe's
     normalised scores? [rounds] reward = 'model+probe': yes; 'model': no; 'auto': when the
-    probe ranks the round's training labels above chance with 95% confidence, cross-validated
-    (`reward.probe.informative`, from probe.json): a probe at chance only adds noise to the
-    model's score. `log` hears the decision under 'auto'."""
+    probe ranks the round's training labels above chance with 95% confidence, cross-validated,
+    and the held-out split does not show the model clearly ahead of it
+    (`reward.probe.mix_decision`, from probe.json): a probe at chance, or far behind the model,
+    only dilutes the model's score. `log` hears the decision under 'auto'."""
     setting = project.config.rounds.reward
     if setting != "auto":
         return setting == "model+probe"
-    from rankloop.reward.probe import informative
+    from rankloop.reward.probe import mix_decision
     from rankloop.reward.scoring import PROBE_FILE
 
     f = Path(policy_reward_model(project, round_, reward_model)) / PROBE_FILE
-    spec = json.loads(f.read_text()) if f.exists() else {}
-    acc, se = spec.get("cv_accuracy"), spec.get("cv_se")
-    mix = informative(acc, se)
+    mix, why = mix_decision(json.loads(f.read_text()) if f.exists() else {})
     if log is not None:
-        how = "no cross-validated accuracy saved" if acc is None else f"{acc:.3f} +- {se:.3f}"
         log(
-            f"reward: the model {'and its probe' if mix else 'alone'} ([rounds] reward = 'auto': "
-            f"the probe ranks the training labels at {how}, cross-validated, "
-            f"{'above' if mix else 'not above'} chance)"
+            f"reward: the model {'and its probe' if mix else 'alone'} "
+            f"([rounds] reward = 'auto': the probe {why})"
         )
     return mix
 

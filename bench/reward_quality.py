@@ -376,12 +376,12 @@ def derived_rows(model_row: dict, model_scores, held, beta: float, systems) -> l
     if "mix" in systems:
         rows.append({**same, "system": "mix", **quality(*z, held, beta)})
     if "auto" in systems:
-        from rankloop.reward.probe import informative
+        from rankloop.reward.probe import mix_decision
         from rankloop.reward.scoring import PROBE_FILE
 
         spec = json.loads((Path(model_row["model_dir"]) / PROBE_FILE).read_text())
         cv = spec.get("cv_accuracy"), spec.get("cv_se")
-        mixed = informative(*cv)
+        mixed, _ = mix_decision(spec)
         chosen = quality(*z, held, beta) if mixed else {k: model_row[k] for k in q_probe}
         rows.append(
             {**same, "system": "auto", **chosen, "mixes_probe": mixed, "probe_cv": list(cv)}
@@ -508,13 +508,15 @@ def parse_value(text: str):
 
 def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
     """`auto` rows for recorded `rankloop` fits that have their `mix` row, without training
-    again: the decision needs only the probe's cross-validated accuracy, which the trainer
-    computes in its frozen-feature pass before the loop, so one step of `train_reward` on the
-    same draw (same pairs, labels, seed and settings: same split and features) gives it; the
-    row then takes the recorded model's or mix's accuracy. Marked `replayed`."""
+    again. The decision (`probe.mix_decision`) needs the held-out split's accuracies of the
+    model and its probe, which the fit's metrics hold, and the probe's cross-validated
+    accuracy: from a recorded `auto` row (decided again: the rule may have changed since) or
+    else from one step of `train_reward` on the same draw (same pairs, labels, seed and
+    settings: same split and features; the trainer computes it before the loop). The row
+    takes the recorded model's or mix's accuracy. Marked `replayed`."""
     from rankloop.reward.config import RewardConfig
     from rankloop.reward.pairs import pairwise_example
-    from rankloop.reward.probe import informative
+    from rankloop.reward.probe import mix_decision
     from rankloop.reward.train import train_reward
 
     recorded = [json.loads(x) for f in files for x in Path(f).read_text().split("\n") if x.strip()]
@@ -524,22 +526,36 @@ def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
     rows = []
     for (task, n, seed, system), model_row in sorted(by.items()):
         mix_row = by.get((task, n, seed, "mix"))
-        if system != "rankloop" or mix_row is None or (task, n, seed, "auto") in by:
+        if system != "rankloop" or mix_row is None:
             continue
-        pairs = draw(train_prompts, n, task, texts, random.Random(f"{task}:{n}:{seed}"))
-        train = noisy_labels(pairs, BETA[task], random.Random(f"noise:{task}:{n}:{seed}"))
-        cfg = RewardConfig(seed=seed, **model_row.get("settings", {}))
-        with tempfile.TemporaryDirectory() as tmp:
-            res = train_reward(
-                [pairwise_example(p, c, r) for p, c, r in train],
-                cfg,
-                Path(tmp) / "reward",
-                base=base,
-                progress=False,
-                max_steps=1,
-            )
-        cv = res.metrics.get("reward/probe_cv_accuracy"), res.metrics.get("reward/probe_cv_se")
-        mixed = informative(*cv)
+        cv = by.get((task, n, seed, "auto"), {}).get("probe_cv")
+        if cv is None:
+            pairs = draw(train_prompts, n, task, texts, random.Random(f"{task}:{n}:{seed}"))
+            train = noisy_labels(pairs, BETA[task], random.Random(f"noise:{task}:{n}:{seed}"))
+            cfg = RewardConfig(seed=seed, **model_row.get("settings", {}))
+            with tempfile.TemporaryDirectory() as tmp:
+                res = train_reward(
+                    [pairwise_example(p, c, r) for p, c, r in train],
+                    cfg,
+                    Path(tmp) / "reward",
+                    base=base,
+                    progress=False,
+                    max_steps=1,
+                )
+            cv = [
+                res.metrics.get("reward/probe_cv_accuracy"),
+                res.metrics.get("reward/probe_cv_se"),
+            ]
+        m = model_row["metrics"]
+        mixed, _ = mix_decision(
+            {
+                "cv_accuracy": cv[0],
+                "cv_se": cv[1],
+                "model_accuracy": m.get("reward/accuracy"),
+                "accuracy": m.get("reward/probe_accuracy"),
+                "eval_pairs": m.get("reward/eval_pairs"),
+            }
+        )
         chosen = mix_row if mixed else model_row
         keys = ("task", "pairs", "seed", "seconds", "accuracy", "ceiling", "oracle_accuracy", "ece")
         row = {**{k: chosen[k] for k in keys}, "system": "auto", "mixes_probe": mixed}

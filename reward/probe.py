@@ -113,3 +113,35 @@ def informative(cv_accuracy: float | None, cv_se: float | None, z: float = 1.645
     if cv_accuracy is None or cv_se is None or np.isnan(cv_accuracy) or np.isnan(cv_se):
         return False
     return bool(cv_accuracy - z * cv_se > 0.5)
+
+
+def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
+    """(mix?, why) for `[rounds] reward = "auto"`, from a reward model's probe.json: optimise
+    the mean of the model's and the probe's normalised scores only when both can add something:
+
+    * the probe ranks the training labels above chance (`informative`: its cross-validated
+      accuracy `cv_accuracy` clears 0.5 by z standard errors `cv_se`), and
+    * the held-out split does not show the model clearly ahead of the probe: the model's
+      accuracy `model_accuracy` beats the probe's `accuracy` on the `eval_pairs` held-out pairs
+      by more than z standard errors sqrt(p (1 - p) / n), p the mean of the two (the SE of
+      `metrics.baseline_verdict`), and by more than one pair. A probe far behind the model
+      only dilutes it (measured: docs/benchmarks.md, "`auto`").
+
+    Missing values count against the mix for the first test (no evidence the probe knows
+    anything) and for it in the second (no evidence the model is ahead). `why` completes the
+    sentence "the probe ...".
+    """
+    acc, se = spec.get("cv_accuracy"), spec.get("cv_se")
+    if acc is None or se is None or np.isnan(acc) or np.isnan(se):
+        return False, "has no cross-validated accuracy saved"
+    cv = f"ranks the training labels at {acc:.3f} +- {se:.3f}, cross-validated"
+    if not informative(acc, se, z):
+        return False, f"{cv}, not above chance"
+    model, probe, n = spec.get("model_accuracy"), spec.get("accuracy"), spec.get("eval_pairs")
+    if model is None or probe is None or not n or np.isnan(model) or np.isnan(probe):
+        return True, f"{cv}, above chance"
+    p = (model + probe) / 2
+    held = f"{probe:.3f} on {int(n)} held-out pairs against the model's {model:.3f}"
+    if model - probe > max(z * np.sqrt(p * (1 - p) / n), 1.0 / n + 1e-9):
+        return False, f"{cv}, above chance, but {held}: clearly behind"
+    return True, f"{cv}, above chance, and {held}: not clearly behind"

@@ -1208,6 +1208,9 @@ def train_reward(
     # and the merge below needs room for an fp32 copy of the model
     release_freed_memory()
     stopped_early = best.state is not None and cfg.patience and best.stale >= cfg.patience
+    if probe_reward is not None:  # what [rounds] reward = "auto" weighs (probe.mix_decision)
+        probe_reward["model_accuracy"] = result_metrics.get("reward/accuracy")
+        probe_reward["eval_pairs"] = result_metrics.get("reward/eval_pairs")
     t_phase = time.perf_counter()
     if accelerator.is_main_process:
         save_model(

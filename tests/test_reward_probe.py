@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rankloop.reward.probe import cross_validated_accuracy, informative
+from rankloop.reward.probe import cross_validated_accuracy, informative, mix_decision
 
 
 def test_cross_validated_accuracy_and_its_cluster_standard_error_by_hand():
@@ -53,3 +53,30 @@ def test_a_probe_with_signal_is_informative_and_one_on_random_labels_is_not():
     flip = np.where(rng.random(90) < 0.5, 1.0, -1.0)[:, None]  # labels that ignore feature 3
     acc0, se0 = cross_validated_accuracy(d * flip, None, groups, seed=0)
     assert abs(acc0 - 0.5) < 0.15 and not informative(acc0, se0)
+
+
+def test_auto_mixes_a_probe_that_knows_something_unless_the_model_is_clearly_ahead():
+    cv = {"cv_accuracy": 0.7, "cv_se": 0.05}  # 0.7 - 1.645 * 0.05 = 0.618 > 0.5
+    # 28 held-out pairs, 0.75 against 0.60: p = 0.675, SE = sqrt(0.675 * 0.325 / 28) = 0.0885,
+    # 1.645 SE = 0.1456 < 0.15: the model is clearly ahead
+    ahead = {**cv, "model_accuracy": 0.75, "accuracy": 0.60, "eval_pairs": 28}
+    why = (
+        "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance, but "
+        "0.600 on 28 held-out pairs against the model's 0.750: clearly behind"
+    )
+    assert mix_decision(ahead) == (False, why)
+    # 0.74 against 0.60: p = 0.67, SE 0.0889, 1.645 SE = 0.146 > 0.14: not clearly
+    assert mix_decision({**ahead, "model_accuracy": 0.74})[0]
+    # 10 pairs: 1.0 against 0.9 is one pair (and under 1.645 SE = 0.113); against 0.8 it is
+    # clear (1.645 SE = 0.156 < 0.2)
+    assert mix_decision({**cv, "model_accuracy": 1.0, "accuracy": 0.9, "eval_pairs": 10})[0]
+    assert not mix_decision({**cv, "model_accuracy": 1.0, "accuracy": 0.8, "eval_pairs": 10})[0]
+    # the probe ahead: mixed; no held-out split saved: the cross-validation alone decides
+    assert mix_decision({**ahead, "accuracy": 0.9})[0]
+    assert mix_decision(cv) == (
+        True, "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance"
+    )  # fmt: skip
+    assert mix_decision({"cv_accuracy": 0.55, "cv_se": 0.05, "model_accuracy": 0.5}) == (
+        False, "ranks the training labels at 0.550 +- 0.050, cross-validated, not above chance"
+    )  # fmt: skip
+    assert mix_decision({}) == (False, "has no cross-validated accuracy saved")

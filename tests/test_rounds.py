@@ -311,16 +311,32 @@ def test_reward_model_plus_probe_optimises_the_mean_of_the_two_normalised_scores
     assert ppo.metrics["ppo/optimised_mix"] == 1.0 and "ppo/optimised_probe" not in ppo.metrics
     assert snapshot(p.store).rounds[0].optimised_mix
     # 'auto': the probe joins when its cross-validated accuracy (probe.json) clears chance
+    # and the held-out split does not put the model clearly ahead of it
     p.config.rounds.reward = "auto"
     f = Path(rm) / "probe.json"
     spec = json.loads(f.read_text())
+    reward = next(st for st in p.store.stages(0) if st.stage == "reward")
+    assert spec["model_accuracy"] == reward.metrics["reward/accuracy"]
+    assert spec["eval_pairs"] == reward.metrics["reward/eval_pairs"]
     assert "cv_accuracy" in spec and "cv_se" in spec
-    for acc, se, mixed in ((0.9, 0.05, True), (0.55, 0.05, False), (None, None, False)):
-        f.write_text(json.dumps({**spec, "cv_accuracy": acc, "cv_se": se}))
+    held = {"model_accuracy": 0.7, "accuracy": 0.6, "eval_pairs": 30}
+    for acc, se, more, mixed in (
+        (0.9, 0.05, held, True),
+        (0.55, 0.05, held, False),
+        (None, None, held, False),
+        (0.9, 0.05, {"model_accuracy": 0.95, "accuracy": 0.55, "eval_pairs": 30}, False),
+    ):
+        f.write_text(json.dumps({**spec, "cv_accuracy": acc, "cv_se": se, **more}))
         heard = []
         assert rounds.mixes_probe(p, 0, log=heard.append) is mixed
         assert ("the model and its probe" in heard[0]) is mixed
-    assert "no cross-validated accuracy saved" in heard[0]
+    assert heard == [
+        (
+            "reward: the model alone ([rounds] reward = 'auto': the probe ranks the training "
+            "labels at 0.900 +- 0.050, cross-validated, above chance, but 0.550 on 30 held-out "
+            "pairs against the model's 0.950: clearly behind)"
+        )
+    ]
     p.config.rounds.reward = "model"
     assert not rounds.mixes_probe(p, 0)
     p.config.rounds.reward = "probe+model"
