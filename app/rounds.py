@@ -971,10 +971,9 @@ def optimizer_of(project: Project, round_: int) -> str | None:
     return rec.optimizer if rec is not None else None
 
 
-def oracle_means(project: Project, oracle) -> dict[int, tuple[float, float | None, int]]:
-    """round -> (the oracle's mean score of its generated responses, the mean over the
-    evaluation prompts only or None, how many responses): did the rounds improve by the
-    oracle's own measure?"""
+def oracle_scores(project: Project, oracle) -> tuple[dict[int, list[tuple]], set[int]]:
+    """(round -> [(response, the oracle's score)] of its generated responses, the evaluation
+    prompts' ids)."""
     held = {
         p.id for p in split_prompts(project.store.prompts(), project.config.rounds.eval_fraction)[1]
     }
@@ -982,11 +981,45 @@ def oracle_means(project: Project, oracle) -> dict[int, tuple[float, float | Non
     out = {}
     for r in sorted(project.store.status().responses_per_round):
         resp = [x for x in project.store.responses(round=r) if x.source == "generated"]
-        if not resp:
-            continue
-        scores = [
-            float(v) for v in oracle([prompts[x.prompt_id] for x in resp], [x.text for x in resp])
+        if resp:
+            scores = oracle([prompts[x.prompt_id] for x in resp], [x.text for x in resp])
+            out[r] = [(x, float(v)) for x, v in zip(resp, scores)]
+    return out, held
+
+
+def oracle_means(project: Project, oracle) -> dict[int, tuple[float, float | None, int]]:
+    """round -> (the oracle's mean score of its generated responses, the mean over the
+    evaluation prompts only or None, how many responses): did the rounds improve by the
+    oracle's own measure?"""
+    scored, held = oracle_scores(project, oracle)
+    out = {}
+    for r, rows in scored.items():
+        scores = [v for _, v in rows]
+        ev = [v for x, v in rows if x.prompt_id in held]
+        out[r] = (sum(scores) / len(scores), sum(ev) / len(ev) if ev else None, len(rows))
+    return out
+
+
+def oracle_win_rates(project: Project, oracle, *, n_boot: int | None = None, seed: int = 0):
+    """round R > 0 -> its win-rate over the base (round 0) on the evaluation prompts as the
+    oracle itself judges (`leaderboard.WinRate`): every pair of a round-R and a base response
+    to the same evaluation prompt, the higher oracle score winning (equal scores tie), with
+    the leaderboard's interval (prompts resampled). What the simulated annotators' labels
+    estimate, without their noise; rounds with no evaluation prompt in common are left out."""
+    from rankloop.data.leaderboard import N_BOOT, win_rate
+    from rankloop.data.records import Match
+
+    scored, held = oracle_scores(project, oracle)
+    base = [(x, v) for x, v in scored.get(0, []) if x.prompt_id in held]
+    out = {}
+    for r, rows in scored.items():
+        ms = [
+            Match(x.prompt_id, 0, 0, r, 0, x.id, y.id, (v > w) + 0.5 * (v == w), "oracle")
+            for x, v in rows
+            if r > 0 and x.prompt_id in held
+            for y, w in base
+            if y.prompt_id == x.prompt_id
         ]
-        ev = [v for x, v in zip(resp, scores) if x.prompt_id in held]
-        out[r] = (sum(scores) / len(scores), sum(ev) / len(ev) if ev else None, len(resp))
+        if ms:
+            out[r] = win_rate(ms, r, 0, n_boot=n_boot or N_BOOT, seed=seed)
     return out

@@ -602,12 +602,42 @@ def test_demo_runs_whole_rounds_and_ends_with_the_leaderboard_and_a_report(
     assert "Round 0: simulated " in res.output and "(asked 70%, " in res.output
     for title in (
         "the oracle's mean score of each round's samples",
+        "by the oracle",
         "Leaderboard",
         "Win-rates",
         "Demo finished in",
     ):
         assert title in res.output
     assert (out / "report.html").exists()
+    p.close()
+
+
+def test_the_oracle_judges_each_round_against_the_base_on_the_evaluation_prompts(tmp_path):
+    """`oracle_win_rates`: every pair of a round's and the base's responses to one evaluation
+    prompt, the longer winning under a length oracle; training prompts do not count."""
+    p = Project.init(tmp_path / "p")
+    p.store.add_prompts([Prompt.from_text(f"prompt {i}") for i in range(20)])
+    train, held = rounds.split_prompts(p.store.prompts(), p.config.rounds.eval_fraction)
+    a, b, t = held[0].id, held[1].id, train[0].id
+    texts = {0: [(a, "aa"), (a, "aaaa"), (b, "bbb"), (t, "t")], 1: [(a, "aaa"), (b, "bbb")]}
+    texts[1] += [(b, "bbbbb"), (t, "tttttttt")]
+    texts[2] = [(t, "tt")]  # no evaluation prompt: no win-rate
+    p.store.add_responses(
+        Response(pid, x, round=r, sample_index=i)
+        for r, rows in texts.items()
+        for i, (pid, x) in enumerate(rows)
+    )
+
+    def length(prompts, responses):
+        return [len(x) for x in responses]
+
+    wins = rounds.oracle_win_rates(p, length, n_boot=200)
+    assert list(wins) == [1]
+    w = wins[1]
+    # prompt a: "aaa" beats "aa", loses to "aaaa"; prompt b: "bbb" ties "bbb", "bbbbb" wins
+    assert (w.wins, w.ties, w.losses, w.n, w.prompts) == (2, 1, 1, 4, 2)
+    assert w.rate == 2.5 / 4 and w.low < w.rate < w.high
+    assert rounds.oracle_means(p, length)[1] == ((3 + 3 + 5 + 8) / 4, (3 + 3 + 5) / 3, 4)
     p.close()
 
 

@@ -331,8 +331,9 @@ def demo_cmd(n_rounds, directory, oracle, annotators, agreement, noise, policy):
 
     Creates a project with the bundled prompts, samples round 0, and for each round: simulated
     annotators label the current round, then `rankloop round`. At the end the last round's
-    candidates are labeled too, and it prints the oracle's mean score per round, the win-rates
-    across rounds and the leaderboard.
+    candidates are labeled too, and it prints the oracle's mean score per round and each round's
+    win-rate over the base as the oracle judges it (the evaluation prompts), then the win-rates
+    the simulated labels give and the leaderboard.
 
     \b
     Example:
@@ -406,22 +407,35 @@ def demo_project(directory: Path, policy: str | None = None) -> Project:
 
 
 def print_outcome(project: Project, oracle) -> None:
-    """The oracle's mean score of each round's samples; then `rankloop leaderboard` (the
-    leaderboard and the win-rates) and `rankloop report`."""
+    """The oracle's mean score of each round's samples and each round's win-rate over the base
+    by the oracle (`rounds.oracle_win_rates`); then `rankloop leaderboard` (the leaderboard and
+    the win-rates of the labels) and `rankloop report`."""
     from rankloop.data.leaderboard import N_BOOT, policy_name
 
     from .measure import leaderboard_cmd, report_cmd
 
     means = rounds.oracle_means(project, oracle)
+    wins = rounds.oracle_win_rates(project, oracle)
     table = Table(title="the oracle's mean score of each round's samples")
-    for col in ("policy", "all prompts", "evaluation prompts", "responses"):
+    cols = (
+        "policy",
+        "all prompts",
+        "evaluation prompts",
+        "responses",
+        "over the base, by the oracle",
+    )
+    for col in cols:
         table.add_column(col)
     for r, (all_mean, eval_mean, n) in means.items():
+        w = wins.get(r)
         table.add_row(
             policy_name(r),
             f"{all_mean:.3f}",
             f"{eval_mean:.3f}" if eval_mean is not None else "-",
             str(n),
+            f"{100 * w.rate:.0f}% ({100 * w.low:.0f}-{100 * w.high:.0f}%, {w.prompts} prompts)"
+            if w
+            else "-",
         )
     console.print(table)
     ctx = click.get_current_context()
