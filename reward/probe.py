@@ -115,6 +115,26 @@ def informative(cv_accuracy: float | None, cv_se: float | None, z: float = 1.645
     return bool(cv_accuracy - z * cv_se > 0.5)
 
 
+def clearly_ahead(a: float, b: float, n: float, alpha: float = 0.05) -> tuple[bool, float]:
+    """(is accuracy `a` clearly above accuracy `b` on the same `n` pairs?, the p-value): a
+    one-sided exact sign test (McNemar's) on the pairs the two order differently. Only the
+    accuracies are saved, not which pairs each got right, so it takes the most disagreement
+    they allow, the case least favourable to a clear answer: with A = n a and B = n b pairs
+    right, D = min(A + B, 2n - A - B) pairs where one is right and the other wrong, of which
+    (D + A - B) / 2 go to `a` (a tie, counted half in an accuracy, is rounded)."""
+    from scipy.stats import binomtest
+
+    if not n or a <= b:
+        return False, 1.0
+    right_a, right_b = a * n, b * n
+    discordant = round(min(right_a + right_b, 2 * n - right_a - right_b))
+    wins = min(round((discordant + right_a - right_b) / 2), discordant)
+    if discordant == 0:
+        return False, 1.0
+    p = float(binomtest(wins, discordant, 0.5, alternative="greater").pvalue)
+    return p < alpha, p
+
+
 def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
     """(mix?, why) for `[rounds] reward = "auto"`, from a reward model's probe.json: optimise
     the mean of the model's and the probe's normalised scores only when both can add something:
@@ -122,10 +142,9 @@ def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
     * the probe ranks the training labels above chance (`informative`: its cross-validated
       accuracy `cv_accuracy` clears 0.5 by z standard errors `cv_se`), and
     * the held-out split does not show the model clearly ahead of the probe: the model's
-      accuracy `model_accuracy` beats the probe's `accuracy` on the `eval_pairs` held-out pairs
-      by more than z standard errors sqrt(p (1 - p) / n), p the mean of the two (the SE of
-      `metrics.baseline_verdict`), and by more than one pair. A probe far behind the model
-      only dilutes it (measured: docs/benchmarks.md, "`auto`").
+      accuracy `model_accuracy` above the probe's `accuracy` on the `eval_pairs` held-out pairs
+      with one-sided p < 0.05 (`clearly_ahead`). A probe far behind the model only dilutes it
+      (measured: docs/benchmarks.md, "`auto`").
 
     Missing values count against the mix for the first test (no evidence the probe knows
     anything) and for it in the second (no evidence the model is ahead). `why` completes the
@@ -140,8 +159,8 @@ def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
     model, probe, n = spec.get("model_accuracy"), spec.get("accuracy"), spec.get("eval_pairs")
     if model is None or probe is None or not n or np.isnan(model) or np.isnan(probe):
         return True, f"{cv}, above chance"
-    p = (model + probe) / 2
     held = f"{probe:.3f} on {int(n)} held-out pairs against the model's {model:.3f}"
-    if model - probe > max(z * np.sqrt(p * (1 - p) / n), 1.0 / n + 1e-9):
-        return False, f"{cv}, above chance, but {held}: clearly behind"
+    ahead, p = clearly_ahead(model, probe, n)
+    if ahead:
+        return False, f"{cv}, above chance, but {held}: clearly behind (sign test p = {p:.3f})"
     return True, f"{cv}, above chance, and {held}: not clearly behind"

@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from rankloop.reward.probe import cross_validated_accuracy, informative, mix_decision
+from rankloop.reward.probe import (
+    clearly_ahead,
+    cross_validated_accuracy,
+    informative,
+    mix_decision,
+)
 
 
 def test_cross_validated_accuracy_and_its_cluster_standard_error_by_hand():
@@ -55,24 +60,38 @@ def test_a_probe_with_signal_is_informative_and_one_on_random_labels_is_not():
     assert abs(acc0 - 0.5) < 0.15 and not informative(acc0, se0)
 
 
+def test_clearly_ahead_is_a_sign_test_at_the_most_disagreement_the_accuracies_allow():
+    # 10 pairs, 10 right against 3: the 7 the probe missed are the only disagreements,
+    # all the model's: P(X >= 7 | 7) = 1/128
+    assert clearly_ahead(1.0, 0.3, 10) == (True, 1 / 128)
+    # 10 against 8: 2 disagreements at most, P(X >= 2 | 2) = 1/4
+    assert clearly_ahead(1.0, 0.8, 10) == (False, 0.25)
+    # 28 pairs, 24 right against 14: at most min(38, 18) = 18 disagreements, 14 for the model,
+    # P(X >= 14 | 18) = (3060 + 816 + 153 + 18 + 1) / 2^18
+    ahead, p = clearly_ahead(24 / 28, 14 / 28, 28)
+    assert ahead and p == pytest.approx(4048 / 2**18)
+    # 22 against 14: min(36, 20) = 20, 14 for the model: (38760 + ... + 1) / 2^20 = 0.0577
+    ahead, p = clearly_ahead(22 / 28, 14 / 28, 28)
+    assert not ahead and p == pytest.approx(60460 / 2**20)
+    assert clearly_ahead(0.6, 0.7, 10) == (False, 1.0) and clearly_ahead(1.0, 1.0, 10)[0] is False
+
+
 def test_auto_mixes_a_probe_that_knows_something_unless_the_model_is_clearly_ahead():
     cv = {"cv_accuracy": 0.7, "cv_se": 0.05}  # 0.7 - 1.645 * 0.05 = 0.618 > 0.5
-    # 28 held-out pairs, 0.75 against 0.60: p = 0.675, SE = sqrt(0.675 * 0.325 / 28) = 0.0885,
-    # 1.645 SE = 0.1456 < 0.15: the model is clearly ahead
-    ahead = {**cv, "model_accuracy": 0.75, "accuracy": 0.60, "eval_pairs": 28}
+    ahead = {**cv, "model_accuracy": 1.0, "accuracy": 0.3, "eval_pairs": 10}
     why = (
         "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance, but "
-        "0.600 on 28 held-out pairs against the model's 0.750: clearly behind"
+        "0.300 on 10 held-out pairs against the model's 1.000: clearly behind (sign test "
+        "p = 0.008)"
     )
     assert mix_decision(ahead) == (False, why)
-    # 0.74 against 0.60: p = 0.67, SE 0.0889, 1.645 SE = 0.146 > 0.14: not clearly
-    assert mix_decision({**ahead, "model_accuracy": 0.74})[0]
-    # 10 pairs: 1.0 against 0.9 is one pair (and under 1.645 SE = 0.113); against 0.8 it is
-    # clear (1.645 SE = 0.156 < 0.2)
-    assert mix_decision({**cv, "model_accuracy": 1.0, "accuracy": 0.9, "eval_pairs": 10})[0]
-    assert not mix_decision({**cv, "model_accuracy": 1.0, "accuracy": 0.8, "eval_pairs": 10})[0]
+    why = (
+        "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance, and "
+        "0.800 on 10 held-out pairs against the model's 1.000: not clearly behind"
+    )
+    assert mix_decision({**ahead, "accuracy": 0.8}) == (True, why)
     # the probe ahead: mixed; no held-out split saved: the cross-validation alone decides
-    assert mix_decision({**ahead, "accuracy": 0.9})[0]
+    assert mix_decision({**ahead, "accuracy": 1.0})[0]
     assert mix_decision(cv) == (
         True, "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance"
     )  # fmt: skip

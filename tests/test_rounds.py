@@ -324,7 +324,7 @@ def test_reward_model_plus_probe_optimises_the_mean_of_the_two_normalised_scores
         (0.9, 0.05, held, True),
         (0.55, 0.05, held, False),
         (None, None, held, False),
-        (0.9, 0.05, {"model_accuracy": 0.95, "accuracy": 0.55, "eval_pairs": 30}, False),
+        (0.9, 0.05, {"model_accuracy": 0.9, "accuracy": 0.5, "eval_pairs": 30}, False),
     ):
         f.write_text(json.dumps({**spec, "cv_accuracy": acc, "cv_se": se, **more}))
         heard = []
@@ -333,8 +333,8 @@ def test_reward_model_plus_probe_optimises_the_mean_of_the_two_normalised_scores
     assert heard == [
         (
             "reward: the model alone ([rounds] reward = 'auto': the probe ranks the training "
-            "labels at 0.900 +- 0.050, cross-validated, above chance, but 0.550 on 30 held-out "
-            "pairs against the model's 0.950: clearly behind)"
+            "labels at 0.900 +- 0.050, cross-validated, above chance, but 0.500 on 30 held-out "
+            "pairs against the model's 0.900: clearly behind (sign test p = 0.004))"
         )
     ]
     p.config.rounds.reward = "model"
