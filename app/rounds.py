@@ -1010,15 +1010,16 @@ def oracle_win_rates(project: Project, oracle, *, n_boot: int | None = None, see
     from rankloop.data.records import Match
 
     scored, held = oracle_scores(project, oracle)
-    base = [(x, v) for x, v in scored.get(0, []) if x.prompt_id in held]
+    base: dict[int, list[tuple]] = {}
+    for y, w in scored.get(0, []):
+        base.setdefault(y.prompt_id, []).append((y, w))
     out = {}
     for r, rows in scored.items():
         ms = [
             Match(x.prompt_id, 0, 0, r, 0, x.id, y.id, (v > w) + 0.5 * (v == w), "oracle")
             for x, v in rows
             if r > 0 and x.prompt_id in held
-            for y, w in base
-            if y.prompt_id == x.prompt_id
+            for y, w in base.get(x.prompt_id, [])
         ]
         if ms:
             out[r] = win_rate(ms, r, 0, n_boot=n_boot or N_BOOT, seed=seed)
