@@ -384,7 +384,15 @@ def derived_rows(model_row: dict, model_scores, held, beta: float, systems) -> l
         mixed, _ = mix_decision(spec)
         chosen = quality(*z, held, beta) if mixed else {k: model_row[k] for k in q_probe}
         rows.append(
-            {**same, "system": "auto", **chosen, "mixes_probe": mixed, "probe_cv": list(cv)}
+            {
+                **same,
+                "system": "auto",
+                **chosen,
+                "mixes_probe": mixed,
+                "probe_cv": list(cv),
+                # each held-out pair's gap under the model and the probe: a later rule replays
+                "held_out_gaps": spec.get("held_out_gaps"),
+            }
         )
     return rows
 
@@ -510,7 +518,8 @@ def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
     """`auto` rows for recorded `rankloop` fits that have their `mix` row, without training
     again. The decision (`probe.mix_decision`) needs the held-out split's accuracies of the
     model and its probe, which the fit's metrics hold, and the probe's cross-validated
-    accuracy: from a recorded `auto` row (decided again: the rule may have changed since) or
+    accuracy (and each held-out pair's gaps, where recorded): from a recorded `auto` row
+    (decided again: the rule may have changed since) or
     else from one step of `train_reward` on the same draw (same pairs, labels, seed and
     settings: same split and features; the trainer computes it before the loop). The row
     takes the recorded model's or mix's accuracy. Marked `replayed`."""
@@ -528,7 +537,8 @@ def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
         mix_row = by.get((task, n, seed, "mix"))
         if system != "rankloop" or mix_row is None:
             continue
-        cv = by.get((task, n, seed, "auto"), {}).get("probe_cv")
+        auto_row = by.get((task, n, seed, "auto"), {})
+        cv = auto_row.get("probe_cv")
         if cv is None:
             pairs = draw(train_prompts, n, task, texts, random.Random(f"{task}:{n}:{seed}"))
             train = noisy_labels(pairs, BETA[task], random.Random(f"noise:{task}:{n}:{seed}"))
@@ -554,6 +564,7 @@ def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
                 "model_accuracy": m.get("reward/accuracy"),
                 "accuracy": m.get("reward/probe_accuracy"),
                 "eval_pairs": m.get("reward/eval_pairs"),
+                "held_out_gaps": auto_row.get("held_out_gaps"),
             }
         )
         chosen = mix_row if mixed else model_row

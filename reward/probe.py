@@ -135,6 +135,23 @@ def clearly_ahead(a: float, b: float, n: float, alpha: float = 0.05) -> tuple[bo
     return p < alpha, p
 
 
+def paired_sign_test(gaps_a, gaps_b, alpha: float = 0.05) -> tuple[bool, float, int]:
+    """(does scorer `a` order the same held-out pairs clearly better than `b`?, the p-value, the
+    number of pairs they order differently): McNemar's exact one-sided test. `gaps_a[i]` is
+    r_better - r_worse of strict pair i under `a` (right when > 0, as `metrics.pairwise_accuracy`
+    counts), `gaps_b[i]` the same pair under `b`; of the pairs exactly one of them gets right,
+    `a`'s share is tested against a fair coin. Sharper than `clearly_ahead`, which does not know
+    which pairs each got right and must assume the most disagreement."""
+    from scipy.stats import binomtest
+
+    right_a, right_b = np.asarray(gaps_a) > 0, np.asarray(gaps_b) > 0
+    wins, losses = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    if wins <= losses:
+        return False, 1.0, wins + losses
+    p = float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+    return p < alpha, p, wins + losses
+
+
 def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
     """(mix?, why) for `[rounds] reward = "auto"`, from a reward model's probe.json: optimise
     the mean of the model's and the probe's normalised scores only when both can add something:
@@ -143,8 +160,11 @@ def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
       accuracy `cv_accuracy` clears 0.5 by z standard errors `cv_se`), and
     * the held-out split does not show the model clearly ahead of the probe: the model's
       accuracy `model_accuracy` above the probe's `accuracy` on the `eval_pairs` held-out pairs
-      with one-sided p < 0.05 (`clearly_ahead`). A probe far behind the model only dilutes it
-      (measured: docs/benchmarks.md, "`auto`").
+      with one-sided p < 0.05: McNemar's exact test on the pairs the two order differently
+      (`paired_sign_test`) when the per-pair score gaps are saved (`held_out_gaps`: "model" and
+      "probe"), else the test at the most disagreement the two accuracies allow
+      (`clearly_ahead`). A probe far behind the model only dilutes it (measured:
+      docs/benchmarks.md, "`auto`").
 
     Missing values count against the mix for the first test (no evidence the probe knows
     anything) and for it in the second (no evidence the model is ahead). `why` completes the
@@ -160,7 +180,13 @@ def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
     if model is None or probe is None or not n or np.isnan(model) or np.isnan(probe):
         return True, f"{cv}, above chance"
     held = f"{probe:.3f} on {int(n)} held-out pairs against the model's {model:.3f}"
-    ahead, p = clearly_ahead(model, probe, n)
+    gaps = spec.get("held_out_gaps") or {}
+    if len(gaps.get("model") or ()) and len(gaps["model"]) == len(gaps.get("probe") or ()):
+        ahead, p, differ = paired_sign_test(gaps["model"], gaps["probe"])
+        test = f"sign test on the {differ} pairs they order differently, p = {p:.3f}"
+    else:
+        ahead, p = clearly_ahead(model, probe, n)
+        test = f"sign test p = {p:.3f}"
     if ahead:
-        return False, f"{cv}, above chance, but {held}: clearly behind (sign test p = {p:.3f})"
+        return False, f"{cv}, above chance, but {held}: clearly behind ({test})"
     return True, f"{cv}, above chance, and {held}: not clearly behind"

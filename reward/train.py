@@ -465,6 +465,13 @@ def pair_rewards(items: list[Encoded], scores: list[torch.Tensor]):
     return np.array(rb), np.array(rw), np.array(tie, dtype=bool), ann
 
 
+def strict_gaps(rb, rw, tie) -> list[float]:
+    """r_better - r_worse of each strict pair, in pair order, for probe.json: the
+    per-pair record that lets two scorers be compared on the same held-out pairs
+    (`probe.paired_sign_test`). Six significant digits: a small gap keeps its sign."""
+    return [float(f"{g:.6g}") for g in (rb - rw)[~tie]]
+
+
 def fit_tie_threshold(rb, rw, tie) -> float:
     """The |r_a - r_b| below which "tie" is predicted, chosen on the training pairs to maximise
     the tie-aware accuracy (0 when there are no ties: then a tie is never predicted)."""
@@ -697,7 +704,7 @@ def fit_probes(
             feats["mean"][side].append(f_mean.numpy())
     pairs = [it.example.pairs for it in train_items]
     rows = [i for i, ps in enumerate(pairs) for p in ps if not p.tie]  # each row's comparison
-    weights, diffs, out = {}, {}, {}
+    weights, diffs, out, eval_gaps = {}, {}, {}, None
     for pooling, (train_f, eval_f) in feats.items():
         diffs[pooling] = x, w = probe.pair_differences(train_f, pairs)
         weights[pooling] = probe.fit_probe(x, w, cfg.seed)
@@ -706,6 +713,8 @@ def fit_probes(
             name = "reward/probe_accuracy" if pooling == "mean" else "reward/probe_last_accuracy"
             rb, rw, tie, _ = pair_rewards(eval_items, scores)
             out[name] = metrics.pairwise_accuracy(rb, rw, tie)
+            if pooling == "mean":
+                eval_gaps = strict_gaps(rb, rw, tie)
     train_scores = np.concatenate([f @ weights["mean"] for f in feats["mean"][0]])  # (S,)
     # how well the mean-pooling probe ranks labels it was not fitted on: whether it is worth
     # mixing into the round's reward ([rounds] reward = "auto", probe.informative)
@@ -719,6 +728,8 @@ def fit_probes(
         "std": float(train_scores.std()) or 1.0,
         **cv,
     }
+    if eval_gaps is not None:  # the model's beside them after training: probe.mix_decision
+        reward["held_out_gaps"] = {"probe": eval_gaps}
     last = weights["last"][None]  # (1, H)
     t0 = time.perf_counter()
     if cfg.ensemble > 1 and cfg.warm_start:
@@ -1020,10 +1031,11 @@ def stats_sample(items: list[Encoded], k: int, seed: int) -> list[Encoded]:
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
 
 
-def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict]:
-    """4. (metrics, reward statistics): training-set statistics (the reward's mean and std for
-    PPO, the tie threshold) on `stats_sample` training comparisons, and the held-out metrics
-    (docs/reward.md)."""
+def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict, list]:
+    """4. (metrics, reward statistics, held-out gaps): training-set statistics (the reward's
+    mean and std for PPO, the tie threshold) on `stats_sample` training comparisons, the
+    held-out metrics (docs/reward.md) and the model's score gap on each strict held-out pair
+    (`strict_gaps`)."""
     acc = loop.accelerator
     train_items = stats_sample(loop.train_items, cfg.stats_sample, cfg.seed)
     train_scores = score_encoded(
@@ -1062,7 +1074,11 @@ def final_metrics(loop: Loop, cfg: RewardConfig) -> tuple[dict[str, float], dict
             cfg.pad_to_multiple_of,
         )
         out.update(evaluate(loop.eval_items, scores, threshold))
-    return out, {"mean": out["reward/mean"], "std": out["reward/std"], "n": int(flat.numel())}
+        gaps = strict_gaps(*pair_rewards(loop.eval_items, scores)[:3])
+    else:
+        gaps = []
+    stats = {"mean": out["reward/mean"], "std": out["reward/std"], "n": int(flat.numel())}
+    return out, stats, gaps
 
 
 def train_reward(
@@ -1193,7 +1209,7 @@ def train_reward(
 
     # 4. evaluation and reward statistics ------------------------------------------------------
     t_phase = time.perf_counter()
-    result_metrics, stats = final_metrics(loop, cfg)
+    result_metrics, stats, model_gaps = final_metrics(loop, cfg)
     phases["scoring"] = time.perf_counter() - t_phase
     result_metrics.update(probe_metrics)
     if best.state is not None:
@@ -1211,6 +1227,8 @@ def train_reward(
     if probe_reward is not None:  # what [rounds] reward = "auto" weighs (probe.mix_decision)
         probe_reward["model_accuracy"] = result_metrics.get("reward/accuracy")
         probe_reward["eval_pairs"] = result_metrics.get("reward/eval_pairs")
+        if "held_out_gaps" in probe_reward:
+            probe_reward["held_out_gaps"]["model"] = model_gaps
     t_phase = time.perf_counter()
     if accelerator.is_main_process:
         save_model(

@@ -13,6 +13,7 @@ from rankloop.reward.probe import (
     cross_validated_accuracy,
     informative,
     mix_decision,
+    paired_sign_test,
 )
 
 
@@ -76,6 +77,22 @@ def test_clearly_ahead_is_a_sign_test_at_the_most_disagreement_the_accuracies_al
     assert clearly_ahead(0.6, 0.7, 10) == (False, 1.0) and clearly_ahead(1.0, 1.0, 10)[0] is False
 
 
+def test_paired_sign_test_counts_only_the_pairs_one_gets_right_and_the_other_wrong():
+    # 12 pairs: both right on 4, both wrong on 1 (a zero gap counts wrong), the model alone
+    # right on 6, the probe alone on 1: P(X >= 6 | 7) = (7 + 1) / 2^7 = 1/16
+    model = [1, 2, 3, 4, -1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, -2]
+    probe = [1, 1, 1, 1, 0.0, -1, -1, -1, -1, -1, -1, 3]
+    assert paired_sign_test(model, probe) == (False, 1 / 16, 7)
+    # one more pair only the model gets right: P(X >= 7 | 8) = 9 / 256
+    assert paired_sign_test(model + [1], probe + [-1]) == (True, 9 / 256, 8)
+    # the other way round, or even: not ahead
+    assert paired_sign_test(probe, model) == (False, 1.0, 7)
+    assert paired_sign_test([1, -1], [-1, 1]) == (False, 1.0, 2)
+    # the worst case the accuracies alone allow is weaker on the same pairs: 8 right against 5
+    # of 13 leaves min(13, 13) = 13 disagreements, 8 for the model: P(X >= 8 | 13) = 0.29
+    assert clearly_ahead(8 / 13, 5 / 13, 13)[1] == pytest.approx(2380 / 2**13)
+
+
 def test_auto_mixes_a_probe_that_knows_something_unless_the_model_is_clearly_ahead():
     cv = {"cv_accuracy": 0.7, "cv_se": 0.05}  # 0.7 - 1.645 * 0.05 = 0.618 > 0.5
     ahead = {**cv, "model_accuracy": 1.0, "accuracy": 0.3, "eval_pairs": 10}
@@ -99,3 +116,16 @@ def test_auto_mixes_a_probe_that_knows_something_unless_the_model_is_clearly_ahe
         False, "ranks the training labels at 0.550 +- 0.050, cross-validated, not above chance"
     )  # fmt: skip
     assert mix_decision({}) == (False, "has no cross-validated accuracy saved")
+    # with each held-out pair's gaps saved, the paired test decides: 20 pairs, the probe right
+    # on 10 the model also gets right, the model on 5 more: P(X >= 5 | 5) = 1/32, where the
+    # accuracies alone (0.75 against 0.5: up to 15 disagreements, 10-5) give 4944 / 2^15
+    gaps = {"model": [1] * 15 + [-1] * 5, "probe": [1] * 10 + [-1] * 10}
+    paired = {**cv, "model_accuracy": 0.75, "accuracy": 0.5, "eval_pairs": 20}
+    why = (
+        "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance, but "
+        "0.500 on 20 held-out pairs against the model's 0.750: clearly behind (sign test on "
+        "the 5 pairs they order differently, p = 0.031)"
+    )
+    assert mix_decision({**paired, "held_out_gaps": gaps}) == (False, why)
+    assert clearly_ahead(0.75, 0.5, 20) == (False, pytest.approx(4944 / 2**15))
+    assert mix_decision(paired)[0]  # the same accuracies without the gaps: mixed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -563,6 +564,12 @@ def test_the_saved_probe_scores_as_the_probe_baseline_was_measured(tmp_path, tin
     # its accuracy on training labels it was not fitted on: the keyword is easy to find
     assert spec["cv_accuracy"] == res.metrics["reward/probe_cv_accuracy"] >= 0.8
     assert spec["cv_se"] == res.metrics["reward/probe_cv_se"] > 0
+    # each held-out pair's score gap under the model and under the probe, in the same order:
+    # their shares above zero are the two accuracies (probe.mix_decision's paired test)
+    gaps = spec["held_out_gaps"]
+    assert len(gaps["model"]) == len(gaps["probe"]) == res.metrics["reward/eval_pairs"] == 40
+    assert np.mean(np.array(gaps["model"]) > 0) == res.metrics["reward/accuracy"]
+    assert np.mean(np.array(gaps["probe"]) > 0) == res.metrics["reward/probe_accuracy"]
     scorer = ProbeScorer.from_pretrained(tmp_path / "rm", device="cpu")
     assert scorer.w.shape == (tiny_lm_config_hidden(tiny_lm_dir),)
 

@@ -319,6 +319,8 @@ def test_reward_model_plus_probe_optimises_the_mean_of_the_two_normalised_scores
     assert spec["model_accuracy"] == reward.metrics["reward/accuracy"]
     assert spec["eval_pairs"] == reward.metrics["reward/eval_pairs"]
     assert "cv_accuracy" in spec and "cv_se" in spec
+    gaps = spec.pop("held_out_gaps")  # the paired test's input; the cases below decide without
+    assert len(gaps["model"]) == len(gaps["probe"]) > 0
     held = {"model_accuracy": 0.7, "accuracy": 0.6, "eval_pairs": 30}
     for acc, se, more, mixed in (
         (0.9, 0.05, held, True),
