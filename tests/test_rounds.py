@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from rankloop.app import rounds
 from rankloop.app.cli import cli
+from rankloop.app.commands.rounds import oracle_cell
 from rankloop.app.generate import make_cross_round_comparisons
 from rankloop.app.project import Project
 from rankloop.app.simulate import simulate
@@ -639,6 +640,8 @@ def test_the_oracle_judges_each_round_against_the_base_on_the_evaluation_prompts
     # prompt a: "aaa" beats "aa", loses to "aaaa"; prompt b: "bbb" ties "bbb", "bbbbb" wins
     assert (w.wins, w.ties, w.losses, w.n, w.prompts) == (2, 1, 1, 4, 2)
     assert w.rate == 2.5 / 4 and w.low < w.rate < w.high
+    low, high = round(100 * w.low), round(100 * w.high)
+    assert oracle_cell(w) == f"62% ({low}-{high}%, 2 prompts: 2 won, 1 tied, 1 lost)"
     assert rounds.oracle_means(p, length)[1] == ((3 + 3 + 5 + 8) / 4, (3 + 3 + 5) / 3, 4)
     p.close()
 

@@ -406,6 +406,16 @@ def demo_project(directory: Path, policy: str | None = None) -> Project:
     return project
 
 
+def oracle_cell(w) -> str:
+    """A round's win-rate over the base by the oracle, with its interval and what it counts:
+    on an oracle with few levels (`tidy`: finished or not) most pairs tie, and a tie counts
+    half, so the wins and losses say more than the rate."""
+    return (
+        f"{100 * w.rate:.0f}% ({100 * w.low:.0f}-{100 * w.high:.0f}%, {w.prompts} prompts: "
+        f"{w.wins} won, {w.ties} tied, {w.losses} lost)"
+    )
+
+
 def print_outcome(project: Project, oracle) -> None:
     """The oracle's mean score of each round's samples and each round's win-rate over the base
     by the oracle (`rounds.oracle_win_rates`); then `rankloop leaderboard` (the leaderboard and
@@ -433,9 +443,7 @@ def print_outcome(project: Project, oracle) -> None:
             f"{all_mean:.3f}",
             f"{eval_mean:.3f}" if eval_mean is not None else "-",
             str(n),
-            f"{100 * w.rate:.0f}% ({100 * w.low:.0f}-{100 * w.high:.0f}%, {w.prompts} prompts)"
-            if w
-            else "-",
+            oracle_cell(w) if w else "-",
         )
     console.print(table)
     ctx = click.get_current_context()
