@@ -152,6 +152,21 @@ def paired_sign_test(gaps_a, gaps_b, alpha: float = 0.05) -> tuple[bool, float, 
     return p < alpha, p, wins + losses
 
 
+def ahead_of_cross_validation(
+    model: float, n: int, cv_accuracy: float, cv_se: float, z: float = 1.645
+) -> tuple[bool, float]:
+    """(is the model's held-out accuracy `model` on `n` pairs clearly above the probe's
+    cross-validated accuracy?, the test statistic): a one-sided adjusted Wald test at z. The
+    probe's accuracy is estimated on every training label (standard error `cv_se`), the model's
+    only on the held-out split, so the model's count gets one right and one wrong pair added
+    (Agresti and Caffo 2000): 10 of 10 is 11/12 with a spread, not a certainty. The two
+    estimates come from different pairs: their variances add."""
+    k = round(model * n)
+    p = (k + 1) / (n + 2)
+    stat = (p - cv_accuracy) / float(np.sqrt(p * (1 - p) / (n + 2) + cv_se**2))
+    return bool(stat > z), stat
+
+
 def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
     """(mix?, why) for `[rounds] reward = "auto"`, from a reward model's probe.json: optimise
     the mean of the model's and the probe's normalised scores only when both can add something:
@@ -163,8 +178,13 @@ def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
       with one-sided p < 0.05: McNemar's exact test on the pairs the two order differently
       (`paired_sign_test`) when the per-pair score gaps are saved (`held_out_gaps`: "model" and
       "probe"), else the test at the most disagreement the two accuracies allow
-      (`clearly_ahead`). A probe far behind the model only dilutes it (measured:
-      docs/benchmarks.md, "`auto`").
+      (`clearly_ahead`), and
+    * the model's held-out accuracy is not clearly above the probe's cross-validated one
+      (`ahead_of_cross_validation`): the probe's accuracy measured on every training label, far
+      more pairs than the split holds (at 300 labels ~30 held-out pairs; measured: the held-out
+      test alone let a probe near chance into the mix on `format`).
+
+    A probe far behind the model only dilutes it (measured: docs/benchmarks.md, "`auto`").
 
     Missing values count against the mix for the first test (no evidence the probe knows
     anything) and for it in the second (no evidence the model is ahead). `why` completes the
@@ -189,4 +209,11 @@ def mix_decision(spec: dict, z: float = 1.645) -> tuple[bool, str]:
         test = f"sign test p = {p:.3f}"
     if ahead:
         return False, f"{cv}, above chance, but {held}: clearly behind ({test})"
+    strict = len(gaps.get("model") or ()) or int(n)
+    ahead, stat = ahead_of_cross_validation(model, strict, acc, se, z)
+    if ahead:
+        return False, (
+            f"{cv}, above chance, but the model's {model:.3f} on {strict} held-out pairs is "
+            f"clearly above that (z = {stat:.2f})"
+        )
     return True, f"{cv}, above chance, and {held}: not clearly behind"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rankloop.reward.probe import (
+    ahead_of_cross_validation,
     clearly_ahead,
     cross_validated_accuracy,
     informative,
@@ -102,13 +103,25 @@ def test_auto_mixes_a_probe_that_knows_something_unless_the_model_is_clearly_ahe
         "p = 0.008)"
     )
     assert mix_decision(ahead) == (False, why)
+    # 10 of 10 against the probe's 8 on the same pairs: not clear (at most 2 disagreements);
+    # but against its cross-validated 0.700 +- 0.050 the model's 11/12 (one right and one
+    # wrong added) is (11/12 - 0.7) / sqrt(11/12 * 1/12 / 12 + 0.05^2) = 2.30 above: clear
     why = (
-        "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance, and "
+        "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance, but the "
+        "model's 1.000 on 10 held-out pairs is clearly above that (z = 2.30)"
+    )
+    assert mix_decision({**ahead, "accuracy": 0.8}) == (False, why)
+    assert ahead_of_cross_validation(1.0, 10, 0.7, 0.05)[1] == pytest.approx(
+        (11 / 12 - 0.7) / math.sqrt(11 / 12 / 12 / 12 + 0.05**2)
+    )
+    # a probe that cross-validates at 0.850 +- 0.050: 0.71 standard errors, mixed
+    why = (
+        "ranks the training labels at 0.850 +- 0.050, cross-validated, above chance, and "
         "0.800 on 10 held-out pairs against the model's 1.000: not clearly behind"
     )
-    assert mix_decision({**ahead, "accuracy": 0.8}) == (True, why)
+    assert mix_decision({**ahead, "accuracy": 0.8, "cv_accuracy": 0.85}) == (True, why)
     # the probe ahead: mixed; no held-out split saved: the cross-validation alone decides
-    assert mix_decision({**ahead, "accuracy": 1.0})[0]
+    assert mix_decision({**ahead, "model_accuracy": 0.7, "accuracy": 1.0})[0]
     assert mix_decision(cv) == (
         True, "ranks the training labels at 0.700 +- 0.050, cross-validated, above chance"
     )  # fmt: skip
