@@ -570,7 +570,7 @@ def replay_auto(files: list[str], base: str, out: str | None) -> list[dict]:
         chosen = mix_row if mixed else model_row
         keys = ("task", "pairs", "seed", "seconds", "accuracy", "ceiling", "oracle_accuracy", "ece")
         row = {**{k: chosen[k] for k in keys}, "system": "auto", "mixes_probe": mixed}
-        row.update(probe_cv=list(cv), replayed=True)
+        row.update(probe_cv=list(cv), held_out_gaps=auto_row.get("held_out_gaps"), replayed=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if out:
