@@ -499,6 +499,26 @@ def lost_to_probe(metrics: dict) -> bool:
     return "reward/probe_accuracy" in metrics and baseline_verdict(metrics).level == "lost"
 
 
+def probe_doubt(probe_file: Path) -> str:
+    """What the gate's warning adds when the probe it falls back on knows no more than the
+    model: '' when the probe ranks the round's training labels above chance (cross-validated,
+    `reward.probe.informative`, the test `[rounds] reward = "auto"` applies), else the
+    evidence. Swapping a model at chance for a probe at chance optimises a guess either way
+    (measured on the loop benchmark: docs/benchmarks.md)."""
+    from rankloop.reward.probe import informative
+
+    spec = json.loads(probe_file.read_text()) if probe_file.exists() else {}
+    acc, se = spec.get("cv_accuracy"), spec.get("cv_se")
+    if informative(acc, se):
+        return ""
+    known = (
+        f"ranks the training labels at {acc:.3f} +- {se:.3f}, cross-validated, not above chance"
+        if acc is not None and se is not None
+        else "has no cross-validated accuracy saved"
+    )
+    return f", though the probe too {known}: neither has learned the labels yet; label more"
+
+
 def optimises_probe(project: Project, round_: int) -> bool:
     """True when round R's policy stage optimises its reward model's frozen-feature probe
     instead of the model: [rounds] weak_reward = 'probe' and the model, as recorded by the
@@ -755,6 +775,7 @@ def run_round(
                 setting = project.config.rounds.weak_reward
                 what = (
                     "the policy stage optimises its probe instead"
+                    + probe_doubt(reward_model_of(project, r) / PROBE_FILE)
                     if optimises_probe(project, r)
                     else "the policy stage runs anyway"
                 )

@@ -243,6 +243,10 @@ def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
     lost = {"reward/accuracy": 0.2, "reward/probe_accuracy": 0.9, "reward/eval_pairs": 40.0}
     p.store.finish_stage(RoundStage(0, "reward", 1.0, lost))  # as if it had lost
     assert rounds.optimises_probe(p, 0)
+    rm = rounds.reward_model_of(p, 0)
+    saved = json.loads((rm / "probe.json").read_text())
+    # as if the probe ranked the training labels well above chance: 0.7 - 1.645 * 0.05 > 0.5
+    (rm / "probe.json").write_text(json.dumps({**saved, "cv_accuracy": 0.7, "cv_se": 0.05}))
     said = []
     with pytest.raises(Killed):
         rounds.run_round(
@@ -252,7 +256,6 @@ def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
             log=said.append,
             progress=False,
         )
-    rm = rounds.reward_model_of(p, 0)
     assert any(f"reward probe:{rm}," in m for m in said)
     assert any(
         m.startswith("Warning: the reward model's held-out accuracy 0.200 loses to its baseline")
@@ -260,6 +263,16 @@ def test_a_round_whose_model_lost_to_its_probe_optimises_the_probe_under_probe(
             "the policy stage optimises its probe instead ([rounds] weak_reward = 'probe')"
         )
         for m in said
+    )
+    # a probe at chance itself (0.546 - 1.645 * 0.036 = 0.487): the warning says so
+    (rm / "probe.json").write_text(json.dumps({**saved, "cv_accuracy": 0.546, "cv_se": 0.036}))
+    assert rounds.probe_doubt(rm / "probe.json") == (
+        ", though the probe too ranks the training labels at 0.546 +- 0.036, cross-validated, "
+        "not above chance: neither has learned the labels yet; label more"
+    )
+    assert rounds.probe_doubt(rm / "missing.json") == (
+        ", though the probe too has no cross-validated accuracy saved: neither has learned the "
+        "labels yet; label more"
     )
     ppo = next(st for st in p.store.stages(0) if st.stage == "ppo")
     assert ppo.metrics["ppo/optimised_probe"] == 1.0
