@@ -1045,3 +1045,64 @@ def oracle_win_rates(project: Project, oracle, *, n_boot: int | None = None, see
         if ms:
             out[r] = win_rate(ms, r, 0, n_boot=n_boot or N_BOOT, seed=seed)
     return out
+
+
+def oracle_reward_accuracy(project: Project, oracle) -> list[dict]:
+    """What only a simulation can tell: how well each round's reward model and its probe order
+    the responses of the trainer's own held-out comparisons by the hidden oracle, noise-free.
+    The held-out accuracy the round reads is against noisy labels, and on an oracle with few
+    levels (`tidy`, `format`) most pairs tie on the oracle, so their labels are coin flips that
+    dilute it. Per round: the held-out response pairs, how many the oracle does not tie
+    (`untied`), and on those the share the model, the probe and the labels order as the oracle
+    does."""
+    import itertools
+
+    from rankloop.reward.pairs import build_examples, split_by_prompt
+    from rankloop.reward.scoring import ProbeScorer, RewardScorer
+
+    cfg = project.config.reward
+    out = []
+    for r in range(project.store.current_round() + 1):
+        try:
+            rm = str(reward_model_of(project, r))
+        except ProjectError:  # the round stopped before its reward model, or never ran
+            break
+        data = build_examples(
+            project.store,
+            r,
+            both_bad=cfg.both_bad,
+            aggregate=cfg.aggregate,
+            margin_slightly=cfg.margin_slightly,
+            margin_much=cfg.margin_much,
+            sources=label_sources(project),
+        )
+        held = split_by_prompt(data.examples, cfg.eval_fraction, cfg.seed)[1]  # as the trainer
+        prompts = [e.prompt for e in held for _ in e.responses]
+        texts = [t for e in held for t in e.responses]
+        truth = [float(x) for x in oracle(prompts, texts)]
+        scores = {
+            name: [
+                float(x) for x in scorer.from_pretrained(rm).score([q.text for q in prompts], texts)
+            ]
+            for name, scorer in (("model", RewardScorer), ("probe", ProbeScorer))
+        }
+        right = {"model": 0, "probe": 0, "labels": 0}
+        pairs = untied = start = 0
+        for e in held:
+            for a, b in itertools.combinations(range(len(e.responses)), 2):
+                i, j = start + a, start + b
+                pairs += 1
+                if truth[i] == truth[j]:
+                    continue
+                untied += 1
+                better = truth[i] > truth[j]
+                for name, s in scores.items():  # a tie in score, or in the label, is half right
+                    right[name] += 0.5 if s[i] == s[j] else (s[i] > s[j]) == better
+                tiers = e.tiers  # 0 = best
+                right["labels"] += 0.5 if tiers[a] == tiers[b] else (tiers[a] < tiers[b]) == better
+            start += len(e.responses)
+        out.append(
+            {"round": r, "pairs": pairs, "untied": untied}
+            | {k: (v / untied if untied else None) for k, v in right.items()}
+        )
+    return out

@@ -22,7 +22,7 @@ Per row: the oracle's mean of each round's samples on the evaluation prompts, ro
 over the base from the simulated cross-round comparisons (95% bootstrap interval), the policy
 stages' held-out KL, the reward models' held-out accuracy (and their probe's), how well each
 reward model, its probe and the labels order the held-out pairs by the oracle itself
-(`reward_oracle_accuracy`: on an oracle with few levels most pairs tie, and their labels are
+(`rounds.oracle_reward_accuracy`: on an oracle with few levels most pairs tie, and their labels are
 coin flips the held-out accuracy counts), and the wall time of each stage. Best-of-n at inference (round 0's reward model choosing among n samples of the
 base policy, no training) is the reference a trained optimiser must beat: with `--best-of-n N`
 the row carries the oracle's mean of those choices on the evaluation prompts.
@@ -217,69 +217,6 @@ def best_of_n_reference(p, oracle, n: int, seed: int) -> dict:
     }
 
 
-def reward_oracle_accuracy(p, oracle) -> list[dict]:
-    """What only a simulation can tell: how well each round's reward model and its probe order
-    the responses of the trainer's own held-out comparisons by the hidden oracle, noise-free.
-    The held-out accuracy the round reads is against noisy labels, and on an oracle with few
-    levels (`tidy`, `format`) most pairs tie on the oracle, so their labels are coin flips that
-    dilute it. Per round: the held-out response pairs, how many the oracle does not tie
-    (`untied`), and on those the share the model, the probe and the labels order as the oracle
-    does."""
-    import itertools
-
-    from rankloop.app import rounds
-    from rankloop.app.project import ProjectError
-    from rankloop.reward.pairs import build_examples, split_by_prompt
-    from rankloop.reward.scoring import ProbeScorer, RewardScorer
-
-    cfg = p.config.reward
-    out = []
-    for r in range(p.store.current_round() + 1):
-        try:
-            rm = str(rounds.reward_model_of(p, r))
-        except ProjectError:  # the round stopped before its reward model, or never ran
-            break
-        data = build_examples(
-            p.store,
-            r,
-            both_bad=cfg.both_bad,
-            aggregate=cfg.aggregate,
-            margin_slightly=cfg.margin_slightly,
-            margin_much=cfg.margin_much,
-            sources=rounds.label_sources(p),
-        )
-        held = split_by_prompt(data.examples, cfg.eval_fraction, cfg.seed)[1]  # as the trainer
-        prompts = [e.prompt for e in held for _ in e.responses]
-        texts = [t for e in held for t in e.responses]
-        truth = [float(x) for x in oracle(prompts, texts)]
-        scores = {
-            name: [
-                float(x) for x in scorer.from_pretrained(rm).score([q.text for q in prompts], texts)
-            ]
-            for name, scorer in (("model", RewardScorer), ("probe", ProbeScorer))
-        }
-        right = {"model": 0, "probe": 0, "labels": 0}
-        pairs = untied = start = 0
-        for e in held:
-            for a, b in itertools.combinations(range(len(e.responses)), 2):
-                i, j = start + a, start + b
-                pairs += 1
-                if truth[i] == truth[j]:
-                    continue
-                untied += 1
-                better = truth[i] > truth[j]
-                for name, s in scores.items():  # a tie in score, or in the label, is half right
-                    right[name] += 0.5 if s[i] == s[j] else (s[i] > s[j]) == better
-                tiers = e.tiers  # 0 = best
-                right["labels"] += 0.5 if tiers[a] == tiers[b] else (tiers[a] < tiers[b]) == better
-            start += len(e.responses)
-        out.append(
-            {"round": r, "pairs": pairs, "untied": untied}
-            | {k: (v / untied if untied else None) for k, v in right.items()}
-        )
-    return out
-
-
 def one_run(task: str, optimizer: str, seed: int, args) -> dict:
     from rankloop.app import rounds
     from rankloop.app.simulate import simulate
@@ -356,7 +293,7 @@ def one_run(task: str, optimizer: str, seed: int, args) -> dict:
         "probe_accuracy": [s.metrics.get("reward/probe_accuracy") for s in summaries],
         "stage_seconds": times,
         "seconds": round(time.perf_counter() - t0, 1),
-        "reward_oracle": reward_oracle_accuracy(p, oracle),
+        "reward_oracle": rounds.oracle_reward_accuracy(p, oracle),
         "project": str(tmp / "proj"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -412,7 +349,7 @@ def table(rows: list[dict]) -> str:
 
 
 def oracle_cell(row: dict) -> str:
-    """Each round's `reward_oracle_accuracy`: "0.87 (0.40, 0.87), 15 of 36" = the model, (its
+    """Each round's `rounds.oracle_reward_accuracy`: "0.87 (0.40, 0.87), 15 of 36" = the model, (its
     probe, the labels) on the 15 held-out pairs of 36 that the oracle does not tie."""
     cells = [
         f"{o['model']:.2f} ({o['probe']:.2f}, {o['labels']:.2f}), {o['untied']} of {o['pairs']}"
@@ -452,15 +389,16 @@ def main() -> None:
     ap.add_argument(
         "--diagnose",
         metavar="PROJECT",
-        help="print reward_oracle_accuracy of a finished run's project (its row's 'project'; "
+        help="print rounds.oracle_reward_accuracy of a finished run's project (its row's 'project'; "
         "the first task of --tasks is its oracle) as JSON",
     )
     args = ap.parse_args()
     if args.diagnose:
+        from rankloop.app import rounds
         from rankloop.app.project import Project
 
         p = Project.find(Path(args.diagnose))
-        print(json.dumps(reward_oracle_accuracy(p, TASKS[args.tasks.split(",")[0]])))
+        print(json.dumps(rounds.oracle_reward_accuracy(p, TASKS[args.tasks.split(",")[0]])))
         p.close()
         return
     if args.table is not None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from rankloop.app import rounds
 from rankloop.app.cli import cli
-from rankloop.app.commands.rounds import oracle_cell
+from rankloop.app.commands.rounds import oracle_cell, reward_by_oracle_table
 from rankloop.app.generate import make_cross_round_comparisons
 from rankloop.app.project import Project
 from rankloop.app.simulate import simulate
@@ -619,6 +619,7 @@ def test_demo_runs_whole_rounds_and_ends_with_the_leaderboard_and_a_report(
     for title in (
         "the oracle's mean score of each round's samples",
         "by the oracle",
+        "each round's reward model on its held-out pairs, by the oracle",
         "Leaderboard",
         "Win-rates",
         "Demo finished in",
@@ -697,3 +698,64 @@ def test_round_summary_shows_an_ensembles_members_and_spread(capsys, monkeypatch
     print_summary(rounds.RoundSummary(1, {"human": 6}, {"reward": 1.0}, ens, []))
     out = capsys.readouterr().out
     assert "0.800 on 30 pairs (frozen-feature probe 0.650); ensemble of 4, spread 0.125" in out
+
+
+def test_oracle_reward_accuracy_orders_the_trainers_held_out_pairs_by_the_oracle(
+    tmp_path, tiny_lm_dir, monkeypatch
+):
+    """The diagnostic only a simulation has: on the reward trainer's own held-out comparisons,
+    the share of oracle-untied response pairs that the model, its probe and the labels order as
+    the oracle does. Scorers that score by the oracle (and against it) and labels drawn at T = 0
+    give 1, 0 and 1 exactly; an oracle that ties everything leaves no pair to count."""
+    from rankloop.data.records import Round
+    from rankloop.reward import scoring
+    from rankloop.reward.pairs import build_examples, split_by_prompt
+
+    def length(prompts, responses):
+        return [float(len(r)) for r in responses]
+
+    class ByOracle:
+        sign = 1.0
+
+        @classmethod
+        def from_pretrained(cls, path):
+            return cls()
+
+        def score(self, prompts, texts):
+            return [self.sign * len(t) for t in texts]
+
+    class AgainstOracle(ByOracle):
+        sign = -1.0
+
+    p = tiny_project(tmp_path / "p", tiny_lm_dir)
+    rounds.sample_candidates(p, 0, p.config.generate, progress=False)
+    simulate(p.store, length, p.config.labeling, annotators=1, noise=0.0, progress=False)
+    (tmp_path / "p/rm").mkdir()
+    p.store.save_round(Round(0, reward_model=p.stored(tmp_path / "p/rm")))
+    monkeypatch.setattr(scoring, "RewardScorer", ByOracle)
+    monkeypatch.setattr(scoring, "ProbeScorer", AgainstOracle)
+
+    cfg = p.config.reward
+    data = build_examples(p.store, 0, sources=rounds.label_sources(p))
+    held = split_by_prompt(data.examples, cfg.eval_fraction, cfg.seed)[1]
+    lengths = [[len(t) for t in e.responses] for e in held]  # 2 candidates: one pair each
+    untied = sum(a != b for a, b in lengths)
+    assert len(held) == 4 and untied > 0
+    assert rounds.oracle_reward_accuracy(p, length) == [
+        {"round": 0, "pairs": 4, "untied": untied, "model": 1.0, "probe": 0.0, "labels": 1.0}
+    ]
+    flat = rounds.oracle_reward_accuracy(p, lambda prompts, responses: [1.0] * len(responses))
+    assert flat == [
+        {"round": 0, "pairs": 4, "untied": 0, "model": None, "probe": None, "labels": None}
+    ]
+    # as the demo prints them
+    table = reward_by_oracle_table(rounds.oracle_reward_accuracy(p, length) + flat)
+    assert [list(c._cells) for c in table.columns] == [
+        ["round 0", "round 0"],
+        ["4", "4"],
+        [str(untied), "0"],
+        ["1.00", "-"],
+        ["0.00", "-"],
+        ["1.00", "-"],
+    ]
+    p.close()

@@ -416,6 +416,33 @@ def oracle_cell(w) -> str:
     )
 
 
+def reward_by_oracle_table(rows: list[dict]) -> Table:
+    """`rounds.oracle_reward_accuracy` as the demo prints it: how many of each round's held-out
+    pairs the oracle separates, and how many of those the reward model, its probe and the
+    labels order as it does; what the round's held-out verdict could not tell."""
+    table = Table(
+        title="each round's reward model on its held-out pairs, by the oracle "
+        "(what a round with people cannot see)"
+    )
+    for col in (
+        "reward model",
+        "held-out pairs",
+        "the oracle separates",
+        "model",
+        "probe",
+        "labels",
+    ):
+        table.add_column(col)
+    for o in rows:
+        table.add_row(
+            f"round {o['round']}",
+            str(o["pairs"]),
+            str(o["untied"]),
+            *("-" if o[k] is None else f"{o[k]:.2f}" for k in ("model", "probe", "labels")),
+        )
+    return table
+
+
 def print_outcome(project: Project, oracle) -> None:
     """The oracle's mean score of each round's samples and each round's win-rate over the base
     by the oracle (`rounds.oracle_win_rates`); then `rankloop leaderboard` (the leaderboard and
@@ -446,6 +473,7 @@ def print_outcome(project: Project, oracle) -> None:
             oracle_cell(w) if w else "-",
         )
     console.print(table)
+    console.print(reward_by_oracle_table(rounds.oracle_reward_accuracy(project, oracle)))
     ctx = click.get_current_context()
     common = {"sources": (), "n_boot": N_BOOT, "seed": 0, "project_dir": project.root}
     ctx.invoke(leaderboard_cmd, as_json=False, **common)
