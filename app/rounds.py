@@ -161,19 +161,11 @@ def train_reward_stage(
     """Train round `round_`'s reward model on the labels of rounds <= it, record it in the
     store, and score the open comparisons with it for the queue's uncertainty order.
     `on_step(row)`: after each optimizer step (`train_reward`'s)."""
-    from rankloop.reward.pairs import build_examples, check_trainable
+    from rankloop.reward.pairs import check_trainable
     from rankloop.reward.train import train_reward
 
     cfg.validate()
-    data = build_examples(
-        project.store,
-        round_,
-        both_bad=cfg.both_bad,
-        aggregate=cfg.aggregate,
-        margin_slightly=cfg.margin_slightly,
-        margin_much=cfg.margin_much,
-        sources=label_sources(project),
-    )
+    data = round_examples(project, round_, cfg)
     check_trainable(data, round_)
     out = project.round_dir(round_, "reward")
     base = base or cfg.base or project.config.models.reward_model
@@ -708,13 +700,12 @@ def plan_round(project: Project, s: RoundSettings, redo: str | None = None) -> R
     return RoundPlan(r, stages, labels)
 
 
-def check_labels(project: Project, round_: int, cfg) -> None:
-    """Raise RewardDataError (one line) when the labels of rounds <= R cannot train a reward
-    model; writes nothing."""
-    from rankloop.reward.pairs import build_examples, check_trainable
+def round_examples(project: Project, round_: int, cfg):
+    """The reward trainer's examples for round R (`reward.pairs.build_examples`): the labels of
+    rounds <= R from the sources `label_sources` allows, read with the [reward] settings `cfg`."""
+    from rankloop.reward.pairs import build_examples
 
-    cfg.validate()
-    data = build_examples(
+    return build_examples(
         project.store,
         round_,
         both_bad=cfg.both_bad,
@@ -723,6 +714,15 @@ def check_labels(project: Project, round_: int, cfg) -> None:
         margin_much=cfg.margin_much,
         sources=label_sources(project),
     )
+
+
+def check_labels(project: Project, round_: int, cfg) -> None:
+    """Raise RewardDataError (one line) when the labels of rounds <= R cannot train a reward
+    model; writes nothing."""
+    from rankloop.reward.pairs import check_trainable
+
+    cfg.validate()
+    data = round_examples(project, round_, cfg)
     check_trainable(data, round_)
 
 
@@ -1057,7 +1057,7 @@ def oracle_reward_accuracy(project: Project, oracle) -> list[dict]:
     does."""
     import itertools
 
-    from rankloop.reward.pairs import build_examples, split_by_prompt
+    from rankloop.reward.pairs import split_by_prompt
     from rankloop.reward.scoring import ProbeScorer, RewardScorer
 
     cfg = project.config.reward
@@ -1067,15 +1067,7 @@ def oracle_reward_accuracy(project: Project, oracle) -> list[dict]:
             rm = str(reward_model_of(project, r))
         except ProjectError:  # the round stopped before its reward model, or never ran
             break
-        data = build_examples(
-            project.store,
-            r,
-            both_bad=cfg.both_bad,
-            aggregate=cfg.aggregate,
-            margin_slightly=cfg.margin_slightly,
-            margin_much=cfg.margin_much,
-            sources=label_sources(project),
-        )
+        data = round_examples(project, r, cfg)
         held = split_by_prompt(data.examples, cfg.eval_fraction, cfg.seed)[1]  # as the trainer
         prompts = [e.prompt for e in held for _ in e.responses]
         texts = [t for e in held for t in e.responses]
